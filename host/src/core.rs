@@ -1,0 +1,336 @@
+//! The live registry every part of the host shares: loaded plugins, services,
+//! the event bus, timers and pushed provider values.
+//!
+//! Locks here guard maps only; they are always released before any call into
+//! a plugin, because the plugin may call back into the host (DESIGN fact 11).
+
+use crate::events::{BusEvent, DeliveryFailure, EventBus};
+use crate::instance::{CallError, PluginInstance};
+use crate::permissions::Permissions;
+use plugin_abi::CallControl;
+use plugin_api::ErrorKind;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// A plugin that is loaded and registered.
+pub struct LivePlugin {
+    /// The instance.
+    pub instance: PluginInstance,
+    /// Its effective config (defaults merged with the operator's config).
+    pub config: Arc<Value>,
+    /// What its host callbacks may do.
+    pub permissions: Permissions,
+    /// Its position in the load order.
+    pub load_order: usize,
+}
+
+impl LivePlugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        self.instance.name()
+    }
+}
+
+/// A service registered by a plugin.
+#[derive(Clone)]
+struct ServiceSlot {
+    plugin: Arc<LivePlugin>,
+    index: u32,
+    running: bool,
+}
+
+/// An error from a host-side operation (a service lookup, a permission check)
+/// or from the plugin it reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// One line saying what went wrong.
+    pub message: String,
+}
+
+impl HostError {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<CallError> for HostError {
+    fn from(error: CallError) -> Self {
+        Self::new(error.kind, error.to_string())
+    }
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for HostError {}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The shared registry.
+pub struct Core {
+    plugins: RwLock<Vec<Arc<LivePlugin>>>,
+    services: RwLock<HashMap<String, ServiceSlot>>,
+    /// The event bus.
+    pub bus: EventBus,
+    runtime: tokio::runtime::Handle,
+    timers: Mutex<HashMap<(String, u64), JoinHandle<()>>>,
+    pushed: RwLock<HashMap<(String, u32), Value>>,
+}
+
+impl Core {
+    /// An empty registry whose timers run on `runtime`.
+    pub fn new(runtime: tokio::runtime::Handle) -> Arc<Self> {
+        Arc::new(Self {
+            plugins: RwLock::new(Vec::new()),
+            services: RwLock::new(HashMap::new()),
+            bus: EventBus::new(),
+            runtime,
+            timers: Mutex::new(HashMap::new()),
+            pushed: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The tokio runtime the host uses for timers and blocking calls.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// Loaded plugins in load order.
+    pub fn plugins(&self) -> Vec<Arc<LivePlugin>> {
+        read(&self.plugins).clone()
+    }
+
+    /// A loaded plugin by name.
+    pub fn plugin(&self, name: &str) -> Option<Arc<LivePlugin>> {
+        read(&self.plugins)
+            .iter()
+            .find(|p| p.name() == name)
+            .cloned()
+    }
+
+    /// Adds a plugin (before its `on_load`, so that events and timers it sets
+    /// up there can reach it).
+    pub fn register(&self, plugin: Arc<LivePlugin>) {
+        let mut plugins = write(&self.plugins);
+        plugins.push(plugin);
+        plugins.sort_by_key(|p| p.load_order);
+    }
+
+    /// Removes a plugin with its services, subscriptions, timers and pushed values.
+    pub fn unregister(&self, name: &str) {
+        write(&self.plugins).retain(|p| p.name() != name);
+        write(&self.services).retain(|_, slot| slot.plugin.name() != name);
+        self.bus.unsubscribe_plugin(name);
+        let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+        timers.retain(|(plugin, _), task| {
+            if plugin == name {
+                task.abort();
+                false
+            } else {
+                true
+            }
+        });
+        drop(timers);
+        write(&self.pushed).retain(|(plugin, _), _| plugin != name);
+    }
+
+    /// Registers a plugin's service, stopped. Fails if another plugin already
+    /// provides a service of that name.
+    pub fn add_service(&self, plugin: &Arc<LivePlugin>, index: u32) -> Result<(), String> {
+        let name = plugin
+            .instance
+            .manifest
+            .services
+            .get(index as usize)
+            .map(|s| s.name.clone())
+            .ok_or_else(|| format!("no service number {index}"))?;
+        let mut services = write(&self.services);
+        if let Some(existing) = services.get(&name) {
+            return Err(format!(
+                "service '{name}' is already provided by plugin '{}'",
+                existing.plugin.name()
+            ));
+        }
+        services.insert(
+            name,
+            ServiceSlot {
+                plugin: Arc::clone(plugin),
+                index,
+                running: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Marks a service running or stopped.
+    pub fn set_service_running(&self, name: &str, running: bool) {
+        if let Some(slot) = write(&self.services).get_mut(name) {
+            slot.running = running;
+        }
+    }
+
+    /// Names of registered services with their plugin and whether they run.
+    pub fn services(&self) -> Vec<(String, String, bool)> {
+        let mut list: Vec<_> = read(&self.services)
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.plugin.name().to_string(), slot.running))
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Calls a service method. `caller` is the plugin making the call (its
+    /// permissions are checked), or `None` for the host itself.
+    pub fn call_service(
+        &self,
+        caller: Option<&LiveCaller<'_>>,
+        service: &str,
+        method: &str,
+        args_json: &str,
+    ) -> Result<String, HostError> {
+        if let Some(caller) = caller {
+            let permission = format!("service:{service}");
+            if !caller.permissions.allows(&permission) {
+                tracing::warn!(plugin = caller.name, %permission, "permission denied");
+                return Err(HostError::new(
+                    ErrorKind::PermissionDenied,
+                    format!("plugin '{}' lacks permission '{permission}'", caller.name),
+                ));
+            }
+        }
+        let slot = read(&self.services).get(service).cloned();
+        let Some(slot) = slot else {
+            let known: Vec<String> = read(&self.services).keys().cloned().collect();
+            return Err(HostError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no service named '{service}' is loaded (loaded: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        };
+        if !slot.running {
+            return Err(HostError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "service '{service}' of plugin '{}' is stopped",
+                    slot.plugin.name()
+                ),
+            ));
+        }
+        let control = CallControl::default();
+        Ok(slot
+            .plugin
+            .instance
+            .call_service(slot.index, method, args_json, &control)?)
+    }
+
+    /// Emits an event to every matching subscriber.
+    pub fn emit(&self, source: &str, name: &str, payload: Value) -> Vec<DeliveryFailure> {
+        let event = BusEvent {
+            name: name.to_string(),
+            source: source.to_string(),
+            payload,
+        };
+        let payload_json = event.payload.to_string();
+        self.bus.emit(&event, |plugin, subscription, event| {
+            let Some(target) = self.plugin(plugin) else {
+                return Ok(());
+            };
+            target
+                .instance
+                .on_event(subscription, &event.name, &payload_json)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Sets (or replaces) a plugin's timer.
+    pub fn set_timer(self: &Arc<Self>, plugin: &str, timer: u64, after_ms: u64, every_ms: u64) {
+        let core = Arc::downgrade(self);
+        let owner = plugin.to_string();
+        let task = self.runtime.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(after_ms)).await;
+            loop {
+                let Some(target) = core.upgrade().and_then(|c| c.plugin(&owner)) else {
+                    return;
+                };
+                let fired =
+                    tokio::task::spawn_blocking(move || target.instance.on_timer(timer)).await;
+                if let Ok(Err(error)) = fired {
+                    tracing::warn!(plugin = %owner, "{error}");
+                }
+                if every_ms == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(every_ms)).await;
+            }
+            if let Some(core) = core.upgrade() {
+                core.timers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&(owner, timer));
+            }
+        });
+        let previous = self
+            .timers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((plugin.to_string(), timer), task);
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+    }
+
+    /// Cancels a plugin's timer.
+    pub fn clear_timer(&self, plugin: &str, timer: u64) {
+        let task = self
+            .timers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(plugin.to_string(), timer));
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+
+    /// Stores a value pushed by a subscribed provider.
+    pub fn push_provider_value(&self, plugin: &str, provider: u32, value: Value) {
+        write(&self.pushed).insert((plugin.to_string(), provider), value);
+    }
+
+    /// The latest value pushed by a provider, if any.
+    pub fn pushed_value(&self, plugin: &str, provider: u32) -> Option<Value> {
+        read(&self.pushed)
+            .get(&(plugin.to_string(), provider))
+            .cloned()
+    }
+}
+
+/// The identity of a plugin calling back into the host.
+pub struct LiveCaller<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its permissions.
+    pub permissions: &'a Permissions,
+}

@@ -1,0 +1,252 @@
+//! The event bus: plugins and the host emit and subscribe to named events.
+//!
+//! Delivery never holds the bus lock while calling a handler (DESIGN fact 11),
+//! so a handler may emit or subscribe. One failing handler is logged and
+//! reported; the others still run. Nesting (a handler emitting an event whose
+//! handler emits...) is bounded so a loop cannot overflow the stack.
+
+use crate::permissions::matches;
+use serde::Serialize;
+use serde_json::Value;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use tokio::sync::broadcast;
+
+/// How deep events may nest on one thread.
+pub const MAX_NESTING: u32 = 16;
+
+/// An event on the bus.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BusEvent {
+    /// The event's name, such as `action:completed`.
+    pub name: String,
+    /// Who emitted it: a plugin name, or `host`.
+    pub source: String,
+    /// The payload.
+    pub payload: Value,
+}
+
+/// A handler registered by the host itself.
+pub type HostHandler = Arc<dyn Fn(&BusEvent) -> Result<(), String> + Send + Sync>;
+
+/// Who receives an event.
+#[derive(Clone)]
+pub enum Listener {
+    /// A plugin's handler, identified by the subscription id it was given.
+    Plugin(String),
+    /// A host-side handler.
+    Host(HostHandler),
+}
+
+#[derive(Clone)]
+struct Subscriber {
+    id: u64,
+    pattern: String,
+    listener: Listener,
+}
+
+/// A handler that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryFailure {
+    /// The subscription whose handler failed.
+    pub subscription: u64,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// The bus.
+pub struct EventBus {
+    next_id: AtomicU64,
+    subscribers: RwLock<Vec<Subscriber>>,
+    tap: broadcast::Sender<BusEvent>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+thread_local! {
+    static NESTING: Cell<u32> = const { Cell::new(0) };
+}
+
+impl EventBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self {
+            next_id: AtomicU64::new(1),
+            subscribers: RwLock::new(Vec::new()),
+            tap: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Subscribes to events whose name matches `pattern` (exact, or a prefix
+    /// ending in `*`); returns the subscription id.
+    pub fn subscribe(&self, pattern: &str, listener: Listener) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Subscriber {
+                id,
+                pattern: pattern.to_string(),
+                listener,
+            });
+        id
+    }
+
+    /// Ends a subscription; returns whether it existed. With `owner`, only
+    /// that plugin's subscription is removed.
+    pub fn unsubscribe(&self, id: u64, owner: Option<&str>) -> bool {
+        let mut subscribers = self
+            .subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = subscribers.len();
+        subscribers.retain(|s| {
+            let owned = match (&s.listener, owner) {
+                (_, None) => true,
+                (Listener::Plugin(plugin), Some(owner)) => plugin == owner,
+                (Listener::Host(_), Some(_)) => false,
+            };
+            !(s.id == id && owned)
+        });
+        subscribers.len() != before
+    }
+
+    /// Removes every subscription of a plugin.
+    pub fn unsubscribe_plugin(&self, plugin: &str) {
+        self.subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|s| !matches!(&s.listener, Listener::Plugin(p) if p == plugin));
+    }
+
+    /// A live stream of every event, for observers such as the HTTP API.
+    pub fn tap(&self) -> broadcast::Receiver<BusEvent> {
+        self.tap.subscribe()
+    }
+
+    /// Delivers `event` to every matching subscriber. `deliver_to_plugin` runs
+    /// a plugin's handler. Returns the handlers that failed.
+    pub fn emit(
+        &self,
+        event: &BusEvent,
+        deliver_to_plugin: impl Fn(&str, u64, &BusEvent) -> Result<(), String>,
+    ) -> Vec<DeliveryFailure> {
+        let depth = NESTING.with(|n| n.get());
+        if depth >= MAX_NESTING {
+            return vec![DeliveryFailure {
+                subscription: 0,
+                error: format!(
+                    "event '{}' not delivered: events nested more than {MAX_NESTING} deep (a handler loop?)",
+                    event.name
+                ),
+            }];
+        }
+        let _ = self.tap.send(event.clone());
+        let targets: Vec<Subscriber> = self
+            .subscribers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|s| matches(&s.pattern, &event.name))
+            .cloned()
+            .collect();
+        NESTING.with(|n| n.set(depth + 1));
+        let mut failures = Vec::new();
+        for subscriber in targets {
+            let outcome = match &subscriber.listener {
+                Listener::Plugin(plugin) => deliver_to_plugin(plugin, subscriber.id, event),
+                Listener::Host(handler) => handler(event),
+            };
+            if let Err(error) = outcome {
+                tracing::warn!(event = %event.name, subscription = subscriber.id, "event handler failed: {error}");
+                failures.push(DeliveryFailure {
+                    subscription: subscriber.id,
+                    error,
+                });
+            }
+        }
+        NESTING.with(|n| n.set(depth));
+        failures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn event(name: &str) -> BusEvent {
+        BusEvent {
+            name: name.into(),
+            source: "host".into(),
+            payload: Value::Null,
+        }
+    }
+
+    #[test]
+    fn a_failing_handler_does_not_stop_the_others() {
+        let bus = EventBus::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = |tag: &'static str| {
+            let seen = Arc::clone(&seen);
+            Listener::Host(Arc::new(move |e: &BusEvent| {
+                seen.lock().unwrap().push(format!("{tag}:{}", e.name));
+                Ok(())
+            }))
+        };
+        bus.subscribe("a:*", record("first"));
+        bus.subscribe("a:x", Listener::Host(Arc::new(|_| Err("boom".into()))));
+        bus.subscribe("*", record("last"));
+        bus.subscribe("b", record("never"));
+        let failures = bus.emit(&event("a:x"), |_, _, _| Ok(()));
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].error, "boom");
+        assert_eq!(*seen.lock().unwrap(), vec!["first:a:x", "last:a:x"]);
+    }
+
+    #[test]
+    fn unsubscribe_stops_delivery_and_respects_the_owner() {
+        let bus = EventBus::new();
+        let id = bus.subscribe("x", Listener::Plugin("p".into()));
+        assert!(!bus.unsubscribe(id, Some("other")));
+        let delivered = Mutex::new(0);
+        bus.emit(&event("x"), |_, _, _| {
+            *delivered.lock().unwrap() += 1;
+            Ok(())
+        });
+        assert!(bus.unsubscribe(id, Some("p")));
+        bus.emit(&event("x"), |_, _, _| {
+            *delivered.lock().unwrap() += 1;
+            Ok(())
+        });
+        assert_eq!(*delivered.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_handler_that_emits_does_not_deadlock_and_loops_are_bounded() {
+        let bus = Arc::new(EventBus::new());
+        let count = Arc::new(AtomicU64::new(0));
+        let inner_bus = Arc::clone(&bus);
+        let inner_count = Arc::clone(&count);
+        bus.subscribe(
+            "loop",
+            Listener::Host(Arc::new(move |e| {
+                inner_count.fetch_add(1, Ordering::SeqCst);
+                let failures = inner_bus.emit(e, |_, _, _| Ok(()));
+                if failures.is_empty() {
+                    Ok(())
+                } else {
+                    Err(failures[0].error.clone())
+                }
+            })),
+        );
+        let failures = bus.emit(&event("loop"), |_, _, _| Ok(()));
+        assert_eq!(count.load(Ordering::SeqCst), u64::from(MAX_NESTING));
+        assert_eq!(failures.len(), 1);
+    }
+}

@@ -1,0 +1,158 @@
+//! `PluginHost`: the library's entry point. Loads a folder of plugins, answers
+//! messages, calls services, emits events, and shuts everything down in
+//! reverse load order.
+
+use crate::core::{Core, HostError};
+use crate::events::{BusEvent, DeliveryFailure, Listener};
+use crate::loader;
+use crate::pipeline::{self, InboundMessage, Reply};
+use crate::report::{LoadReport, ShutdownError};
+use crate::shadow::ShadowDir;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Options for a [`PluginHost`].
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// The tokio runtime for timers and blocking calls; the host makes a small
+    /// one of its own when this is `None`.
+    pub runtime: Option<tokio::runtime::Handle>,
+    /// The operator's config, per plugin name.
+    pub configs: BTreeMap<String, Value>,
+}
+
+/// A running set of plugins.
+pub struct PluginHost {
+    core: Arc<Core>,
+    shadow: ShadowDir,
+    configs: BTreeMap<String, Value>,
+    next_message: AtomicU64,
+    shut_down: AtomicBool,
+    // Declared last: dropped after everything that may still hold a handle to it.
+    _own_runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl PluginHost {
+    /// A host with no plugins yet.
+    pub fn new(options: HostOptions) -> std::io::Result<Self> {
+        let (handle, own) = match options.runtime {
+            Some(handle) => (handle, None),
+            None => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("agent-host")
+                    .enable_all()
+                    .build()?;
+                (runtime.handle().clone(), Some(runtime))
+            }
+        };
+        Ok(Self {
+            core: Core::new(handle),
+            shadow: ShadowDir::create()?,
+            configs: options.configs,
+            next_message: AtomicU64::new(1),
+            shut_down: AtomicBool::new(false),
+            _own_runtime: own,
+        })
+    }
+
+    /// Loads every plugin in `dir`. Only an unreadable folder is an error;
+    /// plugin failures are in the report.
+    pub fn load_dir(&self, dir: &Path) -> std::io::Result<LoadReport> {
+        loader::load_dir(&self.core, &self.shadow, dir, &self.configs)
+    }
+
+    /// The shared registry.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Names of loaded plugins in load order.
+    pub fn plugin_names(&self) -> Vec<String> {
+        self.core
+            .plugins()
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect()
+    }
+
+    /// Runs a message through the pipeline. Blocks while plugin code runs.
+    pub fn handle_message(&self, mut message: InboundMessage) -> Reply {
+        if message.id.is_empty() {
+            message.id = format!("m{}", self.next_message.fetch_add(1, Ordering::Relaxed));
+        }
+        pipeline::handle_message(&self.core, &message)
+    }
+
+    /// Calls a service method as the host (no permission check).
+    pub fn call_service(
+        &self,
+        service: &str,
+        method: &str,
+        args: &Value,
+    ) -> Result<Value, HostError> {
+        let json = self
+            .core
+            .call_service(None, service, method, &args.to_string())?;
+        serde_json::from_str(&json).map_err(|e| {
+            HostError::new(
+                plugin_api::ErrorKind::InvalidInput,
+                format!("service '{service}' method '{method}' returned invalid JSON: {e}"),
+            )
+        })
+    }
+
+    /// Emits an event as the host; returns the handlers that failed.
+    pub fn emit(&self, event: &str, payload: Value) -> Vec<DeliveryFailure> {
+        self.core.emit("host", event, payload)
+    }
+
+    /// Calls `handler` for every event matching `pattern`; returns the subscription id.
+    pub fn on(
+        &self,
+        pattern: &str,
+        handler: impl Fn(&BusEvent) -> Result<(), String> + Send + Sync + 'static,
+    ) -> u64 {
+        self.core
+            .bus
+            .subscribe(pattern, Listener::Host(Arc::new(handler)))
+    }
+
+    /// Stops every plugin in reverse load order: its services (in reverse),
+    /// then `on_unload`. Failures are returned, and never stop the rest.
+    pub fn shutdown(&self) -> Vec<ShutdownError> {
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let mut errors = Vec::new();
+        for plugin in self.core.plugins().iter().rev() {
+            let name = plugin.name().to_string();
+            for (index, service) in plugin.instance.manifest.services.iter().enumerate().rev() {
+                self.core.set_service_running(&service.name, false);
+                if let Err(error) = plugin.instance.stop_service(index as u32) {
+                    errors.push(error);
+                }
+            }
+            if let Err(error) = plugin.instance.on_unload() {
+                errors.push(error);
+            }
+            self.core.unregister(&name);
+            self.core
+                .emit("host", "plugin:unloaded", json!({"plugin": name}));
+            tracing::info!(plugin = %name, "unloaded");
+        }
+        for error in &errors {
+            tracing::warn!("{error}");
+        }
+        errors
+    }
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

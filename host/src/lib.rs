@@ -1,0 +1,39 @@
+//! `agent-host`: load native plugin libraries and run an agent with them.
+//!
+//! The host finds plugin files in a folder, loads each from a private copy,
+//! checks its ABI, manifest and dependencies, starts the plugins in dependency
+//! order, routes messages through their actions, providers and evaluators,
+//! lets them call each other's services and exchange events, and shuts them
+//! down in reverse order. [`PluginHost`] is the entry point; the `agent-host`
+//! binary is a thin CLI over it.
+//!
+//! # What this crate must never do
+//!
+//! * Let one plugin take down the host or an unrelated plugin: every failure
+//!   becomes a report line or an error value naming the plugin.
+//! * Call into a plugin while holding a lock that a callback from that plugin
+//!   could take.
+//! * `dlopen` a plugin file in place, or overwrite a file it has loaded: it
+//!   always loads a fresh private copy.
+//! * Unload a library: abi_stable libraries stay mapped until exit, and the
+//!   host counts what they cost instead of pretending otherwise.
+
+#![warn(missing_docs)]
+
+pub mod callbacks;
+pub mod core;
+pub mod discovery;
+pub mod events;
+pub mod host;
+pub mod instance;
+pub mod library;
+pub mod loader;
+pub mod permissions;
+pub mod pipeline;
+pub mod report;
+pub mod resolve;
+pub mod shadow;
+
+pub use crate::host::{HostOptions, PluginHost};
+pub use crate::pipeline::{InboundMessage, Reply};
+pub use crate::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};

@@ -1,0 +1,199 @@
+//! Opening one plugin file: private copy, `dlopen`, ABI checks, manifests.
+//!
+//! Each file is opened with `lib_header_from_path(..).init_root_module()`
+//! rather than `RootModule::load_from*`, which would keep one library per
+//! root-module type for the whole process (DESIGN fact 1).
+
+use crate::shadow::ShadowDir;
+use plugin_abi::abi_stable::library::{lib_header_from_path, LibraryError};
+use plugin_abi::PluginModuleRef;
+use plugin_api::manifest::Manifest;
+use std::path::{Path, PathBuf};
+
+/// A plugin library that passed every check and whose manifests were read.
+pub struct OpenedLibrary {
+    /// The file in the plugin folder.
+    pub file: PathBuf,
+    /// The private copy that was loaded.
+    pub shadow: PathBuf,
+    /// The library's root module.
+    pub module: PluginModuleRef,
+    /// One manifest per plugin the library exports, in export order.
+    pub manifests: Vec<Manifest>,
+    /// Size of the loaded image on disk, an estimate of what stays mapped.
+    pub image_bytes: u64,
+}
+
+/// Why a file could not be opened as a plugin library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenError {
+    /// One readable line.
+    pub cause: String,
+    /// The full diagnostic where there is one (abi_stable layout reports run
+    /// to thousands of lines), shown with `--verbose`.
+    pub detail: Option<String>,
+}
+
+impl OpenError {
+    fn new(cause: impl Into<String>) -> Self {
+        Self {
+            cause: cause.into(),
+            detail: None,
+        }
+    }
+}
+
+/// The ABI major version this host accepts.
+pub fn host_abi_major() -> u64 {
+    major_of(plugin_abi::ABI_VERSION).unwrap_or(0)
+}
+
+fn major_of(version: &str) -> Option<u64> {
+    version.split('.').next()?.trim().parse().ok()
+}
+
+/// Opens `file` from a fresh private copy and checks it.
+pub fn open(file: &Path, shadow: &ShadowDir) -> Result<OpenedLibrary, OpenError> {
+    let copy = shadow
+        .copy(file)
+        .map_err(|e| OpenError::new(format!("cannot make a private copy: {e}")))?;
+    let image_bytes = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
+    let header = lib_header_from_path(&copy).map_err(|e| describe(&e))?;
+
+    let plugin_version = header.version_strings().version;
+    let plugin_major = major_of(plugin_version.as_str());
+    if plugin_major != Some(host_abi_major()) {
+        return Err(OpenError::new(format!(
+            "built against plugin ABI {}, but this host speaks plugin ABI {}.x: rebuild the plugin against this host's plugin-api",
+            plugin_version.as_str(),
+            host_abi_major()
+        )));
+    }
+    let module = header
+        .init_root_module::<PluginModuleRef>()
+        .map_err(|e| describe(&e))?;
+
+    let json = (module.manifests())()
+        .into_result()
+        .map_err(|e| OpenError::new(format!("manifest: {}", e.message)))?;
+    let manifests: Vec<Manifest> = serde_json::from_str(json.as_str())
+        .map_err(|e| OpenError::new(format!("manifest is not valid: {e}")))?;
+    if manifests.is_empty() {
+        return Err(OpenError::new("the library exports no plugin"));
+    }
+    Ok(OpenedLibrary {
+        file: file.to_path_buf(),
+        shadow: copy,
+        module,
+        manifests,
+        image_bytes,
+    })
+}
+
+/// Turns an `abi_stable` loading error into one line (DESIGN fact 6).
+fn describe(error: &LibraryError) -> OpenError {
+    match error {
+        LibraryError::OpenError { err, .. } => OpenError::new(format!(
+            "not a loadable library: {}",
+            last_clause(&err.to_string())
+        )),
+        LibraryError::GetSymbolError { .. } => OpenError::new(
+            "not an agent-host plugin: it exports no plugin module (build it with plugin_api::export_plugin!)",
+        ),
+        LibraryError::InvalidAbiHeader(header) => OpenError::new(format!(
+            "built with an incompatible abi_stable ({header:?}): rebuild the plugin against this host's plugin-api"
+        )),
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => OpenError::new(format!(
+            "built against plugin ABI {actual_version}, but this host speaks plugin ABI {expected_version}: rebuild the plugin"
+        )),
+        LibraryError::AbiInstability(report) => {
+            let full = report.to_string();
+            OpenError {
+                cause: format!(
+                    "incompatible plugin ABI layout ({}): rebuild the plugin against this host's plugin-api; -v shows the full report",
+                    first_mismatch(&full)
+                ),
+                detail: Some(full),
+            }
+        }
+        LibraryError::Many(errors) => match errors.first() {
+            Some(first) => describe(first),
+            None => OpenError::new("the library failed an unnamed check"),
+        },
+        other => {
+            let full = other.to_string();
+            OpenError {
+                cause: format!("rejected by the ABI check: {}", first_line(&full)),
+                detail: Some(full),
+            }
+        }
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(text)
+}
+
+/// `dlopen` messages start with the path, which the report already names.
+fn last_clause(text: &str) -> String {
+    let line = first_line(text);
+    line.rsplit(": ").next().unwrap_or(line).trim().to_string()
+}
+
+/// Picks the first mismatch out of abi_stable's layout report.
+fn first_mismatch(report: &str) -> String {
+    let mut lines = report.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut found = None;
+    let mut pending_error = None;
+    for line in lines.by_ref() {
+        if let Some(rest) = line.strip_prefix("Error:") {
+            pending_error = Some(rest.trim().to_string());
+            continue;
+        }
+        if let Some(error) = &pending_error {
+            found = Some(format!("{error} {line}"));
+            break;
+        }
+    }
+    let summary = found
+        .or(pending_error)
+        .unwrap_or_else(|| first_line(report).to_string());
+    const MAX: usize = 200;
+    if summary.len() > MAX {
+        let cut = (0..=MAX)
+            .rev()
+            .find(|&i| summary.is_char_boundary(i))
+            .unwrap_or(0);
+        format!("{}...", &summary[..cut])
+    } else {
+        summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn majors_parse() {
+        assert_eq!(major_of("1.0.0"), Some(1));
+        assert_eq!(major_of("2.3.4"), Some(2));
+        assert_eq!(major_of("x"), None);
+        assert_eq!(host_abi_major(), 1);
+    }
+
+    #[test]
+    fn open_errors_lose_the_path_prefix() {
+        assert_eq!(
+            last_clause("/tmp/x.so: file too short"),
+            "file too short".to_string()
+        );
+    }
+}

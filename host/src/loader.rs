@@ -1,0 +1,356 @@
+//! Loading a plugin folder: discover, open, validate, resolve, start.
+//!
+//! The steps, in order: find library files; open each from a private copy and
+//! check its ABI (in parallel); validate every manifest; reject duplicate
+//! names; resolve dependencies; then, level by level in dependency order (the
+//! plugins of one level in parallel): create the instance, register it, run
+//! `on_load`, register and start its services. A failure at any step takes
+//! down that plugin and its dependents, never the host or unrelated plugins.
+
+use crate::callbacks::PluginCallbacks;
+use crate::core::{Core, LivePlugin};
+use crate::discovery::plugin_files;
+use crate::instance::PluginInstance;
+use crate::library::{self, OpenedLibrary};
+use crate::permissions::Permissions;
+use crate::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
+use crate::resolve::{resolve, Candidate};
+use crate::shadow::ShadowDir;
+use plugin_api::manifest::{Dependency, Manifest};
+use semver::Version;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// One plugin of one library, validated and ready to resolve.
+struct Prepared {
+    library: Arc<OpenedLibrary>,
+    index: u32,
+    manifest: Manifest,
+    version: Version,
+    dependencies: Vec<Dependency>,
+}
+
+impl Prepared {
+    fn failure(&self, stage: Stage, cause: impl Into<String>) -> LoadFailure {
+        LoadFailure {
+            file: self.library.file.clone(),
+            plugin: Some(self.manifest.name.clone()),
+            stage,
+            cause: cause.into(),
+            detail: None,
+        }
+    }
+}
+
+/// Runs `work` over `items` on up to `available_parallelism` threads, keeping order.
+pub fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(work).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let result = work(item);
+                results.lock().unwrap_or_else(PoisonError::into_inner)[i] = Some(result);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Opens every plugin file of `dir` and validates its manifests, without
+/// running any plugin code beyond the manifest functions.
+fn prepare(files: &[PathBuf], shadow: &ShadowDir, report: &mut LoadReport) -> Vec<Prepared> {
+    let opened = parallel_map(files, |file| library::open(file, shadow));
+    let mut prepared = Vec::new();
+    for (file, outcome) in files.iter().zip(opened) {
+        let library = match outcome {
+            Ok(library) => Arc::new(library),
+            Err(error) => {
+                report.failures.push(LoadFailure {
+                    file: file.clone(),
+                    plugin: None,
+                    stage: Stage::Open,
+                    cause: error.cause,
+                    detail: error.detail,
+                });
+                continue;
+            }
+        };
+        for (index, manifest) in library.manifests.iter().enumerate() {
+            match manifest.validate() {
+                Ok(valid) => prepared.push(Prepared {
+                    library: Arc::clone(&library),
+                    index: index as u32,
+                    manifest: manifest.clone(),
+                    version: valid.version,
+                    dependencies: valid.dependencies,
+                }),
+                Err(error) => report.failures.push(LoadFailure {
+                    file: file.clone(),
+                    plugin: (!manifest.name.is_empty()).then(|| manifest.name.clone()),
+                    stage: Stage::Manifest,
+                    cause: error.to_string(),
+                    detail: None,
+                }),
+            }
+        }
+    }
+    prepared
+}
+
+/// Rejects every plugin whose name appears in more than one place. Silently
+/// picking one could run the wrong code; the operator must remove the extra file.
+fn reject_duplicates(prepared: Vec<Prepared>, report: &mut LoadReport) -> Vec<Prepared> {
+    let mut by_name: BTreeMap<String, Vec<Prepared>> = BTreeMap::new();
+    for p in prepared {
+        by_name.entry(p.manifest.name.clone()).or_default().push(p);
+    }
+    let mut unique = Vec::new();
+    for (name, mut group) in by_name {
+        if group.len() == 1 {
+            unique.append(&mut group);
+            continue;
+        }
+        let files: Vec<String> = group
+            .iter()
+            .map(|p| p.library.file.display().to_string())
+            .collect();
+        for p in &group {
+            report.failures.push(p.failure(
+                Stage::Duplicate,
+                format!(
+                    "duplicate plugin name '{name}' (found in {}): none of them is loaded; remove all but one",
+                    files.join(", ")
+                ),
+            ));
+        }
+    }
+    unique
+}
+
+/// Merges the operator's config over the plugin's defaults (top-level keys).
+fn effective_config(manifest: &Manifest, operator: Option<&Value>) -> Value {
+    let mut config = match &manifest.default_config {
+        Some(Value::Object(defaults)) => defaults.clone(),
+        _ => serde_json::Map::new(),
+    };
+    if let Some(Value::Object(overrides)) = operator {
+        for (key, value) in overrides {
+            config.insert(key.clone(), value.clone());
+        }
+    }
+    Value::Object(config)
+}
+
+/// Creates, registers and starts one plugin. On failure everything it set up
+/// is undone and the plugin is unregistered.
+fn start(
+    core: &Arc<Core>,
+    p: &Prepared,
+    order: usize,
+    operator_config: Option<&Value>,
+) -> Result<Arc<LivePlugin>, LoadFailure> {
+    let name = p.manifest.name.as_str();
+    let config = Arc::new(effective_config(&p.manifest, operator_config));
+    let permissions = Permissions::new(p.manifest.permissions.iter().cloned());
+    let host = PluginCallbacks::boxed(name, permissions.clone(), Arc::clone(&config), core);
+    let object = (p.library.module.create())(p.index, host)
+        .into_result()
+        .map_err(|e| p.failure(Stage::Create, format!("create: {}", e.message)))?;
+    let live = Arc::new(LivePlugin {
+        instance: PluginInstance::new(
+            p.manifest.clone(),
+            p.version.clone(),
+            p.library.file.clone(),
+            p.library.image_bytes,
+            object,
+        ),
+        config,
+        permissions,
+        load_order: order,
+    });
+    core.register(Arc::clone(&live));
+    if let Err(error) = live.instance.on_load() {
+        core.unregister(name);
+        return Err(p.failure(Stage::OnLoad, format!("on_load: {}", error.message)));
+    }
+    let mut started = Vec::new();
+    for (index, service) in p.manifest.services.iter().enumerate() {
+        let index = index as u32;
+        let outcome = core.add_service(&live, index).and_then(|()| {
+            live.instance
+                .start_service(index)
+                .map_err(|e| e.to_string())
+        });
+        match outcome {
+            Ok(()) => {
+                core.set_service_running(&service.name, true);
+                started.push(index);
+            }
+            Err(cause) => {
+                for &index in started.iter().rev() {
+                    if let Err(error) = live.instance.stop_service(index) {
+                        tracing::warn!("{error}");
+                    }
+                }
+                if let Err(error) = live.instance.on_unload() {
+                    tracing::warn!("{error}");
+                }
+                core.unregister(name);
+                return Err(p.failure(
+                    Stage::StartService,
+                    format!("service '{}' failed to start: {cause}", service.name),
+                ));
+            }
+        }
+    }
+    Ok(live)
+}
+
+fn describe(p: &Prepared, order: usize) -> LoadedPlugin {
+    let m = &p.manifest;
+    let names = |list: Vec<&String>| list.into_iter().cloned().collect::<Vec<_>>();
+    LoadedPlugin {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        description: m.description.clone(),
+        file: p.library.file.clone(),
+        order,
+        dependencies: p
+            .dependencies
+            .iter()
+            .map(|d| {
+                if d.optional {
+                    format!("{d}?")
+                } else {
+                    d.to_string()
+                }
+            })
+            .collect(),
+        actions: names(m.actions.iter().map(|a| &a.name).collect()),
+        providers: names(m.providers.iter().map(|a| &a.name).collect()),
+        evaluators: names(m.evaluators.iter().map(|a| &a.name).collect()),
+        services: names(m.services.iter().map(|a| &a.name).collect()),
+        image_bytes: p.library.image_bytes,
+    }
+}
+
+/// Loads every plugin in `dir` into `core`. `configs` holds the operator's
+/// config per plugin name. Only an unreadable folder is an error; every
+/// plugin failure is in the report.
+pub fn load_dir(
+    core: &Arc<Core>,
+    shadow: &ShadowDir,
+    dir: &Path,
+    configs: &BTreeMap<String, Value>,
+) -> std::io::Result<LoadReport> {
+    let files = plugin_files(dir)?;
+    let mut report = LoadReport::default();
+    let prepared = prepare(&files, shadow, &mut report);
+    let prepared = reject_duplicates(prepared, &mut report);
+
+    let failed_names: BTreeSet<String> = report
+        .failures
+        .iter()
+        .filter_map(|f| f.plugin.clone())
+        .collect();
+    let candidates: Vec<Candidate> = prepared
+        .iter()
+        .map(|p| Candidate {
+            name: p.manifest.name.clone(),
+            version: p.version.clone(),
+            dependencies: p.dependencies.clone(),
+        })
+        .collect();
+    let resolution = resolve(&candidates, &failed_names);
+    for (i, reason) in &resolution.failed {
+        report
+            .failures
+            .push(prepared[*i].failure(Stage::Dependencies, reason.to_string()));
+    }
+    for (i, warning) in &resolution.ignored_optional {
+        report.warnings.push(format!(
+            "plugin '{}': {warning}",
+            prepared[*i].manifest.name
+        ));
+    }
+
+    let failed_at_start: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
+    let base_order = core.plugins().len();
+    let mut order_of = vec![0; prepared.len()];
+    for (order, i) in resolution.order().enumerate() {
+        order_of[i] = base_order + order;
+    }
+    for level in &resolution.levels {
+        let outcomes = parallel_map(level, |&i| {
+            let p = &prepared[i];
+            let failed_dependency = resolution.edges[i].iter().find(|d| {
+                failed_at_start
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(d)
+            });
+            if let Some(&d) = failed_dependency {
+                let optional = p
+                    .dependencies
+                    .iter()
+                    .any(|dep| dep.optional && dep.name == prepared[d].manifest.name);
+                if !optional {
+                    return Err(p.failure(
+                        Stage::Dependencies,
+                        format!(
+                            "skipped because its dependency '{}' failed to load",
+                            prepared[d].manifest.name
+                        ),
+                    ));
+                }
+            }
+            start(core, p, order_of[i], configs.get(&p.manifest.name))
+        });
+        for (&i, outcome) in level.iter().zip(outcomes) {
+            match outcome {
+                Ok(_) => {
+                    report.loaded.push(describe(&prepared[i], order_of[i]));
+                    let p = &prepared[i];
+                    core.emit(
+                        "host",
+                        "plugin:loaded",
+                        json!({"plugin": p.manifest.name, "version": p.manifest.version}),
+                    );
+                }
+                Err(failure) => {
+                    failed_at_start
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(i);
+                    report.failures.push(failure);
+                }
+            }
+        }
+    }
+    report.loaded.sort_by_key(|p| p.order);
+    for failure in &report.failures {
+        tracing::error!("{failure}");
+    }
+    for warning in &report.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(report)
+}

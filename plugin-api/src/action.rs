@@ -1,0 +1,173 @@
+//! Actions: how a plugin responds to a message.
+
+use crate::error::{Error, Result};
+use crate::manifest::{ActionSpec, Example, RateLimit};
+use crate::message::Message;
+use crate::runtime::Runtime;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+type Validator = Box<dyn Fn(&Message<'_>) -> bool + Send + Sync>;
+type Handler = Box<dyn Fn(&Message<'_>, &Runtime<'_>) -> Result<ActionResult> + Send + Sync>;
+
+/// What an action's handler returns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ActionResult {
+    /// The reply text.
+    pub text: String,
+    /// Structured data for programmatic clients.
+    pub data: Value,
+    /// Extra facts about the result (confidence, sources...).
+    pub metadata: Map<String, Value>,
+}
+
+impl ActionResult {
+    /// A result with just a text.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Attaches structured data.
+    pub fn with_data(mut self, data: impl Serialize) -> Result<Self> {
+        self.data = serde_json::to_value(data)?;
+        Ok(self)
+    }
+
+    /// Adds one metadata entry.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// An action: `validate` decides whether it applies to a message, `handler`
+/// answers it. The host runs the handler only after `validate` returned true.
+///
+/// ```
+/// use plugin_api::{Action, ActionResult, Message};
+///
+/// let action = Action::new("ECHO")
+///     .description("Repeats what was said")
+///     .priority(1)
+///     .validate(|msg| msg.text().starts_with("echo "))
+///     .handler(|msg, _rt| Ok(ActionResult::text(&msg.text()[5..])));
+/// assert!(action.check(&Message::new("echo hi")));
+/// ```
+pub struct Action {
+    pub(crate) spec: ActionSpec,
+    validator: Option<Validator>,
+    handler: Option<Handler>,
+}
+
+impl Action {
+    /// A new action with a name unique within the plugin, such as `GET_WEATHER`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            spec: ActionSpec {
+                name: name.into(),
+                description: String::new(),
+                examples: Vec::new(),
+                priority: 0,
+                timeout_ms: None,
+                rate_limit: None,
+                permissions: Vec::new(),
+            },
+            validator: None,
+            handler: None,
+        }
+    }
+
+    /// Says what the action does.
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.spec.description = text.into();
+        self
+    }
+
+    /// Adds an example exchange.
+    pub fn example(mut self, input: impl Into<String>, output: impl Into<String>) -> Self {
+        self.spec.examples.push(Example {
+            input: input.into(),
+            output: output.into(),
+        });
+        self
+    }
+
+    /// Among the actions that accept a message, the highest priority runs.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.spec.priority = priority;
+        self
+    }
+
+    /// How long the handler may run before the host gives up on it.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.spec.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// At most `max_requests` runs per `window`.
+    pub fn rate_limit(mut self, max_requests: u32, window: Duration) -> Self {
+        self.spec.rate_limit = Some(RateLimit {
+            max_requests,
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+        });
+        self
+    }
+
+    /// A permission the message's sender must hold.
+    pub fn permission(mut self, permission: impl Into<String>) -> Self {
+        self.spec.permissions.push(permission.into());
+        self
+    }
+
+    /// Decides whether the action applies. Keep it cheap: it runs for every message.
+    pub fn validate(
+        mut self,
+        validate: impl Fn(&Message<'_>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.validator = Some(Box::new(validate));
+        self
+    }
+
+    /// Answers a message the action accepted.
+    pub fn handler(
+        mut self,
+        handler: impl Fn(&Message<'_>, &Runtime<'_>) -> Result<ActionResult> + Send + Sync + 'static,
+    ) -> Self {
+        self.handler = Some(Box::new(handler));
+        self
+    }
+
+    /// The action's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Runs `validate`.
+    pub fn check(&self, message: &Message<'_>) -> bool {
+        self.validator.as_ref().is_some_and(|v| v(message))
+    }
+
+    /// Runs the handler.
+    pub fn run(&self, message: &Message<'_>, rt: &Runtime<'_>) -> Result<ActionResult> {
+        match &self.handler {
+            Some(handler) => handler(message, rt),
+            None => Err(Error::msg(format!(
+                "action '{}' has no handler",
+                self.spec.name
+            ))),
+        }
+    }
+
+    pub(crate) fn missing_parts(&self) -> Option<String> {
+        match (self.validator.is_some(), self.handler.is_some()) {
+            (true, true) => None,
+            (false, _) => Some(format!("action '{}' has no validate", self.spec.name)),
+            (_, false) => Some(format!("action '{}' has no handler", self.spec.name)),
+        }
+    }
+}

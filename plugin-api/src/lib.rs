@@ -1,0 +1,87 @@
+//! Write plugins for `agent-host` in plain Rust.
+//!
+//! This crate is what plugin authors depend on. A plugin is a `cdylib` crate
+//! that builds a [`Plugin`] from [`Action`]s, [`Provider`]s, [`Evaluator`]s and
+//! [`Service`]s, and exports it with [`export_plugin!`]. The author never sees
+//! an FFI type or writes `unsafe`; [`testing`] runs the same code in unit tests
+//! without a host.
+//!
+//! ```
+//! use plugin_api::{Action, ActionResult, Plugin};
+//!
+//! fn plugin() -> Plugin {
+//!     Plugin::new("hello", "1.0.0")
+//!         .description("Answers greetings")
+//!         .action(
+//!             Action::new("HELLO")
+//!                 .validate(|msg| msg.text().to_lowercase().contains("hello"))
+//!                 .handler(|msg, _rt| Ok(ActionResult::text(format!("Hello, {}!", msg.sender())))),
+//!         )
+//! }
+//! // In the plugin's lib.rs: plugin_api::export_plugin!(plugin);
+//! # assert!(plugin().manifest().validate().is_ok());
+//! ```
+//!
+//! # What this crate must never do
+//!
+//! It must never let a panic cross into the host (every entry point is wrapped
+//! in `catch_unwind` here, in code the plugin compiles), never start an async
+//! runtime or threads of its own behind the author's back, and never expose the
+//! FFI layout: that lives in `plugin-abi` and changes only with its major
+//! version.
+//!
+//! # ABI compatibility policy
+//!
+//! A plugin library carries two versions:
+//!
+//! * the **ABI version** (`plugin-abi`'s crate version, currently 1.x): the
+//!   host loads a plugin only if the major versions match and `abi_stable`'s
+//!   layout check of the root module passes. The layout is frozen for a major
+//!   version; new capabilities arrive as JSON fields or as string-keyed
+//!   `invoke` requests, never as layout changes;
+//! * the **SDK version** (this crate's version, in the manifest's
+//!   `sdk_version`): it may change freely. A plugin built with an older SDK
+//!   keeps loading in a newer host as long as the ABI major matches.
+//!
+//! A plugin built against another ABI major version, or with a foreign
+//! layout, is rejected at load time with one line that names the file and
+//! says to rebuild it against the host's `plugin-api`.
+
+#![warn(missing_docs)]
+
+mod action;
+mod error;
+mod evaluator;
+mod export;
+pub mod manifest;
+mod message;
+mod plugin;
+mod provider;
+mod runtime;
+mod service;
+pub mod testing;
+
+pub use action::{Action, ActionResult};
+pub use error::{Error, ErrorKind, Result};
+pub use evaluator::{Evaluation, Evaluator};
+#[doc(hidden)]
+pub use export::__private;
+pub use manifest::Manifest;
+pub use message::{Context, Message};
+pub use plugin::Plugin;
+pub use provider::{Provider, Unsubscribe};
+pub use runtime::{
+    Event, Host, Level, ProviderPush, Runtime, RuntimeHandle, ServiceClient, Subscription, Timer,
+};
+pub use service::{Service, ServiceBuilder};
+
+/// Re-exported so plugins can build JSON values without their own dependency.
+pub use serde_json::{self, json, Value};
+
+/// The names a plugin usually needs: `use plugin_api::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        bail, export_plugin, json, Action, ActionResult, Error, Evaluation, Evaluator, Message,
+        Plugin, Provider, Result, Runtime, Service, Value,
+    };
+}

@@ -1,0 +1,164 @@
+//! A message as plugin code sees it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+/// Everything about a message besides its text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Context {
+    /// Who sent the message.
+    pub sender: String,
+    /// The permissions the operator gave the sender.
+    pub permissions: Vec<String>,
+    /// Free-form metadata from the client.
+    pub metadata: Map<String, Value>,
+    /// The agent's state for this message, composed from providers: provider
+    /// name to value.
+    pub state: Map<String, Value>,
+}
+
+/// A message handed to an action, provider or evaluator.
+///
+/// Inside the host it borrows the host's buffers; the context is parsed only
+/// when plugin code first asks for it, so a `validate` that looks only at the
+/// text costs no parsing.
+#[derive(Debug)]
+pub struct Message<'a> {
+    id: Cow<'a, str>,
+    text: Cow<'a, str>,
+    context_json: Cow<'a, str>,
+    context: OnceLock<Context>,
+}
+
+impl<'a> Message<'a> {
+    /// A message with the given text, an empty context and id `test`; add
+    /// context with the builder methods. Meant for unit tests.
+    pub fn new(text: impl Into<Cow<'a, str>>) -> Self {
+        Self::with_context(text, Context::default())
+    }
+
+    /// A message with the given text and context.
+    pub fn with_context(text: impl Into<Cow<'a, str>>, context: Context) -> Self {
+        Self {
+            id: Cow::Borrowed("test"),
+            text: text.into(),
+            context_json: Cow::Borrowed(""),
+            context: OnceLock::from(context),
+        }
+    }
+
+    /// Borrows a message from the host's raw parts.
+    pub(crate) fn from_parts(id: &'a str, text: &'a str, context_json: &'a str) -> Self {
+        Self {
+            id: Cow::Borrowed(id),
+            text: Cow::Borrowed(text),
+            context_json: Cow::Borrowed(context_json),
+            context: OnceLock::new(),
+        }
+    }
+
+    /// Sets the message id.
+    pub fn with_id(mut self, id: impl Into<Cow<'a, str>>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Sets the sender.
+    pub fn with_sender(mut self, sender: impl Into<String>) -> Self {
+        self.context_mut().sender = sender.into();
+        self
+    }
+
+    /// Adds a permission held by the sender.
+    pub fn with_permission(mut self, permission: impl Into<String>) -> Self {
+        self.context_mut().permissions.push(permission.into());
+        self
+    }
+
+    /// Sets a state value, as a provider would.
+    pub fn with_state(mut self, provider: impl Into<String>, value: Value) -> Self {
+        self.context_mut().state.insert(provider.into(), value);
+        self
+    }
+
+    /// Sets a metadata value.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: Value) -> Self {
+        self.context_mut().metadata.insert(key.into(), value);
+        self
+    }
+
+    fn context_mut(&mut self) -> &mut Context {
+        self.context();
+        self.context
+            .get_mut()
+            .expect("context was just initialised")
+    }
+
+    /// The message's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The message's text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The message's context, parsed on first use. A context the host sent
+    /// malformed reads as empty.
+    pub fn context(&self) -> &Context {
+        self.context.get_or_init(|| {
+            if self.context_json.is_empty() {
+                Context::default()
+            } else {
+                serde_json::from_str(&self.context_json).unwrap_or_default()
+            }
+        })
+    }
+
+    /// Who sent the message.
+    pub fn sender(&self) -> &str {
+        &self.context().sender
+    }
+
+    /// Whether the sender holds `permission`.
+    pub fn sender_has(&self, permission: &str) -> bool {
+        self.context().permissions.iter().any(|p| p == permission)
+    }
+
+    /// Client metadata.
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.context().metadata
+    }
+
+    /// The state value a provider supplied for this message, if any.
+    pub fn state(&self, provider: &str) -> Option<&Value> {
+        self.context().state.get(provider)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_parsed_lazily_from_json() {
+        let json = r#"{"sender":"alice","permissions":["a"],"state":{"clock":1}}"#;
+        let message = Message::from_parts("m1", "hi", json);
+        assert_eq!(message.text(), "hi");
+        assert!(message.context.get().is_none());
+        assert_eq!(message.sender(), "alice");
+        assert!(message.sender_has("a"));
+        assert_eq!(message.state("clock"), Some(&Value::from(1)));
+    }
+
+    #[test]
+    fn builder_sets_context() {
+        let message = Message::new("x").with_sender("bob").with_permission("p");
+        assert_eq!(message.sender(), "bob");
+        assert!(message.sender_has("p"));
+    }
+}

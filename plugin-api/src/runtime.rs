@@ -1,0 +1,348 @@
+//! The runtime handle plugin code talks to the host through.
+
+use crate::error::{Error, ErrorKind, Result};
+use plugin_abi::CallControl;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A log level, as passed to [`Runtime::log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// Something failed.
+    Error = 1,
+    /// Something is wrong but the plugin goes on.
+    Warn = 2,
+    /// Normal operation worth telling the operator.
+    Info = 3,
+    /// Detail for debugging.
+    Debug = 4,
+    /// Very fine detail.
+    Trace = 5,
+}
+
+impl Level {
+    /// The level for a wire number; out-of-range numbers are `Trace`.
+    pub fn from_number(number: u8) -> Self {
+        match number {
+            1 => Level::Error,
+            2 => Level::Warn,
+            3 => Level::Info,
+            4 => Level::Debug,
+            _ => Level::Trace,
+        }
+    }
+}
+
+/// What the host does for a plugin. The SDK implements it over the real
+/// host's callbacks; [`crate::testing::TestHost`] implements it for unit tests.
+/// Plugin authors use [`Runtime`] rather than calling this directly.
+pub trait Host: Send + Sync {
+    /// Writes a log line tagged with the plugin's name.
+    fn log(&self, level: Level, message: &str);
+    /// The plugin's config as JSON: the whole object for an empty key, else the value at `key`.
+    fn config(&self, key: &str) -> Result<String>;
+    /// Calls another plugin's service method with JSON arguments.
+    fn call_service(&self, service: &str, method: &str, args_json: &str) -> Result<String>;
+    /// Emits an event.
+    fn emit(&self, event: &str, payload_json: &str) -> Result<()>;
+    /// Subscribes to an event; returns the subscription id.
+    fn subscribe(&self, event: &str) -> Result<u64>;
+    /// Ends a subscription.
+    fn unsubscribe(&self, subscription: u64) -> Result<()>;
+    /// Pushes a fresh provider value.
+    fn push_provider_value(&self, provider: u32, value_json: &str) -> Result<()>;
+    /// Sets a timer that fires [`crate::Plugin`]'s timer handler.
+    fn set_timer(&self, timer: u64, after_ms: u64, every_ms: u64) -> Result<()>;
+    /// Clears a timer.
+    fn clear_timer(&self, timer: u64) -> Result<()>;
+}
+
+/// An event as delivered to a handler registered with [`Runtime::on`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The event's name, such as `action:completed`.
+    pub name: String,
+    /// The event's payload.
+    pub payload: Value,
+}
+
+pub(crate) type EventHandler = Arc<dyn Fn(&Event, &Runtime<'_>) -> Result<()> + Send + Sync>;
+pub(crate) type TimerHandler = Arc<dyn Fn(&Runtime<'_>) -> Result<()> + Send + Sync>;
+
+/// One plugin instance's link to its host, shared by every call.
+pub(crate) struct Shared {
+    pub(crate) plugin: String,
+    pub(crate) host: Box<dyn Host>,
+    event_handlers: Mutex<HashMap<u64, EventHandler>>,
+    timer_handlers: Mutex<HashMap<u64, TimerHandler>>,
+    next_timer: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(plugin: String, host: Box<dyn Host>) -> Arc<Self> {
+        Arc::new(Self {
+            plugin,
+            host,
+            event_handlers: Mutex::new(HashMap::new()),
+            timer_handlers: Mutex::new(HashMap::new()),
+            next_timer: AtomicU64::new(1),
+        })
+    }
+
+    pub(crate) fn event_handler(&self, subscription: u64) -> Option<EventHandler> {
+        lock(&self.event_handlers).get(&subscription).cloned()
+    }
+
+    pub(crate) fn timer_handler(&self, timer: u64) -> Option<TimerHandler> {
+        lock(&self.timer_handlers).get(&timer).cloned()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A handler panicking while the map is locked cannot leave it half-written
+    // (inserts and removes are single operations), so a poisoned map is usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What plugin code gets in every call: logging, config, services, events,
+/// timers, and the call's cancellation signal.
+#[derive(Clone, Copy)]
+pub struct Runtime<'a> {
+    shared: &'a Arc<Shared>,
+    control: Option<&'a CallControl>,
+}
+
+impl<'a> Runtime<'a> {
+    pub(crate) fn new(shared: &'a Arc<Shared>, control: Option<&'a CallControl>) -> Self {
+        Self { shared, control }
+    }
+
+    /// The name of the plugin this runtime belongs to.
+    pub fn plugin_name(&self) -> &str {
+        &self.shared.plugin
+    }
+
+    /// An owned handle that outlives this call (for threads and stored callbacks).
+    /// It carries no cancellation signal.
+    pub fn handle(&self) -> RuntimeHandle {
+        RuntimeHandle {
+            shared: Arc::clone(self.shared),
+        }
+    }
+
+    /// Writes a line into the host's log, tagged with the plugin's name.
+    pub fn log(&self, level: Level, message: impl AsRef<str>) {
+        self.shared.host.log(level, message.as_ref());
+    }
+
+    /// Logs at error level.
+    pub fn error(&self, message: impl AsRef<str>) {
+        self.log(Level::Error, message);
+    }
+
+    /// Logs at warn level.
+    pub fn warn(&self, message: impl AsRef<str>) {
+        self.log(Level::Warn, message);
+    }
+
+    /// Logs at info level.
+    pub fn info(&self, message: impl AsRef<str>) {
+        self.log(Level::Info, message);
+    }
+
+    /// Logs at debug level.
+    pub fn debug(&self, message: impl AsRef<str>) {
+        self.log(Level::Debug, message);
+    }
+
+    /// The plugin's whole config, deserialized into `T`.
+    pub fn config<T: DeserializeOwned>(&self) -> Result<T> {
+        let json = self.shared.host.config("")?;
+        serde_json::from_str(&json)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("config: {e}")))
+    }
+
+    /// One top-level config value; `Value::Null` when the key is absent.
+    pub fn config_value(&self, key: &str) -> Result<Value> {
+        let json = self.shared.host.config(key)?;
+        serde_json::from_str(&json)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("config `{key}`: {e}")))
+    }
+
+    /// A client for another plugin's service, such as `rt.service("weather")`.
+    pub fn service(&self, name: &'a str) -> ServiceClient<'a> {
+        ServiceClient {
+            shared: self.shared,
+            name,
+        }
+    }
+
+    /// Emits an event with a payload.
+    pub fn emit(&self, event: &str, payload: &impl Serialize) -> Result<()> {
+        let json = serde_json::to_string(payload)?;
+        self.shared.host.emit(event, &json)
+    }
+
+    /// Calls `handler` for every `event` until [`Runtime::off`] or unload.
+    pub fn on(
+        &self,
+        event: &str,
+        handler: impl Fn(&Event, &Runtime<'_>) -> Result<()> + Send + Sync + 'static,
+    ) -> Result<Subscription> {
+        let id = self.shared.host.subscribe(event)?;
+        lock(&self.shared.event_handlers).insert(id, Arc::new(handler));
+        Ok(Subscription(id))
+    }
+
+    /// Ends a subscription made with [`Runtime::on`].
+    pub fn off(&self, subscription: Subscription) -> Result<()> {
+        lock(&self.shared.event_handlers).remove(&subscription.0);
+        self.shared.host.unsubscribe(subscription.0)
+    }
+
+    /// Calls `handler` every `period`, first after one period, until
+    /// [`Runtime::cancel_timer`] or unload. Timers run on the host's threads:
+    /// a plugin has no async runtime of its own.
+    pub fn every(
+        &self,
+        period: Duration,
+        handler: impl Fn(&Runtime<'_>) -> Result<()> + Send + Sync + 'static,
+    ) -> Result<Timer> {
+        self.timer(period, period, handler)
+    }
+
+    /// Calls `handler` once after `delay`.
+    pub fn after(
+        &self,
+        delay: Duration,
+        handler: impl Fn(&Runtime<'_>) -> Result<()> + Send + Sync + 'static,
+    ) -> Result<Timer> {
+        self.timer(delay, Duration::ZERO, handler)
+    }
+
+    fn timer(
+        &self,
+        after: Duration,
+        every: Duration,
+        handler: impl Fn(&Runtime<'_>) -> Result<()> + Send + Sync + 'static,
+    ) -> Result<Timer> {
+        let id = self.shared.next_timer.fetch_add(1, Ordering::Relaxed);
+        lock(&self.shared.timer_handlers).insert(id, Arc::new(handler));
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if let Err(error) = self.shared.host.set_timer(id, millis(after), millis(every)) {
+            lock(&self.shared.timer_handlers).remove(&id);
+            return Err(error);
+        }
+        Ok(Timer(id))
+    }
+
+    /// Cancels a timer.
+    pub fn cancel_timer(&self, timer: Timer) -> Result<()> {
+        lock(&self.shared.timer_handlers).remove(&timer.0);
+        self.shared.host.clear_timer(timer.0)
+    }
+
+    /// Whether the host has cancelled this call (its timeout passed). Long
+    /// handlers should check it and stop early.
+    pub fn is_cancelled(&self) -> bool {
+        self.control.is_some_and(|c| {
+            c.is_cancelled() || {
+                let deadline = c.deadline_unix_ms();
+                deadline != 0 && now_unix_ms() >= deadline
+            }
+        })
+    }
+
+    /// Returns a [`ErrorKind::Cancelled`] error if the call was cancelled.
+    pub fn check_cancelled(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(Error::new(ErrorKind::Cancelled, "the call was cancelled"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The call's deadline, if it has one.
+    pub fn deadline(&self) -> Option<SystemTime> {
+        self.control
+            .map(CallControl::deadline_unix_ms)
+            .filter(|&ms| ms != 0)
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// An owned runtime handle, for code that runs outside one call.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    shared: Arc<Shared>,
+}
+
+impl RuntimeHandle {
+    /// A runtime for use now (without a cancellation signal).
+    pub fn runtime(&self) -> Runtime<'_> {
+        Runtime::new(&self.shared, None)
+    }
+}
+
+/// A subscription made with [`Runtime::on`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Subscription(pub(crate) u64);
+
+/// A timer made with [`Runtime::every`] or [`Runtime::after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Timer(pub(crate) u64);
+
+/// Calls another plugin's service through the host.
+pub struct ServiceClient<'a> {
+    shared: &'a Arc<Shared>,
+    name: &'a str,
+}
+
+impl ServiceClient<'_> {
+    /// Calls `method` with typed arguments and a typed result.
+    pub fn call<R: DeserializeOwned>(&self, method: &str, args: &impl Serialize) -> Result<R> {
+        let args = serde_json::to_string(args)?;
+        let result = self.shared.host.call_service(self.name, method, &args)?;
+        serde_json::from_str(&result).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "service '{}' method '{method}' returned unexpected JSON: {e}",
+                    self.name
+                ),
+            )
+        })
+    }
+
+    /// Calls `method` with JSON arguments and a JSON result.
+    pub fn call_json(&self, method: &str, args: &Value) -> Result<Value> {
+        self.call(method, args)
+    }
+}
+
+/// Pushes fresh values for one subscribable provider into the host's cache.
+#[derive(Clone)]
+pub struct ProviderPush {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) provider: u32,
+}
+
+impl ProviderPush {
+    /// Pushes a value; the host replaces its cached value with it.
+    pub fn push(&self, value: &impl Serialize) -> Result<()> {
+        let json = serde_json::to_string(value)?;
+        self.shared.host.push_provider_value(self.provider, &json)
+    }
+}

@@ -1,0 +1,365 @@
+//! Test plugin code in-process, without a host and without dynamic loading.
+//!
+//! [`TestHost`] stands in for the host: it holds the plugin's config, answers
+//! service calls with the plugin's own services or with fakes you register,
+//! records logs, emitted events and pushed provider values, and delivers
+//! events and timers on demand.
+//!
+//! ```
+//! use plugin_api::{Action, ActionResult, Plugin, testing::TestHost};
+//!
+//! let plugin = Plugin::new("echo", "1.0.0").action(
+//!     Action::new("ECHO")
+//!         .validate(|m| m.text().starts_with("echo "))
+//!         .handler(|m, rt| {
+//!             rt.info("echoing");
+//!             Ok(ActionResult::text(&m.text()[5..]))
+//!         }),
+//! );
+//! let host = TestHost::new("echo");
+//! let loaded = host.load(plugin).unwrap();
+//! assert!(loaded.validate("ECHO", "echo hi").unwrap());
+//! assert_eq!(loaded.handle("ECHO", "echo hi").unwrap().text, "hi");
+//! assert_eq!(host.logs()[0].1, "echoing");
+//! ```
+
+use crate::action::ActionResult;
+use crate::error::{Error, ErrorKind, Result};
+use crate::evaluator::Evaluation;
+use crate::message::Message;
+use crate::plugin::Plugin;
+use crate::runtime::{Event, Host, Level, Runtime, Shared};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+type FakeService = Arc<dyn Fn(&str, Value) -> Result<Value> + Send + Sync>;
+
+#[derive(Default)]
+struct Recorded {
+    config: Map<String, Value>,
+    services: HashMap<String, FakeService>,
+    logs: Vec<(Level, String)>,
+    emitted: Vec<Event>,
+    subscriptions: HashMap<u64, String>,
+    next_subscription: u64,
+    pushed: Vec<(u32, Value)>,
+    timers: HashMap<u64, (u64, u64)>,
+}
+
+struct TestHostInner {
+    recorded: Mutex<Recorded>,
+    plugin: Mutex<Option<Arc<Plugin>>>,
+}
+
+impl TestHostInner {
+    fn recorded(&self) -> MutexGuard<'_, Recorded> {
+        self.recorded.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct TestHostCallbacks(Arc<TestHostInner>);
+
+/// A stand-in host for unit tests. See the [module docs](self).
+pub struct TestHost {
+    inner: Arc<TestHostInner>,
+    shared: Arc<Shared>,
+}
+
+impl TestHost {
+    /// A host for a plugin named `plugin`, with an empty config.
+    pub fn new(plugin: &str) -> Self {
+        let inner = Arc::new(TestHostInner {
+            recorded: Mutex::new(Recorded::default()),
+            plugin: Mutex::new(None),
+        });
+        let shared = Shared::new(
+            plugin.to_string(),
+            Box::new(TestHostCallbacks(Arc::clone(&inner))),
+        );
+        Self { inner, shared }
+    }
+
+    /// Sets the plugin's config (a JSON object; other values are ignored).
+    pub fn with_config(self, config: Value) -> Self {
+        if let Value::Object(map) = config {
+            self.inner.recorded().config = map;
+        }
+        self
+    }
+
+    /// Answers calls to another plugin's service with `fake(method, args)`.
+    pub fn with_service(
+        self,
+        name: &str,
+        fake: impl Fn(&str, Value) -> Result<Value> + Send + Sync + 'static,
+    ) -> Self {
+        self.inner
+            .recorded()
+            .services
+            .insert(name.to_string(), Arc::new(fake));
+        self
+    }
+
+    /// A runtime for calling plugin code directly.
+    pub fn runtime(&self) -> Runtime<'_> {
+        Runtime::new(&self.shared, None)
+    }
+
+    /// Merges the plugin's default config under the configured one, runs
+    /// `on_load` and starts its services, as the host would.
+    pub fn load(&self, plugin: Plugin) -> Result<LoadedPlugin<'_>> {
+        if let Some(Value::Object(defaults)) = plugin.manifest().default_config {
+            let mut recorded = self.inner.recorded();
+            for (key, value) in defaults {
+                recorded.config.entry(key).or_insert(value);
+            }
+        }
+        let plugin = Arc::new(plugin);
+        *self
+            .inner
+            .plugin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&plugin));
+        let rt = self.runtime();
+        plugin.load(&rt)?;
+        for service in plugin.services() {
+            service.start(&rt)?;
+        }
+        Ok(LoadedPlugin { host: self, plugin })
+    }
+
+    /// Log lines written so far.
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        self.inner.recorded().logs.clone()
+    }
+
+    /// Events emitted so far.
+    pub fn emitted(&self) -> Vec<Event> {
+        self.inner.recorded().emitted.clone()
+    }
+
+    /// Provider values pushed so far, as (provider index, value).
+    pub fn pushed(&self) -> Vec<(u32, Value)> {
+        self.inner.recorded().pushed.clone()
+    }
+
+    /// Timers currently set, as (timer id, after ms, every ms).
+    pub fn timers(&self) -> Vec<(u64, u64, u64)> {
+        let mut timers: Vec<_> = self
+            .inner
+            .recorded()
+            .timers
+            .iter()
+            .map(|(id, (after, every))| (*id, *after, *every))
+            .collect();
+        timers.sort_unstable();
+        timers
+    }
+
+    /// Delivers an event to the plugin's handlers registered with
+    /// [`Runtime::on`]; returns how many handlers ran.
+    pub fn deliver(&self, event: &str, payload: Value) -> Result<usize> {
+        let ids: Vec<u64> = self
+            .inner
+            .recorded()
+            .subscriptions
+            .iter()
+            .filter(|(_, name)| name.as_str() == event)
+            .map(|(id, _)| *id)
+            .collect();
+        let delivered = Event {
+            name: event.to_string(),
+            payload,
+        };
+        for id in &ids {
+            if let Some(handler) = self.shared.event_handler(*id) {
+                handler(&delivered, &self.runtime())?;
+            }
+        }
+        Ok(ids.len())
+    }
+
+    /// Fires every timer once, as if its time had come.
+    pub fn fire_timers(&self) -> Result<()> {
+        for (id, _, _) in self.timers() {
+            if let Some(handler) = self.shared.timer_handler(id) {
+                handler(&self.runtime())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Host for TestHostCallbacks {
+    fn log(&self, level: Level, message: &str) {
+        self.0.recorded().logs.push((level, message.to_string()));
+    }
+
+    fn config(&self, key: &str) -> Result<String> {
+        let recorded = self.0.recorded();
+        let value = if key.is_empty() {
+            Value::Object(recorded.config.clone())
+        } else {
+            recorded.config.get(key).cloned().unwrap_or(Value::Null)
+        };
+        Ok(value.to_string())
+    }
+
+    fn call_service(&self, service: &str, method: &str, args_json: &str) -> Result<String> {
+        let fake = self.0.recorded().services.get(service).cloned();
+        if let Some(fake) = fake {
+            let args = serde_json::from_str(if args_json.is_empty() {
+                "null"
+            } else {
+                args_json
+            })?;
+            return Ok(fake(method, args)?.to_string());
+        }
+        let plugin = self
+            .0
+            .plugin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let own = plugin
+            .as_ref()
+            .and_then(|p| p.service_named(service).map(|_| Arc::clone(p)));
+        match own {
+            Some(plugin) => {
+                let shared = Shared::new(
+                    String::new(),
+                    Box::new(TestHostCallbacks(Arc::clone(&self.0))),
+                );
+                let rt = Runtime::new(&shared, None);
+                let service = plugin
+                    .service_named(service)
+                    .ok_or_else(|| Error::msg("service vanished"))?;
+                service.call_json(method, args_json, &rt)
+            }
+            None => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no service '{service}' (register a fake with TestHost::with_service)"),
+            )),
+        }
+    }
+
+    fn emit(&self, event: &str, payload_json: &str) -> Result<()> {
+        let payload = serde_json::from_str(payload_json)?;
+        self.0.recorded().emitted.push(Event {
+            name: event.to_string(),
+            payload,
+        });
+        Ok(())
+    }
+
+    fn subscribe(&self, event: &str) -> Result<u64> {
+        let mut recorded = self.0.recorded();
+        recorded.next_subscription += 1;
+        let id = recorded.next_subscription;
+        recorded.subscriptions.insert(id, event.to_string());
+        Ok(id)
+    }
+
+    fn unsubscribe(&self, subscription: u64) -> Result<()> {
+        self.0.recorded().subscriptions.remove(&subscription);
+        Ok(())
+    }
+
+    fn push_provider_value(&self, provider: u32, value_json: &str) -> Result<()> {
+        let value = serde_json::from_str(value_json)?;
+        self.0.recorded().pushed.push((provider, value));
+        Ok(())
+    }
+
+    fn set_timer(&self, timer: u64, after_ms: u64, every_ms: u64) -> Result<()> {
+        self.0.recorded().timers.insert(timer, (after_ms, every_ms));
+        Ok(())
+    }
+
+    fn clear_timer(&self, timer: u64) -> Result<()> {
+        self.0.recorded().timers.remove(&timer);
+        Ok(())
+    }
+}
+
+/// A plugin loaded into a [`TestHost`]: call its components by name.
+pub struct LoadedPlugin<'h> {
+    host: &'h TestHost,
+    plugin: Arc<Plugin>,
+}
+
+impl LoadedPlugin<'_> {
+    fn find<'p, T>(
+        items: &'p [T],
+        name: &str,
+        kind: &str,
+        name_of: impl Fn(&T) -> &str,
+    ) -> Result<&'p T> {
+        items
+            .iter()
+            .find(|item| name_of(item) == name)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no {kind} named '{name}'")))
+    }
+
+    /// The plugin under test.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// Runs an action's `validate` on a text.
+    pub fn validate(&self, action: &str, text: &str) -> Result<bool> {
+        let action = Self::find(self.plugin.actions(), action, "action", |a| a.name())?;
+        Ok(action.check(&Message::new(text)))
+    }
+
+    /// Runs an action's handler on a text (without checking `validate`).
+    pub fn handle(&self, action: &str, text: &str) -> Result<ActionResult> {
+        self.handle_message(action, &Message::new(text))
+    }
+
+    /// Runs an action's handler on a full message.
+    pub fn handle_message(&self, action: &str, message: &Message<'_>) -> Result<ActionResult> {
+        let action = Self::find(self.plugin.actions(), action, "action", |a| a.name())?;
+        action.run(message, &self.host.runtime())
+    }
+
+    /// Runs a provider's `get`.
+    pub fn provide(&self, provider: &str, text: &str) -> Result<Value> {
+        let provider = Self::find(self.plugin.providers(), provider, "provider", |p| p.name())?;
+        provider.fetch(&Message::new(text), &self.host.runtime())
+    }
+
+    /// Runs an evaluator on one text.
+    pub fn evaluate(&self, evaluator: &str, text: &str) -> Result<Evaluation> {
+        let evaluator = Self::find(self.plugin.evaluators(), evaluator, "evaluator", |e| {
+            e.name()
+        })?;
+        evaluator.run(&Message::new(text), &self.host.runtime())
+    }
+
+    /// Runs an evaluator's batch form on several texts.
+    pub fn evaluate_batch(&self, evaluator: &str, texts: &[&str]) -> Result<Vec<Evaluation>> {
+        let evaluator = Self::find(self.plugin.evaluators(), evaluator, "evaluator", |e| {
+            e.name()
+        })?;
+        let messages: Vec<Message<'_>> = texts.iter().map(|t| Message::new(*t)).collect();
+        evaluator.run_batch(&messages, &self.host.runtime())
+    }
+
+    /// Calls one of the plugin's own service methods with JSON arguments.
+    pub fn call_service(&self, service: &str, method: &str, args: Value) -> Result<Value> {
+        let service = Self::find(self.plugin.services(), service, "service", |s| s.name())?;
+        let result = service.call_json(method, &args.to_string(), &self.host.runtime())?;
+        Ok(serde_json::from_str(&result)?)
+    }
+
+    /// Stops services and runs `on_unload`, as the host would.
+    pub fn unload(self) -> Result<()> {
+        let rt = self.host.runtime();
+        for service in self.plugin.services().iter().rev() {
+            service.stop(&rt)?;
+        }
+        self.plugin.unload(&rt)
+    }
+}
