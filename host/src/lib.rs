@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod callbacks;
+pub mod cli;
 pub mod core;
 pub mod discovery;
 pub mod events;

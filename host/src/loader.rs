@@ -194,11 +194,9 @@ fn start(
     let mut started = Vec::new();
     for (index, service) in p.manifest.services.iter().enumerate() {
         let index = index as u32;
-        let outcome = core.add_service(&live, index).and_then(|()| {
-            live.instance
-                .start_service(index)
-                .map_err(|e| e.to_string())
-        });
+        let outcome = core
+            .add_service(&live, index)
+            .and_then(|()| live.instance.start_service(index).map_err(|e| e.message));
         match outcome {
             Ok(()) => {
                 core.set_service_running(&service.name, true);

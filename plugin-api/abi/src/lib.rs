@@ -100,6 +100,9 @@ pub struct MessageView<'a> {
     pub text: RStr<'a>,
     /// A JSON object with the rest of the message's context.
     pub context_json: RStr<'a>,
+    /// A deliberately foreign field, for the host's rejection tests.
+    #[cfg(feature = "fixture-foreign-layout")]
+    pub fixture_foreign_field: u64,
 }
 
 /// Per-call control shared by the host and the plugin: a cancellation flag
@@ -293,14 +296,8 @@ pub struct PluginModule {
     pub manifests: extern "C" fn() -> FfiResult<RString>,
 
     /// Creates plugin number `index`, handing it its host callbacks.
-    #[cfg(not(feature = "fixture-foreign-layout"))]
     #[sabi(last_prefix_field)]
     pub create: extern "C" fn(index: u32, host: HostBox) -> FfiResult<PluginBox>,
-
-    /// A deliberately foreign `create`, for the host's rejection tests.
-    #[cfg(feature = "fixture-foreign-layout")]
-    #[sabi(last_prefix_field)]
-    pub create: extern "C" fn(index: u64, host: HostBox) -> FfiResult<PluginBox>,
 }
 
 impl RootModule for PluginModuleRef {

@@ -1,0 +1,109 @@
+//! `agent-host check DIR` and `agent-host list DIR`.
+
+use crate::{HostOptions, LoadReport, PluginHost};
+use serde_json::json;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn load(dir: &Path) -> Result<(PluginHost, LoadReport), Box<dyn std::error::Error>> {
+    let host = PluginHost::new(HostOptions::default())?;
+    let report = host
+        .load_dir(dir)
+        .map_err(|e| format!("cannot read plugin folder {}: {e}", dir.display()))?;
+    Ok((host, report))
+}
+
+/// Loads, starts and stops every plugin in `dir`; prints one line per file.
+pub fn check(
+    dir: &Path,
+    as_json: bool,
+    verbose: bool,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let (host, report) = load(dir)?;
+    let shutdown = host.shutdown();
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let document = json!({
+            "ok": report.is_clean() && shutdown.is_empty(),
+            "loaded": report.loaded,
+            "failures": report.failures,
+            "warnings": report.warnings,
+            "shutdown_errors": shutdown,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
+    } else {
+        for plugin in &report.loaded {
+            writeln!(
+                out,
+                "ok    {} {} ({})",
+                plugin.name,
+                plugin.version,
+                plugin.file.display()
+            )?;
+        }
+        for failure in &report.failures {
+            writeln!(out, "FAIL  {failure}")?;
+            if verbose {
+                if let Some(detail) = &failure.detail {
+                    writeln!(out, "{detail}")?;
+                }
+            }
+        }
+        for warning in &report.warnings {
+            writeln!(out, "warn  {warning}")?;
+        }
+        for error in &shutdown {
+            writeln!(out, "FAIL  {error} (during shutdown)")?;
+        }
+        writeln!(
+            out,
+            "{} loaded, {} failed",
+            report.loaded.len(),
+            report.failures.len() + shutdown.len()
+        )?;
+    }
+    Ok(if report.is_clean() && shutdown.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Describes the plugins in `dir`.
+pub fn list(dir: &Path, as_json: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let (host, report) = load(dir)?;
+    host.shutdown();
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &report.loaded {
+        writeln!(
+            out,
+            "{}. {} {} - {}",
+            p.order + 1,
+            p.name,
+            p.version,
+            p.description
+        )?;
+        writeln!(out, "   file:         {}", p.file.display())?;
+        let list = |items: &[String]| {
+            if items.is_empty() {
+                "-".to_string()
+            } else {
+                items.join(", ")
+            }
+        };
+        writeln!(out, "   dependencies: {}", list(&p.dependencies))?;
+        writeln!(out, "   actions:      {}", list(&p.actions))?;
+        writeln!(out, "   providers:    {}", list(&p.providers))?;
+        writeln!(out, "   evaluators:   {}", list(&p.evaluators))?;
+        writeln!(out, "   services:     {}", list(&p.services))?;
+    }
+    for failure in &report.failures {
+        writeln!(out, "not loaded: {failure}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,80 @@
+//! The command line: argument parsing and one module per command.
+//!
+//! `check` and `list` load the folder, report, and shut the plugins down;
+//! `run` serves until Ctrl-C or SIGTERM.
+
+mod check;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The `agent-host` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "agent-host",
+    version,
+    about = "A plugin host for AI agents: native plugins, dependencies, hot reload."
+)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace) and full diagnostics for rejected plugins.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Verify every plugin file in a folder: load, check, start and stop them.
+    /// Exits non-zero when any file fails.
+    Check {
+        /// The plugin folder.
+        dir: PathBuf,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe the plugins in a folder: name, version, dependencies,
+    /// components, file and load order.
+    List {
+        /// The plugin folder.
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the agent with the plugins in a folder until Ctrl-C or SIGTERM.
+    Run {
+        /// The plugin folder.
+        #[arg(long)]
+        plugins: PathBuf,
+    },
+}
+
+/// Sets up `tracing` from `RUST_LOG`, or from the verbosity flag.
+pub fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Check { dir, json } => check::check(&dir, json, cli.verbose > 0),
+        Command::List { dir, json } => check::list(&dir, json),
+        Command::Run { plugins } => run::run(&plugins),
+    }
+}

@@ -1,0 +1,24 @@
+//! Shared helpers for the integration tests in `tests/tests/`.
+//!
+//! The tests load real plugin files (built by `test-support`) into a real
+//! [`agent_host::PluginHost`]. This crate must never fake a plugin: anything
+//! about loading is tested on files that went through `dlopen`.
+
+use agent_host::{HostOptions, LoadReport, PluginHost};
+use std::path::{Path, PathBuf};
+
+pub use test_support::{add_as, examples, fixture, folder_with, not_a_plugin, EXT};
+
+/// A host loaded from `dir`, with its report.
+pub fn load(dir: &Path) -> (PluginHost, LoadReport) {
+    let host = PluginHost::new(HostOptions::default()).expect("create host");
+    let report = host.load_dir(dir).expect("read plugin folder");
+    (host, report)
+}
+
+/// A host loaded from a fresh folder holding `files`, with the folder kept alive.
+pub fn load_files(files: &[PathBuf]) -> (PluginHost, LoadReport, tempfile::TempDir) {
+    let dir = folder_with(files);
+    let (host, report) = load(dir.path());
+    (host, report, dir)
+}

@@ -1,0 +1,180 @@
+//! Builds real plugin files for integration tests, and stages them in folders.
+//!
+//! Plugins are built in release mode (stripped, as operators run them) into
+//! their own target folder, `target/fixtures`, because the outer `cargo test`
+//! holds the lock of the main target folder while tests run. A file lock
+//! serializes builds across test processes; each build's library is copied
+//! out under a name of its own before the next build can overwrite it.
+//!
+//! It must never build into the main target folder, and never hand a test a
+//! file that another test may still overwrite.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+/// The platform's library extension.
+pub const EXT: &str = std::env::consts::DLL_EXTENSION;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("tests/support sits two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// The target folder used for plugin builds.
+pub fn fixture_target() -> PathBuf {
+    workspace_root().join("target").join("fixtures")
+}
+
+fn library_file_name(crate_name: &str) -> String {
+    let stem = crate_name.replace('-', "_");
+    if cfg!(windows) {
+        format!("{stem}.{EXT}")
+    } else {
+        format!("lib{stem}.{EXT}")
+    }
+}
+
+/// Holds the cross-process build lock while alive.
+struct BuildLock(#[allow(dead_code)] File);
+
+fn build_lock() -> BuildLock {
+    let dir = fixture_target();
+    std::fs::create_dir_all(&dir).expect("create target/fixtures");
+    let file = File::create(dir.join(".build.lock")).expect("create the build lock file");
+    file.lock().expect("take the build lock");
+    BuildLock(file)
+}
+
+fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--release", "--quiet", "--target-dir"])
+        .arg(fixture_target())
+        .args(args)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo build {args:?} failed");
+}
+
+fn copy_atomically(from: &Path, to: &Path) {
+    let parent = to.parent().expect("destination has a folder");
+    std::fs::create_dir_all(parent).expect("create destination folder");
+    let temp = parent.join(format!(
+        ".{}.tmp{}",
+        to.file_name().expect("file name").to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::copy(from, &temp).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    std::fs::rename(&temp, to).expect("rename into place");
+}
+
+static BUILT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+
+/// Builds the fixture plugin with `feature` (empty for the default, a
+/// well-behaved plugin named `fixture`) and returns its library file,
+/// `target/fixtures/out/<feature>.<ext>`.
+pub fn fixture(feature: &str) -> PathBuf {
+    let name = if feature.is_empty() {
+        "fixture"
+    } else {
+        feature
+    };
+    let out = fixture_target().join("out").join(format!("{name}.{EXT}"));
+    let built = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut built = built.lock().unwrap_or_else(PoisonError::into_inner);
+    if built.contains(name) {
+        return out;
+    }
+    let _lock = build_lock();
+    let mut args = vec!["-p", "fixture-plugin"];
+    if !feature.is_empty() {
+        args.extend(["--features", feature]);
+    }
+    cargo_build(&args);
+    let artifact = fixture_target()
+        .join("release")
+        .join(library_file_name("fixture-plugin"));
+    copy_atomically(&artifact, &out);
+    built.insert(name.to_string());
+    out
+}
+
+/// Builds the library that is not a plugin.
+pub fn not_a_plugin() -> PathBuf {
+    let out = fixture_target()
+        .join("out")
+        .join(format!("not-a-plugin.{EXT}"));
+    let built = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut built = built.lock().unwrap_or_else(PoisonError::into_inner);
+    if built.contains("not-a-plugin") {
+        return out;
+    }
+    let _lock = build_lock();
+    cargo_build(&["-p", "not-a-plugin"]);
+    copy_atomically(
+        &fixture_target()
+            .join("release")
+            .join(library_file_name("not-a-plugin")),
+        &out,
+    );
+    built.insert("not-a-plugin".into());
+    out
+}
+
+/// The example plugins shipped in `plugins/`.
+pub const EXAMPLES: [&str; 4] = ["http-client", "geolocation", "weather", "sentiment"];
+
+/// Builds the example plugins and returns their library files, in the
+/// order of [`EXAMPLES`].
+pub fn examples() -> Vec<PathBuf> {
+    let built = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut built = built.lock().unwrap_or_else(PoisonError::into_inner);
+    let out = |name: &str| fixture_target().join("out").join(format!("{name}.{EXT}"));
+    if !built.contains("examples") {
+        let _lock = build_lock();
+        let mut args = Vec::new();
+        for name in EXAMPLES {
+            args.extend(["-p", name]);
+        }
+        cargo_build(&args);
+        for name in EXAMPLES {
+            copy_atomically(
+                &fixture_target()
+                    .join("release")
+                    .join(library_file_name(name)),
+                &out(name),
+            );
+        }
+        built.insert("examples".into());
+    }
+    EXAMPLES.iter().map(|name| out(name)).collect()
+}
+
+/// A fresh folder holding copies of `files`, each under its own file name.
+pub fn folder_with(files: &[PathBuf]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp folder");
+    for file in files {
+        let name = file.file_name().expect("file name");
+        std::fs::copy(file, dir.path().join(name))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
+    }
+    dir
+}
+
+/// Copies `file` into `dir` under `name`.
+pub fn add_as(dir: &Path, file: &Path, name: &str) -> PathBuf {
+    let target = dir.join(name);
+    std::fs::copy(file, &target).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
+    target
+}
