@@ -163,9 +163,14 @@ pub fn locate(text: &str) -> Option<Place> {
                 let start = from + offset;
                 let end = start + spelling.len();
                 if is_whole_word(&haystack, start, end) {
-                    let better = best.map_or(true, |(best_start, best_len, _)| {
-                        start < best_start || (start == best_start && spelling.len() > best_len)
-                    });
+                    // Earliest match first; at the same start, the longest name.
+                    let key = (start, std::cmp::Reverse(spelling.len()));
+                    let better = match best {
+                        None => true,
+                        Some((best_start, best_len, _)) => {
+                            key < (best_start, std::cmp::Reverse(best_len))
+                        }
+                    };
                     if better {
                         best = Some((start, spelling.len(), city));
                     }
