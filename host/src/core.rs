@@ -205,9 +205,14 @@ impl Core {
         method: &str,
         args_json: &str,
     ) -> Result<String, HostError> {
+        let slot = read(&self.services).get(service).cloned();
+        // A plugin may always call its own services; any other needs `service:NAME`.
         if let Some(caller) = caller {
+            let own = slot
+                .as_ref()
+                .is_some_and(|s| s.plugin.name() == caller.name);
             let permission = format!("service:{service}");
-            if !caller.permissions.allows(&permission) {
+            if !own && !caller.permissions.allows(&permission) {
                 tracing::warn!(plugin = caller.name, %permission, "permission denied");
                 return Err(HostError::new(
                     ErrorKind::PermissionDenied,
@@ -215,7 +220,6 @@ impl Core {
                 ));
             }
         }
-        let slot = read(&self.services).get(service).cloned();
         let Some(slot) = slot else {
             let known: Vec<String> = read(&self.services).keys().cloned().collect();
             return Err(HostError::new(

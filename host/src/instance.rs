@@ -132,7 +132,8 @@ impl PluginInstance {
     }
 
     /// Runs an action's `validate`.
-    pub fn validate(&self, action: u32, message: MessageView<'_>) -> Result<bool, CallError> {
+    #[inline]
+    pub fn validate(&self, action: u32, message: &MessageView<'_>) -> Result<bool, CallError> {
         self.object
             .validate(action, message)
             .into_result()

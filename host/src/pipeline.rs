@@ -191,7 +191,7 @@ pub fn handle_message(core: &Core, message: &InboundMessage) -> Reply {
     let mut chosen: Option<(i32, &Arc<LivePlugin>, u32)> = None;
     for plugin in &plugins {
         for (index, spec) in plugin.instance.manifest.actions.iter().enumerate() {
-            match plugin.instance.validate(index as u32, view) {
+            match plugin.instance.validate(index as u32, &view) {
                 Ok(true) => {
                     if chosen
                         .as_ref()

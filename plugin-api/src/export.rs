@@ -114,15 +114,16 @@ impl PluginApi for Instance {
         })
     }
 
-    fn validate(&self, action: u32, message: MessageView<'_>) -> FfiResult<bool> {
-        guard(|| {
-            let action = self
-                .plugin
-                .actions
-                .get(action as usize)
-                .ok_or_else(|| not_found("action", action))?;
-            Ok(action.check(&message_of(&message)))
-        })
+    // The hot path: it runs for every action on every message, so it skips
+    // the general `guard` and its `Result` plumbing, but not `catch_unwind`.
+    fn validate(&self, action: u32, message: &MessageView<'_>) -> FfiResult<bool> {
+        let Some(action) = self.plugin.actions.get(action as usize) else {
+            return RResult::RErr(not_found("action", action).into_ffi());
+        };
+        match catch_unwind(AssertUnwindSafe(|| action.check(&message_of(message)))) {
+            Ok(valid) => RResult::ROk(valid),
+            Err(payload) => RResult::RErr(FfiError::new(codes::PANICKED, panic_message(payload))),
+        }
     }
 
     fn handle(

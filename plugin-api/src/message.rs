@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::borrow::Cow;
 use std::sync::OnceLock;
 
 /// Everything about a message besides its text.
@@ -27,42 +26,45 @@ pub struct Context {
 /// text costs no parsing.
 #[derive(Debug)]
 pub struct Message<'a> {
-    id: Cow<'a, str>,
-    text: Cow<'a, str>,
-    context_json: Cow<'a, str>,
-    context: OnceLock<Context>,
+    id: &'a str,
+    text: &'a str,
+    context_json: &'a str,
+    // Boxed so that a message nobody asks the context of stays a few words
+    // long: building and dropping it is on the path of every `validate`.
+    context: OnceLock<Box<Context>>,
 }
 
 impl<'a> Message<'a> {
     /// A message with the given text, an empty context and id `test`; add
     /// context with the builder methods. Meant for unit tests.
-    pub fn new(text: impl Into<Cow<'a, str>>) -> Self {
+    pub fn new(text: &'a str) -> Self {
         Self::with_context(text, Context::default())
     }
 
     /// A message with the given text and context.
-    pub fn with_context(text: impl Into<Cow<'a, str>>, context: Context) -> Self {
+    pub fn with_context(text: &'a str, context: Context) -> Self {
         Self {
-            id: Cow::Borrowed("test"),
-            text: text.into(),
-            context_json: Cow::Borrowed(""),
-            context: OnceLock::from(context),
+            id: "test",
+            text,
+            context_json: "",
+            context: OnceLock::from(Box::new(context)),
         }
     }
 
-    /// Borrows a message from the host's raw parts.
-    pub(crate) fn from_parts(id: &'a str, text: &'a str, context_json: &'a str) -> Self {
+    /// A message borrowing raw parts as the host passes them: the context is
+    /// a JSON object, parsed on first use.
+    pub fn from_parts(id: &'a str, text: &'a str, context_json: &'a str) -> Self {
         Self {
-            id: Cow::Borrowed(id),
-            text: Cow::Borrowed(text),
-            context_json: Cow::Borrowed(context_json),
+            id,
+            text,
+            context_json,
             context: OnceLock::new(),
         }
     }
 
     /// Sets the message id.
-    pub fn with_id(mut self, id: impl Into<Cow<'a, str>>) -> Self {
-        self.id = id.into();
+    pub fn with_id(mut self, id: &'a str) -> Self {
+        self.id = id;
         self
     }
 
@@ -99,23 +101,23 @@ impl<'a> Message<'a> {
 
     /// The message's id.
     pub fn id(&self) -> &str {
-        &self.id
+        self.id
     }
 
     /// The message's text.
     pub fn text(&self) -> &str {
-        &self.text
+        self.text
     }
 
     /// The message's context, parsed on first use. A context the host sent
     /// malformed reads as empty.
     pub fn context(&self) -> &Context {
         self.context.get_or_init(|| {
-            if self.context_json.is_empty() {
+            Box::new(if self.context_json.is_empty() {
                 Context::default()
             } else {
-                serde_json::from_str(&self.context_json).unwrap_or_default()
-            }
+                serde_json::from_str(self.context_json).unwrap_or_default()
+            })
         })
     }
 

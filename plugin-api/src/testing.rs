@@ -343,7 +343,7 @@ impl LoadedPlugin<'_> {
         let evaluator = Self::find(self.plugin.evaluators(), evaluator, "evaluator", |e| {
             e.name()
         })?;
-        let messages: Vec<Message<'_>> = texts.iter().map(|t| Message::new(*t)).collect();
+        let messages: Vec<Message<'_>> = texts.iter().map(|t| Message::new(t)).collect();
         evaluator.run_batch(&messages, &self.host.runtime())
     }
 

@@ -206,7 +206,7 @@ pub trait PluginApi: Send + Sync {
     fn on_unload(&self) -> FfiResult<()>;
 
     /// Asks action `action` whether it accepts the message.
-    fn validate(&self, action: u32, message: MessageView<'_>) -> FfiResult<bool>;
+    fn validate(&self, action: u32, message: &MessageView<'_>) -> FfiResult<bool>;
 
     /// Runs action `action`'s handler; returns its result as JSON.
     fn handle(

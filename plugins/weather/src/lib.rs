@@ -540,9 +540,6 @@ pub fn plugin() -> Plugin {
         .dependency("geolocation@^1.0")
         .permission("service:http-client")
         .permission("service:geolocation")
-        // The host checks `service:NAME` for every call, the plugin's own
-        // service included, and the action reaches the cache through it.
-        .permission("service:weather")
         .permission("event:emit:weather:*")
         .config_schema(config_schema())
         .default_config(json!({

@@ -1,0 +1,43 @@
+//! One `validate` call through the SDK and the FFI boundary, against the same
+//! check as a direct `#[inline(never)]` Rust call. Target: within 3 ns.
+//!
+//! Run: `cargo bench -p agent-host --bench validate_call`
+
+use agent_host::{HostOptions, PluginHost};
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use plugin_abi::MessageView;
+
+/// The same body as the fixture plugin's `PING` action validate.
+#[inline(never)]
+fn direct_validate(text: &str) -> bool {
+    text.starts_with("ping")
+}
+
+fn validate(c: &mut Criterion) {
+    let dir = test_support::folder_with(&[test_support::fixture("")]);
+    let host = PluginHost::new(HostOptions::default()).expect("host");
+    let report = host.load_dir(dir.path()).expect("load");
+    assert!(report.is_clean(), "{:?}", report.failures);
+    let plugin = host.core().plugin("fixture").expect("fixture loaded");
+    let text = String::from("ping please");
+    let context = String::from("{}");
+    let mut group = c.benchmark_group("validate");
+    group.bench_function("direct inline(never) call", |b| {
+        b.iter(|| direct_validate(black_box(text.as_str())))
+    });
+    // The pipeline builds one view per message and passes it to every
+    // action's validate, so the view is built once here too.
+    let view = MessageView {
+        id: "m1".into(),
+        text: text.as_str().into(),
+        context_json: context.as_str().into(),
+    };
+    group.bench_function("through the SDK and FFI", |b| {
+        // Both benchmarks hand criterion a bool, as the pipeline consumes it.
+        b.iter(|| matches!(plugin.instance.validate(0, black_box(&view)), Ok(true)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, validate);
+criterion_main!(benches);

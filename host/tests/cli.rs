@@ -1,0 +1,147 @@
+//! The `agent-host` binary, run as a real process on real plugin files.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use test_support::{fixture, folder_with, EXT};
+
+fn agent_host(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(args)
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run agent-host")
+}
+
+#[test]
+fn check_succeeds_on_good_plugins_and_fails_on_a_bad_one() {
+    let good = folder_with(&[fixture(""), fixture("multi")]);
+    let output = agent_host(&["check"], good.path());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("ok    fixture 1.0.0"), "{stdout}");
+    assert!(stdout.contains("ok    multi-two 1.0.0"), "{stdout}");
+    assert!(stdout.contains("3 loaded, 0 failed"), "{stdout}");
+
+    std::fs::write(
+        good.path().join(format!("broken.{EXT}")),
+        b"\x7fELF nonsense",
+    )
+    .expect("write");
+    let output = agent_host(&["check"], good.path());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "FAIL  {}",
+            good.path().join(format!("broken.{EXT}")).display()
+        )),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_json_is_machine_readable() {
+    let dir = folder_with(&[fixture(""), fixture("missing-dep")]);
+    let output = agent_host(&["check", "--json"], dir.path());
+    assert_eq!(output.status.code(), Some(1));
+    let document: Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
+    assert_eq!(document["ok"], false);
+    assert_eq!(document["loaded"][0]["name"], "fixture");
+    let failure = &document["failures"][0];
+    assert_eq!(failure["plugin"], "needs-missing");
+    assert_eq!(failure["stage"], "dependencies");
+    assert!(failure["file"]
+        .as_str()
+        .is_some_and(|f| f.ends_with(&format!("missing-dep.{EXT}"))));
+    assert!(failure["cause"]
+        .as_str()
+        .is_some_and(|c| c.contains("no-such-plugin")));
+}
+
+#[test]
+fn list_shows_order_dependencies_components_and_files() {
+    let dir = folder_with(&[fixture("multi"), fixture("panicky")]);
+    let output = agent_host(&["list"], dir.path());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let one = stdout.find(". multi-one 1.0.0").expect("multi-one listed");
+    let two = stdout.find(". multi-two 1.0.0").expect("multi-two listed");
+    assert!(one < two, "dependency listed first:\n{stdout}");
+    assert!(stdout.contains("dependencies: multi-one"), "{stdout}");
+    assert!(stdout.contains("actions:      TRAP"), "{stdout}");
+    assert!(stdout.contains("providers:    trap"), "{stdout}");
+    assert!(stdout.contains("evaluators:   trap"), "{stdout}");
+    assert!(stdout.contains("services:     trap"), "{stdout}");
+    assert!(stdout.contains(&format!("multi.{EXT}")), "{stdout}");
+
+    let output = agent_host(&["list", "--json"], dir.path());
+    let document: Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
+    let loaded = document["loaded"].as_array().expect("array");
+    assert_eq!(loaded.len(), 3);
+    assert!(loaded
+        .iter()
+        .all(|p| p["order"].is_u64() && p["file"].is_string()));
+}
+
+#[cfg(unix)]
+#[test]
+fn run_answers_json_lines_and_shuts_down_in_reverse_order_on_sigterm() {
+    let dir = folder_with(&[fixture("multi"), fixture("")]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(["run", "--plugins"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent-host run");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+
+    writeln!(stdin, r#"{{"sender": "alice", "text": "multi"}}"#).expect("write");
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read reply");
+    let reply: Value = serde_json::from_str(&line).expect("a JSON reply");
+    assert_eq!(reply["text"], "multi-one says pong", "{line}");
+    assert_eq!(reply["action"]["plugin"], "multi-two");
+
+    writeln!(stdin, "this is not json").expect("write");
+    line.clear();
+    stdout.read_line(&mut line).expect("read error reply");
+    let error: Value = serde_json::from_str(&line).expect("a JSON error");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid request")),
+        "{line}"
+    );
+
+    writeln!(stdin, r#"{{"text": "nobody handles this"}}"#).expect("write");
+    line.clear();
+    stdout.read_line(&mut line).expect("read reply");
+    let reply: Value = serde_json::from_str(&line).expect("a JSON reply");
+    assert_eq!(reply["action"], Value::Null);
+    assert!(reply["text"].as_str().is_some_and(|t| !t.is_empty()));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("wait");
+    drop(stdin);
+    assert_eq!(output.status.code(), Some(0), "exits 0 after SIGTERM");
+    let log = String::from_utf8_lossy(&output.stderr);
+    let position = |plugin: &str| {
+        log.find(&format!("unloaded plugin={plugin}"))
+            .unwrap_or_else(|| panic!("{plugin} unloaded:\n{log}"))
+    };
+    assert!(
+        position("multi-two") < position("multi-one"),
+        "the dependent stops before its dependency:\n{log}"
+    );
+}
