@@ -147,24 +147,35 @@ fn last_clause(text: &str) -> String {
     line.rsplit(": ").next().unwrap_or(line).trim().to_string()
 }
 
-/// Picks the first mismatch out of abi_stable's layout report.
+/// Picks the first mismatch out of abi_stable's layout report: the type
+/// whose layout differs, what differs, and the expected and found values.
 fn first_mismatch(report: &str) -> String {
-    let mut lines = report.lines().map(str::trim).filter(|l| !l.is_empty());
-    let mut found = None;
-    let mut pending_error = None;
-    for line in lines.by_ref() {
-        if let Some(rest) = line.strip_prefix("Error:") {
-            pending_error = Some(rest.trim().to_string());
-            continue;
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let type_name = lines
+        .iter()
+        .rposition(|l| *l == "Layout of expected type:")
+        .and_then(|i| lines[i..].iter().find_map(|l| l.strip_prefix("type:")))
+        .map(str::trim);
+    let error = lines.iter().position(|l| l.starts_with("Error:")).map(|i| {
+        let what = lines[i].trim_start_matches("Error:").trim();
+        let value_after = |label: &str| {
+            lines[i..]
+                .iter()
+                .position(|l| *l == label)
+                .and_then(|j| lines[i + j + 1..].iter().find(|l| !l.is_empty()))
+                .copied()
+        };
+        match (value_after("Expected:"), value_after("Found:")) {
+            (Some(expected), Some(found)) => format!("{what}: expected {expected}, found {found}"),
+            _ => what.to_string(),
         }
-        if let Some(error) = &pending_error {
-            found = Some(format!("{error} {line}"));
-            break;
-        }
-    }
-    let summary = found
-        .or(pending_error)
-        .unwrap_or_else(|| first_line(report).to_string());
+    });
+    let summary = match (type_name, error) {
+        (Some(name), Some(error)) => format!("{name}: {error}"),
+        (None, Some(error)) => error,
+        (Some(name), None) => format!("{name} differs"),
+        (None, None) => first_line(report).to_string(),
+    };
     const MAX: usize = 200;
     if summary.len() > MAX {
         let cut = (0..=MAX)
@@ -187,6 +198,17 @@ mod tests {
         assert_eq!(major_of("2.3.4"), Some(2));
         assert_eq!(major_of("x"), None);
         assert_eq!(host_abi_major(), 1);
+    }
+
+    #[test]
+    fn the_layout_report_condenses_to_type_and_difference() {
+        let report = "Compared <this>:\n  type:PrefixRef\n2 error(s)inside:\n  field_name:0\n\
+Layout of expected type:\n    --- Type Layout ---\n    type:MessageView<'a>\n    size:48\n\
+Error:incompatible type size\nExpected:\n    48\nFound:\n    56\n";
+        assert_eq!(
+            first_mismatch(report),
+            "MessageView<'a>: incompatible type size: expected 48, found 56"
+        );
     }
 
     #[test]

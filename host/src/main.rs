@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(cli.verbose);
+    cli::init_logging(&cli);
     match cli::run(cli) {
         Ok(code) => code,
         Err(error) => {

@@ -217,7 +217,7 @@ fn every_bad_file_fails_alone_and_every_good_plugin_loads() {
     );
     assert_eq!(
         report.failures.len(),
-        24,
+        22,
         "exactly the bad files fail:\n{all}"
     );
 

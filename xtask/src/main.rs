@@ -136,7 +136,7 @@ fn build_plugins(options: &BuildOptions) -> Result<PathBuf> {
         let temp = options.out.join(format!(".{file}.staging"));
         std::fs::copy(&from, &temp).map_err(|e| format!("copy {}: {e}", from.display()))?;
         std::fs::rename(&temp, &to).map_err(|e| format!("stage {}: {e}", to.display()))?;
-        println!("staged {}", to.display());
+        eprintln!("staged {}", to.display());
     }
     Ok(options.out.clone())
 }

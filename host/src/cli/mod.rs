@@ -55,12 +55,21 @@ pub enum Command {
     },
 }
 
-/// Sets up `tracing` from `RUST_LOG`, or from the verbosity flag.
-pub fn init_logging(verbose: u8) {
+impl Command {
+    /// Whether the command prints a report of its own (so the loader's log
+    /// lines would only repeat it).
+    fn reports(&self) -> bool {
+        matches!(self, Command::Check { .. } | Command::List { .. })
+    }
+}
+
+/// Sets up `tracing` from `RUST_LOG`, or else from the verbosity flag.
+pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
+    let default = match (cli.verbose, cli.command.reports()) {
+        (0, true) => "warn,agent_host::loader=off",
+        (0, false) => "info",
+        (1, _) => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
