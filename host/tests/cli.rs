@@ -145,3 +145,24 @@ fn run_answers_json_lines_and_shuts_down_in_reverse_order_on_sigterm() {
         "the dependent stops before its dependency:\n{log}"
     );
 }
+
+#[test]
+fn plugin_logs_reach_the_host_log_tagged_with_the_plugin_name() {
+    let dir = folder_with(&test_support::examples());
+    let output = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(["check"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run agent-host");
+    let log = String::from_utf8_lossy(&output.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("weather plugin loaded"))
+        .unwrap_or_else(|| panic!("the plugin's log line is in the host log:\n{log}"));
+    assert!(
+        line.contains("plugin=\"weather\"") || line.contains("plugin=weather"),
+        "{line}"
+    );
+    assert!(line.contains("INFO"), "{line}");
+}
