@@ -149,6 +149,28 @@ fn compose_state(
     state
 }
 
+/// The JSON context plugins see with a message: sender, permissions,
+/// metadata and, once providers have run, the composed state.
+fn context_json(message: &InboundMessage, state: Option<&Map<String, Value>>) -> String {
+    let mut context = json!({
+        "sender": message.sender,
+        "permissions": message.permissions,
+        "metadata": message.metadata,
+    });
+    if let Some(state) = state {
+        context["state"] = Value::Object(state.clone());
+    }
+    context.to_string()
+}
+
+fn view_of<'a>(message: &'a InboundMessage, context_json: &'a str) -> MessageView<'a> {
+    MessageView {
+        id: message.id.as_str().into(),
+        text: message.text.as_str().into(),
+        context_json: context_json.into(),
+    }
+}
+
 /// Runs one message through the pipeline. Never fails: every problem is in
 /// the reply's `errors`.
 pub fn handle_message(core: &Core, message: &InboundMessage) -> Reply {
@@ -158,34 +180,18 @@ pub fn handle_message(core: &Core, message: &InboundMessage) -> Reply {
         id: message.id.clone(),
         ..Reply::default()
     };
-    let empty_context = json!({
-        "sender": message.sender,
-        "permissions": message.permissions,
-        "metadata": message.metadata,
-    })
-    .to_string();
-    let bare_view = MessageView {
-        id: message.id.as_str().into(),
-        text: message.text.as_str().into(),
-        context_json: empty_context.as_str().into(),
-    };
-
+    let bare_context = context_json(message, None);
     let step = Instant::now();
-    let state = compose_state(&plugins, bare_view, core, &mut reply.errors);
+    let state = compose_state(
+        &plugins,
+        view_of(message, &bare_context),
+        core,
+        &mut reply.errors,
+    );
     reply.timings.providers_us = micros(step);
 
-    let context = json!({
-        "sender": message.sender,
-        "permissions": message.permissions,
-        "metadata": message.metadata,
-        "state": state,
-    })
-    .to_string();
-    let view = MessageView {
-        id: message.id.as_str().into(),
-        text: message.text.as_str().into(),
-        context_json: context.as_str().into(),
-    };
+    let context = context_json(message, Some(&state));
+    let view = view_of(message, &context);
 
     let step = Instant::now();
     let mut chosen: Option<(i32, &Arc<LivePlugin>, u32)> = None;

@@ -93,6 +93,34 @@ impl Instance {
     fn runtime<'a>(&'a self, control: Option<&'a CallControl>) -> Runtime<'a> {
         Runtime::new(&self.shared, control)
     }
+
+    fn action(&self, index: u32) -> Result<&crate::Action> {
+        self.plugin
+            .actions
+            .get(index as usize)
+            .ok_or_else(|| not_found("action", index))
+    }
+
+    fn provider(&self, index: u32) -> Result<&crate::Provider> {
+        self.plugin
+            .providers
+            .get(index as usize)
+            .ok_or_else(|| not_found("provider", index))
+    }
+
+    fn evaluator(&self, index: u32) -> Result<&crate::Evaluator> {
+        self.plugin
+            .evaluators
+            .get(index as usize)
+            .ok_or_else(|| not_found("evaluator", index))
+    }
+
+    fn service(&self, index: u32) -> Result<&crate::Service> {
+        self.plugin
+            .services
+            .get(index as usize)
+            .ok_or_else(|| not_found("service", index))
+    }
 }
 
 impl PluginApi for Instance {
@@ -133,11 +161,7 @@ impl PluginApi for Instance {
         control: &CallControl,
     ) -> FfiResult<RString> {
         guard(|| {
-            let action = self
-                .plugin
-                .actions
-                .get(action as usize)
-                .ok_or_else(|| not_found("action", action))?;
+            let action = self.action(action)?;
             to_json(&action.run(&message_of(&message), &self.runtime(Some(control)))?)
         })
     }
@@ -149,22 +173,14 @@ impl PluginApi for Instance {
         control: &CallControl,
     ) -> FfiResult<RString> {
         guard(|| {
-            let provider = self
-                .plugin
-                .providers
-                .get(provider as usize)
-                .ok_or_else(|| not_found("provider", provider))?;
+            let provider = self.provider(provider)?;
             to_json(&provider.fetch(&message_of(&message), &self.runtime(Some(control)))?)
         })
     }
 
     fn set_subscribed(&self, provider: u32, subscribed: bool) -> FfiResult<()> {
         guard(|| {
-            let spec = self
-                .plugin
-                .providers
-                .get(provider as usize)
-                .ok_or_else(|| not_found("provider", provider))?;
+            let spec = self.provider(provider)?;
             let previous = self
                 .subscriptions
                 .lock()
@@ -195,11 +211,7 @@ impl PluginApi for Instance {
         control: &CallControl,
     ) -> FfiResult<RString> {
         guard(|| {
-            let evaluator = self
-                .plugin
-                .evaluators
-                .get(evaluator as usize)
-                .ok_or_else(|| not_found("evaluator", evaluator))?;
+            let evaluator = self.evaluator(evaluator)?;
             to_json(&evaluator.run(&message_of(&message), &self.runtime(Some(control)))?)
         })
     }
@@ -211,11 +223,7 @@ impl PluginApi for Instance {
         control: &CallControl,
     ) -> FfiResult<RString> {
         guard(|| {
-            let evaluator = self
-                .plugin
-                .evaluators
-                .get(evaluator as usize)
-                .ok_or_else(|| not_found("evaluator", evaluator))?;
+            let evaluator = self.evaluator(evaluator)?;
             let messages: Vec<Message<'_>> = messages.iter().map(message_of).collect();
             to_json(&evaluator.run_batch(&messages, &self.runtime(Some(control)))?)
         })
@@ -223,22 +231,14 @@ impl PluginApi for Instance {
 
     fn start_service(&self, service: u32) -> FfiResult<()> {
         guard(|| {
-            let service = self
-                .plugin
-                .services
-                .get(service as usize)
-                .ok_or_else(|| not_found("service", service))?;
+            let service = self.service(service)?;
             service.start(&self.runtime(None))
         })
     }
 
     fn stop_service(&self, service: u32) -> FfiResult<()> {
         guard(|| {
-            let service = self
-                .plugin
-                .services
-                .get(service as usize)
-                .ok_or_else(|| not_found("service", service))?;
+            let service = self.service(service)?;
             service.stop(&self.runtime(None))
         })
     }
@@ -251,11 +251,7 @@ impl PluginApi for Instance {
         control: &CallControl,
     ) -> FfiResult<RString> {
         guard(|| {
-            let service = self
-                .plugin
-                .services
-                .get(service as usize)
-                .ok_or_else(|| not_found("service", service))?;
+            let service = self.service(service)?;
             let result = service.call_json(
                 method.as_str(),
                 args_json.as_str(),
