@@ -29,7 +29,7 @@ fn main() {
         return;
     }
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let core = Core::new(runtime.handle().clone());
+    let core = Core::new(runtime.handle().clone(), Default::default());
     let shadow = ShadowDir::create().expect("shadow dir");
     let files = test_support::examples();
     println!(

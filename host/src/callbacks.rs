@@ -57,6 +57,9 @@ impl PluginCallbacks {
 
     fn deny(&self, permission: &str) -> HostError {
         tracing::warn!(plugin = %self.plugin, %permission, "permission denied");
+        if let Some(core) = self.core.upgrade() {
+            core.metrics.denied(&self.plugin, permission);
+        }
         HostError::new(
             ErrorKind::PermissionDenied,
             format!("plugin '{}' lacks permission '{permission}'", self.plugin),
@@ -104,6 +107,14 @@ impl HostApi for PluginCallbacks {
 
     fn config(&self, key: RStr<'_>) -> FfiResult<RString> {
         guarded(|| {
+            let permission = if key.is_empty() {
+                "config:*".to_string()
+            } else {
+                format!("config:{}", key.as_str())
+            };
+            if !self.permissions.allows(&permission) {
+                return Err(self.deny(&permission));
+            }
             let value = if key.is_empty() {
                 (*self.config).clone()
             } else {
@@ -176,9 +187,14 @@ impl HostApi for PluginCallbacks {
 
     fn push_provider_value(&self, provider: u32, value_json: RStr<'_>) -> FfiResult<()> {
         guarded(|| {
-            let value = parse_json(value_json.as_str(), "the provider value")?;
+            serde_json::from_str::<serde::de::IgnoredAny>(value_json.as_str()).map_err(|e| {
+                HostError::new(
+                    ErrorKind::InvalidInput,
+                    format!("the provider value is not valid JSON: {e}"),
+                )
+            })?;
             self.core()?
-                .push_provider_value(&self.plugin, provider, value);
+                .store_provider_value(&self.plugin, provider, value_json.as_str().into());
             Ok(())
         })
     }

@@ -1,18 +1,22 @@
 //! The live registry every part of the host shares: loaded plugins, services,
-//! the event bus, timers and pushed provider values.
+//! the event bus, timers, cached provider values, metrics and limits.
 //!
 //! Locks here guard maps only; they are always released before any call into
 //! a plugin, because the plugin may call back into the host (DESIGN fact 11).
 
+use crate::config::HostSettings;
 use crate::events::{BusEvent, DeliveryFailure, EventBus};
 use crate::instance::{CallError, PluginInstance};
+use crate::metrics::Metrics;
 use crate::permissions::Permissions;
+use crate::ratelimit::RateLimiter;
 use plugin_abi::CallControl;
 use plugin_api::ErrorKind;
-use serde_json::Value;
-use std::collections::HashMap;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 /// A plugin that is loaded and registered.
@@ -25,13 +29,48 @@ pub struct LivePlugin {
     pub permissions: Permissions,
     /// Its position in the load order.
     pub load_order: usize,
+    quarantined: AtomicBool,
+    recent_panics: Mutex<VecDeque<Instant>>,
 }
 
 impl LivePlugin {
+    /// A live plugin, not quarantined.
+    pub fn new(
+        instance: PluginInstance,
+        config: Arc<Value>,
+        permissions: Permissions,
+        load_order: usize,
+    ) -> Self {
+        Self {
+            instance,
+            config,
+            permissions,
+            load_order,
+            quarantined: AtomicBool::new(false),
+            recent_panics: Mutex::new(VecDeque::new()),
+        }
+    }
+
     /// The plugin's name.
     pub fn name(&self) -> &str {
         self.instance.name()
     }
+
+    /// Whether the plugin panicked too often and is out of service.
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::Acquire)
+    }
+}
+
+/// A provider's cached value: JSON text checked once when it arrived.
+#[derive(Debug, Clone)]
+pub struct CachedValue {
+    /// The value as JSON text.
+    pub json: Arc<str>,
+    /// When it was fetched or pushed.
+    pub at: Instant,
+    /// Whether a background refresh is running.
+    pub refreshing: bool,
 }
 
 /// A service registered by a plugin.
@@ -91,20 +130,69 @@ pub struct Core {
     pub bus: EventBus,
     runtime: tokio::runtime::Handle,
     timers: Mutex<HashMap<(String, u64), JoinHandle<()>>>,
-    pushed: RwLock<HashMap<(String, u32), Value>>,
+    provider_values: RwLock<HashMap<(String, u32), CachedValue>>,
+    /// Host settings from the config file.
+    pub settings: HostSettings,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Per-action rate limits.
+    pub rate_limiter: RateLimiter,
 }
 
 impl Core {
-    /// An empty registry whose timers run on `runtime`.
-    pub fn new(runtime: tokio::runtime::Handle) -> Arc<Self> {
+    /// An empty registry whose timers and blocking calls run on `runtime`.
+    pub fn new(runtime: tokio::runtime::Handle, settings: HostSettings) -> Arc<Self> {
         Arc::new(Self {
             plugins: RwLock::new(Vec::new()),
             services: RwLock::new(HashMap::new()),
             bus: EventBus::new(),
             runtime,
             timers: Mutex::new(HashMap::new()),
-            pushed: RwLock::new(HashMap::new()),
+            provider_values: RwLock::new(HashMap::new()),
+            settings,
+            metrics: Metrics::new(),
+            rate_limiter: RateLimiter::default(),
         })
+    }
+
+    /// Counts an error from plugin code and quarantines the plugin when it
+    /// panicked `quarantine_after_panics` times within the window.
+    pub fn record_error(&self, plugin: &LivePlugin, error: &CallError) {
+        self.metrics.plugin_error(plugin.name(), error.kind);
+        if error.kind != ErrorKind::Panicked || self.settings.quarantine_after_panics == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let window = Duration::from_millis(self.settings.quarantine_window_ms);
+        let count = {
+            let mut panics = plugin
+                .recent_panics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            panics.push_back(now);
+            while panics
+                .front()
+                .is_some_and(|&t| now.duration_since(t) > window)
+            {
+                panics.pop_front();
+            }
+            panics.len()
+        };
+        if count >= self.settings.quarantine_after_panics as usize
+            && !plugin.quarantined.swap(true, Ordering::AcqRel)
+        {
+            self.metrics.plugins_quarantined.inc();
+            tracing::error!(
+                plugin = plugin.name(),
+                "quarantined: {count} panics within {} ms; its actions, providers, evaluators and services are out of service until it is reloaded",
+                self.settings.quarantine_window_ms
+            );
+            self.emit(
+                "host",
+                "plugin:quarantined",
+                json!({"plugin": plugin.name(), "panics": count, "window_ms": self.settings.quarantine_window_ms, "last_error": error.to_string()}),
+            );
+        }
     }
 
     /// The tokio runtime the host uses for timers and blocking calls.
@@ -133,9 +221,17 @@ impl Core {
         plugins.sort_by_key(|p| p.load_order);
     }
 
-    /// Removes a plugin with its services, subscriptions, timers and pushed values.
+    /// Removes a plugin with its services, subscriptions, timers and cached values.
     pub fn unregister(&self, name: &str) {
-        write(&self.plugins).retain(|p| p.name() != name);
+        let mut plugins = write(&self.plugins);
+        if let Some(plugin) = plugins.iter().find(|p| p.name() == name) {
+            if plugin.is_quarantined() {
+                self.metrics.plugins_quarantined.dec();
+            }
+        }
+        plugins.retain(|p| p.name() != name);
+        drop(plugins);
+        self.rate_limiter.forget(name);
         write(&self.services).retain(|_, slot| slot.plugin.name() != name);
         self.bus.unsubscribe_plugin(name);
         let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -148,7 +244,7 @@ impl Core {
             }
         });
         drop(timers);
-        write(&self.pushed).retain(|(plugin, _), _| plugin != name);
+        write(&self.provider_values).retain(|(plugin, _), _| plugin != name);
     }
 
     /// Registers a plugin's service, stopped. Fails if another plugin already
@@ -214,6 +310,7 @@ impl Core {
             let permission = format!("service:{service}");
             if !own && !caller.permissions.allows(&permission) {
                 tracing::warn!(plugin = caller.name, %permission, "permission denied");
+                self.metrics.denied(caller.name, &permission);
                 return Err(HostError::new(
                     ErrorKind::PermissionDenied,
                     format!("plugin '{}' lacks permission '{permission}'", caller.name),
@@ -243,11 +340,23 @@ impl Core {
                 ),
             ));
         }
+        if slot.plugin.is_quarantined() {
+            return Err(HostError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "service '{service}' is out of service: plugin '{}' is quarantined",
+                    slot.plugin.name()
+                ),
+            ));
+        }
         let control = CallControl::default();
-        Ok(slot
-            .plugin
+        slot.plugin
             .instance
-            .call_service(slot.index, method, args_json, &control)?)
+            .call_service(slot.index, method, args_json, &control)
+            .map_err(|error| {
+                self.record_error(&slot.plugin, &error);
+                HostError::from(error)
+            })
     }
 
     /// Emits an event to every matching subscriber.
@@ -318,16 +427,35 @@ impl Core {
         }
     }
 
-    /// Stores a value pushed by a subscribed provider.
-    pub fn push_provider_value(&self, plugin: &str, provider: u32, value: Value) {
-        write(&self.pushed).insert((plugin.to_string(), provider), value);
+    /// Stores a provider's value (fetched or pushed) as fresh.
+    pub fn store_provider_value(&self, plugin: &str, provider: u32, json: Arc<str>) {
+        write(&self.provider_values).insert(
+            (plugin.to_string(), provider),
+            CachedValue {
+                json,
+                at: Instant::now(),
+                refreshing: false,
+            },
+        );
     }
 
-    /// The latest value pushed by a provider, if any.
-    pub fn pushed_value(&self, plugin: &str, provider: u32) -> Option<Value> {
-        read(&self.pushed)
+    /// A provider's cached value, if any.
+    pub fn cached_provider_value(&self, plugin: &str, provider: u32) -> Option<CachedValue> {
+        read(&self.provider_values)
             .get(&(plugin.to_string(), provider))
             .cloned()
+    }
+
+    /// Marks a cached value as being refreshed; returns false if a refresh
+    /// is already running (so only one runs at a time).
+    pub fn start_refresh(&self, plugin: &str, provider: u32) -> bool {
+        match write(&self.provider_values).get_mut(&(plugin.to_string(), provider)) {
+            Some(cached) if !cached.refreshing => {
+                cached.refreshing = true;
+                true
+            }
+            _ => false,
+        }
     }
 }
 

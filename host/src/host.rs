@@ -2,6 +2,7 @@
 //! messages, calls services, emits events, and shuts everything down in
 //! reverse load order.
 
+use crate::config::AgentConfig;
 use crate::core::{Core, HostError};
 use crate::events::{BusEvent, DeliveryFailure, Listener};
 use crate::loader;
@@ -20,7 +21,9 @@ pub struct HostOptions {
     /// The tokio runtime for timers and blocking calls; the host makes a small
     /// one of its own when this is `None`.
     pub runtime: Option<tokio::runtime::Handle>,
-    /// The operator's config, per plugin name.
+    /// The operator's config file, parsed.
+    pub config: AgentConfig,
+    /// Plugin configs set in code, by plugin name; they override the file's.
     pub configs: BTreeMap<String, Value>,
 }
 
@@ -28,7 +31,7 @@ pub struct HostOptions {
 pub struct PluginHost {
     core: Arc<Core>,
     shadow: ShadowDir,
-    configs: BTreeMap<String, Value>,
+    config: AgentConfig,
     next_message: AtomicU64,
     shut_down: AtomicBool,
     // Declared last: dropped after everything that may still hold a handle to it.
@@ -49,10 +52,17 @@ impl PluginHost {
                 (runtime.handle().clone(), Some(runtime))
             }
         };
+        let mut config = options.config;
+        config.plugins.extend(options.configs);
+        if config.grants.is_none() {
+            tracing::warn!(
+                "no [grants] in the config: every plugin gets the permissions it requests"
+            );
+        }
         Ok(Self {
-            core: Core::new(handle),
+            core: Core::new(handle, config.host.clone()),
             shadow: ShadowDir::create()?,
-            configs: options.configs,
+            config,
             next_message: AtomicU64::new(1),
             shut_down: AtomicBool::new(false),
             _own_runtime: own,
@@ -62,7 +72,7 @@ impl PluginHost {
     /// Loads every plugin in `dir`. Only an unreadable folder is an error;
     /// plugin failures are in the report.
     pub fn load_dir(&self, dir: &Path) -> std::io::Result<LoadReport> {
-        loader::load_dir(&self.core, &self.shadow, dir, &self.configs)
+        loader::load_dir(&self.core, &self.shadow, dir, &self.config)
     }
 
     /// The shared registry.
@@ -79,12 +89,56 @@ impl PluginHost {
             .collect()
     }
 
-    /// Runs a message through the pipeline. Blocks while plugin code runs.
-    pub fn handle_message(&self, mut message: InboundMessage) -> Reply {
+    /// Gives a message an id if it has none, and the sender's permissions
+    /// from the config when the config assigns them.
+    fn prepare(&self, mut message: InboundMessage) -> InboundMessage {
         if message.id.is_empty() {
             message.id = format!("m{}", self.next_message.fetch_add(1, Ordering::Relaxed));
         }
-        pipeline::handle_message(&self.core, &message)
+        if let Some(permissions) = self.config.sender_permissions(&message.sender) {
+            message.permissions = permissions;
+        }
+        message
+    }
+
+    /// Runs a message through the pipeline. Blocks while plugin code runs.
+    pub fn handle_message(&self, message: InboundMessage) -> Reply {
+        pipeline::handle_message(&self.core, &self.prepare(message))
+    }
+
+    /// Runs several messages; evaluators score them together with their
+    /// batch form. Blocks while plugin code runs.
+    pub fn handle_batch(&self, messages: Vec<InboundMessage>) -> Vec<Reply> {
+        let messages: Vec<InboundMessage> = messages.into_iter().map(|m| self.prepare(m)).collect();
+        pipeline::handle_batch(&self.core, &messages)
+    }
+
+    /// The state of every loaded plugin.
+    pub fn statuses(&self) -> Vec<PluginStatus> {
+        let services = self.core.services();
+        self.core
+            .plugins()
+            .iter()
+            .map(|plugin| PluginStatus::of(plugin, &services))
+            .collect()
+    }
+
+    /// The state of one loaded plugin.
+    pub fn status(&self, name: &str) -> Option<PluginStatus> {
+        let services = self.core.services();
+        self.core
+            .plugin(name)
+            .map(|plugin| PluginStatus::of(&plugin, &services))
+    }
+
+    /// Metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.core.metrics.render()
+    }
+
+    /// A live stream of every event on the bus.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<BusEvent> {
+        self.core.bus.tap()
     }
 
     /// Calls a service method as the host (no permission check).
@@ -130,6 +184,13 @@ impl PluginHost {
         let mut errors = Vec::new();
         for plugin in self.core.plugins().iter().rev() {
             let name = plugin.name().to_string();
+            for (index, provider) in plugin.instance.manifest.providers.iter().enumerate() {
+                if provider.subscribable {
+                    if let Err(error) = plugin.instance.set_subscribed(index as u32, false) {
+                        errors.push(error);
+                    }
+                }
+            }
             for (index, service) in plugin.instance.manifest.services.iter().enumerate().rev() {
                 self.core.set_service_running(&service.name, false);
                 if let Err(error) = plugin.instance.stop_service(index as u32) {
@@ -154,5 +215,64 @@ impl PluginHost {
 impl Drop for PluginHost {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// What `GET /v1/plugins` and `list` show of a loaded plugin.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PluginStatus {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Description.
+    pub description: String,
+    /// The file it was loaded from.
+    pub file: std::path::PathBuf,
+    /// Position in the load order.
+    pub load_order: usize,
+    /// Whether it is quarantined after repeated panics.
+    pub quarantined: bool,
+    /// Permissions it holds (requested and granted).
+    pub permissions: Vec<String>,
+    /// Its full manifest.
+    pub manifest: plugin_api::Manifest,
+    /// Its services and whether each is running.
+    pub services: Vec<ServiceStatus>,
+    /// Bytes of library image it keeps mapped.
+    pub image_bytes: u64,
+}
+
+/// A service's name and state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceStatus {
+    /// The service's name.
+    pub name: String,
+    /// Whether it is running.
+    pub running: bool,
+}
+
+impl PluginStatus {
+    fn of(plugin: &crate::core::LivePlugin, services: &[(String, String, bool)]) -> Self {
+        let m = &plugin.instance.manifest;
+        Self {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            description: m.description.clone(),
+            file: plugin.instance.file.clone(),
+            load_order: plugin.load_order,
+            quarantined: plugin.is_quarantined(),
+            permissions: plugin.permissions.patterns().to_vec(),
+            manifest: m.clone(),
+            services: services
+                .iter()
+                .filter(|(_, owner, _)| owner == &m.name)
+                .map(|(name, _, running)| ServiceStatus {
+                    name: name.clone(),
+                    running: *running,
+                })
+                .collect(),
+            image_bytes: plugin.instance.image_bytes,
+        }
     }
 }

@@ -5,9 +5,9 @@
 //! turned the panic into a value (DESIGN fact 4).
 
 use plugin_abi::abi_stable::std_types::{RSlice, RStr};
-use plugin_abi::{CallControl, FfiError, MessageView, PluginBox};
+use plugin_abi::{CallControl, EvaluationView, FfiError, MessageView, PluginBox};
 use plugin_api::manifest::Manifest;
-use plugin_api::ErrorKind;
+use plugin_api::{ErrorKind, Evaluation};
 use semver::Version;
 use serde::Serialize;
 use std::fmt;
@@ -144,7 +144,7 @@ impl PluginInstance {
     pub fn handle(
         &self,
         action: u32,
-        message: MessageView<'_>,
+        message: &MessageView<'_>,
         control: &CallControl,
     ) -> Result<String, CallError> {
         self.object
@@ -158,7 +158,7 @@ impl PluginInstance {
     pub fn provide(
         &self,
         provider: u32,
-        message: MessageView<'_>,
+        message: &MessageView<'_>,
         control: &CallControl,
     ) -> Result<String, CallError> {
         self.object
@@ -186,45 +186,85 @@ impl PluginInstance {
             })
     }
 
-    /// Runs an evaluator on one message; returns its JSON result.
+    /// Runs an evaluator on one message. A score outside 0..=1 is the
+    /// plugin's error.
     pub fn evaluate(
         &self,
         evaluator: u32,
-        message: MessageView<'_>,
+        message: &MessageView<'_>,
         control: &CallControl,
-    ) -> Result<String, CallError> {
-        self.object
+    ) -> Result<Evaluation, CallError> {
+        let entry = || format!("evaluator '{}' evaluate", self.evaluator_name(evaluator));
+        let view = self
+            .object
             .evaluate(evaluator, message, control)
             .into_result()
-            .map(|s| s.into_string())
-            .map_err(|e| {
-                self.fail(
-                    format!("evaluator '{}' evaluate", self.evaluator_name(evaluator)),
-                    e,
-                )
-            })
+            .map_err(|e| self.fail(entry(), e))?;
+        self.evaluation(view, entry)
     }
 
-    /// Runs an evaluator on many messages; returns a JSON array.
+    /// Runs an evaluator on many messages; one result per message.
     pub fn evaluate_batch(
         &self,
         evaluator: u32,
         messages: &[MessageView<'_>],
         control: &CallControl,
-    ) -> Result<String, CallError> {
-        self.object
+    ) -> Result<Vec<Evaluation>, CallError> {
+        let entry = || {
+            format!(
+                "evaluator '{}' evaluate_batch",
+                self.evaluator_name(evaluator)
+            )
+        };
+        let views = self
+            .object
             .evaluate_batch(evaluator, RSlice::from_slice(messages), control)
             .into_result()
-            .map(|s| s.into_string())
-            .map_err(|e| {
-                self.fail(
-                    format!(
-                        "evaluator '{}' evaluate_batch",
-                        self.evaluator_name(evaluator)
-                    ),
-                    e,
-                )
-            })
+            .map_err(|e| self.fail(entry(), e))?;
+        if views.len() != messages.len() {
+            return Err(self.invalid(
+                entry(),
+                format!(
+                    "returned {} results for {} messages",
+                    views.len(),
+                    messages.len()
+                ),
+            ));
+        }
+        views
+            .into_iter()
+            .map(|view| self.evaluation(view, entry))
+            .collect()
+    }
+
+    fn invalid(&self, entry: String, message: String) -> CallError {
+        CallError {
+            plugin: self.manifest.name.clone(),
+            entry,
+            kind: ErrorKind::InvalidInput,
+            message,
+        }
+    }
+
+    fn evaluation(
+        &self,
+        view: EvaluationView,
+        entry: impl Fn() -> String,
+    ) -> Result<Evaluation, CallError> {
+        if !(0.0..=1.0).contains(&view.score) {
+            return Err(self.invalid(entry(), format!("score {} is outside 0..1", view.score)));
+        }
+        let metadata = if view.metadata_json.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(view.metadata_json.as_str())
+                .map_err(|e| self.invalid(entry(), format!("metadata is not valid JSON: {e}")))?
+        };
+        Ok(Evaluation {
+            score: view.score,
+            passed: view.passed,
+            metadata,
+        })
     }
 
     /// Starts a service.

@@ -22,19 +22,24 @@
 
 pub mod callbacks;
 pub mod cli;
+pub mod config;
 pub mod core;
 pub mod discovery;
 pub mod events;
 pub mod host;
+pub mod http;
 pub mod instance;
 pub mod library;
 pub mod loader;
+pub mod metrics;
 pub mod permissions;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod report;
 pub mod resolve;
 pub mod shadow;
 
-pub use crate::host::{HostOptions, PluginHost};
+pub use crate::config::AgentConfig;
+pub use crate::host::{HostOptions, PluginHost, PluginStatus};
 pub use crate::pipeline::{InboundMessage, Reply};
 pub use crate::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};

@@ -8,17 +8,17 @@
 //! down that plugin and its dependents, never the host or unrelated plugins.
 
 use crate::callbacks::PluginCallbacks;
+use crate::config::{effective_config, AgentConfig};
 use crate::core::{Core, LivePlugin};
 use crate::discovery::plugin_files;
 use crate::instance::PluginInstance;
 use crate::library::{self, OpenedLibrary};
-use crate::permissions::Permissions;
 use crate::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
 use crate::resolve::{resolve, Candidate};
 use crate::shadow::ShadowDir;
 use plugin_api::manifest::{Dependency, Manifest};
 use semver::Version;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -145,47 +145,38 @@ fn reject_duplicates(prepared: Vec<Prepared>, report: &mut LoadReport) -> Vec<Pr
     unique
 }
 
-/// Merges the operator's config over the plugin's defaults (top-level keys).
-fn effective_config(manifest: &Manifest, operator: Option<&Value>) -> Value {
-    let mut config = match &manifest.default_config {
-        Some(Value::Object(defaults)) => defaults.clone(),
-        _ => serde_json::Map::new(),
-    };
-    if let Some(Value::Object(overrides)) = operator {
-        for (key, value) in overrides {
-            config.insert(key.clone(), value.clone());
-        }
-    }
-    Value::Object(config)
-}
-
 /// Creates, registers and starts one plugin. On failure everything it set up
 /// is undone and the plugin is unregistered.
 fn start(
     core: &Arc<Core>,
     p: &Prepared,
     order: usize,
-    operator_config: Option<&Value>,
+    agent: &AgentConfig,
 ) -> Result<Arc<LivePlugin>, LoadFailure> {
     let name = p.manifest.name.as_str();
-    let config = Arc::new(effective_config(&p.manifest, operator_config));
-    let permissions = Permissions::new(p.manifest.permissions.iter().cloned());
+    let config = effective_config(&p.manifest, agent.plugins.get(name))
+        .map_err(|e| p.failure(Stage::Config, e.0))?;
+    let config = Arc::new(config);
+    let (permissions, denied) = agent.effective_permissions(&p.manifest);
+    if !denied.is_empty() {
+        tracing::warn!(
+            plugin = name,
+            "permissions requested but not granted: {}",
+            denied.join(", ")
+        );
+    }
     let host = PluginCallbacks::boxed(name, permissions.clone(), Arc::clone(&config), core);
     let object = (p.library.module.create())(p.index, host)
         .into_result()
         .map_err(|e| p.failure(Stage::Create, format!("create: {}", e.message)))?;
-    let live = Arc::new(LivePlugin {
-        instance: PluginInstance::new(
-            p.manifest.clone(),
-            p.version.clone(),
-            p.library.file.clone(),
-            p.library.image_bytes,
-            object,
-        ),
-        config,
-        permissions,
-        load_order: order,
-    });
+    let instance = PluginInstance::new(
+        p.manifest.clone(),
+        p.version.clone(),
+        p.library.file.clone(),
+        p.library.image_bytes,
+        object,
+    );
+    let live = Arc::new(LivePlugin::new(instance, config, permissions, order));
     core.register(Arc::clone(&live));
     if let Err(error) = live.instance.on_load() {
         core.unregister(name);
@@ -219,6 +210,14 @@ fn start(
             }
         }
     }
+    for (index, provider) in p.manifest.providers.iter().enumerate() {
+        if provider.subscribable {
+            if let Err(error) = live.instance.set_subscribed(index as u32, true) {
+                tracing::warn!("{error}");
+            }
+        }
+    }
+    core.metrics.plugins_loaded.inc();
     Ok(live)
 }
 
@@ -250,14 +249,14 @@ fn describe(p: &Prepared, order: usize) -> LoadedPlugin {
     }
 }
 
-/// Loads every plugin in `dir` into `core`. `configs` holds the operator's
-/// config per plugin name. Only an unreadable folder is an error; every
-/// plugin failure is in the report.
+/// Loads every plugin in `dir` into `core`, with the operator's `config`.
+/// Only an unreadable folder is an error; every plugin failure is in the
+/// report.
 pub fn load_dir(
     core: &Arc<Core>,
     shadow: &ShadowDir,
     dir: &Path,
-    configs: &BTreeMap<String, Value>,
+    config: &AgentConfig,
 ) -> std::io::Result<LoadReport> {
     let files = plugin_files(dir)?;
     let mut report = LoadReport::default();
@@ -320,7 +319,7 @@ pub fn load_dir(
                     ));
                 }
             }
-            start(core, p, order_of[i], configs.get(&p.manifest.name))
+            start(core, p, order_of[i], config)
         });
         for (&i, outcome) in level.iter().zip(outcomes) {
             match outcome {

@@ -19,6 +19,8 @@ pub enum Stage {
     Dependencies,
     /// The plugin's constructor failed.
     Create,
+    /// Its config is invalid (schema, missing secret).
+    Config,
     /// `on_load` failed.
     OnLoad,
     /// A service failed to register or start.

@@ -11,10 +11,10 @@ use crate::provider::Unsubscribe;
 use crate::runtime::{Event, Host, Level, ProviderPush, Runtime, Shared};
 use plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
 use plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use plugin_abi::abi_stable::std_types::{RResult, RSlice, RStr, RString};
+use plugin_abi::abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use plugin_abi::{
-    codes, CallControl, FfiError, FfiResult, HostBox, MessageView, PluginApi, PluginApi_TO,
-    PluginModule,
+    codes, CallControl, EvaluationView, FfiError, FfiResult, HostBox, MessageView, PluginApi,
+    PluginApi_TO, PluginModule,
 };
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -72,6 +72,19 @@ fn not_found(kind: &str, index: u32) -> Error {
 
 fn to_json(value: &impl serde::Serialize) -> Result<RString> {
     Ok(RString::from(serde_json::to_string(value)?))
+}
+
+fn evaluation_view(evaluation: crate::Evaluation) -> Result<EvaluationView> {
+    let metadata_json = if evaluation.metadata.is_null() {
+        RString::new()
+    } else {
+        RString::from(serde_json::to_string(&evaluation.metadata)?)
+    };
+    Ok(EvaluationView {
+        score: evaluation.score,
+        passed: evaluation.passed,
+        metadata_json,
+    })
 }
 
 fn message_of<'a>(view: &MessageView<'a>) -> Message<'a> {
@@ -157,24 +170,24 @@ impl PluginApi for Instance {
     fn handle(
         &self,
         action: u32,
-        message: MessageView<'_>,
+        message: &MessageView<'_>,
         control: &CallControl,
     ) -> FfiResult<RString> {
         guard(|| {
             let action = self.action(action)?;
-            to_json(&action.run(&message_of(&message), &self.runtime(Some(control)))?)
+            to_json(&action.run(&message_of(message), &self.runtime(Some(control)))?)
         })
     }
 
     fn provide(
         &self,
         provider: u32,
-        message: MessageView<'_>,
+        message: &MessageView<'_>,
         control: &CallControl,
     ) -> FfiResult<RString> {
         guard(|| {
             let provider = self.provider(provider)?;
-            to_json(&provider.fetch(&message_of(&message), &self.runtime(Some(control)))?)
+            to_json(&provider.fetch(&message_of(message), &self.runtime(Some(control)))?)
         })
     }
 
@@ -207,12 +220,12 @@ impl PluginApi for Instance {
     fn evaluate(
         &self,
         evaluator: u32,
-        message: MessageView<'_>,
+        message: &MessageView<'_>,
         control: &CallControl,
-    ) -> FfiResult<RString> {
+    ) -> FfiResult<EvaluationView> {
         guard(|| {
             let evaluator = self.evaluator(evaluator)?;
-            to_json(&evaluator.run(&message_of(&message), &self.runtime(Some(control)))?)
+            evaluation_view(evaluator.run(&message_of(message), &self.runtime(Some(control)))?)
         })
     }
 
@@ -221,11 +234,15 @@ impl PluginApi for Instance {
         evaluator: u32,
         messages: RSlice<'_, MessageView<'_>>,
         control: &CallControl,
-    ) -> FfiResult<RString> {
+    ) -> FfiResult<RVec<EvaluationView>> {
         guard(|| {
             let evaluator = self.evaluator(evaluator)?;
             let messages: Vec<Message<'_>> = messages.iter().map(message_of).collect();
-            to_json(&evaluator.run_batch(&messages, &self.runtime(Some(control)))?)
+            evaluator
+                .run_batch(&messages, &self.runtime(Some(control)))?
+                .into_iter()
+                .map(evaluation_view)
+                .collect()
         })
     }
 

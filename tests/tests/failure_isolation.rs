@@ -52,13 +52,19 @@ fn every_bad_file_fails_alone_and_every_good_plugin_loads() {
     let lines: Vec<String> = report.failures.iter().map(ToString::to_string).collect();
     let all = lines.join("\n");
 
-    for good in ["http-client", "geolocation", "weather", "sentiment"] {
+    for good in [
+        "http-client",
+        "geolocation",
+        "weather",
+        "sentiment",
+        "notes",
+    ] {
         assert!(
             report.loaded(good),
             "{good} should load despite the bad files:\n{all}"
         );
     }
-    assert_eq!(report.loaded.len(), 4, "only the good plugins load:\n{all}");
+    assert_eq!(report.loaded.len(), 5, "only the good plugins load:\n{all}");
 
     let expect = |file: &str, plugin: Option<&str>, stage: Stage, cause: &str| {
         let failure = report

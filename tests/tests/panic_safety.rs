@@ -6,6 +6,29 @@ use agent_host::{InboundMessage, Stage};
 use agent_host_tests::*;
 use serde_json::{json, Value};
 
+/// The panicky fixture in a host that never quarantines, so one host can be
+/// driven through every panic (quarantine has its own test).
+fn load_panicky(
+    extra: &[std::path::PathBuf],
+) -> (
+    agent_host::PluginHost,
+    agent_host::LoadReport,
+    tempfile::TempDir,
+) {
+    let mut files = vec![fixture("panicky")];
+    files.extend_from_slice(extra);
+    let dir = folder_with(&files);
+    let config =
+        agent_host::AgentConfig::parse("[host]\nquarantine_after_panics = 0\n").expect("config");
+    let host = agent_host::PluginHost::new(agent_host::HostOptions {
+        config,
+        ..Default::default()
+    })
+    .expect("host");
+    let report = host.load_dir(dir.path()).expect("load");
+    (host, report, dir)
+}
+
 fn message(text: &str) -> InboundMessage {
     InboundMessage {
         sender: "tester".into(),
@@ -47,7 +70,7 @@ fn assert_names(error: &str, entry: &str) {
 
 #[test]
 fn panics_in_message_entry_points_become_errors() {
-    let (host, report, _dir) = load_files(&[fixture("panicky")]);
+    let (host, report, _dir) = load_panicky(&[]);
     assert!(report.is_clean(), "{:?}", report.failures);
 
     for (text, entry) in [
@@ -69,7 +92,7 @@ fn panics_in_message_entry_points_become_errors() {
 
 #[test]
 fn panics_in_service_calls_and_event_handlers_become_errors() {
-    let (host, report, _dir) = load_files(&[fixture("panicky")]);
+    let (host, report, _dir) = load_panicky(&[]);
     assert!(report.is_clean(), "{:?}", report.failures);
 
     let error = host
@@ -90,7 +113,7 @@ fn panics_in_service_calls_and_event_handlers_become_errors() {
 
 #[test]
 fn panics_in_service_stop_and_on_unload_are_reported_at_shutdown() {
-    let (host, report, _dir) = load_files(&[fixture("panicky"), fixture("")]);
+    let (host, report, _dir) = load_panicky(&[fixture("")]);
     assert!(report.is_clean(), "{:?}", report.failures);
     let errors: Vec<String> = host.shutdown().iter().map(ToString::to_string).collect();
     assert_eq!(errors.len(), 2, "{errors:?}");

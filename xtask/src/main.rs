@@ -6,7 +6,7 @@
 //!   temporary file and renaming it into place, so a running host never sees
 //!   a half-written file and no loaded file is overwritten in place.
 //! * `cargo xtask run [ARGS...]`: builds and stages the plugins, then runs
-//!   `agent-host run --plugins target/plugins ARGS...`.
+//!   `agent-host run --plugins target/plugins --config agent.toml ARGS...`.
 //!
 //! It must never write into a plugin folder except by rename.
 
@@ -155,6 +155,8 @@ fn run(args: &[String]) -> Result<()> {
             "--plugins",
         ])
         .arg(&out)
+        .arg("--config")
+        .arg(workspace_root().join("agent.toml"))
         .args(args)
         .status()
         .map_err(|e| format!("run agent-host: {e}"))?;

@@ -1,13 +1,19 @@
 //! `agent-host check DIR` and `agent-host list DIR`.
 
-use crate::{HostOptions, LoadReport, PluginHost};
+use crate::{AgentConfig, HostOptions, LoadReport, PluginHost};
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-fn load(dir: &Path) -> Result<(PluginHost, LoadReport), Box<dyn std::error::Error>> {
-    let host = PluginHost::new(HostOptions::default())?;
+fn load(
+    dir: &Path,
+    config: &AgentConfig,
+) -> Result<(PluginHost, LoadReport), Box<dyn std::error::Error>> {
+    let host = PluginHost::new(HostOptions {
+        config: config.clone(),
+        ..HostOptions::default()
+    })?;
     let report = host
         .load_dir(dir)
         .map_err(|e| format!("cannot read plugin folder {}: {e}", dir.display()))?;
@@ -17,10 +23,11 @@ fn load(dir: &Path) -> Result<(PluginHost, LoadReport), Box<dyn std::error::Erro
 /// Loads, starts and stops every plugin in `dir`; prints one line per file.
 pub fn check(
     dir: &Path,
+    config: &AgentConfig,
     as_json: bool,
     verbose: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let (host, report) = load(dir)?;
+    let (host, report) = load(dir, config)?;
     let shutdown = host.shutdown();
     let mut out = std::io::stdout().lock();
     if as_json {
@@ -71,8 +78,12 @@ pub fn check(
 }
 
 /// Describes the plugins in `dir`.
-pub fn list(dir: &Path, as_json: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let (host, report) = load(dir)?;
+pub fn list(
+    dir: &Path,
+    config: &AgentConfig,
+    as_json: bool,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let (host, report) = load(dir, config)?;
     host.shutdown();
     let mut out = std::io::stdout().lock();
     if as_json {

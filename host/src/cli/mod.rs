@@ -34,6 +34,9 @@ pub enum Command {
     Check {
         /// The plugin folder.
         dir: PathBuf,
+        /// The config file (TOML): plugin configs are validated against their schemas.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
@@ -43,6 +46,9 @@ pub enum Command {
     List {
         /// The plugin folder.
         dir: PathBuf,
+        /// The config file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -52,6 +58,13 @@ pub enum Command {
         /// The plugin folder.
         #[arg(long)]
         plugins: PathBuf,
+        /// The config file (TOML): host settings, plugin configs, grants, senders.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also serve the HTTP API on this address, such as 127.0.0.1:8080
+        /// (port 0 picks a free port); it keeps serving after stdin closes.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
 }
 
@@ -83,8 +96,29 @@ pub fn init_logging(cli: &Cli) {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Check { dir, json } => check::check(&dir, json, cli.verbose > 0),
-        Command::List { dir, json } => check::list(&dir, json),
-        Command::Run { plugins } => run::run(&plugins),
+        Command::Check { dir, config, json } => check::check(
+            &dir,
+            &load_config(config.as_deref())?,
+            json,
+            cli.verbose > 0,
+        ),
+        Command::List { dir, config, json } => {
+            check::list(&dir, &load_config(config.as_deref())?, json)
+        }
+        Command::Run {
+            plugins,
+            config,
+            listen,
+        } => run::run(&plugins, load_config(config.as_deref())?, listen.as_deref()),
     }
+}
+
+/// Reads the config file, or the empty config when there is none.
+fn load_config(
+    path: Option<&std::path::Path>,
+) -> Result<crate::AgentConfig, crate::config::ConfigError> {
+    path.map_or_else(
+        || Ok(crate::AgentConfig::default()),
+        crate::AgentConfig::load,
+    )
 }

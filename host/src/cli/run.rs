@@ -2,29 +2,80 @@
 //! SIGTERM, then shut down in reverse load order and exit 0.
 //!
 //! On a terminal it is a chat prompt; with piped stdin it reads one JSON
-//! request per line and writes one JSON reply per line.
+//! request per line and writes one JSON reply per line. With `--listen ADDR`
+//! it also serves the HTTP API ([`crate::http`]) and keeps serving it after
+//! stdin closes; without it, the end of stdin ends the run.
 
 use crate::pipeline::InboundMessage;
-use crate::{HostOptions, PluginHost};
+use crate::{AgentConfig, HostOptions, PluginHost};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-/// Runs the agent.
-pub fn run(plugins: &Path) -> Result<ExitCode, Box<dyn std::error::Error>> {
+/// How long the HTTP server may take to answer the requests in flight once
+/// shutdown begins.
+const HTTP_DRAIN: Duration = Duration::from_secs(10);
+
+/// Runs the agent; with `listen`, also serves the HTTP API on that address.
+pub fn run(
+    plugins: &Path,
+    config: AgentConfig,
+    listen: Option<&str>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let code = runtime.block_on(serve(plugins))?;
+    let code = runtime.block_on(serve(plugins, config, listen))?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(code)
 }
 
-async fn serve(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error>> {
+/// The HTTP server while it runs: the trigger that stops it, and its task.
+struct HttpServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    /// Stops accepting, waits (bounded) for the requests in flight.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(HTTP_DRAIN, &mut task).await {
+            Ok(Ok(Ok(()))) => tracing::info!("HTTP server stopped"),
+            Ok(Ok(Err(error))) => tracing::warn!("the HTTP server failed: {error}"),
+            Ok(Err(error)) => tracing::warn!("the HTTP server task failed: {error}"),
+            Err(_) => {
+                tracing::warn!(
+                    "the HTTP server did not stop within {} s; closing it",
+                    HTTP_DRAIN.as_secs()
+                );
+                task.abort();
+            }
+        }
+    }
+}
+
+async fn serve(
+    dir: &Path,
+    config: AgentConfig,
+    listen: Option<&str>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    // Bind first: a taken port should fail before any plugin is loaded.
+    let listener = match listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("cannot listen on {address}: {e}"))?,
+        ),
+        None => None,
+    };
     let host = Arc::new(PluginHost::new(HostOptions {
         runtime: Some(tokio::runtime::Handle::current()),
+        config,
         ..HostOptions::default()
     })?);
     let loader = Arc::clone(&host);
@@ -39,16 +90,46 @@ async fn serve(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error>> {
         host.plugin_names().join(", ")
     );
 
+    let mut http = None;
+    if let Some(listener) = listener {
+        let address = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(crate::http::serve(
+            Arc::clone(&host),
+            listener,
+            async move {
+                // A dropped sender also means stop.
+                let _ = stopped.await;
+            },
+        ));
+        tracing::info!("listening on http://{address}");
+        http = Some(HttpServer { stop, task });
+    }
+
     let interactive = std::io::stdin().is_terminal();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut outcome = Ok(());
     tokio::select! {
-        result = conversation(Arc::clone(&host), interactive) => result?,
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+        result = conversation(Arc::clone(&host), interactive) => {
+            outcome = result;
+            if outcome.is_ok() && http.is_some() {
+                tracing::info!("stdin closed; serving HTTP until Ctrl-C or SIGTERM");
+                (&mut signal).await;
+                tracing::info!("shutting down");
+            }
+        }
+        _ = &mut signal => tracing::info!("shutting down"),
+    }
+    if let Some(server) = http {
+        server.stop().await;
     }
     let stopper = Arc::clone(&host);
     let errors = tokio::task::spawn_blocking(move || stopper.shutdown()).await?;
     for error in errors {
         tracing::warn!("{error}");
     }
+    outcome?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -27,7 +27,7 @@ use abi_stable::{
     library::RootModule,
     sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, RResult, RSlice, RStr, RString},
+    std_types::{RBox, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -103,6 +103,19 @@ pub struct MessageView<'a> {
     /// A deliberately foreign field, for the host's rejection tests.
     #[cfg(feature = "fixture-foreign-layout")]
     pub fixture_foreign_field: u64,
+}
+
+/// An evaluator's verdict, as plain fields so that the hot path of scoring
+/// every message parses no JSON for score and verdict.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct EvaluationView {
+    /// Confidence from 0 to 1 (the host rejects anything else).
+    pub score: f64,
+    /// Whether the message passed.
+    pub passed: bool,
+    /// Extra facts as JSON; empty for none.
+    pub metadata_json: RString,
 }
 
 /// Per-call control shared by the host and the plugin: a cancellation flag
@@ -212,7 +225,7 @@ pub trait PluginApi: Send + Sync {
     fn handle(
         &self,
         action: u32,
-        message: MessageView<'_>,
+        message: &MessageView<'_>,
         control: &CallControl,
     ) -> FfiResult<RString>;
 
@@ -220,7 +233,7 @@ pub trait PluginApi: Send + Sync {
     fn provide(
         &self,
         provider: u32,
-        message: MessageView<'_>,
+        message: &MessageView<'_>,
         control: &CallControl,
     ) -> FfiResult<RString>;
 
@@ -228,22 +241,22 @@ pub trait PluginApi: Send + Sync {
     /// fresh values come back through [`HostApi::push_provider_value`].
     fn set_subscribed(&self, provider: u32, subscribed: bool) -> FfiResult<()>;
 
-    /// Runs evaluator `evaluator` on one message; returns its result as JSON.
+    /// Runs evaluator `evaluator` on one message.
     fn evaluate(
         &self,
         evaluator: u32,
-        message: MessageView<'_>,
+        message: &MessageView<'_>,
         control: &CallControl,
-    ) -> FfiResult<RString>;
+    ) -> FfiResult<EvaluationView>;
 
-    /// Runs evaluator `evaluator` on many messages; returns a JSON array with
-    /// one result per message, in order.
+    /// Runs evaluator `evaluator` on many messages; one result per message,
+    /// in order.
     fn evaluate_batch(
         &self,
         evaluator: u32,
         messages: RSlice<'_, MessageView<'_>>,
         control: &CallControl,
-    ) -> FfiResult<RString>;
+    ) -> FfiResult<RVec<EvaluationView>>;
 
     /// Starts service `service`.
     fn start_service(&self, service: u32) -> FfiResult<()>;

@@ -237,6 +237,8 @@ pub fn config_schema() -> Value {
 /// Builds the `geolocation` plugin.
 pub fn plugin() -> Plugin {
     Plugin::new("geolocation", "1.0.0")
+        // Reading its own config is a permission like any other.
+        .permission("config:*")
         .description("Finds known world cities in text and reports the agent's home city")
         .author("agent-host examples")
         .license("MIT OR Apache-2.0")

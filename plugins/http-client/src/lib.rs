@@ -268,6 +268,8 @@ pub fn config_schema() -> Value {
 /// Builds the `http-client` plugin.
 pub fn plugin() -> Plugin {
     Plugin::new("http-client", "1.0.0")
+        // Reading its own config is a permission like any other.
+        .permission("config:*")
         .description("Plain HTTP/1.1 GET requests for other plugins (http:// only, no TLS)")
         .author("agent-host examples")
         .license("MIT OR Apache-2.0")

@@ -338,6 +338,8 @@ pub fn plugin() -> Plugin {
     let for_batch = Arc::clone(&stats);
     let for_events = Arc::clone(&stats);
     Plugin::new("sentiment", "1.0.0")
+        // Reading its own config is a permission like any other.
+        .permission("config:*")
         .description("Scores the sentiment of messages with a built-in lexicon")
         .author("agent-host examples")
         .license("MIT OR Apache-2.0")

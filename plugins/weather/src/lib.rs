@@ -541,6 +541,7 @@ pub fn plugin() -> Plugin {
         .permission("service:http-client")
         .permission("service:geolocation")
         .permission("event:emit:weather:*")
+        .permission("config:*")
         .config_schema(config_schema())
         .default_config(json!({
             "base_url": null,

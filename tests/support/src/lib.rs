@@ -133,7 +133,13 @@ pub fn not_a_plugin() -> PathBuf {
 }
 
 /// The example plugins shipped in `plugins/`.
-pub const EXAMPLES: [&str; 4] = ["http-client", "geolocation", "weather", "sentiment"];
+pub const EXAMPLES: [&str; 5] = [
+    "http-client",
+    "geolocation",
+    "weather",
+    "sentiment",
+    "notes",
+];
 
 /// Builds the example plugins and returns their library files, in the
 /// order of [`EXAMPLES`].

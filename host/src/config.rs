@@ -1,0 +1,290 @@
+//! The operator's config file (TOML): host settings, each plugin's config,
+//! the permissions granted to each plugin, and the permissions of senders.
+//!
+//! ```toml
+//! [host]
+//! action_timeout_ms = 30000      # default handler timeout
+//! quarantine_after_panics = 3    # panics within the window that quarantine a plugin
+//! quarantine_window_ms = 60000
+//!
+//! [plugins.weather]              # merged over the plugin's default config,
+//! base_url = "http://127.0.0.1:8080"   # then validated against its JSON Schema
+//! api_key = { env = "WEATHER_API_KEY" } # a secret, read from the environment
+//!
+//! [grants]                       # what each plugin may do (of what it requested)
+//! weather = ["service:http-client", "service:geolocation", "event:emit:weather:*", "config:*"]
+//!
+//! [senders]                      # what each sender may do
+//! alice = ["data:analyze"]
+//! ```
+//!
+//! Without a `[grants]` table every plugin gets what it requested (a
+//! development default, logged as a warning). Without `[senders]`, a message
+//! carries the permissions its client claims; with it, the host assigns them.
+
+use crate::permissions::{matches, Permissions};
+use plugin_api::manifest::Manifest;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Host-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSettings {
+    /// Handler timeout for actions that set none, in milliseconds.
+    pub action_timeout_ms: u64,
+    /// How many panics within the window quarantine a plugin.
+    pub quarantine_after_panics: u32,
+    /// The quarantine window in milliseconds.
+    pub quarantine_window_ms: u64,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        Self {
+            action_timeout_ms: 30_000,
+            quarantine_after_panics: 3,
+            quarantine_window_ms: 60_000,
+        }
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Host settings.
+    #[serde(default)]
+    pub host: HostSettings,
+    /// Each plugin's config, by plugin name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Value>,
+    /// Permissions granted to each plugin; `None` grants what was requested.
+    #[serde(default)]
+    pub grants: Option<BTreeMap<String, Vec<String>>>,
+    /// Permissions of each sender; `None` trusts what the client says.
+    #[serde(default)]
+    pub senders: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// A config problem, naming the plugin and the field when they are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl AgentConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Parses config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim().replace('\n', " ")))
+    }
+
+    /// The permissions a plugin gets: those it requested that the operator
+    /// granted (all it requested when there is no `[grants]` table).
+    pub fn effective_permissions(&self, manifest: &Manifest) -> (Permissions, Vec<String>) {
+        let requested = &manifest.permissions;
+        match &self.grants {
+            None => (Permissions::new(requested.iter().cloned()), Vec::new()),
+            Some(grants) => {
+                let granted = grants
+                    .get(&manifest.name)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let (kept, denied): (Vec<String>, Vec<String>) = requested
+                    .iter()
+                    .cloned()
+                    .partition(|r| granted.iter().any(|g| matches(g, r)));
+                (Permissions::new(kept), denied)
+            }
+        }
+    }
+
+    /// The permissions of a sender, when the config assigns them.
+    pub fn sender_permissions(&self, sender: &str) -> Option<Vec<String>> {
+        self.senders
+            .as_ref()
+            .map(|senders| senders.get(sender).cloned().unwrap_or_default())
+    }
+}
+
+/// Replaces every `{ env = "NAME" }` table in `value` by the variable's value.
+fn resolve_secrets(value: &mut Value, path: &str, plugin: &str) -> Result<(), ConfigError> {
+    match value {
+        Value::Object(map) => {
+            if map.len() == 1 {
+                if let Some(Value::String(var)) = map.get("env") {
+                    let secret = std::env::var(var).map_err(|_| {
+                        ConfigError(format!(
+                            "plugin '{plugin}': config field `{path}` wants the environment variable {var}, which is not set"
+                        ))
+                    })?;
+                    *value = Value::String(secret);
+                    return Ok(());
+                }
+            }
+            for (key, inner) in map.iter_mut() {
+                resolve_secrets(inner, &format!("{path}/{key}"), plugin)?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for (index, inner) in items.iter_mut().enumerate() {
+                resolve_secrets(inner, &format!("{path}/{index}"), plugin)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The config a plugin runs with: the operator's values (secrets resolved)
+/// merged over the plugin's defaults, validated against its JSON Schema.
+pub fn effective_config(
+    manifest: &Manifest,
+    operator: Option<&Value>,
+) -> Result<Value, ConfigError> {
+    let plugin = manifest.name.as_str();
+    let mut config = match &manifest.default_config {
+        Some(Value::Object(defaults)) => defaults.clone(),
+        _ => serde_json::Map::new(),
+    };
+    match operator {
+        None => {}
+        Some(Value::Object(overrides)) => {
+            for (key, value) in overrides {
+                let mut value = value.clone();
+                resolve_secrets(&mut value, &format!("/{key}"), plugin)?;
+                config.insert(key.clone(), value);
+            }
+        }
+        Some(_) => {
+            return Err(ConfigError(format!(
+                "plugin '{plugin}': its config section must be a table"
+            )))
+        }
+    }
+    let config = Value::Object(config);
+    if let Some(schema) = &manifest.config_schema {
+        let validator = jsonschema::validator_for(schema).map_err(|e| {
+            ConfigError(format!(
+                "plugin '{plugin}': its config schema is invalid: {e}"
+            ))
+        })?;
+        let first_error = validator.iter_errors(&config).next().map(|error| {
+            let field = error.instance_path.to_string();
+            let field = if field.is_empty() {
+                "/".to_string()
+            } else {
+                field
+            };
+            format!("plugin '{plugin}': config field `{field}`: {error}")
+        });
+        if let Some(error) = first_error {
+            return Err(ConfigError(error));
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn manifest(schema: Value, defaults: Value) -> Manifest {
+        serde_json::from_value(json!({
+            "name": "weather", "version": "1.0.0",
+            "config_schema": schema, "default_config": defaults,
+            "permissions": ["service:http-client", "event:emit:weather:*", "config:*"],
+        }))
+        .expect("manifest")
+    }
+
+    fn schema() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "units": {"type": "string", "enum": ["metric", "imperial"]},
+                "api_key": {"type": "string"},
+            },
+            "required": ["api_key"],
+        })
+    }
+
+    #[test]
+    fn operator_values_merge_over_defaults_and_validate() {
+        let m = manifest(schema(), json!({"units": "metric"}));
+        let config = effective_config(&m, Some(&json!({"api_key": "k"}))).expect("valid");
+        assert_eq!(config, json!({"units": "metric", "api_key": "k"}));
+    }
+
+    #[test]
+    fn a_schema_violation_names_the_plugin_and_the_field() {
+        let m = manifest(schema(), json!({"units": "metric"}));
+        let error = effective_config(&m, Some(&json!({"api_key": "k", "units": "kelvin"})))
+            .expect_err("invalid");
+        assert!(error.0.contains("plugin 'weather'"), "{error}");
+        assert!(error.0.contains("`/units`"), "{error}");
+        let error = effective_config(&m, None).expect_err("missing required");
+        assert!(error.0.contains("api_key"), "{error}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        let m = manifest(schema(), json!({}));
+        std::env::set_var("AGENT_HOST_TEST_SECRET_1", "s3cret");
+        let config = effective_config(
+            &m,
+            Some(&json!({"api_key": {"env": "AGENT_HOST_TEST_SECRET_1"}})),
+        )
+        .expect("valid");
+        assert_eq!(config["api_key"], "s3cret");
+        let error = effective_config(
+            &m,
+            Some(&json!({"api_key": {"env": "AGENT_HOST_TEST_UNSET_VAR"}})),
+        )
+        .expect_err("unset");
+        assert!(error.0.contains("AGENT_HOST_TEST_UNSET_VAR"), "{error}");
+        assert!(error.0.contains("`/api_key`"), "{error}");
+    }
+
+    #[test]
+    fn grants_narrow_what_was_requested() {
+        let m = manifest(schema(), json!({}));
+        let config = AgentConfig::parse("[grants]\nweather = [\"service:*\", \"config:*\"]\n")
+            .expect("parses");
+        let (held, denied) = config.effective_permissions(&m);
+        assert!(held.allows("service:http-client"));
+        assert!(!held.allows("event:emit:weather:updated"));
+        assert_eq!(denied, vec!["event:emit:weather:*".to_string()]);
+        let open = AgentConfig::default().effective_permissions(&m).0;
+        assert!(open.allows("event:emit:weather:updated"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(AgentConfig::parse("[hots]\n").is_err());
+        assert!(AgentConfig::parse("[host]\naction_timeout = 5\n").is_err());
+        let parsed = AgentConfig::parse(
+            "[host]\naction_timeout_ms = 5\n[plugins.weather]\nunits = \"metric\"\n",
+        )
+        .expect("parses");
+        assert_eq!(parsed.host.action_timeout_ms, 5);
+        assert_eq!(parsed.plugins["weather"]["units"], "metric");
+    }
+}

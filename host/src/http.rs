@@ -1,0 +1,511 @@
+//! The HTTP API that `agent-host run --listen ADDR` serves over a
+//! [`PluginHost`]:
+//!
+//! * `POST /v1/messages`: one message (`{"text": ..}`) answered with its
+//!   [`Reply`], or a batch (`{"messages": [..]}`) answered with
+//!   `{"replies": [..]}` (evaluators then score the batch together);
+//! * `GET /v1/plugins` and `GET /v1/plugins/{name}`: [`PluginStatus`]es;
+//! * `GET /v1/events`: the event bus as server-sent events (`event: <name>`,
+//!   `data: <BusEvent JSON>`); a subscriber that falls behind skips the
+//!   events it missed;
+//! * `GET /healthz` and `GET /metrics` (Prometheus text format).
+//!
+//! Every request the API cannot serve (bad JSON, a wrong content type, a
+//! message without `text`, an unknown route or method, ...) gets a 4xx answer
+//! whose body is `{"error": "..."}` saying what is wrong; the server keeps
+//! serving.
+//!
+//! # What this module must never do
+//!
+//! * Run plugin code on an async worker thread: plugin calls block (a handler
+//!   may take seconds), so every message goes through
+//!   [`tokio::task::spawn_blocking`].
+//! * Panic or `unwrap` on anything a client sends: every malformed input
+//!   becomes an error answer.
+//! * Keep the process alive after shutdown: event streams end when the
+//!   shutdown future resolves, so graceful shutdown does not wait on them.
+//!
+//! [`PluginStatus`]: crate::PluginStatus
+
+use crate::pipeline::{InboundMessage, Reply};
+use crate::PluginHost;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::{json, Map, Value};
+use std::convert::Infallible;
+use std::future::{ready, Future};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+
+/// The most messages one batch request may hold.
+pub const MAX_BATCH: usize = 1000;
+
+/// The content type of `GET /metrics`.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// The routes, for the answer to an unknown one.
+const ROUTES: &str = "POST /v1/messages, GET /v1/plugins, GET /v1/plugins/{name}, \
+                      GET /v1/events, GET /healthz, GET /metrics";
+
+/// What every handler can reach.
+#[derive(Clone)]
+struct ApiState {
+    host: Arc<PluginHost>,
+    /// Turns `true` when the server shuts down; ends the event streams.
+    stopping: watch::Receiver<bool>,
+}
+
+/// Serves the HTTP API for `host` on `listener` until `shutdown` resolves,
+/// then stops accepting, ends the event streams, and returns once the
+/// requests in flight are answered. The caller shuts the host down.
+pub async fn serve(
+    host: Arc<PluginHost>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop, stopping) = watch::channel(false);
+    let app = router(ApiState { host, stopping });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Nobody listening only means no event stream is open.
+            let _ = stop.send(true);
+        })
+        .await
+}
+
+fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/messages", post(post_messages))
+        .route("/v1/plugins", get(list_plugins))
+        .route("/v1/plugins/:name", get(one_plugin))
+        .route("/v1/events", get(events))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(unknown_route)
+        .layer(axum::middleware::from_fn(json_errors))
+        .with_state(state)
+}
+
+/// An error answer: a status and a message, sent as `{"error": message}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// What a `POST /v1/messages` body asks for.
+#[derive(Debug)]
+enum MessageRequest {
+    One(InboundMessage),
+    Batch(Vec<InboundMessage>),
+}
+
+/// Whether a content type is JSON (`application/json`, or `+json`), with
+/// any parameters such as `charset`.
+fn is_json_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn check_content_type(content_type: Option<&HeaderValue>) -> Result<(), ApiError> {
+    let expected = "expected Content-Type: application/json";
+    match content_type {
+        None => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("{expected}, and the request has no Content-Type"),
+        )),
+        Some(value) => match value.to_str() {
+            Ok(text) if is_json_type(text) => Ok(()),
+            Ok(text) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("{expected}, got '{text}'"),
+            )),
+            Err(_) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("{expected}, got a Content-Type that is not text"),
+            )),
+        },
+    }
+}
+
+/// Turns one JSON value into a message; `place` names it inside a batch.
+fn parse_message(value: Value, place: Option<usize>) -> Result<InboundMessage, ApiError> {
+    let at = |message: String| match place {
+        Some(index) => format!("messages[{index}]: {message}"),
+        None => message,
+    };
+    let Value::Object(fields) = value else {
+        return Err(ApiError::unprocessable(at(format!(
+            "a message must be a JSON object such as {{\"text\": \"hello\"}}, got {}",
+            kind_of(&value)
+        ))));
+    };
+    match fields.get("text") {
+        Some(Value::String(_)) => {}
+        Some(other) => {
+            return Err(ApiError::unprocessable(at(format!(
+                "'text' must be a string, got {}",
+                kind_of(other)
+            ))))
+        }
+        None => {
+            return Err(ApiError::unprocessable(at(
+                "the message has no 'text' field".to_string()
+            )))
+        }
+    }
+    serde_json::from_value(Value::Object(fields))
+        .map_err(|e| ApiError::unprocessable(at(format!("invalid message: {e}"))))
+}
+
+/// A JSON value's kind, for error messages.
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Reads a `POST /v1/messages` body: checks the content type, parses the
+/// JSON, and tells one message from a batch.
+fn parse_request(
+    content_type: Option<&HeaderValue>,
+    body: &[u8],
+) -> Result<MessageRequest, ApiError> {
+    check_content_type(content_type)?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "the request body is empty: send a message such as {\"text\": \"hello\"} \
+             or a batch such as {\"messages\": [{\"text\": \"hello\"}]}",
+        ));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(ApiError::unprocessable(format!(
+            "the body must be a JSON object, a message {{\"text\": ..}} or a batch \
+             {{\"messages\": [..]}}, got {}",
+            kind_of(&value)
+        )));
+    };
+    let Some(messages) = fields.remove("messages") else {
+        return parse_message(Value::Object(fields), None).map(MessageRequest::One);
+    };
+    if fields.contains_key("text") {
+        return Err(ApiError::unprocessable(
+            "the body has both 'text' and 'messages': send one message or a batch, not both",
+        ));
+    }
+    let Value::Array(messages) = messages else {
+        return Err(ApiError::unprocessable(format!(
+            "'messages' must be an array of messages, got {}",
+            kind_of(&messages)
+        )));
+    };
+    if messages.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a batch holds at most {MAX_BATCH} messages, this one has {}",
+                messages.len()
+            ),
+        ));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| parse_message(value, Some(index)))
+        .collect::<Result<Vec<_>, _>>()
+        .map(MessageRequest::Batch)
+}
+
+/// The answer when the blocking task running the pipeline died.
+fn pipeline_died(error: tokio::task::JoinError) -> ApiError {
+    tracing::error!("the message pipeline failed: {error}");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the message pipeline failed: {error}"),
+    )
+}
+
+/// `POST /v1/messages`.
+async fn post_messages(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            format!("cannot read the request body: {}", rejection.body_text()),
+        )
+    })?;
+    let host = Arc::clone(&state.host);
+    match parse_request(headers.get(CONTENT_TYPE), &body)? {
+        MessageRequest::One(message) => {
+            let reply: Reply = tokio::task::spawn_blocking(move || host.handle_message(message))
+                .await
+                .map_err(pipeline_died)?;
+            Ok(Json(reply).into_response())
+        }
+        MessageRequest::Batch(messages) => {
+            let replies: Vec<Reply> = if messages.is_empty() {
+                Vec::new()
+            } else {
+                tokio::task::spawn_blocking(move || host.handle_batch(messages))
+                    .await
+                    .map_err(pipeline_died)?
+            };
+            Ok(Json(json!({ "replies": replies })).into_response())
+        }
+    }
+}
+
+/// `GET /v1/plugins`.
+async fn list_plugins(State(state): State<ApiState>) -> Response {
+    Json(json!({ "plugins": state.host.statuses() })).into_response()
+}
+
+/// `GET /v1/plugins/{name}`.
+async fn one_plugin(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = name.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            format!("bad plugin name in the path: {}", rejection.body_text()),
+        )
+    })?;
+    match state.host.status(&name) {
+        Some(status) => Ok(Json(status).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no plugin named '{name}' is loaded"),
+        )),
+    }
+}
+
+/// An SSE event name: event names come from plugins, and a line break in
+/// one would end the field early (axum panics on it), so it is replaced.
+fn event_name(name: &str) -> String {
+    name.replace(['\n', '\r'], " ")
+}
+
+/// `GET /v1/events`.
+async fn events(
+    State(state): State<ApiState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // Subscribe before answering, so that the client misses nothing that
+    // happens after it sees the response head.
+    let receiver = state.host.events();
+    let mut stopping = state.stopping.clone();
+    let greeting = stream::once(ready(Ok(
+        Event::default().comment("subscribed to the agent-host event bus")
+    )));
+    let live = BroadcastStream::new(receiver).filter_map(|item| {
+        ready(match item {
+            Ok(event) => {
+                let sse = Event::default()
+                    .event(event_name(&event.name))
+                    .json_data(&event)
+                    .unwrap_or_else(|error| {
+                        Event::default().comment(format!("event not serializable: {error}"))
+                    });
+                Some(Ok(sse))
+            }
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "an event stream fell behind and skipped events");
+                None
+            }
+        })
+    });
+    let stream = greeting.chain(live).take_until(async move {
+        // An error means the server is gone: end the stream as well.
+        let _ = stopping.wait_for(|stop| *stop).await;
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// `GET /healthz`.
+async fn healthz(State(state): State<ApiState>) -> Response {
+    Json(json!({ "status": "ok", "plugins": state.host.plugin_names().len() })).into_response()
+}
+
+/// `GET /metrics`.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.host.metrics_text(),
+    )
+        .into_response()
+}
+
+/// Any route the API does not serve.
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route for {} {}; the API serves {ROUTES}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Whether a response already carries a JSON body.
+fn has_json_body(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json_type)
+}
+
+/// Turns every error answer that is not JSON yet (axum's own rejections,
+/// `405 Method Not Allowed`, ...) into `{"error": "..."}`, and logs requests.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    tracing::debug!(%method, %path, status = status.as_u16(), "http request");
+    if !(status.is_client_error() || status.is_server_error()) || has_json_body(response.headers())
+    {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        format!("method {method} is not allowed on {path}")
+    } else if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("the request failed")
+            .to_string()
+    } else {
+        text
+    };
+    let mut error = Map::new();
+    error.insert("error".into(), Value::String(message));
+    parts.headers.remove(CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(Value::Object(error).to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_type() -> HeaderValue {
+        HeaderValue::from_static("application/json; charset=utf-8")
+    }
+
+    fn error_of(content_type: Option<&HeaderValue>, body: &str) -> ApiError {
+        parse_request(content_type, body.as_bytes()).expect_err("an error")
+    }
+
+    #[test]
+    fn one_message_and_a_batch_are_told_apart() {
+        let ct = json_type();
+        match parse_request(Some(&ct), br#"{"text": "hi", "sender": "a"}"#) {
+            Ok(MessageRequest::One(m)) => assert_eq!((m.text.as_str(), m.sender.as_str()), ("hi", "a")),
+            other => panic!("{other:?}"),
+        }
+        match parse_request(Some(&ct), br#"{"messages": [{"text": "a"}, {"text": "b"}]}"#) {
+            Ok(MessageRequest::Batch(m)) => assert_eq!(m.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_say_what_is_wrong() {
+        let ct = json_type();
+        let e = error_of(None, r#"{"text": "hi"}"#);
+        assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let e = error_of(Some(&HeaderValue::from_static("text/plain")), "{}");
+        assert!(e.message.contains("'text/plain'"), "{}", e.message);
+        let e = error_of(Some(&ct), "{nope");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        let e = error_of(Some(&ct), "  ");
+        assert!(e.message.contains("empty"), "{}", e.message);
+        let e = error_of(Some(&ct), r#"{"sender": "a"}"#);
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.message.contains("no 'text'"), "{}", e.message);
+        let e = error_of(Some(&ct), r#"{"text": 5}"#);
+        assert!(e.message.contains("'text' must be a string"), "{}", e.message);
+        let e = error_of(Some(&ct), r#"{"text": "a", "permissions": "all"}"#);
+        assert!(e.message.contains("invalid message"), "{}", e.message);
+        let e = error_of(Some(&ct), r#"{"messages": [{"text": "a"}, {}]}"#);
+        assert!(e.message.starts_with("messages[1]: "), "{}", e.message);
+        let e = error_of(Some(&ct), r#"{"messages": {}}"#);
+        assert!(e.message.contains("must be an array"), "{}", e.message);
+        let e = error_of(Some(&ct), r#"{"messages": [], "text": "a"}"#);
+        assert!(e.message.contains("not both"), "{}", e.message);
+        let e = error_of(Some(&ct), "[1]");
+        assert!(e.message.contains("an array"), "{}", e.message);
+    }
+
+    #[test]
+    fn content_types_with_parameters_and_suffixes_are_json() {
+        assert!(is_json_type("application/json"));
+        assert!(is_json_type("Application/JSON ; charset=UTF-8"));
+        assert!(is_json_type("application/problem+json"));
+        assert!(!is_json_type("text/json+html"));
+        assert!(!is_json_type("application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn event_names_lose_line_breaks() {
+        assert_eq!(event_name("a:b\nc\r"), "a:b c ");
+    }
+}

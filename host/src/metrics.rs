@@ -1,0 +1,241 @@
+//! Metrics in the Prometheus text format, served at `GET /metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+/// Labels of an action run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// The plugin.
+    pub plugin: String,
+    /// The action.
+    pub action: String,
+    /// `completed`, `failed`, `timed_out`, `rate_limited` or `denied`.
+    pub outcome: String,
+}
+
+/// Labels naming one plugin component.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    /// The plugin.
+    pub plugin: String,
+    /// The component.
+    pub component: String,
+}
+
+/// Labels of a permission denial.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    /// The plugin refused.
+    pub plugin: String,
+    /// The permission it lacked.
+    pub permission: String,
+}
+
+/// Labels of a plugin error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The plugin.
+    pub plugin: String,
+    /// The error kind (`panicked`, `failed`, ...).
+    pub kind: String,
+}
+
+/// Labels of a provider cache lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// The plugin.
+    pub plugin: String,
+    /// The provider.
+    pub provider: String,
+    /// `hit`, `stale` or `miss`.
+    pub result: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 us to about 40 s.
+    Histogram::new(exponential_buckets(0.000_01, 4.0, 12))
+}
+
+/// Every metric the host keeps.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages answered.
+    pub messages: Counter,
+    /// Time to answer a message.
+    pub message_seconds: Histogram,
+    /// Action runs by outcome.
+    pub actions: Family<ActionLabels, Counter>,
+    /// Handler durations.
+    pub action_seconds: Family<ComponentLabels, Histogram, fn() -> Histogram>,
+    /// Permission denials on host callbacks.
+    pub permission_denied: Family<DenialLabels, Counter>,
+    /// Errors returned by plugin code, by kind.
+    pub plugin_errors: Family<ErrorLabels, Counter>,
+    /// Provider cache lookups.
+    pub provider_cache: Family<CacheLabels, Counter>,
+    /// Plugins loaded now.
+    pub plugins_loaded: Gauge,
+    /// Plugins quarantined now.
+    pub plugins_quarantined: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("agent_host");
+        let messages = Counter::default();
+        let message_seconds = latency_histogram();
+        let actions = Family::<ActionLabels, Counter>::default();
+        let action_seconds =
+            Family::<ComponentLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        let permission_denied = Family::<DenialLabels, Counter>::default();
+        let plugin_errors = Family::<ErrorLabels, Counter>::default();
+        let provider_cache = Family::<CacheLabels, Counter>::default();
+        let plugins_loaded = Gauge::default();
+        let plugins_quarantined = Gauge::default();
+        registry.register("messages", "Messages answered", messages.clone());
+        registry.register(
+            "message_seconds",
+            "Time to answer a message",
+            message_seconds.clone(),
+        );
+        registry.register("action_runs", "Action runs by outcome", actions.clone());
+        registry.register(
+            "action_seconds",
+            "Action handler durations",
+            action_seconds.clone(),
+        );
+        registry.register(
+            "permission_denied",
+            "Host callbacks refused for lack of permission",
+            permission_denied.clone(),
+        );
+        registry.register(
+            "plugin_errors",
+            "Errors returned by plugin code",
+            plugin_errors.clone(),
+        );
+        registry.register(
+            "provider_cache",
+            "Provider cache lookups",
+            provider_cache.clone(),
+        );
+        registry.register("plugins_loaded", "Plugins loaded", plugins_loaded.clone());
+        registry.register(
+            "plugins_quarantined",
+            "Plugins quarantined",
+            plugins_quarantined.clone(),
+        );
+        Self {
+            registry,
+            messages,
+            message_seconds,
+            actions,
+            action_seconds,
+            permission_denied,
+            plugin_errors,
+            provider_cache,
+            plugins_loaded,
+            plugins_quarantined,
+        }
+    }
+
+    /// Counts an action run.
+    pub fn action(&self, plugin: &str, action: &str, outcome: &str, duration: Option<Duration>) {
+        self.actions
+            .get_or_create(&ActionLabels {
+                plugin: plugin.into(),
+                action: action.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        if let Some(duration) = duration {
+            self.action_seconds
+                .get_or_create(&ComponentLabels {
+                    plugin: plugin.into(),
+                    component: action.into(),
+                })
+                .observe(duration.as_secs_f64());
+        }
+    }
+
+    /// Counts a permission denial.
+    pub fn denied(&self, plugin: &str, permission: &str) {
+        self.permission_denied
+            .get_or_create(&DenialLabels {
+                plugin: plugin.into(),
+                permission: permission.into(),
+            })
+            .inc();
+    }
+
+    /// Counts an error from plugin code.
+    pub fn plugin_error(&self, plugin: &str, kind: plugin_api::ErrorKind) {
+        self.plugin_errors
+            .get_or_create(&ErrorLabels {
+                plugin: plugin.into(),
+                kind: kind.as_str().into(),
+            })
+            .inc();
+    }
+
+    /// Counts a provider cache lookup.
+    pub fn cache(&self, plugin: &str, provider: &str, result: &str) {
+        self.provider_cache
+            .get_or_create(&CacheLabels {
+                plugin: plugin.into(),
+                provider: provider.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_appear_in_the_text_format() {
+        let metrics = Metrics::new();
+        metrics.messages.inc();
+        metrics.action(
+            "weather",
+            "GET_WEATHER",
+            "completed",
+            Some(Duration::from_millis(3)),
+        );
+        metrics.denied("panicky", "service:fixture");
+        let text = metrics.render();
+        assert!(text.contains("agent_host_messages_total 1"), "{text}");
+        assert!(
+            text.contains(r#"agent_host_action_runs_total{plugin="weather",action="GET_WEATHER",outcome="completed"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"agent_host_permission_denied_total{plugin="panicky",permission="service:fixture"} 1"#), "{text}");
+        assert!(text.contains("agent_host_action_seconds_bucket"), "{text}");
+    }
+}

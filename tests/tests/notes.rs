@@ -1,0 +1,163 @@
+//! The `notes` example plugin, loaded from its real release file next to the
+//! other examples: notes are kept per sender in a real SQLite file, and they
+//! survive a shutdown of the host and a new host on the same file.
+
+use agent_host::{HostOptions, InboundMessage, PluginHost};
+use agent_host_tests::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+fn from(sender: &str, text: &str) -> InboundMessage {
+    InboundMessage {
+        sender: sender.into(),
+        text: text.into(),
+        ..InboundMessage::default()
+    }
+}
+
+/// A host with the plugins of `plugins` loaded, the notes kept in `database`.
+fn host_on(database: &Path, plugins: &Path) -> PluginHost {
+    let host = PluginHost::new(HostOptions {
+        configs: [("notes".to_string(), json!({ "database": database }))].into(),
+        ..Default::default()
+    })
+    .expect("host");
+    let report = host.load_dir(plugins).expect("load");
+    assert!(report.is_clean(), "{:?}", report.failures);
+    assert!(report.loaded("notes"), "{:?}", report.loaded);
+    host
+}
+
+fn action_of(reply: &agent_host::Reply) -> Option<&str> {
+    reply.action.as_ref().map(|a| a.action.as_str())
+}
+
+#[test]
+fn notes_are_kept_per_sender_and_survive_a_restart() {
+    let plugins = folder_with(&examples());
+    let data = tempfile::tempdir().expect("temp folder");
+    let database = data.path().join("notes.sqlite3");
+
+    let host = host_on(&database, plugins.path());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&events);
+    host.on("notes:*", move |event| {
+        seen.lock()
+            .expect("lock")
+            .push((event.name.clone(), event.payload.clone()));
+        Ok(())
+    });
+
+    let reply = host.handle_message(from("alice", "remember buy milk"));
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(action_of(&reply), Some("REMEMBER"));
+    assert_eq!(reply.text, "Noted: buy milk");
+    assert!(reply.errors.is_empty(), "{:?}", reply.errors);
+    let id = reply.data["id"].as_i64().expect("the new note's id");
+
+    let reply = host.handle_message(from("alice", "recall"));
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(action_of(&reply), Some("RECALL"));
+    assert_eq!(reply.text, "Your notes:\n1. buy milk");
+    assert_eq!(reply.data["notes"][0]["id"], id);
+
+    // Another sender sees none of alice's notes.
+    let reply = host.handle_message(from("bob", "What did I tell you?"));
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(reply.text, "You have no notes yet.");
+    let reply = host.handle_message(from("bob", "recall milk"));
+    assert_eq!(reply.text, "You have no notes containing \"milk\".");
+
+    assert_eq!(
+        *events.lock().expect("lock"),
+        [(
+            "notes:remembered".to_string(),
+            json!({"sender": "alice", "id": id})
+        )]
+    );
+    assert_eq!(
+        host.call_service("notes", "count", &json!({"sender": "alice"}))
+            .expect("count"),
+        json!(1)
+    );
+
+    let errors = host.shutdown();
+    assert!(errors.is_empty(), "{errors:?}");
+    drop(host);
+
+    // The file is a real SQLite database.
+    let header = std::fs::read(&database).expect("the database file exists");
+    assert!(
+        header.starts_with(b"SQLite format 3\0"),
+        "not an SQLite file"
+    );
+
+    // A new host on the same file finds alice's note.
+    let host = host_on(&database, plugins.path());
+    let reply = host.handle_message(from("alice", "recall"));
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(reply.text, "Your notes:\n1. buy milk");
+    assert_eq!(reply.data["notes"][0]["id"], id);
+    let reply = host.handle_message(from("bob", "recall"));
+    assert_eq!(reply.text, "You have no notes yet.");
+
+    // And the service keeps working on it.
+    let reply = host.handle_message(from("alice", "Note that the café opens at 8"));
+    assert_eq!(reply.text, "Noted: the café opens at 8");
+    let notes = host
+        .call_service(
+            "notes",
+            "recall",
+            &json!({"sender": "alice", "query": "CAFÉ"}),
+        )
+        .expect("recall");
+    // SQLite's LIKE ignores the case of ASCII letters only.
+    assert_eq!(notes, json!([]));
+    let notes = host
+        .call_service(
+            "notes",
+            "recall",
+            &json!({"sender": "alice", "query": "Café"}),
+        )
+        .expect("recall");
+    assert_eq!(notes[0]["text"], "the café opens at 8", "{notes}");
+    assert_eq!(
+        host.call_service("notes", "forget", &json!({"sender": "alice", "id": id}))
+            .expect("forget"),
+        Value::Bool(true)
+    );
+    assert_eq!(
+        host.handle_message(from("alice", "recall")).text,
+        "Your notes:\n1. the café opens at 8"
+    );
+    assert!(host.shutdown().is_empty());
+}
+
+#[test]
+fn a_database_that_cannot_be_opened_fails_only_the_notes_plugin() {
+    let plugins = folder_with(&examples());
+    let data = tempfile::tempdir().expect("temp folder");
+    let database = data.path().join("no-such-folder").join("notes.sqlite3");
+    let host = PluginHost::new(HostOptions {
+        configs: [("notes".to_string(), json!({ "database": database }))].into(),
+        ..Default::default()
+    })
+    .expect("host");
+    let report = host.load_dir(plugins.path()).expect("load");
+    assert!(!report.loaded("notes"));
+    let failure = report
+        .failures
+        .iter()
+        .find(|f| f.plugin.as_deref() == Some("notes"))
+        .unwrap_or_else(|| panic!("no failure for notes: {:?}", report.failures));
+    assert!(
+        failure.cause.contains("cannot open notes database"),
+        "{failure}"
+    );
+    for other in ["http-client", "geolocation", "weather", "sentiment"] {
+        assert!(report.loaded(other), "{other}: {:?}", report.failures);
+    }
+    let reply = host.handle_message(from("alice", "remember buy milk"));
+    assert!(reply.action.is_none(), "{reply:?}");
+}
