@@ -27,6 +27,7 @@
 //!
 //! [`PluginStatus`]: crate::PluginStatus
 
+use crate::events::BusEvent;
 use crate::pipeline::{InboundMessage, Reply};
 use crate::PluginHost;
 use axum::body::{Body, Bytes};
@@ -44,7 +45,7 @@ use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::future::{ready, Future};
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -144,7 +145,8 @@ fn is_json_type(content_type: &str) -> bool {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn check_content_type(content_type: Option<&HeaderValue>) -> Result<(), ApiError> {
@@ -190,7 +192,7 @@ fn parse_message(value: Value, place: Option<usize>) -> Result<InboundMessage, A
         }
         None => {
             return Err(ApiError::unprocessable(at(
-                "the message has no 'text' field".to_string()
+                "the message has no 'text' field".to_string(),
             )))
         }
     }
@@ -342,8 +344,16 @@ async fn events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     // Subscribe before answering, so that the client misses nothing that
     // happens after it sees the response head.
-    let receiver = state.host.events();
-    let mut stopping = state.stopping.clone();
+    let stream = event_stream(state.host.events(), state.stopping.clone());
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// The bus as SSE events: a greeting comment, then every event, skipping
+/// those a slow reader missed, until the server stops.
+fn event_stream(
+    receiver: broadcast::Receiver<BusEvent>,
+    mut stopping: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     let greeting = stream::once(ready(Ok(
         Event::default().comment("subscribed to the agent-host event bus")
     )));
@@ -364,11 +374,10 @@ async fn events(
             }
         })
     });
-    let stream = greeting.chain(live).take_until(async move {
+    greeting.chain(live).take_until(async move {
         // An error means the server is gone: end the stream as well.
         let _ = stopping.wait_for(|stop| *stop).await;
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    })
 }
 
 /// `GET /healthz`.
@@ -444,6 +453,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn json_type() -> HeaderValue {
         HeaderValue::from_static("application/json; charset=utf-8")
@@ -457,10 +467,15 @@ mod tests {
     fn one_message_and_a_batch_are_told_apart() {
         let ct = json_type();
         match parse_request(Some(&ct), br#"{"text": "hi", "sender": "a"}"#) {
-            Ok(MessageRequest::One(m)) => assert_eq!((m.text.as_str(), m.sender.as_str()), ("hi", "a")),
+            Ok(MessageRequest::One(m)) => {
+                assert_eq!((m.text.as_str(), m.sender.as_str()), ("hi", "a"))
+            }
             other => panic!("{other:?}"),
         }
-        match parse_request(Some(&ct), br#"{"messages": [{"text": "a"}, {"text": "b"}]}"#) {
+        match parse_request(
+            Some(&ct),
+            br#"{"messages": [{"text": "a"}, {"text": "b"}]}"#,
+        ) {
             Ok(MessageRequest::Batch(m)) => assert_eq!(m.len(), 2),
             other => panic!("{other:?}"),
         }
@@ -482,7 +497,11 @@ mod tests {
         assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(e.message.contains("no 'text'"), "{}", e.message);
         let e = error_of(Some(&ct), r#"{"text": 5}"#);
-        assert!(e.message.contains("'text' must be a string"), "{}", e.message);
+        assert!(
+            e.message.contains("'text' must be a string"),
+            "{}",
+            e.message
+        );
         let e = error_of(Some(&ct), r#"{"text": "a", "permissions": "all"}"#);
         assert!(e.message.contains("invalid message"), "{}", e.message);
         let e = error_of(Some(&ct), r#"{"messages": [{"text": "a"}, {}]}"#);
@@ -502,6 +521,38 @@ mod tests {
         assert!(is_json_type("application/problem+json"));
         assert!(!is_json_type("text/json+html"));
         assert!(!is_json_type("application/x-www-form-urlencoded"));
+    }
+
+    #[tokio::test]
+    async fn a_slow_event_reader_skips_what_it_missed_and_the_stream_ends_on_stop() {
+        let (sender, receiver) = broadcast::channel(2);
+        let (stop, stopping) = watch::channel(false);
+        let mut events = Box::pin(event_stream(receiver, stopping));
+        for n in 0..5 {
+            let _ = sender.send(BusEvent {
+                name: format!("test:{n}"),
+                source: "host".into(),
+                payload: json!(n),
+            });
+        }
+        let within = Duration::from_secs(5);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let item = tokio::time::timeout(within, events.next()).await;
+            let Ok(Some(Ok(event))) = item else {
+                panic!("an event: {item:?}")
+            };
+            seen.push(format!("{event:?}"));
+        }
+        assert!(seen[0].contains("subscribed"), "{seen:?}");
+        assert!(
+            seen[1].contains("test:3"),
+            "the oldest were skipped: {seen:?}"
+        );
+        assert!(seen[2].contains("test:4"), "{seen:?}");
+        stop.send(true).expect("send stop");
+        let end = tokio::time::timeout(within, events.next()).await;
+        assert!(matches!(end, Ok(None)), "the stream ends on stop");
     }
 
     #[test]

@@ -1,0 +1,98 @@
+//! The per-message pipeline with N = 1, 10, 100 and 1000 loaded plugins,
+//! each with 3 actions, 3 providers (cached, cached with
+//! stale-while-revalidate, pushed), 2 evaluators and 2 services. One action
+//! answers each message; every provider, validate and evaluator takes part.
+//!
+//! Reports the median and p95 latency per message and messages per second,
+//! one message at a time. Targets: median under 36 us at N = 100, and
+//! N = 1000 at most 11 times N = 100.
+//!
+//! Run: `cargo bench -p agent-host --bench pipeline` (add `-- 100` to run
+//! one size only).
+
+use agent_host::{HostOptions, InboundMessage, PluginHost};
+use std::time::{Duration, Instant};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let sizes: Vec<usize> = if args.is_empty() {
+        vec![1, 10, 100, 1000]
+    } else {
+        args.iter().filter_map(|a| a.parse().ok()).collect()
+    };
+    println!("pipeline per message (3 actions, 3 providers, 2 evaluators, 2 services per plugin):");
+    println!(
+        "{:>6} {:>12} {:>12} {:>14} {:>10}",
+        "N", "median", "p95", "messages/s", "loaded"
+    );
+    let mut medians = Vec::new();
+    for n in sizes {
+        let file = test_support::fixture(&format!("bench-{n}"));
+        let dir = test_support::folder_with(&[file]);
+        let host = PluginHost::new(HostOptions::default()).expect("host");
+        let report = host.load_dir(dir.path()).expect("load");
+        assert!(report.is_clean(), "{:?}", report.failures.first());
+        assert_eq!(report.loaded.len(), n);
+        let message = InboundMessage {
+            id: "bench".into(),
+            sender: "bench".into(),
+            text: "bench: what is new today?".into(),
+            ..InboundMessage::default()
+        };
+        let warmup = reply_check(&host, &message);
+        assert_eq!(warmup.evaluations.len(), 2 * n, "{:?}", warmup.errors);
+        let count = (200_000 / n).clamp(300, 5_000);
+        for _ in 0..count / 10 {
+            host.handle_message(message.clone());
+        }
+        let mut times = Vec::with_capacity(count);
+        let started = Instant::now();
+        for _ in 0..count {
+            let t = Instant::now();
+            let reply = host.handle_message(message.clone());
+            times.push(t.elapsed());
+            std::hint::black_box(reply);
+        }
+        let total = started.elapsed();
+        times.sort();
+        let median = percentile(&times, 0.5);
+        medians.push((n, median));
+        println!(
+            "{n:>6} {:>9.1} us {:>9.1} us {:>14.0} {:>10}",
+            median.as_secs_f64() * 1e6,
+            percentile(&times, 0.95).as_secs_f64() * 1e6,
+            count as f64 / total.as_secs_f64(),
+            report.loaded.len()
+        );
+        host.shutdown();
+    }
+    let find = |n: usize| {
+        medians
+            .iter()
+            .find(|(size, _)| *size == n)
+            .map(|(_, m)| m.as_secs_f64())
+    };
+    if let (Some(hundred), Some(thousand)) = (find(100), find(1000)) {
+        println!(
+            "ratio N=1000 / N=100: {:.2} (target at most 11)",
+            thousand / hundred
+        );
+    }
+}
+
+fn reply_check(host: &PluginHost, message: &InboundMessage) -> agent_host::Reply {
+    let reply = host.handle_message(message.clone());
+    assert!(reply.ok, "{reply:?}");
+    assert!(reply.errors.is_empty(), "{:?}", reply.errors);
+    reply
+}

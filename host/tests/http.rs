@@ -1,0 +1,476 @@
+//! The HTTP API of `agent-host run --listen`, tested as a client sees it: a
+//! real process on real plugin files, real HTTP over loopback, and SIGTERM.
+//!
+//! The client is a minimal HTTP/1.1 one over `std::net::TcpStream`
+//! (`Connection: close`, chunked bodies decoded). Every wait is bounded.
+
+#![cfg(unix)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use test_support::{fixture, folder_with};
+
+/// How long any single wait may take.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A running `agent-host run --listen`; killed if a test fails before it
+/// stops it.
+struct Agent {
+    child: Child,
+    address: SocketAddr,
+    log: Arc<Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start() -> Self {
+        let dir = folder_with(&[fixture("multi"), fixture("panicky"), fixture("")]);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+            .args(["run", "--listen", "127.0.0.1:0", "--plugins"])
+            .arg(dir.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent-host run");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (found, address) = mpsc::channel();
+        let sink = Arc::clone(&log);
+        let log_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = found.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                let mut log = sink.lock().unwrap_or_else(PoisonError::into_inner);
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut agent = Self {
+            child,
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+            log_reader: Some(log_reader),
+            _dir: dir,
+        };
+        let text = address
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("no 'listening on' line:\n{}", agent.log()));
+        agent.address = text
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address '{text}': {e}\n{}", agent.log()));
+        agent
+    }
+
+    fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The whole log, once the process has exited.
+    fn final_log(&mut self) -> String {
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        self.log()
+    }
+
+    fn get(&self, path: &str) -> Response {
+        request(self.address, "GET", path, None)
+    }
+
+    fn post_json(&self, path: &str, body: &Value) -> Response {
+        request(
+            self.address,
+            "POST",
+            path,
+            Some(("application/json", body.to_string().as_bytes())),
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A whole response.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "a JSON answer: {self:?}"
+        );
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", self.text()))
+    }
+
+    /// Asserts the status and a JSON error body; returns the error text.
+    fn error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{}", self.text());
+        let body = self.json();
+        body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an error message: {body}"))
+            .to_string()
+    }
+}
+
+fn connect(address: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&address, WAIT).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    stream.set_write_timeout(Some(WAIT)).expect("write timeout");
+    stream
+}
+
+fn write_request(stream: &mut TcpStream, method: &str, path: &str, body: Option<(&str, &[u8])>) {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n");
+    if let Some((content_type, bytes)) = body {
+        if !content_type.is_empty() {
+            head.push_str(&format!("Content-Type: {content_type}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n", bytes.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("write head");
+    if let Some((_, bytes)) = body {
+        stream.write_all(bytes).expect("write body");
+    }
+}
+
+/// Reads a status line and headers.
+fn read_head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("header line");
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        let (name, value) = trimmed.split_once(':').expect("a header");
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    (status, headers)
+}
+
+fn is_chunked(headers: &[(String, String)]) -> bool {
+    headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    })
+}
+
+/// Reads one chunk of a chunked body; `None` at the last chunk.
+fn read_chunk(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("chunk size");
+    let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+        .unwrap_or_else(|_| panic!("bad chunk size {line:?}"));
+    if size == 0 {
+        return None;
+    }
+    let mut chunk = vec![0; size + 2];
+    reader.read_exact(&mut chunk).expect("chunk");
+    chunk.truncate(size);
+    Some(chunk)
+}
+
+fn request(address: SocketAddr, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Response {
+    let mut stream = connect(address);
+    write_request(&mut stream, method, path, body);
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader);
+    let mut body = Vec::new();
+    if is_chunked(&headers) {
+        while let Some(chunk) = read_chunk(&mut reader) {
+            body.extend(chunk);
+        }
+    } else {
+        reader.read_to_end(&mut body).expect("body");
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// An open `GET /v1/events` stream.
+struct Events {
+    reader: BufReader<TcpStream>,
+    pending: String,
+}
+
+impl Events {
+    fn open(address: SocketAddr) -> Self {
+        let mut stream = connect(address);
+        write_request(&mut stream, "GET", "/v1/events", None);
+        let mut reader = BufReader::new(stream);
+        let (status, headers) = read_head(&mut reader);
+        assert_eq!(status, 200);
+        assert!(is_chunked(&headers), "{headers:?}");
+        let content_type = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.as_str());
+        assert_eq!(content_type, Some("text/event-stream"));
+        Self {
+            reader,
+            pending: String::new(),
+        }
+    }
+
+    /// The next event's name and data (comments skipped); `None` at the end
+    /// of the stream. Bounded by `deadline`.
+    fn next(&mut self, deadline: Instant) -> Option<(String, Value)> {
+        loop {
+            while let Some(end) = self.pending.find("\n\n") {
+                let block: String = self.pending.drain(..end + 2).collect();
+                let mut name = None;
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("event:") {
+                        name = Some(value.trim().to_string());
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data = Some(serde_json::from_str(value.trim()).expect("JSON data"));
+                    }
+                }
+                if let (Some(name), Some(data)) = (name, data) {
+                    return Some((name, data));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no event in time; so far: {:?}",
+                self.pending
+            );
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .expect("read timeout");
+            let chunk = read_chunk(&mut self.reader)?;
+            self.pending.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+fn message(text: &str) -> Value {
+    json!({"sender": "alice", "text": text})
+}
+
+#[test]
+fn the_http_api_serves_messages_plugins_events_health_and_metrics_then_stops_on_sigterm() {
+    let mut agent = Agent::start();
+
+    // One message: stdin is closed already, and the server still serves.
+    let reply = agent.post_json("/v1/messages", &message("multi"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = reply.json();
+    assert_eq!(reply["text"], "multi-one says pong", "{reply}");
+    assert_eq!(reply["ok"], true);
+    assert_eq!(
+        reply["action"],
+        json!({"plugin": "multi-two", "action": "MULTI"})
+    );
+
+    // A batch: both answered, each scored by the evaluator's batch form.
+    let batch = json!({"messages": [message("trap one"), {"id": "second", "text": "trap two"}]});
+    let answer = agent.post_json("/v1/messages", &batch);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = answer.json();
+    let replies = answer["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), 2, "{answer}");
+    assert_eq!(replies[1]["id"], "second");
+    for reply in replies {
+        assert_eq!(reply["text"], "trap ok", "{reply}");
+        assert_eq!(reply["action"]["action"], "TRAP");
+        let evaluations = reply["evaluations"].as_array().expect("evaluations");
+        assert!(
+            evaluations
+                .iter()
+                .any(|e| e["plugin"] == "panicky" && e["evaluator"] == "trap"),
+            "{reply}"
+        );
+    }
+
+    // Plugins.
+    let plugins = agent.get("/v1/plugins");
+    assert_eq!(plugins.status, 200);
+    let plugins = plugins.json();
+    let mut names: Vec<&str> = plugins["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["fixture", "multi-one", "multi-two", "panicky"]);
+
+    let two = agent.get("/v1/plugins/multi-two");
+    assert_eq!(two.status, 200);
+    let two = two.json();
+    assert_eq!(two["name"], "multi-two");
+    assert_eq!(two["version"], "1.0.0");
+    assert!(two["file"].as_str().is_some_and(|f| f.contains("multi")));
+    assert!(two["load_order"].is_u64());
+
+    let missing = agent.get("/v1/plugins/no-such-plugin");
+    assert_eq!(
+        missing.error(404),
+        "no plugin named 'no-such-plugin' is loaded"
+    );
+
+    // Malformed requests: each a 4xx JSON error that says what is wrong.
+    let bad_json = request(
+        agent.address,
+        "POST",
+        "/v1/messages",
+        Some(("application/json", b"{\"text\": ")),
+    );
+    assert!(bad_json.error(400).contains("not valid JSON"));
+    let wrong_type = request(
+        agent.address,
+        "POST",
+        "/v1/messages",
+        Some(("text/plain", b"{\"text\": \"multi\"}")),
+    );
+    assert!(wrong_type.error(415).contains("application/json"));
+    let no_type = request(
+        agent.address,
+        "POST",
+        "/v1/messages",
+        Some(("", b"{\"text\": \"multi\"}")),
+    );
+    assert!(no_type.error(415).contains("no Content-Type"));
+    let no_text = agent.post_json("/v1/messages", &json!({"sender": "alice"}));
+    assert!(no_text.error(422).contains("'text'"));
+    let bad_batch = agent.post_json(
+        "/v1/messages",
+        &json!({"messages": [{"text": "ok"}, {"text": 7}]}),
+    );
+    assert!(bad_batch.error(422).starts_with("messages[1]"));
+    let unknown = agent.get("/v2/nothing");
+    assert!(unknown.error(404).contains("/v2/nothing"));
+    let wrong_method = request(agent.address, "DELETE", "/v1/plugins", None);
+    assert!(wrong_method.error(405).contains("DELETE"));
+    let get_messages = agent.get("/v1/messages");
+    assert!(get_messages.error(405).contains("/v1/messages"));
+
+    // ...and the server still serves.
+    let reply = agent.post_json("/v1/messages", &message("multi"));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["text"], "multi-one says pong");
+
+    // A handler that panics: an answer, not a dropped connection.
+    let reply = agent.post_json("/v1/messages", &message("panic:handler"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = reply.json();
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(
+        reply["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains("plugin 'panicky'"))),
+        "{reply}"
+    );
+
+    // Events: subscribe, post, and see the action complete.
+    let mut events = Events::open(agent.address);
+    let reply = agent.post_json("/v1/messages", &json!({"id": "watched", "text": "multi"}));
+    assert_eq!(reply.status, 200);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (name, data) = events
+            .next(deadline)
+            .expect("the stream stays open while the server runs");
+        if name == "action:completed" && data["payload"]["message_id"] == "watched" {
+            assert_eq!(data["name"], "action:completed");
+            assert_eq!(data["source"], "host");
+            assert_eq!(data["payload"]["plugin"], "multi-two");
+            break;
+        }
+    }
+
+    // Health and metrics.
+    let health = agent.get("/healthz");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json(), json!({"status": "ok", "plugins": 4}));
+    let metrics = agent.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert_eq!(
+        metrics.header("content-type"),
+        Some("text/plain; version=0.0.4")
+    );
+    assert!(
+        metrics.text().contains("agent_host_messages_total"),
+        "{}",
+        metrics.text()
+    );
+
+    // SIGTERM: exit 0, with an event stream still open.
+    let status = Command::new("kill")
+        .args(["-TERM", &agent.child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+    let deadline = Instant::now() + WAIT;
+    let code = loop {
+        if let Some(status) = agent.child.try_wait().expect("wait") {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after SIGTERM:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0), "exits 0 after SIGTERM:\n{}", agent.log());
+    let deadline = Instant::now() + WAIT;
+    while events.next(deadline).is_some() {}
+    let log = agent.final_log();
+    assert!(log.contains("unloaded plugin=multi-one"), "{log}");
+}
