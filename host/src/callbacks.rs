@@ -194,8 +194,7 @@ impl HostApi for PluginCallbacks {
                 )
             })?;
             self.core()?
-                .store_provider_value(&self.plugin, provider, value_json.as_str().into());
-            Ok(())
+                .store_provider_value(&self.plugin, provider, value_json.as_str().into())
         })
     }
 

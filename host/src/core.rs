@@ -14,7 +14,7 @@ use plugin_abi::CallControl;
 use plugin_api::ErrorKind;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -29,8 +29,74 @@ pub struct LivePlugin {
     pub permissions: Permissions,
     /// Its position in the load order.
     pub load_order: usize,
+    /// Its name, shared by every reply that mentions it.
+    pub shared_name: Arc<str>,
+    /// Its evaluators' names, by index.
+    pub evaluator_names: Vec<Arc<str>>,
+    /// One slot per provider, by index: its cached value and counters.
+    pub providers: Vec<ProviderSlot>,
+    /// Each action's counters, by index.
+    pub action_metrics: Vec<crate::metrics::ActionMetrics>,
     quarantined: AtomicBool,
     recent_panics: Mutex<VecDeque<Instant>>,
+}
+
+/// A provider's place in the pipeline: its key in the state JSON, its
+/// cached value, and its cache counters (made once, so a lookup allocates
+/// nothing).
+pub struct ProviderSlot {
+    /// `"name":`, ready to be written into the state object.
+    pub state_key: String,
+    /// The host-wide version of provider values, bumped by every store.
+    version: Arc<AtomicU64>,
+    cached: RwLock<Option<CachedValue>>,
+    /// Cache hits.
+    pub hits: prometheus_client::metrics::counter::Counter,
+    /// Stale values served while a refresh runs.
+    pub stale: prometheus_client::metrics::counter::Counter,
+    /// Misses (the provider was called).
+    pub misses: prometheus_client::metrics::counter::Counter,
+}
+
+impl ProviderSlot {
+    /// The cached value, if any.
+    pub fn cached(&self) -> Option<CachedValue> {
+        read(&self.cached).clone()
+    }
+
+    /// Stores a value (fetched or pushed) as fresh.
+    pub fn store(&self, json: Arc<str>) {
+        *write(&self.cached) = Some(CachedValue {
+            json,
+            at: Instant::now(),
+            refreshing: false,
+        });
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Reads the cached value in place, without cloning it.
+    pub fn with_cached<R>(&self, read_value: impl FnOnce(Option<&CachedValue>) -> R) -> R {
+        read_value(read(&self.cached).as_ref())
+    }
+
+    /// Marks the cached value as being refreshed; false if a refresh is
+    /// already running (so only one runs at a time).
+    pub fn start_refresh(&self) -> bool {
+        match write(&self.cached).as_mut() {
+            Some(cached) if !cached.refreshing => {
+                cached.refreshing = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Lets the next message try a refresh again.
+    pub fn end_refresh(&self) {
+        if let Some(cached) = write(&self.cached).as_mut() {
+            cached.refreshing = false;
+        }
+    }
 }
 
 impl LivePlugin {
@@ -40,8 +106,40 @@ impl LivePlugin {
         config: Arc<Value>,
         permissions: Permissions,
         load_order: usize,
+        metrics: &Metrics,
+        provider_version: &Arc<AtomicU64>,
     ) -> Self {
+        let name = instance.name().to_string();
+        let providers = instance
+            .manifest
+            .providers
+            .iter()
+            .map(|spec| ProviderSlot {
+                state_key: format!("{}:", Value::from(spec.name.as_str())),
+                version: Arc::clone(provider_version),
+                cached: RwLock::new(None),
+                hits: metrics.cache_counter(&name, &spec.name, "hit"),
+                stale: metrics.cache_counter(&name, &spec.name, "stale"),
+                misses: metrics.cache_counter(&name, &spec.name, "miss"),
+            })
+            .collect();
+        let action_metrics = instance
+            .manifest
+            .actions
+            .iter()
+            .map(|a| metrics.action_metrics(&name, &a.name))
+            .collect();
+        let evaluator_names = instance
+            .manifest
+            .evaluators
+            .iter()
+            .map(|e| Arc::from(e.name.as_str()))
+            .collect();
         Self {
+            shared_name: Arc::from(name.as_str()),
+            evaluator_names,
+            providers,
+            action_metrics,
             instance,
             config,
             permissions,
@@ -130,7 +228,10 @@ pub struct Core {
     pub bus: EventBus,
     runtime: tokio::runtime::Handle,
     timers: Mutex<HashMap<(String, u64), JoinHandle<()>>>,
-    provider_values: RwLock<HashMap<(String, u32), CachedValue>>,
+    plan: Mutex<Option<Arc<ServingPlan>>>,
+    /// Bumped whenever any provider value is stored, so a composed state
+    /// can tell it is still current.
+    pub provider_version: Arc<AtomicU64>,
     /// Host settings from the config file.
     pub settings: HostSettings,
     /// Metrics.
@@ -148,7 +249,8 @@ impl Core {
             bus: EventBus::new(),
             runtime,
             timers: Mutex::new(HashMap::new()),
-            provider_values: RwLock::new(HashMap::new()),
+            plan: Mutex::new(None),
+            provider_version: Arc::new(AtomicU64::new(0)),
             settings,
             metrics: Metrics::new(),
             rate_limiter: RateLimiter::default(),
@@ -182,6 +284,7 @@ impl Core {
             && !plugin.quarantined.swap(true, Ordering::AcqRel)
         {
             self.metrics.plugins_quarantined.inc();
+            self.invalidate_plan();
             tracing::error!(
                 plugin = plugin.name(),
                 "quarantined: {count} panics within {} ms; its actions, providers, evaluators and services are out of service until it is reloaded",
@@ -219,6 +322,24 @@ impl Core {
         let mut plugins = write(&self.plugins);
         plugins.push(plugin);
         plugins.sort_by_key(|p| p.load_order);
+        drop(plugins);
+        self.invalidate_plan();
+    }
+
+    fn invalidate_plan(&self) {
+        *self.plan.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Who takes part in the pipeline now, worked out once per change of the
+    /// plugin set (a load, an unload, a quarantine) rather than per message.
+    pub fn serving_plan(&self) -> Arc<ServingPlan> {
+        let mut plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(plan) = plan.as_ref() {
+            return Arc::clone(plan);
+        }
+        let fresh = Arc::new(ServingPlan::new(self.plugins()));
+        *plan = Some(Arc::clone(&fresh));
+        fresh
     }
 
     /// Removes a plugin with its services, subscriptions, timers and cached values.
@@ -244,7 +365,7 @@ impl Core {
             }
         });
         drop(timers);
-        write(&self.provider_values).retain(|(plugin, _), _| plugin != name);
+        self.invalidate_plan();
     }
 
     /// Registers a plugin's service, stopped. Fails if another plugin already
@@ -359,6 +480,20 @@ impl Core {
             })
     }
 
+    /// Emits an event whose payload is built only if someone observes it.
+    pub fn emit_lazy(
+        &self,
+        source: &str,
+        name: &str,
+        payload: impl FnOnce() -> Value,
+    ) -> Vec<DeliveryFailure> {
+        if self.bus.is_observed(name) {
+            self.emit(source, name, payload())
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Emits an event to every matching subscriber.
     pub fn emit(&self, source: &str, name: &str, payload: Value) -> Vec<DeliveryFailure> {
         let event = BusEvent {
@@ -427,34 +562,91 @@ impl Core {
         }
     }
 
-    /// Stores a provider's value (fetched or pushed) as fresh.
-    pub fn store_provider_value(&self, plugin: &str, provider: u32, json: Arc<str>) {
-        write(&self.provider_values).insert(
-            (plugin.to_string(), provider),
-            CachedValue {
-                json,
-                at: Instant::now(),
-                refreshing: false,
-            },
-        );
+    /// Stores a value pushed by one of a plugin's providers.
+    pub fn store_provider_value(
+        &self,
+        plugin: &str,
+        provider: u32,
+        json: Arc<str>,
+    ) -> Result<(), HostError> {
+        let plugin = self.plugin(plugin).ok_or_else(|| {
+            HostError::new(
+                ErrorKind::NotFound,
+                format!("no plugin named '{plugin}' is loaded"),
+            )
+        })?;
+        let slot = plugin.providers.get(provider as usize).ok_or_else(|| {
+            HostError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "plugin '{}' has no provider number {provider}",
+                    plugin.name()
+                ),
+            )
+        })?;
+        slot.store(json);
+        Ok(())
     }
+}
 
-    /// A provider's cached value, if any.
-    pub fn cached_provider_value(&self, plugin: &str, provider: u32) -> Option<CachedValue> {
-        read(&self.provider_values)
-            .get(&(plugin.to_string(), provider))
-            .cloned()
-    }
+/// The plugins taking part in the pipeline (loaded, not quarantined), and
+/// the providers whose values compose the state.
+pub struct ServingPlan {
+    /// Serving plugins in load order.
+    pub plugins: Vec<Arc<LivePlugin>>,
+    /// (plugin index in `plugins`, provider index) of every provider in the
+    /// state, in order.
+    pub providers: Vec<(usize, u32)>,
+    /// Providers left out because an earlier plugin's provider has their name.
+    pub shadowed: Vec<String>,
+    /// Whether some provider must be called for every message (it has no
+    /// cache and pushes nothing), so no composed state can be reused.
+    pub calls_every_message: bool,
+    /// The last composed state, reusable while no provider value changed
+    /// and none of the cached values it used has expired.
+    pub snapshot: Mutex<Option<StateSnapshot>>,
+}
 
-    /// Marks a cached value as being refreshed; returns false if a refresh
-    /// is already running (so only one runs at a time).
-    pub fn start_refresh(&self, plugin: &str, provider: u32) -> bool {
-        match write(&self.provider_values).get_mut(&(plugin.to_string(), provider)) {
-            Some(cached) if !cached.refreshing => {
-                cached.refreshing = true;
-                true
+/// A composed state and what it depends on.
+#[derive(Debug, Clone)]
+pub struct StateSnapshot {
+    /// `Core::provider_version` when it was composed.
+    pub version: u64,
+    /// When its earliest cached value expires (`None`: never).
+    pub fresh_until: Option<Instant>,
+    /// The state object as JSON text.
+    pub json: Arc<str>,
+}
+
+impl ServingPlan {
+    fn new(mut plugins: Vec<Arc<LivePlugin>>) -> Self {
+        plugins.retain(|p| !p.is_quarantined());
+        let mut names = std::collections::HashSet::new();
+        let mut providers = Vec::new();
+        let mut shadowed = Vec::new();
+        for (p, plugin) in plugins.iter().enumerate() {
+            for (index, spec) in plugin.instance.manifest.providers.iter().enumerate() {
+                if names.insert(spec.name.clone()) {
+                    providers.push((p, index as u32));
+                } else {
+                    shadowed.push(format!(
+                        "plugin '{}': provider '{}' left out: another plugin's provider has that name",
+                        plugin.name(),
+                        spec.name
+                    ));
+                }
             }
-            _ => false,
+        }
+        let calls_every_message = providers.iter().any(|&(p, index)| {
+            let spec = &plugins[p].instance.manifest.providers[index as usize];
+            spec.cache.is_none() && !spec.subscribable
+        });
+        Self {
+            plugins,
+            providers,
+            shadowed,
+            calls_every_message,
+            snapshot: Mutex::new(None),
         }
     }
 }

@@ -124,6 +124,19 @@ impl EventBus {
             .retain(|s| !matches!(&s.listener, Listener::Plugin(p) if p == plugin));
     }
 
+    /// Whether anyone would receive an event of this name: a subscriber whose
+    /// pattern matches, or a live stream. Lets emitters skip building a
+    /// payload nobody reads.
+    pub fn is_observed(&self, name: &str) -> bool {
+        self.tap.receiver_count() > 0
+            || self
+                .subscribers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|s| matches(&s.pattern, name))
+    }
+
     /// A live stream of every event, for observers such as the HTTP API.
     pub fn tap(&self) -> broadcast::Receiver<BusEvent> {
         self.tap.subscribe()
@@ -146,7 +159,9 @@ impl EventBus {
                 ),
             }];
         }
-        let _ = self.tap.send(event.clone());
+        if self.tap.receiver_count() > 0 {
+            let _ = self.tap.send(event.clone());
+        }
         let targets: Vec<Subscriber> = self
             .subscribers
             .read()

@@ -176,7 +176,14 @@ fn start(
         p.library.image_bytes,
         object,
     );
-    let live = Arc::new(LivePlugin::new(instance, config, permissions, order));
+    let live = Arc::new(LivePlugin::new(
+        instance,
+        config,
+        permissions,
+        order,
+        &core.metrics,
+        &core.provider_version,
+    ));
     core.register(Arc::clone(&live));
     if let Err(error) = live.instance.on_load() {
         core.unregister(name);

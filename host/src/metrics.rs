@@ -58,6 +58,23 @@ pub struct CacheLabels {
     pub result: String,
 }
 
+/// One action's run counters by outcome, and its handler durations.
+#[derive(Clone, Debug)]
+pub struct ActionMetrics {
+    /// Runs that completed.
+    pub completed: Counter,
+    /// Runs whose handler failed or panicked.
+    pub failed: Counter,
+    /// Runs that timed out.
+    pub timed_out: Counter,
+    /// Runs refused by the rate limit.
+    pub rate_limited: Counter,
+    /// Runs refused for the sender's lack of permission.
+    pub denied: Counter,
+    /// Handler durations.
+    pub seconds: Histogram,
+}
+
 fn latency_histogram() -> Histogram {
     // 10 us to about 40 s.
     Histogram::new(exponential_buckets(0.000_01, 4.0, 12))
@@ -155,6 +172,34 @@ impl Metrics {
         }
     }
 
+    /// The counters of one action, made once and kept by the plugin so that
+    /// counting a run is an atomic increment.
+    pub fn action_metrics(&self, plugin: &str, action: &str) -> ActionMetrics {
+        let counter = |outcome: &str| {
+            self.actions
+                .get_or_create(&ActionLabels {
+                    plugin: plugin.into(),
+                    action: action.into(),
+                    outcome: outcome.into(),
+                })
+                .clone()
+        };
+        ActionMetrics {
+            completed: counter("completed"),
+            failed: counter("failed"),
+            timed_out: counter("timed_out"),
+            rate_limited: counter("rate_limited"),
+            denied: counter("denied"),
+            seconds: self
+                .action_seconds
+                .get_or_create(&ComponentLabels {
+                    plugin: plugin.into(),
+                    component: action.into(),
+                })
+                .clone(),
+        }
+    }
+
     /// Counts an action run.
     pub fn action(&self, plugin: &str, action: &str, outcome: &str, duration: Option<Duration>) {
         self.actions
@@ -194,15 +239,16 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a provider cache lookup.
-    pub fn cache(&self, plugin: &str, provider: &str, result: &str) {
+    /// The counter of one provider's cache lookups with one result (`hit`,
+    /// `stale`, `miss`), to keep and increment without a lookup.
+    pub fn cache_counter(&self, plugin: &str, provider: &str, result: &str) -> Counter {
         self.provider_cache
             .get_or_create(&CacheLabels {
                 plugin: plugin.into(),
                 provider: provider.into(),
                 result: result.into(),
             })
-            .inc();
+            .clone()
     }
 
     /// The Prometheus text exposition.

@@ -19,13 +19,12 @@
 //! problem becomes an entry in the reply's `errors`, naming the plugin and
 //! the entry point.
 
-use crate::core::{Core, LivePlugin};
+use crate::core::{Core, LivePlugin, ServingPlan, StateSnapshot};
 use plugin_abi::{CallControl, MessageView};
 use plugin_api::{ActionResult, Evaluation};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A message from a user or a client.
@@ -57,9 +56,9 @@ pub struct ActionRef {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvaluationRecord {
     /// The plugin.
-    pub plugin: String,
+    pub plugin: Arc<str>,
     /// The evaluator.
-    pub evaluator: String,
+    pub evaluator: Arc<str>,
     /// Its result.
     #[serde(flatten)]
     pub evaluation: Evaluation,
@@ -195,14 +194,12 @@ fn refresh_in_background(
             text: text.as_str().into(),
             context_json: context.as_str().into(),
         };
+        let slot = &plugin_bg.providers[index as usize];
         match fetch(&core_bg, &plugin_bg, index, &view) {
-            Ok(json) => core_bg.store_provider_value(plugin_bg.name(), index, json),
+            Ok(json) => slot.store(json),
             Err(error) => {
                 tracing::warn!("background refresh failed: {error}");
-                // Let the next message try again.
-                if let Some(cached) = core_bg.cached_provider_value(plugin_bg.name(), index) {
-                    core_bg.store_provider_value(plugin_bg.name(), index, cached.json);
-                }
+                slot.end_refresh();
             }
         }
     });
@@ -211,67 +208,112 @@ fn refresh_in_background(
 /// The state composed from providers, as a JSON object text keyed by
 /// provider name. Each provider is isolated: a failure is reported and the
 /// provider left out.
+///
+/// When every provider is served from its cache or from pushed values, the
+/// composed text is kept and reused until a provider value changes or the
+/// earliest cached value expires: composing is then constant time.
 fn compose_state(
     core: &Arc<Core>,
-    plugins: &[Arc<LivePlugin>],
+    plan: &ServingPlan,
     message: &InboundMessage,
     errors: &mut Vec<String>,
-) -> String {
+) -> Arc<str> {
+    errors.extend(plan.shadowed.iter().cloned());
+    let now = Instant::now();
+    let version = core
+        .provider_version
+        .load(std::sync::atomic::Ordering::Acquire);
+    if !plan.calls_every_message {
+        let snapshot = plan
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(snapshot) = snapshot {
+            if snapshot.version == version && snapshot.fresh_until.is_none_or(|t| now < t) {
+                for &(p, index) in &plan.providers {
+                    let spec = &plan.plugins[p].instance.manifest.providers[index as usize];
+                    if spec.cache.is_some() {
+                        plan.plugins[p].providers[index as usize].hits.inc();
+                    }
+                }
+                return snapshot.json;
+            }
+        }
+    }
+
     let bare_context = context_json(message, None);
     let view = view_of(message, &bare_context);
-    let mut state = String::from("{");
-    let mut names: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    for plugin in plugins {
-        for (index, spec) in plugin.instance.manifest.providers.iter().enumerate() {
-            let index = index as u32;
-            if !names.insert(spec.name.as_str()) {
-                errors.push(format!(
-                    "plugin '{}': provider '{}' left out: another plugin's provider has that name",
-                    plugin.name(),
-                    spec.name
-                ));
-                continue;
-            }
-            let cached = core.cached_provider_value(plugin.name(), index);
-            let value = match (spec.cache, cached) {
-                (Some(cache), Some(cached))
-                    if cached.at.elapsed() < Duration::from_millis(cache.ttl_ms) =>
-                {
-                    core.metrics.cache(plugin.name(), &spec.name, "hit");
-                    Ok(cached.json)
+    let mut reusable = !plan.calls_every_message;
+    let mut fresh_until: Option<Instant> = None;
+    let mut state = String::with_capacity(64 * plan.providers.len() + 2);
+    state.push('{');
+    for &(p, index) in &plan.providers {
+        let plugin = &plan.plugins[p];
+        let spec = &plugin.instance.manifest.providers[index as usize];
+        let slot = &plugin.providers[index as usize];
+        let served = slot.with_cached(|cached| match (spec.cache, cached) {
+            (Some(cache), Some(cached)) => {
+                let expires = cached.at + Duration::from_millis(cache.ttl_ms);
+                if now < expires {
+                    slot.hits.inc();
+                    fresh_until = Some(fresh_until.map_or(expires, |t| t.min(expires)));
+                    Some((Arc::clone(&cached.json), false))
+                } else if cache.stale_while_revalidate {
+                    slot.stale.inc();
+                    Some((Arc::clone(&cached.json), true))
+                } else {
+                    None
                 }
-                (Some(cache), Some(cached)) if cache.stale_while_revalidate => {
-                    core.metrics.cache(plugin.name(), &spec.name, "stale");
-                    if core.start_refresh(plugin.name(), index) {
+            }
+            (None, Some(pushed)) if spec.subscribable => Some((Arc::clone(&pushed.json), false)),
+            _ => None,
+        });
+        let value = match served {
+            Some((json, stale)) => {
+                if stale {
+                    reusable = false;
+                    if slot.start_refresh() {
                         refresh_in_background(core, plugin, index, message, &bare_context);
                     }
-                    Ok(cached.json)
                 }
-                (None, Some(pushed)) if spec.subscribable => Ok(pushed.json),
-                (cache, _) => {
-                    if cache.is_some() {
-                        core.metrics.cache(plugin.name(), &spec.name, "miss");
+                Ok(json)
+            }
+            None => {
+                reusable = false;
+                let fetched = fetch(core, plugin, index, &view);
+                if spec.cache.is_some() {
+                    slot.misses.inc();
+                    if let Ok(json) = &fetched {
+                        slot.store(Arc::clone(json));
                     }
-                    let fetched = fetch(core, plugin, index, &view);
-                    if let (Some(_), Ok(json)) = (cache, &fetched) {
-                        core.store_provider_value(plugin.name(), index, Arc::clone(json));
-                    }
-                    fetched
                 }
-            };
-            match value {
-                Ok(json) => {
-                    if state.len() > 1 {
-                        state.push(',');
-                    }
-                    // Writing into a String cannot fail.
-                    let _ = write!(state, "{}:{json}", Value::from(spec.name.as_str()));
+                fetched
+            }
+        };
+        match value {
+            Ok(json) => {
+                if state.len() > 1 {
+                    state.push(',');
                 }
-                Err(error) => errors.push(error),
+                state.push_str(&slot.state_key);
+                state.push_str(&json);
+            }
+            Err(error) => {
+                reusable = false;
+                errors.push(error);
             }
         }
     }
     state.push('}');
+    let state: Arc<str> = state.into();
+    if reusable {
+        *plan.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = Some(StateSnapshot {
+            version,
+            fresh_until,
+            json: Arc::clone(&state),
+        });
+    }
     state
 }
 
@@ -339,7 +381,7 @@ fn run_handler(
         };
         let _ = sender.send(plugin_bg.instance.handle(index, &view, &control_bg));
     });
-    match receiver.recv_timeout(timeout) {
+    match wait_briefly_then_block(&receiver, timeout) {
         Ok(Ok(json)) => match serde_json::from_str::<ActionResult>(&json) {
             Ok(result) => Outcome::Completed(result),
             Err(e) => Outcome::Failed(format!(
@@ -359,6 +401,31 @@ fn run_handler(
     }
 }
 
+/// Waits for a handler's result: first spinning for a few microseconds (most
+/// handlers answer in less than the cost of putting this thread to sleep
+/// and waking it again), then blocking until the timeout.
+fn wait_briefly_then_block<T>(
+    receiver: &std::sync::mpsc::Receiver<T>,
+    timeout: Duration,
+) -> Result<T, std::sync::mpsc::RecvTimeoutError> {
+    const SPIN: Duration = Duration::from_micros(50);
+    let started = Instant::now();
+    loop {
+        match receiver.try_recv() {
+            Ok(value) => return Ok(value),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+        }
+        let waited = started.elapsed();
+        if waited >= SPIN.min(timeout) {
+            return receiver.recv_timeout(timeout.saturating_sub(waited));
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// Checks permissions and the rate limit, then runs the action and fills the reply.
 fn run_action(
     core: &Core,
@@ -369,6 +436,7 @@ fn run_action(
     reply: &mut Reply,
 ) {
     let spec = &plugin.instance.manifest.actions[index as usize];
+    let counters = &plugin.action_metrics[index as usize];
     let (plugin_name, action) = (plugin.name(), spec.name.as_str());
     reply.action = Some(ActionRef {
         plugin: plugin_name.to_string(),
@@ -390,7 +458,7 @@ fn run_action(
             "sender '{}' lacks {list} for action '{action}' of plugin '{plugin_name}'",
             message.sender
         ));
-        core.metrics.action(plugin_name, action, "denied", None);
+        counters.denied.inc();
         return;
     }
     if let Some(limit) = spec.rate_limit {
@@ -406,8 +474,7 @@ fn run_action(
                 "plugin '{plugin_name}': action '{action}' rate limit reached ({} per {} ms)",
                 limit.max_requests, limit.window_ms
             ));
-            core.metrics
-                .action(plugin_name, action, "rate_limited", None);
+            counters.rate_limited.inc();
             return;
         }
     }
@@ -416,10 +483,10 @@ fn run_action(
     let _entered = span.enter();
     let timeout = Duration::from_millis(spec.timeout_ms.unwrap_or(core.settings.action_timeout_ms));
     let started = Instant::now();
-    core.emit(
+    core.emit_lazy(
         "host",
         "action:started",
-        json!({"plugin": plugin_name, "action": action, "message_id": message.id}),
+        || json!({"plugin": plugin_name, "action": action, "message_id": message.id}),
     );
     let outcome = run_handler(core, plugin, index, message, context, timeout);
     let duration = started.elapsed();
@@ -430,26 +497,24 @@ fn run_action(
             reply.data = result.data;
             reply.metadata = result.metadata;
             reply.ok = true;
-            core.metrics
-                .action(plugin_name, action, "completed", Some(duration));
+            counters.completed.inc();
+            counters.seconds.observe(duration.as_secs_f64());
             tracing::debug!(duration_ms, "action completed");
-            core.emit(
-                "host",
-                "action:completed",
-                json!({"plugin": plugin_name, "action": action, "message_id": message.id, "duration_ms": duration_ms}),
-            );
+            core.emit_lazy("host", "action:completed", || {
+                json!({"plugin": plugin_name, "action": action, "message_id": message.id, "duration_ms": duration_ms})
+            });
             return;
         }
         Outcome::Failed(error) => {
             reply.text = format!("Sorry, {action} failed.");
-            core.metrics
-                .action(plugin_name, action, "failed", Some(duration));
+            counters.failed.inc();
+            counters.seconds.observe(duration.as_secs_f64());
             error
         }
         Outcome::TimedOut(timeout) => {
             reply.text = format!("Sorry, {action} took too long.");
-            core.metrics
-                .action(plugin_name, action, "timed_out", Some(duration));
+            counters.timed_out.inc();
+            counters.seconds.observe(duration.as_secs_f64());
             format!(
                 "plugin '{plugin_name}': action '{action}' handler: timed out after {} ms (the call was cancelled)",
                 timeout.as_millis()
@@ -457,41 +522,28 @@ fn run_action(
         }
     };
     tracing::warn!(duration_ms, "{failure}");
-    core.emit(
-        "host",
-        "action:failed",
-        json!({"plugin": plugin_name, "action": action, "message_id": message.id, "duration_ms": duration_ms, "error": failure}),
-    );
+    core.emit_lazy("host", "action:failed", || {
+        json!({"plugin": plugin_name, "action": action, "message_id": message.id, "duration_ms": duration_ms, "error": failure})
+    });
     reply.errors.push(failure);
-}
-
-/// The plugins taking part: loaded and not quarantined.
-fn serving(core: &Core) -> Vec<Arc<LivePlugin>> {
-    let mut plugins = core.plugins();
-    plugins.retain(|p| !p.is_quarantined());
-    plugins
 }
 
 /// Steps 1 to 6: everything but the evaluators. Returns the reply so far
 /// and the context JSON the evaluators will see.
-fn answer(
-    core: &Arc<Core>,
-    plugins: &[Arc<LivePlugin>],
-    message: &InboundMessage,
-) -> (Reply, String) {
+fn answer(core: &Arc<Core>, plan: &ServingPlan, message: &InboundMessage) -> (Reply, String) {
     let started = Instant::now();
     let mut reply = Reply {
         id: message.id.clone(),
         ..Reply::default()
     };
     let step = Instant::now();
-    let state = compose_state(core, plugins, message, &mut reply.errors);
+    let state = compose_state(core, plan, message, &mut reply.errors);
     reply.timings.providers_us = micros(step);
     let context = context_json(message, Some(&state));
     let view = view_of(message, &context);
 
     let step = Instant::now();
-    let chosen = choose_action(core, plugins, &view, &mut reply.errors);
+    let chosen = choose_action(core, &plan.plugins, &view, &mut reply.errors);
     reply.timings.validate_us = micros(step);
 
     let step = Instant::now();
@@ -519,17 +571,17 @@ pub fn handle_message(core: &Arc<Core>, message: &InboundMessage) -> Reply {
     let span = tracing::info_span!("message", id = %message.id, sender = %message.sender);
     let _entered = span.enter();
     let started = Instant::now();
-    let plugins = serving(core);
-    let (mut reply, context) = answer(core, &plugins, message);
+    let plan = core.serving_plan();
+    let (mut reply, context) = answer(core, &plan, message);
     let view = view_of(message, &context);
     let step = Instant::now();
     let control = CallControl::default();
-    for plugin in &plugins {
-        for (index, spec) in plugin.instance.manifest.evaluators.iter().enumerate() {
+    for plugin in &plan.plugins {
+        for (index, name) in plugin.evaluator_names.iter().enumerate() {
             match plugin.instance.evaluate(index as u32, &view, &control) {
                 Ok(evaluation) => reply.evaluations.push(EvaluationRecord {
-                    plugin: plugin.name().to_string(),
-                    evaluator: spec.name.clone(),
+                    plugin: Arc::clone(&plugin.shared_name),
+                    evaluator: Arc::clone(name),
                     evaluation,
                 }),
                 Err(error) => {
@@ -548,9 +600,9 @@ pub fn handle_message(core: &Arc<Core>, message: &InboundMessage) -> Reply {
 /// scores all of them at once through its batch form.
 pub fn handle_batch(core: &Arc<Core>, messages: &[InboundMessage]) -> Vec<Reply> {
     let started = Instant::now();
-    let plugins = serving(core);
+    let plan = core.serving_plan();
     let (mut replies, contexts): (Vec<Reply>, Vec<String>) =
-        messages.iter().map(|m| answer(core, &plugins, m)).unzip();
+        messages.iter().map(|m| answer(core, &plan, m)).unzip();
     let views: Vec<MessageView<'_>> = messages
         .iter()
         .zip(&contexts)
@@ -558,8 +610,8 @@ pub fn handle_batch(core: &Arc<Core>, messages: &[InboundMessage]) -> Vec<Reply>
         .collect();
     let step = Instant::now();
     let control = CallControl::default();
-    for plugin in &plugins {
-        for (index, spec) in plugin.instance.manifest.evaluators.iter().enumerate() {
+    for plugin in &plan.plugins {
+        for (index, name) in plugin.evaluator_names.iter().enumerate() {
             match plugin
                 .instance
                 .evaluate_batch(index as u32, &views, &control)
@@ -567,8 +619,8 @@ pub fn handle_batch(core: &Arc<Core>, messages: &[InboundMessage]) -> Vec<Reply>
                 Ok(evaluations) => {
                     for (reply, evaluation) in replies.iter_mut().zip(evaluations) {
                         reply.evaluations.push(EvaluationRecord {
-                            plugin: plugin.name().to_string(),
-                            evaluator: spec.name.clone(),
+                            plugin: Arc::clone(&plugin.shared_name),
+                            evaluator: Arc::clone(name),
                             evaluation,
                         });
                     }
