@@ -302,3 +302,28 @@ fn a_composed_plugin_offers_its_parts_components_and_hooks() {
         .expect("log");
     assert_eq!(log, json!(["load part-a", "load part-b"]));
 }
+
+#[test]
+fn a_reused_state_still_shows_pushed_values_and_expires_with_its_cache() {
+    let (host, report, _dir) = load_files(&[fixture("pushed-state")]);
+    assert!(report.is_clean(), "{:?}", report.failures);
+    let first = host.handle_message(msg("state"));
+    assert_eq!(first.data["cached"]["calls"], 1);
+    // Pushes change the state between messages even though every provider
+    // is cached or pushed (the composed state is reused otherwise).
+    let tick_of = |reply: &agent_host::Reply| reply.data["ticker"]["tick"].as_u64().unwrap_or(0);
+    let start_tick = tick_of(&host.handle_message(msg("state")));
+    wait_until("a newer pushed value", || {
+        tick_of(&host.handle_message(msg("state"))) > start_tick
+    });
+    // Within its ttl the cached provider is not called again...
+    let soon = host.handle_message(msg("state"));
+    assert!(soon.data["cached"]["calls"].as_u64() <= Some(2), "{soon:?}");
+    // ...and after it, it is.
+    std::thread::sleep(Duration::from_millis(250));
+    let later = host.handle_message(msg("state"));
+    assert!(
+        later.data["cached"]["calls"].as_u64() >= Some(2),
+        "{later:?}"
+    );
+}
