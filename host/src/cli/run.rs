@@ -164,6 +164,17 @@ async fn conversation(
             let worker = Arc::clone(&host);
             let reply = tokio::task::spawn_blocking(move || worker.handle_message(message)).await?;
             let mut text = reply.text.clone();
+            if !reply.evaluations.is_empty() {
+                let verdicts: Vec<String> = reply
+                    .evaluations
+                    .iter()
+                    .map(|e| {
+                        let mark = if e.evaluation.passed { "ok" } else { "flagged" };
+                        format!("{} {:.2} {mark}", e.evaluator, e.evaluation.score)
+                    })
+                    .collect();
+                text.push_str(&format!("\n  [{}]", verdicts.join("; ")));
+            }
             for error in &reply.errors {
                 text.push_str(&format!("\n  ! {error}"));
             }
