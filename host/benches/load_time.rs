@@ -43,8 +43,13 @@ fn main() {
             let started = Instant::now();
             let opened = library::open(file, &shadow).expect("the example plugin opens");
             let name = opened.manifests[0].name.clone();
-            let host =
-                PluginCallbacks::boxed(&name, Permissions::default(), Arc::new(json!({})), &core);
+            let host = PluginCallbacks::boxed(
+                &name,
+                core.next_generation(),
+                Permissions::default(),
+                Arc::new(json!({})),
+                &core,
+            );
             let instance = (opened.module.create())(0, host)
                 .into_result()
                 .expect("create");

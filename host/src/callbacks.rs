@@ -18,6 +18,7 @@ use std::sync::{Arc, Weak};
 /// The callbacks of one plugin instance.
 pub struct PluginCallbacks {
     plugin: String,
+    generation: u64,
     permissions: Permissions,
     config: Arc<Value>,
     core: Weak<Core>,
@@ -27,6 +28,7 @@ impl PluginCallbacks {
     /// Callbacks for `plugin`, boxed for the FFI.
     pub fn boxed(
         plugin: &str,
+        generation: u64,
         permissions: Permissions,
         config: Arc<Value>,
         core: &Arc<Core>,
@@ -34,6 +36,7 @@ impl PluginCallbacks {
         HostApi_TO::from_value(
             Self {
                 plugin: plugin.to_string(),
+                generation,
                 permissions,
                 config,
                 core: Arc::downgrade(core),
@@ -163,7 +166,7 @@ impl HostApi for PluginCallbacks {
             let core = self.core()?;
             Ok(core.bus.subscribe(
                 event.as_str(),
-                crate::events::Listener::Plugin(self.plugin.clone()),
+                crate::events::Listener::Plugin(self.plugin.clone(), self.generation),
             ))
         })
     }
@@ -193,22 +196,27 @@ impl HostApi for PluginCallbacks {
                     format!("the provider value is not valid JSON: {e}"),
                 )
             })?;
-            self.core()?
-                .store_provider_value(&self.plugin, provider, value_json.as_str().into())
+            self.core()?.store_provider_value(
+                &self.plugin,
+                self.generation,
+                provider,
+                value_json.as_str().into(),
+            )
         })
     }
 
     fn set_timer(&self, timer: u64, after_ms: u64, every_ms: u64) -> FfiResult<()> {
         guarded(|| {
             self.core()?
-                .set_timer(&self.plugin, timer, after_ms, every_ms);
+                .set_timer(&self.plugin, self.generation, timer, after_ms, every_ms);
             Ok(())
         })
     }
 
     fn clear_timer(&self, timer: u64) -> FfiResult<()> {
         guarded(|| {
-            self.core()?.clear_timer(&self.plugin, timer);
+            self.core()?
+                .clear_timer(&self.plugin, self.generation, timer);
             Ok(())
         })
     }

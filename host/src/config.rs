@@ -39,6 +39,12 @@ pub struct HostSettings {
     pub quarantine_after_panics: u32,
     /// The quarantine window in milliseconds.
     pub quarantine_window_ms: u64,
+    /// How long a hot reload waits for calls in flight to finish before it
+    /// gives up, in milliseconds.
+    pub reload_drain_timeout_ms: u64,
+    /// Warn when the library images a plugin keeps mapped (every generation
+    /// stays mapped) exceed this many bytes.
+    pub mapped_bytes_warning: u64,
 }
 
 impl Default for HostSettings {
@@ -47,6 +53,8 @@ impl Default for HostSettings {
             action_timeout_ms: 30_000,
             quarantine_after_panics: 3,
             quarantine_window_ms: 60_000,
+            reload_drain_timeout_ms: 5_000,
+            mapped_bytes_warning: 256 * 1024 * 1024,
         }
     }
 }

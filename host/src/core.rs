@@ -29,6 +29,8 @@ pub struct LivePlugin {
     pub permissions: Permissions,
     /// Its position in the load order.
     pub load_order: usize,
+    /// Which load of the plugin this is (unique across the host).
+    pub generation: u64,
     /// Its name, shared by every reply that mentions it.
     pub shared_name: Arc<str>,
     /// Its evaluators' names, by index.
@@ -106,6 +108,7 @@ impl LivePlugin {
         config: Arc<Value>,
         permissions: Permissions,
         load_order: usize,
+        generation: u64,
         metrics: &Metrics,
         provider_version: &Arc<AtomicU64>,
     ) -> Self {
@@ -144,6 +147,7 @@ impl LivePlugin {
             config,
             permissions,
             load_order,
+            generation,
             quarantined: AtomicBool::new(false),
             recent_panics: Mutex::new(VecDeque::new()),
         }
@@ -227,7 +231,11 @@ pub struct Core {
     /// The event bus.
     pub bus: EventBus,
     runtime: tokio::runtime::Handle,
-    timers: Mutex<HashMap<(String, u64), JoinHandle<()>>>,
+    timers: Mutex<HashMap<(String, u64, u64), JoinHandle<()>>>,
+    next_generation: AtomicU64,
+    mapped: Mutex<HashMap<String, MappedImages>>,
+    /// The gate every top-level entry into plugin code passes.
+    pub admission: crate::admission::Admission,
     plan: Mutex<Option<Arc<ServingPlan>>>,
     /// Bumped whenever any provider value is stored, so a composed state
     /// can tell it is still current.
@@ -249,6 +257,9 @@ impl Core {
             bus: EventBus::new(),
             runtime,
             timers: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(1),
+            mapped: Mutex::new(HashMap::new()),
+            admission: crate::admission::Admission::default(),
             plan: Mutex::new(None),
             provider_version: Arc::new(AtomicU64::new(0)),
             settings,
@@ -356,7 +367,7 @@ impl Core {
         write(&self.services).retain(|_, slot| slot.plugin.name() != name);
         self.bus.unsubscribe_plugin(name);
         let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
-        timers.retain(|(plugin, _), task| {
+        timers.retain(|(plugin, _, _), task| {
             if plugin == name {
                 task.abort();
                 false
@@ -366,6 +377,81 @@ impl Core {
         });
         drop(timers);
         self.invalidate_plan();
+    }
+
+    /// A new generation number.
+    pub fn next_generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a library image a plugin mapped (generations are never
+    /// unmapped) and warns past the configured cap.
+    pub fn count_mapped(&self, plugin: &str, bytes: u64) -> MappedImages {
+        let mut mapped = self.mapped.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = mapped.entry(plugin.to_string()).or_default();
+        entry.generations += 1;
+        entry.bytes += bytes;
+        if entry.bytes > self.settings.mapped_bytes_warning {
+            tracing::warn!(
+                plugin,
+                generations = entry.generations,
+                "plugin keeps {} bytes of library images mapped (over the {} byte warning): every reload maps a new image that is never unmapped; restart the host to reclaim them",
+                entry.bytes,
+                self.settings.mapped_bytes_warning
+            );
+        }
+        *entry
+    }
+
+    /// The library images a plugin keeps mapped.
+    pub fn mapped(&self, plugin: &str) -> MappedImages {
+        self.mapped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(plugin)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Puts a new generation in the place of the plugin of the same name:
+    /// its position, its services (running). Callers must hold the
+    /// admission gate closed.
+    pub fn swap(&self, new: Arc<LivePlugin>) {
+        let mut plugins = write(&self.plugins);
+        if let Some(slot) = plugins.iter_mut().find(|p| p.name() == new.name()) {
+            *slot = Arc::clone(&new);
+        }
+        drop(plugins);
+        let mut services = write(&self.services);
+        services.retain(|_, slot| slot.plugin.name() != new.name());
+        for (index, spec) in new.instance.manifest.services.iter().enumerate() {
+            services.insert(
+                spec.name.clone(),
+                ServiceSlot {
+                    plugin: Arc::clone(&new),
+                    index: index as u32,
+                    running: true,
+                },
+            );
+        }
+        drop(services);
+        self.invalidate_plan();
+    }
+
+    /// Removes what one retired generation set up: its subscriptions and timers.
+    pub fn drop_generation(&self, plugin: &str, generation: u64) {
+        self.bus.unsubscribe_generation(plugin, generation);
+        self.timers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(name, gen, _), task| {
+                if name == plugin && *gen == generation {
+                    task.abort();
+                    false
+                } else {
+                    true
+                }
+            });
     }
 
     /// Registers a plugin's service, stopped. Fails if another plugin already
@@ -502,29 +588,51 @@ impl Core {
             payload,
         };
         let payload_json = event.payload.to_string();
-        self.bus.emit(&event, |plugin, subscription, event| {
-            let Some(target) = self.plugin(plugin) else {
-                return Ok(());
-            };
-            target
-                .instance
-                .on_event(subscription, &event.name, &payload_json)
-                .map_err(|e| e.to_string())
-        })
+        self.bus
+            .emit(&event, |plugin, generation, subscription, event| {
+                let Some(target) = self.plugin(plugin).filter(|p| p.generation == generation)
+                else {
+                    return Ok(());
+                };
+                target
+                    .instance
+                    .on_event(subscription, &event.name, &payload_json)
+                    .map_err(|e| e.to_string())
+            })
     }
 
     /// Sets (or replaces) a plugin's timer.
-    pub fn set_timer(self: &Arc<Self>, plugin: &str, timer: u64, after_ms: u64, every_ms: u64) {
+    pub fn set_timer(
+        self: &Arc<Self>,
+        plugin: &str,
+        generation: u64,
+        timer: u64,
+        after_ms: u64,
+        every_ms: u64,
+    ) {
         let core = Arc::downgrade(self);
         let owner = plugin.to_string();
         let task = self.runtime.spawn(async move {
             tokio::time::sleep(Duration::from_millis(after_ms)).await;
             loop {
-                let Some(target) = core.upgrade().and_then(|c| c.plugin(&owner)) else {
+                let Some(core_now) = core.upgrade() else {
                     return;
                 };
-                let fired =
-                    tokio::task::spawn_blocking(move || target.instance.on_timer(timer)).await;
+                let target = match core_now.plugin(&owner) {
+                    Some(p) if p.generation == generation => p,
+                    // A generation being reloaded in: not serving yet, wait.
+                    Some(p) if p.generation < generation => {
+                        drop(core_now);
+                        tokio::time::sleep(Duration::from_millis(every_ms.max(1))).await;
+                        continue;
+                    }
+                    _ => return,
+                };
+                let fired = tokio::task::spawn_blocking(move || {
+                    let _admitted = core_now.admission.enter();
+                    target.instance.on_timer(timer)
+                })
+                .await;
                 if let Ok(Err(error)) = fired {
                     tracing::warn!(plugin = %owner, "{error}");
                 }
@@ -537,38 +645,52 @@ impl Core {
                 core.timers
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&(owner, timer));
+                    .remove(&(owner, generation, timer));
             }
         });
         let previous = self
             .timers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert((plugin.to_string(), timer), task);
+            .insert((plugin.to_string(), generation, timer), task);
         if let Some(previous) = previous {
             previous.abort();
         }
     }
 
     /// Cancels a plugin's timer.
-    pub fn clear_timer(&self, plugin: &str, timer: u64) {
+    pub fn clear_timer(&self, plugin: &str, generation: u64, timer: u64) {
         let task = self
             .timers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(plugin.to_string(), timer));
+            .remove(&(plugin.to_string(), generation, timer));
         if let Some(task) = task {
             task.abort();
         }
     }
 
-    /// Stores a value pushed by one of a plugin's providers.
+    /// Stores a value pushed by one of a plugin's providers. A value pushed
+    /// by a generation that is not (or not yet) serving is dropped: the next
+    /// message asks the serving generation's provider instead.
     pub fn store_provider_value(
         &self,
         plugin: &str,
+        generation: u64,
         provider: u32,
         json: Arc<str>,
     ) -> Result<(), HostError> {
+        if self
+            .plugin(plugin)
+            .is_some_and(|p| p.generation != generation)
+        {
+            tracing::debug!(
+                plugin,
+                generation,
+                "value pushed by a generation that is not serving: dropped"
+            );
+            return Ok(());
+        }
         let plugin = self.plugin(plugin).ok_or_else(|| {
             HostError::new(
                 ErrorKind::NotFound,
@@ -587,6 +709,15 @@ impl Core {
         slot.store(json);
         Ok(())
     }
+}
+
+/// The library images one plugin keeps mapped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MappedImages {
+    /// How many generations were loaded (each stays mapped).
+    pub generations: u64,
+    /// Their image bytes in total.
+    pub bytes: u64,
 }
 
 /// The plugins taking part in the pipeline (loaded, not quarantined), and

@@ -33,8 +33,9 @@ pub type HostHandler = Arc<dyn Fn(&BusEvent) -> Result<(), String> + Send + Sync
 /// Who receives an event.
 #[derive(Clone)]
 pub enum Listener {
-    /// A plugin's handler, identified by the subscription id it was given.
-    Plugin(String),
+    /// A plugin's handler: the plugin's name and generation (the
+    /// subscription id identifies the handler inside it).
+    Plugin(String, u64),
     /// A host-side handler.
     Host(HostHandler),
 }
@@ -108,7 +109,7 @@ impl EventBus {
         subscribers.retain(|s| {
             let owned = match (&s.listener, owner) {
                 (_, None) => true,
-                (Listener::Plugin(plugin), Some(owner)) => plugin == owner,
+                (Listener::Plugin(plugin, _), Some(owner)) => plugin == owner,
                 (Listener::Host(_), Some(_)) => false,
             };
             !(s.id == id && owned)
@@ -121,7 +122,15 @@ impl EventBus {
         self.subscribers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|s| !matches!(&s.listener, Listener::Plugin(p) if p == plugin));
+            .retain(|s| !matches!(&s.listener, Listener::Plugin(p, _) if p == plugin));
+    }
+
+    /// Removes every subscription of one generation of a plugin.
+    pub fn unsubscribe_generation(&self, plugin: &str, generation: u64) {
+        self.subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|s| !matches!(&s.listener, Listener::Plugin(p, g) if p == plugin && *g == generation));
     }
 
     /// Whether anyone would receive an event of this name: a subscriber whose
@@ -147,7 +156,7 @@ impl EventBus {
     pub fn emit(
         &self,
         event: &BusEvent,
-        deliver_to_plugin: impl Fn(&str, u64, &BusEvent) -> Result<(), String>,
+        deliver_to_plugin: impl Fn(&str, u64, u64, &BusEvent) -> Result<(), String>,
     ) -> Vec<DeliveryFailure> {
         let depth = NESTING.with(|n| n.get());
         if depth >= MAX_NESTING {
@@ -174,7 +183,9 @@ impl EventBus {
         let mut failures = Vec::new();
         for subscriber in targets {
             let outcome = match &subscriber.listener {
-                Listener::Plugin(plugin) => deliver_to_plugin(plugin, subscriber.id, event),
+                Listener::Plugin(plugin, generation) => {
+                    deliver_to_plugin(plugin, *generation, subscriber.id, event)
+                }
                 Listener::Host(handler) => handler(event),
             };
             if let Err(error) = outcome {
@@ -218,7 +229,7 @@ mod tests {
         bus.subscribe("a:x", Listener::Host(Arc::new(|_| Err("boom".into()))));
         bus.subscribe("*", record("last"));
         bus.subscribe("b", record("never"));
-        let failures = bus.emit(&event("a:x"), |_, _, _| Ok(()));
+        let failures = bus.emit(&event("a:x"), |_, _, _, _| Ok(()));
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].error, "boom");
         assert_eq!(*seen.lock().unwrap(), vec!["first:a:x", "last:a:x"]);
@@ -227,15 +238,15 @@ mod tests {
     #[test]
     fn unsubscribe_stops_delivery_and_respects_the_owner() {
         let bus = EventBus::new();
-        let id = bus.subscribe("x", Listener::Plugin("p".into()));
+        let id = bus.subscribe("x", Listener::Plugin("p".into(), 1));
         assert!(!bus.unsubscribe(id, Some("other")));
         let delivered = Mutex::new(0);
-        bus.emit(&event("x"), |_, _, _| {
+        bus.emit(&event("x"), |_, _, _, _| {
             *delivered.lock().unwrap() += 1;
             Ok(())
         });
         assert!(bus.unsubscribe(id, Some("p")));
-        bus.emit(&event("x"), |_, _, _| {
+        bus.emit(&event("x"), |_, _, _, _| {
             *delivered.lock().unwrap() += 1;
             Ok(())
         });
@@ -252,7 +263,7 @@ mod tests {
             "loop",
             Listener::Host(Arc::new(move |e| {
                 inner_count.fetch_add(1, Ordering::SeqCst);
-                let failures = inner_bus.emit(e, |_, _, _| Ok(()));
+                let failures = inner_bus.emit(e, |_, _, _, _| Ok(()));
                 if failures.is_empty() {
                     Ok(())
                 } else {
@@ -260,7 +271,7 @@ mod tests {
                 }
             })),
         );
-        let failures = bus.emit(&event("loop"), |_, _, _| Ok(()));
+        let failures = bus.emit(&event("loop"), |_, _, _, _| Ok(()));
         assert_eq!(count.load(Ordering::SeqCst), u64::from(MAX_NESTING));
         assert_eq!(failures.len(), 1);
     }

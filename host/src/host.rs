@@ -33,6 +33,7 @@ pub struct PluginHost {
     shadow: ShadowDir,
     config: AgentConfig,
     next_message: AtomicU64,
+    reloading: std::sync::Mutex<()>,
     shut_down: AtomicBool,
     // Declared last: dropped after everything that may still hold a handle to it.
     _own_runtime: Option<tokio::runtime::Runtime>,
@@ -64,6 +65,7 @@ impl PluginHost {
             shadow: ShadowDir::create()?,
             config,
             next_message: AtomicU64::new(1),
+            reloading: std::sync::Mutex::new(()),
             shut_down: AtomicBool::new(false),
             _own_runtime: own,
         })
@@ -113,13 +115,35 @@ impl PluginHost {
         pipeline::handle_batch(&self.core, &messages)
     }
 
+    /// Reloads a plugin from its file (or from `file`), swapping the new
+    /// generation in while the agent serves. Blocks; reloads run one at a time.
+    pub fn reload(
+        &self,
+        name: &str,
+    ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
+        self.reload_from(name, None)
+    }
+
+    /// Reloads a plugin from a given file.
+    pub fn reload_from(
+        &self,
+        name: &str,
+        file: Option<&Path>,
+    ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::reload::reload(&self.core, &self.shadow, &self.config, name, file)
+    }
+
     /// The state of every loaded plugin.
     pub fn statuses(&self) -> Vec<PluginStatus> {
         let services = self.core.services();
         self.core
             .plugins()
             .iter()
-            .map(|plugin| PluginStatus::of(plugin, &services))
+            .map(|plugin| PluginStatus::of(plugin, &services, self.core.mapped(plugin.name())))
             .collect()
     }
 
@@ -128,7 +152,7 @@ impl PluginHost {
         let services = self.core.services();
         self.core
             .plugin(name)
-            .map(|plugin| PluginStatus::of(&plugin, &services))
+            .map(|plugin| PluginStatus::of(&plugin, &services, self.core.mapped(plugin.name())))
     }
 
     /// Metrics in the Prometheus text format.
@@ -148,6 +172,7 @@ impl PluginHost {
         method: &str,
         args: &Value,
     ) -> Result<Value, HostError> {
+        let _admitted = self.core.admission.enter();
         let json = self
             .core
             .call_service(None, service, method, &args.to_string())?;
@@ -161,6 +186,7 @@ impl PluginHost {
 
     /// Emits an event as the host; returns the handlers that failed.
     pub fn emit(&self, event: &str, payload: Value) -> Vec<DeliveryFailure> {
+        let _admitted = self.core.admission.enter();
         self.core.emit("host", event, payload)
     }
 
@@ -239,8 +265,12 @@ pub struct PluginStatus {
     pub manifest: plugin_api::Manifest,
     /// Its services and whether each is running.
     pub services: Vec<ServiceStatus>,
-    /// Bytes of library image it keeps mapped.
+    /// Bytes of this generation's library image.
     pub image_bytes: u64,
+    /// The serving generation's number.
+    pub generation: u64,
+    /// Every generation loaded so far (all stay mapped) and their bytes.
+    pub mapped: crate::core::MappedImages,
 }
 
 /// A service's name and state.
@@ -253,7 +283,11 @@ pub struct ServiceStatus {
 }
 
 impl PluginStatus {
-    fn of(plugin: &crate::core::LivePlugin, services: &[(String, String, bool)]) -> Self {
+    fn of(
+        plugin: &crate::core::LivePlugin,
+        services: &[(String, String, bool)],
+        mapped: crate::core::MappedImages,
+    ) -> Self {
         let m = &plugin.instance.manifest;
         Self {
             name: m.name.clone(),
@@ -273,6 +307,8 @@ impl PluginStatus {
                 })
                 .collect(),
             image_bytes: plugin.instance.image_bytes,
+            generation: plugin.generation,
+            mapped,
         }
     }
 }

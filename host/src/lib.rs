@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod callbacks;
 pub mod cli;
 pub mod config;
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod permissions;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod reload;
 pub mod report;
 pub mod resolve;
 pub mod shadow;

@@ -58,6 +58,7 @@ pub fn open(file: &Path, shadow: &ShadowDir) -> Result<OpenedLibrary, OpenError>
         .copy(file)
         .map_err(|e| OpenError::new(format!("cannot make a private copy: {e}")))?;
     let image_bytes = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
+    check_complete(&copy)?;
     let header = lib_header_from_path(&copy).map_err(|e| describe(&e))?;
 
     let plugin_version = header.version_strings().version;
@@ -88,6 +89,88 @@ pub fn open(file: &Path, shadow: &ShadowDir) -> Result<OpenedLibrary, OpenError>
         manifests,
         image_bytes,
     })
+}
+
+/// Refuses an ELF file that is shorter than its own headers say: a build
+/// caught half-written. `dlopen` would map its segments past the end of the
+/// file, and the first touch of those pages kills the process with SIGBUS.
+/// Other formats are left to `dlopen`.
+fn check_complete(path: &Path) -> Result<(), OpenError> {
+    use std::io::Read;
+    let cannot_read =
+        |e: std::io::Error| OpenError::new(format!("cannot read the private copy: {e}"));
+    let mut file = std::fs::File::open(path).map_err(cannot_read)?;
+    let len = file.metadata().map_err(cannot_read)?.len();
+    // The ELF and program headers sit at the start of the file.
+    let mut bytes = Vec::new();
+    file.by_ref()
+        .take(64 * 1024)
+        .read_to_end(&mut bytes)
+        .map_err(cannot_read)?;
+    let incomplete = |what: &str| {
+        OpenError::new(format!(
+            "the file is incomplete ({what} lies past its end at {len} bytes): a build still writing it? it will be retried"
+        ))
+    };
+    if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+        return Ok(());
+    }
+    let is_64 = match bytes.get(4) {
+        Some(2) => true,
+        Some(1) => false,
+        _ => return Err(incomplete("the ELF header")),
+    };
+    let little = bytes.get(5) == Some(&1);
+    let read = |offset: u64, size: usize| -> Option<u64> {
+        let start = usize::try_from(offset).ok()?;
+        let field = bytes.get(start..start.checked_add(size)?)?;
+        let mut value = 0u64;
+        for (i, byte) in field.iter().enumerate() {
+            let shift = if little { 8 * i } else { 8 * (size - 1 - i) };
+            value |= u64::from(*byte) << shift;
+        }
+        Some(value)
+    };
+    let word = if is_64 { 8 } else { 4 };
+    let (phoff_at, shoff_at, sizes_at) = if is_64 {
+        (0x20, 0x28, 0x36)
+    } else {
+        (0x1c, 0x20, 0x2a)
+    };
+    let header = || -> Option<(u64, u64, u64, u64, u64, u64)> {
+        Some((
+            read(phoff_at, word)?,
+            read(shoff_at, word)?,
+            read(sizes_at, 2)?,
+            read(sizes_at + 2, 2)?,
+            read(sizes_at + 4, 2)?,
+            read(sizes_at + 6, 2)?,
+        ))
+    };
+    let (phoff, shoff, phentsize, phnum, shentsize, shnum) =
+        header().ok_or_else(|| incomplete("the ELF header"))?;
+    if phoff + phentsize * phnum > len {
+        return Err(incomplete("the program header table"));
+    }
+    if shoff + shentsize * shnum > len {
+        return Err(incomplete("the section header table"));
+    }
+    for index in 0..phnum {
+        let entry = phoff + index * phentsize;
+        let (offset_at, filesz_at) = if is_64 {
+            (entry + 8, entry + 32)
+        } else {
+            (entry + 4, entry + 16)
+        };
+        let kind = read(entry, 4).ok_or_else(|| incomplete("a program header"))?;
+        let offset = read(offset_at, word).ok_or_else(|| incomplete("a program header"))?;
+        let filesz = read(filesz_at, word).ok_or_else(|| incomplete("a program header"))?;
+        const PT_LOAD: u64 = 1;
+        if kind == PT_LOAD && offset.saturating_add(filesz) > len {
+            return Err(incomplete("a loadable segment"));
+        }
+    }
+    Ok(())
 }
 
 /// Turns an `abi_stable` loading error into one line (DESIGN fact 6).

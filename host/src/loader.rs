@@ -25,16 +25,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// One plugin of one library, validated and ready to resolve.
-struct Prepared {
-    library: Arc<OpenedLibrary>,
-    index: u32,
-    manifest: Manifest,
-    version: Version,
-    dependencies: Vec<Dependency>,
+pub(crate) struct Prepared {
+    pub(crate) library: Arc<OpenedLibrary>,
+    pub(crate) index: u32,
+    pub(crate) manifest: Manifest,
+    pub(crate) version: Version,
+    pub(crate) dependencies: Vec<Dependency>,
 }
 
 impl Prepared {
-    fn failure(&self, stage: Stage, cause: impl Into<String>) -> LoadFailure {
+    pub(crate) fn failure(&self, stage: Stage, cause: impl Into<String>) -> LoadFailure {
         LoadFailure {
             file: self.library.file.clone(),
             plugin: Some(self.manifest.name.clone()),
@@ -76,7 +76,11 @@ pub fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync
 
 /// Opens every plugin file of `dir` and validates its manifests, without
 /// running any plugin code beyond the manifest functions.
-fn prepare(files: &[PathBuf], shadow: &ShadowDir, report: &mut LoadReport) -> Vec<Prepared> {
+pub(crate) fn prepare(
+    files: &[PathBuf],
+    shadow: &ShadowDir,
+    report: &mut LoadReport,
+) -> Vec<Prepared> {
     let opened = parallel_map(files, |file| library::open(file, shadow));
     let mut prepared = Vec::new();
     for (file, outcome) in files.iter().zip(opened) {
@@ -145,9 +149,10 @@ fn reject_duplicates(prepared: Vec<Prepared>, report: &mut LoadReport) -> Vec<Pr
     unique
 }
 
-/// Creates, registers and starts one plugin. On failure everything it set up
-/// is undone and the plugin is unregistered.
-fn start(
+/// Creates a new generation of one plugin: its config (validated), its
+/// permissions, the instance, and its accounting of mapped images. Runs no
+/// hook and registers nothing.
+pub(crate) fn instantiate(
     core: &Arc<Core>,
     p: &Prepared,
     order: usize,
@@ -165,7 +170,14 @@ fn start(
             denied.join(", ")
         );
     }
-    let host = PluginCallbacks::boxed(name, permissions.clone(), Arc::clone(&config), core);
+    let generation = core.next_generation();
+    let host = PluginCallbacks::boxed(
+        name,
+        generation,
+        permissions.clone(),
+        Arc::clone(&config),
+        core,
+    );
     let object = (p.library.module.create())(p.index, host)
         .into_result()
         .map_err(|e| p.failure(Stage::Create, format!("create: {}", e.message)))?;
@@ -181,9 +193,35 @@ fn start(
         config,
         permissions,
         order,
+        generation,
         &core.metrics,
         &core.provider_version,
     ));
+    core.count_mapped(name, p.library.image_bytes);
+    Ok(live)
+}
+
+/// Subscribes to every subscribable provider of a started plugin.
+pub(crate) fn subscribe_providers(live: &LivePlugin) {
+    for (index, provider) in live.instance.manifest.providers.iter().enumerate() {
+        if provider.subscribable {
+            if let Err(error) = live.instance.set_subscribed(index as u32, true) {
+                tracing::warn!("{error}");
+            }
+        }
+    }
+}
+
+/// Creates, registers and starts one plugin. On failure everything it set up
+/// is undone and the plugin is unregistered.
+fn start(
+    core: &Arc<Core>,
+    p: &Prepared,
+    order: usize,
+    agent: &AgentConfig,
+) -> Result<Arc<LivePlugin>, LoadFailure> {
+    let name = p.manifest.name.as_str();
+    let live = instantiate(core, p, order, agent)?;
     core.register(Arc::clone(&live));
     if let Err(error) = live.instance.on_load() {
         core.unregister(name);
@@ -217,13 +255,7 @@ fn start(
             }
         }
     }
-    for (index, provider) in p.manifest.providers.iter().enumerate() {
-        if provider.subscribable {
-            if let Err(error) = live.instance.set_subscribed(index as u32, true) {
-                tracing::warn!("{error}");
-            }
-        }
-    }
+    subscribe_providers(&live);
     core.metrics.plugins_loaded.inc();
     Ok(live)
 }

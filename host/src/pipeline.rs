@@ -195,6 +195,7 @@ fn refresh_in_background(
             context_json: context.as_str().into(),
         };
         let slot = &plugin_bg.providers[index as usize];
+        let _admitted = core_bg.admission.enter();
         match fetch(&core_bg, &plugin_bg, index, &view) {
             Ok(json) => slot.store(json),
             Err(error) => {
@@ -570,6 +571,7 @@ fn finish(core: &Core, reply: &mut Reply, started: Instant) {
 pub fn handle_message(core: &Arc<Core>, message: &InboundMessage) -> Reply {
     let span = tracing::info_span!("message", id = %message.id, sender = %message.sender);
     let _entered = span.enter();
+    let _admitted = core.admission.enter();
     let started = Instant::now();
     let plan = core.serving_plan();
     let (mut reply, context) = answer(core, &plan, message);
@@ -599,6 +601,7 @@ pub fn handle_message(core: &Arc<Core>, message: &InboundMessage) -> Reply {
 /// Runs several messages: each is answered in turn, then every evaluator
 /// scores all of them at once through its batch form.
 pub fn handle_batch(core: &Arc<Core>, messages: &[InboundMessage]) -> Vec<Reply> {
+    let _admitted = core.admission.enter();
     let started = Instant::now();
     let plan = core.serving_plan();
     let (mut replies, contexts): (Vec<Reply>, Vec<String>) =
