@@ -17,6 +17,23 @@ pub fn is_plugin_file(path: &Path) -> bool {
     !hidden && path.extension().and_then(|e| e.to_str()) == Some(LIBRARY_EXTENSION)
 }
 
+/// Whether two paths name the same place in the folder: the same file name
+/// in the same (canonical) folder, whether the paths are relative or not.
+/// The file itself may no longer exist.
+pub fn same_place(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    let folder = |p: &Path| {
+        let parent = p
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        parent.canonicalize().ok()
+    };
+    a.file_name() == b.file_name() && folder(a).is_some() && folder(a) == folder(b)
+}
+
 /// The plugin files directly inside `dir`, sorted by path. Other files are ignored.
 pub fn plugin_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();

@@ -115,6 +115,108 @@ impl PluginHost {
         pipeline::handle_batch(&self.core, &messages)
     }
 
+    /// Loads the plugin files in `dir` that no loaded plugin came from: new
+    /// files, and files whose plugins failed or were stopped (for instance
+    /// while waiting for a dependency that has now arrived).
+    pub fn rescan(&self, dir: &Path) -> std::io::Result<LoadReport> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let loaded: Vec<std::path::PathBuf> = self
+            .core
+            .plugins()
+            .iter()
+            .map(|p| p.instance.file.clone())
+            .collect();
+        let files: Vec<std::path::PathBuf> = crate::discovery::plugin_files(dir)?
+            .into_iter()
+            .filter(|f| !loaded.iter().any(|l| crate::discovery::same_place(l, f)))
+            .collect();
+        Ok(loader::load_files(
+            &self.core,
+            &self.shadow,
+            &files,
+            &self.config,
+        ))
+    }
+
+    /// Stops the plugins loaded from `file`, after draining the calls in
+    /// flight, together with every plugin that depends on them (they cannot
+    /// work without it; a later `rescan` brings them back when the file
+    /// returns). Returns the names stopped, dependents first.
+    pub fn remove_file(&self, file: &Path) -> Vec<String> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let plugins = self.core.plugins();
+        let mut doomed: Vec<String> = plugins
+            .iter()
+            .filter(|p| crate::discovery::same_place(&p.instance.file, file))
+            .map(|p| p.name().to_string())
+            .collect();
+        // Add dependents until nothing changes.
+        loop {
+            let before = doomed.len();
+            for plugin in &plugins {
+                let name = plugin.name().to_string();
+                if doomed.contains(&name) {
+                    continue;
+                }
+                let needs = plugin.instance.manifest.dependencies.iter().any(|d| {
+                    plugin_api::manifest::Dependency::parse(d, false)
+                        .is_ok_and(|d| doomed.contains(&d.name))
+                });
+                if needs {
+                    doomed.push(name);
+                }
+            }
+            if doomed.len() == before {
+                break;
+            }
+        }
+        if doomed.is_empty() {
+            return doomed;
+        }
+        let drain = std::time::Duration::from_millis(self.core.settings.reload_drain_timeout_ms);
+        let closed = self.core.admission.close(drain);
+        if let Err(still) = &closed {
+            tracing::warn!(
+                "{still} call(s) still in flight after the drain timeout; stopping anyway"
+            );
+        }
+        let mut stopped = Vec::new();
+        for plugin in plugins
+            .iter()
+            .rev()
+            .filter(|p| doomed.iter().any(|d| d == p.name()))
+        {
+            let name = plugin.name().to_string();
+            for error in
+                crate::reload::retire(&self.core, plugin, plugin.instance.manifest.services.len())
+            {
+                tracing::warn!("{error}");
+            }
+            self.core.unregister(&name);
+            self.core.metrics.plugins_loaded.dec();
+            let reason = if crate::discovery::same_place(&plugin.instance.file, file) {
+                format!("its file {} was removed", file.display())
+            } else {
+                "a plugin it depends on was removed".to_string()
+            };
+            tracing::warn!(plugin = %name, "stopped: {reason}");
+            self.core.emit(
+                "host",
+                "plugin:unloaded",
+                json!({"plugin": name, "reason": reason}),
+            );
+            stopped.push(name);
+        }
+        drop(closed);
+        stopped
+    }
+
     /// Reloads a plugin from its file (or from `file`), swapping the new
     /// generation in while the agent serves. Blocks; reloads run one at a time.
     pub fn reload(

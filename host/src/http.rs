@@ -91,6 +91,7 @@ fn router(state: ApiState) -> Router {
         .route("/v1/messages", post(post_messages))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/plugins/:name", get(one_plugin))
+        .route("/v1/plugins/:name/reload", post(reload_plugin))
         .route("/v1/events", get(events))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -328,6 +329,43 @@ async fn one_plugin(
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no plugin named '{name}' is loaded"),
+        )),
+    }
+}
+
+/// `POST /v1/plugins/{name}/reload`: reloads the plugin from its file.
+/// 200 with what changed; 404 for an unknown plugin; 422 when the new build
+/// is refused (the running generation keeps serving).
+async fn reload_plugin(
+    State(state): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = name.map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            format!("bad plugin name in the path: {}", rejection.body_text()),
+        )
+    })?;
+    if state.host.status(&name).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no plugin named '{name}' is loaded"),
+        ));
+    }
+    let host = Arc::clone(&state.host);
+    let outcome = tokio::task::spawn_blocking(move || host.reload(&name))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the reload task failed: {e}"),
+            )
+        })?;
+    match outcome {
+        Ok(reloaded) => Ok(Json(reloaded).into_response()),
+        Err(failure) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            failure.to_string(),
         )),
     }
 }

@@ -297,9 +297,40 @@ pub fn load_dir(
     dir: &Path,
     config: &AgentConfig,
 ) -> std::io::Result<LoadReport> {
-    let files = plugin_files(dir)?;
+    Ok(load_files(core, shadow, &plugin_files(dir)?, config))
+}
+
+/// Loads the plugins in `files` next to those already loaded: a loaded
+/// plugin satisfies a dependency like a new one, and a new plugin whose name
+/// is already loaded is refused as a duplicate.
+pub fn load_files(
+    core: &Arc<Core>,
+    shadow: &ShadowDir,
+    files: &[PathBuf],
+    config: &AgentConfig,
+) -> LoadReport {
     let mut report = LoadReport::default();
-    let prepared = prepare(&files, shadow, &mut report);
+    let prepared = prepare(files, shadow, &mut report);
+    let loaded = core.plugins();
+    let prepared: Vec<Prepared> = prepared
+        .into_iter()
+        .filter(
+            |p| match loaded.iter().find(|l| l.name() == p.manifest.name) {
+                Some(existing) => {
+                    report.failures.push(p.failure(
+                        Stage::Duplicate,
+                        format!(
+                            "duplicate plugin name '{}': it is already loaded from {}",
+                            p.manifest.name,
+                            existing.instance.file.display()
+                        ),
+                    ));
+                    false
+                }
+                None => true,
+            },
+        )
+        .collect();
     let prepared = reject_duplicates(prepared, &mut report);
 
     let failed_names: BTreeSet<String> = report
@@ -307,36 +338,44 @@ pub fn load_dir(
         .iter()
         .filter_map(|f| f.plugin.clone())
         .collect();
-    let candidates: Vec<Candidate> = prepared
+    // The loaded plugins come first: resolved already, they are never started again.
+    let k = loaded.len();
+    let mut candidates: Vec<Candidate> = loaded
         .iter()
-        .map(|p| Candidate {
-            name: p.manifest.name.clone(),
-            version: p.version.clone(),
-            dependencies: p.dependencies.clone(),
+        .map(|l| Candidate {
+            name: l.name().to_string(),
+            version: l.instance.version.clone(),
+            dependencies: Vec::new(),
         })
         .collect();
+    candidates.extend(prepared.iter().map(|p| Candidate {
+        name: p.manifest.name.clone(),
+        version: p.version.clone(),
+        dependencies: p.dependencies.clone(),
+    }));
     let resolution = resolve(&candidates, &failed_names);
-    for (i, reason) in &resolution.failed {
+    for (i, reason) in resolution.failed.iter().filter(|(i, _)| *i >= k) {
         report
             .failures
-            .push(prepared[*i].failure(Stage::Dependencies, reason.to_string()));
+            .push(prepared[i - k].failure(Stage::Dependencies, reason.to_string()));
     }
-    for (i, warning) in &resolution.ignored_optional {
+    for (i, warning) in resolution.ignored_optional.iter().filter(|(i, _)| *i >= k) {
         report.warnings.push(format!(
             "plugin '{}': {warning}",
-            prepared[*i].manifest.name
+            prepared[i - k].manifest.name
         ));
     }
 
     let failed_at_start: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
-    let base_order = core.plugins().len();
-    let mut order_of = vec![0; prepared.len()];
-    for (order, i) in resolution.order().enumerate() {
+    let base_order = loaded.iter().map(|l| l.load_order + 1).max().unwrap_or(0);
+    let mut order_of = vec![0; candidates.len()];
+    for (order, i) in resolution.order().filter(|&i| i >= k).enumerate() {
         order_of[i] = base_order + order;
     }
     for level in &resolution.levels {
-        let outcomes = parallel_map(level, |&i| {
-            let p = &prepared[i];
+        let level: Vec<usize> = level.iter().copied().filter(|&i| i >= k).collect();
+        let outcomes = parallel_map(&level, |&i| {
+            let p = &prepared[i - k];
             let failed_dependency = resolution.edges[i].iter().find(|d| {
                 failed_at_start
                     .lock()
@@ -344,27 +383,25 @@ pub fn load_dir(
                     .contains(d)
             });
             if let Some(&d) = failed_dependency {
+                let failed_name = &candidates[d].name;
                 let optional = p
                     .dependencies
                     .iter()
-                    .any(|dep| dep.optional && dep.name == prepared[d].manifest.name);
+                    .any(|dep| dep.optional && &dep.name == failed_name);
                 if !optional {
                     return Err(p.failure(
                         Stage::Dependencies,
-                        format!(
-                            "skipped because its dependency '{}' failed to load",
-                            prepared[d].manifest.name
-                        ),
+                        format!("skipped because its dependency '{failed_name}' failed to load"),
                     ));
                 }
             }
             start(core, p, order_of[i], config)
         });
         for (&i, outcome) in level.iter().zip(outcomes) {
+            let p = &prepared[i - k];
             match outcome {
                 Ok(_) => {
-                    report.loaded.push(describe(&prepared[i], order_of[i]));
-                    let p = &prepared[i];
+                    report.loaded.push(describe(p, order_of[i]));
                     core.emit(
                         "host",
                         "plugin:loaded",
@@ -388,5 +425,5 @@ pub fn load_dir(
     for warning in &report.warnings {
         tracing::warn!("{warning}");
     }
-    Ok(report)
+    report
 }

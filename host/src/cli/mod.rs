@@ -65,6 +65,10 @@ pub enum Command {
         /// (port 0 picks a free port); it keeps serving after stdin closes.
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Reload a plugin when its file changes, load new files, stop
+        /// plugins whose files are removed.
+        #[arg(long)]
+        watch: bool,
     },
 }
 
@@ -109,7 +113,13 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             plugins,
             config,
             listen,
-        } => run::run(&plugins, load_config(config.as_deref())?, listen.as_deref()),
+            watch,
+        } => run::run(
+            &plugins,
+            load_config(config.as_deref())?,
+            listen.as_deref(),
+            watch,
+        ),
     }
 }
 

@@ -24,11 +24,12 @@ pub fn run(
     plugins: &Path,
     config: AgentConfig,
     listen: Option<&str>,
+    watch: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let code = runtime.block_on(serve(plugins, config, listen))?;
+    let code = runtime.block_on(serve(plugins, config, listen, watch))?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(code)
 }
@@ -63,6 +64,7 @@ async fn serve(
     dir: &Path,
     config: AgentConfig,
     listen: Option<&str>,
+    watch: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     // Bind first: a taken port should fail before any plugin is loaded.
     let listener = match listen {
@@ -89,6 +91,15 @@ async fn serve(
         "agent ready with plugins: {}",
         host.plugin_names().join(", ")
     );
+    let watching = if watch {
+        Some(crate::watch::watch(
+            Arc::clone(&host),
+            dir,
+            crate::watch::DEFAULT_DEBOUNCE,
+        )?)
+    } else {
+        None
+    };
 
     let mut http = None;
     if let Some(listener) = listener {
@@ -124,6 +135,8 @@ async fn serve(
     if let Some(server) = http {
         server.stop().await;
     }
+    // Stop watching before the plugins stop, so no reload races the shutdown.
+    drop(watching);
     let stopper = Arc::clone(&host);
     let errors = tokio::task::spawn_blocking(move || stopper.shutdown()).await?;
     for error in errors {
@@ -155,7 +168,9 @@ async fn conversation(
             }
             continue;
         }
-        let output = if interactive {
+        let output = if let Some(command) = line.strip_prefix('/').filter(|_| interactive) {
+            format!("{}\n> ", operator_command(&host, command).await?)
+        } else if interactive {
             let message = InboundMessage {
                 sender: "operator".into(),
                 text: line,
@@ -197,6 +212,48 @@ async fn conversation(
         stdout.flush().await?;
     }
     Ok(())
+}
+
+/// The chat's operator commands: `/reload NAME` and `/plugins`.
+async fn operator_command(
+    host: &Arc<PluginHost>,
+    command: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut words = command.split_whitespace();
+    Ok(match (words.next(), words.next()) {
+        (Some("reload"), Some(name)) => {
+            let worker = Arc::clone(host);
+            let name = name.to_string();
+            match tokio::task::spawn_blocking(move || worker.reload(&name)).await? {
+                Ok(done) => format!(
+                    "reloaded {} {} -> {} (generation {}, calls held {} us)",
+                    done.plugin,
+                    done.from_version,
+                    done.to_version,
+                    done.generation,
+                    done.paused_us
+                ),
+                Err(failure) => failure.to_string(),
+            }
+        }
+        (Some("plugins"), None) => host
+            .statuses()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} generation {} ({} generations mapped, {} KiB){}",
+                    p.name,
+                    p.version,
+                    p.generation,
+                    p.mapped.generations,
+                    p.mapped.bytes / 1024,
+                    if p.quarantined { " QUARANTINED" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => "commands: /reload NAME, /plugins".to_string(),
+    })
 }
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM.

@@ -1,0 +1,133 @@
+//! `--watch`: reload plugins when their files change, load new files, stop
+//! plugins whose files are removed.
+//!
+//! File events are debounced (`notify-debouncer-full`), so a build that
+//! writes a file in many steps, or renames it into place, produces one
+//! reload. For each changed plugin file: if plugins were loaded from it,
+//! each is reloaded (a refused build leaves the old generation serving; a
+//! file caught half-written is retried a few times); if it is new, the
+//! folder is rescanned, which also loads plugins that were waiting for it
+//! as a dependency; if it is gone, its plugins and their dependents stop.
+
+use crate::discovery::is_plugin_file;
+use crate::host::PluginHost;
+use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The debounce applied when none is configured.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// How many times a half-written file is retried, and how far apart.
+const RETRIES: u32 = 10;
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// A running watch; dropping it stops watching.
+pub struct Watch {
+    debouncer: Option<Debouncer<RecommendedWatcher, RecommendedCache>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // Dropping the debouncer closes the channel; the worker then ends.
+        drop(self.debouncer.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Starts watching `dir` for `host`.
+pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Watch, String> {
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    let (sender, receiver) = channel::<DebounceEventResult>();
+    let mut debouncer = new_debouncer(debounce, None, sender)
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    debouncer
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), debounce_ms = debounce.as_millis() as u64, "watching for plugin changes");
+    let worker = std::thread::Builder::new()
+        .name("agent-host-watch".into())
+        .spawn(move || {
+            let mut retries: HashMap<PathBuf, (u32, Instant)> = HashMap::new();
+            loop {
+                let changed: BTreeSet<PathBuf> = match receiver.recv_timeout(RETRY_AFTER / 2) {
+                    Ok(Ok(events)) => events
+                        .iter()
+                        .flat_map(|e| e.paths.iter())
+                        .filter(|p| is_plugin_file(p))
+                        .cloned()
+                        .collect(),
+                    Ok(Err(errors)) => {
+                        for error in errors {
+                            tracing::warn!("file watch error: {error}");
+                        }
+                        BTreeSet::new()
+                    }
+                    Err(RecvTimeoutError::Timeout) => BTreeSet::new(),
+                    Err(RecvTimeoutError::Disconnected) => return,
+                };
+                let now = Instant::now();
+                let due: Vec<PathBuf> = retries
+                    .iter()
+                    .filter(|(path, (_, at))| *at <= now && !changed.contains(*path))
+                    .map(|(path, _)| path.clone())
+                    .collect();
+                if changed.is_empty() && due.is_empty() {
+                    continue;
+                }
+                let mut rescan = false;
+                for path in changed.iter().chain(&due) {
+                    let attempt = retries.remove(path).map_or(1, |(n, _)| n + 1);
+                    if !path.exists() {
+                        let stopped = host.remove_file(path);
+                        if !stopped.is_empty() {
+                            tracing::info!(file = %path.display(), "removed; stopped: {}", stopped.join(", "));
+                        }
+                        continue;
+                    }
+                    let names: Vec<String> = host
+                        .statuses()
+                        .into_iter()
+                                                .filter(|s| crate::discovery::same_place(&s.file, path))
+                        .map(|s| s.name)
+                        .collect();
+                    if names.is_empty() {
+                        rescan = true;
+                    }
+                    for name in names {
+                        if let Err(failure) = host.reload(&name) {
+                            let half_written = failure.cause.contains("the file is incomplete")
+                                || failure.cause.contains("not a loadable library");
+                            if half_written && attempt < RETRIES {
+                                retries.insert(path.clone(), (attempt, Instant::now() + RETRY_AFTER));
+                            }
+                        }
+                    }
+                }
+                if rescan {
+                    match host.rescan(&dir) {
+                        Ok(report) => {
+                            for plugin in &report.loaded {
+                                tracing::info!(plugin = %plugin.name, file = %plugin.file.display(), "loaded");
+                            }
+                        }
+                        Err(error) => tracing::warn!("cannot rescan {}: {error}", dir.display()),
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the watch thread: {e}"))?;
+    Ok(Watch {
+        debouncer: Some(debouncer),
+        worker: Some(worker),
+    })
+}

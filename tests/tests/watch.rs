@@ -1,0 +1,84 @@
+//! `--watch` on a real folder: a changed file reloads its plugin, a new file
+//! loads (and so do plugins that were waiting for it), a removed file stops
+//! its plugin and its dependents, a half-written file is retried.
+
+use agent_host::watch::watch;
+use agent_host::{HostOptions, InboundMessage, PluginHost};
+use agent_host_tests::*;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn msg(text: &str) -> InboundMessage {
+    InboundMessage {
+        sender: "tester".into(),
+        text: text.into(),
+        ..InboundMessage::default()
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn replace(target: &Path, build: &Path) {
+    let temp = target.with_extension("staging");
+    std::fs::copy(build, &temp).expect("copy");
+    std::fs::rename(&temp, target).expect("rename");
+}
+
+fn version(host: &PluginHost, name: &str) -> Option<String> {
+    host.status(name).map(|s| s.version)
+}
+
+#[test]
+fn the_folder_drives_the_plugins() {
+    // counter-user waits for counter, which is not there yet.
+    let dir = folder_with(&[fixture("counter-user")]);
+    let host = Arc::new(PluginHost::new(HostOptions::default()).expect("host"));
+    let report = host.load_dir(dir.path()).expect("load");
+    assert!(report.failure_of("counter-user").is_some());
+    let _watch = watch(Arc::clone(&host), dir.path(), Duration::from_millis(100)).expect("watch");
+
+    // A new file loads, and the plugin waiting for it follows.
+    let file = dir.path().join(format!("counter.{EXT}"));
+    replace(&file, &fixture("counter-v1"));
+    wait_until("counter and counter-user to load", || {
+        version(&host, "counter").is_some() && version(&host, "counter-user").is_some()
+    });
+    assert_eq!(host.handle_message(msg("count")).text, "v1: 1");
+
+    // A changed file reloads, with its state.
+    replace(&file, &fixture("counter-v2"));
+    wait_until("the v2 reload", || {
+        version(&host, "counter").as_deref() == Some("2.0.0")
+    });
+    assert_eq!(host.handle_message(msg("count")).text, "v2: 2");
+    assert_eq!(host.handle_message(msg("use")).text, "user sees 2");
+
+    // A file caught half-written is retried until it is whole.
+    let whole = std::fs::read(fixture("counter-v1")).expect("read");
+    std::fs::write(&file, &whole[..whole.len() / 2]).expect("write half");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        version(&host, "counter").as_deref(),
+        Some("2.0.0"),
+        "half a file never wins"
+    );
+    std::fs::write(&file, &whole).expect("write the rest");
+    wait_until("the completed file to load", || {
+        version(&host, "counter").as_deref() == Some("1.0.0")
+    });
+    assert_eq!(host.handle_message(msg("count")).text, "v1: 3");
+
+    // A removed file stops its plugin and its dependent.
+    std::fs::remove_file(&file).expect("remove");
+    wait_until("counter and counter-user to stop", || {
+        version(&host, "counter").is_none() && version(&host, "counter-user").is_none()
+    });
+    assert!(host.handle_message(msg("count")).action.is_none());
+}
