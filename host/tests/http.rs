@@ -362,6 +362,28 @@ fn the_http_api_serves_messages_plugins_events_health_and_metrics_then_stops_on_
         "no plugin named 'no-such-plugin' is loaded"
     );
 
+    // A manual reload: a new generation of multi-one serves its dependent.
+    let before = agent.get("/v1/plugins/multi-one").json();
+    let reloaded = agent.post_json("/v1/plugins/multi-one/reload", &json!({}));
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    let reloaded = reloaded.json();
+    assert_eq!(reloaded["plugin"], "multi-one");
+    assert_eq!(reloaded["to_version"], "1.0.0");
+    let after = agent.get("/v1/plugins/multi-one").json();
+    assert!(
+        after["generation"].as_u64() > before["generation"].as_u64(),
+        "{after}"
+    );
+    assert_eq!(after["mapped"]["generations"], 2, "{after}");
+    assert!(after["mapped"]["bytes"].as_u64() > after["image_bytes"].as_u64());
+    let reply = agent.post_json("/v1/messages", &message("multi")).json();
+    assert_eq!(reply["text"], "multi-one says pong", "{reply}");
+    let unknown = agent.post_json("/v1/plugins/no-such-plugin/reload", &json!({}));
+    assert_eq!(
+        unknown.error(404),
+        "no plugin named 'no-such-plugin' is loaded"
+    );
+
     // Malformed requests: each a 4xx JSON error that says what is wrong.
     let bad_json = request(
         agent.address,

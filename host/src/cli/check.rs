@@ -84,10 +84,20 @@ pub fn list(
     as_json: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (host, report) = load(dir, config)?;
+    let statuses = host.statuses();
     host.shutdown();
     let mut out = std::io::stdout().lock();
     if as_json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        let document = json!({
+            "loaded": report.loaded,
+            "failures": report.failures,
+            "warnings": report.warnings,
+            "generations": statuses
+                .iter()
+                .map(|s| json!({"plugin": s.name, "generation": s.generation, "mapped": s.mapped}))
+                .collect::<Vec<_>>(),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     for p in &report.loaded {
@@ -100,6 +110,15 @@ pub fn list(
             p.description
         )?;
         writeln!(out, "   file:         {}", p.file.display())?;
+        if let Some(status) = statuses.iter().find(|s| s.name == p.name) {
+            writeln!(
+                out,
+                "   mapped:       generation {}, {} generation(s) mapped, {} KiB",
+                status.generation,
+                status.mapped.generations,
+                status.mapped.bytes / 1024
+            )?;
+        }
         let list = |items: &[String]| {
             if items.is_empty() {
                 "-".to_string()
