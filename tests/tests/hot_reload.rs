@@ -93,6 +93,7 @@ fn a_broken_build_never_wins_and_a_fixed_one_then_reloads() {
             fixture("counter-broken"),
             "on_load: this build is broken on purpose",
         ),
+        (fixture("counter-panics"), "on_load: panicked at"),
         (
             fixture("counter-v3"),
             "plugin 'counter-user' requires counter@>=1, <3",
@@ -125,13 +126,13 @@ fn a_broken_build_never_wins_and_a_fixed_one_then_reloads() {
         failure.cause.contains("the file is incomplete"),
         "{failure}"
     );
-    assert_eq!(failed.lock().expect("lock").len(), 5);
+    assert_eq!(failed.lock().expect("lock").len(), 6);
 
     replace(&file, &fixture("counter-v2"));
     host.reload("counter").expect("a fixed build reloads");
     assert_eq!(
         host.handle_message(msg("count")).text,
-        "v2: 6",
+        "v2: 7",
         "no count was lost on the way"
     );
 }
