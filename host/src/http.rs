@@ -318,12 +318,7 @@ async fn one_plugin(
     State(state): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(name) = name.map_err(|rejection| {
-        ApiError::new(
-            rejection.status(),
-            format!("bad plugin name in the path: {}", rejection.body_text()),
-        )
-    })?;
+    let name = plugin_name(name)?;
     match state.host.status(&name) {
         Some(status) => Ok(Json(status).into_response()),
         None => Err(ApiError::new(
@@ -333,6 +328,16 @@ async fn one_plugin(
     }
 }
 
+/// The plugin name in a path, or a JSON error saying why it is not one.
+fn plugin_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    name.map(|Path(name)| name).map_err(|rejection| {
+        ApiError::new(
+            rejection.status(),
+            format!("bad plugin name in the path: {}", rejection.body_text()),
+        )
+    })
+}
+
 /// `POST /v1/plugins/{name}/reload`: reloads the plugin from its file.
 /// 200 with what changed; 404 for an unknown plugin; 422 when the new build
 /// is refused (the running generation keeps serving).
@@ -340,12 +345,7 @@ async fn reload_plugin(
     State(state): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(name) = name.map_err(|rejection| {
-        ApiError::new(
-            rejection.status(),
-            format!("bad plugin name in the path: {}", rejection.body_text()),
-        )
-    })?;
+    let name = plugin_name(name)?;
     if state.host.status(&name).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

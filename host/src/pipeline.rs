@@ -114,7 +114,8 @@ fn unix_ms_after(timeout: Duration) -> u64 {
     let deadline = SystemTime::now() + timeout;
     deadline
         .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                // Rounded up, so the plugin never sees its deadline before the host does.
+        .map(|d| u64::try_from(d.as_millis() + 1).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -141,6 +142,32 @@ fn view_of<'a>(message: &'a InboundMessage, context_json: &'a str) -> MessageVie
         id: message.id.as_str().into(),
         text: message.text.as_str().into(),
         context_json: context_json.into(),
+    }
+}
+
+/// A message's parts copied out, for a call that runs on another thread
+/// and may outlive the message (a timed-out handler, a background refresh).
+struct OwnedMessage {
+    id: String,
+    text: String,
+    context: String,
+}
+
+impl OwnedMessage {
+    fn of(message: &InboundMessage, context: &str) -> Self {
+        Self {
+            id: message.id.clone(),
+            text: message.text.clone(),
+            context: context.to_string(),
+        }
+    }
+
+    fn view(&self) -> MessageView<'_> {
+        MessageView {
+            id: self.id.as_str().into(),
+            text: self.text.as_str().into(),
+            context_json: self.context.as_str().into(),
+        }
     }
 }
 
@@ -183,17 +210,9 @@ fn refresh_in_background(
     context: &str,
 ) {
     let (core_bg, plugin_bg) = (Arc::clone(core), Arc::clone(plugin));
-    let (id, text, context) = (
-        message.id.clone(),
-        message.text.clone(),
-        context.to_string(),
-    );
+    let owned = OwnedMessage::of(message, context);
     core.runtime().spawn_blocking(move || {
-        let view = MessageView {
-            id: id.as_str().into(),
-            text: text.as_str().into(),
-            context_json: context.as_str().into(),
-        };
+        let view = owned.view();
         let slot = &plugin_bg.providers[index as usize];
         let _admitted = core_bg.admission.enter();
         match fetch(&core_bg, &plugin_bg, index, &view) {
@@ -369,17 +388,9 @@ fn run_handler(
     let control = Arc::new(CallControl::with_deadline(unix_ms_after(timeout)));
     let (sender, receiver) = std::sync::mpsc::sync_channel(1);
     let (plugin_bg, control_bg) = (Arc::clone(plugin), Arc::clone(&control));
-    let (id, text, context) = (
-        message.id.clone(),
-        message.text.clone(),
-        context.to_string(),
-    );
+    let owned = OwnedMessage::of(message, context);
     core.runtime().spawn_blocking(move || {
-        let view = MessageView {
-            id: id.as_str().into(),
-            text: text.as_str().into(),
-            context_json: context.as_str().into(),
-        };
+        let view = owned.view();
         let _ = sender.send(plugin_bg.instance.handle(index, &view, &control_bg));
     });
     match wait_briefly_then_block(&receiver, timeout) {
@@ -391,6 +402,10 @@ fn run_handler(
                 plugin.instance.manifest.actions[index as usize].name
             )),
         },
+        // The plugin saw its deadline pass and stopped: that is the timeout.
+        Ok(Err(error)) if error.kind == plugin_api::ErrorKind::Cancelled => {
+            Outcome::TimedOut(timeout)
+        }
         Ok(Err(error)) => {
             core.record_error(plugin, &error);
             Outcome::Failed(error.to_string())
