@@ -114,7 +114,7 @@ fn unix_ms_after(timeout: Duration) -> u64 {
     let deadline = SystemTime::now() + timeout;
     deadline
         .duration_since(UNIX_EPOCH)
-                // Rounded up, so the plugin never sees its deadline before the host does.
+        // Rounded up, so the plugin never sees its deadline before the host does.
         .map(|d| u64::try_from(d.as_millis() + 1).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }

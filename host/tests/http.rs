@@ -378,6 +378,29 @@ fn the_http_api_serves_messages_plugins_events_health_and_metrics_then_stops_on_
     assert!(after["mapped"]["bytes"].as_u64() > after["image_bytes"].as_u64());
     let reply = agent.post_json("/v1/messages", &message("multi")).json();
     assert_eq!(reply["text"], "multi-one says pong", "{reply}");
+    // The same from the command line, against the running agent.
+    let cli = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(["reload", "multi-one", "--url"])
+        .arg(format!("http://{}", agent.address))
+        .output()
+        .expect("run agent-host reload");
+    let said = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(
+        said.starts_with("reloaded multi-one 1.0.0 -> 1.0.0"),
+        "{said}"
+    );
+    let refused = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(["reload", "no-such-plugin", "--url"])
+        .arg(format!("http://{}", agent.address))
+        .output()
+        .expect("run agent-host reload");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no plugin named 'no-such-plugin'"));
     let unknown = agent.post_json("/v1/plugins/no-such-plugin/reload", &json!({}));
     assert_eq!(
         unknown.error(404),

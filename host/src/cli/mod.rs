@@ -70,13 +70,25 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Ask a running agent (started with --listen) to reload a plugin from
+    /// its file. Exits non-zero when the new build is refused.
+    Reload {
+        /// The plugin's name.
+        plugin: String,
+        /// The agent's HTTP address, such as http://127.0.0.1:8080.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
 }
 
 impl Command {
     /// Whether the command prints a report of its own (so the loader's log
     /// lines would only repeat it).
     fn reports(&self) -> bool {
-        matches!(self, Command::Check { .. } | Command::List { .. })
+        matches!(
+            self,
+            Command::Check { .. } | Command::List { .. } | Command::Reload { .. }
+        )
     }
 }
 
@@ -109,6 +121,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::List { dir, config, json } => {
             check::list(&dir, &load_config(config.as_deref())?, json)
         }
+        Command::Reload { plugin, url } => reload_remote(&url, &plugin),
         Command::Run {
             plugins,
             config,
@@ -120,6 +133,37 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             listen.as_deref(),
             watch,
         ),
+    }
+}
+
+/// `agent-host reload`: POSTs to the running agent's reload endpoint.
+fn reload_remote(url: &str, plugin: &str) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let endpoint = format!("{}/v1/plugins/{plugin}/reload", url.trim_end_matches('/'));
+    match ureq::post(&endpoint)
+        .set("content-type", "application/json")
+        .send_string("{}")
+    {
+        Ok(response) => {
+            let done: serde_json::Value = response.into_json()?;
+            println!(
+                "reloaded {} {} -> {} (generation {}, calls held {} us)",
+                done["plugin"].as_str().unwrap_or(plugin),
+                done["from_version"].as_str().unwrap_or("?"),
+                done["to_version"].as_str().unwrap_or("?"),
+                done["generation"],
+                done["paused_us"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ureq::Error::Status(code, response)) => {
+            let body: serde_json::Value = response.into_json().unwrap_or_default();
+            eprintln!(
+                "reload refused ({code}): {}",
+                body["error"].as_str().unwrap_or("no reason given")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Err(error) => Err(format!("cannot reach the agent at {url}: {error}").into()),
     }
 }
 
