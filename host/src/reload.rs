@@ -65,12 +65,13 @@ pub struct ReloadFailure {
 
 impl std::fmt::Display for ReloadFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.file.as_os_str().is_empty() {
+            write!(f, "{}: ", self.file.display())?;
+        }
         write!(
             f,
-            "{}: plugin '{}': reload refused, the running generation keeps serving: {}",
-            self.file.display(),
-            self.plugin,
-            self.cause
+            "plugin '{}': reload refused, the running generation keeps serving: {}",
+            self.plugin, self.cause
         )
     }
 }
