@@ -197,3 +197,40 @@ impl<S: Send + Sync + 'static> ErasedService for ServiceBuilder<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestHost;
+
+    #[test]
+    fn a_stopped_service_is_a_clear_error() {
+        let service: Service = Service::new("clock", ())
+            .method("now", |_, (): (), _rt| Ok(42))
+            .into();
+        let host = TestHost::new("example");
+        let rt = host.runtime();
+        let error = service
+            .call_json("now", "null", &rt)
+            .expect_err("not started");
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+        assert_eq!(error.message(), "service 'clock' is not running");
+        service.start(&rt).expect("start");
+        assert_eq!(
+            service.call_json("now", "null", &rt).expect("running"),
+            "42"
+        );
+        service.stop(&rt).expect("stop");
+        assert!(service.call_json("now", "null", &rt).is_err());
+        let unknown = {
+            service.start(&rt).expect("start again");
+            service
+                .call_json("later", "null", &rt)
+                .expect_err("no such method")
+        };
+        assert_eq!(unknown.kind(), ErrorKind::NotFound);
+        assert!(unknown
+            .message()
+            .contains("has no method 'later' (it has: now)"));
+    }
+}
