@@ -11,7 +11,25 @@ use std::time::Duration;
 type Validator = Box<dyn Fn(&Message<'_>) -> bool + Send + Sync>;
 type Handler = Box<dyn Fn(&Message<'_>, &Runtime<'_>) -> Result<ActionResult> + Send + Sync>;
 
-/// What an action's handler returns.
+/// What an action's handler returns: the reply text, structured data and
+/// metadata. The host copies all three into its reply (`text`, `data`,
+/// `metadata`).
+///
+/// ```
+/// use plugin_api::{json, ActionResult};
+///
+/// let result = ActionResult::text("It is 14.2°C and cloudy in London.")
+///     .with_data(json!({"temperature": 14.2, "conditions": "cloudy"}))?
+///     .with_metadata("source", "api")
+///     .with_metadata("confidence", 0.9);
+/// assert_eq!(result.data["temperature"], 14.2);
+/// assert_eq!(result.metadata["source"], "api");
+///
+/// // What crosses to the host: a JSON object with the three fields.
+/// let wire = serde_json::to_value(&result)?;
+/// assert_eq!(wire["text"], "It is 14.2°C and cloudy in London.");
+/// # Ok::<(), plugin_api::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ActionResult {
@@ -32,7 +50,8 @@ impl ActionResult {
         }
     }
 
-    /// Attaches structured data.
+    /// Attaches structured data (any `Serialize` value); fails only if the
+    /// value cannot be serialized to JSON.
     pub fn with_data(mut self, data: impl Serialize) -> Result<Self> {
         self.data = serde_json::to_value(data)?;
         Ok(self)
@@ -47,6 +66,13 @@ impl ActionResult {
 
 /// An action: `validate` decides whether it applies to a message, `handler`
 /// answers it. The host runs the handler only after `validate` returned true.
+///
+/// For each message the host asks every action's `validate`, picks the valid
+/// action with the highest [`priority`](Action::priority) (ties go to the
+/// plugin earlier in load order, then to the action added first), checks
+/// that the sender holds the action's [`permission`](Action::permission)s,
+/// checks its [`rate_limit`](Action::rate_limit), then runs its handler on a
+/// blocking thread with its [`timeout`](Action::timeout).
 ///
 /// ```
 /// use plugin_api::{Action, ActionResult, Message};
@@ -97,19 +123,27 @@ impl Action {
         self
     }
 
-    /// Among the actions that accept a message, the highest priority runs.
+    /// Among the actions that accept a message, the highest priority runs
+    /// (default 0). On a tie, the action of the plugin earlier in load order
+    /// runs, then the one added first.
     pub fn priority(mut self, priority: i32) -> Self {
         self.spec.priority = priority;
         self
     }
 
-    /// How long the handler may run before the host gives up on it.
+    /// How long the handler may run before the host gives up on it (default:
+    /// the host's `action_timeout_ms`, 30 s). When it passes the host cancels
+    /// the call ([`Runtime::is_cancelled`] turns true), answers "Sorry, NAME
+    /// took too long." and moves on; the handler's thread is not stopped, so
+    /// long handlers should call [`Runtime::check_cancelled`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.spec.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         self
     }
 
-    /// At most `max_requests` runs per `window`.
+    /// At most `max_requests` runs per `window`, counted per action across
+    /// all senders. Past the limit the host does not run the handler and
+    /// answers that the action is busy. Both numbers must be greater than 0.
     pub fn rate_limit(mut self, max_requests: u32, window: Duration) -> Self {
         self.spec.rate_limit = Some(RateLimit {
             max_requests,
@@ -118,13 +152,20 @@ impl Action {
         self
     }
 
-    /// A permission the message's sender must hold.
+    /// A permission the message's sender must hold, such as `data:analyze`.
+    /// The host compares it exactly (no `*` patterns) with the sender's
+    /// permissions (from the operator's `[senders]` table, or what the client
+    /// claims when there is none); without it the handler does not run and
+    /// the reply says which permission is missing.
     pub fn permission(mut self, permission: impl Into<String>) -> Self {
         self.spec.permissions.push(permission.into());
         self
     }
 
-    /// Decides whether the action applies. Keep it cheap: it runs for every message.
+    /// Decides whether the action applies. Keep it cheap: it runs for every
+    /// message, before any handler. It gets no runtime: it cannot log, read
+    /// config or call services. The message's context (sender, state) is
+    /// parsed only if `validate` reads it.
     pub fn validate(
         mut self,
         validate: impl Fn(&Message<'_>) -> bool + Send + Sync + 'static,
@@ -133,7 +174,8 @@ impl Action {
         self
     }
 
-    /// Answers a message the action accepted.
+    /// Answers a message the action accepted. The message's
+    /// [`state`](Message::state) holds the providers' values.
     pub fn handler(
         mut self,
         handler: impl Fn(&Message<'_>, &Runtime<'_>) -> Result<ActionResult> + Send + Sync + 'static,
@@ -147,12 +189,12 @@ impl Action {
         &self.spec.name
     }
 
-    /// Runs `validate`.
+    /// Runs `validate`; `false` when there is none.
     pub fn check(&self, message: &Message<'_>) -> bool {
         self.validator.as_ref().is_some_and(|v| v(message))
     }
 
-    /// Runs the handler.
+    /// Runs the handler (without asking `validate`); an error when there is none.
     pub fn run(&self, message: &Message<'_>, rt: &Runtime<'_>) -> Result<ActionResult> {
         match &self.handler {
             Some(handler) => handler(message, rt),

@@ -73,8 +73,28 @@ impl fmt::Display for ErrorKind {
 
 /// An error from plugin code or from a host callback.
 ///
-/// Like `anyhow::Error`, any `std::error::Error` converts into it with `?`;
-/// for that reason it does not implement `std::error::Error` itself.
+/// Like `anyhow::Error`, any `std::error::Error` converts into it with `?`
+/// (as [`ErrorKind::Failed`]); for that reason it does not implement
+/// `std::error::Error` itself. The host reports it as one line naming the
+/// plugin and the entry point.
+///
+/// ```
+/// use plugin_api::{bail, Error, ErrorKind, Result};
+///
+/// fn parse_port(text: &str) -> Result<u16> {
+///     let port: u16 = text.parse()?; // ParseIntError -> Error (Failed)
+///     if port == 0 {
+///         bail!("port must not be 0");
+///     }
+///     Ok(port)
+/// }
+/// assert_eq!(parse_port("8080").unwrap(), 8080);
+/// assert_eq!(parse_port("0").unwrap_err().message(), "port must not be 0");
+///
+/// let error = Error::new(ErrorKind::InvalidInput, "bad units").context("config");
+/// assert_eq!(error.to_string(), "config: bad units");
+/// assert_eq!(error.kind(), ErrorKind::InvalidInput);
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Error {
     kind: ErrorKind,

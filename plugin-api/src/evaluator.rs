@@ -11,14 +11,16 @@ type Evaluate = Box<dyn Fn(&Message<'_>, &Runtime<'_>) -> Result<Evaluation> + S
 type EvaluateBatch =
     Box<dyn Fn(&[Message<'_>], &Runtime<'_>) -> Result<Vec<Evaluation>> + Send + Sync>;
 
-/// What an evaluator concludes about a message.
+/// What an evaluator concludes about a message: a score from 0 to 1, a
+/// verdict, and optional metadata. The host rejects a score outside 0..=1
+/// (or NaN) as an error naming the plugin and the evaluator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     /// Confidence from 0 to 1; the host rejects anything outside.
     pub score: f64,
     /// Whether the message passed.
     pub passed: bool,
-    /// Extra facts.
+    /// Extra facts (`Value::Null` for none).
     #[serde(default)]
     pub metadata: Value,
 }
@@ -41,6 +43,40 @@ impl Evaluation {
 }
 
 /// An evaluator, with an optional batch form for many messages at once.
+///
+/// The host runs every evaluator on every message after the action answered
+/// (whether or not one did); a batch request (`{"messages": [...]}`) calls the
+/// batch form once with all the messages. The batch form must return exactly
+/// one evaluation per message, in order.
+///
+/// ```
+/// use plugin_api::{json, testing::TestHost, Evaluation, Evaluator, Plugin};
+///
+/// fn score(text: &str) -> Evaluation {
+///     let score = (text.len() as f64 / 40.0).min(1.0);
+///     Evaluation::new(score, score >= 0.25).with_metadata(json!({"chars": text.len()}))
+/// }
+///
+/// let plugin = Plugin::new("length", "1.0.0").evaluator(
+///     Evaluator::new("length")
+///         .description("Longer messages score higher")
+///         .evaluate(|msg, _rt| Ok(score(msg.text())))
+///         .evaluate_batch(|msgs, _rt| Ok(msgs.iter().map(|m| score(m.text())).collect())),
+/// );
+/// let host = TestHost::new("length");
+/// let loaded = host.load(plugin).unwrap();
+///
+/// let one = loaded.evaluate("length", "hi").unwrap();
+/// assert_eq!(one.score, 0.05);
+/// assert!(!one.passed);
+/// assert_eq!(one.metadata["chars"], 2);
+///
+/// let many = loaded
+///     .evaluate_batch("length", &["hi", "a message long enough to pass"])
+///     .unwrap();
+/// assert_eq!(many.len(), 2);
+/// assert!(many[1].passed);
+/// ```
 pub struct Evaluator {
     pub(crate) spec: EvaluatorSpec,
     evaluate: Option<Evaluate>,
@@ -48,7 +84,7 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    /// A new evaluator.
+    /// A new evaluator with a name unique within the plugin.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             spec: EvaluatorSpec {
@@ -67,7 +103,7 @@ impl Evaluator {
         self
     }
 
-    /// Scores one message.
+    /// Scores one message. Required.
     pub fn evaluate(
         mut self,
         evaluate: impl Fn(&Message<'_>, &Runtime<'_>) -> Result<Evaluation> + Send + Sync + 'static,
@@ -76,7 +112,8 @@ impl Evaluator {
         self
     }
 
-    /// Scores many messages at once; without it, batches call `evaluate` per message.
+    /// Scores many messages at once; without it, batches call `evaluate` per
+    /// message. Must return one evaluation per message, in order.
     pub fn evaluate_batch(
         mut self,
         batch: impl Fn(&[Message<'_>], &Runtime<'_>) -> Result<Vec<Evaluation>> + Send + Sync + 'static,
@@ -102,7 +139,8 @@ impl Evaluator {
         }
     }
 
-    /// Runs the batch form, or `evaluate` per message when there is none.
+    /// Runs the batch form, or `evaluate` per message when there is none; an
+    /// error when the number of results differs from the number of messages.
     pub fn run_batch(&self, messages: &[Message<'_>], rt: &Runtime<'_>) -> Result<Vec<Evaluation>> {
         let results = match &self.batch {
             Some(batch) => batch(messages, rt)?,

@@ -449,8 +449,17 @@ pub mod __private {
 
 /// Exports one or more plugins from a `cdylib` crate.
 ///
-/// Pass the functions that build them. Each function may run more than once,
-/// so keep it free of side effects.
+/// Pass the functions that build them: `export_plugin!(plugin)`, or
+/// `export_plugin!(weather, forecast)` for several plugins in one library
+/// (each with its own name, manifest, config and permissions; the host loads,
+/// orders and hot-reloads them as separate plugins, all from the same file).
+/// Use the macro once per library. Each function may run more than once (to
+/// read the manifests, then to create each instance), so keep it free of
+/// side effects.
+///
+/// The example is not run as a test: the macro defines the library's export
+/// symbol, which only makes sense in a `cdylib`. See `docs/plugin-guide.md`
+/// for a complete plugin crate.
 ///
 /// ```ignore
 /// fn plugin() -> plugin_api::Plugin {

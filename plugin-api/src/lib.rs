@@ -6,6 +6,10 @@
 //! an FFI type or writes `unsafe`; [`testing`] runs the same code in unit tests
 //! without a host.
 //!
+//! The plugin guide (`docs/plugin-guide.md` in the agent-host repository)
+//! walks through every component kind, config, permissions, hot reload,
+//! testing and the rules a plugin must keep.
+//!
 //! ```
 //! use plugin_api::{Action, ActionResult, Plugin};
 //!
@@ -45,7 +49,13 @@
 //!
 //! A plugin built against another ABI major version, or with a foreign
 //! layout, is rejected at load time with one line that names the file and
-//! says to rebuild it against the host's `plugin-api`.
+//! says to rebuild it against the host's `plugin-api`, such as:
+//!
+//! ```text
+//! plugins/old.so: built against plugin ABI 2.0.0, but this host speaks plugin ABI 1.x: rebuild the plugin against this host's plugin-api
+//! ```
+//!
+//! The other plugins load and serve regardless.
 
 #![warn(missing_docs)]
 
@@ -76,6 +86,8 @@ pub use runtime::{
 pub use service::{Service, ServiceBuilder};
 
 /// Re-exported so plugins can build JSON values without their own dependency.
+/// (`serde` itself is not re-exported: a plugin that derives `Serialize` or
+/// `Deserialize` depends on `serde` with the `derive` feature.)
 pub use serde_json::{self, json, Value};
 
 /// The names a plugin usually needs: `use plugin_api::prelude::*;`.

@@ -178,7 +178,26 @@ pub struct Dependency {
 }
 
 impl Dependency {
-    /// Parses `name` or `name@requirement`, such as `http-client@^1.2`.
+    /// Parses `name` or `name@requirement`, such as `http-client@^1.2`. The
+    /// requirement uses Cargo's semver syntax (`^1.2`, `>=1, <3`, `=1.0.4`);
+    /// without one any version is accepted.
+    ///
+    /// ```
+    /// use plugin_api::manifest::Dependency;
+    ///
+    /// let dep = Dependency::parse("http-client@^1.2", false).unwrap();
+    /// assert_eq!(dep.name, "http-client");
+    /// assert!(dep.requirement.matches(&"1.4.0".parse().unwrap()));
+    /// assert!(!dep.requirement.matches(&"2.0.0".parse().unwrap()));
+    /// assert_eq!(dep.to_string(), "http-client@^1.2");
+    ///
+    /// let any = Dependency::parse("geolocation", true).unwrap();
+    /// assert!(any.optional);
+    /// assert_eq!(any.to_string(), "geolocation");
+    ///
+    /// assert!(Dependency::parse("geolocation@^one", false).is_err());
+    /// assert!(Dependency::parse("Geolocation", false).is_err());
+    /// ```
     pub fn parse(text: &str, optional: bool) -> Result<Self, String> {
         let (name, requirement) = match text.split_once('@') {
             Some((name, req)) => {
@@ -231,8 +250,16 @@ pub struct ValidManifest {
     pub dependencies: Vec<Dependency>,
 }
 
-/// Checks a plugin, dependency or component name: kebab-case ASCII, 1 to 64
-/// characters, starting with a letter.
+/// Checks a plugin or dependency name: kebab-case ASCII, 1 to 64
+/// characters, starting with a letter. (Component names follow a looser
+/// rule: letters, digits, `_`, `-`, `.`, `:`, starting with a letter.)
+///
+/// ```
+/// use plugin_api::manifest::check_name;
+///
+/// assert!(check_name("http-client").is_ok());
+/// assert!(check_name("http_client").is_err());
+/// ```
 pub fn check_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 64
@@ -286,7 +313,45 @@ fn unique<'a>(kind: &str, names: impl Iterator<Item = &'a str>) -> Result<(), Ma
 }
 
 impl Manifest {
-    /// Checks every field and parses version and dependencies.
+    /// Checks every field and parses version and dependencies: the name
+    /// (kebab-case), the version (semver), each dependency (no duplicates, not
+    /// on itself), each permission (not empty, no spaces), the config schema
+    /// and default config (JSON objects), component names (unique per kind)
+    /// and action limits (rate limit and timeout greater than 0). The host
+    /// runs it on every manifest it loads; the first problem is the error.
+    ///
+    /// ```
+    /// use plugin_api::{Action, ActionResult, Plugin};
+    ///
+    /// let valid = Plugin::new("weather", "1.2.0")
+    ///     .dependency("geolocation@^1")
+    ///     .optional_dependency("http-client")
+    ///     .manifest()
+    ///     .validate()
+    ///     .unwrap();
+    /// assert_eq!(valid.version.to_string(), "1.2.0");
+    /// assert_eq!(valid.dependencies[0].name, "geolocation");
+    /// assert!(valid.dependencies[1].optional);
+    ///
+    /// let error = Plugin::new("weather", "1.x").manifest().validate().unwrap_err();
+    /// assert_eq!(error.field, "version");
+    ///
+    /// let error = Plugin::new("Weather", "1.0.0").manifest().validate().unwrap_err();
+    /// assert_eq!(error.field, "name");
+    ///
+    /// let twice = |name: &str| {
+    ///     Action::new(name)
+    ///         .validate(|_| false)
+    ///         .handler(|_, _| Ok(ActionResult::default()))
+    /// };
+    /// let error = Plugin::new("weather", "1.0.0")
+    ///     .action(twice("GET"))
+    ///     .action(twice("GET"))
+    ///     .manifest()
+    ///     .validate()
+    ///     .unwrap_err();
+    /// assert_eq!(error.to_string(), "manifest field `actions[1].name`: 'GET' is used by two actions");
+    /// ```
     pub fn validate(&self) -> Result<ValidManifest, ManifestError> {
         let err = |field: &str, reason: String| ManifestError {
             field: field.to_string(),

@@ -4,13 +4,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::sync::OnceLock;
 
-/// Everything about a message besides its text.
+/// Everything about a message besides its text, as the host sends it (one
+/// JSON object).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Context {
     /// Who sent the message.
     pub sender: String,
-    /// The permissions the operator gave the sender.
+    /// The permissions the operator gave the sender (from the `[senders]`
+    /// table; what the client claims when the host's config has none).
     pub permissions: Vec<String>,
     /// Free-form metadata from the client.
     pub metadata: Map<String, Value>,
@@ -24,6 +26,30 @@ pub struct Context {
 /// Inside the host it borrows the host's buffers; the context is parsed only
 /// when plugin code first asks for it, so a `validate` that looks only at the
 /// text costs no parsing.
+///
+/// In unit tests, build one with [`Message::new`] and the `with_*` builders:
+///
+/// ```
+/// use plugin_api::{json, Message};
+///
+/// let msg = Message::new("forecast for London?")
+///     .with_id("m-1")
+///     .with_sender("alice")
+///     .with_permission("data:analyze")
+///     .with_state("weather-context", json!({"temperature": 14.2}))
+///     .with_metadata("channel", json!("cli"));
+/// assert_eq!(msg.id(), "m-1");
+/// assert_eq!(msg.text(), "forecast for London?");
+/// assert_eq!(msg.sender(), "alice");
+/// assert!(msg.sender_has("data:analyze"));
+/// assert_eq!(msg.state("weather-context").unwrap()["temperature"], 14.2);
+/// assert_eq!(msg.metadata()["channel"], "cli");
+///
+/// // As the host passes it: the context is JSON, parsed on first use.
+/// let raw = Message::from_parts("m-2", "hi", r#"{"sender":"bob","permissions":[]}"#);
+/// assert_eq!(raw.sender(), "bob");
+/// assert!(raw.state("weather-context").is_none());
+/// ```
 #[derive(Debug)]
 pub struct Message<'a> {
     id: &'a str,
@@ -126,7 +152,7 @@ impl<'a> Message<'a> {
         &self.context().sender
     }
 
-    /// Whether the sender holds `permission`.
+    /// Whether the sender holds `permission` (an exact match).
     pub fn sender_has(&self, permission: &str) -> bool {
         self.context().permissions.iter().any(|p| p == permission)
     }
@@ -136,7 +162,9 @@ impl<'a> Message<'a> {
         &self.context().metadata
     }
 
-    /// The state value a provider supplied for this message, if any.
+    /// The state value a provider supplied for this message, if any, by the
+    /// provider's name. Action handlers and evaluators see the state;
+    /// `validate` does too. Providers themselves get a message without it.
     pub fn state(&self, provider: &str) -> Option<&Value> {
         self.context().state.get(provider)
     }

@@ -49,7 +49,8 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    /// A plugin with a unique kebab-case name and a semantic version.
+    /// A plugin with a unique kebab-case name and a semantic version
+    /// (checked by [`Manifest::validate`] when the host loads it).
     pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
         Self {
             manifest: Manifest {
@@ -99,7 +100,9 @@ impl Plugin {
         self
     }
 
-    /// A plugin that must load first: `name` or `name@<semver requirement>`.
+    /// A plugin that must load first: `name` or `name@<semver requirement>`
+    /// (see [`crate::manifest::Dependency::parse`]). Without it the plugin
+    /// fails to load.
     pub fn dependency(mut self, dependency: impl Into<String>) -> Self {
         self.manifest.dependencies.push(dependency.into());
         self
@@ -111,20 +114,25 @@ impl Plugin {
         self
     }
 
-    /// A permission the plugin asks the operator for, such as `service:weather`
-    /// or `event:emit:weather:*`.
+    /// A permission the plugin asks the operator for, such as `service:weather`,
+    /// `event:emit:weather:*`, `config:*` or `config:api_key`. The operator
+    /// grants it in the `[grants]` table of the host's config; the host checks
+    /// it on every callback.
     pub fn permission(mut self, permission: impl Into<String>) -> Self {
         self.manifest.permissions.push(permission.into());
         self
     }
 
-    /// The JSON Schema the plugin's config must satisfy.
+    /// The JSON Schema the plugin's config must satisfy (a JSON object). The
+    /// host validates the merged config against it before `on_load`; a config
+    /// that fails fails this plugin only.
     pub fn config_schema(mut self, schema: Value) -> Self {
         self.manifest.config_schema = Some(schema);
         self
     }
 
-    /// Config used where the operator's config says nothing.
+    /// Config used where the operator's config says nothing (a JSON object;
+    /// the operator's `[plugins.NAME]` section is merged over it key by key).
     pub fn default_config(mut self, config: Value) -> Self {
         self.manifest.default_config = Some(config);
         self
@@ -155,7 +163,10 @@ impl Plugin {
     }
 
     /// Runs when the plugin is loaded, before its services start. An error
-    /// here stops the plugin from loading.
+    /// here stops the plugin from loading. Several hooks run in the order they
+    /// were added. This is the place for real work (subscriptions, timers,
+    /// opening files): the function that builds the plugin may run more than
+    /// once.
     pub fn on_load(
         mut self,
         hook: impl Fn(&Runtime<'_>) -> Result<()> + Send + Sync + 'static,
@@ -164,7 +175,10 @@ impl Plugin {
         self
     }
 
-    /// Runs when the plugin is unloaded, after its services stopped.
+    /// Runs when the plugin is unloaded, after its services stopped: at
+    /// shutdown, when its file is removed, and on the old generation after a
+    /// hot reload. The library itself stays mapped: stop every thread the
+    /// plugin started.
     pub fn on_unload(
         mut self,
         hook: impl Fn(&Runtime<'_>) -> Result<()> + Send + Sync + 'static,
@@ -175,6 +189,63 @@ impl Plugin {
 
     /// Hands state from one generation to the next on hot reload: `export`
     /// runs on the old generation, `import` on the new one before it serves.
+    ///
+    /// The host's order on reload: wait for calls in flight to finish and hold
+    /// new ones; `export` on the old generation; `import` on the new one (only
+    /// when both generations have state hooks and `export` returned something
+    /// other than `null`); the new generation's `on_load`; its services start
+    /// and its providers are subscribed; the swap; the held calls go to the new
+    /// generation; the old one stops its services and runs `on_unload`. An
+    /// error from `export` or `import` refuses the reload and the old
+    /// generation keeps serving. Keep the state JSON small and versioned: the
+    /// new build may be older or newer than the one that exported it.
+    ///
+    /// Test the hand-over by running both hooks yourself, in the host's order
+    /// (`import` before `on_load`):
+    ///
+    /// ```
+    /// use plugin_api::{json, testing::TestHost, Action, ActionResult, Plugin};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// fn plugin() -> Plugin {
+    ///     let notes = Arc::new(Mutex::new(Vec::<String>::new()));
+    ///     let (add, list) = (Arc::clone(&notes), Arc::clone(&notes));
+    ///     let (export, import) = (Arc::clone(&notes), Arc::clone(&notes));
+    ///     Plugin::new("notes", "1.0.0")
+    ///         .action(
+    ///             Action::new("REMEMBER")
+    ///                 .validate(|m| m.text().starts_with("remember "))
+    ///                 .handler(move |m, _rt| {
+    ///                     add.lock().unwrap().push(m.text()[9..].to_string());
+    ///                     Ok(ActionResult::text("noted"))
+    ///                 }),
+    ///         )
+    ///         .action(
+    ///             Action::new("RECALL")
+    ///                 .validate(|m| m.text() == "recall")
+    ///                 .handler(move |_m, _rt| Ok(ActionResult::text(list.lock().unwrap().join(", ")))),
+    ///         )
+    ///         .state_hooks(
+    ///             move |_rt| Ok(json!({"v": 1, "notes": export.lock().unwrap().clone()})),
+    ///             move |state, _rt| {
+    ///                 *import.lock().unwrap() = serde_json::from_value(state["notes"].clone())?;
+    ///                 Ok(())
+    ///             },
+    ///         )
+    /// }
+    ///
+    /// let old_host = TestHost::new("notes");
+    /// let old = old_host.load(plugin()).unwrap();
+    /// old.handle("REMEMBER", "remember buy milk").unwrap();
+    /// let state = old.plugin().export_state(&old_host.runtime()).unwrap();
+    ///
+    /// let new_host = TestHost::new("notes");
+    /// let next = plugin();
+    /// assert!(next.manifest().state_hooks);
+    /// next.import_state(state, &new_host.runtime()).unwrap();
+    /// let new = new_host.load(next).unwrap();
+    /// assert_eq!(new.handle("RECALL", "recall").unwrap().text, "buy milk");
+    /// ```
     pub fn state_hooks(
         mut self,
         export: impl Fn(&Runtime<'_>) -> Result<Value> + Send + Sync + 'static,
@@ -190,6 +261,44 @@ impl Plugin {
     /// `on_load` hooks in order and `on_unload` hooks in reverse order. The
     /// parts' dependencies and permissions are merged; a dependency on one of
     /// the parts themselves is dropped.
+    ///
+    /// Only that is carried over: the parts' descriptions, authors, licenses,
+    /// config schemas, default configs and state hooks are not (set them on
+    /// the composed plugin). The parts share one config, one set of
+    /// permissions and one name, and component names must stay unique across
+    /// them ([`Manifest::validate`] rejects duplicates). Calls between the
+    /// parts' services are calls to the plugin's own services, which need no
+    /// permission.
+    ///
+    /// ```
+    /// use plugin_api::{Action, ActionResult, Plugin, Provider};
+    ///
+    /// fn greeter() -> Plugin {
+    ///     Plugin::new("greeter", "1.0.0")
+    ///         .dependency("clock@^1")
+    ///         .dependency("geolocation@^1")
+    ///         .permission("service:geolocation")
+    ///         .action(
+    ///             Action::new("GREET")
+    ///                 .validate(|m| m.text().contains("hello"))
+    ///                 .handler(|_m, _rt| Ok(ActionResult::text("Hello!"))),
+    ///         )
+    /// }
+    ///
+    /// fn clock() -> Plugin {
+    ///     Plugin::new("clock", "1.0.0")
+    ///         .provider(Provider::new("clock").get(|_m, _rt| Ok(12)))
+    /// }
+    ///
+    /// let assistant = Plugin::compose("assistant", "1.0.0", vec![greeter(), clock()]);
+    /// let manifest = assistant.manifest();
+    /// // The dependency on the `clock` part is dropped; the others stay.
+    /// assert_eq!(manifest.dependencies, ["geolocation@^1"]);
+    /// assert_eq!(manifest.permissions, ["service:geolocation"]);
+    /// assert_eq!(manifest.actions[0].name, "GREET");
+    /// assert_eq!(manifest.providers[0].name, "clock");
+    /// assert!(manifest.validate().is_ok());
+    /// ```
     pub fn compose(
         name: impl Into<String>,
         version: impl Into<String>,
@@ -250,7 +359,17 @@ impl Plugin {
         manifest
     }
 
-    /// Components that lack a required part (an action without a handler...).
+    /// Components that lack a required part (an action without a handler or a
+    /// `validate`, a provider without `get`, an evaluator without `evaluate`).
+    /// The export macro refuses to report a manifest while this is not empty,
+    /// so the host rejects the library.
+    ///
+    /// ```
+    /// use plugin_api::{Action, Plugin};
+    ///
+    /// let plugin = Plugin::new("broken", "1.0.0").action(Action::new("NOTHING"));
+    /// assert_eq!(plugin.problems(), ["action 'NOTHING' has no validate"]);
+    /// ```
     pub fn problems(&self) -> Vec<String> {
         let actions = self.actions.iter().filter_map(Action::missing_parts);
         let providers = self.providers.iter().filter_map(Provider::missing_parts);
@@ -283,12 +402,12 @@ impl Plugin {
         self.services.iter().find(|s| s.name() == name)
     }
 
-    /// Runs the `on_load` hooks.
+    /// Runs the `on_load` hooks, in order, stopping at the first error.
     pub fn load(&self, rt: &Runtime<'_>) -> Result<()> {
         self.on_load.iter().try_for_each(|hook| hook(rt))
     }
 
-    /// Runs the `on_unload` hooks.
+    /// Runs the `on_unload` hooks, in order, stopping at the first error.
     pub fn unload(&self, rt: &Runtime<'_>) -> Result<()> {
         self.on_unload.iter().try_for_each(|hook| hook(rt))
     }

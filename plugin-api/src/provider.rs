@@ -11,11 +11,20 @@ use std::time::Duration;
 type Getter = Box<dyn Fn(&Message<'_>, &Runtime<'_>) -> Result<Value> + Send + Sync>;
 type Subscriber = Box<dyn Fn(ProviderPush, &Runtime<'_>) -> Result<Unsubscribe> + Send + Sync>;
 
-/// Ends a provider subscription; returned by the `subscribe` callback.
+/// Ends a provider subscription; returned by the `subscribe` callback. The
+/// host calls it when it unsubscribes the provider, and when the plugin
+/// unloads (before `on_unload`).
 pub type Unsubscribe = Box<dyn FnOnce() + Send>;
 
 /// A provider: `get` supplies a value that the host puts into the state under
 /// the provider's name. Optionally cached, optionally pushing fresh values.
+///
+/// The state is a JSON object keyed by provider name, composed once per
+/// message before any `validate` runs; handlers read it with
+/// [`Message::state`]. Names are global: when two plugins have a provider of
+/// the same name, the one earlier in load order wins and the other is left
+/// out (with an error in the reply). A failing provider is left out of the
+/// state; the message is still answered.
 ///
 /// ```
 /// use plugin_api::{Provider, testing::TestHost, Message};
@@ -57,6 +66,11 @@ impl Provider {
 
     /// Caches the value for `ttl`; with `stale_while_revalidate` the host
     /// serves a stale value at once and refreshes it in the background.
+    ///
+    /// The cache holds one value per provider, not one per message or
+    /// sender: a cached provider's `get` must not depend on the message.
+    /// Without a cache (and without pushed values) `get` runs for every
+    /// message.
     pub fn cache(mut self, ttl: Duration, stale_while_revalidate: bool) -> Self {
         self.spec.cache = Some(CacheConfig {
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
@@ -65,7 +79,8 @@ impl Provider {
         self
     }
 
-    /// Supplies the value for a message.
+    /// Supplies the value for a message (any `Serialize` value). Required.
+    /// The message it gets carries the sender and metadata, but no state.
     pub fn get<T: Serialize>(
         mut self,
         get: impl Fn(&Message<'_>, &Runtime<'_>) -> Result<T> + Send + Sync + 'static,
@@ -78,6 +93,35 @@ impl Provider {
 
     /// Starts pushing fresh values: called when the host subscribes, returns
     /// the function that stops the pushing.
+    ///
+    /// The host subscribes every subscribable provider after the plugin's
+    /// services started, and stores each pushed value as the provider's
+    /// current value (a subscribable provider without a cache is asked with
+    /// `get` until the first push). A plugin has no async runtime: push from a
+    /// timer, as here, or from a thread the stop function ends. On a hot
+    /// reload the new generation is subscribed before it serves, and values it
+    /// pushes before the swap are dropped, so do not rely on a push made
+    /// inside this callback.
+    ///
+    /// ```
+    /// use plugin_api::{Provider, Unsubscribe};
+    /// use std::time::Duration;
+    ///
+    /// let ticks = Provider::new("ticks")
+    ///     .get(|_msg, _rt| Ok(0))
+    ///     .subscribe(|push, rt| {
+    ///         let count = std::sync::atomic::AtomicU64::new(0);
+    ///         let timer = rt.every(Duration::from_secs(5), move |_rt| {
+    ///             push.push(&count.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    ///         })?;
+    ///         let handle = rt.handle();
+    ///         let stop: Unsubscribe = Box::new(move || {
+    ///             let _ = handle.runtime().cancel_timer(timer);
+    ///         });
+    ///         Ok(stop)
+    ///     });
+    /// assert!(ticks.fetch(&plugin_api::Message::new(""), &plugin_api::testing::TestHost::new("t").runtime()).is_ok());
+    /// ```
     pub fn subscribe(
         mut self,
         subscribe: impl Fn(ProviderPush, &Runtime<'_>) -> Result<Unsubscribe> + Send + Sync + 'static,
@@ -92,7 +136,7 @@ impl Provider {
         &self.spec.name
     }
 
-    /// Runs `get`.
+    /// Runs `get`; an error when there is none.
     pub fn fetch(&self, message: &Message<'_>, rt: &Runtime<'_>) -> Result<Value> {
         match &self.getter {
             Some(get) => get(message, rt),

@@ -111,6 +111,44 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// What plugin code gets in every call: logging, config, services, events,
 /// timers, and the call's cancellation signal.
+///
+/// A `Runtime<'_>` is borrowed for one call and cannot be kept after it
+/// returns; code that runs later (a thread, a stored callback) takes an owned
+/// [`RuntimeHandle`] from [`Runtime::handle`] instead. Every callback goes
+/// through the host, which checks the plugin's permissions: reading config
+/// needs `config:KEY` (or `config:*`), emitting needs `event:emit:NAME`, and
+/// calling another plugin's service needs `service:NAME`.
+/// [`crate::testing::TestHost`] gives a runtime for unit tests (it checks no
+/// permissions):
+///
+/// ```
+/// use plugin_api::{json, testing::TestHost, Value};
+///
+/// let host = TestHost::new("greeter").with_config(json!({"home": "Paris"}));
+/// let rt = host.runtime();
+///
+/// // Config: one top-level value, `Value::Null` when absent.
+/// assert_eq!(rt.config_value("home").unwrap(), "Paris");
+/// assert_eq!(rt.config_value("missing").unwrap(), Value::Null);
+///
+/// // Events: emit, subscribe, unsubscribe.
+/// rt.emit("greeter:greeted", &json!({"who": "alice"})).unwrap();
+/// assert_eq!(host.emitted()[0].name, "greeter:greeted");
+/// let subscription = rt
+///     .on("greeter:ping", |event, rt| {
+///         rt.info(format!("ping {}", event.payload));
+///         Ok(())
+///     })
+///     .unwrap();
+/// assert_eq!(host.deliver("greeter:ping", json!(1)).unwrap(), 1);
+/// rt.off(subscription).unwrap();
+/// assert_eq!(host.deliver("greeter:ping", json!(2)).unwrap(), 0);
+/// assert_eq!(host.logs()[0].1, "ping 1");
+///
+/// // Outside an action handler there is no cancellation signal.
+/// assert!(!rt.is_cancelled());
+/// assert!(rt.check_cancelled().is_ok());
+/// ```
 #[derive(Clone, Copy)]
 pub struct Runtime<'a> {
     shared: &'a Arc<Shared>,
@@ -129,6 +167,17 @@ impl<'a> Runtime<'a> {
 
     /// An owned handle that outlives this call (for threads and stored callbacks).
     /// It carries no cancellation signal.
+    ///
+    /// ```
+    /// use plugin_api::testing::TestHost;
+    ///
+    /// let host = TestHost::new("worker");
+    /// let handle = host.runtime().handle();
+    /// std::thread::spawn(move || handle.runtime().info("from a thread"))
+    ///     .join()
+    ///     .unwrap();
+    /// assert_eq!(host.logs()[0].1, "from a thread");
+    /// ```
     pub fn handle(&self) -> RuntimeHandle {
         RuntimeHandle {
             shared: Arc::clone(self.shared),
@@ -161,6 +210,21 @@ impl<'a> Runtime<'a> {
     }
 
     /// The plugin's whole config, deserialized into `T`.
+    ///
+    /// In the host this needs the `config:*` permission (the whole config is
+    /// read at once). The config is the plugin's default config with the
+    /// operator's `[plugins.NAME]` section merged over it (secrets from
+    /// `{ env = "VAR" }` resolved), already validated against the plugin's
+    /// JSON Schema.
+    ///
+    /// ```
+    /// use plugin_api::{json, testing::TestHost};
+    /// use std::collections::BTreeMap;
+    ///
+    /// let host = TestHost::new("example").with_config(json!({"a": 1, "b": 2}));
+    /// let config: BTreeMap<String, u32> = host.runtime().config().unwrap();
+    /// assert_eq!(config["b"], 2);
+    /// ```
     pub fn config<T: DeserializeOwned>(&self) -> Result<T> {
         let json = self.shared.host.config("")?;
         serde_json::from_str(&json)
@@ -168,6 +232,18 @@ impl<'a> Runtime<'a> {
     }
 
     /// One top-level config value; `Value::Null` when the key is absent.
+    ///
+    /// In the host this needs `config:KEY` or `config:*`; without it the call
+    /// returns an [`ErrorKind::PermissionDenied`] error.
+    ///
+    /// ```
+    /// use plugin_api::{json, testing::TestHost, Value};
+    ///
+    /// let host = TestHost::new("weather").with_config(json!({"units": "metric"}));
+    /// let rt = host.runtime();
+    /// assert_eq!(rt.config_value("units").unwrap(), "metric");
+    /// assert_eq!(rt.config_value("base_url").unwrap(), Value::Null);
+    /// ```
     pub fn config_value(&self, key: &str) -> Result<Value> {
         let json = self.shared.host.config(key)?;
         serde_json::from_str(&json)
@@ -175,6 +251,10 @@ impl<'a> Runtime<'a> {
     }
 
     /// A client for another plugin's service, such as `rt.service("weather")`.
+    ///
+    /// Calling a service of another plugin needs the `service:NAME`
+    /// permission; a plugin's own services are always allowed. See
+    /// [`ServiceClient::call`].
     pub fn service(&self, name: &'a str) -> ServiceClient<'a> {
         ServiceClient {
             shared: self.shared,
@@ -182,13 +262,51 @@ impl<'a> Runtime<'a> {
         }
     }
 
-    /// Emits an event with a payload.
+    /// Emits an event with a payload (any `Serialize` value; `&()` for none).
+    ///
+    /// In the host this needs `event:emit:NAME` (a granted pattern such as
+    /// `event:emit:weather:*` covers every name it prefixes). Handlers run
+    /// synchronously on the emitting thread; a failing handler is logged and
+    /// does not stop the others, nor fail the `emit`.
+    ///
+    /// ```
+    /// use plugin_api::{json, testing::TestHost};
+    ///
+    /// let host = TestHost::new("weather");
+    /// host.runtime()
+    ///     .emit("weather:reported", &json!({"location": "London"}))
+    ///     .unwrap();
+    /// let emitted = host.emitted();
+    /// assert_eq!(emitted[0].name, "weather:reported");
+    /// assert_eq!(emitted[0].payload["location"], "London");
+    /// ```
     pub fn emit(&self, event: &str, payload: &impl Serialize) -> Result<()> {
         let json = serde_json::to_string(payload)?;
         self.shared.host.emit(event, &json)
     }
 
     /// Calls `handler` for every `event` until [`Runtime::off`] or unload.
+    ///
+    /// Subscribing needs no permission. In the host `event` may end in `*`
+    /// to match every name it prefixes (`weather:*`);
+    /// [`TestHost::deliver`](crate::testing::TestHost::deliver) matches names
+    /// exactly. Subscriptions belong to one generation of the plugin: make
+    /// them in `on_load` (or later), so that a hot-reloaded generation makes
+    /// its own.
+    ///
+    /// ```
+    /// use plugin_api::{json, testing::TestHost};
+    ///
+    /// let host = TestHost::new("audit");
+    /// let rt = host.runtime();
+    /// rt.on("action:completed", |event, rt| {
+    ///     rt.info(format!("{} completed", event.payload["action"]));
+    ///     Ok(())
+    /// })
+    /// .unwrap();
+    /// assert_eq!(host.deliver("action:completed", json!({"action": "GREET"})).unwrap(), 1);
+    /// assert_eq!(host.logs()[0].1, "\"GREET\" completed");
+    /// ```
     pub fn on(
         &self,
         event: &str,
@@ -208,6 +326,26 @@ impl<'a> Runtime<'a> {
     /// Calls `handler` every `period`, first after one period, until
     /// [`Runtime::cancel_timer`] or unload. Timers run on the host's threads:
     /// a plugin has no async runtime of its own.
+    ///
+    /// Timers belong to one generation of the plugin: a retired generation's
+    /// timers stop, and a generation being hot-reloaded in fires its timers
+    /// only once it serves. An error from `handler` is logged; the timer
+    /// keeps running.
+    ///
+    /// ```
+    /// use plugin_api::testing::TestHost;
+    /// use std::time::Duration;
+    ///
+    /// let host = TestHost::new("ticker");
+    /// let rt = host.runtime();
+    /// let timer = rt
+    ///     .every(Duration::from_secs(60), |rt| rt.emit("ticker:tick", &()))
+    ///     .unwrap();
+    /// host.fire_timers().unwrap();
+    /// assert_eq!(host.emitted().len(), 1);
+    /// rt.cancel_timer(timer).unwrap();
+    /// assert!(host.timers().is_empty());
+    /// ```
     pub fn every(
         &self,
         period: Duration,
@@ -216,7 +354,8 @@ impl<'a> Runtime<'a> {
         self.timer(period, period, handler)
     }
 
-    /// Calls `handler` once after `delay`.
+    /// Calls `handler` once after `delay`. Like [`Runtime::every`], it runs on
+    /// a host thread and belongs to the current generation.
     pub fn after(
         &self,
         delay: Duration,
@@ -241,7 +380,7 @@ impl<'a> Runtime<'a> {
         Ok(Timer(id))
     }
 
-    /// Cancels a timer.
+    /// Cancels a timer made with [`Runtime::every`] or [`Runtime::after`].
     pub fn cancel_timer(&self, timer: Timer) -> Result<()> {
         lock(&self.shared.timer_handlers).remove(&timer.0);
         self.shared.host.clear_timer(timer.0)
@@ -249,6 +388,14 @@ impl<'a> Runtime<'a> {
 
     /// Whether the host has cancelled this call (its timeout passed). Long
     /// handlers should check it and stop early.
+    ///
+    /// Only action handlers get a cancellation signal and a deadline (the
+    /// action's [`timeout`](crate::Action::timeout), else the host's
+    /// `action_timeout_ms`). Providers, evaluators, service methods, event
+    /// handlers, timers and hooks run without one, and this returns `false`
+    /// there; a service called from a handler does not see the handler's
+    /// cancellation either. The host does not stop a thread that ignores the
+    /// signal: the handler keeps running until it returns.
     pub fn is_cancelled(&self) -> bool {
         self.control.is_some_and(|c| {
             c.is_cancelled() || {
@@ -258,7 +405,26 @@ impl<'a> Runtime<'a> {
         })
     }
 
-    /// Returns a [`ErrorKind::Cancelled`] error if the call was cancelled.
+    /// Returns a [`ErrorKind::Cancelled`] error if the call was cancelled, so
+    /// a handler can stop with `rt.check_cancelled()?`. The host reports a
+    /// handler that returns this error as timed out.
+    ///
+    /// ```
+    /// use plugin_api::{Action, ActionResult};
+    ///
+    /// let action = Action::new("COUNT")
+    ///     .validate(|msg| msg.text().starts_with("count"))
+    ///     .handler(|_msg, rt| {
+    ///         let mut total = 0u64;
+    ///         for chunk in 0..1_000u64 {
+    ///             rt.check_cancelled()?; // stop early once the timeout passed
+    ///             total += chunk;
+    ///         }
+    ///         Ok(ActionResult::text(total.to_string()))
+    ///     });
+    /// # let host = plugin_api::testing::TestHost::new("x");
+    /// # assert_eq!(action.run(&plugin_api::Message::new("count"), &host.runtime()).unwrap().text, "499500");
+    /// ```
     pub fn check_cancelled(&self) -> Result<()> {
         if self.is_cancelled() {
             Err(Error::new(ErrorKind::Cancelled, "the call was cancelled"))
@@ -267,7 +433,7 @@ impl<'a> Runtime<'a> {
         }
     }
 
-    /// The call's deadline, if it has one.
+    /// The call's deadline, if it has one (only action handlers have one).
     pub fn deadline(&self) -> Option<SystemTime> {
         self.control
             .map(CallControl::deadline_unix_ms)
@@ -283,28 +449,32 @@ fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// An owned runtime handle, for code that runs outside one call.
+/// An owned runtime handle, for code that runs outside one call: a thread
+/// the plugin started, a provider subscription's stop function, a callback
+/// stored for later. Get one with [`Runtime::handle`].
 #[derive(Clone)]
 pub struct RuntimeHandle {
     shared: Arc<Shared>,
 }
 
 impl RuntimeHandle {
-    /// A runtime for use now (without a cancellation signal).
+    /// A runtime for use now (without a cancellation signal). Its permissions
+    /// are the plugin's, as for any other call.
     pub fn runtime(&self) -> Runtime<'_> {
         Runtime::new(&self.shared, None)
     }
 }
 
-/// A subscription made with [`Runtime::on`].
+/// A subscription made with [`Runtime::on`]; pass it to [`Runtime::off`] to end it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Subscription(pub(crate) u64);
 
-/// A timer made with [`Runtime::every`] or [`Runtime::after`].
+/// A timer made with [`Runtime::every`] or [`Runtime::after`]; pass it to
+/// [`Runtime::cancel_timer`] to cancel it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Timer(pub(crate) u64);
 
-/// Calls another plugin's service through the host.
+/// Calls another plugin's service through the host; made by [`Runtime::service`].
 pub struct ServiceClient<'a> {
     shared: &'a Arc<Shared>,
     name: &'a str,
@@ -312,6 +482,38 @@ pub struct ServiceClient<'a> {
 
 impl ServiceClient<'_> {
     /// Calls `method` with typed arguments and a typed result.
+    ///
+    /// The arguments are serialized to JSON (`&()` sends `null`) and the
+    /// answer is deserialized into `R`. Errors keep their kind: a missing
+    /// service or method is [`ErrorKind::NotFound`], a missing `service:NAME`
+    /// permission [`ErrorKind::PermissionDenied`], a stopped or quarantined
+    /// service [`ErrorKind::Unavailable`], an answer that does not fit `R`
+    /// [`ErrorKind::InvalidInput`]. In tests,
+    /// [`TestHost::with_service`](crate::testing::TestHost::with_service)
+    /// registers a fake:
+    ///
+    /// ```
+    /// use plugin_api::{json, testing::TestHost, Error, ErrorKind, Value};
+    ///
+    /// let host = TestHost::new("weather").with_service("geolocation", |method, args| {
+    ///     match method {
+    ///         "locate" => Ok(json!({"name": "Paris", "asked": args["text"]})),
+    ///         other => Err(Error::new(ErrorKind::NotFound, format!("no method {other}"))),
+    ///     }
+    /// });
+    /// let rt = host.runtime();
+    /// let geo = rt.service("geolocation");
+    ///
+    /// let place: Value = geo.call("locate", &json!({"text": "paris"})).unwrap();
+    /// assert_eq!(place["name"], "Paris");
+    ///
+    /// let error = geo.call::<Value>("teleport", &()).unwrap_err();
+    /// assert_eq!(error.kind(), ErrorKind::NotFound);
+    ///
+    /// // An answer that does not fit the requested type.
+    /// let error = geo.call::<u32>("locate", &json!({"text": "x"})).unwrap_err();
+    /// assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    /// ```
     pub fn call<R: DeserializeOwned>(&self, method: &str, args: &impl Serialize) -> Result<R> {
         let args = serde_json::to_string(args)?;
         let result = self.shared.host.call_service(self.name, method, &args)?;
@@ -326,13 +528,19 @@ impl ServiceClient<'_> {
         })
     }
 
-    /// Calls `method` with JSON arguments and a JSON result.
+    /// Calls `method` with JSON arguments and a JSON result; the same as
+    /// `call::<Value>(method, args)`.
     pub fn call_json(&self, method: &str, args: &Value) -> Result<Value> {
         self.call(method, args)
     }
 }
 
 /// Pushes fresh values for one subscribable provider into the host's cache.
+///
+/// The host hands one to the provider's
+/// [`subscribe`](crate::Provider::subscribe) callback; it is `Clone + Send`
+/// and may be moved into a timer or a thread. A value pushed by a generation
+/// that is not serving (one being hot-reloaded in, or one retired) is dropped.
 #[derive(Clone)]
 pub struct ProviderPush {
     pub(crate) shared: Arc<Shared>,
@@ -340,7 +548,8 @@ pub struct ProviderPush {
 }
 
 impl ProviderPush {
-    /// Pushes a value; the host replaces its cached value with it.
+    /// Pushes a value; the host replaces its cached value with it, and the
+    /// next message's state uses it.
     pub fn push(&self, value: &impl Serialize) -> Result<()> {
         let json = serde_json::to_string(value)?;
         self.shared.host.push_provider_value(self.provider, &json)

@@ -12,7 +12,13 @@ use std::sync::Arc;
 type Hook<S> = Box<dyn Fn(&S, &Runtime<'_>) -> Result<()> + Send + Sync>;
 type Method<S> = Box<dyn Fn(&S, &str, &Runtime<'_>) -> Result<String> + Send + Sync>;
 
-/// A service with typed state `S` and named methods.
+/// Builds a [`Service`] with typed state `S` and named methods; made by
+/// [`Service::new`], turned into a [`Service`] by `.into()` (or by
+/// [`Plugin::service`](crate::Plugin::service), which takes either).
+///
+/// Methods run on the host's threads, possibly several at once, so `S`
+/// shares its data through atomics or locks. Each method takes its arguments
+/// deserialized from the caller's JSON and returns any `Serialize` value.
 ///
 /// ```
 /// use plugin_api::{Service, testing::TestHost};
@@ -35,7 +41,43 @@ pub struct ServiceBuilder<S> {
     methods: BTreeMap<String, Method<S>>,
 }
 
-/// Starts building a service; see [`ServiceBuilder`].
+/// A service: long-lived shared functionality with a name unique across the
+/// agent, which other plugins call by name through
+/// [`Runtime::service`](crate::Runtime::service). Start building one with
+/// [`Service::new`]; see [`ServiceBuilder`].
+///
+/// The host starts a plugin's services after its `on_load` and stops them
+/// (in reverse order) before its `on_unload`. A call to a service that is not
+/// running fails with [`ErrorKind::Unavailable`].
+///
+/// ```
+/// use plugin_api::{json, testing::TestHost, Plugin, Service};
+/// use std::sync::Mutex;
+///
+/// let plugin = Plugin::new("kv", "1.0.0").service(
+///     Service::new("kv", Mutex::new(Vec::<(String, String)>::new()))
+///         .description("set [key, value]; get key -> value or null")
+///         .on_start(|_store, rt| {
+///             rt.info("kv started");
+///             Ok(())
+///         })
+///         .method("set", |store: &Mutex<Vec<(String, String)>>, (key, value): (String, String), _rt| {
+///             store.lock().unwrap().push((key, value));
+///             Ok(())
+///         })
+///         .method("get", |store: &Mutex<Vec<(String, String)>>, key: String, _rt| {
+///             let store = store.lock().unwrap();
+///             Ok(store.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v.clone()))
+///         }),
+/// );
+/// let host = TestHost::new("kv");
+/// let loaded = host.load(plugin).unwrap(); // runs on_load, then starts the service
+/// loaded.call_service("kv", "set", json!(["city", "Paris"])).unwrap();
+/// assert_eq!(loaded.call_service("kv", "get", json!("city")).unwrap(), "Paris");
+/// // A plugin's own services are reachable through the runtime, too.
+/// let city: Option<String> = host.runtime().service("kv").call("get", &"town").unwrap();
+/// assert_eq!(city, None);
+/// ```
 pub struct Service {
     pub(crate) spec: ServiceSpec,
     running: AtomicBool,
@@ -69,7 +111,8 @@ impl Service {
         self.running.load(Ordering::Acquire)
     }
 
-    /// Runs the start hook and marks the service running.
+    /// Runs the start hook and marks the service running (the host does this;
+    /// call it yourself only in tests without [`crate::testing::TestHost::load`]).
     pub fn start(&self, rt: &Runtime<'_>) -> Result<()> {
         self.inner.start(rt)?;
         self.running.store(true, Ordering::Release);
@@ -82,7 +125,10 @@ impl Service {
         self.inner.stop(rt)
     }
 
-    /// Calls a method with JSON arguments; returns JSON.
+    /// Calls a method with JSON arguments (empty means `null`); returns JSON.
+    /// Fails with [`ErrorKind::Unavailable`] when the service is not running,
+    /// [`ErrorKind::NotFound`] for an unknown method and
+    /// [`ErrorKind::InvalidInput`] for arguments that do not fit.
     pub fn call_json(&self, method: &str, args_json: &str, rt: &Runtime<'_>) -> Result<String> {
         if !self.is_running() {
             return Err(Error::new(
@@ -102,6 +148,7 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
     }
 
     /// Runs when the host starts the service (after the plugin's `on_load`).
+    /// An error here fails the plugin's load (or its hot reload).
     pub fn on_start(
         mut self,
         hook: impl Fn(&S, &Runtime<'_>) -> Result<()> + Send + Sync + 'static,

@@ -5,6 +5,12 @@
 //! records logs, emitted events and pushed provider values, and delivers
 //! events and timers on demand.
 //!
+//! It is not the real host: it checks no permissions, does not validate the
+//! config against the plugin's schema, runs no `validate` before a handler
+//! (call [`LoadedPlugin::validate`] yourself), gives handlers no deadline,
+//! matches event names exactly (no `*` patterns) and does not subscribe
+//! providers. Load the built library with `agent-host check` as well.
+//!
 //! ```
 //! use plugin_api::{Action, ActionResult, Plugin, testing::TestHost};
 //!
@@ -80,7 +86,20 @@ impl TestHost {
         Self { inner, shared }
     }
 
-    /// Sets the plugin's config (a JSON object; other values are ignored).
+    /// Sets the plugin's config (a JSON object; other values are ignored), as
+    /// the operator's `[plugins.NAME]` section would. [`TestHost::load`]
+    /// merges the plugin's default config under it.
+    ///
+    /// ```
+    /// use plugin_api::{json, testing::TestHost, Plugin};
+    ///
+    /// let host = TestHost::new("weather").with_config(json!({"units": "imperial"}));
+    /// let plugin = Plugin::new("weather", "1.0.0")
+    ///     .default_config(json!({"units": "metric", "cache_minutes": 10}));
+    /// let _loaded = host.load(plugin).unwrap();
+    /// assert_eq!(host.runtime().config_value("units").unwrap(), "imperial");
+    /// assert_eq!(host.runtime().config_value("cache_minutes").unwrap(), 10);
+    /// ```
     pub fn with_config(self, config: Value) -> Self {
         if let Value::Object(map) = config {
             self.inner.recorded().config = map;
@@ -89,6 +108,9 @@ impl TestHost {
     }
 
     /// Answers calls to another plugin's service with `fake(method, args)`.
+    /// A fake takes precedence over the plugin's own service of that name;
+    /// a call to a service that is neither fails with `NotFound`. See
+    /// [`ServiceClient::call`](crate::ServiceClient::call) for an example.
     pub fn with_service(
         self,
         name: &str,
@@ -107,7 +129,8 @@ impl TestHost {
     }
 
     /// Merges the plugin's default config under the configured one, runs
-    /// `on_load` and starts its services, as the host would.
+    /// `on_load` and starts its services, as the host would. Load one plugin
+    /// per `TestHost`.
     pub fn load(&self, plugin: Plugin) -> Result<LoadedPlugin<'_>> {
         if let Some(Value::Object(defaults)) = plugin.manifest().default_config {
             let mut recorded = self.inner.recorded();
@@ -139,12 +162,16 @@ impl TestHost {
         self.inner.recorded().emitted.clone()
     }
 
-    /// Provider values pushed so far, as (provider index, value).
+    /// Provider values pushed so far, as (provider index, value). Only a
+    /// [`ProviderPush`](crate::ProviderPush) records here, and only the host
+    /// makes one (when it subscribes a provider), so in a `TestHost` this
+    /// stays empty: test the code a subscription runs on its own.
     pub fn pushed(&self) -> Vec<(u32, Value)> {
         self.inner.recorded().pushed.clone()
     }
 
-    /// Timers currently set, as (timer id, after ms, every ms).
+    /// Timers currently set, as (timer id, after ms, every ms; 0 for a
+    /// one-shot timer).
     pub fn timers(&self) -> Vec<(u64, u64, u64)> {
         let mut timers: Vec<_> = self
             .inner
@@ -158,7 +185,31 @@ impl TestHost {
     }
 
     /// Delivers an event to the plugin's handlers registered with
-    /// [`Runtime::on`]; returns how many handlers ran.
+    /// [`Runtime::on`]; returns how many handlers ran. Names match exactly
+    /// (a handler registered for `weather:*` gets nothing here). The first
+    /// handler error is returned.
+    ///
+    /// ```
+    /// use plugin_api::{json, testing::TestHost, Plugin};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let completed = Arc::new(AtomicU64::new(0));
+    /// let counter = Arc::clone(&completed);
+    /// let plugin = Plugin::new("audit", "1.0.0").on_load(move |rt| {
+    ///     let counter = Arc::clone(&counter);
+    ///     rt.on("action:completed", move |_event, _rt| {
+    ///         counter.fetch_add(1, Ordering::SeqCst);
+    ///         Ok(())
+    ///     })?;
+    ///     Ok(())
+    /// });
+    /// let host = TestHost::new("audit");
+    /// let _loaded = host.load(plugin).unwrap();
+    /// assert_eq!(host.deliver("action:completed", json!({"action": "GREET"})).unwrap(), 1);
+    /// assert_eq!(host.deliver("action:failed", json!({})).unwrap(), 0);
+    /// assert_eq!(completed.load(Ordering::SeqCst), 1);
+    /// ```
     pub fn deliver(&self, event: &str, payload: Value) -> Result<usize> {
         let ids: Vec<u64> = self
             .inner
@@ -180,7 +231,26 @@ impl TestHost {
         Ok(ids.len())
     }
 
-    /// Fires every timer once, as if its time had come.
+    /// Fires every timer once, as if its time had come. A one-shot timer
+    /// made with [`Runtime::after`] is not removed: it fires again on the next
+    /// call, unless cancelled. The first handler error is returned.
+    ///
+    /// ```
+    /// use plugin_api::{testing::TestHost, Plugin};
+    /// use std::time::Duration;
+    ///
+    /// let plugin = Plugin::new("ticker", "1.0.0").on_load(|rt| {
+    ///     rt.every(Duration::from_secs(60), |rt| rt.emit("ticker:tick", &()))?;
+    ///     Ok(())
+    /// });
+    /// let host = TestHost::new("ticker");
+    /// let _loaded = host.load(plugin).unwrap();
+    /// let timers = host.timers();
+    /// assert_eq!((timers[0].1, timers[0].2), (60_000, 60_000));
+    /// host.fire_timers().unwrap();
+    /// host.fire_timers().unwrap();
+    /// assert_eq!(host.emitted().len(), 2);
+    /// ```
     pub fn fire_timers(&self) -> Result<()> {
         for (id, _, _) in self.timers() {
             if let Some(handler) = self.shared.timer_handler(id) {
@@ -307,7 +377,8 @@ impl LoadedPlugin<'_> {
         &self.plugin
     }
 
-    /// Runs an action's `validate` on a text.
+    /// Runs an action's `validate` on a text (a message with an empty context;
+    /// for a sender or state, call `plugin().actions()[i].check(&message)`).
     pub fn validate(&self, action: &str, text: &str) -> Result<bool> {
         let action = Self::find(self.plugin.actions(), action, "action", |a| a.name())?;
         Ok(action.check(&Message::new(text)))
@@ -318,13 +389,14 @@ impl LoadedPlugin<'_> {
         self.handle_message(action, &Message::new(text))
     }
 
-    /// Runs an action's handler on a full message.
+    /// Runs an action's handler on a full message, built with the
+    /// [`Message`] builders (sender, permissions, state).
     pub fn handle_message(&self, action: &str, message: &Message<'_>) -> Result<ActionResult> {
         let action = Self::find(self.plugin.actions(), action, "action", |a| a.name())?;
         action.run(message, &self.host.runtime())
     }
 
-    /// Runs a provider's `get`.
+    /// Runs a provider's `get` (no cache involved).
     pub fn provide(&self, provider: &str, text: &str) -> Result<Value> {
         let provider = Self::find(self.plugin.providers(), provider, "provider", |p| p.name())?;
         provider.fetch(&Message::new(text), &self.host.runtime())
