@@ -11,7 +11,8 @@
 
 use crate::discovery::is_plugin_file;
 use crate::host::PluginHost;
-use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::notify::event::ModifyKind;
+use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,18 @@ impl Drop for Watch {
     }
 }
 
+/// Whether an event changes a file's content or presence. Reads (the host's
+/// own, when it copies a file to load it) and metadata changes are not, or
+/// every reload would trigger the next one.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+    }
+}
+
 /// Starts watching `dir` for `host`.
 pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Watch, String> {
     let dir = dir
@@ -60,8 +73,9 @@ pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Wa
             let mut retries: HashMap<PathBuf, (u32, Instant)> = HashMap::new();
             loop {
                 let changed: BTreeSet<PathBuf> = match receiver.recv_timeout(RETRY_AFTER / 2) {
-                    Ok(Ok(events)) => events
+                                        Ok(Ok(events)) => events
                         .iter()
+                        .filter(|e| is_change(&e.kind))
                         .flat_map(|e| e.paths.iter())
                         .filter(|p| is_plugin_file(p))
                         .cloned()
