@@ -40,6 +40,7 @@ pub mod reload;
 pub mod report;
 pub mod resolve;
 pub mod shadow;
+pub mod testing;
 pub mod watch;
 
 pub use crate::config::AgentConfig;

@@ -161,3 +161,19 @@ fn a_plugin_without_the_permission_cannot_call_a_service_or_emit() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+#[test]
+fn test_agent_loads_real_files_for_plugin_authors() {
+    let dir;
+    {
+        let agent = agent_host::testing::TestAgent::load(&examples()).expect("stage");
+        assert!(agent.report.is_clean(), "{:?}", agent.report.failures);
+        dir = agent.dir().to_path_buf();
+        assert!(dir.join(format!("weather.{EXT}")).is_file());
+        assert!(agent.host.handle_message(ask("forecast for Oslo?")).ok);
+    }
+    assert!(
+        !dir.exists(),
+        "the staging folder is removed with the agent"
+    );
+}
