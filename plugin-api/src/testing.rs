@@ -51,6 +51,32 @@ struct Recorded {
     next_subscription: u64,
     pushed: Vec<(u32, Value)>,
     timers: HashMap<u64, (u64, u64)>,
+    /// The loaded plugin's requested permissions, checked like the host
+    /// does once a plugin is loaded (`None` before: everything is allowed).
+    permissions: Option<(String, Vec<String>)>,
+}
+
+/// Whether `pattern` (exact, or ending in `*`) matches `name`, as the host matches.
+fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+impl Recorded {
+    /// Refuses what the loaded plugin did not request, with the fix in the message.
+    fn check(&self, permission: &str) -> Result<()> {
+        match &self.permissions {
+            Some((plugin, held)) if !held.iter().any(|p| matches(p, permission)) => Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "plugin '{plugin}' lacks permission '{permission}' (the host refuses it too: add .permission(\"{permission}\") to the plugin and grant it in the agent's config)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 struct TestHostInner {
@@ -95,6 +121,7 @@ impl TestHost {
     ///
     /// let host = TestHost::new("weather").with_config(json!({"units": "imperial"}));
     /// let plugin = Plugin::new("weather", "1.0.0")
+    ///     .permission("config:*")
     ///     .default_config(json!({"units": "metric", "cache_minutes": 10}));
     /// let _loaded = host.load(plugin).unwrap();
     /// assert_eq!(host.runtime().config_value("units").unwrap(), "imperial");
@@ -132,11 +159,15 @@ impl TestHost {
     /// `on_load` and starts its services, as the host would. Load one plugin
     /// per `TestHost`.
     pub fn load(&self, plugin: Plugin) -> Result<LoadedPlugin<'_>> {
-        if let Some(Value::Object(defaults)) = plugin.manifest().default_config {
+        let manifest = plugin.manifest();
+        {
             let mut recorded = self.inner.recorded();
-            for (key, value) in defaults {
-                recorded.config.entry(key).or_insert(value);
+            if let Some(Value::Object(defaults)) = manifest.default_config {
+                for (key, value) in defaults {
+                    recorded.config.entry(key).or_insert(value);
+                }
             }
+            recorded.permissions = Some((manifest.name.clone(), manifest.permissions.clone()));
         }
         let plugin = Arc::new(plugin);
         *self
@@ -216,7 +247,7 @@ impl TestHost {
             .recorded()
             .subscriptions
             .iter()
-            .filter(|(_, name)| name.as_str() == event)
+            .filter(|(_, pattern)| matches(pattern, event))
             .map(|(id, _)| *id)
             .collect();
         let delivered = Event {
@@ -231,18 +262,20 @@ impl TestHost {
         Ok(ids.len())
     }
 
-    /// Fires every timer once, as if its time had come. A one-shot timer
-    /// made with [`Runtime::after`] is not removed: it fires again on the next
-    /// call, unless cancelled. The first handler error is returned.
+    /// Fires every timer once, as if its time had come; a one-shot timer
+    /// made with [`Runtime::after`] is then gone, as in the host. The first
+    /// handler error is returned.
     ///
     /// ```
     /// use plugin_api::{testing::TestHost, Plugin};
     /// use std::time::Duration;
     ///
-    /// let plugin = Plugin::new("ticker", "1.0.0").on_load(|rt| {
-    ///     rt.every(Duration::from_secs(60), |rt| rt.emit("ticker:tick", &()))?;
-    ///     Ok(())
-    /// });
+    /// let plugin = Plugin::new("ticker", "1.0.0")
+    ///     .permission("event:emit:ticker:*")
+    ///     .on_load(|rt| {
+    ///         rt.every(Duration::from_secs(60), |rt| rt.emit("ticker:tick", &()))?;
+    ///         Ok(())
+    ///     });
     /// let host = TestHost::new("ticker");
     /// let _loaded = host.load(plugin).unwrap();
     /// let timers = host.timers();
@@ -250,9 +283,18 @@ impl TestHost {
     /// host.fire_timers().unwrap();
     /// host.fire_timers().unwrap();
     /// assert_eq!(host.emitted().len(), 2);
+    ///
+    /// // Without the permission the test fails, as the host would refuse it.
+    /// let quiet = Plugin::new("quiet", "1.0.0")
+    ///     .on_load(|rt| rt.emit("quiet:hello", &()));
+    /// let error = TestHost::new("quiet").load(quiet).err().unwrap();
+    /// assert!(error.message().contains("lacks permission 'event:emit:quiet:hello'"));
     /// ```
     pub fn fire_timers(&self) -> Result<()> {
-        for (id, _, _) in self.timers() {
+        for (id, _, every) in self.timers() {
+            if every == 0 {
+                self.inner.recorded().timers.remove(&id);
+            }
             if let Some(handler) = self.shared.timer_handler(id) {
                 handler(&self.runtime())?;
             }
@@ -268,6 +310,11 @@ impl Host for TestHostCallbacks {
 
     fn config(&self, key: &str) -> Result<String> {
         let recorded = self.0.recorded();
+        recorded.check(&if key.is_empty() {
+            "config:*".to_string()
+        } else {
+            format!("config:{key}")
+        })?;
         let value = if key.is_empty() {
             Value::Object(recorded.config.clone())
         } else {
@@ -279,6 +326,7 @@ impl Host for TestHostCallbacks {
     fn call_service(&self, service: &str, method: &str, args_json: &str) -> Result<String> {
         let fake = self.0.recorded().services.get(service).cloned();
         if let Some(fake) = fake {
+            self.0.recorded().check(&format!("service:{service}"))?;
             let args = serde_json::from_str(if args_json.is_empty() {
                 "null"
             } else {
@@ -315,6 +363,7 @@ impl Host for TestHostCallbacks {
     }
 
     fn emit(&self, event: &str, payload_json: &str) -> Result<()> {
+        self.0.recorded().check(&format!("event:emit:{event}"))?;
         let payload = serde_json::from_str(payload_json)?;
         self.0.recorded().emitted.push(Event {
             name: event.to_string(),
