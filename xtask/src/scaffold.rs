@@ -107,19 +107,9 @@ const RESERVED: &[&str] = &[
 /// characters, the rule `plugin-api` applies to manifests; and not a name
 /// cargo, rustc or Windows reserve.
 pub fn check_name(name: &str) -> Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && !name.contains("--")
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !valid {
-        return Err(format!(
-            "'{name}' is not a valid plugin name (kebab-case: lowercase letters, digits and single dashes, starting with a letter, at most 64 characters)"
-        ));
-    }
+    // The very rule the host applies to manifests, so a scaffolded plugin
+    // can never be one the host refuses for its name.
+    plugin_api::manifest::check_name(name)?;
     if RESERVED.contains(&name.replace('-', "_").as_str()) {
         return Err(format!(
             "'{name}' is reserved by Rust, cargo or Windows; pick another plugin name"
