@@ -59,14 +59,13 @@ impl PluginCallbacks {
     }
 
     fn deny(&self, permission: &str) -> HostError {
-        tracing::warn!(plugin = %self.plugin, %permission, "permission denied");
-        if let Some(core) = self.core.upgrade() {
-            core.metrics.denied(&self.plugin, permission);
+        match self.core.upgrade() {
+            Some(core) => core.deny(&self.plugin, permission),
+            None => HostError::new(
+                ErrorKind::PermissionDenied,
+                format!("plugin '{}' lacks permission '{permission}'", self.plugin),
+            ),
         }
-        HostError::new(
-            ErrorKind::PermissionDenied,
-            format!("plugin '{}' lacks permission '{permission}'", self.plugin),
-        )
     }
 }
 

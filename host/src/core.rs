@@ -268,6 +268,17 @@ impl Core {
         })
     }
 
+    /// Refuses a plugin a permission it lacks: a warning in the log, a
+    /// count in the metrics, and the error the plugin gets.
+    pub fn deny(&self, plugin: &str, permission: &str) -> HostError {
+        tracing::warn!(plugin, %permission, "permission denied");
+        self.metrics.denied(plugin, permission);
+        HostError::new(
+            ErrorKind::PermissionDenied,
+            format!("plugin '{plugin}' lacks permission '{permission}'"),
+        )
+    }
+
     /// Counts an error from plugin code and quarantines the plugin when it
     /// panicked `quarantine_after_panics` times within the window.
     pub fn record_error(&self, plugin: &LivePlugin, error: &CallError) {
@@ -516,12 +527,7 @@ impl Core {
                 .is_some_and(|s| s.plugin.name() == caller.name);
             let permission = format!("service:{service}");
             if !own && !caller.permissions.allows(&permission) {
-                tracing::warn!(plugin = caller.name, %permission, "permission denied");
-                self.metrics.denied(caller.name, &permission);
-                return Err(HostError::new(
-                    ErrorKind::PermissionDenied,
-                    format!("plugin '{}' lacks permission '{permission}'", caller.name),
-                ));
+                return Err(self.deny(caller.name, &permission));
             }
         }
         let Some(slot) = slot else {
@@ -680,23 +686,20 @@ impl Core {
         provider: u32,
         json: Arc<str>,
     ) -> Result<(), HostError> {
-        if self
-            .plugin(plugin)
-            .is_some_and(|p| p.generation != generation)
-        {
-            tracing::debug!(
-                plugin,
-                generation,
-                "value pushed by a generation that is not serving: dropped"
-            );
-            return Ok(());
-        }
         let plugin = self.plugin(plugin).ok_or_else(|| {
             HostError::new(
                 ErrorKind::NotFound,
                 format!("no plugin named '{plugin}' is loaded"),
             )
         })?;
+        if plugin.generation != generation {
+            tracing::debug!(
+                plugin = plugin.name(),
+                generation,
+                "value pushed by a generation that is not serving: dropped"
+            );
+            return Ok(());
+        }
         let slot = plugin.providers.get(provider as usize).ok_or_else(|| {
             HostError::new(
                 ErrorKind::NotFound,

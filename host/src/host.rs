@@ -312,22 +312,11 @@ impl PluginHost {
         let mut errors = Vec::new();
         for plugin in self.core.plugins().iter().rev() {
             let name = plugin.name().to_string();
-            for (index, provider) in plugin.instance.manifest.providers.iter().enumerate() {
-                if provider.subscribable {
-                    if let Err(error) = plugin.instance.set_subscribed(index as u32, false) {
-                        errors.push(error);
-                    }
-                }
-            }
-            for (index, service) in plugin.instance.manifest.services.iter().enumerate().rev() {
+            let services = &plugin.instance.manifest.services;
+            for service in services {
                 self.core.set_service_running(&service.name, false);
-                if let Err(error) = plugin.instance.stop_service(index as u32) {
-                    errors.push(error);
-                }
             }
-            if let Err(error) = plugin.instance.on_unload() {
-                errors.push(error);
-            }
+            errors.extend(crate::reload::retire(&self.core, plugin, services.len()));
             self.core.unregister(&name);
             self.core
                 .emit("host", "plugin:unloaded", json!({"plugin": name}));

@@ -7,7 +7,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::time::Duration;
 
 /// Labels of an action run.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -200,25 +199,6 @@ impl Metrics {
         }
     }
 
-    /// Counts an action run.
-    pub fn action(&self, plugin: &str, action: &str, outcome: &str, duration: Option<Duration>) {
-        self.actions
-            .get_or_create(&ActionLabels {
-                plugin: plugin.into(),
-                action: action.into(),
-                outcome: outcome.into(),
-            })
-            .inc();
-        if let Some(duration) = duration {
-            self.action_seconds
-                .get_or_create(&ComponentLabels {
-                    plugin: plugin.into(),
-                    component: action.into(),
-                })
-                .observe(duration.as_secs_f64());
-        }
-    }
-
     /// Counts a permission denial.
     pub fn denied(&self, plugin: &str, permission: &str) {
         self.permission_denied
@@ -263,17 +243,17 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn counters_appear_in_the_text_format() {
         let metrics = Metrics::new();
         metrics.messages.inc();
-        metrics.action(
-            "weather",
-            "GET_WEATHER",
-            "completed",
-            Some(Duration::from_millis(3)),
-        );
+        let weather = metrics.action_metrics("weather", "GET_WEATHER");
+        weather.completed.inc();
+        weather
+            .seconds
+            .observe(Duration::from_millis(3).as_secs_f64());
         metrics.denied("panicky", "service:fixture");
         let text = metrics.render();
         assert!(text.contains("agent_host_messages_total 1"), "{text}");

@@ -21,6 +21,7 @@
 
 use crate::config::AgentConfig;
 use crate::core::{Core, LivePlugin};
+use crate::instance::CallError;
 use crate::library;
 use crate::loader::{instantiate, subscribe_providers, Prepared};
 use crate::shadow::ShadowDir;
@@ -161,22 +162,22 @@ fn check_dependencies(core: &Core, prepared: &Prepared) -> Result<(), String> {
 /// Stops a generation that is not (or no longer) serving: providers
 /// unsubscribed, services stopped in reverse, `on_unload`, its subscriptions
 /// and timers dropped. Returns the errors, which never stop the rest.
-pub fn retire(core: &Core, plugin: &LivePlugin, services_started: usize) -> Vec<String> {
+pub fn retire(core: &Core, plugin: &LivePlugin, services_started: usize) -> Vec<CallError> {
     let mut errors = Vec::new();
     for (index, provider) in plugin.instance.manifest.providers.iter().enumerate() {
         if provider.subscribable {
             if let Err(error) = plugin.instance.set_subscribed(index as u32, false) {
-                errors.push(error.to_string());
+                errors.push(error);
             }
         }
     }
     for index in (0..services_started).rev() {
         if let Err(error) = plugin.instance.stop_service(index as u32) {
-            errors.push(error.to_string());
+            errors.push(error);
         }
     }
     if let Err(error) = plugin.instance.on_unload() {
-        errors.push(error.to_string());
+        errors.push(error);
     }
     core.drop_generation(plugin.name(), plugin.generation);
     errors
@@ -285,7 +286,10 @@ pub fn reload(
         drop(closed);
         let paused_us = micros(paused);
 
-        let retire_errors = retire(core, &old, old.instance.manifest.services.len());
+        let retire_errors = retire(core, &old, old.instance.manifest.services.len())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         Ok(Reloaded {
             plugin: name.to_string(),
             from_version: old.instance.manifest.version.clone(),
