@@ -4,8 +4,8 @@
 //! Run: `cargo bench -p agent-host --bench validate_call`
 
 use agent_host::{HostOptions, PluginHost};
+use agent_host_plugin_abi::MessageView;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use plugin_abi::MessageView;
 
 /// The same body as the fixture plugin's `PING` action validate.
 #[inline(never)]

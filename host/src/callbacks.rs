@@ -7,10 +7,10 @@
 
 use crate::core::{Core, HostError, LiveCaller};
 use crate::permissions::Permissions;
-use plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use plugin_abi::abi_stable::std_types::{RResult, RStr, RString};
-use plugin_abi::{codes, FfiError, FfiResult, HostApi, HostApi_TO, HostBox};
-use plugin_api::{ErrorKind, Level};
+use agent_host_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
+use agent_host_plugin_abi::abi_stable::std_types::{RResult, RStr, RString};
+use agent_host_plugin_abi::{codes, FfiError, FfiResult, HostApi, HostApi_TO, HostBox};
+use agent_host_plugin_sdk::{ErrorKind, Level};
 use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Weak};

@@ -23,7 +23,7 @@
 //! carries the permissions its client claims; with it, the host assigns them.
 
 use crate::permissions::{matches, Permissions};
-use plugin_api::manifest::Manifest;
+use agent_host_plugin_sdk::manifest::Manifest;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;

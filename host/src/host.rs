@@ -165,7 +165,7 @@ impl PluginHost {
                     continue;
                 }
                 let needs = plugin.instance.manifest.dependencies.iter().any(|d| {
-                    plugin_api::manifest::Dependency::parse(d, false)
+                    agent_host_plugin_sdk::manifest::Dependency::parse(d, false)
                         .is_ok_and(|d| doomed.contains(&d.name))
                 });
                 if needs {
@@ -280,7 +280,7 @@ impl PluginHost {
             .call_service(None, service, method, &args.to_string())?;
         serde_json::from_str(&json).map_err(|e| {
             HostError::new(
-                plugin_api::ErrorKind::InvalidInput,
+                agent_host_plugin_sdk::ErrorKind::InvalidInput,
                 format!("service '{service}' method '{method}' returned invalid JSON: {e}"),
             )
         })
@@ -353,7 +353,7 @@ pub struct PluginStatus {
     /// Permissions it holds (requested and granted).
     pub permissions: Vec<String>,
     /// Its full manifest.
-    pub manifest: plugin_api::Manifest,
+    pub manifest: agent_host_plugin_sdk::Manifest,
     /// Its services and whether each is running.
     pub services: Vec<ServiceStatus>,
     /// Bytes of this generation's library image.

@@ -4,10 +4,10 @@
 //! when plugin code fails or panics; the SDK inside the plugin has already
 //! turned the panic into a value (DESIGN fact 4).
 
-use plugin_abi::abi_stable::std_types::{RSlice, RStr};
-use plugin_abi::{CallControl, EvaluationView, FfiError, MessageView, PluginBox};
-use plugin_api::manifest::Manifest;
-use plugin_api::{ErrorKind, Evaluation};
+use agent_host_plugin_abi::abi_stable::std_types::{RSlice, RStr};
+use agent_host_plugin_abi::{CallControl, EvaluationView, FfiError, MessageView, PluginBox};
+use agent_host_plugin_sdk::manifest::Manifest;
+use agent_host_plugin_sdk::{ErrorKind, Evaluation};
 use semver::Version;
 use serde::Serialize;
 use std::fmt;

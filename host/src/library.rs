@@ -5,9 +5,9 @@
 //! root-module type for the whole process (DESIGN fact 1).
 
 use crate::shadow::ShadowDir;
-use plugin_abi::abi_stable::library::{lib_header_from_path, LibraryError};
-use plugin_abi::PluginModuleRef;
-use plugin_api::manifest::Manifest;
+use agent_host_plugin_abi::abi_stable::library::{lib_header_from_path, LibraryError};
+use agent_host_plugin_abi::PluginModuleRef;
+use agent_host_plugin_sdk::manifest::Manifest;
 use std::path::{Path, PathBuf};
 
 /// A plugin library that passed every check and whose manifests were read.
@@ -45,7 +45,7 @@ impl OpenError {
 
 /// The ABI major version this host accepts.
 pub fn host_abi_major() -> u64 {
-    major_of(plugin_abi::ABI_VERSION).unwrap_or(0)
+    major_of(agent_host_plugin_abi::ABI_VERSION).unwrap_or(0)
 }
 
 fn major_of(version: &str) -> Option<u64> {
@@ -65,7 +65,7 @@ pub fn open(file: &Path, shadow: &ShadowDir) -> Result<OpenedLibrary, OpenError>
     let plugin_major = major_of(plugin_version.as_str());
     if plugin_major != Some(host_abi_major()) {
         return Err(OpenError::new(format!(
-            "built against plugin ABI {}, but this host speaks plugin ABI {}.x: rebuild the plugin against this host's plugin-api",
+            "built against plugin ABI {}, but this host speaks plugin ABI {}.x: rebuild the plugin against this host's agent-host-plugin-sdk",
             plugin_version.as_str(),
             host_abi_major()
         )));
@@ -181,10 +181,10 @@ fn describe(error: &LibraryError) -> OpenError {
             last_clause(&err.to_string())
         )),
         LibraryError::GetSymbolError { .. } => OpenError::new(
-            "not an agent-host plugin: it exports no plugin module (build it with plugin_api::export_plugin!)",
+            "not an agent-host plugin: it exports no plugin module (build it with agent_host_plugin_sdk::export_plugin!)",
         ),
         LibraryError::InvalidAbiHeader(header) => OpenError::new(format!(
-            "built with an incompatible abi_stable ({header:?}): rebuild the plugin against this host's plugin-api"
+            "built with an incompatible abi_stable ({header:?}): rebuild the plugin against this host's agent-host-plugin-sdk"
         )),
         LibraryError::IncompatibleVersionNumber {
             expected_version,
@@ -197,7 +197,7 @@ fn describe(error: &LibraryError) -> OpenError {
             let full = report.to_string();
             OpenError {
                 cause: format!(
-                    "incompatible plugin ABI layout ({}): rebuild the plugin against this host's plugin-api; -v shows the full report",
+                    "incompatible plugin ABI layout ({}): rebuild the plugin against this host's agent-host-plugin-sdk; -v shows the full report",
                     first_mismatch(&full)
                 ),
                 detail: Some(full),

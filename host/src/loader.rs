@@ -16,7 +16,7 @@ use crate::library::{self, OpenedLibrary};
 use crate::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
 use crate::resolve::{resolve, Candidate};
 use crate::shadow::ShadowDir;
-use plugin_api::manifest::{Dependency, Manifest};
+use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
 use semver::Version;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};

@@ -210,7 +210,7 @@ impl Metrics {
     }
 
     /// Counts an error from plugin code.
-    pub fn plugin_error(&self, plugin: &str, kind: plugin_api::ErrorKind) {
+    pub fn plugin_error(&self, plugin: &str, kind: agent_host_plugin_sdk::ErrorKind) {
         self.plugin_errors
             .get_or_create(&ErrorLabels {
                 plugin: plugin.into(),

@@ -20,8 +20,8 @@
 //! the entry point.
 
 use crate::core::{Core, LivePlugin, ServingPlan, StateSnapshot};
-use plugin_abi::{CallControl, MessageView};
-use plugin_api::{ActionResult, Evaluation};
+use agent_host_plugin_abi::{CallControl, MessageView};
+use agent_host_plugin_sdk::{ActionResult, Evaluation};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, PoisonError};
@@ -403,7 +403,7 @@ fn run_handler(
             )),
         },
         // The plugin saw its deadline pass and stopped: that is the timeout.
-        Ok(Err(error)) if error.kind == plugin_api::ErrorKind::Cancelled => {
+        Ok(Err(error)) if error.kind == agent_host_plugin_sdk::ErrorKind::Cancelled => {
             Outcome::TimedOut(timeout)
         }
         Ok(Err(error)) => {

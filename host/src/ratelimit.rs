@@ -1,7 +1,7 @@
 //! Per-action rate limits: at most `max_requests` runs in any window of
 //! `window_ms`, kept as a sliding log of run times.
 
-use plugin_api::manifest::RateLimit;
+use agent_host_plugin_sdk::manifest::RateLimit;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};

@@ -25,7 +25,7 @@ use crate::instance::CallError;
 use crate::library;
 use crate::loader::{instantiate, subscribe_providers, Prepared};
 use crate::shadow::ShadowDir;
-use plugin_api::manifest::Dependency;
+use agent_host_plugin_sdk::manifest::Dependency;
 use serde::Serialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! vertex with an edge to every plugin: without it, a cycle not reachable from
 //! vertex 0 is missed (DESIGN fact 10).
 
-use plugin_api::manifest::Dependency;
+use agent_host_plugin_sdk::manifest::Dependency;
 use semver::Version;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;

@@ -16,7 +16,7 @@ type Handler = Box<dyn Fn(&Message<'_>, &Runtime<'_>) -> Result<ActionResult> + 
 /// `metadata`).
 ///
 /// ```
-/// use plugin_api::{json, ActionResult};
+/// use agent_host_plugin_sdk::{json, ActionResult};
 ///
 /// let result = ActionResult::text("It is 14.2°C and cloudy in London.")
 ///     .with_data(json!({"temperature": 14.2, "conditions": "cloudy"}))?
@@ -28,7 +28,7 @@ type Handler = Box<dyn Fn(&Message<'_>, &Runtime<'_>) -> Result<ActionResult> + 
 /// // What crosses to the host: a JSON object with the three fields.
 /// let wire = serde_json::to_value(&result)?;
 /// assert_eq!(wire["text"], "It is 14.2°C and cloudy in London.");
-/// # Ok::<(), plugin_api::Error>(())
+/// # Ok::<(), agent_host_plugin_sdk::Error>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -75,7 +75,7 @@ impl ActionResult {
 /// blocking thread with its [`timeout`](Action::timeout).
 ///
 /// ```
-/// use plugin_api::{Action, ActionResult, Message};
+/// use agent_host_plugin_sdk::{Action, ActionResult, Message};
 ///
 /// let action = Action::new("ECHO")
 ///     .description("Repeats what was said")

@@ -1,6 +1,6 @@
 //! The error type plugin code returns, and how it maps onto the wire codes.
 
-use plugin_abi::{codes, FfiError};
+use agent_host_plugin_abi::{codes, FfiError};
 use std::fmt;
 
 /// What kind of failure an [`Error`] is. The host treats each kind differently
@@ -79,7 +79,7 @@ impl fmt::Display for ErrorKind {
 /// plugin and the entry point.
 ///
 /// ```
-/// use plugin_api::{bail, Error, ErrorKind, Result};
+/// use agent_host_plugin_sdk::{bail, Error, ErrorKind, Result};
 ///
 /// fn parse_port(text: &str) -> Result<u16> {
 ///     let port: u16 = text.parse()?; // ParseIntError -> Error (Failed)

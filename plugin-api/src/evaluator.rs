@@ -50,7 +50,7 @@ impl Evaluation {
 /// one evaluation per message, in order.
 ///
 /// ```
-/// use plugin_api::{json, testing::TestHost, Evaluation, Evaluator, Plugin};
+/// use agent_host_plugin_sdk::{json, testing::TestHost, Evaluation, Evaluator, Plugin};
 ///
 /// fn score(text: &str) -> Evaluation {
 ///     let score = (text.len() as f64 / 40.0).min(1.0);

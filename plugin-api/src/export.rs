@@ -9,10 +9,10 @@ use crate::message::Message;
 use crate::plugin::Plugin;
 use crate::provider::Unsubscribe;
 use crate::runtime::{Event, Host, Level, ProviderPush, Runtime, Shared};
-use plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
-use plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use plugin_abi::abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
-use plugin_abi::{
+use agent_host_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
+use agent_host_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
+use agent_host_plugin_abi::abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+use agent_host_plugin_abi::{
     codes, CallControl, EvaluationView, FfiError, FfiResult, HostBox, MessageView, PluginApi,
     PluginApi_TO, PluginModule,
 };
@@ -382,10 +382,10 @@ impl Host for FfiHost {
 #[doc(hidden)]
 pub mod __private {
     use super::*;
-    pub use plugin_abi::abi_stable;
-    pub use plugin_abi::abi_stable::library::{LibHeader, RootModuleResult};
-    pub use plugin_abi::abi_stable::std_types::RString;
-    pub use plugin_abi::{FfiResult, HostBox, PluginBox, PluginModuleRef};
+    pub use agent_host_plugin_abi::abi_stable;
+    pub use agent_host_plugin_abi::abi_stable::library::{LibHeader, RootModuleResult};
+    pub use agent_host_plugin_abi::abi_stable::std_types::RString;
+    pub use agent_host_plugin_abi::{FfiResult, HostBox, PluginBox, PluginModuleRef};
 
     /// The builders' manifests as one JSON array.
     pub fn manifests(builders: &[fn() -> Plugin]) -> FfiResult<RString> {
@@ -441,7 +441,7 @@ pub mod __private {
         unsafe {
             LibHeader::from_constructor::<PluginModuleRef>(
                 constructor,
-                plugin_abi::abi_stable::library::CheckTypeLayout::Yes,
+                agent_host_plugin_abi::abi_stable::library::CheckTypeLayout::Yes,
             )
         }
     }
@@ -462,10 +462,10 @@ pub mod __private {
 /// for a complete plugin crate.
 ///
 /// ```ignore
-/// fn plugin() -> plugin_api::Plugin {
-///     plugin_api::Plugin::new("hello", "1.0.0")
+/// fn plugin() -> agent_host_plugin_sdk::Plugin {
+///     agent_host_plugin_sdk::Plugin::new("hello", "1.0.0")
 /// }
-/// plugin_api::export_plugin!(plugin);
+/// agent_host_plugin_sdk::export_plugin!(plugin);
 /// ```
 ///
 /// The crate must be built with `panic = "unwind"` (the default), or it does

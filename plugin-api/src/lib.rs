@@ -11,7 +11,7 @@
 //! testing and the rules a plugin must keep.
 //!
 //! ```
-//! use plugin_api::{Action, ActionResult, Plugin};
+//! use agent_host_plugin_sdk::{Action, ActionResult, Plugin};
 //!
 //! fn plugin() -> Plugin {
 //!     Plugin::new("hello", "1.0.0")
@@ -22,7 +22,7 @@
 //!                 .handler(|msg, _rt| Ok(ActionResult::text(format!("Hello, {}!", msg.sender())))),
 //!         )
 //! }
-//! // In the plugin's lib.rs: plugin_api::export_plugin!(plugin);
+//! // In the plugin's lib.rs: agent_host_plugin_sdk::export_plugin!(plugin);
 //! # assert!(plugin().manifest().validate().is_ok());
 //! ```
 //!
@@ -31,14 +31,14 @@
 //! It must never let a panic cross into the host (every entry point is wrapped
 //! in `catch_unwind` here, in code the plugin compiles), never start an async
 //! runtime or threads of its own behind the author's back, and never expose the
-//! FFI layout: that lives in `plugin-abi` and changes only with its major
+//! FFI layout: that lives in `agent-host-plugin-abi` and changes only with its major
 //! version.
 //!
 //! # ABI compatibility policy
 //!
 //! A plugin library carries two versions:
 //!
-//! * the **ABI version** (`plugin-abi`'s crate version, currently 1.x): the
+//! * the **ABI version** (`agent-host-plugin-abi`'s crate version, currently 1.x): the
 //!   host loads a plugin only if the major versions match and `abi_stable`'s
 //!   layout check of the root module passes. The layout is frozen for a major
 //!   version; new capabilities arrive as JSON fields or as string-keyed
@@ -49,10 +49,10 @@
 //!
 //! A plugin built against another ABI major version, or with a foreign
 //! layout, is rejected at load time with one line that names the file and
-//! says to rebuild it against the host's `plugin-api`, such as:
+//! says to rebuild it against the host's `agent-host-plugin-sdk`, such as:
 //!
 //! ```text
-//! plugins/old.so: built against plugin ABI 2.0.0, but this host speaks plugin ABI 1.x: rebuild the plugin against this host's plugin-api
+//! plugins/old.so: built against plugin ABI 2.0.0, but this host speaks plugin ABI 1.x: rebuild the plugin against this host's agent-host-plugin-sdk
 //! ```
 //!
 //! The other plugins load and serve regardless.
@@ -90,7 +90,7 @@ pub use service::{Service, ServiceBuilder};
 /// `Deserialize` depends on `serde` with the `derive` feature.)
 pub use serde_json::{self, json, Value};
 
-/// The names a plugin usually needs: `use plugin_api::prelude::*;`.
+/// The names a plugin usually needs: `use agent_host_plugin_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::{
         bail, export_plugin, json, Action, ActionResult, Error, Evaluation, Evaluator, Message,

@@ -183,7 +183,7 @@ impl Dependency {
     /// without one any version is accepted.
     ///
     /// ```
-    /// use plugin_api::manifest::Dependency;
+    /// use agent_host_plugin_sdk::manifest::Dependency;
     ///
     /// let dep = Dependency::parse("http-client@^1.2", false).unwrap();
     /// assert_eq!(dep.name, "http-client");
@@ -255,7 +255,7 @@ pub struct ValidManifest {
 /// rule: letters, digits, `_`, `-`, `.`, `:`, starting with a letter.)
 ///
 /// ```
-/// use plugin_api::manifest::check_name;
+/// use agent_host_plugin_sdk::manifest::check_name;
 ///
 /// assert!(check_name("http-client").is_ok());
 /// assert!(check_name("http_client").is_err());
@@ -321,7 +321,7 @@ impl Manifest {
     /// runs it on every manifest it loads; the first problem is the error.
     ///
     /// ```
-    /// use plugin_api::{Action, ActionResult, Plugin};
+    /// use agent_host_plugin_sdk::{Action, ActionResult, Plugin};
     ///
     /// let valid = Plugin::new("weather", "1.2.0")
     ///     .dependency("geolocation@^1")

@@ -30,7 +30,7 @@ pub struct Context {
 /// In unit tests, build one with [`Message::new`] and the `with_*` builders:
 ///
 /// ```
-/// use plugin_api::{json, Message};
+/// use agent_host_plugin_sdk::{json, Message};
 ///
 /// let msg = Message::new("forecast for London?")
 ///     .with_id("m-1")

@@ -20,7 +20,7 @@ type ImportState = Box<dyn Fn(Value, &Runtime<'_>) -> Result<()> + Send + Sync>;
 /// work in `on_load` and in services' `on_start`.
 ///
 /// ```
-/// use plugin_api::{Action, ActionResult, Plugin};
+/// use agent_host_plugin_sdk::{Action, ActionResult, Plugin};
 ///
 /// fn plugin() -> Plugin {
 ///     Plugin::new("greeter", "1.0.0")
@@ -204,7 +204,7 @@ impl Plugin {
     /// (`import` before `on_load`):
     ///
     /// ```
-    /// use plugin_api::{json, testing::TestHost, Action, ActionResult, Plugin};
+    /// use agent_host_plugin_sdk::{json, testing::TestHost, Action, ActionResult, Plugin};
     /// use std::sync::{Arc, Mutex};
     ///
     /// fn plugin() -> Plugin {
@@ -271,7 +271,7 @@ impl Plugin {
     /// permission.
     ///
     /// ```
-    /// use plugin_api::{Action, ActionResult, Plugin, Provider};
+    /// use agent_host_plugin_sdk::{Action, ActionResult, Plugin, Provider};
     ///
     /// fn greeter() -> Plugin {
     ///     Plugin::new("greeter", "1.0.0")
@@ -365,7 +365,7 @@ impl Plugin {
     /// so the host rejects the library.
     ///
     /// ```
-    /// use plugin_api::{Action, Plugin};
+    /// use agent_host_plugin_sdk::{Action, Plugin};
     ///
     /// let plugin = Plugin::new("broken", "1.0.0").action(Action::new("NOTHING"));
     /// assert_eq!(plugin.problems(), ["action 'NOTHING' has no validate"]);

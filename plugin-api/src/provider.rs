@@ -27,7 +27,7 @@ pub type Unsubscribe = Box<dyn FnOnce() + Send>;
 /// state; the message is still answered.
 ///
 /// ```
-/// use plugin_api::{Provider, testing::TestHost, Message};
+/// use agent_host_plugin_sdk::{Provider, testing::TestHost, Message};
 /// use std::time::Duration;
 ///
 /// let clock = Provider::new("clock")
@@ -104,7 +104,7 @@ impl Provider {
     /// inside this callback.
     ///
     /// ```
-    /// use plugin_api::{Provider, Unsubscribe};
+    /// use agent_host_plugin_sdk::{Provider, Unsubscribe};
     /// use std::time::Duration;
     ///
     /// let ticks = Provider::new("ticks")
@@ -120,7 +120,7 @@ impl Provider {
     ///         });
     ///         Ok(stop)
     ///     });
-    /// assert!(ticks.fetch(&plugin_api::Message::new(""), &plugin_api::testing::TestHost::new("t").runtime()).is_ok());
+    /// assert!(ticks.fetch(&agent_host_plugin_sdk::Message::new(""), &agent_host_plugin_sdk::testing::TestHost::new("t").runtime()).is_ok());
     /// ```
     pub fn subscribe(
         mut self,

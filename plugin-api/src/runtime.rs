@@ -1,7 +1,7 @@
 //! The runtime handle plugin code talks to the host through.
 
 use crate::error::{Error, ErrorKind, Result};
-use plugin_abi::CallControl;
+use agent_host_plugin_abi::CallControl;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -122,7 +122,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// permissions):
 ///
 /// ```
-/// use plugin_api::{json, testing::TestHost, Value};
+/// use agent_host_plugin_sdk::{json, testing::TestHost, Value};
 ///
 /// let host = TestHost::new("greeter").with_config(json!({"home": "Paris"}));
 /// let rt = host.runtime();
@@ -169,7 +169,7 @@ impl<'a> Runtime<'a> {
     /// It carries no cancellation signal.
     ///
     /// ```
-    /// use plugin_api::testing::TestHost;
+    /// use agent_host_plugin_sdk::testing::TestHost;
     ///
     /// let host = TestHost::new("worker");
     /// let handle = host.runtime().handle();
@@ -218,7 +218,7 @@ impl<'a> Runtime<'a> {
     /// JSON Schema.
     ///
     /// ```
-    /// use plugin_api::{json, testing::TestHost};
+    /// use agent_host_plugin_sdk::{json, testing::TestHost};
     /// use std::collections::BTreeMap;
     ///
     /// let host = TestHost::new("example").with_config(json!({"a": 1, "b": 2}));
@@ -237,7 +237,7 @@ impl<'a> Runtime<'a> {
     /// returns an [`ErrorKind::PermissionDenied`] error.
     ///
     /// ```
-    /// use plugin_api::{json, testing::TestHost, Value};
+    /// use agent_host_plugin_sdk::{json, testing::TestHost, Value};
     ///
     /// let host = TestHost::new("weather").with_config(json!({"units": "metric"}));
     /// let rt = host.runtime();
@@ -270,7 +270,7 @@ impl<'a> Runtime<'a> {
     /// does not stop the others, nor fail the `emit`.
     ///
     /// ```
-    /// use plugin_api::{json, testing::TestHost};
+    /// use agent_host_plugin_sdk::{json, testing::TestHost};
     ///
     /// let host = TestHost::new("weather");
     /// host.runtime()
@@ -295,7 +295,7 @@ impl<'a> Runtime<'a> {
     /// its own.
     ///
     /// ```
-    /// use plugin_api::{json, testing::TestHost};
+    /// use agent_host_plugin_sdk::{json, testing::TestHost};
     ///
     /// let host = TestHost::new("audit");
     /// let rt = host.runtime();
@@ -333,7 +333,7 @@ impl<'a> Runtime<'a> {
     /// keeps running.
     ///
     /// ```
-    /// use plugin_api::testing::TestHost;
+    /// use agent_host_plugin_sdk::testing::TestHost;
     /// use std::time::Duration;
     ///
     /// let host = TestHost::new("ticker");
@@ -410,7 +410,7 @@ impl<'a> Runtime<'a> {
     /// handler that returns this error as timed out.
     ///
     /// ```
-    /// use plugin_api::{Action, ActionResult};
+    /// use agent_host_plugin_sdk::{Action, ActionResult};
     ///
     /// let action = Action::new("COUNT")
     ///     .validate(|msg| msg.text().starts_with("count"))
@@ -422,8 +422,8 @@ impl<'a> Runtime<'a> {
     ///         }
     ///         Ok(ActionResult::text(total.to_string()))
     ///     });
-    /// # let host = plugin_api::testing::TestHost::new("x");
-    /// # assert_eq!(action.run(&plugin_api::Message::new("count"), &host.runtime()).unwrap().text, "499500");
+    /// # let host = agent_host_plugin_sdk::testing::TestHost::new("x");
+    /// # assert_eq!(action.run(&agent_host_plugin_sdk::Message::new("count"), &host.runtime()).unwrap().text, "499500");
     /// ```
     pub fn check_cancelled(&self) -> Result<()> {
         if self.is_cancelled() {
@@ -493,7 +493,7 @@ impl ServiceClient<'_> {
     /// registers a fake:
     ///
     /// ```
-    /// use plugin_api::{json, testing::TestHost, Error, ErrorKind, Value};
+    /// use agent_host_plugin_sdk::{json, testing::TestHost, Error, ErrorKind, Value};
     ///
     /// let host = TestHost::new("weather").with_service("geolocation", |method, args| {
     ///     match method {

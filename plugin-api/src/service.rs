@@ -21,7 +21,7 @@ type Method<S> = Box<dyn Fn(&S, &str, &Runtime<'_>) -> Result<String> + Send + S
 /// deserialized from the caller's JSON and returns any `Serialize` value.
 ///
 /// ```
-/// use plugin_api::{Service, testing::TestHost};
+/// use agent_host_plugin_sdk::{Service, testing::TestHost};
 /// use std::sync::atomic::{AtomicU64, Ordering};
 ///
 /// let counter: Service = Service::new("counter", AtomicU64::new(0))
@@ -51,7 +51,7 @@ pub struct ServiceBuilder<S> {
 /// running fails with [`ErrorKind::Unavailable`].
 ///
 /// ```
-/// use plugin_api::{json, testing::TestHost, Plugin, Service};
+/// use agent_host_plugin_sdk::{json, testing::TestHost, Plugin, Service};
 /// use std::sync::Mutex;
 ///
 /// let plugin = Plugin::new("kv", "1.0.0").service(

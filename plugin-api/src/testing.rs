@@ -12,7 +12,7 @@
 //! providers. Load the built library with `agent-host check` as well.
 //!
 //! ```
-//! use plugin_api::{Action, ActionResult, Plugin, testing::TestHost};
+//! use agent_host_plugin_sdk::{Action, ActionResult, Plugin, testing::TestHost};
 //!
 //! let plugin = Plugin::new("echo", "1.0.0").action(
 //!     Action::new("ECHO")
@@ -117,7 +117,7 @@ impl TestHost {
     /// merges the plugin's default config under it.
     ///
     /// ```
-    /// use plugin_api::{json, testing::TestHost, Plugin};
+    /// use agent_host_plugin_sdk::{json, testing::TestHost, Plugin};
     ///
     /// let host = TestHost::new("weather").with_config(json!({"units": "imperial"}));
     /// let plugin = Plugin::new("weather", "1.0.0")
@@ -221,7 +221,7 @@ impl TestHost {
     /// handler error is returned.
     ///
     /// ```
-    /// use plugin_api::{json, testing::TestHost, Plugin};
+    /// use agent_host_plugin_sdk::{json, testing::TestHost, Plugin};
     /// use std::sync::atomic::{AtomicU64, Ordering};
     /// use std::sync::Arc;
     ///
@@ -267,7 +267,7 @@ impl TestHost {
     /// handler error is returned.
     ///
     /// ```
-    /// use plugin_api::{testing::TestHost, Plugin};
+    /// use agent_host_plugin_sdk::{testing::TestHost, Plugin};
     /// use std::time::Duration;
     ///
     /// let plugin = Plugin::new("ticker", "1.0.0")

@@ -104,12 +104,12 @@ const RESERVED: &[&str] = &[
 
 /// Checks a plugin name: kebab-case ASCII (lowercase letters, digits and
 /// single dashes, starting with a letter, not ending with a dash), 1 to 64
-/// characters, the rule `plugin-api` applies to manifests; and not a name
+/// characters, the rule `agent-host-plugin-sdk` applies to manifests; and not a name
 /// cargo, rustc or Windows reserve.
 pub fn check_name(name: &str) -> Result<()> {
     // The very rule the host applies to manifests, so a scaffolded plugin
     // can never be one the host refuses for its name.
-    plugin_api::manifest::check_name(name)?;
+    agent_host_plugin_sdk::manifest::check_name(name)?;
     if RESERVED.contains(&name.replace('-', "_").as_str()) {
         return Err(format!(
             "'{name}' is reserved by Rust, cargo or Windows; pick another plugin name"

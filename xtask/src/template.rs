@@ -51,7 +51,7 @@ publish = false
 crate-type = ["cdylib", "rlib"]
 
 [dependencies]
-plugin-api.workspace = true
+agent-host-plugin-sdk.workspace = true
 serde_json.workspace = true
 "#
     )
@@ -92,7 +92,7 @@ pub fn lib_rs(name: &str, parts: Components) -> String {
     }
     out.push_str(
         "//!\n//! Test it with `cargo test -p @NAME@`; README.md says how to build it and\n\
-         //! hot-reload it into a running agent.\n\nuse plugin_api::prelude::*;\n",
+         //! hot-reload it into a running agent.\n\nuse agent_host_plugin_sdk::prelude::*;\n",
     );
     if parts.services {
         out.push_str("use std::sync::atomic::{AtomicU64, Ordering};\n");
@@ -234,14 +234,14 @@ const SERVICE_BUILD: &str = r#"        .service(
 
 const PLUGIN_END: &str = r#"}
 
-plugin_api::export_plugin!(plugin);
+agent_host_plugin_sdk::export_plugin!(plugin);
 "#;
 
 const TESTS_START: &str = r#"
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugin_api::testing::TestHost;
+    use agent_host_plugin_sdk::testing::TestHost;
 
     #[test]
     fn manifest_is_valid() {
@@ -325,8 +325,8 @@ pub fn readme(name: &str, parts: Components) -> String {
         r#"# @NAME@
 
 A plugin for agent-host, scaffolded by `cargo xtask new-plugin`. It is a
-`cdylib` crate built against `plugin-api`; `src/lib.rs` builds the plugin
-and exports it with `plugin_api::export_plugin!`. It offers:
+`cdylib` crate built against `agent-host-plugin-sdk`; `src/lib.rs` builds the plugin
+and exports it with `agent_host_plugin_sdk::export_plugin!`. It offers:
 
 {offers}
 Replace the examples with your own; each has a unit test at the bottom of
@@ -338,7 +338,7 @@ Replace the examples with your own; each has a unit test at the bottom of
 cargo test -p @NAME@
 ```
 
-The tests use `plugin_api::testing::TestHost`: no host, no dynamic loading.
+The tests use `agent_host_plugin_sdk::testing::TestHost`: no host, no dynamic loading.
 
 ## Build and check
 

@@ -14,7 +14,9 @@
 //!
 //! Everything is offline: no lookup leaves the process.
 
-use plugin_api::{json, Error, ErrorKind, Plugin, Provider, Result, Runtime, Service, Value};
+use agent_host_plugin_sdk::{
+    json, Error, ErrorKind, Plugin, Provider, Result, Runtime, Service, Value,
+};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -269,12 +271,12 @@ pub fn plugin() -> Plugin {
         )
 }
 
-plugin_api::export_plugin!(plugin);
+agent_host_plugin_sdk::export_plugin!(plugin);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugin_api::testing::TestHost;
+    use agent_host_plugin_sdk::testing::TestHost;
 
     #[test]
     fn manifest_is_valid() {

@@ -6,7 +6,7 @@
 //!   optional) and returns `{"status": 200, "body": "...", "headers": {...}}`.
 //!
 //! Any status the server answers, 404 and 500 included, is a successful call:
-//! the caller reads `status`. A call fails with a [`plugin_api::Error`] only
+//! the caller reads `status`. A call fails with a [`agent_host_plugin_sdk::Error`] only
 //! when no answer was had: a malformed or `https://` URL (this plugin is built
 //! without TLS, so it works offline and links no crypto), a server that cannot
 //! be reached, a timeout, or a body larger than 8 MiB.
@@ -18,7 +18,7 @@
 //! Requests are made with [`ureq`] (blocking, no async runtime), which keeps a
 //! small pool of idle connections between calls.
 
-use plugin_api::{json, Error, ErrorKind, Plugin, Result, Runtime, Service, Value};
+use agent_host_plugin_sdk::{json, Error, ErrorKind, Plugin, Result, Runtime, Service, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -301,12 +301,12 @@ pub fn plugin() -> Plugin {
         )
 }
 
-plugin_api::export_plugin!(plugin);
+agent_host_plugin_sdk::export_plugin!(plugin);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugin_api::testing::TestHost;
+    use agent_host_plugin_sdk::testing::TestHost;
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
     use std::sync::mpsc;

@@ -39,7 +39,7 @@
 //! open at the same time: stop one before the other starts, or give each its
 //! own file or `":memory:"`.
 
-use plugin_api::{
+use agent_host_plugin_sdk::{
     json, Action, ActionResult, Error, ErrorKind, Message, Plugin, Provider, Result, Runtime,
     Service, Value,
 };
@@ -563,18 +563,22 @@ pub fn plugin() -> Plugin {
         )
 }
 
-plugin_api::export_plugin!(plugin);
+agent_host_plugin_sdk::export_plugin!(plugin);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugin_api::testing::TestHost;
+    use agent_host_plugin_sdk::testing::TestHost;
 
     fn memory_host() -> TestHost {
         TestHost::new("notes").with_config(json!({"database": IN_MEMORY}))
     }
 
-    fn remember(loaded: &plugin_api::testing::LoadedPlugin<'_>, sender: &str, text: &str) -> i64 {
+    fn remember(
+        loaded: &agent_host_plugin_sdk::testing::LoadedPlugin<'_>,
+        sender: &str,
+        text: &str,
+    ) -> i64 {
         loaded
             .call_service("notes", "remember", json!({"sender": sender, "text": text}))
             .unwrap()["id"]
@@ -583,7 +587,7 @@ mod tests {
     }
 
     fn recall_texts(
-        loaded: &plugin_api::testing::LoadedPlugin<'_>,
+        loaded: &agent_host_plugin_sdk::testing::LoadedPlugin<'_>,
         sender: &str,
         query: Option<&str>,
     ) -> Vec<String> {

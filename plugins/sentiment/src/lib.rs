@@ -13,7 +13,7 @@
 //!   evaluator scored and how many `action:completed` events the plugin has
 //!   seen since it was loaded.
 
-use plugin_api::{
+use agent_host_plugin_sdk::{
     json, Error, ErrorKind, Evaluation, Evaluator, Message, Plugin, Result, Runtime, Service, Value,
 };
 use serde::{Deserialize, Serialize};
@@ -389,12 +389,12 @@ pub fn plugin() -> Plugin {
         )
 }
 
-plugin_api::export_plugin!(plugin);
+agent_host_plugin_sdk::export_plugin!(plugin);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugin_api::testing::TestHost;
+    use agent_host_plugin_sdk::testing::TestHost;
 
     fn raw(text: &str) -> f64 {
         analyze(text).raw
@@ -532,10 +532,8 @@ mod tests {
             .unwrap();
         assert_eq!(stats["actions_completed"], 2);
         assert_eq!(stats["evaluated"], 0);
-        assert!(host
-            .logs()
-            .iter()
-            .any(|(level, line)| *level == plugin_api::Level::Debug
-                && line == "GET_WEATHER completed (2 so far)"));
+        assert!(host.logs().iter().any(|(level, line)| *level
+            == agent_host_plugin_sdk::Level::Debug
+            && line == "GET_WEATHER completed (2 so far)"));
     }
 }

@@ -25,7 +25,7 @@
 //! and its reply says that it is an estimate. See [`offline_estimate_celsius`]
 //! for the model.
 
-use plugin_api::{
+use agent_host_plugin_sdk::{
     json, Action, ActionResult, Error, ErrorKind, Message, Plugin, Provider, Result, Runtime,
     Service, Timer, Value,
 };
@@ -583,13 +583,13 @@ pub fn plugin() -> Plugin {
         )
 }
 
-plugin_api::export_plugin!(plugin);
+agent_host_plugin_sdk::export_plugin!(plugin);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugin_api::testing::TestHost;
-    use plugin_api::Level;
+    use agent_host_plugin_sdk::testing::TestHost;
+    use agent_host_plugin_sdk::Level;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn place(name: &str, country: &str, lat: f64, lon: f64) -> Value {
