@@ -8,13 +8,7 @@
 //!
 //! Run: `cargo bench -p agent-host --bench load_time`
 
-use agent_host::callbacks::PluginCallbacks;
-use agent_host::core::Core;
-use agent_host::library;
-use agent_host::permissions::Permissions;
-use agent_host::shadow::ShadowDir;
-use serde_json::json;
-use std::sync::Arc;
+use agent_host::bench_support::LoadProbe;
 use std::time::{Duration, Instant};
 
 const LOADS: usize = 60;
@@ -28,9 +22,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let core = Core::new(runtime.handle().clone(), Default::default());
-    let shadow = ShadowDir::create().expect("shadow dir");
+    let probe = LoadProbe::new().expect("a registry and a private-copy folder");
     let files = test_support::examples();
     println!(
         "load time per plugin (copy + dlopen + ABI check + manifest + create), {LOADS} loads each:"
@@ -41,20 +33,11 @@ fn main() {
         let mut times = Vec::with_capacity(LOADS);
         for _ in 0..LOADS {
             let started = Instant::now();
-            let opened = library::open(file, &shadow).expect("the example plugin opens");
-            let name = opened.manifests[0].name.clone();
-            let host = PluginCallbacks::boxed(
-                &name,
-                core.next_generation(),
-                Permissions::default(),
-                Arc::new(json!({})),
-                &core,
-            );
-            let instance = (opened.module.create())(0, host)
-                .into_result()
-                .expect("create");
+            let name = probe
+                .open_and_create(file)
+                .expect("the example plugin loads");
             times.push(started.elapsed());
-            drop(instance);
+            std::hint::black_box(name);
         }
         times.sort();
         println!(

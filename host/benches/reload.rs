@@ -97,12 +97,9 @@ fn main() {
         mapped.bytes as f64 / 1048576.0
     );
 
-    let watch = agent_host::watch::watch(
-        Arc::clone(&host),
-        dir.path(),
-        agent_host::watch::DEFAULT_DEBOUNCE,
-    )
-    .expect("watch");
+    let watch = host
+        .watch(dir.path(), agent_host::DEFAULT_DEBOUNCE)
+        .expect("watch");
     let mut latencies = Vec::with_capacity(WATCHED);
     for i in 0..WATCHED {
         let before = host.status("counter").expect("status").generation;
@@ -122,7 +119,7 @@ fn main() {
     latencies.sort();
     println!(
         "rename to serving through the watcher (debounce {} ms), {WATCHED} renames: median {:.1} ms, p95 {:.1} ms",
-        agent_host::watch::DEFAULT_DEBOUNCE.as_millis(),
+        agent_host::DEFAULT_DEBOUNCE.as_millis(),
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.95))
     );

@@ -22,7 +22,7 @@
 //! development default, logged as a warning). Without `[senders]`, a message
 //! carries the permissions its client claims; with it, the host assigns them.
 
-use crate::permissions::{matches, Permissions};
+use crate::registry::permissions::{matches, Permissions};
 use agent_host_plugin_sdk::manifest::Manifest;
 use serde::Deserialize;
 use serde_json::Value;

@@ -3,12 +3,12 @@
 //! reverse load order.
 
 use crate::config::AgentConfig;
-use crate::core::{Core, HostError};
-use crate::events::{BusEvent, DeliveryFailure, Listener};
-use crate::loader;
+use crate::load;
+use crate::load::private_copy::ShadowDir;
+use crate::load::report::{LoadReport, ShutdownError};
 use crate::pipeline::{self, InboundMessage, Reply};
-use crate::report::{LoadReport, ShutdownError};
-use crate::shadow::ShadowDir;
+use crate::registry::events::{BusEvent, DeliveryFailure, Listener};
+use crate::registry::{HostError, Registry};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,7 +29,7 @@ pub struct HostOptions {
 
 /// A running set of plugins.
 pub struct PluginHost {
-    core: Arc<Core>,
+    core: Arc<Registry>,
     shadow: ShadowDir,
     config: AgentConfig,
     next_message: AtomicU64,
@@ -61,7 +61,7 @@ impl PluginHost {
             );
         }
         Ok(Self {
-            core: Core::new(handle, config.host.clone()),
+            core: Registry::new(handle, config.host.clone()),
             shadow: ShadowDir::create()?,
             config,
             next_message: AtomicU64::new(1),
@@ -74,12 +74,7 @@ impl PluginHost {
     /// Loads every plugin in `dir`. Only an unreadable folder is an error;
     /// plugin failures are in the report.
     pub fn load_dir(&self, dir: &Path) -> std::io::Result<LoadReport> {
-        loader::load_dir(&self.core, &self.shadow, dir, &self.config)
-    }
-
-    /// The shared registry.
-    pub fn core(&self) -> &Arc<Core> {
-        &self.core
+        load::load_dir(&self.core, &self.shadow, dir, &self.config)
     }
 
     /// Names of loaded plugins in load order.
@@ -129,11 +124,15 @@ impl PluginHost {
             .iter()
             .map(|p| p.instance.file.clone())
             .collect();
-        let files: Vec<std::path::PathBuf> = crate::discovery::plugin_files(dir)?
+        let files: Vec<std::path::PathBuf> = crate::load::discovery::plugin_files(dir)?
             .into_iter()
-            .filter(|f| !loaded.iter().any(|l| crate::discovery::same_place(l, f)))
+            .filter(|f| {
+                !loaded
+                    .iter()
+                    .any(|l| crate::load::discovery::same_place(l, f))
+            })
             .collect();
-        Ok(loader::load_files(
+        Ok(load::load_files(
             &self.core,
             &self.shadow,
             &files,
@@ -153,7 +152,7 @@ impl PluginHost {
         let plugins = self.core.plugins();
         let mut doomed: Vec<String> = plugins
             .iter()
-            .filter(|p| crate::discovery::same_place(&p.instance.file, file))
+            .filter(|p| crate::load::discovery::same_place(&p.instance.file, file))
             .map(|p| p.name().to_string())
             .collect();
         // Add dependents until nothing changes.
@@ -200,7 +199,7 @@ impl PluginHost {
             }
             self.core.unregister(&name);
             self.core.metrics.plugins_loaded.dec();
-            let reason = if crate::discovery::same_place(&plugin.instance.file, file) {
+            let reason = if crate::load::discovery::same_place(&plugin.instance.file, file) {
                 format!("its file {} was removed", file.display())
             } else {
                 "a plugin it depends on was removed".to_string()
@@ -237,6 +236,27 @@ impl PluginHost {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         crate::reload::reload(&self.core, &self.shadow, &self.config, name, file)
+    }
+
+    /// Watches `dir` (see [`Watch`](crate::Watch)): a changed file reloads
+    /// its plugins, a new file is loaded, a removed one stops its plugins.
+    /// Events are debounced by `debounce`; dropping the returned value stops
+    /// watching.
+    pub fn watch(
+        self: &Arc<Self>,
+        dir: &Path,
+        debounce: std::time::Duration,
+    ) -> Result<crate::Watch, String> {
+        crate::reload::watch::watch(Arc::clone(self), dir, debounce)
+    }
+
+    /// A probe that calls one plugin's `validate` directly, for the
+    /// benchmarks. Not a public API.
+    #[doc(hidden)]
+    pub fn validate_probe(&self, plugin: &str) -> Option<crate::bench_support::ValidateProbe> {
+        self.core
+            .plugin(plugin)
+            .map(|plugin| crate::bench_support::ValidateProbe { plugin })
     }
 
     /// The state of every loaded plugin.
@@ -361,7 +381,7 @@ pub struct PluginStatus {
     /// The serving generation's number.
     pub generation: u64,
     /// Every generation loaded so far (all stay mapped) and their bytes.
-    pub mapped: crate::core::MappedImages,
+    pub mapped: crate::registry::MappedImages,
 }
 
 /// A service's name and state.
@@ -375,9 +395,9 @@ pub struct ServiceStatus {
 
 impl PluginStatus {
     fn of(
-        plugin: &crate::core::LivePlugin,
+        plugin: &crate::registry::LivePlugin,
         services: &[(String, String, bool)],
-        mapped: crate::core::MappedImages,
+        mapped: crate::registry::MappedImages,
     ) -> Self {
         let m = &plugin.instance.manifest;
         Self {

@@ -27,8 +27,8 @@
 //!
 //! [`PluginStatus`]: crate::PluginStatus
 
-use crate::events::BusEvent;
 use crate::pipeline::{InboundMessage, Reply};
+use crate::registry::events::BusEvent;
 use crate::PluginHost;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};

@@ -20,30 +20,23 @@
 
 #![warn(missing_docs)]
 
-pub mod admission;
-pub mod callbacks;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod cli;
 pub mod config;
-pub mod core;
-pub mod discovery;
-pub mod events;
-pub mod host;
+mod dependencies;
+mod host;
 pub mod http;
-pub mod instance;
-pub mod library;
-pub mod loader;
-pub mod metrics;
-pub mod permissions;
-pub mod pipeline;
-pub mod ratelimit;
-pub mod reload;
-pub mod report;
-pub mod resolve;
-pub mod shadow;
+mod load;
+mod metrics;
+mod pipeline;
+mod plugin;
+mod registry;
+mod reload;
 pub mod testing;
-pub mod watch;
 
 pub use crate::config::AgentConfig;
-pub use crate::host::{HostOptions, PluginHost, PluginStatus};
-pub use crate::pipeline::{InboundMessage, Reply};
-pub use crate::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
+pub use crate::host::{HostOptions, PluginHost, PluginStatus, ServiceStatus};
+pub use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
+pub use crate::pipeline::{InboundMessage, Reply, NO_ACTION_TEXT};
+pub use crate::reload::watch::{Watch, DEFAULT_DEBOUNCE};

@@ -75,7 +75,7 @@ fn examples_load_in_dependency_order_and_answer() {
 
     let reply = host.handle_message(ask("tell me a joke"));
     assert!(reply.action.is_none());
-    assert_eq!(reply.text, agent_host::pipeline::NO_ACTION_TEXT);
+    assert_eq!(reply.text, agent_host::NO_ACTION_TEXT);
 }
 
 #[test]

@@ -228,12 +228,16 @@ fn every_bad_file_fails_alone_and_every_good_plugin_loads() {
     );
 
     // The host still serves with the good plugins.
-    let services = host.core().services();
+    let services: Vec<agent_host::ServiceStatus> = host
+        .statuses()
+        .into_iter()
+        .flat_map(|status| status.services)
+        .collect();
     assert!(services
         .iter()
-        .any(|(name, _, running)| name == "geolocation" && *running));
+        .any(|service| service.name == "geolocation" && service.running));
     assert!(
-        !services.iter().any(|(name, _, _)| name == "fine"),
+        !services.iter().any(|service| service.name == "fine"),
         "a plugin whose second service failed keeps none of its services"
     );
 }

@@ -2,7 +2,6 @@
 //! loads (and so do plugins that were waiting for it), a removed file stops
 //! its plugin and its dependents, a half-written file is retried.
 
-use agent_host::watch::watch;
 use agent_host::{HostOptions, InboundMessage, PluginHost};
 use agent_host_tests::*;
 use std::path::Path;
@@ -42,7 +41,7 @@ fn the_folder_drives_the_plugins() {
     let host = Arc::new(PluginHost::new(HostOptions::default()).expect("host"));
     let report = host.load_dir(dir.path()).expect("load");
     assert!(report.failure_of("counter-user").is_some());
-    let _watch = watch(Arc::clone(&host), dir.path(), Duration::from_millis(100)).expect("watch");
+    let _watch = PluginHost::watch(&host, dir.path(), Duration::from_millis(100)).expect("watch");
 
     // A new file loads, and the plugin waiting for it follows.
     let file = dir.path().join(format!("counter.{EXT}"));

@@ -92,11 +92,7 @@ async fn serve(
         host.plugin_names().join(", ")
     );
     let watching = if watch {
-        Some(crate::watch::watch(
-            Arc::clone(&host),
-            dir,
-            crate::watch::DEFAULT_DEBOUNCE,
-        )?)
+        Some(host.watch(dir, crate::reload::watch::DEFAULT_DEBOUNCE)?)
     } else {
         None
     };

@@ -38,6 +38,7 @@ impl ShadowDir {
     }
 
     /// The folder's path.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.dir
     }

@@ -7,15 +7,20 @@
 //! `on_load`, register and start its services. A failure at any step takes
 //! down that plugin and its dependents, never the host or unrelated plugins.
 
-use crate::callbacks::PluginCallbacks;
+pub(crate) mod discovery;
+pub(crate) mod library;
+pub(crate) mod private_copy;
+pub(crate) mod report;
+
 use crate::config::{effective_config, AgentConfig};
-use crate::core::{Core, LivePlugin};
-use crate::discovery::plugin_files;
-use crate::instance::PluginInstance;
-use crate::library::{self, OpenedLibrary};
-use crate::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
-use crate::resolve::{resolve, Candidate};
-use crate::shadow::ShadowDir;
+use crate::dependencies::{resolve, Candidate};
+use crate::load::discovery::plugin_files;
+use crate::load::library::OpenedLibrary;
+use crate::load::private_copy::ShadowDir;
+use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
+use crate::plugin::PluginInstance;
+use crate::registry::callbacks::PluginCallbacks;
+use crate::registry::{LivePlugin, Registry};
 use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
 use semver::Version;
 use serde_json::json;
@@ -153,7 +158,7 @@ fn reject_duplicates(prepared: Vec<Prepared>, report: &mut LoadReport) -> Vec<Pr
 /// permissions, the instance, and its accounting of mapped images. Runs no
 /// hook and registers nothing.
 pub(crate) fn instantiate(
-    core: &Arc<Core>,
+    core: &Arc<Registry>,
     p: &Prepared,
     order: usize,
     agent: &AgentConfig,
@@ -190,7 +195,6 @@ pub(crate) fn instantiate(
     );
     let live = Arc::new(LivePlugin::new(
         instance,
-        config,
         permissions,
         order,
         generation,
@@ -215,7 +219,7 @@ pub(crate) fn subscribe_providers(live: &LivePlugin) {
 /// Creates, registers and starts one plugin. On failure everything it set up
 /// is undone and the plugin is unregistered.
 fn start(
-    core: &Arc<Core>,
+    core: &Arc<Registry>,
     p: &Prepared,
     order: usize,
     agent: &AgentConfig,
@@ -292,7 +296,7 @@ fn describe(p: &Prepared, order: usize) -> LoadedPlugin {
 /// Only an unreadable folder is an error; every plugin failure is in the
 /// report.
 pub fn load_dir(
-    core: &Arc<Core>,
+    core: &Arc<Registry>,
     shadow: &ShadowDir,
     dir: &Path,
     config: &AgentConfig,
@@ -304,7 +308,7 @@ pub fn load_dir(
 /// plugin satisfies a dependency like a new one, and a new plugin whose name
 /// is already loaded is refused as a duplicate.
 pub fn load_files(
-    core: &Arc<Core>,
+    core: &Arc<Registry>,
     shadow: &ShadowDir,
     files: &[PathBuf],
     config: &AgentConfig,

@@ -5,8 +5,8 @@
 //! panics of host code: one escaping into the plugin's FFI shim would end the
 //! process.
 
-use crate::core::{Core, HostError, LiveCaller};
-use crate::permissions::Permissions;
+use crate::registry::permissions::Permissions;
+use crate::registry::{HostError, LiveCaller, Registry};
 use agent_host_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
 use agent_host_plugin_abi::abi_stable::std_types::{RResult, RStr, RString};
 use agent_host_plugin_abi::{codes, FfiError, FfiResult, HostApi, HostApi_TO, HostBox};
@@ -21,7 +21,7 @@ pub struct PluginCallbacks {
     generation: u64,
     permissions: Permissions,
     config: Arc<Value>,
-    core: Weak<Core>,
+    core: Weak<Registry>,
 }
 
 impl PluginCallbacks {
@@ -31,7 +31,7 @@ impl PluginCallbacks {
         generation: u64,
         permissions: Permissions,
         config: Arc<Value>,
-        core: &Arc<Core>,
+        core: &Arc<Registry>,
     ) -> HostBox {
         HostApi_TO::from_value(
             Self {
@@ -45,7 +45,7 @@ impl PluginCallbacks {
         )
     }
 
-    fn core(&self) -> Result<Arc<Core>, HostError> {
+    fn core(&self) -> Result<Arc<Registry>, HostError> {
         self.core
             .upgrade()
             .ok_or_else(|| HostError::new(ErrorKind::Unavailable, "the host is shutting down"))
@@ -165,7 +165,7 @@ impl HostApi for PluginCallbacks {
             let core = self.core()?;
             Ok(core.bus.subscribe(
                 event.as_str(),
-                crate::events::Listener::Plugin(self.plugin.clone(), self.generation),
+                crate::registry::events::Listener::Plugin(self.plugin.clone(), self.generation),
             ))
         })
     }

@@ -9,8 +9,8 @@
 //! folder is rescanned, which also loads plugins that were waiting for it
 //! as a dependency; if it is gone, its plugins and their dependents stop.
 
-use crate::discovery::is_plugin_file;
 use crate::host::PluginHost;
+use crate::load::discovery::is_plugin_file;
 use notify_debouncer_full::notify::event::ModifyKind;
 use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
@@ -111,7 +111,7 @@ pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Wa
                     let names: Vec<String> = host
                         .statuses()
                         .into_iter()
-                                                .filter(|s| crate::discovery::same_place(&s.file, path))
+                                                .filter(|s| crate::load::discovery::same_place(&s.file, path))
                         .map(|s| s.name)
                         .collect();
                     if names.is_empty() {

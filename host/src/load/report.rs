@@ -112,4 +112,4 @@ impl LoadReport {
 
 /// An error during shutdown (a service that failed to stop, an `on_unload`
 /// that failed): reported, never stopping the shutdown of the rest.
-pub type ShutdownError = crate::instance::CallError;
+pub type ShutdownError = crate::plugin::CallError;

@@ -5,7 +5,7 @@
 //! reported; the others still run. Nesting (a handler emitting an event whose
 //! handler emits...) is bounded so a loop cannot overflow the stack.
 
-use crate::permissions::matches;
+use crate::registry::permissions::matches;
 use serde::Serialize;
 use serde_json::Value;
 use std::cell::Cell;

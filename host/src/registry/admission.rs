@@ -81,6 +81,7 @@ impl Admission {
     }
 
     /// How many entries are admitted now.
+    #[cfg(test)]
     pub fn active(&self) -> usize {
         self.lock().active
     }

@@ -19,7 +19,9 @@
 //! problem becomes an entry in the reply's `errors`, naming the plugin and
 //! the entry point.
 
-use crate::core::{Core, LivePlugin, ServingPlan, StateSnapshot};
+pub(crate) mod ratelimit;
+
+use crate::registry::{LivePlugin, Registry, ServingPlan, StateSnapshot};
 use agent_host_plugin_abi::{CallControl, MessageView};
 use agent_host_plugin_sdk::{ActionResult, Evaluation};
 use serde::{Deserialize, Serialize};
@@ -177,7 +179,7 @@ fn is_json(text: &str) -> bool {
 
 /// Calls a provider's `get` and checks its JSON.
 fn fetch(
-    core: &Core,
+    core: &Registry,
     plugin: &LivePlugin,
     index: u32,
     view: &MessageView<'_>,
@@ -203,7 +205,7 @@ fn fetch(
 
 /// Refreshes a stale provider value in the background (stale-while-revalidate).
 fn refresh_in_background(
-    core: &Arc<Core>,
+    core: &Arc<Registry>,
     plugin: &Arc<LivePlugin>,
     index: u32,
     message: &InboundMessage,
@@ -233,7 +235,7 @@ fn refresh_in_background(
 /// composed text is kept and reused until a provider value changes or the
 /// earliest cached value expires: composing is then constant time.
 fn compose_state(
-    core: &Arc<Core>,
+    core: &Arc<Registry>,
     plan: &ServingPlan,
     message: &InboundMessage,
     errors: &mut Vec<String>,
@@ -339,7 +341,7 @@ fn compose_state(
 
 /// The highest-priority action whose `validate` accepts the message.
 fn choose_action<'p>(
-    core: &Core,
+    core: &Registry,
     plugins: &'p [Arc<LivePlugin>],
     view: &MessageView<'_>,
     errors: &mut Vec<String>,
@@ -378,7 +380,7 @@ enum Outcome {
 /// timeout the call's control is cancelled (the plugin sees it) and the
 /// host moves on; the call itself finishes, or not, on its own thread.
 fn run_handler(
-    core: &Core,
+    core: &Registry,
     plugin: &Arc<LivePlugin>,
     index: u32,
     message: &InboundMessage,
@@ -444,7 +446,7 @@ fn wait_briefly_then_block<T>(
 
 /// Checks permissions and the rate limit, then runs the action and fills the reply.
 fn run_action(
-    core: &Core,
+    core: &Registry,
     plugin: &Arc<LivePlugin>,
     index: u32,
     message: &InboundMessage,
@@ -546,7 +548,7 @@ fn run_action(
 
 /// Steps 1 to 6: everything but the evaluators. Returns the reply so far
 /// and the context JSON the evaluators will see.
-fn answer(core: &Arc<Core>, plan: &ServingPlan, message: &InboundMessage) -> (Reply, String) {
+fn answer(core: &Arc<Registry>, plan: &ServingPlan, message: &InboundMessage) -> (Reply, String) {
     let started = Instant::now();
     let mut reply = Reply {
         id: message.id.clone(),
@@ -572,7 +574,7 @@ fn answer(core: &Arc<Core>, plan: &ServingPlan, message: &InboundMessage) -> (Re
     (reply, context)
 }
 
-fn finish(core: &Core, reply: &mut Reply, started: Instant) {
+fn finish(core: &Registry, reply: &mut Reply, started: Instant) {
     reply.timings.total_us = micros(started);
     core.metrics.messages.inc();
     core.metrics
@@ -583,7 +585,7 @@ fn finish(core: &Core, reply: &mut Reply, started: Instant) {
 /// Runs one message through the pipeline. Never fails: every problem is in
 /// the reply's `errors`. Blocks while plugin code runs; call it from a
 /// thread that may block.
-pub fn handle_message(core: &Arc<Core>, message: &InboundMessage) -> Reply {
+pub fn handle_message(core: &Arc<Registry>, message: &InboundMessage) -> Reply {
     let span = tracing::info_span!("message", id = %message.id, sender = %message.sender);
     let _entered = span.enter();
     let _admitted = core.admission.enter();
@@ -615,7 +617,7 @@ pub fn handle_message(core: &Arc<Core>, message: &InboundMessage) -> Reply {
 
 /// Runs several messages: each is answered in turn, then every evaluator
 /// scores all of them at once through its batch form.
-pub fn handle_batch(core: &Arc<Core>, messages: &[InboundMessage]) -> Vec<Reply> {
+pub fn handle_batch(core: &Arc<Registry>, messages: &[InboundMessage]) -> Vec<Reply> {
     let _admitted = core.admission.enter();
     let started = Instant::now();
     let plan = core.serving_plan();

@@ -4,12 +4,17 @@
 //! Locks here guard maps only; they are always released before any call into
 //! a plugin, because the plugin may call back into the host (DESIGN fact 11).
 
+pub(crate) mod admission;
+pub(crate) mod callbacks;
+pub(crate) mod events;
+pub(crate) mod permissions;
+
 use crate::config::HostSettings;
-use crate::events::{BusEvent, DeliveryFailure, EventBus};
-use crate::instance::{CallError, PluginInstance};
 use crate::metrics::Metrics;
-use crate::permissions::Permissions;
-use crate::ratelimit::RateLimiter;
+use crate::pipeline::ratelimit::RateLimiter;
+use crate::plugin::{CallError, PluginInstance};
+use crate::registry::events::{BusEvent, DeliveryFailure, EventBus};
+use crate::registry::permissions::Permissions;
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::ErrorKind;
 use serde_json::{json, Value};
@@ -23,8 +28,6 @@ use tokio::task::JoinHandle;
 pub struct LivePlugin {
     /// The instance.
     pub instance: PluginInstance,
-    /// Its effective config (defaults merged with the operator's config).
-    pub config: Arc<Value>,
     /// What its host callbacks may do.
     pub permissions: Permissions,
     /// Its position in the load order.
@@ -61,11 +64,6 @@ pub struct ProviderSlot {
 }
 
 impl ProviderSlot {
-    /// The cached value, if any.
-    pub fn cached(&self) -> Option<CachedValue> {
-        read(&self.cached).clone()
-    }
-
     /// Stores a value (fetched or pushed) as fresh.
     pub fn store(&self, json: Arc<str>) {
         *write(&self.cached) = Some(CachedValue {
@@ -105,7 +103,6 @@ impl LivePlugin {
     /// A live plugin, not quarantined.
     pub fn new(
         instance: PluginInstance,
-        config: Arc<Value>,
         permissions: Permissions,
         load_order: usize,
         generation: u64,
@@ -144,7 +141,6 @@ impl LivePlugin {
             providers,
             action_metrics,
             instance,
-            config,
             permissions,
             load_order,
             generation,
@@ -225,7 +221,7 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 /// The shared registry.
-pub struct Core {
+pub struct Registry {
     plugins: RwLock<Vec<Arc<LivePlugin>>>,
     services: RwLock<HashMap<String, ServiceSlot>>,
     /// The event bus.
@@ -235,7 +231,7 @@ pub struct Core {
     next_generation: AtomicU64,
     mapped: Mutex<HashMap<String, MappedImages>>,
     /// The gate every top-level entry into plugin code passes.
-    pub admission: crate::admission::Admission,
+    pub admission: crate::registry::admission::Admission,
     plan: Mutex<Option<Arc<ServingPlan>>>,
     /// Bumped whenever any provider value is stored, so a composed state
     /// can tell it is still current.
@@ -248,7 +244,7 @@ pub struct Core {
     pub rate_limiter: RateLimiter,
 }
 
-impl Core {
+impl Registry {
     /// An empty registry whose timers and blocking calls run on `runtime`.
     pub fn new(runtime: tokio::runtime::Handle, settings: HostSettings) -> Arc<Self> {
         Arc::new(Self {
@@ -259,7 +255,7 @@ impl Core {
             timers: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             mapped: Mutex::new(HashMap::new()),
-            admission: crate::admission::Admission::default(),
+            admission: crate::registry::admission::Admission::default(),
             plan: Mutex::new(None),
             provider_version: Arc::new(AtomicU64::new(0)),
             settings,
@@ -744,7 +740,7 @@ pub struct ServingPlan {
 /// A composed state and what it depends on.
 #[derive(Debug, Clone)]
 pub struct StateSnapshot {
-    /// `Core::provider_version` when it was composed.
+    /// `Registry::provider_version` when it was composed.
     pub version: u64,
     /// When its earliest cached value expires (`None`: never).
     pub fresh_until: Option<Instant>,

@@ -4,7 +4,7 @@
 //! rather than `RootModule::load_from*`, which would keep one library per
 //! root-module type for the whole process (DESIGN fact 1).
 
-use crate::shadow::ShadowDir;
+use crate::load::private_copy::ShadowDir;
 use agent_host_plugin_abi::abi_stable::library::{lib_header_from_path, LibraryError};
 use agent_host_plugin_abi::PluginModuleRef;
 use agent_host_plugin_sdk::manifest::Manifest;
@@ -14,8 +14,6 @@ use std::path::{Path, PathBuf};
 pub struct OpenedLibrary {
     /// The file in the plugin folder.
     pub file: PathBuf,
-    /// The private copy that was loaded.
-    pub shadow: PathBuf,
     /// The library's root module.
     pub module: PluginModuleRef,
     /// One manifest per plugin the library exports, in export order.
@@ -84,7 +82,6 @@ pub fn open(file: &Path, shadow: &ShadowDir) -> Result<OpenedLibrary, OpenError>
     }
     Ok(OpenedLibrary {
         file: file.to_path_buf(),
-        shadow: copy,
         module,
         manifests,
         image_bytes,

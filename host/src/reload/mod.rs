@@ -19,12 +19,14 @@
 //! one serving, with one line saying why. The old library stays mapped (it
 //! is never unloaded); the host counts it.
 
+pub(crate) mod watch;
+
 use crate::config::AgentConfig;
-use crate::core::{Core, LivePlugin};
-use crate::instance::CallError;
-use crate::library;
-use crate::loader::{instantiate, subscribe_providers, Prepared};
-use crate::shadow::ShadowDir;
+use crate::load::library;
+use crate::load::private_copy::ShadowDir;
+use crate::load::{instantiate, subscribe_providers, Prepared};
+use crate::plugin::CallError;
+use crate::registry::{LivePlugin, Registry};
 use agent_host_plugin_sdk::manifest::Dependency;
 use serde::Serialize;
 use serde_json::json;
@@ -83,7 +85,7 @@ fn micros(since: Instant) -> u64 {
 
 /// Whether `from` reaches `target` through the loaded plugins' required and
 /// optional dependencies.
-fn reaches(core: &Core, from: &str, target: &str, seen: &mut Vec<String>) -> bool {
+fn reaches(core: &Registry, from: &str, target: &str, seen: &mut Vec<String>) -> bool {
     if from == target {
         return true;
     }
@@ -105,7 +107,7 @@ fn reaches(core: &Core, from: &str, target: &str, seen: &mut Vec<String>) -> boo
 
 /// Checks the new build against the loaded plugins: its dependencies, and
 /// its dependents' requirements.
-fn check_dependencies(core: &Core, prepared: &Prepared) -> Result<(), String> {
+fn check_dependencies(core: &Registry, prepared: &Prepared) -> Result<(), String> {
     let name = prepared.manifest.name.as_str();
     for dependency in &prepared.dependencies {
         match core.plugin(&dependency.name) {
@@ -162,7 +164,7 @@ fn check_dependencies(core: &Core, prepared: &Prepared) -> Result<(), String> {
 /// Stops a generation that is not (or no longer) serving: providers
 /// unsubscribed, services stopped in reverse, `on_unload`, its subscriptions
 /// and timers dropped. Returns the errors, which never stop the rest.
-pub fn retire(core: &Core, plugin: &LivePlugin, services_started: usize) -> Vec<CallError> {
+pub fn retire(core: &Registry, plugin: &LivePlugin, services_started: usize) -> Vec<CallError> {
     let mut errors = Vec::new();
     for (index, provider) in plugin.instance.manifest.providers.iter().enumerate() {
         if provider.subscribable {
@@ -201,7 +203,7 @@ fn start_services(new: &LivePlugin) -> Result<(), String> {
 
 /// Reloads the plugin named `name` from its file. Callers serialize reloads.
 pub fn reload(
-    core: &Arc<Core>,
+    core: &Arc<Registry>,
     shadow: &ShadowDir,
     config: &AgentConfig,
     name: &str,

@@ -1,0 +1,66 @@
+//! Entry points for the benchmarks in `host/benches`, which time single steps
+//! that the public API only offers as part of a bigger one. Not a public API:
+//! hidden from the docs, and free to change with the code it measures.
+
+use crate::load::library;
+use crate::load::private_copy::ShadowDir;
+use crate::registry::callbacks::PluginCallbacks;
+use crate::registry::permissions::Permissions;
+use crate::registry::{LivePlugin, Registry};
+use agent_host_plugin_abi::MessageView;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Opens plugin files the way the loader does, one step at a time.
+pub struct LoadProbe {
+    registry: Arc<Registry>,
+    shadow: ShadowDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl LoadProbe {
+    /// A probe with a registry and a private-copy folder of its own.
+    pub fn new() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Runtime::new()?;
+        Ok(Self {
+            registry: Registry::new(runtime.handle().clone(), Default::default()),
+            shadow: ShadowDir::create()?,
+            _runtime: runtime,
+        })
+    }
+
+    /// Private copy, `dlopen`, ABI and layout check, manifests, and the
+    /// creation of the file's first plugin; returns that plugin's name.
+    pub fn open_and_create(&self, file: &Path) -> Result<String, String> {
+        let opened = library::open(file, &self.shadow).map_err(|e| e.cause)?;
+        let name = opened
+            .manifests
+            .first()
+            .map(|m| m.name.clone())
+            .ok_or("the library exports no plugin")?;
+        let callbacks = PluginCallbacks::boxed(
+            &name,
+            self.registry.next_generation(),
+            Permissions::default(),
+            Arc::new(serde_json::json!({})),
+            &self.registry,
+        );
+        (opened.module.create())(0, callbacks)
+            .into_result()
+            .map_err(|e| e.message.into_string())?;
+        Ok(name)
+    }
+}
+
+/// Calls one loaded plugin's `validate` directly, as the pipeline does.
+pub struct ValidateProbe {
+    pub(crate) plugin: Arc<LivePlugin>,
+}
+
+impl ValidateProbe {
+    /// Whether action `action` accepts the message (an error counts as no).
+    #[inline]
+    pub fn validate(&self, action: u32, message: &MessageView<'_>) -> bool {
+        matches!(self.plugin.instance.validate(action, message), Ok(true))
+    }
+}
