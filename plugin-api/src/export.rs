@@ -6,68 +6,22 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
+use crate::object::{guard, install_panic_hook, not_found, PluginObject};
 use crate::plugin::Plugin;
-use crate::provider::Unsubscribe;
-use crate::runtime::{Event, Host, Level, ProviderPush, Runtime, Shared};
+use crate::runtime::{Host, Level};
 use agent_host_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
 use agent_host_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
 use agent_host_plugin_abi::abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use agent_host_plugin_abi::{
-    codes, CallControl, EvaluationView, FfiError, FfiResult, HostBox, MessageView, PluginApi,
-    PluginApi_TO, PluginModule,
+    CallControl, EvaluationView, FfiResult, HostBox, MessageView, PluginApi, PluginApi_TO,
+    PluginModule,
 };
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, Once, PoisonError};
 
-thread_local! {
-    static LAST_PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Replaces this library's panic hook (each plugin library has its own copy
-/// of std, so this never touches the host's hook) with one that records where
-/// the panic happened instead of printing it; [`guard`] reports it.
-fn install_panic_hook() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
-            let location = info
-                .location()
-                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-            LAST_PANIC_LOCATION.with(|slot| *slot.borrow_mut() = location);
-        }));
-    });
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    let text = if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_string()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a non-text panic payload".to_string()
-    };
-    match LAST_PANIC_LOCATION.with(|slot| slot.borrow_mut().take()) {
-        Some(location) => format!("panicked at {location}: {text}"),
-        None => format!("panicked: {text}"),
+fn ffi<T>(result: Result<T>) -> FfiResult<T> {
+    match result {
+        Ok(value) => RResult::ROk(value),
+        Err(error) => RResult::RErr(error.into_ffi()),
     }
-}
-
-/// Runs plugin code, turning errors and panics into FFI errors.
-pub(crate) fn guard<T>(body: impl FnOnce() -> Result<T>) -> FfiResult<T> {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(value)) => RResult::ROk(value),
-        Ok(Err(error)) => RResult::RErr(error.into_ffi()),
-        Err(payload) => RResult::RErr(FfiError::new(codes::PANICKED, panic_message(payload))),
-    }
-}
-
-fn not_found(kind: &str, index: u32) -> Error {
-    Error::new(
-        ErrorKind::NotFound,
-        format!("the plugin has no {kind} number {index}"),
-    )
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<RString> {
@@ -95,76 +49,20 @@ fn message_of<'a>(view: &MessageView<'a>) -> Message<'a> {
     )
 }
 
-/// One live plugin instance behind the FFI trait object.
-struct Instance {
-    plugin: Plugin,
-    shared: Arc<Shared>,
-    subscriptions: Mutex<HashMap<u32, Unsubscribe>>,
-}
-
-impl Instance {
-    fn runtime<'a>(&'a self, control: Option<&'a CallControl>) -> Runtime<'a> {
-        Runtime::new(&self.shared, control)
-    }
-
-    fn action(&self, index: u32) -> Result<&crate::Action> {
-        self.plugin
-            .actions
-            .get(index as usize)
-            .ok_or_else(|| not_found("action", index))
-    }
-
-    fn provider(&self, index: u32) -> Result<&crate::Provider> {
-        self.plugin
-            .providers
-            .get(index as usize)
-            .ok_or_else(|| not_found("provider", index))
-    }
-
-    fn evaluator(&self, index: u32) -> Result<&crate::Evaluator> {
-        self.plugin
-            .evaluators
-            .get(index as usize)
-            .ok_or_else(|| not_found("evaluator", index))
-    }
-
-    fn service(&self, index: u32) -> Result<&crate::Service> {
-        self.plugin
-            .services
-            .get(index as usize)
-            .ok_or_else(|| not_found("service", index))
-    }
-}
-
-impl PluginApi for Instance {
+/// The FFI face of a plugin instance: each method converts the borrowed FFI
+/// types, calls the instance (which catches panics), and converts back.
+/// Conversions that could fail run inside [`guard`] too.
+impl PluginApi for PluginObject {
     fn on_load(&self) -> FfiResult<()> {
-        guard(|| self.plugin.load(&self.runtime(None)))
+        ffi(PluginObject::on_load(self))
     }
 
     fn on_unload(&self) -> FfiResult<()> {
-        guard(|| {
-            let pending: Vec<Unsubscribe> = self
-                .subscriptions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .drain()
-                .map(|(_, stop)| stop)
-                .collect();
-            pending.into_iter().for_each(|stop| stop());
-            self.plugin.unload(&self.runtime(None))
-        })
+        ffi(PluginObject::on_unload(self))
     }
 
-    // The hot path: it runs for every action on every message, so it skips
-    // the general `guard` and its `Result` plumbing, but not `catch_unwind`.
     fn validate(&self, action: u32, message: &MessageView<'_>) -> FfiResult<bool> {
-        let Some(action) = self.plugin.actions.get(action as usize) else {
-            return RResult::RErr(not_found("action", action).into_ffi());
-        };
-        match catch_unwind(AssertUnwindSafe(|| action.check(&message_of(message)))) {
-            Ok(valid) => RResult::ROk(valid),
-            Err(payload) => RResult::RErr(FfiError::new(codes::PANICKED, panic_message(payload))),
-        }
+        ffi(PluginObject::validate(self, action, &message_of(message)))
     }
 
     fn handle(
@@ -173,10 +71,14 @@ impl PluginApi for Instance {
         message: &MessageView<'_>,
         control: &CallControl,
     ) -> FfiResult<RString> {
-        guard(|| {
-            let action = self.action(action)?;
-            to_json(&action.run(&message_of(message), &self.runtime(Some(control)))?)
-        })
+        ffi(guard(|| {
+            to_json(&PluginObject::handle(
+                self,
+                action,
+                &message_of(message),
+                control,
+            )?)
+        }))
     }
 
     fn provide(
@@ -185,36 +87,18 @@ impl PluginApi for Instance {
         message: &MessageView<'_>,
         control: &CallControl,
     ) -> FfiResult<RString> {
-        guard(|| {
-            let provider = self.provider(provider)?;
-            to_json(&provider.fetch(&message_of(message), &self.runtime(Some(control)))?)
-        })
+        ffi(guard(|| {
+            to_json(&PluginObject::provide(
+                self,
+                provider,
+                &message_of(message),
+                control,
+            )?)
+        }))
     }
 
     fn set_subscribed(&self, provider: u32, subscribed: bool) -> FfiResult<()> {
-        guard(|| {
-            let spec = self.provider(provider)?;
-            let previous = self
-                .subscriptions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&provider);
-            if let Some(stop) = previous {
-                stop();
-            }
-            if subscribed {
-                let push = ProviderPush {
-                    shared: Arc::clone(&self.shared),
-                    provider,
-                };
-                let stop = spec.start_subscription(push, &self.runtime(None))?;
-                self.subscriptions
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(provider, stop);
-            }
-            Ok(())
-        })
+        ffi(PluginObject::set_subscribed(self, provider, subscribed))
     }
 
     fn evaluate(
@@ -223,10 +107,14 @@ impl PluginApi for Instance {
         message: &MessageView<'_>,
         control: &CallControl,
     ) -> FfiResult<EvaluationView> {
-        guard(|| {
-            let evaluator = self.evaluator(evaluator)?;
-            evaluation_view(evaluator.run(&message_of(message), &self.runtime(Some(control)))?)
-        })
+        ffi(guard(|| {
+            evaluation_view(PluginObject::evaluate(
+                self,
+                evaluator,
+                &message_of(message),
+                control,
+            )?)
+        }))
     }
 
     fn evaluate_batch(
@@ -235,29 +123,21 @@ impl PluginApi for Instance {
         messages: RSlice<'_, MessageView<'_>>,
         control: &CallControl,
     ) -> FfiResult<RVec<EvaluationView>> {
-        guard(|| {
-            let evaluator = self.evaluator(evaluator)?;
+        ffi(guard(|| {
             let messages: Vec<Message<'_>> = messages.iter().map(message_of).collect();
-            evaluator
-                .run_batch(&messages, &self.runtime(Some(control)))?
+            PluginObject::evaluate_batch(self, evaluator, &messages, control)?
                 .into_iter()
                 .map(evaluation_view)
                 .collect()
-        })
+        }))
     }
 
     fn start_service(&self, service: u32) -> FfiResult<()> {
-        guard(|| {
-            let service = self.service(service)?;
-            service.start(&self.runtime(None))
-        })
+        ffi(PluginObject::start_service(self, service))
     }
 
     fn stop_service(&self, service: u32) -> FfiResult<()> {
-        guard(|| {
-            let service = self.service(service)?;
-            service.stop(&self.runtime(None))
-        })
+        ffi(PluginObject::stop_service(self, service))
     }
 
     fn call_service(
@@ -267,15 +147,10 @@ impl PluginApi for Instance {
         args_json: RStr<'_>,
         control: &CallControl,
     ) -> FfiResult<RString> {
-        guard(|| {
-            let service = self.service(service)?;
-            let result = service.call_json(
-                method.as_str(),
-                args_json.as_str(),
-                &self.runtime(Some(control)),
-            )?;
-            Ok(RString::from(result))
-        })
+        ffi(
+            PluginObject::call_service(self, service, method.as_str(), args_json.as_str(), control)
+                .map(RString::from),
+        )
     }
 
     fn on_event(
@@ -284,48 +159,34 @@ impl PluginApi for Instance {
         event: RStr<'_>,
         payload_json: RStr<'_>,
     ) -> FfiResult<()> {
-        guard(|| {
-            let Some(handler) = self.shared.event_handler(subscription) else {
-                return Ok(());
-            };
-            let payload = if payload_json.is_empty() {
-                serde_json::Value::Null
-            } else {
-                serde_json::from_str(payload_json.as_str())?
-            };
-            let event = Event {
-                name: event.as_str().to_string(),
-                payload,
-            };
-            handler(&event, &self.runtime(None))
-        })
+        ffi(PluginObject::on_event(
+            self,
+            subscription,
+            event.as_str(),
+            payload_json.as_str(),
+        ))
     }
 
     fn on_timer(&self, timer: u64) -> FfiResult<()> {
-        guard(|| match self.shared.timer_handler(timer) {
-            Some(handler) => handler(&self.runtime(None)),
-            None => Ok(()),
-        })
+        ffi(PluginObject::on_timer(self, timer))
     }
 
     fn export_state(&self) -> FfiResult<RString> {
-        guard(|| to_json(&self.plugin.export_state(&self.runtime(None))?))
+        ffi(guard(|| to_json(&PluginObject::export_state(self)?)))
     }
 
     fn import_state(&self, state_json: RStr<'_>) -> FfiResult<()> {
-        guard(|| {
+        ffi(guard(|| {
             let state = serde_json::from_str(state_json.as_str())?;
-            self.plugin.import_state(state, &self.runtime(None))
-        })
+            PluginObject::import_state(self, state)
+        }))
     }
 
     fn invoke(&self, request: RStr<'_>, _payload_json: RStr<'_>) -> FfiResult<RString> {
-        guard(|| {
-            Err(Error::new(
-                ErrorKind::NotFound,
-                format!("unknown request '{}'", request.as_str()),
-            ))
-        })
+        ffi(Err(Error::new(
+            ErrorKind::NotFound,
+            format!("unknown request '{}'", request.as_str()),
+        )))
     }
 }
 
@@ -382,6 +243,7 @@ impl Host for FfiHost {
 #[doc(hidden)]
 pub mod __private {
     use super::*;
+    pub use crate::object::PluginObject;
     pub use agent_host_plugin_abi::abi_stable;
     pub use agent_host_plugin_abi::abi_stable::library::{LibHeader, RootModuleResult};
     pub use agent_host_plugin_abi::abi_stable::std_types::RString;
@@ -390,7 +252,7 @@ pub mod __private {
     /// The builders' manifests as one JSON array.
     pub fn manifests(builders: &[fn() -> Plugin]) -> FfiResult<RString> {
         install_panic_hook();
-        guard(|| {
+        ffi(guard(|| {
             let mut manifests = Vec::with_capacity(builders.len());
             for build in builders {
                 let plugin = build();
@@ -404,25 +266,19 @@ pub mod __private {
                 manifests.push(plugin.manifest());
             }
             to_json(&manifests)
-        })
+        }))
     }
 
     /// Builds plugin `index` and wraps it for the host.
     pub fn create(builders: &[fn() -> Plugin], index: u32, host: HostBox) -> FfiResult<PluginBox> {
         install_panic_hook();
-        guard(|| {
+        ffi(guard(|| {
             let build = builders
                 .get(index as usize)
                 .ok_or_else(|| not_found("plugin", index))?;
-            let plugin = build();
-            let shared = Shared::new(plugin.name().to_string(), Box::new(FfiHost(host)));
-            let instance = Instance {
-                plugin,
-                shared,
-                subscriptions: Mutex::new(HashMap::new()),
-            };
-            Ok(PluginApi_TO::from_value(instance, TD_Opaque))
-        })
+            let object = PluginObject::new(build(), Box::new(FfiHost(host)));
+            Ok(PluginApi_TO::from_value(object, TD_Opaque))
+        }))
     }
 
     /// The root module for the given entry points.

@@ -65,6 +65,7 @@ mod evaluator;
 mod export;
 pub mod manifest;
 mod message;
+mod object;
 mod plugin;
 mod provider;
 mod runtime;
