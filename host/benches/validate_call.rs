@@ -4,7 +4,6 @@
 //! Run: `cargo bench -p agent-host --bench validate_call`
 
 use agent_host::{HostOptions, PluginHost};
-use agent_host_plugin_abi::MessageView;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 /// The same body as the fixture plugin's `PING` action validate.
@@ -25,16 +24,9 @@ fn validate(c: &mut Criterion) {
     group.bench_function("direct inline(never) call", |b| {
         b.iter(|| direct_validate(black_box(text.as_str())))
     });
-    // The pipeline builds one view per message and passes it to every
-    // action's validate, so the view is built once here too.
-    let view = MessageView {
-        id: "m1".into(),
-        text: text.as_str().into(),
-        context_json: context.as_str().into(),
-    };
     group.bench_function("through the SDK and FFI", |b| {
         // Both benchmarks hand criterion a bool, as the pipeline consumes it.
-        b.iter(|| probe.validate(0, black_box(&view)))
+        b.iter(|| probe.validate(0, "m1", black_box(text.as_str()), &context))
     });
     group.finish();
 }

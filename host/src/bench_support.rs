@@ -4,10 +4,10 @@
 
 use crate::load::library;
 use crate::load::private_copy::ShadowDir;
+use crate::plugin::{MessageRef, PluginSource};
 use crate::registry::callbacks::PluginCallbacks;
 use crate::registry::permissions::Permissions;
 use crate::registry::{LivePlugin, Registry};
-use agent_host_plugin_abi::MessageView;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,9 +32,9 @@ impl LoadProbe {
     /// Private copy, `dlopen`, ABI and layout check, manifests, and the
     /// creation of the file's first plugin; returns that plugin's name.
     pub fn open_and_create(&self, file: &Path) -> Result<String, String> {
-        let opened = library::open(file, &self.shadow).map_err(|e| e.cause)?;
+        let opened = library::open(file, &self.shadow, u64::MAX).map_err(|e| e.to_string())?;
         let name = opened
-            .manifests
+            .manifests()
             .first()
             .map(|m| m.name.clone())
             .ok_or("the library exports no plugin")?;
@@ -45,9 +45,9 @@ impl LoadProbe {
             Arc::new(serde_json::json!({})),
             &self.registry,
         );
-        (opened.module.create())(0, callbacks)
-            .into_result()
-            .map_err(|e| e.message.into_string())?;
+        opened
+            .create(0, callbacks)
+            .map_err(|e| e.message().to_string())?;
         Ok(name)
     }
 }
@@ -60,7 +60,12 @@ pub struct ValidateProbe {
 impl ValidateProbe {
     /// Whether action `action` accepts the message (an error counts as no).
     #[inline]
-    pub fn validate(&self, action: u32, message: &MessageView<'_>) -> bool {
+    pub fn validate(&self, action: u32, id: &str, text: &str, context_json: &str) -> bool {
+        let message = MessageRef {
+            id,
+            text,
+            context_json,
+        };
         matches!(self.plugin.instance.validate(action, message), Ok(true))
     }
 }

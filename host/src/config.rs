@@ -45,6 +45,9 @@ pub struct HostSettings {
     /// Warn when the library images a plugin keeps mapped (every generation
     /// stays mapped) exceed this many bytes.
     pub mapped_bytes_warning: u64,
+    /// Refuse plugin files larger than this many bytes, from their size
+    /// alone (they are not copied).
+    pub max_plugin_bytes: u64,
 }
 
 impl Default for HostSettings {
@@ -55,6 +58,7 @@ impl Default for HostSettings {
             quarantine_window_ms: 60_000,
             reload_drain_timeout_ms: 5_000,
             mapped_bytes_warning: 256 * 1024 * 1024,
+            max_plugin_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -77,13 +81,68 @@ pub struct AgentConfig {
     pub senders: Option<BTreeMap<String, Vec<String>>>,
 }
 
-/// A config problem, naming the plugin and the field when they are known.
+/// A config problem. Errors about one plugin's config name the field, not
+/// the plugin: the load report's line names the plugin once.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// The config file could not be read.
+    Read {
+        /// The file.
+        file: std::path::PathBuf,
+        /// The operating system's error.
+        cause: String,
+    },
+    /// The config text is not valid TOML, or has unknown keys.
+    Parse {
+        /// The file, when the text came from one.
+        file: Option<std::path::PathBuf>,
+        /// The parser's message, on one line.
+        cause: String,
+    },
+    /// A plugin's config section is not a table.
+    NotATable,
+    /// A `{ env = "NAME" }` secret names an unset environment variable.
+    MissingSecret {
+        /// The field, as a JSON pointer such as `/api_key`.
+        field: String,
+        /// The variable.
+        variable: String,
+    },
+    /// The plugin's own config schema is not a valid JSON Schema.
+    InvalidSchema {
+        /// Why.
+        cause: String,
+    },
+    /// A config value does not match the plugin's schema.
+    Invalid {
+        /// The field, as a JSON pointer (`/` for the whole config).
+        field: String,
+        /// What is wrong with it.
+        cause: String,
+    },
+}
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ConfigError::Read { file, cause } => write!(f, "{}: {cause}", file.display()),
+            ConfigError::Parse {
+                file: Some(file),
+                cause,
+            } => write!(f, "{}: {cause}", file.display()),
+            ConfigError::Parse { file: None, cause } => f.write_str(cause),
+            ConfigError::NotATable => f.write_str("its config section must be a table"),
+            ConfigError::MissingSecret { field, variable } => write!(
+                f,
+                "config field `{field}` wants the environment variable {variable}, which is not set"
+            ),
+            ConfigError::InvalidSchema { cause } => {
+                write!(f, "its config schema is invalid: {cause}")
+            }
+            ConfigError::Invalid { field, cause } => {
+                write!(f, "config field `{field}`: {cause}")
+            }
+        }
     }
 }
 
@@ -92,14 +151,25 @@ impl std::error::Error for ConfigError {}
 impl AgentConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: path.to_path_buf(),
+            cause: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { cause, .. } => ConfigError::Parse {
+                file: Some(path.to_path_buf()),
+                cause,
+            },
+            other => other,
+        })
     }
 
     /// Parses config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim().replace('\n', " ")))
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: None,
+            cause: e.to_string().trim().replace('\n', " "),
+        })
     }
 
     /// The permissions a plugin gets: those it requested that the operator
@@ -131,28 +201,27 @@ impl AgentConfig {
 }
 
 /// Replaces every `{ env = "NAME" }` table in `value` by the variable's value.
-fn resolve_secrets(value: &mut Value, path: &str, plugin: &str) -> Result<(), ConfigError> {
+fn resolve_secrets(value: &mut Value, path: &str) -> Result<(), ConfigError> {
     match value {
         Value::Object(map) => {
             if map.len() == 1 {
                 if let Some(Value::String(var)) = map.get("env") {
-                    let secret = std::env::var(var).map_err(|_| {
-                        ConfigError(format!(
-                            "plugin '{plugin}': config field `{path}` wants the environment variable {var}, which is not set"
-                        ))
+                    let secret = std::env::var(var).map_err(|_| ConfigError::MissingSecret {
+                        field: path.to_string(),
+                        variable: var.clone(),
                     })?;
                     *value = Value::String(secret);
                     return Ok(());
                 }
             }
             for (key, inner) in map.iter_mut() {
-                resolve_secrets(inner, &format!("{path}/{key}"), plugin)?;
+                resolve_secrets(inner, &format!("{path}/{key}"))?;
             }
             Ok(())
         }
         Value::Array(items) => {
             for (index, inner) in items.iter_mut().enumerate() {
-                resolve_secrets(inner, &format!("{path}/{index}"), plugin)?;
+                resolve_secrets(inner, &format!("{path}/{index}"))?;
             }
             Ok(())
         }
@@ -166,7 +235,6 @@ pub fn effective_config(
     manifest: &Manifest,
     operator: Option<&Value>,
 ) -> Result<Value, ConfigError> {
-    let plugin = manifest.name.as_str();
     let mut config = match &manifest.default_config {
         Some(Value::Object(defaults)) => defaults.clone(),
         _ => serde_json::Map::new(),
@@ -176,23 +244,18 @@ pub fn effective_config(
         Some(Value::Object(overrides)) => {
             for (key, value) in overrides {
                 let mut value = value.clone();
-                resolve_secrets(&mut value, &format!("/{key}"), plugin)?;
+                resolve_secrets(&mut value, &format!("/{key}"))?;
                 config.insert(key.clone(), value);
             }
         }
-        Some(_) => {
-            return Err(ConfigError(format!(
-                "plugin '{plugin}': its config section must be a table"
-            )))
-        }
+        Some(_) => return Err(ConfigError::NotATable),
     }
     let config = Value::Object(config);
     if let Some(schema) = &manifest.config_schema {
-        let validator = jsonschema::validator_for(schema).map_err(|e| {
-            ConfigError(format!(
-                "plugin '{plugin}': its config schema is invalid: {e}"
-            ))
-        })?;
+        let validator =
+            jsonschema::validator_for(schema).map_err(|e| ConfigError::InvalidSchema {
+                cause: e.to_string(),
+            })?;
         let first_error = validator.iter_errors(&config).next().map(|error| {
             let field = error.instance_path.to_string();
             let field = if field.is_empty() {
@@ -200,10 +263,13 @@ pub fn effective_config(
             } else {
                 field
             };
-            format!("plugin '{plugin}': config field `{field}`: {error}")
+            ConfigError::Invalid {
+                field,
+                cause: error.to_string(),
+            }
         });
         if let Some(error) = first_error {
-            return Err(ConfigError(error));
+            return Err(error);
         }
     }
     Ok(config)
@@ -246,10 +312,16 @@ mod tests {
         let m = manifest(schema(), json!({"units": "metric"}));
         let error = effective_config(&m, Some(&json!({"api_key": "k", "units": "kelvin"})))
             .expect_err("invalid");
-        assert!(error.0.contains("plugin 'weather'"), "{error}");
-        assert!(error.0.contains("`/units`"), "{error}");
+        assert!(
+            matches!(&error, ConfigError::Invalid { field, .. } if field == "/units"),
+            "{error}"
+        );
+        assert!(
+            error.to_string().starts_with("config field `/units`: "),
+            "{error}"
+        );
         let error = effective_config(&m, None).expect_err("missing required");
-        assert!(error.0.contains("api_key"), "{error}");
+        assert!(error.to_string().contains("api_key"), "{error}");
     }
 
     #[test]
@@ -267,8 +339,13 @@ mod tests {
             Some(&json!({"api_key": {"env": "AGENT_HOST_TEST_UNSET_VAR"}})),
         )
         .expect_err("unset");
-        assert!(error.0.contains("AGENT_HOST_TEST_UNSET_VAR"), "{error}");
-        assert!(error.0.contains("`/api_key`"), "{error}");
+        assert_eq!(
+            error,
+            ConfigError::MissingSecret {
+                field: "/api_key".into(),
+                variable: "AGENT_HOST_TEST_UNSET_VAR".into(),
+            }
+        );
     }
 
     #[test]

@@ -110,6 +110,30 @@ impl PluginHost {
         pipeline::handle_batch(&self.core, &messages)
     }
 
+    /// Loads plugins from sources that are already open (in unit tests:
+    /// plugin values in memory).
+    #[cfg(test)]
+    pub(crate) fn load_sources(
+        &self,
+        sources: &[Arc<dyn crate::plugin::PluginSource>],
+    ) -> LoadReport {
+        let mut report = LoadReport::default();
+        crate::load::load_sources(&self.core, sources, &self.config, &mut report);
+        report
+    }
+
+    /// Reloads a plugin from a source that is already open (in unit tests:
+    /// a plugin value in memory).
+    #[cfg(test)]
+    pub(crate) fn reload_source(
+        &self,
+        name: &str,
+        source: Arc<dyn crate::plugin::PluginSource>,
+    ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
+        let file = source.file().to_path_buf();
+        crate::reload::reload(&self.core, &self.config, name, Some(&file), |_| Ok(source))
+    }
+
     /// Loads the plugin files in `dir` that no loaded plugin came from: new
     /// files, and files whose plugins failed or were stopped (for instance
     /// while waiting for a dependency that has now arrived).
@@ -155,26 +179,10 @@ impl PluginHost {
             .filter(|p| crate::load::discovery::same_place(&p.instance.file, file))
             .map(|p| p.name().to_string())
             .collect();
-        // Add dependents until nothing changes.
-        loop {
-            let before = doomed.len();
-            for plugin in &plugins {
-                let name = plugin.name().to_string();
-                if doomed.contains(&name) {
-                    continue;
-                }
-                let needs = plugin.instance.manifest.dependencies.iter().any(|d| {
-                    agent_host_plugin_sdk::manifest::Dependency::parse(d, false)
-                        .is_ok_and(|d| doomed.contains(&d.name))
-                });
-                if needs {
-                    doomed.push(name);
-                }
-            }
-            if doomed.len() == before {
-                break;
-            }
-        }
+        doomed.extend(crate::dependencies::dependents(
+            &self.core.candidates(),
+            &doomed,
+        ));
         if doomed.is_empty() {
             return doomed;
         }
@@ -235,7 +243,10 @@ impl PluginHost {
             .reloading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::reload::reload(&self.core, &self.shadow, &self.config, name, file)
+        crate::reload::reload(&self.core, &self.config, name, file, |file| {
+            crate::load::library::open(file, &self.shadow, self.config.host.max_plugin_bytes)
+                .map(|library| Arc::new(library) as Arc<dyn crate::plugin::PluginSource>)
+        })
     }
 
     /// Watches `dir` (see [`Watch`](crate::Watch)): a changed file reloads

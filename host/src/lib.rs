@@ -33,10 +33,16 @@ mod pipeline;
 mod plugin;
 mod registry;
 mod reload;
+mod sys;
 pub mod testing;
 
 pub use crate::config::AgentConfig;
+pub use crate::config::ConfigError;
+pub use crate::dependencies::{Misfit, Unresolved};
 pub use crate::host::{HostOptions, PluginHost, PluginStatus, ServiceStatus};
 pub use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
+pub use crate::load::{LoadError, OpenError};
 pub use crate::pipeline::{InboundMessage, Reply, NO_ACTION_TEXT};
+pub use crate::plugin::CallError;
 pub use crate::reload::watch::{Watch, DEFAULT_DEBOUNCE};
+pub use crate::reload::{ReloadError, ReloadFailure, Reloaded};

@@ -152,7 +152,7 @@ fn a_database_that_cannot_be_opened_fails_only_the_notes_plugin() {
         .find(|f| f.plugin.as_deref() == Some("notes"))
         .unwrap_or_else(|| panic!("no failure for notes: {:?}", report.failures));
     assert!(
-        failure.cause.contains("cannot open notes database"),
+        failure.cause().contains("cannot open notes database"),
         "{failure}"
     );
     for other in ["http-client", "geolocation", "weather", "sentiment"] {

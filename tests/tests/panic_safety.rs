@@ -147,34 +147,37 @@ fn panics_while_loading_fail_only_that_plugin() {
             .clone()
     };
     let manifest = cause_of("manifest-panics");
-    assert_eq!(manifest.stage, Stage::Open);
+    assert_eq!(manifest.stage(), Stage::Open);
     assert!(
-        manifest.cause.contains("manifest: panicked at"),
+        manifest.cause().contains("manifest: panicked at"),
         "{manifest}"
     );
 
     let create = cause_of("create-panics");
     assert_eq!(
-        (create.stage, create.plugin.as_deref()),
+        (create.stage(), create.plugin.as_deref()),
         (Stage::Create, Some("create-panics"))
     );
-    assert!(create.cause.contains("create: panicked at"), "{create}");
+    assert!(create.cause().contains("create: panicked at"), "{create}");
 
     let on_load = cause_of("on-load-panics");
     assert_eq!(
-        (on_load.stage, on_load.plugin.as_deref()),
+        (on_load.stage(), on_load.plugin.as_deref()),
         (Stage::OnLoad, Some("on-load-panics"))
     );
-    assert!(on_load.cause.contains("on_load: panicked at"), "{on_load}");
+    assert!(
+        on_load.cause().contains("on_load: panicked at"),
+        "{on_load}"
+    );
 
     let start = cause_of("service-panics");
     assert_eq!(
-        (start.stage, start.plugin.as_deref()),
+        (start.stage(), start.plugin.as_deref()),
         (Stage::StartService, Some("service-panics"))
     );
     assert!(
         start
-            .cause
+            .cause()
             .contains("service 'explosive' failed to start: panicked at"),
         "{start}"
     );

@@ -220,12 +220,16 @@ fn an_invalid_config_fails_that_plugin_only_naming_the_field() {
     let dir = folder_with(&[fixture("runtime"), fixture("multi")]);
     let report = host.load_dir(dir.path()).expect("load");
     let failure = report.failure_of("runtime").expect("runtime fails");
-    assert_eq!(failure.stage, Stage::Config);
+    assert_eq!(failure.stage(), Stage::Config);
     assert!(
-        failure
-            .cause
-            .contains("plugin 'runtime': config field `/level`"),
+        failure.cause().starts_with("config field `/level`: "),
         "{failure}"
+    );
+    let line = failure.to_string();
+    assert!(
+        line.contains("plugin 'runtime': config field `/level`")
+            && line.matches("plugin 'runtime'").count() == 1,
+        "the plugin is named once: {line}"
     );
     assert!(report.loaded("multi-one") && report.loaded("multi-two"));
 }
@@ -244,7 +248,7 @@ fn grants_narrow_permissions_and_denials_are_counted() {
     let report = host.load_dir(dir.path()).expect("load");
     let failure = report.failure_of("runtime").expect("runtime fails");
     assert!(
-        failure.cause.contains("lacks permission 'config:level'"),
+        failure.cause().contains("lacks permission 'config:level'"),
         "{failure}"
     );
     assert_eq!(

@@ -52,7 +52,7 @@ pub fn check(
         for failure in &report.failures {
             writeln!(out, "FAIL  {failure}")?;
             if verbose {
-                if let Some(detail) = &failure.detail {
+                if let Some(detail) = failure.detail() {
                     writeln!(out, "{detail}")?;
                 }
             }

@@ -114,7 +114,7 @@ async fn serve(
     }
 
     let interactive = std::io::stdin().is_terminal();
-    let signal = shutdown_signal();
+    let signal = crate::sys::shutdown_signal();
     tokio::pin!(signal);
     let mut outcome = Ok(());
     tokio::select! {
@@ -250,27 +250,4 @@ async fn operator_command(
             .join("\n"),
         _ => "commands: /reload NAME, /plugins".to_string(),
     })
-}
-
-/// Resolves on Ctrl-C or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -1,9 +1,18 @@
-//! Dependency resolution: which plugins can load, and in what order.
+//! Everything the host knows about dependencies between plugins, in one
+//! place: the load order in parallel levels, why a plugin cannot load
+//! (missing, unmet, a cycle, a failed dependency), the dependents of a
+//! plugin, and whether a new build of a loaded plugin still fits among the
+//! others. The loader, hot reload and file removal all ask this module.
 //!
-//! Pure logic over names, versions and dependencies, so every rule is tested
-//! without files. Cycles are found with `toposort-scc`, through a virtual root
-//! vertex with an edge to every plugin: without it, a cycle not reachable from
-//! vertex 0 is missed (DESIGN fact 10).
+//! Pure logic over names, versions and parsed dependencies, so every rule is
+//! tested without files. Cycles are found with `toposort-scc` (its strongly
+//! connected components), through a virtual root vertex with an edge to
+//! every plugin: the crate's search starts from vertex 0 and misses a cycle
+//! that vertex 0 does not reach. A cycle is reported once, as a path, on the
+//! line of its first member; the other members point to that line.
+
+#[cfg(test)]
+mod tests;
 
 use agent_host_plugin_sdk::manifest::Dependency;
 use semver::Version;
@@ -37,10 +46,15 @@ pub enum Unresolved {
         /// The version that is present.
         found: Version,
     },
-    /// The plugin is part of a dependency cycle.
+    /// The plugin is the first (by name) of a dependency cycle.
     Cycle {
-        /// Every member of the cycle, sorted.
-        members: Vec<String>,
+        /// The cycle as a path from this plugin back to it.
+        path: Vec<String>,
+    },
+    /// The plugin is part of a cycle reported for another plugin.
+    InCycle {
+        /// The cycle's first member, whose line shows the cycle.
+        reported_for: String,
     },
     /// A required dependency cannot load itself.
     DependencyFailed {
@@ -62,9 +76,13 @@ impl fmt::Display for Unresolved {
                 f,
                 "unmet dependency '{dependency}': the plugin present has version {found}"
             ),
-            Unresolved::Cycle { members } => {
-                write!(f, "dependency cycle between {}", members.join(", "))
+            Unresolved::Cycle { path } => {
+                write!(f, "dependency cycle: {}", path.join(" -> "))
             }
+            Unresolved::InCycle { reported_for } => write!(
+                f,
+                "part of the dependency cycle reported for plugin '{reported_for}'"
+            ),
             Unresolved::DependencyFailed { dependency } => {
                 write!(
                     f,
@@ -95,6 +113,215 @@ impl Resolution {
     pub fn order(&self) -> impl Iterator<Item = usize> + '_ {
         self.levels.iter().flatten().copied()
     }
+
+    /// The first required dependency of candidate `i` that is in `failed`
+    /// (it failed while starting): `i` must then be skipped. A failed
+    /// optional dependency is simply left out.
+    pub fn failed_requirement(
+        &self,
+        candidates: &[Candidate],
+        i: usize,
+        failed: &BTreeSet<usize>,
+    ) -> Option<usize> {
+        self.edges[i].iter().copied().find(|d| {
+            failed.contains(d)
+                && candidates[i]
+                    .dependencies
+                    .iter()
+                    .any(|dep| !dep.optional && dep.name == candidates[*d].name)
+        })
+    }
+}
+
+/// Why a new build of a loaded plugin does not fit among the other loaded
+/// plugins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misfit {
+    /// A required dependency is not loaded.
+    Missing {
+        /// The dependency as written.
+        dependency: String,
+    },
+    /// A required dependency is loaded in a version the requirement rejects.
+    Unmet {
+        /// The dependency as written.
+        dependency: String,
+        /// The version loaded.
+        found: Version,
+    },
+    /// The new build's dependencies lead back to it.
+    Cycle {
+        /// The cycle as a path from the plugin back to it.
+        path: Vec<String>,
+    },
+    /// A loaded plugin's requirement rejects the new version.
+    BreaksDependent {
+        /// The plugin that depends on the reloaded one.
+        dependent: String,
+        /// Its requirement as written.
+        requirement: String,
+        /// The new build's version.
+        version: Version,
+    },
+}
+
+impl fmt::Display for Misfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Misfit::Missing { dependency } => write!(
+                f,
+                "missing dependency '{dependency}': no plugin of that name is loaded"
+            ),
+            Misfit::Unmet { dependency, found } => write!(
+                f,
+                "unmet dependency '{dependency}': the plugin loaded has version {found}"
+            ),
+            Misfit::Cycle { path } => write!(f, "dependency cycle: {}", path.join(" -> ")),
+            Misfit::BreaksDependent {
+                dependent,
+                requirement,
+                version,
+            } => write!(
+                f,
+                "plugin '{dependent}' requires {requirement}, which the new version {version} does not meet"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Misfit {}
+
+/// Checks a new build of a loaded plugin against the other loaded plugins
+/// (`loaded` may hold the old build; it is ignored): its dependencies are
+/// loaded in versions it accepts and do not lead back to it, and every
+/// plugin that depends on it accepts its new version.
+pub fn check_replacement(loaded: &[Candidate], new: &Candidate) -> Result<(), Misfit> {
+    let others: Vec<&Candidate> = loaded.iter().filter(|c| c.name != new.name).collect();
+    let find = |name: &str| others.iter().copied().find(|c| c.name == name);
+    for dependency in &new.dependencies {
+        match find(&dependency.name) {
+            Some(found) if dependency.requirement.matches(&found.version) => {
+                if let Some(mut path) = path_to(&others, &found.name, &new.name) {
+                    path.insert(0, new.name.clone());
+                    return Err(Misfit::Cycle { path });
+                }
+            }
+            Some(found) if !dependency.optional => {
+                return Err(Misfit::Unmet {
+                    dependency: dependency.to_string(),
+                    found: found.version.clone(),
+                })
+            }
+            None if !dependency.optional => {
+                return Err(Misfit::Missing {
+                    dependency: dependency.to_string(),
+                })
+            }
+            _ => {}
+        }
+    }
+    for dependent in &others {
+        for requirement in &dependent.dependencies {
+            if requirement.name == new.name && !requirement.requirement.matches(&new.version) {
+                return Err(Misfit::BreaksDependent {
+                    dependent: dependent.name.clone(),
+                    requirement: requirement.to_string(),
+                    version: new.version.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A path of dependencies (required or optional) from `from` to `target`
+/// among `plugins`, both ends included.
+fn path_to(plugins: &[&Candidate], from: &str, target: &str) -> Option<Vec<String>> {
+    let mut parent: HashMap<&str, &str> = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([from]);
+    let mut seen: BTreeSet<&str> = BTreeSet::from([from]);
+    while let Some(at) = queue.pop_front() {
+        if at == target {
+            let mut path = vec![at.to_string()];
+            let mut step = at;
+            while let Some(&previous) = parent.get(step) {
+                path.push(previous.to_string());
+                step = previous;
+            }
+            path.reverse();
+            return Some(path);
+        }
+        let Some(plugin) = plugins.iter().find(|p| p.name == at) else {
+            continue;
+        };
+        for dependency in &plugin.dependencies {
+            let next = dependency.name.as_str();
+            if seen.insert(next) {
+                parent.insert(next, at);
+                queue.push_back(next);
+            }
+        }
+    }
+    None
+}
+
+/// Every plugin of `loaded` that needs one of `names` through a required
+/// dependency, directly or through other plugins, in the order of `loaded`.
+pub fn dependents(loaded: &[Candidate], names: &[String]) -> Vec<String> {
+    let mut doomed: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    loop {
+        let before = doomed.len();
+        for plugin in loaded {
+            if !doomed.contains(plugin.name.as_str())
+                && plugin
+                    .dependencies
+                    .iter()
+                    .any(|d| !d.optional && doomed.contains(d.name.as_str()))
+            {
+                doomed.insert(&plugin.name);
+            }
+        }
+        if doomed.len() == before {
+            break;
+        }
+    }
+    loaded
+        .iter()
+        .filter(|p| doomed.contains(p.name.as_str()) && !names.contains(&p.name))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// The shortest cycle from `start` back to it, following dependency edges
+/// among `members` (a strongly connected component, so one exists).
+fn cycle_through(start: usize, members: &[usize], edges: &[Vec<usize>]) -> Vec<usize> {
+    let mut parent: HashMap<usize, usize> = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(at) = queue.pop_front() {
+        for &next in &edges[at] {
+            if !members.contains(&next) {
+                continue;
+            }
+            if next == start {
+                let mut chain = Vec::new();
+                let mut step = at;
+                while step != start {
+                    chain.push(step);
+                    step = parent[&step];
+                }
+                chain.reverse();
+                let mut path = vec![start];
+                path.extend(chain);
+                path.push(start);
+                return path;
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = parent.entry(next) {
+                slot.insert(at);
+                queue.push_back(next);
+            }
+        }
+    }
+    vec![start]
 }
 
 /// Resolves `candidates`, given the names of plugins already known to have
@@ -162,16 +389,19 @@ pub fn resolve(candidates: &[Candidate], failed_names: &BTreeSet<String>) -> Res
                 .filter(|&v| v != 0)
                 .map(|v| v - 1)
                 .collect();
-            let mut names: Vec<String> = members
-                .iter()
-                .map(|&m| candidates[m].name.clone())
+            let Some(&first) = members.iter().min_by_key(|&&m| &candidates[m].name) else {
+                continue;
+            };
+            let path = cycle_through(first, &members, &edges)
+                .into_iter()
+                .map(|m| candidates[m].name.clone())
                 .collect();
-            names.sort();
-            for m in members {
-                failed[m] = Some(Unresolved::Cycle {
-                    members: names.clone(),
+            for &m in &members {
+                failed[m] = Some(Unresolved::InCycle {
+                    reported_for: candidates[first].name.clone(),
                 });
             }
+            failed[first] = Some(Unresolved::Cycle { path });
         }
     }
 
@@ -224,7 +454,7 @@ pub fn resolve(candidates: &[Candidate], failed_names: &BTreeSet<String>) -> Res
             // Unreachable: cycles were removed above. Fail safe rather than loop.
             for i in waiting {
                 failed[i] = Some(Unresolved::Cycle {
-                    members: vec![candidates[i].name.clone()],
+                    path: vec![candidates[i].name.clone()],
                 });
             }
             break;
@@ -245,156 +475,5 @@ pub fn resolve(candidates: &[Candidate], failed_names: &BTreeSet<String>) -> Res
             .collect(),
         ignored_optional,
         edges,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn candidate(name: &str, version: &str, deps: &[&str], optional: &[&str]) -> Candidate {
-        let mut dependencies: Vec<Dependency> = deps
-            .iter()
-            .map(|d| Dependency::parse(d, false).expect("dep"))
-            .collect();
-        dependencies.extend(
-            optional
-                .iter()
-                .map(|d| Dependency::parse(d, true).expect("dep")),
-        );
-        Candidate {
-            name: name.into(),
-            version: Version::parse(version).expect("version"),
-            dependencies,
-        }
-    }
-
-    fn names(candidates: &[Candidate], resolution: &Resolution) -> Vec<Vec<String>> {
-        resolution
-            .levels
-            .iter()
-            .map(|l| l.iter().map(|&i| candidates[i].name.clone()).collect())
-            .collect()
-    }
-
-    fn failure_of<'a>(
-        candidates: &[Candidate],
-        r: &'a Resolution,
-        name: &str,
-    ) -> Option<&'a Unresolved> {
-        r.failed
-            .iter()
-            .find(|(i, _)| candidates[*i].name == name)
-            .map(|(_, f)| f)
-    }
-
-    #[test]
-    fn dependencies_come_first_and_independents_share_a_level() {
-        let c = vec![
-            candidate(
-                "weather",
-                "1.0.0",
-                &["http-client@^1.2", "geolocation"],
-                &[],
-            ),
-            candidate("http-client", "1.3.0", &[], &[]),
-            candidate("geolocation", "1.0.0", &[], &[]),
-        ];
-        let r = resolve(&c, &BTreeSet::new());
-        assert!(r.failed.is_empty());
-        assert_eq!(
-            names(&c, &r),
-            vec![vec!["http-client", "geolocation"], vec!["weather"]]
-        );
-    }
-
-    #[test]
-    fn missing_and_unmet_dependencies_fail_and_their_dependents_are_skipped() {
-        let c = vec![
-            candidate("a", "1.0.0", &["nothere"], &[]),
-            candidate("b", "1.0.0", &["c@^2"], &[]),
-            candidate("c", "1.5.0", &[], &[]),
-            candidate("d", "1.0.0", &["a"], &[]),
-        ];
-        let r = resolve(&c, &BTreeSet::new());
-        assert!(matches!(
-            failure_of(&c, &r, "a"),
-            Some(Unresolved::Missing { .. })
-        ));
-        assert!(
-            matches!(failure_of(&c, &r, "b"), Some(Unresolved::Unmet { found, .. }) if found.to_string() == "1.5.0")
-        );
-        assert_eq!(
-            failure_of(&c, &r, "d"),
-            Some(&Unresolved::DependencyFailed {
-                dependency: "a".into()
-            })
-        );
-        assert_eq!(names(&c, &r), vec![vec!["c"]]);
-    }
-
-    #[test]
-    fn a_cycle_away_from_the_first_plugin_is_found_with_its_members() {
-        let c = vec![
-            candidate("first", "1.0.0", &[], &[]),
-            candidate("x", "1.0.0", &["y"], &[]),
-            candidate("y", "1.0.0", &["z"], &[]),
-            candidate("z", "1.0.0", &["x"], &[]),
-            candidate("after", "1.0.0", &["z"], &[]),
-        ];
-        let r = resolve(&c, &BTreeSet::new());
-        for name in ["x", "y", "z"] {
-            assert_eq!(
-                failure_of(&c, &r, name),
-                Some(&Unresolved::Cycle {
-                    members: vec!["x".into(), "y".into(), "z".into()]
-                }),
-                "{name}"
-            );
-        }
-        assert_eq!(
-            failure_of(&c, &r, "after"),
-            Some(&Unresolved::DependencyFailed {
-                dependency: "z".into()
-            })
-        );
-        assert_eq!(names(&c, &r), vec![vec!["first"]]);
-    }
-
-    #[test]
-    fn two_plugin_cycle_is_named() {
-        let c = vec![
-            candidate("a", "1.0.0", &["b"], &[]),
-            candidate("b", "1.0.0", &["a"], &[]),
-        ];
-        let r = resolve(&c, &BTreeSet::new());
-        assert_eq!(r.failed.len(), 2);
-        assert!(r.levels.is_empty());
-    }
-
-    #[test]
-    fn optional_dependencies_order_when_present_and_are_dropped_otherwise() {
-        let c = vec![
-            candidate("app", "1.0.0", &[], &["cache", "absent", "old@^2"]),
-            candidate("cache", "1.0.0", &[], &[]),
-            candidate("old", "1.0.0", &[], &[]),
-        ];
-        let r = resolve(&c, &BTreeSet::new());
-        assert!(r.failed.is_empty());
-        assert_eq!(names(&c, &r), vec![vec!["cache", "old"], vec!["app"]]);
-        assert_eq!(r.ignored_optional.len(), 1);
-    }
-
-    #[test]
-    fn dependents_of_plugins_that_failed_earlier_are_skipped_not_missing() {
-        let c = vec![candidate("app", "1.0.0", &["broken"], &[])];
-        let failed: BTreeSet<String> = ["broken".to_string()].into();
-        let r = resolve(&c, &failed);
-        assert_eq!(
-            failure_of(&c, &r, "app"),
-            Some(&Unresolved::DependencyFailed {
-                dependency: "broken".into()
-            })
-        );
     }
 }

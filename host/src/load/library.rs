@@ -1,12 +1,18 @@
-//! Opening one plugin file: private copy, `dlopen`, ABI checks, manifests.
+//! Opening one plugin file: header checks, private copy, `dlopen`, ABI
+//! checks, manifests.
 //!
-//! Each file is opened with `lib_header_from_path(..).init_root_module()`
-//! rather than `RootModule::load_from*`, which would keep one library per
-//! root-module type for the whole process (DESIGN fact 1).
+//! `libloading` opens the library (with the flags in [`crate::sys`]), and
+//! `abi_stable` checks what it found: its ABI header, then the full layout
+//! of the plugin interface. The root module is taken from each library's own
+//! header, never through `RootModule::load_from*`, which keeps one library
+//! per root-module type for the whole process and would hand the second
+//! plugin file the first one's module.
 
+use super::{image, OpenError};
 use crate::load::private_copy::ShadowDir;
-use agent_host_plugin_abi::abi_stable::library::{lib_header_from_path, LibraryError};
-use agent_host_plugin_abi::PluginModuleRef;
+use crate::sys;
+use agent_host_plugin_abi::abi_stable::library::{AbiHeaderRef, LibraryError};
+use agent_host_plugin_abi::{PluginModuleRef, ROOT_MODULE_SYMBOL};
 use agent_host_plugin_sdk::manifest::Manifest;
 use std::path::{Path, PathBuf};
 
@@ -22,25 +28,6 @@ pub struct OpenedLibrary {
     pub image_bytes: u64,
 }
 
-/// Why a file could not be opened as a plugin library.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenError {
-    /// One readable line.
-    pub cause: String,
-    /// The full diagnostic where there is one (abi_stable layout reports run
-    /// to thousands of lines), shown with `--verbose`.
-    pub detail: Option<String>,
-}
-
-impl OpenError {
-    fn new(cause: impl Into<String>) -> Self {
-        Self {
-            cause: cause.into(),
-            detail: None,
-        }
-    }
-}
-
 /// The ABI major version this host accepts.
 pub fn host_abi_major() -> u64 {
     major_of(agent_host_plugin_abi::ABI_VERSION).unwrap_or(0)
@@ -50,23 +37,47 @@ fn major_of(version: &str) -> Option<u64> {
     version.split('.').next()?.trim().parse().ok()
 }
 
-/// Opens `file` from a fresh private copy and checks it.
-pub fn open(file: &Path, shadow: &ShadowDir) -> Result<OpenedLibrary, OpenError> {
-    let copy = shadow
-        .copy(file)
-        .map_err(|e| OpenError::new(format!("cannot make a private copy: {e}")))?;
+/// Opens `file` from a fresh private copy and checks it. The file's
+/// headers are checked before it is copied (so a huge or foreign file is
+/// never copied whole), and the copy's again before it is mapped.
+pub fn open(file: &Path, shadow: &ShadowDir, max_bytes: u64) -> Result<OpenedLibrary, OpenError> {
+    image::check(file, max_bytes)?;
+    let copy = shadow.copy(file).map_err(|e| OpenError::Io {
+        doing: "cannot make a private copy",
+        cause: e.to_string(),
+    })?;
+    image::check(&copy, max_bytes)?;
     let image_bytes = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
-    check_complete(&copy)?;
-    let header = lib_header_from_path(&copy).map_err(|e| describe(&e))?;
+    let library = sys::open_library(&copy).map_err(|reason| OpenError::Dlopen {
+        reason: last_clause(&reason),
+    })?;
+    // SAFETY: the symbol is the one `export_plugin!` defines: a `LibHeader`
+    // static that starts with its `AbiHeader`, which is what an
+    // `AbiHeaderRef` points to (abi_stable reads the symbol the same way).
+    // The library is never unloaded (it is leaked below), so the `'static`
+    // references in the header stay valid.
+    let symbol = format!("{ROOT_MODULE_SYMBOL}\0");
+    let header: Option<AbiHeaderRef> = unsafe {
+        library
+            .get::<AbiHeaderRef>(symbol.as_bytes())
+            .ok()
+            .map(|symbol| *symbol)
+    };
+    // Plugin code, and the values it made, stay in use as long as the host
+    // runs: libraries are never unloaded.
+    std::mem::forget(library);
+    let header = header
+        .ok_or(OpenError::NotAPlugin)?
+        .upgrade()
+        .map_err(|e| describe(&e))?;
 
     let plugin_version = header.version_strings().version;
     let plugin_major = major_of(plugin_version.as_str());
     if plugin_major != Some(host_abi_major()) {
-        return Err(OpenError::new(format!(
-            "built against plugin ABI {}, but this host speaks plugin ABI {}.x: rebuild the plugin against this host's agent-host-plugin-sdk",
-            plugin_version.as_str(),
-            host_abi_major()
-        )));
+        return Err(OpenError::AbiVersion {
+            plugin: plugin_version.as_str().to_string(),
+            host: host_abi_major(),
+        });
     }
     let module = header
         .init_root_module::<PluginModuleRef>()
@@ -74,11 +85,15 @@ pub fn open(file: &Path, shadow: &ShadowDir) -> Result<OpenedLibrary, OpenError>
 
     let json = (module.manifests())()
         .into_result()
-        .map_err(|e| OpenError::new(format!("manifest: {}", e.message)))?;
-    let manifests: Vec<Manifest> = serde_json::from_str(json.as_str())
-        .map_err(|e| OpenError::new(format!("manifest is not valid: {e}")))?;
+        .map_err(|e| OpenError::Manifest {
+            cause: e.message.into_string(),
+        })?;
+    let manifests: Vec<Manifest> =
+        serde_json::from_str(json.as_str()).map_err(|e| OpenError::Manifest {
+            cause: format!("not valid: {e}"),
+        })?;
     if manifests.is_empty() {
-        return Err(OpenError::new("the library exports no plugin"));
+        return Err(OpenError::NoPlugins);
     }
     Ok(OpenedLibrary {
         file: file.to_path_buf(),
@@ -88,127 +103,45 @@ pub fn open(file: &Path, shadow: &ShadowDir) -> Result<OpenedLibrary, OpenError>
     })
 }
 
-/// Refuses an ELF file that is shorter than its own headers say: a build
-/// caught half-written. `dlopen` would map its segments past the end of the
-/// file, and the first touch of those pages kills the process with SIGBUS.
-/// Other formats are left to `dlopen`.
-fn check_complete(path: &Path) -> Result<(), OpenError> {
-    use std::io::Read;
-    let cannot_read =
-        |e: std::io::Error| OpenError::new(format!("cannot read the private copy: {e}"));
-    let mut file = std::fs::File::open(path).map_err(cannot_read)?;
-    let len = file.metadata().map_err(cannot_read)?.len();
-    // The ELF and program headers sit at the start of the file.
-    let mut bytes = Vec::new();
-    file.by_ref()
-        .take(64 * 1024)
-        .read_to_end(&mut bytes)
-        .map_err(cannot_read)?;
-    let incomplete = |what: &str| {
-        OpenError::new(format!(
-            "the file is incomplete ({what} lies past its end at {len} bytes): a build still writing it? it will be retried"
-        ))
-    };
-    if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
-        return Ok(());
-    }
-    let is_64 = match bytes.get(4) {
-        Some(2) => true,
-        Some(1) => false,
-        _ => return Err(incomplete("the ELF header")),
-    };
-    let little = bytes.get(5) == Some(&1);
-    let read = |offset: u64, size: usize| -> Option<u64> {
-        let start = usize::try_from(offset).ok()?;
-        let field = bytes.get(start..start.checked_add(size)?)?;
-        let mut value = 0u64;
-        for (i, byte) in field.iter().enumerate() {
-            let shift = if little { 8 * i } else { 8 * (size - 1 - i) };
-            value |= u64::from(*byte) << shift;
-        }
-        Some(value)
-    };
-    let word = if is_64 { 8 } else { 4 };
-    let (phoff_at, shoff_at, sizes_at) = if is_64 {
-        (0x20, 0x28, 0x36)
-    } else {
-        (0x1c, 0x20, 0x2a)
-    };
-    let header = || -> Option<(u64, u64, u64, u64, u64, u64)> {
-        Some((
-            read(phoff_at, word)?,
-            read(shoff_at, word)?,
-            read(sizes_at, 2)?,
-            read(sizes_at + 2, 2)?,
-            read(sizes_at + 4, 2)?,
-            read(sizes_at + 6, 2)?,
-        ))
-    };
-    let (phoff, shoff, phentsize, phnum, shentsize, shnum) =
-        header().ok_or_else(|| incomplete("the ELF header"))?;
-    if phoff + phentsize * phnum > len {
-        return Err(incomplete("the program header table"));
-    }
-    if shoff + shentsize * shnum > len {
-        return Err(incomplete("the section header table"));
-    }
-    for index in 0..phnum {
-        let entry = phoff + index * phentsize;
-        let (offset_at, filesz_at) = if is_64 {
-            (entry + 8, entry + 32)
-        } else {
-            (entry + 4, entry + 16)
-        };
-        let kind = read(entry, 4).ok_or_else(|| incomplete("a program header"))?;
-        let offset = read(offset_at, word).ok_or_else(|| incomplete("a program header"))?;
-        let filesz = read(filesz_at, word).ok_or_else(|| incomplete("a program header"))?;
-        const PT_LOAD: u64 = 1;
-        if kind == PT_LOAD && offset.saturating_add(filesz) > len {
-            return Err(incomplete("a loadable segment"));
-        }
-    }
-    Ok(())
-}
-
-/// Turns an `abi_stable` loading error into one line (DESIGN fact 6).
+/// Turns an `abi_stable` loading error into one value with one readable
+/// line (its layout reports run to thousands of lines; they are kept as the
+/// error's detail).
 fn describe(error: &LibraryError) -> OpenError {
     match error {
-        LibraryError::OpenError { err, .. } => OpenError::new(format!(
-            "not a loadable library: {}",
-            last_clause(&err.to_string())
-        )),
-        LibraryError::GetSymbolError { .. } => OpenError::new(
-            "not an agent-host plugin: it exports no plugin module (build it with agent_host_plugin_sdk::export_plugin!)",
-        ),
-        LibraryError::InvalidAbiHeader(header) => OpenError::new(format!(
-            "built with an incompatible abi_stable ({header:?}): rebuild the plugin against this host's agent-host-plugin-sdk"
-        )),
+        LibraryError::OpenError { err, .. } => OpenError::Dlopen {
+            reason: last_clause(&err.to_string()),
+        },
+        LibraryError::GetSymbolError { .. } => OpenError::NotAPlugin,
+        LibraryError::InvalidAbiHeader(header) => OpenError::AbiStable {
+            header: format!("{header:?}"),
+        },
         LibraryError::IncompatibleVersionNumber {
             expected_version,
             actual_version,
             ..
-        } => OpenError::new(format!(
-            "built against plugin ABI {actual_version}, but this host speaks plugin ABI {expected_version}: rebuild the plugin"
-        )),
+        } => OpenError::AbiVersion {
+            plugin: actual_version.to_string(),
+            host: expected_version.major.into(),
+        },
         LibraryError::AbiInstability(report) => {
-            let full = report.to_string();
-            OpenError {
-                cause: format!(
-                    "incompatible plugin ABI layout ({}): rebuild the plugin against this host's agent-host-plugin-sdk; -v shows the full report",
-                    first_mismatch(&full)
-                ),
-                detail: Some(full),
+            let report = report.to_string();
+            OpenError::Layout {
+                first_mismatch: first_mismatch(&report),
+                report,
             }
         }
         LibraryError::Many(errors) => match errors.first() {
             Some(first) => describe(first),
-            None => OpenError::new("the library failed an unnamed check"),
+            None => OpenError::Rejected {
+                first_line: "the library failed an unnamed check".into(),
+                report: String::new(),
+            },
         },
         other => {
-            let full = other.to_string();
-            OpenError {
-                cause: format!("rejected by the ABI check: {}", first_line(&full)),
-                detail: Some(full),
+            let report = other.to_string();
+            OpenError::Rejected {
+                first_line: first_line(&report).to_string(),
+                report,
             }
         }
     }

@@ -8,17 +8,23 @@
 //! down that plugin and its dependents, never the host or unrelated plugins.
 
 pub(crate) mod discovery;
+mod error;
+mod image;
 pub(crate) mod library;
 pub(crate) mod private_copy;
 pub(crate) mod report;
+#[cfg(test)]
+mod tests;
+
+pub use error::{LoadError, OpenError};
 
 use crate::config::{effective_config, AgentConfig};
-use crate::dependencies::{resolve, Candidate};
+use crate::dependencies::{resolve, Candidate, Unresolved};
 use crate::load::discovery::plugin_files;
-use crate::load::library::OpenedLibrary;
 use crate::load::private_copy::ShadowDir;
-use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
+use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin};
 use crate::plugin::PluginInstance;
+use crate::plugin::{InstanceParts, PluginSource};
 use crate::registry::callbacks::PluginCallbacks;
 use crate::registry::{LivePlugin, Registry};
 use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
@@ -31,7 +37,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// One plugin of one library, validated and ready to resolve.
 pub(crate) struct Prepared {
-    pub(crate) library: Arc<OpenedLibrary>,
+    pub(crate) source: Arc<dyn PluginSource>,
     pub(crate) index: u32,
     pub(crate) manifest: Manifest,
     pub(crate) version: Version,
@@ -39,13 +45,11 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    pub(crate) fn failure(&self, stage: Stage, cause: impl Into<String>) -> LoadFailure {
+    pub(crate) fn failure(&self, error: LoadError) -> LoadFailure {
         LoadFailure {
-            file: self.library.file.clone(),
+            file: self.source.file().to_path_buf(),
             plugin: Some(self.manifest.name.clone()),
-            stage,
-            cause: cause.into(),
-            detail: None,
+            error: Box::new(error),
         }
     }
 }
@@ -79,44 +83,47 @@ pub fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync
         .collect()
 }
 
-/// Opens every plugin file of `dir` and validates its manifests, without
-/// running any plugin code beyond the manifest functions.
-pub(crate) fn prepare(
+/// Opens plugin files (in parallel), each from a fresh private copy. A file
+/// that fails is in the report; no plugin code runs beyond the manifest
+/// functions.
+fn open_files(
     files: &[PathBuf],
     shadow: &ShadowDir,
+    max_bytes: u64,
     report: &mut LoadReport,
-) -> Vec<Prepared> {
-    let opened = parallel_map(files, |file| library::open(file, shadow));
-    let mut prepared = Vec::new();
+) -> Vec<Arc<dyn PluginSource>> {
+    let opened = parallel_map(files, |file| library::open(file, shadow, max_bytes));
+    let mut sources: Vec<Arc<dyn PluginSource>> = Vec::new();
     for (file, outcome) in files.iter().zip(opened) {
-        let library = match outcome {
-            Ok(library) => Arc::new(library),
-            Err(error) => {
-                report.failures.push(LoadFailure {
-                    file: file.clone(),
-                    plugin: None,
-                    stage: Stage::Open,
-                    cause: error.cause,
-                    detail: error.detail,
-                });
-                continue;
-            }
-        };
-        for (index, manifest) in library.manifests.iter().enumerate() {
+        match outcome {
+            Ok(library) => sources.push(Arc::new(library)),
+            Err(error) => report.failures.push(LoadFailure {
+                file: file.clone(),
+                plugin: None,
+                error: Box::new(LoadError::Open(error)),
+            }),
+        }
+    }
+    sources
+}
+
+/// Validates every manifest of every source.
+fn prepare(sources: &[Arc<dyn PluginSource>], report: &mut LoadReport) -> Vec<Prepared> {
+    let mut prepared = Vec::new();
+    for source in sources {
+        for (index, manifest) in source.manifests().iter().enumerate() {
             match manifest.validate() {
                 Ok(valid) => prepared.push(Prepared {
-                    library: Arc::clone(&library),
+                    source: Arc::clone(source),
                     index: index as u32,
                     manifest: manifest.clone(),
                     version: valid.version,
                     dependencies: valid.dependencies,
                 }),
                 Err(error) => report.failures.push(LoadFailure {
-                    file: file.clone(),
+                    file: source.file().to_path_buf(),
                     plugin: (!manifest.name.is_empty()).then(|| manifest.name.clone()),
-                    stage: Stage::Manifest,
-                    cause: error.to_string(),
-                    detail: None,
+                    error: Box::new(LoadError::Manifest(error.to_string())),
                 }),
             }
         }
@@ -132,23 +139,19 @@ fn reject_duplicates(prepared: Vec<Prepared>, report: &mut LoadReport) -> Vec<Pr
         by_name.entry(p.manifest.name.clone()).or_default().push(p);
     }
     let mut unique = Vec::new();
-    for (name, mut group) in by_name {
+    for (_, mut group) in by_name {
         if group.len() == 1 {
             unique.append(&mut group);
             continue;
         }
-        let files: Vec<String> = group
+        let files: Vec<PathBuf> = group
             .iter()
-            .map(|p| p.library.file.display().to_string())
+            .map(|p| p.source.file().to_path_buf())
             .collect();
         for p in &group {
-            report.failures.push(p.failure(
-                Stage::Duplicate,
-                format!(
-                    "duplicate plugin name '{name}' (found in {}): none of them is loaded; remove all but one",
-                    files.join(", ")
-                ),
-            ));
+            report.failures.push(p.failure(LoadError::Duplicate {
+                files: files.clone(),
+            }));
         }
     }
     unique
@@ -165,7 +168,7 @@ pub(crate) fn instantiate(
 ) -> Result<Arc<LivePlugin>, LoadFailure> {
     let name = p.manifest.name.as_str();
     let config = effective_config(&p.manifest, agent.plugins.get(name))
-        .map_err(|e| p.failure(Stage::Config, e.0))?;
+        .map_err(|e| p.failure(LoadError::Config(e)))?;
     let config = Arc::new(config);
     let (permissions, denied) = agent.effective_permissions(&p.manifest);
     if !denied.is_empty() {
@@ -183,15 +186,19 @@ pub(crate) fn instantiate(
         Arc::clone(&config),
         core,
     );
-    let object = (p.library.module.create())(p.index, host)
-        .into_result()
-        .map_err(|e| p.failure(Stage::Create, format!("create: {}", e.message)))?;
+    let backend = p
+        .source
+        .create(p.index, host)
+        .map_err(|e| p.failure(LoadError::Create(e.message().to_string())))?;
     let instance = PluginInstance::new(
-        p.manifest.clone(),
-        p.version.clone(),
-        p.library.file.clone(),
-        p.library.image_bytes,
-        object,
+        InstanceParts {
+            manifest: p.manifest.clone(),
+            version: p.version.clone(),
+            dependencies: p.dependencies.clone(),
+            file: p.source.file().to_path_buf(),
+            image_bytes: p.source.image_bytes(),
+        },
+        backend,
     );
     let live = Arc::new(LivePlugin::new(
         instance,
@@ -201,7 +208,7 @@ pub(crate) fn instantiate(
         &core.metrics,
         &core.provider_version,
     ));
-    core.count_mapped(name, p.library.image_bytes);
+    core.count_mapped(name, p.source.image_bytes());
     Ok(live)
 }
 
@@ -229,7 +236,7 @@ fn start(
     core.register(Arc::clone(&live));
     if let Err(error) = live.instance.on_load() {
         core.unregister(name);
-        return Err(p.failure(Stage::OnLoad, format!("on_load: {}", error.message)));
+        return Err(p.failure(LoadError::OnLoad(error)));
     }
     let mut started = Vec::new();
     for (index, service) in p.manifest.services.iter().enumerate() {
@@ -252,10 +259,10 @@ fn start(
                     tracing::warn!("{error}");
                 }
                 core.unregister(name);
-                return Err(p.failure(
-                    Stage::StartService,
-                    format!("service '{}' failed to start: {cause}", service.name),
-                ));
+                return Err(p.failure(LoadError::StartService {
+                    service: service.name.clone(),
+                    cause,
+                }));
             }
         }
     }
@@ -271,7 +278,7 @@ fn describe(p: &Prepared, order: usize) -> LoadedPlugin {
         name: m.name.clone(),
         version: m.version.clone(),
         description: m.description.clone(),
-        file: p.library.file.clone(),
+        file: p.source.file().to_path_buf(),
         order,
         dependencies: p
             .dependencies
@@ -288,7 +295,7 @@ fn describe(p: &Prepared, order: usize) -> LoadedPlugin {
         providers: names(m.providers.iter().map(|a| &a.name).collect()),
         evaluators: names(m.evaluators.iter().map(|a| &a.name).collect()),
         services: names(m.services.iter().map(|a| &a.name).collect()),
-        image_bytes: p.library.image_bytes,
+        image_bytes: p.source.image_bytes(),
     }
 }
 
@@ -314,28 +321,36 @@ pub fn load_files(
     config: &AgentConfig,
 ) -> LoadReport {
     let mut report = LoadReport::default();
-    let prepared = prepare(files, shadow, &mut report);
+    let sources = open_files(files, shadow, config.host.max_plugin_bytes, &mut report);
+    load_sources(core, &sources, config, &mut report);
+    report
+}
+
+/// Loads the plugins of opened sources next to those already loaded; every
+/// failure goes into `report`.
+pub(crate) fn load_sources(
+    core: &Arc<Registry>,
+    sources: &[Arc<dyn PluginSource>],
+    config: &AgentConfig,
+    report: &mut LoadReport,
+) {
+    let prepared = prepare(sources, report);
     let loaded = core.plugins();
     let prepared: Vec<Prepared> = prepared
         .into_iter()
         .filter(
             |p| match loaded.iter().find(|l| l.name() == p.manifest.name) {
                 Some(existing) => {
-                    report.failures.push(p.failure(
-                        Stage::Duplicate,
-                        format!(
-                            "duplicate plugin name '{}': it is already loaded from {}",
-                            p.manifest.name,
-                            existing.instance.file.display()
-                        ),
-                    ));
+                    report.failures.push(p.failure(LoadError::AlreadyLoaded {
+                        from: existing.instance.file.clone(),
+                    }));
                     false
                 }
                 None => true,
             },
         )
         .collect();
-    let prepared = reject_duplicates(prepared, &mut report);
+    let prepared = reject_duplicates(prepared, report);
 
     let failed_names: BTreeSet<String> = report
         .failures
@@ -361,7 +376,7 @@ pub fn load_files(
     for (i, reason) in resolution.failed.iter().filter(|(i, _)| *i >= k) {
         report
             .failures
-            .push(prepared[i - k].failure(Stage::Dependencies, reason.to_string()));
+            .push(prepared[i - k].failure(LoadError::Dependencies(reason.clone())));
     }
     for (i, warning) in resolution.ignored_optional.iter().filter(|(i, _)| *i >= k) {
         report.warnings.push(format!(
@@ -380,24 +395,15 @@ pub fn load_files(
         let level: Vec<usize> = level.iter().copied().filter(|&i| i >= k).collect();
         let outcomes = parallel_map(&level, |&i| {
             let p = &prepared[i - k];
-            let failed_dependency = resolution.edges[i].iter().find(|d| {
-                failed_at_start
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains(d)
-            });
-            if let Some(&d) = failed_dependency {
-                let failed_name = &candidates[d].name;
-                let optional = p
-                    .dependencies
-                    .iter()
-                    .any(|dep| dep.optional && &dep.name == failed_name);
-                if !optional {
-                    return Err(p.failure(
-                        Stage::Dependencies,
-                        format!("skipped because its dependency '{failed_name}' failed to load"),
-                    ));
-                }
+            let failed = failed_at_start
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            if let Some(d) = resolution.failed_requirement(&candidates, i, &failed) {
+                let skipped = Unresolved::DependencyFailed {
+                    dependency: candidates[d].name.clone(),
+                };
+                return Err(p.failure(LoadError::Dependencies(skipped)));
             }
             start(core, p, order_of[i], config)
         });
@@ -429,5 +435,4 @@ pub fn load_files(
     for warning in &report.warnings {
         tracing::warn!("{warning}");
     }
-    report
 }

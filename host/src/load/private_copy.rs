@@ -1,10 +1,15 @@
 //! Private copies of plugin files, one per load generation.
 //!
 //! `dlopen` returns the library it already has when the path or the inode is
-//! the same (DESIGN fact 2), so a rebuilt file at the same path would run the
+//! the same (a hard link too), so a rebuilt file at the same path would run the
 //! old code. Every load therefore copies the file to a fresh, unique path in a
 //! folder private to this process, and loads the copy. Copies are never
 //! overwritten; the folder is removed when the host exits.
+//!
+//! A host that was killed cannot remove its folder, so each folder holds a
+//! lock file that its host keeps locked while it runs: a folder whose lock
+//! can be taken belongs to no running host and is removed at the next
+//! start. File locks work the same on every operating system.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,11 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const PREFIX: &str = "agent-host-shadow-";
 
+/// The lock file in each folder.
+const LOCK_FILE: &str = ".lock";
+
 /// A private folder of plugin copies.
 #[derive(Debug)]
 pub struct ShadowDir {
     dir: PathBuf,
     next_generation: AtomicU64,
+    /// Held locked for as long as the folder is in use.
+    _lock: std::fs::File,
 }
 
 impl ShadowDir {
@@ -29,11 +39,19 @@ impl ShadowDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = base.join(format!("{PREFIX}{}-{nanos:08x}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let name = format!("{PREFIX}{}-{nanos:08x}", std::process::id());
+        // Built under a name the cleanup ignores, then renamed into place
+        // with its lock already held, so no other host ever sees it unlocked.
+        let building = base.join(format!(".{name}"));
+        std::fs::create_dir_all(&building)?;
+        let lock = std::fs::File::create(building.join(LOCK_FILE))?;
+        lock.try_lock().map_err(io::Error::other)?;
+        let dir = base.join(name);
+        std::fs::rename(&building, &dir)?;
         Ok(Self {
             dir,
             next_generation: AtomicU64::new(1),
+            _lock: lock,
         })
     }
 
@@ -68,24 +86,25 @@ impl Drop for ShadowDir {
     }
 }
 
-/// Removes shadow folders whose owning process is gone (Linux only: elsewhere
-/// there is no cheap liveness check, and the system's temp cleaner handles them).
+/// Removes the private folders of hosts that no longer run: those whose
+/// lock file is not locked.
 fn remove_stale(base: &Path) {
-    if !cfg!(target_os = "linux") {
-        return;
-    }
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+        let is_ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(PREFIX));
+        if !is_ours {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(entry.path().join(LOCK_FILE)) else {
             continue;
         };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if lock.try_lock().is_ok() {
+            drop(lock);
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -113,5 +132,18 @@ mod tests {
         let dir = shadow.path().to_path_buf();
         drop(shadow);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_folder_whose_host_is_gone_is_removed_and_a_live_one_is_kept() {
+        let live = ShadowDir::create().expect("shadow dir");
+        let base = live.path().parent().expect("a parent").to_path_buf();
+        let stale = base.join(format!("{PREFIX}0-deadbeef"));
+        std::fs::create_dir_all(&stale).expect("mkdir");
+        std::fs::write(stale.join(LOCK_FILE), b"").expect("an unlocked lock file");
+        std::fs::write(stale.join("old.g1.so"), b"x").expect("a copy");
+        remove_stale(&base);
+        assert!(!stale.exists(), "nobody holds its lock");
+        assert!(live.path().exists(), "its host holds the lock");
     }
 }

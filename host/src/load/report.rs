@@ -1,6 +1,7 @@
 //! What loading a plugin folder produced: the plugins that loaded, and one
 //! line for every one that did not.
 
+use super::error::LoadError;
 use serde::Serialize;
 use std::fmt;
 use std::path::PathBuf;
@@ -55,19 +56,61 @@ pub struct LoadedPlugin {
 }
 
 /// A plugin (or file) that did not load.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadFailure {
     /// The file in the plugin folder.
     pub file: PathBuf,
     /// The plugin's name, when it is known.
     pub plugin: Option<String>,
-    /// Where it failed.
-    pub stage: Stage,
-    /// One line saying why.
-    pub cause: String,
+    /// Why it did not load.
+    pub error: Box<LoadError>,
+}
+
+impl LoadFailure {
+    /// The step at which it failed.
+    pub fn stage(&self) -> Stage {
+        match &*self.error {
+            LoadError::Open(_) => Stage::Open,
+            LoadError::Manifest(_) => Stage::Manifest,
+            LoadError::Duplicate { .. } | LoadError::AlreadyLoaded { .. } => Stage::Duplicate,
+            LoadError::Dependencies(_) => Stage::Dependencies,
+            LoadError::Config(_) => Stage::Config,
+            LoadError::Create(_) => Stage::Create,
+            LoadError::OnLoad(_) => Stage::OnLoad,
+            LoadError::StartService { .. } => Stage::StartService,
+        }
+    }
+
+    /// One line saying why, without the file and plugin names.
+    pub fn cause(&self) -> String {
+        self.error.to_string()
+    }
+
     /// The full diagnostic, when the cause condenses a long one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub fn detail(&self) -> Option<&str> {
+        match &*self.error {
+            LoadError::Open(error) => error.detail(),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for LoadFailure {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let detail = self.detail();
+        let mut fields = serializer.serialize_struct("LoadFailure", 5)?;
+        fields.serialize_field("file", &self.file)?;
+        fields.serialize_field("plugin", &self.plugin)?;
+        fields.serialize_field("stage", &self.stage())?;
+        fields.serialize_field("cause", &self.cause())?;
+        if let Some(detail) = detail {
+            fields.serialize_field("detail", detail)?;
+        } else {
+            fields.skip_field("detail")?;
+        }
+        fields.end()
+    }
 }
 
 impl fmt::Display for LoadFailure {
@@ -76,7 +119,13 @@ impl fmt::Display for LoadFailure {
         if let Some(plugin) = &self.plugin {
             write!(f, "plugin '{plugin}': ")?;
         }
-        f.write_str(&self.cause)
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for LoadFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.error)
     }
 }
 

@@ -1,75 +1,215 @@
-//! One loaded plugin instance, and the typed, error-naming calls into it.
+//! Where a plugin runs, behind one seam.
 //!
-//! Every call returns a [`CallError`] that names the plugin and the entry point
-//! when plugin code fails or panics; the SDK inside the plugin has already
-//! turned the panic into a value (DESIGN fact 4).
+//! The registry and the pipeline reach a plugin only through a
+//! [`PluginInstance`], whatever runs its code. An instance holds the
+//! plugin's checked manifest and a [`Backend`]: the calls a plugin offers,
+//! answered by some place that runs it. Each place implements [`Backend`]
+//! (the instance) and [`PluginSource`] (an opened file: its manifests, and
+//! the creation of an instance):
+//!
+//! * [`in_process`]: the plugin's library, loaded into this process; a call
+//!   is a function call through the frozen FFI surface;
+//! * `in_memory` (unit tests only): a plugin value built with the SDK and
+//!   called directly, so the host's decisions can be tested in milliseconds
+//!   without building or loading any library.
+//!
+//! A backend answers with the SDK's [`Failure`] (a kind and a message);
+//! [`PluginInstance`] adds the plugin's name and the entry point, and checks
+//! what came back (an evaluation's score, a handler's JSON), so every place
+//! reports errors the same way.
+//!
+//! The per-message calls come in batched forms (`validate_each`,
+//! `provide_each`, `evaluate_each`) that default to one call per component:
+//! a place whose calls are expensive (another process) answers a batch in
+//! one round trip.
 
-use agent_host_plugin_abi::abi_stable::std_types::{RSlice, RStr};
-use agent_host_plugin_abi::{CallControl, EvaluationView, FfiError, MessageView, PluginBox};
-use agent_host_plugin_sdk::manifest::Manifest;
-use agent_host_plugin_sdk::{ErrorKind, Evaluation};
+mod error;
+#[cfg(test)]
+pub(crate) mod in_memory;
+pub(crate) mod in_process;
+
+pub use error::CallError;
+
+use agent_host_plugin_abi::CallControl;
+use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
+use agent_host_plugin_sdk::{ActionResult, ErrorKind, Evaluation, Host};
 use semver::Version;
-use serde::Serialize;
-use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// A failed call into a plugin.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CallError {
-    /// The plugin called.
-    pub plugin: String,
-    /// The entry point, such as `action 'GET_WEATHER' handler`.
-    pub entry: String,
-    /// What kind of failure (`panicked`, `failed`, `not_found`...).
-    #[serde(serialize_with = "serialize_kind")]
-    pub kind: ErrorKind,
-    /// The plugin's message.
-    pub message: String,
+/// What went wrong in a plugin call, as the plugin (or the place that runs
+/// it) reported it: a kind and a message. The SDK's error type, so a plugin
+/// value called directly needs no conversion.
+pub(crate) type Failure = agent_host_plugin_sdk::Error;
+
+/// One message as a plugin sees it, borrowed for one call: the text and a
+/// JSON object with the rest of its context (sender, permissions, metadata,
+/// the composed state).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageRef<'a> {
+    /// The message id.
+    pub id: &'a str,
+    /// The text.
+    pub text: &'a str,
+    /// The context, a JSON object.
+    pub context_json: &'a str,
 }
 
-fn serialize_kind<S: serde::Serializer>(kind: &ErrorKind, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(kind.as_str())
-}
+/// The calls one plugin instance offers, whatever runs it. Components are
+/// addressed by their index in the plugin's manifest. An implementation
+/// never panics into the host: plugin panics come back as
+/// [`ErrorKind::Panicked`] failures.
+pub(crate) trait Backend: Send + Sync {
+    /// Runs the plugin's `on_load` hook.
+    fn on_load(&self) -> Result<(), Failure>;
+    /// Runs the plugin's `on_unload` hook.
+    fn on_unload(&self) -> Result<(), Failure>;
+    /// Asks an action whether it accepts the message.
+    fn validate(&self, action: u32, message: MessageRef<'_>) -> Result<bool, Failure>;
+    /// Runs an action's handler.
+    fn handle(
+        &self,
+        action: u32,
+        message: MessageRef<'_>,
+        control: &CallControl,
+    ) -> Result<ActionResult, Failure>;
+    /// Runs a provider's `get`; returns its value as JSON text.
+    fn provide(
+        &self,
+        provider: u32,
+        message: MessageRef<'_>,
+        control: &CallControl,
+    ) -> Result<String, Failure>;
+    /// Starts or ends a provider's subscription.
+    fn set_subscribed(&self, provider: u32, subscribed: bool) -> Result<(), Failure>;
+    /// Runs an evaluator on one message.
+    fn evaluate(
+        &self,
+        evaluator: u32,
+        message: MessageRef<'_>,
+        control: &CallControl,
+    ) -> Result<Evaluation, Failure>;
+    /// Runs an evaluator on many messages; one result per message.
+    fn evaluate_batch(
+        &self,
+        evaluator: u32,
+        messages: &[MessageRef<'_>],
+        control: &CallControl,
+    ) -> Result<Vec<Evaluation>, Failure>;
+    /// Starts a service.
+    fn start_service(&self, service: u32) -> Result<(), Failure>;
+    /// Stops a service.
+    fn stop_service(&self, service: u32) -> Result<(), Failure>;
+    /// Calls a service method with JSON arguments; returns JSON text.
+    fn call_service(
+        &self,
+        service: u32,
+        method: &str,
+        args_json: &str,
+        control: &CallControl,
+    ) -> Result<String, Failure>;
+    /// Delivers an event to one of the plugin's subscriptions.
+    fn on_event(&self, subscription: u64, event: &str, payload_json: &str) -> Result<(), Failure>;
+    /// Fires one of the plugin's timers.
+    fn on_timer(&self, timer: u64) -> Result<(), Failure>;
+    /// The plugin's state as JSON text, for a new generation.
+    fn export_state(&self) -> Result<String, Failure>;
+    /// Imports state exported by an earlier generation.
+    fn import_state(&self, state_json: &str) -> Result<(), Failure>;
 
-impl fmt::Display for CallError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "plugin '{}': {}: {}",
-            self.plugin, self.entry, self.message
-        )
+    /// Asks several actions about one message, answering each through
+    /// `answer`. One call per action unless the place can do better.
+    fn validate_each(
+        &self,
+        actions: &[u32],
+        message: MessageRef<'_>,
+        answer: &mut dyn FnMut(u32, Result<bool, Failure>),
+    ) {
+        for &action in actions {
+            answer(action, self.validate(action, message));
+        }
+    }
+
+    /// Asks several providers about one message.
+    fn provide_each(
+        &self,
+        providers: &[u32],
+        message: MessageRef<'_>,
+        control: &CallControl,
+        answer: &mut dyn FnMut(u32, Result<String, Failure>),
+    ) {
+        for &provider in providers {
+            answer(provider, self.provide(provider, message, control));
+        }
+    }
+
+    /// Runs several evaluators on one message.
+    fn evaluate_each(
+        &self,
+        evaluators: &[u32],
+        message: MessageRef<'_>,
+        control: &CallControl,
+        answer: &mut dyn FnMut(u32, Result<Evaluation, Failure>),
+    ) {
+        for &evaluator in evaluators {
+            answer(evaluator, self.evaluate(evaluator, message, control));
+        }
     }
 }
 
-impl std::error::Error for CallError {}
+/// An opened plugin file (or, in tests, a set of plugin values): the
+/// manifests of the plugins it holds, and the creation of an instance of
+/// each. Creating runs plugin code (the plugin's constructor) but no hook.
+pub(crate) trait PluginSource: Send + Sync {
+    /// The file in the plugin folder.
+    fn file(&self) -> &Path;
+    /// One manifest per plugin, in export order; not yet validated.
+    fn manifests(&self) -> &[Manifest];
+    /// Bytes of the code image this source keeps mapped in the host.
+    fn image_bytes(&self) -> u64;
+    /// Creates plugin number `index`, whose callbacks go to `host`.
+    fn create(&self, index: u32, host: Box<dyn Host>) -> Result<Box<dyn Backend>, Failure>;
+}
 
-/// A plugin instance created from a loaded library.
-pub struct PluginInstance {
+/// A plugin instance: its checked manifest and where it came from, and the
+/// calls into it, each naming the plugin and the entry point when it fails.
+pub(crate) struct PluginInstance {
     /// The plugin's manifest.
     pub manifest: Manifest,
     /// The parsed version.
     pub version: Version,
+    /// Its dependencies and optional dependencies, parsed once.
+    pub dependencies: Vec<Dependency>,
     /// The file it was loaded from.
     pub file: PathBuf,
-    /// Bytes of the library image this generation keeps mapped.
+    /// Bytes of the code image this generation keeps mapped.
     pub image_bytes: u64,
-    object: PluginBox,
+    backend: Box<dyn Backend>,
+}
+
+/// What an instance is made of.
+pub(crate) struct InstanceParts {
+    /// The manifest, validated.
+    pub manifest: Manifest,
+    /// Its parsed version.
+    pub version: Version,
+    /// Its parsed dependencies.
+    pub dependencies: Vec<Dependency>,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Bytes of its code image.
+    pub image_bytes: u64,
 }
 
 impl PluginInstance {
-    pub(crate) fn new(
-        manifest: Manifest,
-        version: Version,
-        file: PathBuf,
-        image_bytes: u64,
-        object: PluginBox,
-    ) -> Self {
+    /// An instance calling into `backend`.
+    pub(crate) fn new(parts: InstanceParts, backend: Box<dyn Backend>) -> Self {
         Self {
-            manifest,
-            version,
-            file,
-            image_bytes,
-            object,
+            manifest: parts.manifest,
+            version: parts.version,
+            dependencies: parts.dependencies,
+            file: parts.file,
+            image_bytes: parts.image_bytes,
+            backend,
         }
     }
 
@@ -78,12 +218,21 @@ impl PluginInstance {
         &self.manifest.name
     }
 
-    fn fail(&self, entry: impl Into<String>, error: FfiError) -> CallError {
+    fn fail(&self, entry: impl Into<String>, failure: Failure) -> CallError {
         CallError {
             plugin: self.manifest.name.clone(),
             entry: entry.into(),
-            kind: ErrorKind::from_code(error.code),
-            message: error.message.into_string(),
+            kind: failure.kind(),
+            message: failure.message().to_string(),
+        }
+    }
+
+    fn invalid(&self, entry: String, message: String) -> CallError {
+        CallError {
+            plugin: self.manifest.name.clone(),
+            entry,
+            kind: ErrorKind::InvalidInput,
+            message,
         }
     }
 
@@ -117,67 +266,99 @@ impl PluginInstance {
 
     /// Runs `on_load`.
     pub fn on_load(&self) -> Result<(), CallError> {
-        self.object
-            .on_load()
-            .into_result()
-            .map_err(|e| self.fail("on_load", e))
+        self.backend.on_load().map_err(|e| self.fail("on_load", e))
     }
 
     /// Runs `on_unload`.
     pub fn on_unload(&self) -> Result<(), CallError> {
-        self.object
+        self.backend
             .on_unload()
-            .into_result()
             .map_err(|e| self.fail("on_unload", e))
+    }
+
+    fn validate_error(&self, action: u32, failure: Failure) -> CallError {
+        self.fail(
+            format!("action '{}' validate", self.action_name(action)),
+            failure,
+        )
     }
 
     /// Runs an action's `validate`.
     #[inline]
-    pub fn validate(&self, action: u32, message: &MessageView<'_>) -> Result<bool, CallError> {
-        self.object
+    pub fn validate(&self, action: u32, message: MessageRef<'_>) -> Result<bool, CallError> {
+        self.backend
             .validate(action, message)
-            .into_result()
-            .map_err(|e| self.fail(format!("action '{}' validate", self.action_name(action)), e))
+            .map_err(|e| self.validate_error(action, e))
     }
 
-    /// Runs an action's handler; returns its JSON result.
+    /// Runs the `validate` of several actions on one message.
+    pub fn validate_each(
+        &self,
+        actions: &[u32],
+        message: MessageRef<'_>,
+        answer: &mut dyn FnMut(u32, Result<bool, CallError>),
+    ) {
+        self.backend
+            .validate_each(actions, message, &mut |action, outcome| {
+                answer(action, outcome.map_err(|e| self.validate_error(action, e)))
+            });
+    }
+
+    /// Runs an action's handler.
     pub fn handle(
         &self,
         action: u32,
-        message: &MessageView<'_>,
+        message: MessageRef<'_>,
         control: &CallControl,
-    ) -> Result<String, CallError> {
-        self.object
+    ) -> Result<ActionResult, CallError> {
+        self.backend
             .handle(action, message, control)
-            .into_result()
-            .map(|s| s.into_string())
             .map_err(|e| self.fail(format!("action '{}' handler", self.action_name(action)), e))
     }
 
-    /// Runs a provider's `get`; returns its JSON value.
+    /// Runs a provider's `get`; returns its JSON value, checked.
     pub fn provide(
         &self,
         provider: u32,
-        message: &MessageView<'_>,
+        message: MessageRef<'_>,
         control: &CallControl,
     ) -> Result<String, CallError> {
-        self.object
-            .provide(provider, message, control)
-            .into_result()
-            .map(|s| s.into_string())
-            .map_err(|e| {
-                self.fail(
-                    format!("provider '{}' get", self.provider_name(provider)),
-                    e,
-                )
-            })
+        self.checked_json(provider, self.backend.provide(provider, message, control))
+    }
+
+    fn checked_json(
+        &self,
+        provider: u32,
+        outcome: Result<String, Failure>,
+    ) -> Result<String, CallError> {
+        let entry = || format!("provider '{}' get", self.provider_name(provider));
+        let json = outcome.map_err(|e| self.fail(entry(), e))?;
+        if serde_json::from_str::<serde::de::IgnoredAny>(&json).is_ok() {
+            Ok(json)
+        } else {
+            Err(self.invalid(entry(), "returned invalid JSON".into()))
+        }
+    }
+
+    /// Runs the `get` of several providers for one message; each value is
+    /// checked as [`PluginInstance::provide`] checks it.
+    pub fn provide_each(
+        &self,
+        providers: &[u32],
+        message: MessageRef<'_>,
+        control: &CallControl,
+        answer: &mut dyn FnMut(u32, Result<String, CallError>),
+    ) {
+        self.backend
+            .provide_each(providers, message, control, &mut |provider, outcome| {
+                answer(provider, self.checked_json(provider, outcome))
+            });
     }
 
     /// Starts or ends a provider's subscription.
     pub fn set_subscribed(&self, provider: u32, subscribed: bool) -> Result<(), CallError> {
-        self.object
+        self.backend
             .set_subscribed(provider, subscribed)
-            .into_result()
             .map_err(|e| {
                 self.fail(
                     format!("provider '{}' subscribe", self.provider_name(provider)),
@@ -186,28 +367,30 @@ impl PluginInstance {
             })
     }
 
-    /// Runs an evaluator on one message. A score outside 0..=1 is the
-    /// plugin's error.
-    pub fn evaluate(
+    /// Runs several evaluators on one message. A score outside 0..=1 is
+    /// the plugin's error.
+    pub fn evaluate_each(
         &self,
-        evaluator: u32,
-        message: &MessageView<'_>,
+        evaluators: &[u32],
+        message: MessageRef<'_>,
         control: &CallControl,
-    ) -> Result<Evaluation, CallError> {
-        let entry = || format!("evaluator '{}' evaluate", self.evaluator_name(evaluator));
-        let view = self
-            .object
-            .evaluate(evaluator, message, control)
-            .into_result()
-            .map_err(|e| self.fail(entry(), e))?;
-        self.evaluation(view, entry)
+        answer: &mut dyn FnMut(u32, Result<Evaluation, CallError>),
+    ) {
+        self.backend
+            .evaluate_each(evaluators, message, control, &mut |evaluator, outcome| {
+                let entry = || format!("evaluator '{}' evaluate", self.evaluator_name(evaluator));
+                let checked = outcome
+                    .map_err(|e| self.fail(entry(), e))
+                    .and_then(|evaluation| self.checked(evaluation, entry));
+                answer(evaluator, checked)
+            });
     }
 
     /// Runs an evaluator on many messages; one result per message.
     pub fn evaluate_batch(
         &self,
         evaluator: u32,
-        messages: &[MessageView<'_>],
+        messages: &[MessageRef<'_>],
         control: &CallControl,
     ) -> Result<Vec<Evaluation>, CallError> {
         let entry = || {
@@ -216,70 +399,52 @@ impl PluginInstance {
                 self.evaluator_name(evaluator)
             )
         };
-        let views = self
-            .object
-            .evaluate_batch(evaluator, RSlice::from_slice(messages), control)
-            .into_result()
+        let evaluations = self
+            .backend
+            .evaluate_batch(evaluator, messages, control)
             .map_err(|e| self.fail(entry(), e))?;
-        if views.len() != messages.len() {
+        if evaluations.len() != messages.len() {
             return Err(self.invalid(
                 entry(),
                 format!(
                     "returned {} results for {} messages",
-                    views.len(),
+                    evaluations.len(),
                     messages.len()
                 ),
             ));
         }
-        views
+        evaluations
             .into_iter()
-            .map(|view| self.evaluation(view, entry))
+            .map(|evaluation| self.checked(evaluation, entry))
             .collect()
     }
 
-    fn invalid(&self, entry: String, message: String) -> CallError {
-        CallError {
-            plugin: self.manifest.name.clone(),
-            entry,
-            kind: ErrorKind::InvalidInput,
-            message,
-        }
-    }
-
-    fn evaluation(
+    fn checked(
         &self,
-        view: EvaluationView,
+        evaluation: Evaluation,
         entry: impl Fn() -> String,
     ) -> Result<Evaluation, CallError> {
-        if !(0.0..=1.0).contains(&view.score) {
-            return Err(self.invalid(entry(), format!("score {} is outside 0..1", view.score)));
-        }
-        let metadata = if view.metadata_json.is_empty() {
-            serde_json::Value::Null
+        if (0.0..=1.0).contains(&evaluation.score) {
+            Ok(evaluation)
         } else {
-            serde_json::from_str(view.metadata_json.as_str())
-                .map_err(|e| self.invalid(entry(), format!("metadata is not valid JSON: {e}")))?
-        };
-        Ok(Evaluation {
-            score: view.score,
-            passed: view.passed,
-            metadata,
-        })
+            Err(self.invalid(
+                entry(),
+                format!("score {} is outside 0..1", evaluation.score),
+            ))
+        }
     }
 
     /// Starts a service.
     pub fn start_service(&self, service: u32) -> Result<(), CallError> {
-        self.object
+        self.backend
             .start_service(service)
-            .into_result()
             .map_err(|e| self.fail(format!("service '{}' start", self.service_name(service)), e))
     }
 
     /// Stops a service.
     pub fn stop_service(&self, service: u32) -> Result<(), CallError> {
-        self.object
+        self.backend
             .stop_service(service)
-            .into_result()
             .map_err(|e| self.fail(format!("service '{}' stop", self.service_name(service)), e))
     }
 
@@ -291,15 +456,8 @@ impl PluginInstance {
         args_json: &str,
         control: &CallControl,
     ) -> Result<String, CallError> {
-        self.object
-            .call_service(
-                service,
-                RStr::from_str(method),
-                RStr::from_str(args_json),
-                control,
-            )
-            .into_result()
-            .map(|s| s.into_string())
+        self.backend
+            .call_service(service, method, args_json, control)
             .map_err(|e| {
                 self.fail(
                     format!("service '{}' method '{method}'", self.service_name(service)),
@@ -315,38 +473,39 @@ impl PluginInstance {
         event: &str,
         payload_json: &str,
     ) -> Result<(), CallError> {
-        self.object
-            .on_event(
-                subscription,
-                RStr::from_str(event),
-                RStr::from_str(payload_json),
-            )
-            .into_result()
+        self.backend
+            .on_event(subscription, event, payload_json)
             .map_err(|e| self.fail(format!("event handler for '{event}'"), e))
     }
 
     /// Fires one of the plugin's timers.
     pub fn on_timer(&self, timer: u64) -> Result<(), CallError> {
-        self.object
+        self.backend
             .on_timer(timer)
-            .into_result()
             .map_err(|e| self.fail(format!("timer {timer}"), e))
     }
 
     /// Exports the plugin's state as JSON.
     pub fn export_state(&self) -> Result<String, CallError> {
-        self.object
+        self.backend
             .export_state()
-            .into_result()
-            .map(|s| s.into_string())
             .map_err(|e| self.fail("export_state", e))
     }
 
     /// Imports state exported by an earlier generation.
     pub fn import_state(&self, state_json: &str) -> Result<(), CallError> {
-        self.object
-            .import_state(RStr::from_str(state_json))
-            .into_result()
+        self.backend
+            .import_state(state_json)
             .map_err(|e| self.fail("import_state", e))
+    }
+}
+
+impl std::fmt::Debug for PluginInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginInstance")
+            .field("name", &self.manifest.name)
+            .field("version", &self.version)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
     }
 }

@@ -1,7 +1,7 @@
 //! The event bus: plugins and the host emit and subscribe to named events.
 //!
-//! Delivery never holds the bus lock while calling a handler (DESIGN fact 11),
-//! so a handler may emit or subscribe. One failing handler is logged and
+//! Delivery never holds the bus lock while calling a handler, because a
+//! handler calls back into the host: it may emit or subscribe. One failing handler is logged and
 //! reported; the others still run. Nesting (a handler emitting an event whose
 //! handler emits...) is bounded so a loop cannot overflow the stack.
 

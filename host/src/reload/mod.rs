@@ -19,15 +19,20 @@
 //! one serving, with one line saying why. The old library stays mapped (it
 //! is never unloaded); the host counts it.
 
+mod error;
+#[cfg(test)]
+mod tests;
 pub(crate) mod watch;
 
+pub use error::ReloadError;
+
 use crate::config::AgentConfig;
-use crate::load::library;
-use crate::load::private_copy::ShadowDir;
+use crate::dependencies::{check_replacement, Candidate};
 use crate::load::{instantiate, subscribe_providers, Prepared};
+use crate::load::{LoadError, OpenError};
 use crate::plugin::CallError;
+use crate::plugin::PluginSource;
 use crate::registry::{LivePlugin, Registry};
-use agent_host_plugin_sdk::manifest::Dependency;
 use serde::Serialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -56,14 +61,38 @@ pub struct Reloaded {
 }
 
 /// A reload that failed: the old generation keeps serving.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadFailure {
     /// The plugin.
     pub plugin: String,
-    /// The file the new build was read from.
+    /// The file the new build was read from (empty when none was).
     pub file: PathBuf,
     /// Why it was refused.
-    pub cause: String,
+    pub error: Box<ReloadError>,
+}
+
+impl ReloadFailure {
+    /// One line saying why, without the file and plugin names.
+    pub fn cause(&self) -> String {
+        self.error.to_string()
+    }
+}
+
+impl Serialize for ReloadFailure {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut fields = serializer.serialize_struct("ReloadFailure", 3)?;
+        fields.serialize_field("plugin", &self.plugin)?;
+        fields.serialize_field("file", &self.file)?;
+        fields.serialize_field("cause", &self.cause())?;
+        fields.end()
+    }
+}
+
+impl std::error::Error for ReloadFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.error)
+    }
 }
 
 impl std::fmt::Display for ReloadFailure {
@@ -74,91 +103,13 @@ impl std::fmt::Display for ReloadFailure {
         write!(
             f,
             "plugin '{}': reload refused, the running generation keeps serving: {}",
-            self.plugin, self.cause
+            self.plugin, self.error
         )
     }
 }
 
 fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Whether `from` reaches `target` through the loaded plugins' required and
-/// optional dependencies.
-fn reaches(core: &Registry, from: &str, target: &str, seen: &mut Vec<String>) -> bool {
-    if from == target {
-        return true;
-    }
-    if seen.iter().any(|s| s == from) {
-        return false;
-    }
-    seen.push(from.to_string());
-    let Some(plugin) = core.plugin(from) else {
-        return false;
-    };
-    let manifest = &plugin.instance.manifest;
-    manifest
-        .dependencies
-        .iter()
-        .chain(&manifest.optional_dependencies)
-        .filter_map(|d| Dependency::parse(d, false).ok())
-        .any(|d| reaches(core, &d.name, target, seen))
-}
-
-/// Checks the new build against the loaded plugins: its dependencies, and
-/// its dependents' requirements.
-fn check_dependencies(core: &Registry, prepared: &Prepared) -> Result<(), String> {
-    let name = prepared.manifest.name.as_str();
-    for dependency in &prepared.dependencies {
-        match core.plugin(&dependency.name) {
-            Some(found)
-                if dependency.requirement.matches(&found.instance.version)
-                    && reaches(core, &dependency.name, name, &mut Vec::new()) =>
-            {
-                return Err(format!(
-                    "dependency cycle between {name} and {}",
-                    dependency.name
-                ));
-            }
-            Some(found) if dependency.requirement.matches(&found.instance.version) => {}
-            Some(found) if !dependency.optional => {
-                return Err(format!(
-                    "unmet dependency '{dependency}': the plugin loaded has version {}",
-                    found.instance.version
-                ))
-            }
-            None if !dependency.optional => {
-                return Err(format!(
-                    "missing dependency '{dependency}': no plugin of that name is loaded"
-                ))
-            }
-            _ => {}
-        }
-    }
-    for dependent in core.plugins() {
-        if dependent.name() == name {
-            continue;
-        }
-        let manifest = &dependent.instance.manifest;
-        let requirements = manifest
-            .dependencies
-            .iter()
-            .map(|d| (d, false))
-            .chain(manifest.optional_dependencies.iter().map(|d| (d, true)));
-        for (text, optional) in requirements {
-            let Ok(requirement) = Dependency::parse(text, optional) else {
-                continue;
-            };
-            if requirement.name == name && !requirement.requirement.matches(&prepared.version) {
-                return Err(format!(
-                    "plugin '{}' requires {requirement}, which the new version {} does not meet",
-                    dependent.name(),
-                    prepared.version
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Stops a generation that is not (or no longer) serving: providers
@@ -186,81 +137,91 @@ pub fn retire(core: &Registry, plugin: &LivePlugin, services_started: usize) -> 
 }
 
 /// Starts a new generation's services; on failure stops those it started.
-fn start_services(new: &LivePlugin) -> Result<(), String> {
+/// On failure, the service and why.
+fn start_services(new: &LivePlugin) -> Result<(), (String, String)> {
     for (index, service) in new.instance.manifest.services.iter().enumerate() {
         if let Err(error) = new.instance.start_service(index as u32) {
             for started in (0..index).rev() {
                 let _ = new.instance.stop_service(started as u32);
             }
-            return Err(format!(
-                "service '{}' failed to start: {}",
-                service.name, error.message
-            ));
+            return Err((service.name.clone(), error.message));
         }
     }
     Ok(())
 }
 
-/// Reloads the plugin named `name` from its file. Callers serialize reloads.
-pub fn reload(
+/// Reloads the plugin named `name` from its file (or `file`), which `open`
+/// turns into a source (a fresh private copy of a library, in the host).
+/// Callers serialize reloads.
+pub(crate) fn reload(
     core: &Arc<Registry>,
-    shadow: &ShadowDir,
     config: &AgentConfig,
     name: &str,
     file: Option<&Path>,
+    open: impl FnOnce(&Path) -> Result<Arc<dyn PluginSource>, OpenError>,
 ) -> Result<Reloaded, ReloadFailure> {
     let started = Instant::now();
     let Some(old) = core.plugin(name) else {
         return Err(ReloadFailure {
             plugin: name.to_string(),
             file: file.map(Path::to_path_buf).unwrap_or_default(),
-            cause: "no plugin of that name is loaded".into(),
+            error: Box::new(ReloadError::NotLoaded),
         });
     };
     let file = file.map_or_else(|| old.instance.file.clone(), Path::to_path_buf);
-    let fail = |cause: String| ReloadFailure {
+    let fail = |error: ReloadError| ReloadFailure {
         plugin: name.to_string(),
         file: file.clone(),
-        cause,
+        error: Box::new(error),
     };
     let outcome = (|| {
-        let opened = library::open(&file, shadow).map_err(|e| fail(e.cause))?;
+        let opened = open(&file).map_err(|e| fail(ReloadError::Open(e)))?;
         let index = opened
-            .manifests
+            .manifests()
             .iter()
             .position(|m| m.name == name)
             .ok_or_else(|| {
-                let names: Vec<&str> = opened.manifests.iter().map(|m| m.name.as_str()).collect();
-                fail(format!(
-                    "the new build holds no plugin named '{name}' (it holds: {})",
-                    names.join(", ")
-                ))
+                fail(ReloadError::NotInBuild {
+                    found: opened.manifests().iter().map(|m| m.name.clone()).collect(),
+                })
             })?;
-        let manifest = opened.manifests[index].clone();
-        let valid = manifest.validate().map_err(|e| fail(e.to_string()))?;
+        let manifest = opened.manifests()[index].clone();
+        let valid = manifest
+            .validate()
+            .map_err(|e| fail(ReloadError::Manifest(e.to_string())))?;
         let prepared = Prepared {
-            library: Arc::new(opened),
+            source: opened,
             index: index as u32,
             manifest,
             version: valid.version,
             dependencies: valid.dependencies,
         };
-        check_dependencies(core, &prepared).map_err(fail)?;
-        let new =
-            instantiate(core, &prepared, old.load_order, config).map_err(|f| fail(f.cause))?;
+        let candidate = Candidate {
+            name: prepared.manifest.name.clone(),
+            version: prepared.version.clone(),
+            dependencies: prepared.dependencies.clone(),
+        };
+        check_replacement(&core.candidates(), &candidate)
+            .map_err(|e| fail(ReloadError::Dependencies(e)))?;
+        let new = instantiate(core, &prepared, old.load_order, config).map_err(|f| {
+            fail(match *f.error {
+                LoadError::Config(error) => ReloadError::Config(error),
+                other => ReloadError::Create(other.to_string()),
+            })
+        })?;
 
         let drain = Duration::from_millis(core.settings.reload_drain_timeout_ms);
         let paused = Instant::now();
-        let closed = core.admission.close(drain).map_err(|still| {
-            fail(format!(
-                "{still} call(s) still in flight after the {} ms drain timeout",
-                drain.as_millis()
-            ))
+        let closed = core.admission.close(drain).map_err(|in_flight| {
+            fail(ReloadError::Drain {
+                in_flight,
+                timeout_ms: core.settings.reload_drain_timeout_ms,
+            })
         })?;
         let state = if old.instance.manifest.state_hooks {
             old.instance
                 .export_state()
-                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(ReloadError::ExportState(e)))?
         } else {
             "null".to_string()
         };
@@ -272,16 +233,16 @@ pub fn reload(
         if new.instance.manifest.state_hooks && state != "null" {
             if let Err(error) = new.instance.import_state(&state) {
                 core.drop_generation(name, new.generation);
-                return Err(fail(error.to_string()));
+                return Err(fail(ReloadError::ImportState(error)));
             }
         }
         if let Err(error) = new.instance.on_load() {
             core.drop_generation(name, new.generation);
-            return Err(fail(format!("on_load: {}", error.message)));
+            return Err(fail(ReloadError::OnLoad(error)));
         }
-        if let Err(cause) = start_services(&new) {
+        if let Err((service, cause)) = start_services(&new) {
             undo(&new, 0);
-            return Err(fail(cause));
+            return Err(fail(ReloadError::StartService { service, cause }));
         }
         subscribe_providers(&new);
         core.swap(Arc::clone(&new));
@@ -339,7 +300,7 @@ pub fn reload(
                 json!({
                     "plugin": name,
                     "file": failure.file,
-                    "error": failure.cause,
+                    "error": failure.cause(),
                 }),
             );
         }

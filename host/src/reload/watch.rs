@@ -119,9 +119,7 @@ pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Wa
                     }
                     for name in names {
                         if let Err(failure) = host.reload(&name) {
-                            let half_written = failure.cause.contains("the file is incomplete")
-                                || failure.cause.contains("not a loadable library");
-                            if half_written && attempt < RETRIES {
+                            if failure.error.is_transient() && attempt < RETRIES {
                                 retries.insert(path.clone(), (attempt, Instant::now() + RETRY_AFTER));
                             }
                         }

@@ -1,0 +1,230 @@
+//! Why a plugin file could not be opened, and why a plugin did not load.
+//!
+//! Each failure is a value the host can act on (the watcher retries only a
+//! file caught half-written) and one line an operator can read: the file
+//! and the plugin are named once, by [`LoadFailure`](super::LoadFailure),
+//! and the error says what is wrong and what to do.
+
+use crate::config::ConfigError;
+use crate::dependencies::Unresolved;
+use crate::plugin::CallError;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Why a file could not be opened as a plugin library. Nothing of the
+/// plugin's code has run when any of these is returned, except for
+/// [`OpenError::Manifest`] and [`OpenError::NoPlugins`] (the manifest
+/// function ran).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// The file (or its private copy) could not be read or written.
+    Io {
+        /// What was being done, such as "cannot make a private copy".
+        doing: &'static str,
+        /// The operating system's error.
+        cause: String,
+    },
+    /// The file is empty: a build that has only just created it.
+    Empty,
+    /// The file is larger than the configured limit; it was not copied.
+    TooLarge {
+        /// Its size in bytes.
+        bytes: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The file is not a shared library of any known format, or is an
+    /// object file of another kind (an executable, a relocatable object).
+    NotALibrary {
+        /// What it is instead.
+        found: String,
+    },
+    /// A shared library built for another operating system or processor.
+    WrongPlatform {
+        /// What it was built for, such as "aarch64 (ELF)".
+        built_for: String,
+        /// What this host is, such as "x86_64 (ELF)".
+        host: String,
+    },
+    /// The file is shorter than its own headers say: a build caught while
+    /// writing it. Mapping it would crash the host, so it is never opened.
+    Incomplete {
+        /// The part that lies past the end, such as "a loadable segment".
+        what: String,
+        /// The file's size in bytes.
+        bytes: u64,
+    },
+    /// The dynamic loader refused the file.
+    Dlopen {
+        /// The loader's reason, without the file name.
+        reason: String,
+    },
+    /// The library exports no agent-host plugin module.
+    NotAPlugin,
+    /// The plugin was built against another major version of the plugin ABI.
+    AbiVersion {
+        /// The ABI version the plugin was built against.
+        plugin: String,
+        /// The ABI major version this host speaks.
+        host: u64,
+    },
+    /// The plugin was built with an incompatible `abi_stable`.
+    AbiStable {
+        /// The library's ABI header, as `abi_stable` describes it.
+        header: String,
+    },
+    /// The binary layout of the plugin interface differs from the host's.
+    Layout {
+        /// The first mismatch: the type and what differs.
+        first_mismatch: String,
+        /// The full layout report (thousands of lines), shown with `-v`.
+        report: String,
+    },
+    /// Another check of `abi_stable` refused the library.
+    Rejected {
+        /// The first line of its report.
+        first_line: String,
+        /// The full report.
+        report: String,
+    },
+    /// The library's manifest function failed, or its manifests cannot be read.
+    Manifest {
+        /// Why.
+        cause: String,
+    },
+    /// The library exports no plugin.
+    NoPlugins,
+}
+
+impl OpenError {
+    /// Whether trying again later may succeed: the file is being written.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, OpenError::Empty | OpenError::Incomplete { .. })
+    }
+
+    /// The full diagnostic behind a condensed line, if there is one.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            OpenError::Layout { report, .. } | OpenError::Rejected { report, .. } => Some(report),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const REBUILD: &str = "rebuild the plugin against this host's agent-host-plugin-sdk";
+        match self {
+            OpenError::Io { doing, cause } => write!(f, "{doing}: {cause}"),
+            OpenError::Empty => f.write_str("the file is empty (a build still writing it?)"),
+            OpenError::TooLarge { bytes, limit } => write!(
+                f,
+                "the file has {bytes} bytes, over the {limit} byte limit for plugin files (host.max_plugin_bytes)"
+            ),
+            OpenError::NotALibrary { found } => write!(f, "not a shared library: {found}"),
+            OpenError::WrongPlatform { built_for, host } => {
+                write!(f, "built for {built_for}; this host is {host}")
+            }
+            OpenError::Incomplete { what, bytes } => write!(
+                f,
+                "the file is incomplete ({what} lies past its end at {bytes} bytes): a build still writing it?"
+            ),
+            OpenError::Dlopen { reason } => write!(f, "the dynamic loader refused it: {reason}"),
+            OpenError::NotAPlugin => f.write_str(
+                "not an agent-host plugin: it exports no plugin module (build it with export_plugin!)",
+            ),
+            OpenError::AbiVersion { plugin, host } => write!(
+                f,
+                "built against plugin ABI {plugin}, but this host speaks plugin ABI {host}.x: {REBUILD}"
+            ),
+            OpenError::AbiStable { header } => {
+                write!(f, "built with an incompatible abi_stable ({header}): {REBUILD}")
+            }
+            OpenError::Layout { first_mismatch, .. } => write!(
+                f,
+                "incompatible plugin ABI layout ({first_mismatch}): {REBUILD}; -v shows the full report"
+            ),
+            OpenError::Rejected { first_line, .. } => {
+                write!(f, "rejected by the ABI check: {first_line}")
+            }
+            OpenError::Manifest { cause } => write!(f, "manifest: {cause}"),
+            OpenError::NoPlugins => f.write_str("the library exports no plugin"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Why a plugin (or a whole file) did not load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    /// The file could not be opened.
+    Open(OpenError),
+    /// The manifest failed validation.
+    Manifest(String),
+    /// Several files hold a plugin of this name; none of them loads.
+    Duplicate {
+        /// Every file that holds it.
+        files: Vec<PathBuf>,
+    },
+    /// A plugin of this name is already loaded from another file.
+    AlreadyLoaded {
+        /// The file the loaded plugin came from.
+        from: PathBuf,
+    },
+    /// A dependency is missing, unmet, cyclic or failed.
+    Dependencies(Unresolved),
+    /// Its config is invalid.
+    Config(ConfigError),
+    /// The plugin's constructor failed.
+    Create(String),
+    /// `on_load` failed.
+    OnLoad(CallError),
+    /// A service failed to register or start.
+    StartService {
+        /// The service.
+        service: String,
+        /// Why.
+        cause: String,
+    },
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Open(error) => error.fmt(f),
+            LoadError::Manifest(cause) => f.write_str(cause),
+            LoadError::Duplicate { files } => {
+                let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                write!(
+                    f,
+                    "duplicate plugin name (found in {}): none of them is loaded; remove all but one",
+                    files.join(", ")
+                )
+            }
+            LoadError::AlreadyLoaded { from } => write!(
+                f,
+                "duplicate plugin name: it is already loaded from {}",
+                from.display()
+            ),
+            LoadError::Dependencies(unresolved) => unresolved.fmt(f),
+            LoadError::Config(error) => error.fmt(f),
+            LoadError::Create(cause) => write!(f, "create: {cause}"),
+            LoadError::OnLoad(error) => write!(f, "on_load: {}", error.message),
+            LoadError::StartService { service, cause } => {
+                write!(f, "service '{service}' failed to start: {cause}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LoadError::Open(error) => Some(error),
+            LoadError::Config(error) => Some(error),
+            LoadError::OnLoad(error) => Some(error),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The serving plan: who takes part in the pipeline now (loaded plugins,
+//! not quarantined) and whose providers compose the state. Worked out once
+//! per change of the plugin set, and cached by the registry.
+
+use crate::registry::LivePlugin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The plugins taking part in the pipeline (loaded, not quarantined), and
+/// the providers whose values compose the state.
+pub struct ServingPlan {
+    /// Serving plugins in load order.
+    pub plugins: Vec<Arc<LivePlugin>>,
+    /// (plugin index in `plugins`, provider index) of every provider in the
+    /// state, in order.
+    pub providers: Vec<(usize, u32)>,
+    /// Providers left out because an earlier plugin's provider has their name.
+    pub shadowed: Vec<String>,
+    /// Whether some provider must be called for every message (it has no
+    /// cache and pushes nothing), so no composed state can be reused.
+    pub calls_every_message: bool,
+    /// The last composed state, reusable while no provider value changed
+    /// and none of the cached values it used has expired.
+    pub snapshot: Mutex<Option<StateSnapshot>>,
+}
+
+/// A composed state and what it depends on.
+#[derive(Debug, Clone)]
+pub struct StateSnapshot {
+    /// `Registry::provider_version` when it was composed.
+    pub version: u64,
+    /// When its earliest cached value expires (`None`: never).
+    pub fresh_until: Option<Instant>,
+    /// The state object as JSON text.
+    pub json: Arc<str>,
+}
+
+impl ServingPlan {
+    pub(crate) fn new(mut plugins: Vec<Arc<LivePlugin>>) -> Self {
+        plugins.retain(|p| !p.is_quarantined());
+        let mut names = std::collections::HashSet::new();
+        let mut providers = Vec::new();
+        let mut shadowed = Vec::new();
+        for (p, plugin) in plugins.iter().enumerate() {
+            for (index, spec) in plugin.instance.manifest.providers.iter().enumerate() {
+                if names.insert(spec.name.clone()) {
+                    providers.push((p, index as u32));
+                } else {
+                    shadowed.push(format!(
+                        "plugin '{}': provider '{}' left out: another plugin's provider has that name",
+                        plugin.name(),
+                        spec.name
+                    ));
+                }
+            }
+        }
+        let calls_every_message = providers.iter().any(|&(p, index)| {
+            let spec = &plugins[p].instance.manifest.providers[index as usize];
+            spec.cache.is_none() && !spec.subscribable
+        });
+        Self {
+            plugins,
+            providers,
+            shadowed,
+            calls_every_message,
+            snapshot: Mutex::new(None),
+        }
+    }
+}

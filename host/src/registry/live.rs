@@ -1,0 +1,94 @@
+//! A plugin that is loaded and registered: its instance, permissions, place
+//! in the load order and generation, its provider cache slots and metrics,
+//! and its quarantine state.
+
+use crate::metrics::Metrics;
+use crate::pipeline::cache::ProviderSlot;
+use crate::plugin::PluginInstance;
+use crate::registry::permissions::Permissions;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// A plugin that is loaded and registered.
+pub struct LivePlugin {
+    /// The instance.
+    pub instance: PluginInstance,
+    /// What its host callbacks may do.
+    pub permissions: Permissions,
+    /// Its position in the load order.
+    pub load_order: usize,
+    /// Which load of the plugin this is (unique across the host).
+    pub generation: u64,
+    /// Its name, shared by every reply that mentions it.
+    pub shared_name: Arc<str>,
+    /// `0..n` for its `n` actions: every action is asked about every message.
+    pub action_indices: Vec<u32>,
+    /// `0..n` for its `n` evaluators: every evaluator scores every message.
+    pub evaluator_indices: Vec<u32>,
+    /// Its evaluators' names, by index.
+    pub evaluator_names: Vec<Arc<str>>,
+    /// One slot per provider, by index: its cached value and counters.
+    pub providers: Vec<ProviderSlot>,
+    /// Each action's counters, by index.
+    pub action_metrics: Vec<crate::metrics::ActionMetrics>,
+    pub(super) quarantined: AtomicBool,
+    pub(super) recent_panics: Mutex<VecDeque<Instant>>,
+}
+
+impl LivePlugin {
+    /// A live plugin, not quarantined.
+    pub fn new(
+        instance: PluginInstance,
+        permissions: Permissions,
+        load_order: usize,
+        generation: u64,
+        metrics: &Metrics,
+        provider_version: &Arc<AtomicU64>,
+    ) -> Self {
+        let name = instance.name().to_string();
+        let providers = instance
+            .manifest
+            .providers
+            .iter()
+            .map(|spec| ProviderSlot::new(&name, &spec.name, provider_version, metrics))
+            .collect();
+        let action_metrics = instance
+            .manifest
+            .actions
+            .iter()
+            .map(|a| metrics.action_metrics(&name, &a.name))
+            .collect();
+        let evaluator_names = instance
+            .manifest
+            .evaluators
+            .iter()
+            .map(|e| Arc::from(e.name.as_str()))
+            .collect();
+        Self {
+            action_indices: (0..instance.manifest.actions.len() as u32).collect(),
+            evaluator_indices: (0..instance.manifest.evaluators.len() as u32).collect(),
+            shared_name: Arc::from(name.as_str()),
+            evaluator_names,
+            providers,
+            action_metrics,
+            instance,
+            permissions,
+            load_order,
+            generation,
+            quarantined: AtomicBool::new(false),
+            recent_panics: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        self.instance.name()
+    }
+
+    /// Whether the plugin panicked too often and is out of service.
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::Acquire)
+    }
+}

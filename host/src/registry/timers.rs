@@ -1,0 +1,77 @@
+//! Plugin timers: tokio tasks that fire a plugin's timer handler through
+//! the admission gate, owned by the plugin's generation.
+
+use super::Registry;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+impl Registry {
+    /// Sets (or replaces) a plugin's timer.
+    pub fn set_timer(
+        self: &Arc<Self>,
+        plugin: &str,
+        generation: u64,
+        timer: u64,
+        after_ms: u64,
+        every_ms: u64,
+    ) {
+        let core = Arc::downgrade(self);
+        let owner = plugin.to_string();
+        let task = self.runtime.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(after_ms)).await;
+            loop {
+                let Some(core_now) = core.upgrade() else {
+                    return;
+                };
+                let target = match core_now.plugin(&owner) {
+                    Some(p) if p.generation == generation => p,
+                    // A generation being reloaded in: not serving yet, wait.
+                    Some(p) if p.generation < generation => {
+                        drop(core_now);
+                        tokio::time::sleep(Duration::from_millis(every_ms.max(1))).await;
+                        continue;
+                    }
+                    _ => return,
+                };
+                let fired = tokio::task::spawn_blocking(move || {
+                    let _admitted = core_now.admission.enter();
+                    target.instance.on_timer(timer)
+                })
+                .await;
+                if let Ok(Err(error)) = fired {
+                    tracing::warn!(plugin = %owner, "{error}");
+                }
+                if every_ms == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(every_ms)).await;
+            }
+            if let Some(core) = core.upgrade() {
+                core.timers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&(owner, generation, timer));
+            }
+        });
+        let previous = self
+            .timers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((plugin.to_string(), generation, timer), task);
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+    }
+
+    /// Cancels a plugin's timer.
+    pub fn clear_timer(&self, plugin: &str, generation: u64, timer: u64) {
+        let task = self
+            .timers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(plugin.to_string(), generation, timer));
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+}

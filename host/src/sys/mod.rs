@@ -1,0 +1,46 @@
+//! Everything that differs between operating systems, in one place: the
+//! object format and processor a plugin file must be built for, how a
+//! library is opened, and which signals end the agent. Porting the host to
+//! a new platform means editing this module (and nothing else).
+//!
+//! Private-copy folders are guarded by a lock file each (standard file
+//! locks work on every platform), so finding a folder left by a process that
+//! is gone needs nothing from here.
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+pub(crate) use unix::{open_library, shutdown_signal};
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub(crate) use windows::{open_library, shutdown_signal};
+
+use object::{Architecture, BinaryFormat};
+
+/// The object format of loadable libraries on this operating system.
+pub(crate) fn library_format() -> BinaryFormat {
+    if cfg!(target_vendor = "apple") {
+        BinaryFormat::MachO
+    } else if cfg!(windows) {
+        BinaryFormat::Pe
+    } else {
+        BinaryFormat::Elf
+    }
+}
+
+/// The processor this host runs on, as object files name it.
+pub(crate) fn architecture() -> Architecture {
+    match std::env::consts::ARCH {
+        "x86_64" => Architecture::X86_64,
+        "x86" => Architecture::I386,
+        "aarch64" => Architecture::Aarch64,
+        "arm" => Architecture::Arm,
+        "riscv64" => Architecture::Riscv64,
+        "powerpc64" => Architecture::PowerPc64,
+        "s390x" => Architecture::S390x,
+        "loongarch64" => Architecture::LoongArch64,
+        _ => Architecture::Unknown,
+    }
+}

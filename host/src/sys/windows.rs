@@ -1,0 +1,17 @@
+//! Windows: `LoadLibraryExW`, and Ctrl-C.
+
+use std::path::Path;
+
+/// Opens a library; the error is the loader's own text.
+pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, String> {
+    // SAFETY: opening a library runs its initialisers (`DllMain`). The
+    // caller has checked the file's object header and loads a private copy
+    // that nothing else writes; what the plugin's initialisers do is the
+    // trust the operator places in an in-process plugin.
+    unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())
+}
+
+/// Resolves on Ctrl-C.
+pub(crate) async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
