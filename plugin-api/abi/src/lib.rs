@@ -21,6 +21,7 @@
 
 // `#[sabi_trait]` expands to impls nested in consts, which this lint flags.
 #![allow(non_local_definitions)]
+#![warn(missing_docs)]
 
 use abi_stable::{
     declare_root_module_statics,
