@@ -85,6 +85,12 @@ pub use runtime::{
 };
 pub use service::{Service, ServiceBuilder};
 
+/// The version of this SDK, as recorded in every manifest's `sdk_version`.
+///
+/// A host built with this SDK speaks this version: it knows exactly the
+/// manifest fields this version writes (see [`manifest::parse_manifests`]).
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Re-exported so plugins can build JSON values without their own dependency.
 /// (`serde` itself is not re-exported: a plugin that derives `Serialize` or
 /// `Deserialize` depends on `serde` with the `derive` feature.)
