@@ -9,7 +9,8 @@
 //! when a layout changes. Anything extensible travels as data (JSON text) or as
 //! a string-keyed call ([`PluginApi::invoke`], [`HostApi::invoke`]).
 //!
-//! Plugin authors never use this crate directly; they use `plugin-api`.
+//! Plugin authors never use this crate directly; they use
+//! `agent-host-plugin-sdk`.
 //!
 //! # Compatibility rule
 //!
