@@ -3,8 +3,8 @@
 //! most 1 ms per plugin.
 //!
 //! A plain bench binary rather than criterion: every load maps a new copy
-//! that is never unmapped (DESIGN fact 3), so the number of loads must stay
-//! bounded. Prints the median and p95 over `LOADS` loads of each plugin.
+//! that is never unmapped (abi_stable libraries stay loaded until the process
+//! exits), so the number of loads must stay bounded. Prints the median and p95 over `LOADS` loads of each plugin.
 //!
 //! Run: `cargo bench -p agent-host --bench load_time`
 

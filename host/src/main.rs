@@ -1,4 +1,4 @@
-//! The `agent-host` command line: `check`, `list` and `run`.
+//! The `agent-host` command line: `check`, `list`, `run` and `reload`.
 
 use agent_host::cli::{self, Cli};
 use clap::Parser;

@@ -16,6 +16,45 @@ fn agent_host(args: &[&str], dir: &Path) -> Output {
 }
 
 #[test]
+fn version_names_the_host_the_plugin_abi_and_the_sdk() {
+    for flag in ["--version", "-V"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+            .arg(flag)
+            .output()
+            .expect("run agent-host");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        assert_eq!(
+            stdout.trim(),
+            format!(
+                "agent-host {} (plugin ABI {}, agent-host-plugin-sdk {})",
+                env!("CARGO_PKG_VERSION"),
+                agent_host_plugin_abi::ABI_VERSION,
+                agent_host_plugin_sdk::SDK_VERSION
+            )
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_command() {
+    let output = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .arg("--help")
+        .output()
+        .expect("run agent-host");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for command in ["check", "list", "run", "reload"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.trim_start().starts_with(&format!("{command} "))),
+            "--help lists {command}:\n{stdout}"
+        );
+    }
+}
+
+#[test]
 fn check_succeeds_on_good_plugins_and_fails_on_a_bad_one() {
     let good = folder_with(&[fixture(""), fixture("multi")]);
     let output = agent_host(&["check"], good.path());

@@ -313,11 +313,11 @@ pub mod __private {
 /// read the manifests, then to create each instance), so keep it free of
 /// side effects.
 ///
-/// The example is not run as a test: the macro defines the library's export
-/// symbol, which only makes sense in a `cdylib`. See `docs/plugin-guide.md`
-/// for a complete plugin crate.
+/// The example is compiled but not run as a test: the macro defines the
+/// library's export symbol, which only means something in a `cdylib`. See
+/// `docs/plugin-guide.md` for a complete plugin crate.
 ///
-/// ```ignore
+/// ```no_run
 /// fn plugin() -> agent_host_plugin_sdk::Plugin {
 ///     agent_host_plugin_sdk::Plugin::new("hello", "1.0.0")
 /// }

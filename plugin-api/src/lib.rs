@@ -43,9 +43,12 @@
 //!   layout check of the root module passes. The layout is frozen for a major
 //!   version; new capabilities arrive as JSON fields or as string-keyed
 //!   `invoke` requests, never as layout changes;
-//! * the **SDK version** (this crate's version, in the manifest's
+//! * the **SDK version** ([`SDK_VERSION`], in the manifest's
 //!   `sdk_version`): it may change freely. A plugin built with an older SDK
-//!   keeps loading in a newer host as long as the ABI major matches.
+//!   keeps loading in a newer host as long as the ABI major matches. A host
+//!   knows the manifest fields of the SDK it was built with: a manifest with
+//!   fields it does not know (from a newer SDK) is refused with one line
+//!   naming the plugin and both SDK versions ([`manifest::parse_manifests`]).
 //!
 //! A plugin built against another ABI major version, or with a foreign
 //! layout, is rejected at load time with one line that names the file and
@@ -85,6 +88,12 @@ pub use runtime::{
     Event, Host, Level, ProviderPush, Runtime, RuntimeHandle, ServiceClient, Subscription, Timer,
 };
 pub use service::{Service, ServiceBuilder};
+
+/// The version of this SDK, as recorded in every manifest's `sdk_version`.
+///
+/// A host built with this SDK speaks this version: it knows exactly the
+/// manifest fields this version writes (see [`manifest::parse_manifests`]).
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Re-exported so plugins can build JSON values without their own dependency.
 /// (`serde` itself is not re-exported: a plugin that derives `Serialize` or

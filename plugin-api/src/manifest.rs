@@ -1,14 +1,16 @@
 //! The plugin manifest: what a plugin is, what it needs and what it offers.
 //!
-//! The SDK builds it from a [`crate::Plugin`]; it crosses the boundary as JSON
-//! and the host parses it back into this same type and calls
-//! [`Manifest::validate`]. Unknown fields are rejected so that a typo in a
-//! hand-written manifest, or a manifest from a newer SDK that this host does
-//! not understand, is an error rather than a silent omission.
+//! The SDK builds it from a [`crate::Plugin`]; it crosses the boundary as a
+//! JSON array (one manifest per plugin in the library). The host reads that
+//! array with [`parse_manifests`] into this same type and calls
+//! [`Manifest::validate`] on each manifest. Unknown fields are rejected, so
+//! that a manifest from a newer SDK that this host does not understand, or a
+//! typo in a hand-written one, is an error rather than a silent omission;
+//! [`parse_manifests`] names the plugin, the fields and both SDK versions.
 
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -59,7 +61,8 @@ pub struct Manifest {
     /// Whether the plugin exports and imports state across hot reloads.
     #[serde(default)]
     pub state_hooks: bool,
-    /// The version of `plugin-api` the plugin was built with.
+    /// The version of `agent-host-plugin-sdk` the plugin was built with
+    /// ([`crate::SDK_VERSION`] of the SDK it compiled against).
     #[serde(default)]
     pub sdk_version: String,
 }
@@ -433,6 +436,283 @@ impl Manifest {
     }
 }
 
+/// Why a library's manifests could not be read: see [`parse_manifests`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestsError {
+    /// A manifest has fields that this SDK, and so the host built with it,
+    /// does not know: the plugin was most likely built with a newer SDK.
+    UnknownFields(UnknownFields),
+    /// The text is not a JSON array of manifests (malformed JSON, a missing
+    /// required field, a field of the wrong type).
+    Invalid(String),
+}
+
+impl fmt::Display for ManifestsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownFields(unknown) => unknown.fmt(f),
+            Self::Invalid(reason) => write!(f, "manifest is not valid: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ManifestsError {}
+
+/// A manifest with fields this SDK does not know, and who wrote it.
+///
+/// Its [`Display`](fmt::Display) is one line naming the plugin, the fields
+/// and both SDK versions, and saying what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownFields {
+    /// The plugin's name as its manifest gives it (or `manifest N` when the
+    /// manifest at index N has no name).
+    pub plugin: String,
+    /// The unknown fields as paths, such as `retries` or `actions[0].cost`:
+    /// the manifest's own first, then those of its components in index
+    /// order, each object's in alphabetical order.
+    pub fields: Vec<String>,
+    /// The manifest's `sdk_version`: the SDK the plugin was built with
+    /// (empty when the manifest does not say).
+    pub plugin_sdk_version: String,
+    /// This SDK's version, [`crate::SDK_VERSION`]: the one the host speaks.
+    pub host_sdk_version: String,
+}
+
+impl UnknownFields {
+    /// Whether the plugin says it was built with an SDK newer than this one
+    /// (or says nothing usable), so that a newer host may know the fields.
+    pub fn plugin_sdk_is_newer(&self) -> bool {
+        match (
+            Version::parse(&self.plugin_sdk_version),
+            Version::parse(&self.host_sdk_version),
+        ) {
+            (Ok(plugin), Ok(host)) => plugin > host,
+            _ => true,
+        }
+    }
+}
+
+/// The Cargo requirement that selects versions compatible with `version`:
+/// `0.1` for 0.1.x, `1` for 1.x.
+fn compatible_requirement(version: &str) -> String {
+    match Version::parse(version) {
+        Ok(v) if v.major > 0 => v.major.to_string(),
+        Ok(v) if v.minor > 0 => format!("0.{}", v.minor),
+        Ok(v) => format!("0.0.{}", v.patch),
+        Err(_) => version.to_string(),
+    }
+}
+
+impl fmt::Display for UnknownFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let built_with = if self.plugin_sdk_version.is_empty() {
+            "an agent-host-plugin-sdk that does not record its version".to_string()
+        } else {
+            format!("agent-host-plugin-sdk {}", self.plugin_sdk_version)
+        };
+        write!(
+            f,
+            "plugin '{}' was built with {built_with}, whose manifest has fields this host (agent-host-plugin-sdk {}) does not know: {}; ",
+            self.plugin,
+            self.host_sdk_version,
+            self.fields.join(", ")
+        )?;
+        let against = compatible_requirement(&self.host_sdk_version);
+        if self.plugin_sdk_is_newer() {
+            write!(
+                f,
+                "upgrade the host or rebuild the plugin against {against}"
+            )
+        } else {
+            write!(f, "rebuild the plugin against {against}")
+        }
+    }
+}
+
+impl std::error::Error for UnknownFields {}
+
+/// Reads a plugin library's manifests: the JSON array its `manifests` entry
+/// point returns, one manifest per plugin.
+///
+/// Before anything else it looks for fields this SDK does not know, at every
+/// level of each manifest (`foo`, `actions[0].bar`, `providers[1].cache.baz`).
+/// The first manifest that has some is refused with
+/// [`ManifestsError::UnknownFields`], naming the plugin, its fields, the SDK
+/// version that built the plugin and the one this host speaks. Anything
+/// else that does not fit is [`ManifestsError::Invalid`]. It does not run
+/// [`Manifest::validate`].
+///
+/// ```
+/// use agent_host_plugin_sdk::manifest::{parse_manifests, ManifestsError};
+/// use agent_host_plugin_sdk::{json, Plugin, SDK_VERSION};
+///
+/// let ours = json!([Plugin::new("weather", "1.0.0").manifest()]).to_string();
+/// assert_eq!(parse_manifests(&ours).unwrap()[0].name, "weather");
+///
+/// let newer = json!([{
+///     "name": "weather",
+///     "version": "1.0.0",
+///     "sdk_version": "9.0.0",
+///     "retries": 3,
+///     "actions": [{"name": "GET", "cost": 2}]
+/// }]);
+/// let Err(ManifestsError::UnknownFields(unknown)) = parse_manifests(&newer.to_string()) else {
+///     panic!("unknown fields are refused");
+/// };
+/// assert_eq!(unknown.plugin, "weather");
+/// assert_eq!(unknown.fields, ["retries", "actions[0].cost"]);
+/// assert_eq!(unknown.plugin_sdk_version, "9.0.0");
+/// assert_eq!(unknown.host_sdk_version, SDK_VERSION);
+/// assert!(unknown.to_string().contains("upgrade the host or rebuild the plugin"));
+///
+/// assert!(matches!(parse_manifests("{}"), Err(ManifestsError::Invalid(_))));
+/// ```
+pub fn parse_manifests(json: &str) -> Result<Vec<Manifest>, ManifestsError> {
+    let value: Value =
+        serde_json::from_str(json).map_err(|e| ManifestsError::Invalid(e.to_string()))?;
+    let Value::Array(items) = &value else {
+        return Err(ManifestsError::Invalid(
+            "expected a JSON array of manifests".into(),
+        ));
+    };
+    for (index, item) in items.iter().enumerate() {
+        let Value::Object(manifest) = item else {
+            continue; // not an object: the typed parse below says so
+        };
+        let mut fields = Vec::new();
+        unknown_manifest_fields(manifest, &mut fields);
+        if !fields.is_empty() {
+            let text = |key: &str| manifest.get(key).and_then(Value::as_str);
+            return Err(ManifestsError::UnknownFields(UnknownFields {
+                plugin: text("name").map_or_else(|| format!("manifest {index}"), str::to_string),
+                fields,
+                plugin_sdk_version: text("sdk_version").unwrap_or_default().to_string(),
+                host_sdk_version: crate::SDK_VERSION.to_string(),
+            }));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| ManifestsError::Invalid(e.to_string()))
+}
+
+/// The objects in the array at `object[key]`, each with its path
+/// (`prefix` + `key[i]`).
+fn objects<'a>(
+    object: &'a Map<String, Value>,
+    key: &str,
+    prefix: &str,
+) -> Vec<(String, &'a Map<String, Value>)> {
+    let Some(items) = object.get(key).and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| Some((format!("{prefix}{key}[{i}]"), item.as_object()?)))
+        .collect()
+}
+
+/// The object at `object[key]`, if it is one.
+fn nested<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Map<String, Value>> {
+    object.get(key)?.as_object()
+}
+
+/// Appends to `out` the fields of `manifest`, at every level, that the
+/// manifest types do not declare.
+fn unknown_manifest_fields(manifest: &Map<String, Value>, out: &mut Vec<String>) {
+    unknown_fields_of::<Manifest>(manifest, "", out);
+    for (path, action) in objects(manifest, "actions", "") {
+        unknown_fields_of::<ActionSpec>(action, &path, out);
+        for (example_path, example) in objects(action, "examples", &format!("{path}.")) {
+            unknown_fields_of::<Example>(example, &example_path, out);
+        }
+        if let Some(limit) = nested(action, "rate_limit") {
+            unknown_fields_of::<RateLimit>(limit, &format!("{path}.rate_limit"), out);
+        }
+    }
+    for (path, provider) in objects(manifest, "providers", "") {
+        unknown_fields_of::<ProviderSpec>(provider, &path, out);
+        if let Some(cache) = nested(provider, "cache") {
+            unknown_fields_of::<CacheConfig>(cache, &format!("{path}.cache"), out);
+        }
+    }
+    for (path, evaluator) in objects(manifest, "evaluators", "") {
+        unknown_fields_of::<EvaluatorSpec>(evaluator, &path, out);
+    }
+    for (path, service) in objects(manifest, "services", "") {
+        unknown_fields_of::<ServiceSpec>(service, &path, out);
+    }
+}
+
+/// Appends to `out` the keys of `object` that `T` does not declare, as
+/// `path.key` (or `key` at the top), in alphabetical order.
+fn unknown_fields_of<'de, T: Deserialize<'de>>(
+    object: &Map<String, Value>,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    let known = declared_fields::<T>();
+    let mut unknown: Vec<&String> = object
+        .keys()
+        .filter(|key| !known.contains(&key.as_str()))
+        .collect();
+    unknown.sort();
+    out.extend(unknown.into_iter().map(|key| {
+        if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        }
+    }));
+}
+
+/// The field names that `T`'s derived `Deserialize` declares, read from the
+/// derive itself so that they never drift from the struct.
+fn declared_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// Stops deserialization once the field list is known.
+    #[derive(Debug)]
+    struct Stop;
+    impl fmt::Display for Stop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("field list read")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<M: fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+
+    /// A deserializer that only records the fields a struct asks for.
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = fields;
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,5 +764,184 @@ mod tests {
             serde_json::json!({"name": "a", "version": "1.0.0", "dependencies_typo": []}),
         );
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn declared_fields_are_the_serialized_fields() {
+        fn keys(value: impl Serialize) -> Vec<String> {
+            let mut keys: Vec<String> = serde_json::to_value(value)
+                .expect("serializes")
+                .as_object()
+                .expect("an object")
+                .keys()
+                .cloned()
+                .collect();
+            keys.sort();
+            keys
+        }
+        fn declared<'de, T: Deserialize<'de>>() -> Vec<String> {
+            let mut fields: Vec<String> = declared_fields::<T>()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            fields.sort();
+            fields
+        }
+        let action: ActionSpec =
+            serde_json::from_value(serde_json::json!({"name": "A"})).expect("minimal action");
+        let provider: ProviderSpec =
+            serde_json::from_value(serde_json::json!({"name": "p"})).expect("minimal provider");
+        let evaluator: EvaluatorSpec =
+            serde_json::from_value(serde_json::json!({"name": "e"})).expect("minimal evaluator");
+        let service: ServiceSpec =
+            serde_json::from_value(serde_json::json!({"name": "s"})).expect("minimal service");
+        assert_eq!(declared::<Manifest>(), keys(manifest("a", "1.0.0")));
+        assert_eq!(declared::<ActionSpec>(), keys(action));
+        assert_eq!(declared::<ProviderSpec>(), keys(provider));
+        assert_eq!(declared::<EvaluatorSpec>(), keys(evaluator));
+        assert_eq!(declared::<ServiceSpec>(), keys(service));
+        assert_eq!(
+            declared::<Example>(),
+            keys(Example {
+                input: String::new(),
+                output: String::new()
+            })
+        );
+        assert_eq!(
+            declared::<RateLimit>(),
+            keys(RateLimit {
+                max_requests: 1,
+                window_ms: 1
+            })
+        );
+        assert_eq!(
+            declared::<CacheConfig>(),
+            keys(CacheConfig {
+                ttl_ms: 1,
+                stale_while_revalidate: false
+            })
+        );
+    }
+
+    #[test]
+    fn manifests_this_sdk_writes_parse() {
+        let plugin = crate::Plugin::new("weather", "1.2.0")
+            .permission("config:*")
+            .action(
+                crate::Action::new("GET")
+                    .example("weather?", "sunny")
+                    .rate_limit(1, std::time::Duration::from_secs(1))
+                    .validate(|_| true)
+                    .handler(|_, _| Ok(crate::ActionResult::default())),
+            )
+            .provider(
+                crate::Provider::new("home")
+                    .cache(std::time::Duration::from_secs(60), true)
+                    .get(|_, _| Ok(1)),
+            );
+        let json = serde_json::to_string(&[plugin.manifest(), manifest("geo", "1.0.0")])
+            .expect("serializes");
+        let parsed = parse_manifests(&json).expect("parses");
+        assert_eq!(parsed, vec![plugin.manifest(), manifest("geo", "1.0.0")]);
+        assert_eq!(parsed[0].sdk_version, crate::SDK_VERSION);
+    }
+
+    #[test]
+    fn a_newer_sdks_fields_are_named_with_both_versions() {
+        let json = serde_json::json!([
+            {"name": "fine", "version": "1.0.0"},
+            {
+                "name": "x",
+                "version": "1.0.0",
+                "sdk_version": "0.3.0",
+                "foo": 1,
+                "actions": [
+                    {"name": "A", "examples": [{"input": "i", "output": "o", "lang": "en"}]},
+                    {"name": "B", "rate_limit": {"max_requests": 1, "window_ms": 1, "burst": 2}}
+                ],
+                "providers": [{"name": "p", "cache": {"ttl_ms": 1, "jitter_ms": 5}, "push": true}],
+                "evaluators": [{"name": "e", "model": "m"}],
+                "services": [{"name": "s", "version": "2"}],
+                "bar": true
+            }
+        ]);
+        let error = parse_manifests(&json.to_string()).expect_err("refused");
+        let ManifestsError::UnknownFields(unknown) = &error else {
+            panic!("not an unknown-fields error: {error}");
+        };
+        assert_eq!(unknown.plugin, "x");
+        assert_eq!(
+            unknown.fields,
+            [
+                "bar",
+                "foo",
+                "actions[0].examples[0].lang",
+                "actions[1].rate_limit.burst",
+                "providers[0].push",
+                "providers[0].cache.jitter_ms",
+                "evaluators[0].model",
+                "services[0].version",
+            ]
+        );
+        assert_eq!(unknown.plugin_sdk_version, "0.3.0");
+        assert_eq!(unknown.host_sdk_version, crate::SDK_VERSION);
+
+        let host = UnknownFields {
+            plugin: "x".into(),
+            fields: vec!["foo".into(), "bar".into()],
+            plugin_sdk_version: "0.3.0".into(),
+            host_sdk_version: "0.1.0".into(),
+        };
+        assert_eq!(
+            ManifestsError::UnknownFields(host).to_string(),
+            "plugin 'x' was built with agent-host-plugin-sdk 0.3.0, whose manifest has fields this host (agent-host-plugin-sdk 0.1.0) does not know: foo, bar; upgrade the host or rebuild the plugin against 0.1"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_from_an_older_or_unnamed_sdk_only_ask_for_a_rebuild() {
+        let older = UnknownFields {
+            plugin: "x".into(),
+            fields: vec!["typo".into()],
+            plugin_sdk_version: "1.0.0".into(),
+            host_sdk_version: "1.4.2".into(),
+        };
+        assert!(!older.plugin_sdk_is_newer());
+        assert_eq!(
+            older.to_string(),
+            "plugin 'x' was built with agent-host-plugin-sdk 1.0.0, whose manifest has fields this host (agent-host-plugin-sdk 1.4.2) does not know: typo; rebuild the plugin against 1"
+        );
+
+        let json = serde_json::json!([{"version": "1.0.0", "extra": 1}]);
+        let Err(ManifestsError::UnknownFields(unnamed)) = parse_manifests(&json.to_string()) else {
+            panic!("refused");
+        };
+        assert_eq!(unnamed.plugin, "manifest 0");
+        assert_eq!(unnamed.plugin_sdk_version, "");
+        let line = unnamed.to_string();
+        assert!(
+            line.contains("built with an agent-host-plugin-sdk that does not record its version"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    #[test]
+    fn anything_else_that_does_not_fit_is_invalid() {
+        for bad in [
+            "not json",
+            "{}",
+            r#"[{"version": "1.0.0"}]"#,
+            r#"[{"name": 1, "version": "1.0.0"}]"#,
+            r#"[3]"#,
+        ] {
+            let error = parse_manifests(bad).expect_err(bad);
+            assert!(
+                matches!(error, ManifestsError::Invalid(_)),
+                "{bad}: {error}"
+            );
+            assert!(error.to_string().starts_with("manifest is not valid: "));
+        }
+        assert_eq!(parse_manifests("[]").expect("an empty array parses"), []);
     }
 }

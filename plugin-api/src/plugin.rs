@@ -69,7 +69,7 @@ impl Plugin {
                 evaluators: Vec::new(),
                 services: Vec::new(),
                 state_hooks: false,
-                sdk_version: env!("CARGO_PKG_VERSION").to_string(),
+                sdk_version: crate::SDK_VERSION.to_string(),
             },
             actions: Vec::new(),
             providers: Vec::new(),

@@ -3,13 +3,33 @@
 //! [`TestHost`] stands in for the host: it holds the plugin's config, answers
 //! service calls with the plugin's own services or with fakes you register,
 //! records logs, emitted events and pushed provider values, and delivers
-//! events and timers on demand.
+//! events and fires timers on demand.
 //!
-//! It is not the real host: it checks no permissions, does not validate the
-//! config against the plugin's schema, runs no `validate` before a handler
-//! (call [`LoadedPlugin::validate`] yourself), gives handlers no deadline,
-//! matches event names exactly (no `*` patterns) and does not subscribe
-//! providers. Load the built library with `agent-host check` as well.
+//! What it checks as the host does:
+//!
+//! * **Permissions.** [`TestHost::load`] records the permissions the plugin
+//!   requests ([`Plugin::permission`]); from then on every callback needs
+//!   one, matched as the host matches (exactly, or by a trailing `*`):
+//!   `config:KEY` or `config:*` to read a config key, `config:*` for the
+//!   whole config, `service:NAME` to call a fake service (the plugin's own
+//!   services need none), `event:emit:NAME` to emit. A refusal is an
+//!   [`ErrorKind::PermissionDenied`] error that names the plugin and the
+//!   permission. Subscribing, logging and timers need none. Every requested
+//!   permission counts as granted, as in a host whose config has no
+//!   `[grants]` table.
+//! * **Subscriptions match patterns.** [`TestHost::deliver`] runs every
+//!   handler whose pattern matches the event: the exact name, or a prefix
+//!   ending in `*` (`weather:*`).
+//! * **One-shot timers fire once.** [`TestHost::fire_timers`] fires every
+//!   timer set, then drops those made with [`Runtime::after`]; those made
+//!   with [`Runtime::every`] fire on every call.
+//!
+//! It is not the real host: it does not apply the operator's grants or the
+//! senders' permissions, does not validate the manifest or the config
+//! against the plugin's schema, runs no `validate` before a handler (call
+//! [`LoadedPlugin::validate`] yourself), gives handlers no deadline, and
+//! does not subscribe providers. Load the built library with
+//! `agent-host check` as well.
 //!
 //! ```
 //! use agent_host_plugin_sdk::{Action, ActionResult, Plugin, testing::TestHost};
@@ -216,9 +236,10 @@ impl TestHost {
     }
 
     /// Delivers an event to the plugin's handlers registered with
-    /// [`Runtime::on`]; returns how many handlers ran. Names match exactly
-    /// (a handler registered for `weather:*` gets nothing here). The first
-    /// handler error is returned.
+    /// [`Runtime::on`] whose pattern matches its name, as in the host: the
+    /// exact name, or a prefix ending in `*` (`action:*` gets
+    /// `action:completed`). Returns how many handlers ran; the first handler
+    /// error is returned.
     ///
     /// ```
     /// use agent_host_plugin_sdk::{json, testing::TestHost, Plugin};
@@ -233,6 +254,10 @@ impl TestHost {
     ///         counter.fetch_add(1, Ordering::SeqCst);
     ///         Ok(())
     ///     })?;
+    ///     rt.on("plugin:*", |event, rt| {
+    ///         rt.info(format!("saw {}", event.name));
+    ///         Ok(())
+    ///     })?;
     ///     Ok(())
     /// });
     /// let host = TestHost::new("audit");
@@ -240,6 +265,8 @@ impl TestHost {
     /// assert_eq!(host.deliver("action:completed", json!({"action": "GREET"})).unwrap(), 1);
     /// assert_eq!(host.deliver("action:failed", json!({})).unwrap(), 0);
     /// assert_eq!(completed.load(Ordering::SeqCst), 1);
+    /// assert_eq!(host.deliver("plugin:loaded", json!({})).unwrap(), 1);
+    /// assert_eq!(host.logs()[0].1, "saw plugin:loaded");
     /// ```
     pub fn deliver(&self, event: &str, payload: Value) -> Result<usize> {
         let ids: Vec<u64> = self
@@ -274,15 +301,18 @@ impl TestHost {
     ///     .permission("event:emit:ticker:*")
     ///     .on_load(|rt| {
     ///         rt.every(Duration::from_secs(60), |rt| rt.emit("ticker:tick", &()))?;
+    ///         rt.after(Duration::from_secs(1), |rt| rt.emit("ticker:once", &()))?;
     ///         Ok(())
     ///     });
     /// let host = TestHost::new("ticker");
     /// let _loaded = host.load(plugin).unwrap();
     /// let timers = host.timers();
     /// assert_eq!((timers[0].1, timers[0].2), (60_000, 60_000));
+    /// assert_eq!((timers[1].1, timers[1].2), (1_000, 0));
     /// host.fire_timers().unwrap();
     /// host.fire_timers().unwrap();
-    /// assert_eq!(host.emitted().len(), 2);
+    /// let names: Vec<String> = host.emitted().into_iter().map(|e| e.name).collect();
+    /// assert_eq!(names, ["ticker:tick", "ticker:once", "ticker:tick"]);
     ///
     /// // Without the permission the test fails, as the host would refuse it.
     /// let quiet = Plugin::new("quiet", "1.0.0")

@@ -22,3 +22,15 @@ pub fn load_files(files: &[PathBuf]) -> (PluginHost, LoadReport, tempfile::TempD
     let (host, report) = load(dir.path());
     (host, report, dir)
 }
+
+/// The plugin guide, `docs/plugin-guide.md`, as a doctest: `cargo test`
+/// compiles and runs every Rust example in it, so the guide cannot drift from
+/// the SDK.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/plugin-guide.md")]
+pub struct PluginGuide;
+
+/// The SDK's README, `plugin-api/README.md`, as a doctest, for the same reason.
+#[cfg(doctest)]
+#[doc = include_str!("../../plugin-api/README.md")]
+pub struct SdkReadme;

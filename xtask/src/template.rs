@@ -50,6 +50,9 @@ publish = false
 # cdylib: the file agent-host loads; rlib: for unit tests and `cargo doc`.
 crate-type = ["cdylib", "rlib"]
 
+[lints]
+workspace = true
+
 [dependencies]
 agent-host-plugin-sdk.workspace = true
 serde_json.workspace = true

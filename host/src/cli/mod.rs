@@ -1,7 +1,9 @@
 //! The command line: argument parsing and one module per command.
 //!
 //! `check` and `list` load the folder, report, and shut the plugins down;
-//! `run` serves until Ctrl-C or SIGTERM.
+//! `run` serves until Ctrl-C or SIGTERM; `reload` asks a running agent to
+//! reload one plugin from its file. `--version` names the plugin ABI and SDK
+//! versions this host speaks besides its own.
 
 mod check;
 mod run;
@@ -9,12 +11,29 @@ mod run;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
-/// The `agent-host` command line.
+/// What `--version` prints after the program name: the host's version, then
+/// the plugin ABI and SDK versions it speaks, such as
+/// `0.1.0 (plugin ABI 1.0.0, agent-host-plugin-sdk 0.1.0)`. A plugin loads
+/// when it was built against the same ABI major version.
+pub fn version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} (plugin ABI {}, agent-host-plugin-sdk {})",
+            env!("CARGO_PKG_VERSION"),
+            agent_host_plugin_abi::ABI_VERSION,
+            agent_host_plugin_sdk::SDK_VERSION
+        )
+    })
+}
+
+/// The `agent-host` command line: `check`, `list`, `run` and `reload`.
 #[derive(Debug, Parser)]
 #[command(
     name = "agent-host",
-    version,
+    version = version(),
     about = "A plugin host for AI agents: native plugins, dependencies, hot reload."
 )]
 pub struct Cli {
@@ -26,7 +45,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The commands.
+/// The commands: `check`, `list`, `run` and `reload`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Verify every plugin file in a folder: load, check, start and stop them.

@@ -9,7 +9,8 @@
 //! when a layout changes. Anything extensible travels as data (JSON text) or as
 //! a string-keyed call ([`PluginApi::invoke`], [`HostApi::invoke`]).
 //!
-//! Plugin authors never use this crate directly; they use `plugin-api`.
+//! Plugin authors never use this crate directly; they use
+//! `agent-host-plugin-sdk`.
 //!
 //! # Compatibility rule
 //!
@@ -21,6 +22,7 @@
 
 // `#[sabi_trait]` expands to impls nested in consts, which this lint flags.
 #![allow(non_local_definitions)]
+#![warn(missing_docs)]
 
 use abi_stable::{
     declare_root_module_statics,
@@ -35,10 +37,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub use abi_stable;
 
 /// The version of this ABI, as written into every plugin's library header.
-#[cfg(not(feature = "fixture-foreign-abi-version"))]
+#[cfg(not(agent_host_abi_fixture = "foreign_version"))]
 pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// A deliberately foreign ABI version, for the host's rejection tests.
-#[cfg(feature = "fixture-foreign-abi-version")]
+///
+/// Only a build with `--cfg agent_host_abi_fixture="foreign_version"` in its
+/// rustflags has it; the test support crate passes that flag for one fixture
+/// plugin only. No Cargo feature can turn it on.
+#[cfg(agent_host_abi_fixture = "foreign_version")]
 pub const ABI_VERSION: &str = "2.0.0";
 
 /// Error codes carried by [`FfiError::code`].
@@ -100,8 +106,10 @@ pub struct MessageView<'a> {
     pub text: RStr<'a>,
     /// A JSON object with the rest of the message's context.
     pub context_json: RStr<'a>,
-    /// A deliberately foreign field, for the host's rejection tests.
-    #[cfg(feature = "fixture-foreign-layout")]
+    /// A deliberately foreign field, for the host's rejection tests: only a
+    /// build with `--cfg agent_host_abi_fixture="foreign_layout"` in its
+    /// rustflags has it (see [`ABI_VERSION`]).
+    #[cfg(agent_host_abi_fixture = "foreign_layout")]
     pub fixture_foreign_field: u64,
 }
 

@@ -6,6 +6,16 @@
 //! serializes builds across test processes; each build's library is copied
 //! out under a name of its own before the next build can overwrite it.
 //!
+//! Two fixtures, `foreign-abi` and `foreign-layout`, need
+//! `agent-host-plugin-abi` itself built differently (another ABI version,
+//! another `MessageView` layout). That crate offers no feature for it, so
+//! that no dependent can ever publish such a plugin: they are built with a
+//! `--cfg agent_host_abi_fixture="..."` rustflag instead, into a target folder
+//! of their own, `target/fixtures-foreign`, so that the flag never
+//! invalidates the other fixture builds. Those builds name the host's target
+//! triple, so the flag reaches only the plugin's own code and its
+//! dependencies, and the two builds share their proc macros and build scripts.
+//!
 //! It must never build into the main target folder, and never hand a test a
 //! file that another test may still overwrite.
 
@@ -32,6 +42,35 @@ pub fn fixture_target() -> PathBuf {
     workspace_root().join("target").join("fixtures")
 }
 
+/// The target folder used for the fixtures built with a foreign ABI.
+fn foreign_target() -> PathBuf {
+    workspace_root().join("target").join("fixtures-foreign")
+}
+
+/// The `agent_host_abi_fixture` value that `agent-host-plugin-abi` needs for
+/// a fixture feature, if it needs one.
+fn abi_fixture_cfg(feature: &str) -> Option<&'static str> {
+    match feature {
+        "foreign-abi" => Some("foreign_version"),
+        "foreign-layout" => Some("foreign_layout"),
+        _ => None,
+    }
+}
+
+/// The target triple of the toolchain that runs the tests.
+fn host_triple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let output = Command::new(rustc)
+        .args(["--print", "host-tuple"])
+        .output()
+        .expect("run rustc --print host-tuple");
+    assert!(output.status.success(), "rustc --print host-tuple failed");
+    String::from_utf8(output.stdout)
+        .expect("the host triple is text")
+        .trim()
+        .to_string()
+}
+
 fn library_file_name(crate_name: &str) -> String {
     let stem = crate_name.replace('-', "_");
     if cfg!(windows) {
@@ -53,18 +92,49 @@ fn build_lock() -> BuildLock {
 }
 
 fn cargo_build(args: &[&str]) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args(["build", "--release", "--quiet", "--target-dir"])
-        .arg(fixture_target())
+    let status = cargo_command(&fixture_target())
         .args(args)
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .status()
         .expect("run cargo");
     assert!(status.success(), "cargo build {args:?} failed");
+}
+
+/// `cargo build --release` into `target_dir`, with no rustflags from the
+/// environment of the outer `cargo test`.
+fn cargo_command(target_dir: &Path) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace_root())
+        .args(["build", "--release", "--quiet", "--target-dir"])
+        .arg(target_dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    command
+}
+
+/// Builds the fixture plugin with `feature` and `--cfg
+/// agent_host_abi_fixture="<cfg>"`; returns the library it built.
+fn cargo_build_foreign(feature: &str, cfg: &str) -> PathBuf {
+    let triple = host_triple();
+    let status = cargo_command(&foreign_target())
+        .args(["-p", "fixture-plugin", "--features", feature, "--target"])
+        .arg(&triple)
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg\x1fagent_host_abi_fixture=\"{cfg}\""),
+        )
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "cargo build of fixture {feature} with agent_host_abi_fixture={cfg} failed"
+    );
+    foreign_target()
+        .join(triple)
+        .join("release")
+        .join(library_file_name("fixture-plugin"))
 }
 
 fn copy_atomically(from: &Path, to: &Path) {
@@ -97,14 +167,19 @@ pub fn fixture(feature: &str) -> PathBuf {
         return out;
     }
     let _lock = build_lock();
-    let mut args = vec!["-p", "fixture-plugin"];
-    if !feature.is_empty() {
-        args.extend(["--features", feature]);
-    }
-    cargo_build(&args);
-    let artifact = fixture_target()
-        .join("release")
-        .join(library_file_name("fixture-plugin"));
+    let artifact = match abi_fixture_cfg(feature) {
+        Some(cfg) => cargo_build_foreign(feature, cfg),
+        None => {
+            let mut args = vec!["-p", "fixture-plugin"];
+            if !feature.is_empty() {
+                args.extend(["--features", feature]);
+            }
+            cargo_build(&args);
+            fixture_target()
+                .join("release")
+                .join(library_file_name("fixture-plugin"))
+        }
+    };
     copy_atomically(&artifact, &out);
     built.insert(name.to_string());
     out
