@@ -263,3 +263,27 @@ fn the_layout_report_is_condensed_with_the_full_text_kept_for_verbose() {
         "the full abi_stable report: {detail}"
     );
 }
+
+#[test]
+fn a_plugin_built_with_a_newer_sdk_is_refused_naming_it_and_both_versions() {
+    let (host, report, _dir) = load_files(&[fixture("newer-sdk"), fixture("")]);
+    let failure = report
+        .failures
+        .iter()
+        .find(|f| f.file.ends_with(format!("newer-sdk.{EXT}")))
+        .expect("the newer plugin fails");
+    assert_eq!(failure.stage(), Stage::Open);
+    let line = failure.to_string();
+    assert!(
+        line.contains("plugin 'newer-sdk' was built with agent-host-plugin-sdk 0.9.0")
+            && line.contains(&format!(
+                "this host (agent-host-plugin-sdk {})",
+                agent_host_plugin_sdk::SDK_VERSION
+            ))
+            && line.contains("does not know: retries"),
+        "{line}"
+    );
+    assert_eq!(line.matches("newer-sdk'").count(), 1, "named once: {line}");
+    assert!(report.loaded("fixture"), "the other plugin still loads");
+    drop(host);
+}

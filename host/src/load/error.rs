@@ -8,13 +8,14 @@
 use crate::config::ConfigError;
 use crate::dependencies::Unresolved;
 use crate::plugin::CallError;
+use agent_host_plugin_sdk::manifest::UnknownFields;
 use std::fmt;
 use std::path::PathBuf;
 
 /// Why a file could not be opened as a plugin library. Nothing of the
 /// plugin's code has run when any of these is returned, except for
-/// [`OpenError::Manifest`] and [`OpenError::NoPlugins`] (the manifest
-/// function ran).
+/// [`OpenError::Manifest`], [`OpenError::NewerManifest`] and
+/// [`OpenError::NoPlugins`] (the manifest function ran).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpenError {
     /// The file (or its private copy) could not be read or written.
@@ -92,6 +93,9 @@ pub enum OpenError {
         /// Why.
         cause: String,
     },
+    /// A manifest has fields this host does not know: the plugin was built
+    /// with a newer SDK (or a foreign one).
+    NewerManifest(UnknownFields),
     /// The library exports no plugin.
     NoPlugins,
 }
@@ -148,6 +152,7 @@ impl fmt::Display for OpenError {
                 write!(f, "rejected by the ABI check: {first_line}")
             }
             OpenError::Manifest { cause } => write!(f, "manifest: {cause}"),
+            OpenError::NewerManifest(unknown) => unknown.fmt(f),
             OpenError::NoPlugins => f.write_str("the library exports no plugin"),
         }
     }

@@ -13,7 +13,7 @@ use crate::load::private_copy::ShadowDir;
 use crate::sys;
 use agent_host_plugin_abi::abi_stable::library::{AbiHeaderRef, LibraryError};
 use agent_host_plugin_abi::{PluginModuleRef, ROOT_MODULE_SYMBOL};
-use agent_host_plugin_sdk::manifest::Manifest;
+use agent_host_plugin_sdk::manifest::{parse_manifests, Manifest, ManifestsError};
 use std::path::{Path, PathBuf};
 
 /// A plugin library that passed every check and whose manifests were read.
@@ -88,10 +88,12 @@ pub fn open(file: &Path, shadow: &ShadowDir, max_bytes: u64) -> Result<OpenedLib
         .map_err(|e| OpenError::Manifest {
             cause: e.message.into_string(),
         })?;
-    let manifests: Vec<Manifest> =
-        serde_json::from_str(json.as_str()).map_err(|e| OpenError::Manifest {
-            cause: format!("not valid: {e}"),
-        })?;
+    let manifests = parse_manifests(json.as_str()).map_err(|error| match error {
+        ManifestsError::UnknownFields(unknown) => OpenError::NewerManifest(unknown),
+        ManifestsError::Invalid(cause) => OpenError::Manifest {
+            cause: format!("not valid: {cause}"),
+        },
+    })?;
     if manifests.is_empty() {
         return Err(OpenError::NoPlugins);
     }
