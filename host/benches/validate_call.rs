@@ -5,7 +5,8 @@
 
 use agent_host::{HostOptions, PluginHost};
 use agent_host_plugin_abi::MessageView;
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
 
 /// The same body as the fixture plugin's `PING` action validate.
 #[inline(never)]

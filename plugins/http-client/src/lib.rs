@@ -104,10 +104,15 @@ struct Client {
 
 impl Client {
     fn new(settings: Settings) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .user_agent(&settings.user_agent)
-            .redirects(5)
-            .build();
+        let agent = ureq::Agent::config_builder()
+            .user_agent(settings.user_agent.as_str())
+            .max_redirects(5)
+            // 404 and 500 are answers for the caller to read, not errors.
+            .http_status_as_error(false)
+            // As before the upgrade to ureq 3: no proxy from the environment.
+            .proxy(None)
+            .build()
+            .new_agent();
         Self { settings, agent }
     }
 
@@ -124,12 +129,14 @@ impl Client {
             None => self.settings.timeout_ms,
         };
         let timeout = within_deadline(Duration::from_millis(timeout_ms), rt)?;
-        let response = match self.agent.get(&request.url).timeout(timeout).call() {
-            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
-            Err(ureq::Error::Transport(transport)) => {
-                return Err(transport_error(&request.url, timeout, &transport))
-            }
-        };
+        let response = self
+            .agent
+            .get(&request.url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .call()
+            .map_err(|error| request_error(&request.url, timeout, error))?;
         read_response(&request.url, response)
     }
 }
@@ -171,25 +178,37 @@ fn within_deadline(timeout: Duration, rt: &Runtime<'_>) -> Result<Duration> {
     }
 }
 
-fn transport_error(url: &str, timeout: Duration, transport: &ureq::Transport) -> Error {
-    use ureq::ErrorKind as K;
-    let timed_out = std::error::Error::source(transport)
-        .and_then(|source| source.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            )
-        });
+/// The error of a GET that had no answer, with its kind and a message that
+/// names the URL and the reason.
+fn request_error(url: &str, timeout: Duration, error: ureq::Error) -> Error {
+    use std::io::ErrorKind as Io;
+    let timed_out = match &error {
+        ureq::Error::Timeout(_) => true,
+        ureq::Error::Io(io) => matches!(io.kind(), Io::TimedOut | Io::WouldBlock),
+        _ => false,
+    };
     if timed_out {
         return Error::new(
             ErrorKind::Cancelled,
             format!("GET {url} timed out after {} ms", timeout.as_millis()),
         );
     }
-    let kind = match transport.kind() {
-        K::InvalidUrl | K::UnknownScheme | K::InsecureRequestHttpsOnly => ErrorKind::InvalidInput,
-        K::Dns | K::ConnectionFailed | K::ProxyConnect => ErrorKind::Unavailable,
+    let kind = match &error {
+        ureq::Error::BadUri(_) | ureq::Error::Http(_) => ErrorKind::InvalidInput,
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::ConnectProxyFailed(_) => ErrorKind::Unavailable,
+        ureq::Error::Io(io) => match io.kind() {
+            Io::ConnectionRefused
+            | Io::ConnectionReset
+            | Io::ConnectionAborted
+            | Io::NotConnected
+            | Io::AddrNotAvailable
+            | Io::HostUnreachable
+            | Io::NetworkUnreachable
+            | Io::NetworkDown => ErrorKind::Unavailable,
+            _ => ErrorKind::Failed,
+        },
         _ => ErrorKind::Failed,
     };
     let what = match kind {
@@ -197,19 +216,24 @@ fn transport_error(url: &str, timeout: Duration, transport: &ureq::Transport) ->
         ErrorKind::InvalidInput => "the URL cannot be used",
         _ => "the request failed",
     };
-    Error::new(kind, format!("GET {url}: {what}: {transport}"))
+    Error::new(kind, format!("GET {url}: {what}: {error}"))
 }
 
-fn read_response(url: &str, response: ureq::Response) -> Result<GetResponse> {
-    let status = response.status();
+fn read_response(url: &str, response: ureq::http::Response<ureq::Body>) -> Result<GetResponse> {
+    let (head, body) = response.into_parts();
     let mut headers = BTreeMap::new();
-    for name in response.headers_names() {
-        let values = response.all(&name).join(", ");
-        headers.insert(name.to_ascii_lowercase(), values);
+    for name in head.headers.keys() {
+        let values: Vec<String> = head
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect();
+        // Header names are lowercase already.
+        headers.insert(name.as_str().to_string(), values.join(", "));
     }
     let mut bytes = Vec::new();
-    response
-        .into_reader()
+    body.into_reader()
         .take(MAX_BODY_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::msg(format!("GET {url}: reading the body failed: {e}")))?;
@@ -219,7 +243,7 @@ fn read_response(url: &str, response: ureq::Response) -> Result<GetResponse> {
         )));
     }
     Ok(GetResponse {
-        status,
+        status: head.status.as_u16(),
         body: String::from_utf8_lossy(&bytes).into_owned(),
         headers,
     })
