@@ -52,7 +52,6 @@ crate-type = ["cdylib", "rlib"]
 
 [dependencies]
 agent-host-plugin-sdk.workspace = true
-serde_json.workspace = true
 "#
     )
 }
