@@ -112,11 +112,20 @@ impl Settings {
         };
         let user_agent = match rt.config_value("user_agent")? {
             Value::Null => DEFAULT_USER_AGENT.to_string(),
-            Value::String(agent) if !agent.trim().is_empty() => agent,
+            // ureq would panic on a User-Agent that is not a valid header value.
+            Value::String(agent)
+                if !agent.trim().is_empty()
+                    && ureq::http::HeaderValue::from_str(&agent).is_ok() =>
+            {
+                agent
+            }
             value => {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
-                    format!("config `user_agent` must be a non-empty string, not {value}"),
+                    format!(
+                        "config `user_agent` must be a non-empty string without control \
+                         characters, not {value}"
+                    ),
                 ))
             }
         };
@@ -777,5 +786,12 @@ mod tests {
         let error = host.load(plugin()).err().unwrap();
         assert_eq!(error.kind(), ErrorKind::InvalidInput);
         assert!(error.message().contains("timeout_ms"), "{error:?}");
+
+        for agent in ["", "probe\n2"] {
+            let host = TestHost::new("http-client").with_config(json!({"user_agent": agent}));
+            let error = host.load(plugin()).err().unwrap();
+            assert_eq!(error.kind(), ErrorKind::InvalidInput, "{agent:?}");
+            assert!(error.message().contains("user_agent"), "{error:?}");
+        }
     }
 }
