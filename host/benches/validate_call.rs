@@ -4,7 +4,8 @@
 //! Run: `cargo bench -p agent-host --bench validate_call`
 
 use agent_host::{HostOptions, PluginHost};
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
 
 /// The same body as the fixture plugin's `PING` action validate.
 #[inline(never)]

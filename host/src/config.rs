@@ -257,7 +257,7 @@ pub fn effective_config(
                 cause: e.to_string(),
             })?;
         let first_error = validator.iter_errors(&config).next().map(|error| {
-            let field = error.instance_path.to_string();
+            let field = error.instance_path().to_string();
             let field = if field.is_empty() {
                 "/".to_string()
             } else {

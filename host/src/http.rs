@@ -5,6 +5,9 @@
 //!   [`Reply`], or a batch (`{"messages": [..]}`) answered with
 //!   `{"replies": [..]}` (evaluators then score the batch together);
 //! * `GET /v1/plugins` and `GET /v1/plugins/{name}`: [`PluginStatus`]es;
+//! * `POST /v1/plugins/{name}/reload`: reloads one plugin from its file and
+//!   answers with what changed (404 for an unknown plugin, 422 when the new
+//!   build is refused and the running generation keeps serving);
 //! * `GET /v1/events`: the event bus as server-sent events (`event: <name>`,
 //!   `data: <BusEvent JSON>`); a subscriber that falls behind skips the
 //!   events it missed;
@@ -60,7 +63,8 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// The routes, for the answer to an unknown one.
 const ROUTES: &str = "POST /v1/messages, GET /v1/plugins, GET /v1/plugins/{name}, \
-                      GET /v1/events, GET /healthz, GET /metrics";
+                      POST /v1/plugins/{name}/reload, GET /v1/events, GET /healthz, \
+                      GET /metrics";
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -93,8 +97,8 @@ fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/messages", post(post_messages))
         .route("/v1/plugins", get(list_plugins))
-        .route("/v1/plugins/:name", get(one_plugin))
-        .route("/v1/plugins/:name/reload", post(reload_plugin))
+        .route("/v1/plugins/{name}", get(one_plugin))
+        .route("/v1/plugins/{name}/reload", post(reload_plugin))
         .route("/v1/events", get(events))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

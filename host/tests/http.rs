@@ -437,7 +437,13 @@ fn the_http_api_serves_messages_plugins_events_health_and_metrics_then_stops_on_
     );
     assert!(bad_batch.error(422).starts_with("messages[1]"));
     let unknown = agent.get("/v2/nothing");
-    assert!(unknown.error(404).contains("/v2/nothing"));
+    let unknown = unknown.error(404);
+    assert!(unknown.contains("/v2/nothing"), "{unknown}");
+    // The answer lists every route the API serves, the reload route included.
+    assert!(
+        unknown.contains("POST /v1/plugins/{name}/reload"),
+        "{unknown}"
+    );
     let wrong_method = request(agent.address, "DELETE", "/v1/plugins", None);
     assert!(wrong_method.error(405).contains("DELETE"));
     let get_messages = agent.get("/v1/messages");

@@ -55,7 +55,6 @@ workspace = true
 
 [dependencies]
 agent-host-plugin-sdk.workspace = true
-serde_json.workspace = true
 "#
     )
 }

@@ -159,11 +159,16 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 fn reload_remote(url: &str, plugin: &str) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let endpoint = format!("{}/v1/plugins/{plugin}/reload", url.trim_end_matches('/'));
     match ureq::post(&endpoint)
-        .set("content-type", "application/json")
-        .send_string("{}")
+        .config()
+        .http_status_as_error(false)
+        // Straight to the agent: no proxy from the environment.
+        .proxy(None)
+        .build()
+        .header("content-type", "application/json")
+        .send("{}")
     {
-        Ok(response) => {
-            let done: serde_json::Value = response.into_json()?;
+        Ok(mut response) if response.status().is_success() => {
+            let done: serde_json::Value = response.body_mut().read_json()?;
             println!(
                 "reloaded {} {} -> {} (generation {}, calls held {} us)",
                 done["plugin"].as_str().unwrap_or(plugin),
@@ -174,8 +179,9 @@ fn reload_remote(url: &str, plugin: &str) -> Result<ExitCode, Box<dyn std::error
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(ureq::Error::Status(code, response)) => {
-            let body: serde_json::Value = response.into_json().unwrap_or_default();
+        Ok(mut response) => {
+            let code = response.status().as_u16();
+            let body: serde_json::Value = response.body_mut().read_json().unwrap_or_default();
             eprintln!(
                 "reload refused ({code}): {}",
                 body["error"].as_str().unwrap_or("no reason given")

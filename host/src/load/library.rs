@@ -51,12 +51,12 @@ pub fn open(file: &Path, shadow: &ShadowDir, max_bytes: u64) -> Result<OpenedLib
     let library = sys::open_library(&copy).map_err(|reason| OpenError::Dlopen {
         reason: last_clause(&reason),
     })?;
+    let symbol = format!("{ROOT_MODULE_SYMBOL}\0");
     // SAFETY: the symbol is the one `export_plugin!` defines: a `LibHeader`
     // static that starts with its `AbiHeader`, which is what an
     // `AbiHeaderRef` points to (abi_stable reads the symbol the same way).
     // The library is never unloaded (it is leaked below), so the `'static`
     // references in the header stay valid.
-    let symbol = format!("{ROOT_MODULE_SYMBOL}\0");
     let header: Option<AbiHeaderRef> = unsafe {
         library
             .get::<AbiHeaderRef>(symbol.as_bytes())

@@ -511,7 +511,7 @@ pub fn config_schema() -> Value {
             "base_url": {
                 "type": ["string", "null"],
                 "default": null,
-                "description": "Base URL of the weather API (http:// only), queried as {base_url}/current?lat=..&lon=..&units=..; null or absent means offline estimates."
+                "description": "Base URL of the weather API (http:// or https://), queried as {base_url}/current?lat=..&lon=..&units=..; null or absent means offline estimates."
             },
             "units": {
                 "type": "string",
