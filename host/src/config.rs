@@ -6,6 +6,7 @@
 //! action_timeout_ms = 30000      # default handler timeout
 //! quarantine_after_panics = 3    # panics within the window that quarantine a plugin
 //! quarantine_window_ms = 60000
+//! max_plugin_bytes = 536870912   # larger plugin files are refused unread
 //!
 //! [plugins.weather]              # merged over the plugin's default config,
 //! base_url = "http://127.0.0.1:8080"   # then validated against its JSON Schema
