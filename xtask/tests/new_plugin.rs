@@ -48,9 +48,15 @@ impl Drop for ScaffoldCleanup {
         let root = workspace_root();
         let _ = std::fs::remove_dir_all(root.join("plugins").join(&self.0));
         let snake = self.0.replace('-', "_");
-        for profile in ["debug", "release"] {
+        let target = root.join("target");
+        let profiles = [
+            target.join("debug"),
+            target.join("release"),
+            target.join("fixtures").join("release"),
+        ];
+        for profile in &profiles {
             for sub in ["", "deps", ".fingerprint", "incremental"] {
-                let dir = root.join("target").join(profile).join(sub);
+                let dir = profile.join(sub);
                 let Ok(entries) = std::fs::read_dir(&dir) else {
                     continue;
                 };
@@ -88,10 +94,10 @@ fn scaffolded_plugin_tests_builds_and_loads() {
     let root = workspace_root();
     let folder = root.join("plugins").join(&name);
     let _cleanup = ScaffoldCleanup(name.clone());
-    let built = root
-        .join("target")
-        .join("release")
-        .join(library_file(&name));
+    // Built where the test fixtures are built, so the release build of the
+    // SDK and its dependencies is shared with theirs.
+    let fixtures = root.join("target").join("fixtures");
+    let built = fixtures.join("release").join(library_file(&name));
 
     let output = xtask(&["new-plugin", &name]);
     assert!(
@@ -127,7 +133,15 @@ fn scaffolded_plugin_tests_builds_and_loads() {
     assert!(hidden.is_empty(), "a temporary folder was left behind");
 
     cargo(&["test", "--quiet", "-p", &name]);
-    cargo(&["build", "--release", "--quiet", "-p", &name]);
+    cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        &name,
+        "--target-dir",
+        &fixtures.to_string_lossy(),
+    ]);
     assert!(built.is_file(), "{} was not built", built.display());
 
     // The host accepts it.

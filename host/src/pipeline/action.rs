@@ -47,8 +47,13 @@ fn run_handler(
     });
     match wait_briefly_then_block(&receiver, timeout) {
         Ok(Ok(result)) => Outcome::Completed(result),
-        // The plugin saw its deadline pass and stopped: that is the timeout.
-        Ok(Err(error)) if error.kind == agent_host_plugin_sdk::ErrorKind::Cancelled => {
+        // The plugin saw the host's cancellation or its deadline and stopped:
+        // that is the timeout. A `Cancelled` of its own (an upstream call
+        // that was cancelled) is the plugin's error, with its message.
+        Ok(Err(error))
+            if error.kind == agent_host_plugin_sdk::ErrorKind::Cancelled
+                && (control.is_cancelled() || deadline_passed(&control)) =>
+        {
             Outcome::TimedOut(timeout)
         }
         Ok(Err(error)) => {
@@ -60,6 +65,16 @@ fn run_handler(
             Outcome::TimedOut(timeout)
         }
     }
+}
+
+/// Whether the wall clock has reached the control's deadline.
+fn deadline_passed(control: &CallControl) -> bool {
+    let deadline = control.deadline_unix_ms();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    deadline != 0 && now >= deadline
 }
 
 /// Waits for a handler's result: first spinning for a few microseconds (most

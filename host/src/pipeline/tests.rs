@@ -313,3 +313,32 @@ fn a_plugin_that_keeps_panicking_is_quarantined_and_the_rest_serve() {
     let reply = host.handle_message(message("x"));
     assert_eq!(reply.text, "FINE", "the quarantined plugin takes no part");
 }
+
+#[test]
+fn a_cancellation_of_the_plugins_own_is_its_error_not_a_host_timeout() {
+    let (host, _) = host_with(
+        "",
+        vec![source("io.so", || {
+            Plugin::new("io", "1.0.0").action(
+                Action::new("FETCH")
+                    .timeout(Duration::from_secs(10))
+                    .validate(|_| true)
+                    .handler(|_, _| {
+                        Err(agent_host_plugin_sdk::Error::new(
+                            agent_host_plugin_sdk::ErrorKind::Cancelled,
+                            "the upstream server cancelled the request",
+                        ))
+                    }),
+            )
+        })],
+    );
+    let reply = host.handle_message(message("go"));
+    assert!(!reply.ok);
+    assert_eq!(
+        reply.errors,
+        vec![
+            "plugin 'io': action 'FETCH' handler: the upstream server cancelled the request"
+                .to_string()
+        ]
+    );
+}

@@ -36,8 +36,8 @@ impl Admission {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Enters, waiting while the gate is closed.
-    pub fn enter(&self) -> Admitted<'_> {
+    /// The state, once the gate is open (waiting while it is closed).
+    fn lock_open(&self) -> MutexGuard<'_, State> {
         let mut state = self.lock();
         while state.closed {
             state = self
@@ -45,7 +45,12 @@ impl Admission {
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        state.active += 1;
+        state
+    }
+
+    /// Enters, waiting while the gate is closed.
+    pub fn enter(&self) -> Admitted<'_> {
+        self.lock_open().active += 1;
         Admitted(self)
     }
 
@@ -54,14 +59,8 @@ impl Admission {
     /// entries were still inside.
     pub fn close(&self, drain_timeout: Duration) -> Result<Closed<'_>, usize> {
         let deadline = Instant::now() + drain_timeout;
-        let mut state = self.lock();
-        while state.closed {
-            // Another closer (reloads are serialized, but be safe) holds it.
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        // Another closer (reloads are serialized, but be safe) may hold it.
+        let mut state = self.lock_open();
         state.closed = true;
         while state.active > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
