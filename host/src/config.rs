@@ -7,6 +7,7 @@
 //! quarantine_after_panics = 3    # panics within the window that quarantine a plugin
 //! quarantine_window_ms = 60000
 //! max_plugin_bytes = 536870912   # larger plugin files are refused unread
+//! shutdown_grace_ms = 10000      # on Ctrl-C or SIGTERM, how long calls in flight may finish
 //!
 //! [plugins.weather]              # merged over the plugin's default config,
 //! base_url = "http://127.0.0.1:8080"   # then validated against its JSON Schema
@@ -49,6 +50,12 @@ pub struct HostSettings {
     /// Refuse plugin files larger than this many bytes, from their size
     /// alone (they are not copied).
     pub max_plugin_bytes: u64,
+    /// On shutdown (Ctrl-C, SIGTERM, [`PluginHost::shutdown`]), how long
+    /// the calls in flight may take to finish, in milliseconds, before the
+    /// plugins stop anyway (calls still running are named in the log).
+    ///
+    /// [`PluginHost::shutdown`]: crate::PluginHost::shutdown
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for HostSettings {
@@ -60,6 +67,7 @@ impl Default for HostSettings {
             reload_drain_timeout_ms: 5_000,
             mapped_bytes_warning: 256 * 1024 * 1024,
             max_plugin_bytes: 512 * 1024 * 1024,
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -371,6 +379,9 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(parsed.host.action_timeout_ms, 5);
+        assert_eq!(parsed.host.shutdown_grace_ms, 10_000, "the default");
+        let grace = AgentConfig::parse("[host]\nshutdown_grace_ms = 250\n").expect("parses");
+        assert_eq!(grace.host.shutdown_grace_ms, 250);
         assert_eq!(parsed.plugins["weather"]["units"], "metric");
     }
 }

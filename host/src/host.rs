@@ -1,6 +1,7 @@
 //! `PluginHost`: the library's entry point. Loads a folder of plugins, answers
 //! messages, calls services, emits events, and shuts everything down in
-//! reverse load order.
+//! reverse load order once the calls in flight are done (or a grace period
+//! has passed).
 
 use crate::config::AgentConfig;
 use crate::load;
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Options for a [`PluginHost`].
 #[derive(Debug, Clone, Default)]
@@ -34,6 +36,7 @@ pub struct PluginHost {
     config: AgentConfig,
     next_message: AtomicU64,
     reloading: std::sync::Mutex<()>,
+    shutting_down: AtomicBool,
     shut_down: AtomicBool,
     // Declared last: dropped after everything that may still hold a handle to it.
     _own_runtime: Option<tokio::runtime::Runtime>,
@@ -66,6 +69,7 @@ impl PluginHost {
             config,
             next_message: AtomicU64::new(1),
             reloading: std::sync::Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
             _own_runtime: own,
         })
@@ -75,6 +79,11 @@ impl PluginHost {
     /// plugin failures are in the report.
     pub fn load_dir(&self, dir: &Path) -> std::io::Result<LoadReport> {
         load::load_dir(&self.core, &self.shadow, dir, &self.config)
+    }
+
+    /// The host settings of the config (`[host]`).
+    pub fn settings(&self) -> &crate::config::HostSettings {
+        &self.config.host
     }
 
     /// Names of loaded plugins in load order.
@@ -305,7 +314,12 @@ impl PluginHost {
         method: &str,
         args: &Value,
     ) -> Result<Value, HostError> {
-        let _admitted = self.core.admission.enter();
+        let Some(_admitted) = self.core.admission.enter() else {
+            return Err(HostError::new(
+                agent_host_plugin_sdk::ErrorKind::Unavailable,
+                crate::pipeline::SHUTTING_DOWN,
+            ));
+        };
         let json = self
             .core
             .call_service(None, service, method, &args.to_string())?;
@@ -317,9 +331,13 @@ impl PluginHost {
         })
     }
 
-    /// Emits an event as the host; returns the handlers that failed.
+    /// Emits an event as the host; returns the handlers that failed. Once
+    /// the host shuts down, no plugin receives it.
     pub fn emit(&self, event: &str, payload: Value) -> Vec<DeliveryFailure> {
-        let _admitted = self.core.admission.enter();
+        let Some(_admitted) = self.core.admission.enter() else {
+            tracing::debug!(event, "not delivered: the host is shutting down");
+            return Vec::new();
+        };
         self.core.emit("host", event, payload)
     }
 
@@ -334,15 +352,76 @@ impl PluginHost {
             .subscribe(pattern, Listener::Host(Arc::new(handler)))
     }
 
-    /// Stops every plugin in reverse load order: its services (in reverse),
-    /// then `on_unload`. Failures are returned, and never stop the rest.
+    /// Marks the host as shutting down: front-ends refuse new work from
+    /// now on, and so does the host (messages are answered with
+    /// [`SHUTTING_DOWN`](crate::SHUTTING_DOWN) without reaching a plugin).
+    /// [`PluginHost::shutdown`] does it too; a front-end calls it first to
+    /// refuse work at once.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the host is shutting down (or has shut down).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Stops taking work, waits for the calls in flight to finish (at most
+    /// the `shutdown_grace_ms` setting), then stops every plugin in reverse
+    /// load order: its services (in reverse), then `on_unload`. Failures
+    /// are returned, and never stop the rest.
+    ///
+    /// Calls still running when the grace period expires are named in the
+    /// log (plugin, entry point, how long), and the plugins stop anyway:
+    /// such a plugin's `on_unload` then runs while a call is still in it,
+    /// which one warning line says.
     pub fn shutdown(&self) -> Vec<ShutdownError> {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return Vec::new();
         }
+        self.begin_shutdown();
+        let grace = Duration::from_millis(self.config.host.shutdown_grace_ms);
+        let deadline = Instant::now() + grace;
+        let admitted = self.core.admission.shut(deadline);
+        let plugins = self.core.plugins();
+        // A handler past its timeout still runs on its own thread, after its
+        // message has left the gate: wait for each plugin's own calls too.
+        while plugins.iter().any(|p| p.in_flight.count() > 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let stuck: usize = plugins.iter().map(|p| p.in_flight.count()).sum();
+        if admitted > 0 || stuck > 0 {
+            tracing::warn!(
+                "the shutdown grace period of {} ms expired with {stuck} plugin call(s) and \
+                 {admitted} message(s) or host call(s) still running; stopping the plugins anyway",
+                grace.as_millis()
+            );
+            for plugin in &plugins {
+                for (entry, running) in plugin.in_flight.calls() {
+                    let entry = entry.describe(&plugin.instance);
+                    tracing::warn!(
+                        plugin = %plugin.name(),
+                        entry = %entry,
+                        running_ms = running.as_millis(),
+                        "still in flight after the shutdown grace period: plugin '{}' {entry}, \
+                         running for {} ms",
+                        plugin.name(),
+                        running.as_millis()
+                    );
+                }
+            }
+        }
         let mut errors = Vec::new();
-        for plugin in self.core.plugins().iter().rev() {
+        for plugin in plugins.iter().rev() {
             let name = plugin.name().to_string();
+            let still = plugin.in_flight.count();
+            if still > 0 {
+                tracing::warn!(
+                    plugin = %name,
+                    "plugin '{name}': on_unload runs with {still} call(s) still in it: \
+                     the shutdown grace period expired"
+                );
+            }
             let services = &plugin.instance.manifest.services;
             for service in services {
                 self.core.set_service_running(&service.name, false);
@@ -432,5 +511,105 @@ impl PluginStatus {
             generation: plugin.generation,
             mapped,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plugin::in_memory::{host_with, message, source};
+    use agent_host_plugin_sdk::{Action, ActionResult, Plugin};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::{Duration, Instant};
+
+    /// A plugin whose `sleep` handler sleeps `millis` (ignoring
+    /// cancellation) and whose hooks write down what happened, in order.
+    fn sleeper(
+        millis: u64,
+        events: &Arc<Mutex<Vec<&'static str>>>,
+        started: &Arc<AtomicBool>,
+    ) -> Plugin {
+        let (in_handler, in_unload) = (Arc::clone(events), Arc::clone(events));
+        let started = Arc::clone(started);
+        Plugin::new("sleeper", "1.0.0")
+            .action(
+                Action::new("SLEEP")
+                    .timeout(Duration::from_secs(60))
+                    .validate(|m| m.text() == "sleep")
+                    .handler(move |_, _| {
+                        started.store(true, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(millis));
+                        in_handler
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push("handler done");
+                        Ok(ActionResult::text("slept"))
+                    }),
+            )
+            .on_unload(move |_| {
+                in_unload
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push("on_unload");
+                Ok(())
+            })
+    }
+
+    fn wait_for(flag: &AtomicBool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !flag.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the handler started");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn on_unload_waits_for_a_call_in_flight_that_ends_within_the_grace_period() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let started = Arc::new(AtomicBool::new(false));
+        let (e, s) = (Arc::clone(&events), Arc::clone(&started));
+        let (host, _) = host_with(
+            "[host]\nshutdown_grace_ms = 5000\n",
+            vec![source("sleeper.so", move || sleeper(300, &e, &s))],
+        );
+        std::thread::scope(|scope| {
+            let call = scope.spawn(|| host.handle_message(message("sleep")));
+            wait_for(&started);
+            assert!(host.shutdown().is_empty());
+            let reply = call.join().expect("the message thread");
+            assert_eq!(reply.text, "slept", "{reply:?}");
+        });
+        assert_eq!(
+            *events.lock().unwrap_or_else(PoisonError::into_inner),
+            ["handler done", "on_unload"]
+        );
+        let refused = host.handle_message(message("sleep"));
+        assert_eq!(refused.text, crate::SHUTTING_DOWN);
+        assert!(host.is_shutting_down());
+    }
+
+    #[test]
+    fn a_call_stuck_past_the_grace_period_does_not_hold_the_shutdown() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let started = Arc::new(AtomicBool::new(false));
+        let (e, s) = (Arc::clone(&events), Arc::clone(&started));
+        let (host, _) = host_with(
+            "[host]\nshutdown_grace_ms = 100\n",
+            vec![source("sleeper.so", move || sleeper(1500, &e, &s))],
+        );
+        std::thread::scope(|scope| {
+            let _call = scope.spawn(|| host.handle_message(message("sleep")));
+            wait_for(&started);
+            let stopping = Instant::now();
+            host.shutdown();
+            assert!(
+                stopping.elapsed() < Duration::from_millis(1000),
+                "stopped after the grace period, not after the call"
+            );
+            assert_eq!(
+                *events.lock().unwrap_or_else(PoisonError::into_inner),
+                ["on_unload"]
+            );
+        });
     }
 }

@@ -13,6 +13,12 @@
 //!   events it missed;
 //! * `GET /healthz` and `GET /metrics` (Prometheus text format).
 //!
+//! Once the host shuts down (Ctrl-C or SIGTERM) the server keeps answering
+//! while the calls in flight finish, but takes no new work: every request
+//! gets `503 Service Unavailable` with `{"error": "the agent is shutting
+//! down"}`, except `GET /healthz`, which answers 503 with
+//! `{"status": "draining", ..}`, and `GET /metrics`.
+//!
 //! Every request the API cannot serve (bad JSON, a wrong content type, a
 //! message without `text`, an unknown route or method, ...) gets a 4xx answer
 //! whose body is `{"error": "..."}` saying what is wrong; the server keeps
@@ -103,6 +109,10 @@ fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(unknown_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_shutting_down,
+        ))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
 }
@@ -425,9 +435,37 @@ fn event_stream(
     })
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`: 200 while serving, 503 while shutting down.
 async fn healthz(State(state): State<ApiState>) -> Response {
-    Json(json!({ "status": "ok", "plugins": state.host.plugin_names().len() })).into_response()
+    let plugins = state.host.plugin_names().len();
+    if state.host.is_shutting_down() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "draining",
+                "plugins": plugins,
+                "error": crate::SHUTTING_DOWN,
+            })),
+        )
+            .into_response();
+    }
+    Json(json!({ "status": "ok", "plugins": plugins })).into_response()
+}
+
+/// Answers every request but `/healthz` and `/metrics` with 503 once the
+/// host shuts down, so that nothing new starts while the calls in flight
+/// finish.
+async fn refuse_while_shutting_down(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if state.host.is_shutting_down() && path != "/healthz" && path != "/metrics" {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, crate::SHUTTING_DOWN)
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// `GET /metrics`.

@@ -9,7 +9,8 @@
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -25,21 +26,42 @@ struct Agent {
     address: SocketAddr,
     log: Arc<Mutex<String>>,
     log_reader: Option<std::thread::JoinHandle<()>>,
+    /// Its stdin and stdout, when the agent was started with them piped.
+    lines: Option<(ChildStdin, BufReader<ChildStdout>)>,
     _dir: tempfile::TempDir,
 }
 
 impl Agent {
     fn start() -> Self {
-        let dir = folder_with(&[fixture("multi"), fixture("panicky"), fixture("")]);
+        Self::start_with(
+            &[fixture("multi"), fixture("panicky"), fixture("")],
+            "",
+            false,
+        )
+    }
+
+    /// An agent on `plugins` with `config` as its config file; with `piped`,
+    /// its stdin and stdout are pipes (JSON lines), else closed.
+    fn start_with(plugins: &[PathBuf], config: &str, piped: bool) -> Self {
+        let dir = folder_with(plugins);
+        let config_file = dir.path().join("agent.toml");
+        std::fs::write(&config_file, config).expect("write the config");
+        let pipe = || if piped { Stdio::piped() } else { Stdio::null() };
         let mut child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
-            .args(["run", "--listen", "127.0.0.1:0", "--plugins"])
+            .args(["run", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config_file)
+            .arg("--plugins")
             .arg(dir.path())
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(pipe())
+            .stdout(pipe())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start agent-host run");
+        let lines = match (child.stdin.take(), child.stdout.take()) {
+            (Some(stdin), Some(stdout)) => Some((stdin, BufReader::new(stdout))),
+            _ => None,
+        };
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let (found, address) = mpsc::channel();
@@ -60,6 +82,7 @@ impl Agent {
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
             log_reader: Some(log_reader),
+            lines,
             _dir: dir,
         };
         let text = address
@@ -76,6 +99,45 @@ impl Agent {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Waits until the log has a line containing `needle`.
+    fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with '{needle}':\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGTERM.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("send SIGTERM");
+        assert!(status.success());
+    }
+
+    /// Waits (at most `limit`) for the process to exit; its exit code.
+    fn wait_for_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running {} ms after SIGTERM:\n{}",
+                limit.as_millis(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The whole log, once the process has exited.
@@ -524,4 +586,114 @@ fn the_http_api_serves_messages_plugins_events_health_and_metrics_then_stops_on_
     while events.next(deadline).is_some() {}
     let log = agent.final_log();
     assert!(log.contains("unloaded plugin=multi-one"), "{log}");
+}
+
+/// Sends a message without waiting for the answer; the returned stream
+/// reads it.
+fn send_message(address: SocketAddr, text: &str) -> TcpStream {
+    let mut stream = connect(address);
+    let body = message(text).to_string();
+    write_request(
+        &mut stream,
+        "POST",
+        "/v1/messages",
+        Some(("application/json", body.as_bytes())),
+    );
+    stream
+}
+
+#[test]
+fn on_sigterm_new_requests_get_503_and_the_agent_exits_within_the_grace_period_past_a_stuck_call() {
+    let grace = Duration::from_millis(1500);
+    let mut agent = Agent::start_with(
+        &[fixture("stubborn")],
+        "[host]\nshutdown_grace_ms = 1500\n",
+        false,
+    );
+    // A handler that ignores cancellation and outlives the grace period.
+    let _stuck = send_message(agent.address, "sleep 30000");
+    agent.wait_for_log("sleeping 30000 ms");
+
+    agent.terminate();
+    let signalled = Instant::now();
+    agent.wait_for_log("shutting down: taking no new work");
+    let refused = agent.post_json("/v1/messages", &message("sleep 1"));
+    assert_eq!(
+        refused.error(503),
+        "the agent is shutting down",
+        "{}",
+        refused.text()
+    );
+    let health = agent.get("/healthz");
+    assert_eq!(health.status, 503, "{}", health.text());
+    assert_eq!(health.json()["status"], "draining", "{}", health.text());
+
+    let code = agent.wait_for_exit(grace + Duration::from_secs(4));
+    let took = signalled.elapsed();
+    assert_eq!(code, Some(0), "exits 0:\n{}", agent.log());
+    assert!(
+        took >= grace - Duration::from_millis(100),
+        "waited for the call in flight ({} ms):\n{}",
+        took.as_millis(),
+        agent.log()
+    );
+    let log = agent.final_log();
+    let stuck = log
+        .lines()
+        .find(|l| l.contains("still in flight after the shutdown grace period"))
+        .unwrap_or_else(|| panic!("the stuck call is named:\n{log}"));
+    assert!(
+        stuck.contains("stubborn") && stuck.contains("action 'SLEEP' handler"),
+        "{stuck}"
+    );
+    let warning = log
+        .lines()
+        .find(|l| l.contains("on_unload runs with 1 call(s) still in it"))
+        .unwrap_or_else(|| panic!("on_unload's early run is said:\n{log}"));
+    assert!(warning.contains("stubborn"), "{warning}");
+    assert!(log.contains("stubborn on_unload"), "{log}");
+}
+
+#[test]
+fn on_sigterm_request_lines_get_an_error_line_and_calls_in_flight_finish_before_on_unload() {
+    let mut agent = Agent::start_with(
+        &[fixture("stubborn")],
+        "[host]\nshutdown_grace_ms = 10000\n",
+        true,
+    );
+    let mut in_flight = send_message(agent.address, "sleep 1500");
+    agent.wait_for_log("sleeping 1500 ms");
+    agent.terminate();
+    agent.wait_for_log("shutting down: taking no new work");
+
+    let (mut stdin, mut stdout) = agent.lines.take().expect("piped stdin and stdout");
+    writeln!(stdin, r#"{{"text": "sleep 1"}}"#).expect("write a request line");
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read the answer line");
+    let answer: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(
+        answer,
+        json!({"error": "the agent is shutting down"}),
+        "{line}"
+    );
+
+    // The call in flight is answered, not dropped.
+    let mut reader = BufReader::new(&mut in_flight);
+    let (status, _) = read_head(&mut reader);
+    let mut body = String::new();
+    reader.read_to_string(&mut body).expect("body");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("slept 1500 ms"), "{body}");
+
+    let code = agent.wait_for_exit(WAIT);
+    drop(stdin);
+    assert_eq!(code, Some(0), "exits 0:\n{}", agent.log());
+    let log = agent.final_log();
+    let slept = log.find("slept 1500 ms").expect("the handler finished");
+    let unloaded = log.find("stubborn on_unload").expect("on_unload ran");
+    assert!(
+        slept < unloaded,
+        "on_unload waits for the call in flight:\n{log}"
+    );
+    assert!(!log.contains("still in flight after"), "{log}");
 }

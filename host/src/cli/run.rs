@@ -5,6 +5,12 @@
 //! request per line and writes one JSON reply per line. With `--listen ADDR`
 //! it also serves the HTTP API ([`crate::http`]) and keeps serving it after
 //! stdin closes; without it, the end of stdin ends the run.
+//!
+//! On Ctrl-C or SIGTERM it stops taking work but keeps answering: a request
+//! line gets `{"error": "the agent is shutting down"}`, an HTTP request a
+//! 503 with that body. It waits for the calls in flight (at most the
+//! `shutdown_grace_ms` setting), stops the plugins in reverse load order and
+//! exits 0, even when a call is still stuck in plugin code (the log names it).
 
 use crate::pipeline::InboundMessage;
 use crate::{AgentConfig, HostOptions, PluginHost};
@@ -15,9 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-/// How long the HTTP server may take to answer the requests in flight once
-/// shutdown begins.
-const HTTP_DRAIN: Duration = Duration::from_secs(10);
+/// How long the HTTP server may take to close once the plugins have
+/// stopped: answers being written are finished, requests still waiting on a
+/// call stuck past the grace period are dropped.
+const HTTP_CLOSE: Duration = Duration::from_secs(1);
 
 /// Runs the agent; with `listen`, also serves the HTTP API on that address.
 pub fn run(
@@ -45,14 +52,14 @@ impl HttpServer {
     async fn stop(self) {
         let _ = self.stop.send(());
         let mut task = self.task;
-        match tokio::time::timeout(HTTP_DRAIN, &mut task).await {
+        match tokio::time::timeout(HTTP_CLOSE, &mut task).await {
             Ok(Ok(Ok(()))) => tracing::info!("HTTP server stopped"),
             Ok(Ok(Err(error))) => tracing::warn!("the HTTP server failed: {error}"),
             Ok(Err(error)) => tracing::warn!("the HTTP server task failed: {error}"),
             Err(_) => {
                 tracing::warn!(
-                    "the HTTP server did not stop within {} s; closing it",
-                    HTTP_DRAIN.as_secs()
+                    "the HTTP server did not stop within {} ms; closing it",
+                    HTTP_CLOSE.as_millis()
                 );
                 task.abort();
             }
@@ -116,27 +123,48 @@ async fn serve(
     let interactive = std::io::stdin().is_terminal();
     let signal = crate::sys::shutdown_signal();
     tokio::pin!(signal);
+    let talk = conversation(Arc::clone(&host), interactive);
+    tokio::pin!(talk);
+    let mut talking = true;
     let mut outcome = Ok(());
     tokio::select! {
-        result = conversation(Arc::clone(&host), interactive) => {
+        result = &mut talk => {
+            talking = false;
             outcome = result;
             if outcome.is_ok() && http.is_some() {
                 tracing::info!("stdin closed; serving HTTP until Ctrl-C or SIGTERM");
                 (&mut signal).await;
-                tracing::info!("shutting down");
             }
         }
-        _ = &mut signal => tracing::info!("shutting down"),
+        _ = &mut signal => {}
     }
-    if let Some(server) = http {
-        server.stop().await;
-    }
+    tracing::info!(
+        "shutting down: taking no new work, waiting at most {} ms for the calls in flight",
+        host.settings().shutdown_grace_ms
+    );
+    host.begin_shutdown();
     // Stop watching before the plugins stop, so no reload races the shutdown.
     drop(watching);
     let stopper = Arc::clone(&host);
-    let errors = tokio::task::spawn_blocking(move || stopper.shutdown()).await?;
+    let stopping = tokio::task::spawn_blocking(move || stopper.shutdown());
+    tokio::pin!(stopping);
+    // Stdin and HTTP keep answering (with refusals) while the calls drain.
+    let errors = loop {
+        tokio::select! {
+            errors = &mut stopping => break errors?,
+            result = &mut talk, if talking => {
+                talking = false;
+                if let Err(error) = result {
+                    outcome = Err(error);
+                }
+            }
+        }
+    };
     for error in errors {
         tracing::warn!("{error}");
+    }
+    if let Some(server) = http {
+        server.stop().await;
     }
     outcome?;
     Ok(ExitCode::SUCCESS)
@@ -164,7 +192,13 @@ async fn conversation(
             }
             continue;
         }
-        let output = if let Some(command) = line.strip_prefix('/').filter(|_| interactive) {
+        let output = if host.is_shutting_down() {
+            if interactive {
+                format!("{}\n> ", crate::SHUTTING_DOWN)
+            } else {
+                format!("{}\n", serde_json::json!({ "error": crate::SHUTTING_DOWN }))
+            }
+        } else if let Some(command) = line.strip_prefix('/').filter(|_| interactive) {
             format!("{}\n> ", operator_command(&host, command).await?)
         } else if interactive {
             let message = InboundMessage {

@@ -41,7 +41,14 @@ fn run_handler(
     let (sender, receiver) = std::sync::mpsc::sync_channel(1);
     let (plugin_bg, control_bg) = (Arc::clone(plugin), Arc::clone(&control));
     let owned = OwnedMessage::of(message, context);
+    // Entered here, not on the blocking thread: the call counts from the
+    // moment it is handed over, and for as long as the plugin runs it, past
+    // its timeout too.
+    let call = plugin
+        .in_flight
+        .enter(crate::registry::inflight::Entry::Handler(index));
     core.runtime().spawn_blocking(move || {
+        let _call = call;
         let view = owned.view();
         let _ = sender.send(plugin_bg.instance.handle(index, view, &control_bg));
     });

@@ -83,3 +83,6 @@ pub struct Reply {
 
 /// The reply text when no action accepts a message.
 pub const NO_ACTION_TEXT: &str = "Sorry, I don't know how to help with that.";
+
+/// What a host that is shutting down answers instead of running a message.
+pub const SHUTTING_DOWN: &str = "the agent is shutting down";

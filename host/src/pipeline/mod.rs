@@ -15,7 +15,9 @@
 //! 7. run every evaluator on the message (the batch form for a batch);
 //! 8. answer with the handler's result, the evaluations and the timings.
 //!
-//! Plugins that are quarantined take no part. Nothing here fails: every
+//! Plugins that are quarantined take no part. A message that arrives once
+//! the host shuts down is answered with [`SHUTTING_DOWN`] and reaches no
+//! plugin. Nothing here fails: every
 //! problem becomes an entry in the reply's `errors`, naming the plugin and
 //! the entry point.
 
@@ -30,7 +32,9 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use message::{ActionRef, EvaluationRecord, InboundMessage, Reply, NO_ACTION_TEXT};
+pub use message::{
+    ActionRef, EvaluationRecord, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,
+};
 
 use crate::plugin::MessageRef;
 use crate::registry::Registry;
@@ -75,6 +79,17 @@ fn answer(core: &Arc<Registry>, plan: &ServingPlan, message: &InboundMessage) ->
     (reply, context)
 }
 
+/// The reply to a message that arrives while the host shuts down: no plugin
+/// sees it.
+fn refused(message: &InboundMessage) -> Reply {
+    Reply {
+        id: message.id.clone(),
+        text: SHUTTING_DOWN.to_string(),
+        errors: vec![SHUTTING_DOWN.to_string()],
+        ..Reply::default()
+    }
+}
+
 fn finish(core: &Registry, reply: &mut Reply, started: Instant) {
     reply.timings.total_us = micros(started);
     core.metrics.messages.inc();
@@ -89,7 +104,9 @@ fn finish(core: &Registry, reply: &mut Reply, started: Instant) {
 pub fn handle_message(core: &Arc<Registry>, message: &InboundMessage) -> Reply {
     let span = tracing::info_span!("message", id = %message.id, sender = %message.sender);
     let _entered = span.enter();
-    let _admitted = core.admission.enter();
+    let Some(_admitted) = core.admission.enter() else {
+        return refused(message);
+    };
     let started = Instant::now();
     let plan = core.serving_plan();
     let (mut reply, context) = answer(core, &plan, message);
@@ -122,7 +139,9 @@ pub fn handle_message(core: &Arc<Registry>, message: &InboundMessage) -> Reply {
 /// Runs several messages: each is answered in turn, then every evaluator
 /// scores all of them at once through its batch form.
 pub fn handle_batch(core: &Arc<Registry>, messages: &[InboundMessage]) -> Vec<Reply> {
-    let _admitted = core.admission.enter();
+    let Some(_admitted) = core.admission.enter() else {
+        return messages.iter().map(refused).collect();
+    };
     let started = Instant::now();
     let plan = core.serving_plan();
     let (mut replies, contexts): (Vec<Reply>, Vec<String>) =

@@ -41,7 +41,14 @@ fn refresh_in_background(
     core.runtime().spawn_blocking(move || {
         let view = owned.view();
         let slot = &plugin_bg.providers[index as usize];
-        let _admitted = core_bg.admission.enter();
+        // A host shutting down refreshes nothing.
+        let Some(_admitted) = core_bg.admission.enter() else {
+            slot.end_refresh();
+            return;
+        };
+        let _call = plugin_bg
+            .in_flight
+            .enter(crate::registry::inflight::Entry::Provider(index));
         match fetch(&core_bg, &plugin_bg, index, view) {
             Ok(json) => slot.store(json),
             Err(error) => {
@@ -147,6 +154,9 @@ pub(super) fn compose_state(
     let control = CallControl::default();
     for (p, indices, positions) in &asks {
         let plugin = &plan.plugins[*p];
+        let _call = plugin
+            .in_flight
+            .enter(crate::registry::inflight::Entry::Providers);
         plugin
             .instance
             .provide_each(indices, view, &control, &mut |index, outcome| {

@@ -8,6 +8,10 @@
 //! generation's state and the swap to the new generation. Calls that plugin
 //! code makes into other plugins are inside an admitted entry and never wait
 //! here, so the gate cannot deadlock on nested calls.
+//!
+//! Shutting down shuts the gate for good: entries are refused from then on
+//! (waiting ones too), and the shutdown waits, at most its grace period, for
+//! the admitted ones to leave.
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 struct State {
     active: usize,
     closed: bool,
+    shut: bool,
 }
 
 /// The gate.
@@ -36,22 +41,42 @@ impl Admission {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The state, once the gate is open (waiting while it is closed).
-    fn lock_open(&self) -> MutexGuard<'_, State> {
+    /// Enters, waiting while the gate is closed. `None` once the gate is
+    /// shut: the host is shutting down and takes no new work.
+    pub fn enter(&self) -> Option<Admitted<'_>> {
         let mut state = self.lock();
-        while state.closed {
+        while state.closed && !state.shut {
             state = self
                 .changed
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        state
+        if state.shut {
+            return None;
+        }
+        state.active += 1;
+        Some(Admitted(self))
     }
 
-    /// Enters, waiting while the gate is closed.
-    pub fn enter(&self) -> Admitted<'_> {
-        self.lock_open().active += 1;
-        Admitted(self)
+    /// Shuts the gate for good (every later and waiting entry is refused)
+    /// and waits until the admitted entries have left or `deadline` passes.
+    /// Returns how many were still inside.
+    pub fn shut(&self, deadline: Instant) -> usize {
+        let mut state = self.lock();
+        state.shut = true;
+        self.changed.notify_all();
+        while state.active > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        state.active
     }
 
     /// Closes the gate and waits for every admitted entry to leave. Gives up
@@ -59,8 +84,14 @@ impl Admission {
     /// entries were still inside.
     pub fn close(&self, drain_timeout: Duration) -> Result<Closed<'_>, usize> {
         let deadline = Instant::now() + drain_timeout;
-        // Another closer (reloads are serialized, but be safe) may hold it.
-        let mut state = self.lock_open();
+        let mut state = self.lock();
+        while state.closed && !state.shut {
+            // Another closer (reloads are serialized, but be safe) holds it.
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
         state.closed = true;
         while state.active > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -112,7 +143,7 @@ mod tests {
     #[test]
     fn close_waits_for_entries_and_holds_new_ones() {
         let gate = Arc::new(Admission::default());
-        let inside = gate.enter();
+        let inside = gate.enter().expect("open");
         let closer_gate = Arc::clone(&gate);
         let closed_flag = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&closed_flag);
@@ -132,7 +163,7 @@ mod tests {
             std::thread::yield_now();
         }
         let waited = Instant::now();
-        let again = gate.enter();
+        let again = gate.enter().expect("open");
         assert!(
             waited.elapsed() >= Duration::from_millis(20),
             "a new entry waited for the reopening"
@@ -144,11 +175,35 @@ mod tests {
     #[test]
     fn close_gives_up_after_the_drain_timeout_and_reopens() {
         let gate = Admission::default();
-        let inside = gate.enter();
+        let inside = gate.enter().expect("open");
         assert_eq!(gate.close(Duration::from_millis(30)).err(), Some(1));
-        let second = gate.enter();
+        let second = gate.enter().expect("reopened");
         assert_eq!(gate.active(), 2);
         drop((inside, second));
         assert!(gate.close(Duration::from_millis(30)).is_ok());
+    }
+
+    #[test]
+    fn a_shut_gate_refuses_entries_and_waits_for_those_inside() {
+        let gate = Admission::default();
+        let inside = gate.enter().expect("open");
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                drop(inside);
+            });
+            let started = Instant::now();
+            assert_eq!(gate.shut(Instant::now() + Duration::from_secs(5)), 0);
+            assert!(started.elapsed() >= Duration::from_millis(40));
+        });
+        assert!(gate.enter().is_none(), "no entry after the shutdown");
+    }
+
+    #[test]
+    fn shut_gives_up_at_the_deadline() {
+        let gate = Admission::default();
+        let _stuck = gate.enter().expect("open");
+        assert_eq!(gate.shut(Instant::now() + Duration::from_millis(30)), 1);
+        assert!(gate.enter().is_none());
     }
 }

@@ -1,6 +1,6 @@
 //! A plugin that is loaded and registered: its instance, permissions, place
 //! in the load order and generation, its provider cache slots and metrics,
-//! and its quarantine state.
+//! its quarantine state, and its calls in flight.
 
 use crate::metrics::Metrics;
 use crate::pipeline::cache::ProviderSlot;
@@ -33,6 +33,8 @@ pub struct LivePlugin {
     pub providers: Vec<ProviderSlot>,
     /// Each action's counters, by index.
     pub action_metrics: Vec<crate::metrics::ActionMetrics>,
+    /// The calls in flight into this generation.
+    pub in_flight: Arc<crate::registry::inflight::InFlight>,
     pub(super) quarantined: AtomicBool,
     pub(super) recent_panics: Mutex<VecDeque<Instant>>,
 }
@@ -77,6 +79,7 @@ impl LivePlugin {
             permissions,
             load_order,
             generation,
+            in_flight: Arc::default(),
             quarantined: AtomicBool::new(false),
             recent_panics: Mutex::new(VecDeque::new()),
         }

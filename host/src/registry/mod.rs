@@ -11,6 +11,7 @@ pub(crate) mod callbacks;
 mod error;
 pub(crate) mod events;
 mod images;
+pub(crate) mod inflight;
 mod live;
 pub(crate) mod permissions;
 mod quarantine;
@@ -242,6 +243,9 @@ impl Registry {
                 else {
                     return Ok(());
                 };
+                let _call = target
+                    .in_flight
+                    .enter(inflight::Entry::Event(event.name.clone()));
                 target
                     .instance
                     .on_event(subscription, &event.name, &payload_json)

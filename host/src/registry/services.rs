@@ -113,6 +113,10 @@ impl Registry {
             ));
         }
         let control = CallControl::default();
+        let _call = slot.plugin.in_flight.enter(super::inflight::Entry::Service(
+            slot.index,
+            method.to_string(),
+        ));
         slot.plugin
             .instance
             .call_service(slot.index, method, args_json, &control)

@@ -34,7 +34,11 @@ impl Registry {
                     _ => return,
                 };
                 let fired = tokio::task::spawn_blocking(move || {
-                    let _admitted = core_now.admission.enter();
+                    // A host shutting down fires no more timers.
+                    let Some(_admitted) = core_now.admission.enter() else {
+                        return Ok(());
+                    };
+                    let _call = target.in_flight.enter(super::inflight::Entry::Timer(timer));
                     target.instance.on_timer(timer)
                 })
                 .await;

@@ -1,0 +1,143 @@
+//! Calls in flight into one plugin: an atomic count, and a short list of
+//! what each call is and since when, so a shutdown can wait for a plugin's
+//! calls before its `on_unload` and name those still stuck when its grace
+//! period expires.
+//!
+//! Tracked at the level of a top-level call into the plugin (an action's
+//! handler, a service call, an event delivery, a timer, a provider fetch),
+//! never per `validate`: entering costs one short lock and no allocation
+//! beyond a service method's or an event's name.
+
+use crate::plugin::PluginInstance;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Which entry point a call is in; named against the plugin's manifest only
+/// when it is reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// An action's handler, by index.
+    Handler(u32),
+    /// A service method, by service index and method name.
+    Service(u32, String),
+    /// The handler of an event, by event name.
+    Event(String),
+    /// A timer, by the plugin's timer id.
+    Timer(u64),
+    /// A provider's `get`, by index.
+    Provider(u32),
+    /// Several providers' `get` for one message.
+    Providers,
+}
+
+impl Entry {
+    /// The entry point's name, as errors name it.
+    pub fn describe(&self, instance: &PluginInstance) -> String {
+        let m = &instance.manifest;
+        let name = |list: Option<&str>| list.unwrap_or("?").to_string();
+        match self {
+            Entry::Handler(i) => format!(
+                "action '{}' handler",
+                name(m.actions.get(*i as usize).map(|a| a.name.as_str()))
+            ),
+            Entry::Service(i, method) => format!(
+                "service '{}' method '{method}'",
+                name(m.services.get(*i as usize).map(|s| s.name.as_str()))
+            ),
+            Entry::Event(event) => format!("event handler for '{event}'"),
+            Entry::Timer(timer) => format!("timer {timer}"),
+            Entry::Provider(i) => format!(
+                "provider '{}' get",
+                name(m.providers.get(*i as usize).map(|p| p.name.as_str()))
+            ),
+            Entry::Providers => "providers' get".to_string(),
+        }
+    }
+}
+
+struct Call {
+    id: u64,
+    entry: Entry,
+    started: Instant,
+}
+
+/// The calls in flight into one plugin.
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    next_id: AtomicU64,
+    calls: Mutex<Vec<Call>>,
+}
+
+/// One call in flight; leaves the list when dropped.
+pub struct InFlightCall {
+    calls: Arc<InFlight>,
+    id: u64,
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, Vec<Call>> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a call into `entry` until the returned value is dropped.
+    pub fn enter(self: &Arc<Self>, entry: Entry) -> InFlightCall {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().push(Call {
+            id,
+            entry,
+            started: Instant::now(),
+        });
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightCall {
+            calls: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// How many calls are in flight.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// The calls in flight: their entry point and how long each has run.
+    pub fn calls(&self) -> Vec<(Entry, Duration)> {
+        self.lock()
+            .iter()
+            .map(|call| (call.entry.clone(), call.started.elapsed()))
+            .collect()
+    }
+}
+
+impl Drop for InFlightCall {
+    fn drop(&mut self) {
+        let mut calls = self.calls.lock();
+        if let Some(position) = calls.iter().position(|call| call.id == self.id) {
+            calls.swap_remove(position);
+        }
+        drop(calls);
+        self.calls.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_counted_and_listed_until_they_end() {
+        let flight = Arc::new(InFlight::default());
+        let first = flight.enter(Entry::Timer(7));
+        let second = flight.enter(Entry::Event("a:b".into()));
+        assert_eq!(flight.count(), 2);
+        drop(first);
+        let calls = flight.calls();
+        assert_eq!(flight.count(), 1);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].0, Entry::Event("a:b".into()));
+        drop(second);
+        assert_eq!(flight.count(), 0);
+        assert!(flight.calls().is_empty());
+    }
+}
