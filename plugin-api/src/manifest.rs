@@ -1,4 +1,7 @@
 //! The plugin manifest: what a plugin is, what it needs and what it offers.
+//! (One file of about 950 lines, half of them tests: the type, its
+//! validation and the reading of manifests written by other SDK versions
+//! share every field and are checked together.)
 //!
 //! The SDK builds it from a [`crate::Plugin`]; it crosses the boundary as a
 //! JSON array (one manifest per plugin in the library). The host reads that

@@ -41,9 +41,8 @@ impl Admission {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Enters, waiting while the gate is closed. `None` once the gate is
-    /// shut: the host is shutting down and takes no new work.
-    pub fn enter(&self) -> Option<Admitted<'_>> {
+    /// The state, once the gate is open or shut (waiting while it is closed).
+    fn lock_unless_closed(&self) -> MutexGuard<'_, State> {
         let mut state = self.lock();
         while state.closed && !state.shut {
             state = self
@@ -51,6 +50,13 @@ impl Admission {
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+        state
+    }
+
+    /// Enters, waiting while the gate is closed. `None` once the gate is
+    /// shut: the host is shutting down and takes no new work.
+    pub fn enter(&self) -> Option<Admitted<'_>> {
+        let mut state = self.lock_unless_closed();
         if state.shut {
             return None;
         }
@@ -84,14 +90,8 @@ impl Admission {
     /// entries were still inside.
     pub fn close(&self, drain_timeout: Duration) -> Result<Closed<'_>, usize> {
         let deadline = Instant::now() + drain_timeout;
-        let mut state = self.lock();
-        while state.closed && !state.shut {
-            // Another closer (reloads are serialized, but be safe) holds it.
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        // Another closer (reloads are serialized, but be safe) may hold it.
+        let mut state = self.lock_unless_closed();
         state.closed = true;
         while state.active > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
