@@ -10,13 +10,20 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-fn unix_ms_after(timeout: Duration) -> u64 {
-    let deadline = SystemTime::now() + timeout;
-    deadline
-        .duration_since(UNIX_EPOCH)
-        // Rounded up, so the plugin never sees its deadline before the host does.
-        .map(|d| u64::try_from(d.as_millis() + 1).unwrap_or(u64::MAX))
+/// Milliseconds since the Unix epoch at `time`.
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+fn unix_ms_after(timeout: Duration) -> u64 {
+    // Rounded up, so the plugin never sees its deadline before the host
+    // does; 0 (a clock before the epoch) stays "no deadline".
+    match unix_ms(SystemTime::now() + timeout) {
+        0 => 0,
+        ms => ms.saturating_add(1),
+    }
 }
 
 /// What running the handler came to.
@@ -77,11 +84,7 @@ fn run_handler(
 /// Whether the wall clock has reached the control's deadline.
 fn deadline_passed(control: &CallControl) -> bool {
     let deadline = control.deadline_unix_ms();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    deadline != 0 && now >= deadline
+    deadline != 0 && unix_ms(SystemTime::now()) >= deadline
 }
 
 /// Waits for a handler's result: first spinning for a few microseconds (most

@@ -4,11 +4,24 @@
 use super::context::{context_json, view_of, OwnedMessage};
 use super::plan::{ServingPlan, StateSnapshot};
 use super::InboundMessage;
-use crate::plugin::MessageRef;
+use crate::plugin::{CallError, MessageRef};
 use crate::registry::{LivePlugin, Registry};
 use agent_host_plugin_abi::CallControl;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
+
+/// A provider's answer as a value for the state, or its error line (the
+/// error counted against the plugin).
+fn recorded(
+    core: &Registry,
+    plugin: &LivePlugin,
+    outcome: Result<String, CallError>,
+) -> Result<Arc<str>, String> {
+    outcome.map(Arc::from).map_err(|error| {
+        core.record_error(plugin, &error);
+        error.to_string()
+    })
+}
 
 /// Calls a provider's `get` (the instance checks its JSON).
 fn fetch(
@@ -18,14 +31,7 @@ fn fetch(
     view: MessageRef<'_>,
 ) -> Result<Arc<str>, String> {
     let control = CallControl::default();
-    plugin
-        .instance
-        .provide(index, view, &control)
-        .map(Arc::from)
-        .map_err(|error| {
-            core.record_error(plugin, &error);
-            error.to_string()
-        })
+    recorded(core, plugin, plugin.instance.provide(index, view, &control))
 }
 
 /// Refreshes a stale provider value in the background (stale-while-revalidate).
@@ -170,10 +176,7 @@ pub(super) fn compose_state(
                         slot.store(Arc::from(json.as_str()));
                     }
                 }
-                let outcome = outcome.map(Arc::from).map_err(|error| {
-                    core.record_error(plugin, &error);
-                    error.to_string()
-                });
+                let outcome = recorded(core, plugin, outcome);
                 if let Some(k) = indices.iter().position(|&i| i == index) {
                     values[positions[k]] = Some(outcome);
                 }

@@ -236,14 +236,14 @@ impl PluginInstance {
         }
     }
 
-    fn action_name(&self, action: u32) -> &str {
+    pub(crate) fn action_name(&self, action: u32) -> &str {
         self.manifest
             .actions
             .get(action as usize)
             .map_or("?", |a| a.name.as_str())
     }
 
-    fn provider_name(&self, provider: u32) -> &str {
+    pub(crate) fn provider_name(&self, provider: u32) -> &str {
         self.manifest
             .providers
             .get(provider as usize)
@@ -257,7 +257,7 @@ impl PluginInstance {
             .map_or("?", |e| e.name.as_str())
     }
 
-    fn service_name(&self, service: u32) -> &str {
+    pub(crate) fn service_name(&self, service: u32) -> &str {
         self.manifest
             .services
             .get(service as usize)

@@ -34,23 +34,14 @@ pub enum Entry {
 impl Entry {
     /// The entry point's name, as errors name it.
     pub fn describe(&self, instance: &PluginInstance) -> String {
-        let m = &instance.manifest;
-        let name = |list: Option<&str>| list.unwrap_or("?").to_string();
         match self {
-            Entry::Handler(i) => format!(
-                "action '{}' handler",
-                name(m.actions.get(*i as usize).map(|a| a.name.as_str()))
-            ),
-            Entry::Service(i, method) => format!(
-                "service '{}' method '{method}'",
-                name(m.services.get(*i as usize).map(|s| s.name.as_str()))
-            ),
+            Entry::Handler(i) => format!("action '{}' handler", instance.action_name(*i)),
+            Entry::Service(i, method) => {
+                format!("service '{}' method '{method}'", instance.service_name(*i))
+            }
             Entry::Event(event) => format!("event handler for '{event}'"),
             Entry::Timer(timer) => format!("timer {timer}"),
-            Entry::Provider(i) => format!(
-                "provider '{}' get",
-                name(m.providers.get(*i as usize).map(|p| p.name.as_str()))
-            ),
+            Entry::Provider(i) => format!("provider '{}' get", instance.provider_name(*i)),
             Entry::Providers => "providers' get".to_string(),
         }
     }
