@@ -8,6 +8,13 @@
 //! quarantine_window_ms = 60000
 //! max_plugin_bytes = 536870912   # larger plugin files are refused unread
 //! shutdown_grace_ms = 10000      # on Ctrl-C or SIGTERM, how long calls in flight may finish
+//! validate_timeout_ms = 1000     # deadlines of the other calls into plugins
+//! provider_timeout_ms = 5000     # (a provider may set its own in its manifest)
+//! evaluator_timeout_ms = 2000
+//! service_timeout_ms = 10000     # a service call made inside another call gets what is left of it
+//! event_timeout_ms = 5000
+//! timer_timeout_ms = 30000
+//! max_calls_in_flight = 32       # per plugin; calls beyond it are refused at once
 //!
 //! [plugins.weather]              # merged over the plugin's default config,
 //! base_url = "http://127.0.0.1:8080"   # then validated against its JSON Schema
@@ -56,6 +63,33 @@ pub struct HostSettings {
     ///
     /// [`PluginHost::shutdown`]: crate::PluginHost::shutdown
     pub shutdown_grace_ms: u64,
+    /// Deadline of a plugin's `validate` calls for one message, in
+    /// milliseconds.
+    pub validate_timeout_ms: u64,
+    /// Deadline of a provider's `get` for providers that set none in their
+    /// manifest, in milliseconds.
+    pub provider_timeout_ms: u64,
+    /// Deadline of one evaluator on one message, in milliseconds.
+    pub evaluator_timeout_ms: u64,
+    /// Deadline of a service call made outside any other call (a service
+    /// call made inside a handler, provider or event handler gets at most
+    /// what is left of its caller's deadline), in milliseconds.
+    pub service_timeout_ms: u64,
+    /// Deadline of one event handler, in milliseconds.
+    pub event_timeout_ms: u64,
+    /// Deadline of one timer handler, in milliseconds.
+    pub timer_timeout_ms: u64,
+    /// How many calls may be in flight into one plugin at once (its
+    /// bulkhead); a call beyond it is refused at once with an error that
+    /// says so. Calls abandoned at their deadline count until they return.
+    pub max_calls_in_flight: usize,
+    /// After this many failures or timeouts in a row, a provider is backed
+    /// off: not asked for a while (one second, doubling on each further
+    /// failure up to [`HostSettings::provider_backoff_max_ms`]), its last
+    /// value served, marked stale, if it has one.
+    pub provider_backoff_after: u32,
+    /// The longest a provider stays backed off, in milliseconds.
+    pub provider_backoff_max_ms: u64,
 }
 
 impl Default for HostSettings {
@@ -68,6 +102,15 @@ impl Default for HostSettings {
             mapped_bytes_warning: 256 * 1024 * 1024,
             max_plugin_bytes: 512 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
+            validate_timeout_ms: 1_000,
+            provider_timeout_ms: 5_000,
+            evaluator_timeout_ms: 2_000,
+            service_timeout_ms: 10_000,
+            event_timeout_ms: 5_000,
+            timer_timeout_ms: 30_000,
+            max_calls_in_flight: 32,
+            provider_backoff_after: 3,
+            provider_backoff_max_ms: 60_000,
         }
     }
 }

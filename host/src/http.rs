@@ -27,8 +27,11 @@
 //! # What this module must never do
 //!
 //! * Run plugin code on an async worker thread: plugin calls block (a handler
-//!   may take seconds), so every message goes through
-//!   [`tokio::task::spawn_blocking`].
+//!   may take seconds), so every message goes to the blocking pool
+//!   ([`PluginHost::answer`], [`tokio::task::spawn_blocking`] for batches),
+//!   and its reply comes back on time even when a plugin call hangs.
+//!
+//! [`PluginHost::answer`]: crate::PluginHost::answer
 //! * Panic or `unwrap` on anything a client sends: every malformed input
 //!   becomes an error answer.
 //! * Keep the process alive after shutdown: event streams end when the
@@ -307,9 +310,7 @@ async fn post_messages(
     let host = Arc::clone(&state.host);
     match parse_request(headers.get(CONTENT_TYPE), &body)? {
         MessageRequest::One(message) => {
-            let reply: Reply = tokio::task::spawn_blocking(move || host.handle_message(message))
-                .await
-                .map_err(pipeline_died)?;
+            let reply: Reply = host.answer(message).await;
             Ok(Json(reply).into_response())
         }
         MessageRequest::Batch(messages) => {

@@ -35,6 +35,7 @@ mod registry;
 mod reload;
 mod sys;
 pub mod testing;
+mod watchdog;
 
 pub use crate::config::AgentConfig;
 pub use crate::config::ConfigError;

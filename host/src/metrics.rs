@@ -86,6 +86,9 @@ pub struct Metrics {
     pub messages: Counter,
     /// Time to answer a message.
     pub message_seconds: Histogram,
+    /// Messages whose state was an earlier composed one, reused whole
+    /// (every provider value in it cached and fresh, or pushed).
+    pub states_reused: Counter,
     /// Action runs by outcome.
     pub actions: Family<ActionLabels, Counter>,
     /// Handler durations.
@@ -114,6 +117,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("agent_host");
         let messages = Counter::default();
         let message_seconds = latency_histogram();
+        let states_reused = Counter::default();
         let actions = Family::<ActionLabels, Counter>::default();
         let action_seconds =
             Family::<ComponentLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -129,6 +133,11 @@ impl Metrics {
             "message_seconds",
             "Time to answer a message",
             message_seconds.clone(),
+        );
+        registry.register(
+            "states_reused",
+            "Messages whose composed state was reused whole",
+            states_reused.clone(),
         );
         registry.register("action_runs", "Action runs by outcome", actions.clone());
         registry.register(
@@ -161,6 +170,7 @@ impl Metrics {
             registry,
             messages,
             message_seconds,
+            states_reused,
             actions,
             action_seconds,
             permission_denied,

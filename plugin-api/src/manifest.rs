@@ -142,6 +142,12 @@ pub struct ProviderSpec {
     /// Whether the provider can push fresh values.
     #[serde(default)]
     pub subscribable: bool,
+    /// How long one `get` may take, in milliseconds; the host's
+    /// `provider_timeout_ms` when absent. A `get` that takes longer is
+    /// left out of the message's state (its cached value, if any, is
+    /// served marked stale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Describes one evaluator.
@@ -428,6 +434,14 @@ impl Manifest {
             if action.timeout_ms == Some(0) {
                 return Err(err(
                     &format!("actions[{index}].timeout_ms"),
+                    "must be greater than 0".into(),
+                ));
+            }
+        }
+        for (index, provider) in self.providers.iter().enumerate() {
+            if provider.timeout_ms == Some(0) {
+                return Err(err(
+                    &format!("providers[{index}].timeout_ms"),
                     "must be greater than 0".into(),
                 ));
             }

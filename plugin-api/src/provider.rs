@@ -52,10 +52,25 @@ impl Provider {
                 description: String::new(),
                 cache: None,
                 subscribable: false,
+                timeout_ms: None,
             },
             getter: None,
             subscriber: None,
         }
+    }
+
+    /// How long one `get` may take (default: the host's
+    /// `provider_timeout_ms`, 5 s). When it passes, the host cancels the
+    /// call (`rt.is_cancelled()` turns true, and `rt.deadline()` gives the
+    /// instant), leaves the provider out of that message's state, and
+    /// serves its last cached value instead, marked stale, if it has one.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.spec.timeout_ms = Some(
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        self
     }
 
     /// Says what the provider supplies.

@@ -389,13 +389,18 @@ impl<'a> Runtime<'a> {
     /// Whether the host has cancelled this call (its timeout passed). Long
     /// handlers should check it and stop early.
     ///
-    /// Only action handlers get a cancellation signal and a deadline (the
-    /// action's [`timeout`](crate::Action::timeout), else the host's
-    /// `action_timeout_ms`). Providers, evaluators, service methods, event
-    /// handlers, timers and hooks run without one, and this returns `false`
-    /// there; a service called from a handler does not see the handler's
-    /// cancellation either. The host does not stop a thread that ignores the
-    /// signal: the handler keeps running until it returns.
+    /// Action handlers, providers, evaluators and service methods get a
+    /// cancellation signal: the host raises it when the call runs past its
+    /// deadline (an action's [`timeout`](crate::Action::timeout), a
+    /// provider's [`timeout`](crate::Provider::timeout), else the host's
+    /// defaults). Handlers, providers and service methods also get the
+    /// deadline itself, and a service called from inside another call gets
+    /// at most what is left of its caller's. `validate`, event handlers,
+    /// timers and hooks run without a signal, and this returns `false`
+    /// there (the host still abandons them at their deadline). The host
+    /// does not stop a thread that ignores the signal: the call goes on
+    /// until it returns, counted against the plugin's limit of calls in
+    /// flight.
     pub fn is_cancelled(&self) -> bool {
         self.control.is_some_and(|c| {
             c.is_cancelled() || {
@@ -433,7 +438,8 @@ impl<'a> Runtime<'a> {
         }
     }
 
-    /// The call's deadline, if it has one (only action handlers have one).
+    /// The call's deadline, if it has one (handlers, providers and service
+    /// methods have one).
     pub fn deadline(&self) -> Option<SystemTime> {
         self.control
             .map(CallControl::deadline_unix_ms)

@@ -206,8 +206,7 @@ async fn conversation(
                 text: line,
                 ..InboundMessage::default()
             };
-            let worker = Arc::clone(&host);
-            let reply = tokio::task::spawn_blocking(move || worker.handle_message(message)).await?;
+            let reply = host.answer(message).await;
             let mut text = reply.text.clone();
             if !reply.evaluations.is_empty() {
                 let verdicts: Vec<String> = reply
@@ -227,9 +226,7 @@ async fn conversation(
         } else {
             match serde_json::from_str::<InboundMessage>(&line) {
                 Ok(message) => {
-                    let worker = Arc::clone(&host);
-                    let reply =
-                        tokio::task::spawn_blocking(move || worker.handle_message(message)).await?;
+                    let reply = host.answer(message).await;
                     format!("{}\n", serde_json::to_string(&reply)?)
                 }
                 Err(error) => format!(

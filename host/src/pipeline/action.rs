@@ -1,11 +1,16 @@
-//! Steps 4 to 6: the sender's permissions, the rate limit, then the
-//! handler with its timeout, events and metrics.
+//! Phase 3: the chosen action. The sender's permissions and the action's
+//! rate limit are checked, then its handler runs, on this thread, with the
+//! action's timeout as its deadline, inside a tracing span, with
+//! `action:started` / `action:completed` / `action:failed` events and
+//! timing metrics.
 
-use super::context::OwnedMessage;
-use super::{ActionRef, InboundMessage, Reply};
-use crate::registry::{LivePlugin, Registry};
+use super::context::view_of;
+use super::run::{lock, MessageRun};
+use super::{ActionRef, Reply, NO_ACTION_TEXT};
+use crate::registry::inflight::Entry;
+use crate::watchdog::relay::{Relay, Relayed};
 use agent_host_plugin_abi::CallControl;
-use agent_host_plugin_sdk::ActionResult;
+use agent_host_plugin_sdk::{ActionResult, ErrorKind};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +22,8 @@ fn unix_ms(time: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn unix_ms_after(timeout: Duration) -> u64 {
+/// Milliseconds since the Unix epoch, `timeout` from now.
+pub(super) fn unix_ms_after(timeout: Duration) -> u64 {
     // Rounded up, so the plugin never sees its deadline before the host
     // does; 0 (a clock before the epoch) stays "no deadline".
     match unix_ms(SystemTime::now() + timeout) {
@@ -27,58 +33,36 @@ fn unix_ms_after(timeout: Duration) -> u64 {
 }
 
 /// What running the handler came to.
-enum Outcome {
+pub(crate) enum Outcome {
     Completed(ActionResult),
     Failed(String),
-    TimedOut(Duration),
+    /// Refused: the plugin's bulkhead was full.
+    Refused(String),
+    TimedOut,
 }
 
-/// Runs a handler on the blocking pool and waits at most `timeout`. On
-/// timeout the call's control is cancelled (the plugin sees it) and the
-/// host moves on; the call itself finishes, or not, on its own thread.
-fn run_handler(
-    core: &Registry,
-    plugin: &Arc<LivePlugin>,
-    index: u32,
-    message: &InboundMessage,
-    context: &str,
-    timeout: Duration,
-) -> Outcome {
-    let control = Arc::new(CallControl::with_deadline(unix_ms_after(timeout)));
-    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-    let (plugin_bg, control_bg) = (Arc::clone(plugin), Arc::clone(&control));
-    let owned = OwnedMessage::of(message, context);
-    // Entered here, not on the blocking thread: the call counts from the
-    // moment it is handed over, and for as long as the plugin runs it, past
-    // its timeout too.
-    let call = plugin
-        .in_flight
-        .enter(crate::registry::inflight::Entry::Handler(index));
-    core.runtime().spawn_blocking(move || {
-        let _call = call;
-        let view = owned.view();
-        let _ = sender.send(plugin_bg.instance.handle(index, view, &control_bg));
-    });
-    match wait_briefly_then_block(&receiver, timeout) {
-        Ok(Ok(result)) => Outcome::Completed(result),
-        // The plugin saw the host's cancellation or its deadline and stopped:
-        // that is the timeout. A `Cancelled` of its own (an upstream call
-        // that was cancelled) is the plugin's error, with its message.
-        Ok(Err(error))
-            if error.kind == agent_host_plugin_sdk::ErrorKind::Cancelled
-                && (control.is_cancelled() || deadline_passed(&control)) =>
-        {
-            Outcome::TimedOut(timeout)
-        }
-        Ok(Err(error)) => {
-            core.record_error(plugin, &error);
-            Outcome::Failed(error.to_string())
-        }
-        Err(_) => {
-            control.cancel();
-            Outcome::TimedOut(timeout)
-        }
+/// The handler phase of one message.
+pub(crate) struct HandlerPhase {
+    started: Instant,
+    /// The action: its plugin's index in the plan, and its index; `None`
+    /// when no action answers or the checks stopped it.
+    action: Option<(usize, u32)>,
+    /// The handler's timeout.
+    pub(super) timeout_ms: u64,
+    /// No job, or the handler's one.
+    pub(super) relay: Relay<Outcome>,
+}
+
+/// Runs the handler phase as driver `driver`.
+pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
+    let phase = run.handler.get_or_init(|| begin(run, driver));
+    let relayed = phase
+        .relay
+        .drive(driver, |_, control| call(run, phase, control));
+    if relayed == Relayed::Finished {
+        finish(run, phase);
     }
+    relayed
 }
 
 /// Whether the wall clock has reached the control's deadline.
@@ -87,40 +71,57 @@ fn deadline_passed(control: &CallControl) -> bool {
     deadline != 0 && unix_ms(SystemTime::now()) >= deadline
 }
 
-/// Waits for a handler's result: first spinning for a few microseconds (most
-/// handlers answer in less than the cost of putting this thread to sleep
-/// and waking it again), then blocking until the timeout.
-fn wait_briefly_then_block<T>(
-    receiver: &std::sync::mpsc::Receiver<T>,
-    timeout: Duration,
-) -> Result<T, std::sync::mpsc::RecvTimeoutError> {
-    const SPIN: Duration = Duration::from_micros(50);
-    let started = Instant::now();
-    loop {
-        match receiver.try_recv() {
-            Ok(value) => return Ok(value),
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                return Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
-            }
-            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+/// The handler's one call, unless the plugin's bulkhead is full.
+fn call(run: &MessageRun, phase: &HandlerPhase, control: &CallControl) -> Outcome {
+    let Some((p, index)) = phase.action else {
+        return Outcome::TimedOut;
+    };
+    let plugin = &run.plan.plugins[p];
+    let limit = run.core.settings.max_calls_in_flight;
+    let Some(_call) = plugin.in_flight.try_enter(Entry::Handler(index), limit) else {
+        let entry = format!("action '{}' handler", plugin.instance.action_name(index));
+        return Outcome::Refused(plugin.instance.refused(entry, limit).to_string());
+    };
+    let context = run.context.get().map_or("{}", |c| &**c);
+    match plugin
+        .instance
+        .handle(index, view_of(&run.message, context), control)
+    {
+        Ok(result) => Outcome::Completed(result),
+        // The plugin saw the host's cancellation or its deadline and stopped:
+        // that is the timeout. A `Cancelled` of its own (an upstream call
+        // that was cancelled) is the plugin's error, with its message.
+        Err(error)
+            if error.kind == ErrorKind::Cancelled
+                && (control.is_cancelled() || deadline_passed(control)) =>
+        {
+            Outcome::TimedOut
         }
-        let waited = started.elapsed();
-        if waited >= SPIN.min(timeout) {
-            return receiver.recv_timeout(timeout.saturating_sub(waited));
+        Err(error) => {
+            run.core.record_error(plugin, &error);
+            Outcome::Failed(error.to_string())
         }
-        std::hint::spin_loop();
     }
 }
 
-/// Checks permissions and the rate limit, then runs the action and fills the reply.
-pub(super) fn run_action(
-    core: &Registry,
-    plugin: &Arc<LivePlugin>,
-    index: u32,
-    message: &InboundMessage,
-    context: &str,
-    reply: &mut Reply,
-) {
+/// The host code before the handler: the action, the sender's permissions,
+/// the rate limit, the `action:started` event.
+fn begin(run: &MessageRun, driver: u32) -> HandlerPhase {
+    let started = Instant::now();
+    let stopped = |timeout_ms| HandlerPhase {
+        started,
+        action: None,
+        timeout_ms,
+        relay: Relay::new(0, driver),
+    };
+    let chosen = run.validate.get().and_then(|phase| phase.chosen());
+    let mut reply = lock(&run.reply);
+    let Some((p, index)) = chosen else {
+        reply.text = NO_ACTION_TEXT.to_string();
+        return stopped(0);
+    };
+    let (core, message) = (&run.core, &run.message);
+    let plugin = &run.plan.plugins[p];
     let spec = &plugin.instance.manifest.actions[index as usize];
     let counters = &plugin.action_metrics[index as usize];
     let (plugin_name, action) = (plugin.name(), spec.name.as_str());
@@ -128,24 +129,10 @@ pub(super) fn run_action(
         plugin: plugin_name.to_string(),
         action: action.to_string(),
     });
-    let missing: Vec<&String> = spec
-        .permissions
-        .iter()
-        .filter(|p| !message.permissions.contains(p))
-        .collect();
-    if !missing.is_empty() {
-        let list = missing
-            .iter()
-            .map(|p| format!("'{p}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        reply.text = format!("You lack the permission {list} needed for {action}.");
-        reply.errors.push(format!(
-            "sender '{}' lacks {list} for action '{action}' of plugin '{plugin_name}'",
-            message.sender
-        ));
+    if let Some(refusal) = refusal(run, p, index, &mut reply) {
+        reply.errors.push(refusal);
         counters.denied.inc();
-        return;
+        return stopped(0);
     }
     if let Some(limit) = spec.rate_limit {
         if let Err(wait) = core
@@ -161,22 +148,75 @@ pub(super) fn run_action(
                 limit.max_requests, limit.window_ms
             ));
             counters.rate_limited.inc();
-            return;
+            return stopped(0);
         }
     }
-
-    let span = tracing::info_span!("action", plugin = plugin_name, action);
-    let _entered = span.enter();
-    let timeout = Duration::from_millis(spec.timeout_ms.unwrap_or(core.settings.action_timeout_ms));
-    let started = Instant::now();
+    let timeout_ms = spec.timeout_ms.unwrap_or(core.settings.action_timeout_ms);
     core.emit_lazy(
         "host",
         "action:started",
         || json!({"plugin": plugin_name, "action": action, "message_id": message.id}),
     );
-    let outcome = run_handler(core, plugin, index, message, context, timeout);
-    let duration = started.elapsed();
+    HandlerPhase {
+        started: Instant::now(),
+        action: Some((p, index)),
+        timeout_ms,
+        relay: Relay::with_deadline(1, driver, unix_ms_after(Duration::from_millis(timeout_ms))),
+    }
+}
+
+/// The error line when the sender lacks a permission the action needs
+/// (and the reply's text says so).
+fn refusal(run: &MessageRun, p: usize, index: u32, reply: &mut Reply) -> Option<String> {
+    let plugin = &run.plan.plugins[p];
+    let spec = &plugin.instance.manifest.actions[index as usize];
+    let message = &run.message;
+    let missing: Vec<&String> = spec
+        .permissions
+        .iter()
+        .filter(|p| !message.permissions.contains(p))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let list = missing
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    reply.text = format!("You lack the permission {list} needed for {}.", spec.name);
+    Some(format!(
+        "sender '{}' lacks {list} for action '{}' of plugin '{}'",
+        message.sender,
+        spec.name,
+        plugin.name()
+    ))
+}
+
+/// The host code after the handler: its outcome into the reply, events and
+/// metrics.
+fn finish(run: &MessageRun, phase: &HandlerPhase) {
+    let mut reply = lock(&run.reply);
+    let Some((p, index)) = phase.action else {
+        reply.timings.handler_us = super::micros(phase.started);
+        return;
+    };
+    let core = &run.core;
+    let message_id = run.message.id.as_str();
+    let plugin = &run.plan.plugins[p];
+    let counters = &plugin.action_metrics[index as usize];
+    let (plugin_name, action) = (plugin.name(), plugin.instance.action_name(index));
+    let _span = tracing::info_span!("action", plugin = plugin_name, action).entered();
+    let outcome = phase
+        .relay
+        .take_results()
+        .pop()
+        .flatten()
+        .unwrap_or(Outcome::TimedOut);
+    let duration = phase.started.elapsed();
     let duration_ms = duration.as_secs_f64() * 1000.0;
+    counters.seconds.observe(duration.as_secs_f64());
+    reply.timings.handler_us = super::micros(phase.started);
     let failure = match outcome {
         Outcome::Completed(result) => {
             reply.text = result.text;
@@ -184,32 +224,29 @@ pub(super) fn run_action(
             reply.metadata = result.metadata;
             reply.ok = true;
             counters.completed.inc();
-            counters.seconds.observe(duration.as_secs_f64());
             tracing::debug!(duration_ms, "action completed");
             core.emit_lazy("host", "action:completed", || {
-                json!({"plugin": plugin_name, "action": action, "message_id": message.id, "duration_ms": duration_ms})
+                json!({"plugin": plugin_name, "action": action, "message_id": message_id, "duration_ms": duration_ms})
             });
             return;
         }
-        Outcome::Failed(error) => {
+        Outcome::Failed(error) | Outcome::Refused(error) => {
             reply.text = format!("Sorry, {action} failed.");
             counters.failed.inc();
-            counters.seconds.observe(duration.as_secs_f64());
             error
         }
-        Outcome::TimedOut(timeout) => {
+        Outcome::TimedOut => {
             reply.text = format!("Sorry, {action} took too long.");
             counters.timed_out.inc();
-            counters.seconds.observe(duration.as_secs_f64());
-            format!(
-                "plugin '{plugin_name}': action '{action}' handler: timed out after {} ms (the call was cancelled)",
-                timeout.as_millis()
-            )
+            plugin
+                .instance
+                .timed_out(format!("action '{action}' handler"), phase.timeout_ms)
+                .to_string()
         }
     };
     tracing::warn!(duration_ms, "{failure}");
     core.emit_lazy("host", "action:failed", || {
-        json!({"plugin": plugin_name, "action": action, "message_id": message.id, "duration_ms": duration_ms, "error": failure})
+        json!({"plugin": plugin_name, "action": action, "message_id": message_id, "duration_ms": duration_ms, "error": failure})
     });
     reply.errors.push(failure);
 }

@@ -3,7 +3,7 @@
 //! only the pipeline reads and refreshes them, and pushed values are stored
 //! through the registry.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -22,7 +22,15 @@ pub struct ProviderSlot {
     pub stale: prometheus_client::metrics::counter::Counter,
     /// Misses (the provider was called).
     pub misses: prometheus_client::metrics::counter::Counter,
+    /// Failures and timeouts in a row.
+    failures: AtomicU32,
+    /// The watchdog's time (ms) before which the provider is not asked.
+    retry_at_ms: AtomicU64,
 }
+
+/// The first pause of a provider that keeps failing; each further failure
+/// doubles it.
+const FIRST_BACKOFF_MS: u64 = 1_000;
 
 impl ProviderSlot {
     /// The slot of provider `provider` of plugin `plugin`, empty.
@@ -39,7 +47,43 @@ impl ProviderSlot {
             hits: metrics.cache_counter(plugin, provider, "hit"),
             stale: metrics.cache_counter(plugin, provider, "stale"),
             misses: metrics.cache_counter(plugin, provider, "miss"),
+            failures: AtomicU32::new(0),
+            retry_at_ms: AtomicU64::new(0),
         }
+    }
+
+    /// While the provider is backed off at `now_ms` (the watchdog's
+    /// clock): its failures in a row and how long until it is asked again.
+    pub fn backed_off(&self, now_ms: u64) -> Option<(u32, u64)> {
+        let retry_at = self.retry_at_ms.load(Ordering::Relaxed);
+        (retry_at > now_ms).then(|| (self.failures.load(Ordering::Relaxed), retry_at - now_ms))
+    }
+
+    /// Records an answer: the failures in a row end.
+    pub fn answered(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.retry_at_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failure or a timeout at `now_ms`. From the `after`-th in a
+    /// row on, the provider is backed off: one second, doubling with each
+    /// further failure, at most `max_ms`. Returns the pause when it starts
+    /// one.
+    pub fn failed(&self, now_ms: u64, after: u32, max_ms: u64) -> Option<u64> {
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if after == 0 || failures < after {
+            return None;
+        }
+        let doublings = (failures - after).min(32);
+        let pause = FIRST_BACKOFF_MS.saturating_mul(1 << doublings).min(max_ms);
+        self.retry_at_ms
+            .store(now_ms.saturating_add(pause), Ordering::Relaxed);
+        Some(pause)
     }
 
     /// Stores a value (fetched or pushed) as fresh.

@@ -1,19 +1,68 @@
-//! Steps 2 and 3: every action's `validate`, then the highest priority.
+//! Phase 2: every action's `validate`, each plugin's actions in one call
+//! with `validate_timeout_ms` as its deadline; then the highest priority
+//! valid action (ties: the earlier plugin in load order, then the earlier
+//! action in its plugin).
 
-use crate::plugin::MessageRef;
-use crate::registry::{LivePlugin, Registry};
-use std::sync::Arc;
+use super::context::view_of;
+use super::plan::ServingPlan;
+use super::run::{lock, MessageRun};
+use crate::plugin::CallError;
+use crate::registry::inflight::{Entry, InFlightCall};
+use crate::watchdog::relay::{Relay, Relayed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-/// The highest-priority action whose `validate` accepts the message: each
-/// plugin answers for all its actions at once.
-pub(super) fn choose_action<'p>(
-    core: &Registry,
-    plugins: &'p [Arc<LivePlugin>],
-    view: MessageRef<'_>,
-    errors: &mut Vec<String>,
-) -> Option<(&'p Arc<LivePlugin>, u32)> {
-    let mut chosen: Option<(i32, &Arc<LivePlugin>, u32)> = None;
-    for plugin in plugins {
+/// What one plugin's actions said: its best valid action (priority,
+/// index) and the errors.
+pub(crate) struct Validated {
+    best: Option<(i32, u32)>,
+    errors: Vec<CallError>,
+}
+
+/// The validate phase of one message.
+pub(crate) struct ValidatePhase {
+    started: Instant,
+    /// One job per serving plugin.
+    pub(super) relay: Relay<Validated, InFlightCall>,
+    /// The chosen action: its plugin's index in the plan, and its index.
+    chosen: Mutex<Option<(usize, u32)>>,
+}
+
+impl ValidatePhase {
+    /// What an abandoned job holds: a place in its plugin's calls in
+    /// flight, until the call returns.
+    pub(super) fn hold(&self, plan: &ServingPlan, job: usize) -> InFlightCall {
+        plan.plugins[job].in_flight.enter(Entry::Validate)
+    }
+
+    /// The action chosen, once the phase is over.
+    pub(super) fn chosen(&self) -> Option<(usize, u32)> {
+        *lock(&self.chosen)
+    }
+}
+
+/// Runs the validate phase as driver `driver`.
+pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
+    let phase = run.validate.get_or_init(|| ValidatePhase {
+        started: Instant::now(),
+        relay: Relay::new(run.plan.plugins.len(), driver),
+        chosen: Mutex::new(None),
+    });
+    let context = run.context.get().map_or("{}", |c| &**c);
+    let view = view_of(&run.message, context);
+    let limit = run.core.settings.max_calls_in_flight;
+    let relayed = phase.relay.drive(driver, |job, _control| {
+        let plugin = &run.plan.plugins[job];
+        let mut validated = Validated {
+            best: None,
+            errors: Vec::new(),
+        };
+        if plugin.in_flight.is_full(limit) {
+            validated
+                .errors
+                .push(plugin.instance.refused("actions' validate", limit));
+            return validated;
+        }
         let actions = &plugin.instance.manifest.actions;
         plugin
             .instance
@@ -23,17 +72,44 @@ pub(super) fn choose_action<'p>(
                 &mut |index, outcome| match outcome {
                     Ok(true) => {
                         let priority = actions[index as usize].priority;
-                        if chosen.as_ref().is_none_or(|(best, _, _)| priority > *best) {
-                            chosen = Some((priority, plugin, index));
+                        if validated.best.is_none_or(|(best, _)| priority > best) {
+                            validated.best = Some((priority, index));
                         }
                     }
                     Ok(false) => {}
-                    Err(error) => {
-                        core.record_error(plugin, &error);
-                        errors.push(error.to_string());
-                    }
+                    Err(error) => validated.errors.push(error),
                 },
             );
+        validated
+    });
+    if relayed == Relayed::Finished {
+        finish(run, phase);
     }
-    chosen.map(|(_, plugin, index)| (plugin, index))
+    relayed
+}
+
+fn finish(run: &MessageRun, phase: &ValidatePhase) {
+    let mut reply = lock(&run.reply);
+    let mut chosen: Option<(i32, usize, u32)> = None;
+    let limit_ms = run.core.settings.validate_timeout_ms;
+    phase.relay.for_each_result(|job, validated| {
+        let plugin = &run.plan.plugins[job];
+        let Some(validated) = validated else {
+            let error = plugin.instance.timed_out("actions' validate", limit_ms);
+            run.core.record_error(plugin, &error);
+            reply.errors.push(error.to_string());
+            return;
+        };
+        for error in &validated.errors {
+            run.core.record_error(plugin, error);
+            reply.errors.push(error.to_string());
+        }
+        if let Some((priority, index)) = validated.best {
+            if chosen.is_none_or(|(best, _, _)| priority > best) {
+                chosen = Some((priority, job, index));
+            }
+        }
+    });
+    *lock(&phase.chosen) = chosen.map(|(_, job, index)| (job, index));
+    reply.timings.validate_us = super::micros(phase.started);
 }

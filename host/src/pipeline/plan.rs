@@ -14,6 +14,9 @@ pub struct ServingPlan {
     /// (plugin index in `plugins`, provider index) of every provider in the
     /// state, in order.
     pub providers: Vec<(usize, u32)>,
+    /// (plugin index in `plugins`, evaluator index) of every evaluator, in
+    /// order.
+    pub evaluators: Vec<(usize, u32)>,
     /// Providers left out because an earlier plugin's provider has their name.
     pub shadowed: Vec<String>,
     /// Whether some provider must be called for every message (it has no
@@ -22,6 +25,8 @@ pub struct ServingPlan {
     /// The last composed state, reusable while no provider value changed
     /// and none of the cached values it used has expired.
     pub snapshot: Mutex<Option<StateSnapshot>>,
+    /// The last context composed with a state.
+    pub context: super::context::ContextCache,
 }
 
 /// A composed state and what it depends on.
@@ -58,12 +63,19 @@ impl ServingPlan {
             let spec = &plugins[p].instance.manifest.providers[index as usize];
             spec.cache.is_none() && !spec.subscribable
         });
+        let evaluators = plugins
+            .iter()
+            .enumerate()
+            .flat_map(|(p, plugin)| plugin.evaluator_indices.iter().map(move |&e| (p, e)))
+            .collect();
         Self {
             plugins,
             providers,
+            evaluators,
             shadowed,
             calls_every_message,
             snapshot: Mutex::new(None),
+            context: super::context::ContextCache::default(),
         }
     }
 }

@@ -1,88 +1,121 @@
-//! Step 1: the state composed from every provider, served from the
-//! provider caches where they are fresh.
+//! Phase 1: the state composed from every provider, served from the
+//! provider caches where they are fresh, the other providers asked with a
+//! deadline, each plugin's together.
+//!
+//! A provider that fails or misses its deadline is left out of the state
+//! and reported; if it has a cached value, that value is served instead,
+//! and its name is listed under `stale_providers` in the context. After
+//! `provider_backoff_after` failures in a row a provider is backed off: not
+//! asked for a while (its cached value served stale meanwhile).
 
 use super::context::{context_json, view_of, OwnedMessage};
-use super::plan::{ServingPlan, StateSnapshot};
+use super::plan::StateSnapshot;
+use super::run::{lock, MessageRun};
 use super::InboundMessage;
-use crate::plugin::{CallError, MessageRef};
+use crate::plugin::CallError;
+use crate::registry::inflight::Entry;
 use crate::registry::{LivePlugin, Registry};
+use crate::watchdog::relay::{Relay, Relayed};
 use agent_host_plugin_abi::CallControl;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// A provider's answer as a value for the state, or its error line (the
-/// error counted against the plugin).
-fn recorded(
-    core: &Registry,
-    plugin: &LivePlugin,
-    outcome: Result<String, CallError>,
-) -> Result<Arc<str>, String> {
-    outcome.map(Arc::from).map_err(|error| {
-        core.record_error(plugin, &error);
-        error.to_string()
-    })
+/// What one job answers: each asked provider's index and outcome.
+type Answers = Vec<(u32, Result<String, CallError>)>;
+
+/// The providers of one plugin asked in one call.
+struct Ask {
+    /// The plugin's index in the serving plan.
+    plugin: usize,
+    /// Its providers to ask.
+    indices: Vec<u32>,
+    /// Where each goes in the state.
+    positions: Vec<usize>,
+    /// The job's deadline: its slowest provider's timeout.
+    timeout_ms: u64,
 }
 
-/// Calls a provider's `get` (the instance checks its JSON).
-fn fetch(
-    core: &Registry,
-    plugin: &LivePlugin,
-    index: u32,
-    view: MessageRef<'_>,
-) -> Result<Arc<str>, String> {
-    let control = CallControl::default();
-    recorded(core, plugin, plugin.instance.provide(index, view, &control))
+/// A provider's value for the state; `None` leaves it out.
+type Value = Option<Arc<str>>;
+
+/// What the host code of the phase gathers, between the caches and the
+/// calls.
+struct Composing {
+    values: Vec<Value>,
+    /// Positions of values served stale.
+    stale: Vec<usize>,
+    errors: Vec<String>,
+    reusable: bool,
+    fresh_until: Option<Instant>,
 }
 
-/// Refreshes a stale provider value in the background (stale-while-revalidate).
-fn refresh_in_background(
-    core: &Arc<Registry>,
-    plugin: &Arc<LivePlugin>,
-    index: u32,
-    message: &InboundMessage,
-    context: &str,
-) {
-    let (core_bg, plugin_bg) = (Arc::clone(core), Arc::clone(plugin));
-    let owned = OwnedMessage::of(message, context);
-    core.runtime().spawn_blocking(move || {
-        let view = owned.view();
-        let slot = &plugin_bg.providers[index as usize];
-        // A host shutting down refreshes nothing.
-        let Some(_admitted) = core_bg.admission.enter() else {
-            slot.end_refresh();
-            return;
-        };
-        let _call = plugin_bg
-            .in_flight
-            .enter(crate::registry::inflight::Entry::Provider(index));
-        match fetch(&core_bg, &plugin_bg, index, view) {
-            Ok(json) => slot.store(json),
-            Err(error) => {
-                tracing::warn!("background refresh failed: {error}");
-                slot.end_refresh();
-            }
-        }
-    });
+/// The providers phase of one message.
+pub(crate) struct ProvidersPhase {
+    started: Instant,
+    /// The state, when a composed one could be reused as it is.
+    reused: Option<Arc<str>>,
+    asks: Vec<Ask>,
+    /// The context providers see (no state yet).
+    bare_context: String,
+    /// One job per ask.
+    pub(super) relay: Relay<Answers>,
+    composing: Mutex<Composing>,
 }
 
-/// The state composed from providers, as a JSON object text keyed by
-/// provider name. Each provider is isolated: a failure is reported and the
-/// provider left out.
-///
-/// When every provider is served from its cache or from pushed values, the
-/// composed text is kept and reused until a provider value changes or the
-/// earliest cached value expires: composing is then constant time.
-pub(super) fn compose_state(
-    core: &Arc<Registry>,
-    plan: &ServingPlan,
-    message: &InboundMessage,
-    errors: &mut Vec<String>,
-) -> Arc<str> {
-    errors.extend(plan.shadowed.iter().cloned());
-    let now = Instant::now();
+impl ProvidersPhase {
+    /// The deadline of job `job`, in milliseconds.
+    pub(super) fn deadline_ms(&self, job: usize) -> u64 {
+        self.asks.get(job).map_or(0, |ask| ask.timeout_ms)
+    }
+}
+
+/// A provider's timeout: its own, else the host's.
+fn timeout_ms(core: &Registry, plugin: &LivePlugin, index: u32) -> u64 {
+    plugin.instance.manifest.providers[index as usize]
+        .timeout_ms
+        .unwrap_or(core.settings.provider_timeout_ms)
+}
+
+/// Milliseconds since the Unix epoch, `timeout_ms` from now.
+pub(super) fn unix_ms_after(timeout_ms: u64) -> u64 {
+    super::action::unix_ms_after(Duration::from_millis(timeout_ms))
+}
+
+/// Runs the providers phase as driver `driver`.
+pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
+    let phase = run.providers.get_or_init(|| begin(run, driver));
+    let relayed = phase
+        .relay
+        .drive(driver, |job, control| ask(run, phase, job, control));
+    if relayed == Relayed::Finished {
+        finish(run, phase);
+    }
+    relayed
+}
+
+/// The host code before the calls: the reusable state, else every cached
+/// or pushed value, and what must be asked.
+fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
+    let (core, plan, message) = (&run.core, &run.plan, &run.message);
+    let started = Instant::now();
     let version = core
         .provider_version
         .load(std::sync::atomic::Ordering::Acquire);
+    let empty = |reused: Option<Arc<str>>, composing: Composing| ProvidersPhase {
+        started,
+        reused,
+        asks: Vec::new(),
+        bare_context: String::new(),
+        relay: Relay::new(0, driver),
+        composing: Mutex::new(composing),
+    };
+    let nothing = Composing {
+        values: Vec::new(),
+        stale: Vec::new(),
+        errors: Vec::new(),
+        reusable: false,
+        fresh_until: None,
+    };
     if !plan.calls_every_message {
         let snapshot = plan
             .snapshot
@@ -90,38 +123,49 @@ pub(super) fn compose_state(
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         if let Some(snapshot) = snapshot {
-            if snapshot.version == version && snapshot.fresh_until.is_none_or(|t| now < t) {
-                for &(p, index) in &plan.providers {
-                    let spec = &plan.plugins[p].instance.manifest.providers[index as usize];
-                    if spec.cache.is_some() {
-                        plan.plugins[p].providers[index as usize].hits.inc();
-                    }
-                }
-                return snapshot.json;
+            if snapshot.version == version && snapshot.fresh_until.is_none_or(|t| started < t) {
+                // Counted once for the whole state, not per provider: a
+                // thousand providers would cost a thousand increments.
+                core.metrics.states_reused.inc();
+                return empty(Some(snapshot.json), nothing);
             }
         }
     }
 
-    let bare_context = context_json(message, None);
-    let view = view_of(message, &bare_context);
-    let mut reusable = !plan.calls_every_message;
-    let mut fresh_until: Option<Instant> = None;
-    // First from the caches; what they cannot serve is asked for below, each
-    // plugin's providers together.
-    let mut values: Vec<Option<Result<Arc<str>, String>>> =
-        Vec::with_capacity(plan.providers.len());
-    // (plugin in the plan, its provider indices, their positions in `values`)
-    let mut asks: Vec<(usize, Vec<u32>, Vec<usize>)> = Vec::new();
+    let bare_context = context_json(message, None, &[]);
+    let now_ms = run.now_ms();
+    let mut composing = Composing {
+        values: Vec::with_capacity(plan.providers.len()),
+        stale: Vec::new(),
+        errors: Vec::new(),
+        reusable: !plan.calls_every_message,
+        fresh_until: None,
+    };
+    let mut asks: Vec<Ask> = Vec::new();
     for &(p, index) in &plan.providers {
         let plugin = &plan.plugins[p];
         let spec = &plugin.instance.manifest.providers[index as usize];
         let slot = &plugin.providers[index as usize];
+        let position = composing.values.len();
+        if let Some((failures, retry_in)) = slot.backed_off(now_ms) {
+            composing.reusable = false;
+            composing.errors.push(format!(
+                "plugin '{}': provider '{}' get: backed off after {failures} failures in a row; asked again in {retry_in} ms",
+                plugin.name(),
+                spec.name
+            ));
+            composing
+                .values
+                .push(serve_stale(slot, &mut composing.stale, position));
+            continue;
+        }
         let served = slot.with_cached(|cached| match (spec.cache, cached) {
             (Some(cache), Some(cached)) => {
                 let expires = cached.at + Duration::from_millis(cache.ttl_ms);
-                if now < expires {
+                if started < expires {
                     slot.hits.inc();
-                    fresh_until = Some(fresh_until.map_or(expires, |t| t.min(expires)));
+                    composing.fresh_until =
+                        Some(composing.fresh_until.map_or(expires, |t| t.min(expires)));
                     Some((Arc::clone(&cached.json), false))
                 } else if cache.stale_while_revalidate {
                     slot.stale.inc();
@@ -136,78 +180,244 @@ pub(super) fn compose_state(
         match served {
             Some((json, stale)) => {
                 if stale {
-                    reusable = false;
+                    composing.reusable = false;
+                    composing.stale.push(position);
                     if slot.start_refresh() {
                         refresh_in_background(core, plugin, index, message, &bare_context);
                     }
                 }
-                values.push(Some(Ok(json)));
+                composing.values.push(Some(json));
             }
             None => {
-                reusable = false;
-                let position = values.len();
-                values.push(None);
+                composing.reusable = false;
+                composing.values.push(None);
+                let timeout = timeout_ms(core, plugin, index);
                 match asks.last_mut() {
-                    Some((last, indices, positions)) if *last == p => {
-                        indices.push(index);
-                        positions.push(position);
+                    Some(ask) if ask.plugin == p => {
+                        ask.indices.push(index);
+                        ask.positions.push(position);
+                        ask.timeout_ms = ask.timeout_ms.max(timeout);
                     }
-                    _ => asks.push((p, vec![index], vec![position])),
+                    _ => asks.push(Ask {
+                        plugin: p,
+                        indices: vec![index],
+                        positions: vec![position],
+                        timeout_ms: timeout,
+                    }),
                 }
             }
         }
     }
-    let control = CallControl::default();
-    for (p, indices, positions) in &asks {
-        let plugin = &plan.plugins[*p];
-        let _call = plugin
-            .in_flight
-            .enter(crate::registry::inflight::Entry::Providers);
-        plugin
-            .instance
-            .provide_each(indices, view, &control, &mut |index, outcome| {
+    let longest = asks.iter().map(|ask| ask.timeout_ms).max().unwrap_or(0);
+    ProvidersPhase {
+        started,
+        reused: None,
+        relay: Relay::with_deadline(asks.len(), driver, unix_ms_after(longest)),
+        asks,
+        bare_context,
+        composing: Mutex::new(composing),
+    }
+}
+
+/// The cached value of a provider that cannot answer now, marked stale;
+/// `None` (left out) when it has none.
+fn serve_stale(
+    slot: &super::cache::ProviderSlot,
+    stale: &mut Vec<usize>,
+    position: usize,
+) -> Value {
+    let cached = slot.with_cached(|cached| cached.map(|c| Arc::clone(&c.json)))?;
+    stale.push(position);
+    Some(cached)
+}
+
+/// Job `job`: one plugin's providers asked in one call, unless the plugin's
+/// bulkhead is full.
+fn ask(run: &MessageRun, phase: &ProvidersPhase, job: usize, control: &CallControl) -> Answers {
+    let ask = &phase.asks[job];
+    let plugin = &run.plan.plugins[ask.plugin];
+    let limit = run.core.settings.max_calls_in_flight;
+    let Some(_call) = plugin.in_flight.try_enter(Entry::Providers, limit) else {
+        return ask
+            .indices
+            .iter()
+            .map(|&index| {
+                let entry = format!("provider '{}' get", plugin.instance.provider_name(index));
+                (index, Err(plugin.instance.refused(entry, limit)))
+            })
+            .collect();
+    };
+    let view = view_of(&run.message, &phase.bare_context);
+    let mut answers = Vec::with_capacity(ask.indices.len());
+    plugin
+        .instance
+        .provide_each(&ask.indices, view, control, &mut |index, outcome| {
+            answers.push((index, outcome));
+        });
+    answers
+}
+
+/// Records a provider's failure (or timeout) against its backoff.
+fn failed(run: &MessageRun, plugin: &LivePlugin, index: u32, error: &CallError) {
+    run.core.record_error(plugin, error);
+    let settings = &run.core.settings;
+    let slot = &plugin.providers[index as usize];
+    if let Some(pause) = slot.failed(
+        run.now_ms(),
+        settings.provider_backoff_after,
+        settings.provider_backoff_max_ms,
+    ) {
+        tracing::warn!(
+            plugin = plugin.name(),
+            provider = plugin.instance.provider_name(index),
+            "provider backed off for {pause} ms after failing {} times in a row",
+            settings.provider_backoff_after
+        );
+    }
+}
+
+/// The host code after the calls: every answer stored and checked, the
+/// state and the context composed.
+fn finish(run: &MessageRun, phase: &ProvidersPhase) {
+    let (core, plan) = (&run.core, &run.plan);
+    let mut reply = lock(&run.reply);
+    reply.errors.extend(plan.shadowed.iter().cloned());
+    if let Some(state) = &phase.reused {
+        let _ = run.context.set(plan.context.compose(&run.message, state));
+        reply.timings.providers_us = super::micros(phase.started);
+        return;
+    }
+    let mut composing = lock(&phase.composing);
+    let composing = &mut *composing;
+    for (job, answers) in phase.relay.take_results().into_iter().enumerate() {
+        let ask = &phase.asks[job];
+        let plugin = &plan.plugins[ask.plugin];
+        let position_of = |index: u32| {
+            ask.indices
+                .iter()
+                .position(|&i| i == index)
+                .map(|k| ask.positions[k])
+        };
+        let Some(answers) = answers else {
+            // Abandoned at its deadline: every provider of the call.
+            for (&index, &position) in ask.indices.iter().zip(&ask.positions) {
+                let entry = format!("provider '{}' get", plugin.instance.provider_name(index));
+                let error = plugin.instance.timed_out(entry, ask.timeout_ms);
+                failed(run, plugin, index, &error);
+                composing.errors.push(error.to_string());
                 let slot = &plugin.providers[index as usize];
-                if plugin.instance.manifest.providers[index as usize]
-                    .cache
-                    .is_some()
-                {
-                    slot.misses.inc();
-                    if let Ok(json) = &outcome {
-                        slot.store(Arc::from(json.as_str()));
+                composing.values[position] = serve_stale(slot, &mut composing.stale, position);
+            }
+            continue;
+        };
+        for (index, outcome) in answers {
+            let Some(position) = position_of(index) else {
+                continue;
+            };
+            let slot = &plugin.providers[index as usize];
+            match outcome {
+                Ok(json) => {
+                    slot.answered();
+                    let json: Arc<str> = Arc::from(json);
+                    if plugin.instance.manifest.providers[index as usize]
+                        .cache
+                        .is_some()
+                    {
+                        slot.misses.inc();
+                        slot.store(Arc::clone(&json));
                     }
+                    composing.values[position] = Some(json);
                 }
-                let outcome = recorded(core, plugin, outcome);
-                if let Some(k) = indices.iter().position(|&i| i == index) {
-                    values[positions[k]] = Some(outcome);
+                Err(error) => {
+                    failed(run, plugin, index, &error);
+                    composing.errors.push(error.to_string());
+                    composing.values[position] = serve_stale(slot, &mut composing.stale, position);
                 }
-            });
+            }
+        }
     }
     let mut state = String::with_capacity(64 * plan.providers.len() + 2);
     state.push('{');
-    for (&(p, index), value) in plan.providers.iter().zip(values) {
+    let mut reusable = composing.reusable;
+    for (&(p, index), value) in plan.providers.iter().zip(&composing.values) {
         match value {
-            Some(Ok(json)) => {
+            Some(json) => {
                 if state.len() > 1 {
                     state.push(',');
                 }
                 state.push_str(&plan.plugins[p].providers[index as usize].state_key);
-                state.push_str(&json);
-            }
-            Some(Err(error)) => {
-                reusable = false;
-                errors.push(error);
+                state.push_str(json);
             }
             None => reusable = false,
         }
     }
     state.push('}');
     let state: Arc<str> = state.into();
-    if reusable {
+    if reusable && composing.stale.is_empty() && composing.errors.is_empty() {
+        let version = core
+            .provider_version
+            .load(std::sync::atomic::Ordering::Acquire);
         *plan.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = Some(StateSnapshot {
             version,
-            fresh_until,
+            fresh_until: composing.fresh_until,
             json: Arc::clone(&state),
         });
     }
-    state
+    let stale: Vec<&str> = composing
+        .stale
+        .iter()
+        .map(|&position| {
+            let (p, index) = plan.providers[position];
+            plan.plugins[p].instance.provider_name(index)
+        })
+        .collect();
+    let context = if stale.is_empty() {
+        plan.context.compose(&run.message, &state)
+    } else {
+        Arc::from(context_json(&run.message, Some(&state), &stale))
+    };
+    let _ = run.context.set(context);
+    reply.errors.append(&mut composing.errors);
+    reply.timings.providers_us = super::micros(phase.started);
+}
+
+/// Refreshes a stale provider value in the background
+/// (stale-while-revalidate), with the provider's deadline and within the
+/// plugin's bulkhead. Nothing waits for it.
+fn refresh_in_background(
+    core: &Arc<Registry>,
+    plugin: &Arc<LivePlugin>,
+    index: u32,
+    message: &InboundMessage,
+    context: &str,
+) {
+    let (core_bg, plugin_bg) = (Arc::clone(core), Arc::clone(plugin));
+    let owned = OwnedMessage::of(message, context);
+    let timeout = timeout_ms(core, plugin, index);
+    core.runtime().spawn_blocking(move || {
+        let view = owned.view();
+        let slot = &plugin_bg.providers[index as usize];
+        // A host shutting down refreshes nothing.
+        let Some(_admitted) = core_bg.admission.enter() else {
+            slot.end_refresh();
+            return;
+        };
+        let limit = core_bg.settings.max_calls_in_flight;
+        let Some(_call) = plugin_bg.in_flight.try_enter(Entry::Provider(index), limit) else {
+            slot.end_refresh();
+            return;
+        };
+        let control = CallControl::with_deadline(unix_ms_after(timeout));
+        match plugin_bg.instance.provide(index, view, &control) {
+            Ok(json) => {
+                slot.answered();
+                slot.store(Arc::from(json));
+            }
+            Err(error) => {
+                core_bg.record_error(&plugin_bg, &error);
+                tracing::warn!("background refresh failed: {error}");
+                slot.end_refresh();
+            }
+        }
+    });
 }

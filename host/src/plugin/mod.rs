@@ -19,7 +19,7 @@
 //! reports errors the same way.
 //!
 //! The per-message calls come in batched forms (`validate_each`,
-//! `provide_each`, `evaluate_each`) that default to one call per component:
+//! `provide_each`) that default to one call per component:
 //! a place whose calls are expensive (another process) answers a batch in
 //! one round trip.
 
@@ -141,19 +141,6 @@ pub(crate) trait Backend: Send + Sync {
             answer(provider, self.provide(provider, message, control));
         }
     }
-
-    /// Runs several evaluators on one message.
-    fn evaluate_each(
-        &self,
-        evaluators: &[u32],
-        message: MessageRef<'_>,
-        control: &CallControl,
-        answer: &mut dyn FnMut(u32, Result<Evaluation, Failure>),
-    ) {
-        for &evaluator in evaluators {
-            answer(evaluator, self.evaluate(evaluator, message, control));
-        }
-    }
 }
 
 /// An opened plugin file (or, in tests, a set of plugin values): the
@@ -228,12 +215,41 @@ impl PluginInstance {
     }
 
     fn invalid(&self, entry: String, message: String) -> CallError {
+        self.host_error(entry, ErrorKind::InvalidInput, message)
+    }
+
+    /// An error the host reports for a call into this plugin (a deadline,
+    /// a full bulkhead), naming the plugin and the entry point.
+    pub(crate) fn host_error(
+        &self,
+        entry: impl Into<String>,
+        kind: ErrorKind,
+        message: impl Into<String>,
+    ) -> CallError {
         CallError {
             plugin: self.manifest.name.clone(),
-            entry,
-            kind: ErrorKind::InvalidInput,
-            message,
+            entry: entry.into(),
+            kind,
+            message: message.into(),
         }
+    }
+
+    /// The error of a call the host abandoned at its deadline.
+    pub(crate) fn timed_out(&self, entry: impl Into<String>, limit_ms: u64) -> CallError {
+        self.host_error(
+            entry,
+            ErrorKind::Cancelled,
+            format!("timed out after {limit_ms} ms (the host cancelled the call and went on without it)"),
+        )
+    }
+
+    /// The error of a call refused because the plugin's bulkhead is full.
+    pub(crate) fn refused(&self, entry: impl Into<String>, limit: usize) -> CallError {
+        self.host_error(
+            entry,
+            ErrorKind::Unavailable,
+            format!("refused: the plugin already has {limit} calls in flight (its limit)"),
+        )
     }
 
     pub(crate) fn action_name(&self, action: u32) -> &str {
@@ -250,7 +266,7 @@ impl PluginInstance {
             .map_or("?", |p| p.name.as_str())
     }
 
-    fn evaluator_name(&self, evaluator: u32) -> &str {
+    pub(crate) fn evaluator_name(&self, evaluator: u32) -> &str {
         self.manifest
             .evaluators
             .get(evaluator as usize)
@@ -367,23 +383,19 @@ impl PluginInstance {
             })
     }
 
-    /// Runs several evaluators on one message. A score outside 0..=1 is
-    /// the plugin's error.
-    pub fn evaluate_each(
+    /// Runs one evaluator on one message. A score outside 0..=1 is the
+    /// plugin's error.
+    pub fn evaluate(
         &self,
-        evaluators: &[u32],
+        evaluator: u32,
         message: MessageRef<'_>,
         control: &CallControl,
-        answer: &mut dyn FnMut(u32, Result<Evaluation, CallError>),
-    ) {
+    ) -> Result<Evaluation, CallError> {
+        let entry = || format!("evaluator '{}' evaluate", self.evaluator_name(evaluator));
         self.backend
-            .evaluate_each(evaluators, message, control, &mut |evaluator, outcome| {
-                let entry = || format!("evaluator '{}' evaluate", self.evaluator_name(evaluator));
-                let checked = outcome
-                    .map_err(|e| self.fail(entry(), e))
-                    .and_then(|evaluation| self.checked(evaluation, entry));
-                answer(evaluator, checked)
-            });
+            .evaluate(evaluator, message, control)
+            .map_err(|e| self.fail(entry(), e))
+            .and_then(|evaluation| self.checked(evaluation, entry))
     }
 
     /// Runs an evaluator on many messages; one result per message.

@@ -64,6 +64,30 @@ impl Admission {
         Some(Admitted(self))
     }
 
+    /// Enters like [`Admission::enter`], for work that may move between
+    /// threads and so cannot hold a borrowed [`Admitted`]: true when
+    /// admitted, and then the work must call [`Admission::leave`] exactly
+    /// once when it is over.
+    pub fn enter_detached(&self) -> bool {
+        match self.enter() {
+            Some(admitted) => {
+                std::mem::forget(admitted);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Leaves the gate: the end of an entry made with
+    /// [`Admission::enter_detached`].
+    pub fn leave(&self) {
+        let mut state = self.lock();
+        state.active -= 1;
+        if state.active == 0 {
+            self.changed.notify_all();
+        }
+    }
+
     /// Shuts the gate for good (every later and waiting entry is refused)
     /// and waits until the admitted entries have left or `deadline` passes.
     /// Returns how many were still inside.
@@ -119,11 +143,7 @@ impl Admission {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.active -= 1;
-        if state.active == 0 {
-            self.0.changed.notify_all();
-        }
+        self.0.leave();
     }
 }
 

@@ -1,12 +1,15 @@
 //! Calls in flight into one plugin: an atomic count, and a short list of
-//! what each call is and since when, so a shutdown can wait for a plugin's
-//! calls before its `on_unload` and name those still stuck when its grace
-//! period expires.
+//! what each call is and since when. The count is the plugin's bulkhead (a
+//! call beyond the limit is refused at once); the list lets a shutdown wait
+//! for a plugin's calls before its `on_unload` and name those still stuck
+//! when its grace period expires.
 //!
 //! Tracked at the level of a top-level call into the plugin (an action's
-//! handler, a service call, an event delivery, a timer, a provider fetch),
-//! never per `validate`: entering costs one short lock and no allocation
-//! beyond a service method's or an event's name.
+//! handler, a service call, an event delivery, a timer, a provider fetch).
+//! The brief per-message calls (`validate`, evaluators) are not entered one
+//! by one: they only look at the count, and are entered when the watchdog
+//! abandons one at its deadline, until it returns. Entering costs one short
+//! lock and no allocation beyond a service method's or an event's name.
 
 use crate::plugin::PluginInstance;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +32,10 @@ pub enum Entry {
     Provider(u32),
     /// Several providers' `get` for one message.
     Providers,
+    /// An action's `validate` for one message.
+    Validate,
+    /// An evaluator, by index.
+    Evaluator(u32),
 }
 
 impl Entry {
@@ -43,6 +50,8 @@ impl Entry {
             Entry::Timer(timer) => format!("timer {timer}"),
             Entry::Provider(i) => format!("provider '{}' get", instance.provider_name(*i)),
             Entry::Providers => "providers' get".to_string(),
+            Entry::Validate => "actions' validate".to_string(),
+            Entry::Evaluator(i) => format!("evaluator '{}' evaluate", instance.evaluator_name(*i)),
         }
     }
 }
@@ -85,6 +94,21 @@ impl InFlight {
             calls: Arc::clone(self),
             id,
         }
+    }
+
+    /// Records a call into `entry` unless `limit` calls are in flight
+    /// already (the plugin's bulkhead is full): then `None`, at once.
+    pub fn try_enter(self: &Arc<Self>, entry: Entry, limit: usize) -> Option<InFlightCall> {
+        if self.is_full(limit) {
+            return None;
+        }
+        Some(self.enter(entry))
+    }
+
+    /// Whether `limit` calls or more are in flight.
+    #[inline]
+    pub fn is_full(&self, limit: usize) -> bool {
+        self.count.load(Ordering::Acquire) >= limit
     }
 
     /// How many calls are in flight.

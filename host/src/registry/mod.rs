@@ -65,6 +65,8 @@ pub struct Registry {
     pub metrics: Metrics,
     /// Per-action rate limits.
     pub rate_limiter: RateLimiter,
+    /// The clock and thread that bound calls into plugins.
+    pub(crate) watchdog: crate::watchdog::Watchdog,
 }
 
 impl Registry {
@@ -84,6 +86,7 @@ impl Registry {
             settings,
             metrics: Metrics::new(),
             rate_limiter: RateLimiter::default(),
+            watchdog: crate::watchdog::Watchdog::start(),
         })
     }
 

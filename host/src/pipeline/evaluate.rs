@@ -1,0 +1,85 @@
+//! Phase 4: every evaluator scores the message, each with
+//! `evaluator_timeout_ms` as its deadline.
+
+use super::context::view_of;
+use super::plan::ServingPlan;
+use super::run::{lock, MessageRun};
+use super::EvaluationRecord;
+use crate::plugin::CallError;
+use crate::registry::inflight::{Entry, InFlightCall};
+use crate::watchdog::relay::{Relay, Relayed};
+use agent_host_plugin_sdk::Evaluation;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The evaluators phase of one message.
+pub(crate) struct EvaluatorsPhase {
+    started: Instant,
+    /// One job per evaluator of the plan.
+    pub(super) relay: Relay<Result<Evaluation, CallError>, InFlightCall>,
+}
+
+impl EvaluatorsPhase {
+    /// What an abandoned job holds: a place in its plugin's calls in
+    /// flight, until the call returns.
+    pub(super) fn hold(&self, plan: &ServingPlan, job: usize) -> InFlightCall {
+        let (p, evaluator) = plan.evaluators[job];
+        plan.plugins[p].in_flight.enter(Entry::Evaluator(evaluator))
+    }
+}
+
+/// Runs the evaluators phase as driver `driver`.
+pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
+    let phase = run.evaluators.get_or_init(|| EvaluatorsPhase {
+        started: Instant::now(),
+        relay: Relay::new(run.plan.evaluators.len(), driver),
+    });
+    let context = run.context.get().map_or("{}", |c| &**c);
+    let view = view_of(&run.message, context);
+    let limit = run.core.settings.max_calls_in_flight;
+    let relayed = phase.relay.drive(driver, |job, control| {
+        let (p, evaluator) = run.plan.evaluators[job];
+        let plugin = &run.plan.plugins[p];
+        if plugin.in_flight.is_full(limit) {
+            let entry = format!(
+                "evaluator '{}' evaluate",
+                plugin.instance.evaluator_name(evaluator)
+            );
+            return Err(plugin.instance.refused(entry, limit));
+        }
+        plugin.instance.evaluate(evaluator, view, control)
+    });
+    if relayed == Relayed::Finished {
+        finish(run, phase);
+    }
+    relayed
+}
+
+fn finish(run: &MessageRun, phase: &EvaluatorsPhase) {
+    let mut reply = lock(&run.reply);
+    let limit_ms = run.core.settings.evaluator_timeout_ms;
+    reply.evaluations.reserve(phase.relay.len());
+    for (job, outcome) in phase.relay.take_results().into_iter().enumerate() {
+        let (p, evaluator) = run.plan.evaluators[job];
+        let plugin = &run.plan.plugins[p];
+        let outcome = outcome.unwrap_or_else(|| {
+            let entry = format!(
+                "evaluator '{}' evaluate",
+                plugin.instance.evaluator_name(evaluator)
+            );
+            Err(plugin.instance.timed_out(entry, limit_ms))
+        });
+        match outcome {
+            Ok(evaluation) => reply.evaluations.push(EvaluationRecord {
+                plugin: Arc::clone(&plugin.shared_name),
+                evaluator: Arc::clone(&plugin.evaluator_names[evaluator as usize]),
+                evaluation,
+            }),
+            Err(error) => {
+                run.core.record_error(plugin, &error);
+                reply.errors.push(error.to_string());
+            }
+        }
+    }
+    reply.timings.evaluators_us = super::micros(phase.started);
+}

@@ -1,0 +1,261 @@
+//! One message's way through the pipeline, as work that any thread can
+//! carry on.
+//!
+//! The thread that starts a message drives it through four phases, each a
+//! [`Relay`] of calls into plugins with host code between them:
+//!
+//! | phase      | one job per                    | deadline of a job          |
+//! |------------|--------------------------------|----------------------------|
+//! | providers  | plugin with providers to ask   | its slowest provider's     |
+//! | validate   | plugin                         | `validate_timeout_ms`      |
+//! | handler    | the chosen action (0 or 1 job) | the action's timeout       |
+//! | evaluators | evaluator                      | `evaluator_timeout_ms`     |
+//!
+//! The watchdog checks the run every tick ([`Watched`]). When a job runs
+//! past its deadline, the relay is taken over and a new thread carries on
+//! from the next job: the late call is reported as timed out (a provider's
+//! cached value served stale), and the message is answered on time. The
+//! first thread stays in the plugin until it returns, then leaves.
+//!
+//! Whoever finishes the last phase sends the reply to whoever waits for it.
+
+use super::message::{InboundMessage, Reply};
+use super::plan::ServingPlan;
+use super::{action, choose, evaluate, state};
+use crate::registry::Registry;
+use crate::watchdog::relay::{Relay, Relayed};
+use crate::watchdog::Watched;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+const PROVIDERS: u8 = 0;
+const VALIDATE: u8 = 1;
+const HANDLER: u8 = 2;
+const EVALUATORS: u8 = 3;
+const DONE: u8 = 4;
+
+/// What the watchdog saw at its last look.
+#[derive(Default)]
+pub(super) struct Seen {
+    phase: u8,
+    progress: u64,
+    since_ms: u64,
+}
+
+/// One message on its way through the pipeline.
+pub(crate) struct MessageRun {
+    pub(super) core: Arc<Registry>,
+    pub(super) plan: Arc<ServingPlan>,
+    pub(super) message: InboundMessage,
+    pub(super) started: Instant,
+    /// Whether the evaluators score this message (a batch scores its
+    /// messages together afterwards).
+    evaluate: bool,
+    phase: AtomicU8,
+    pub(super) providers: OnceLock<state::ProvidersPhase>,
+    /// The JSON context every plugin sees after the providers phase.
+    pub(super) context: OnceLock<Arc<str>>,
+    pub(super) validate: OnceLock<choose::ValidatePhase>,
+    pub(super) handler: OnceLock<action::HandlerPhase>,
+    pub(super) evaluators: OnceLock<evaluate::EvaluatorsPhase>,
+    /// The reply so far; only the driver touches it, between jobs.
+    pub(super) reply: Mutex<Reply>,
+    seen: Mutex<Seen>,
+    waiting: Mutex<Option<oneshot::Sender<Reply>>>,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MessageRun {
+    /// Admits a message and prepares its run; `None` when the host is
+    /// shutting down. The reply comes through the returned receiver.
+    pub(crate) fn start(
+        core: &Arc<Registry>,
+        message: InboundMessage,
+        evaluate: bool,
+    ) -> Option<(Arc<Self>, oneshot::Receiver<Reply>)> {
+        if !core.admission.enter_detached() {
+            return None;
+        }
+        let (sender, receiver) = oneshot::channel();
+        let reply = Reply {
+            id: message.id.clone(),
+            ..Reply::default()
+        };
+        let run = Arc::new(Self {
+            core: Arc::clone(core),
+            plan: core.serving_plan(),
+            message,
+            started: Instant::now(),
+            evaluate,
+            phase: AtomicU8::new(PROVIDERS),
+            providers: OnceLock::new(),
+            context: OnceLock::new(),
+            validate: OnceLock::new(),
+            handler: OnceLock::new(),
+            evaluators: OnceLock::new(),
+            reply: Mutex::new(reply),
+            seen: Mutex::new(Seen::default()),
+            waiting: Mutex::new(Some(sender)),
+        });
+        let watched: Arc<dyn Watched> = run.clone();
+        core.watchdog.watch(Arc::downgrade(&watched));
+        Some((run, receiver))
+    }
+
+    /// The context plugins saw, once the providers phase is over.
+    pub(super) fn context(&self) -> Arc<str> {
+        self.context
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Arc::from("{}"))
+    }
+
+    /// The watchdog's clock now.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.core.watchdog.now_ms()
+    }
+
+    /// Drives the message from where it stands, as driver number `driver`,
+    /// until it is answered or another thread takes over.
+    pub(crate) fn drive(self: &Arc<Self>, driver: u32) {
+        let _span = tracing::info_span!("message", id = %self.message.id).entered();
+        loop {
+            let phase = self.phase.load(Ordering::Acquire);
+            let relayed = match phase {
+                PROVIDERS => state::drive(self, driver),
+                VALIDATE => choose::drive(self, driver),
+                HANDLER => action::drive(self, driver),
+                EVALUATORS if self.evaluate => evaluate::drive(self, driver),
+                EVALUATORS => Relayed::Finished,
+                DONE.. => return,
+            };
+            if relayed == Relayed::Superseded {
+                return;
+            }
+            if phase == EVALUATORS {
+                self.finish();
+            }
+            self.phase.store(phase + 1, Ordering::Release);
+        }
+    }
+
+    fn finish(&self) {
+        let mut reply = std::mem::take(&mut *lock(&self.reply));
+        reply.timings.total_us = super::micros(self.started);
+        self.core.metrics.messages.inc();
+        self.core
+            .metrics
+            .message_seconds
+            .observe(self.started.elapsed().as_secs_f64());
+        if let Some(waiting) = lock(&self.waiting).take() {
+            // Nobody waits any more (a client gone): the reply is dropped.
+            let _ = waiting.send(reply);
+        }
+    }
+
+    /// Takes the relay in `relay` over if its job in progress is past
+    /// `deadline_ms`, and starts a thread that carries the message on.
+    fn check_relay<R: Send, G>(
+        self: &Arc<Self>,
+        phase: u8,
+        relay: &Relay<R, G>,
+        now_ms: u64,
+        deadline_ms: impl FnOnce(usize) -> u64,
+        holds: impl FnOnce(usize) -> G,
+    ) {
+        if let Some(next) = late(&self.seen, phase, relay, now_ms, deadline_ms, holds) {
+            let run = Arc::clone(self);
+            self.core.runtime().spawn_blocking(move || run.drive(next));
+        }
+    }
+}
+
+/// The watchdog's look at a relay: when its job in progress has not moved
+/// since an earlier look at least `deadline_ms` ago, takes the relay over
+/// and returns the new driver's number (who must then carry the work on).
+pub(super) fn late<R: Send, G>(
+    seen: &Mutex<Seen>,
+    phase: u8,
+    relay: &Relay<R, G>,
+    now_ms: u64,
+    deadline_ms: impl FnOnce(usize) -> u64,
+    holds: impl FnOnce(usize) -> G,
+) -> Option<u32> {
+    let (progress, job) = relay.in_progress()?;
+    let mut seen = lock(seen);
+    if seen.phase != phase || seen.progress != progress {
+        *seen = Seen {
+            phase,
+            progress,
+            since_ms: now_ms,
+        };
+        return None;
+    }
+    if now_ms.saturating_sub(seen.since_ms) < deadline_ms(job) {
+        return None;
+    }
+    drop(seen);
+    relay.take_over(progress, || holds(job))
+}
+
+impl Watched for MessageRun {
+    fn check(self: Arc<Self>, now_ms: u64) -> bool {
+        match self.phase.load(Ordering::Acquire) {
+            PROVIDERS => {
+                if let Some(phase) = self.providers.get() {
+                    self.check_relay(
+                        PROVIDERS,
+                        &phase.relay,
+                        now_ms,
+                        |job| phase.deadline_ms(job),
+                        |_| (),
+                    );
+                }
+            }
+            VALIDATE => {
+                if let Some(phase) = self.validate.get() {
+                    let limit = self.core.settings.validate_timeout_ms;
+                    self.check_relay(
+                        VALIDATE,
+                        &phase.relay,
+                        now_ms,
+                        |_| limit,
+                        |job| phase.hold(&self.plan, job),
+                    );
+                }
+            }
+            HANDLER => {
+                if let Some(phase) = self.handler.get() {
+                    let limit = phase.timeout_ms;
+                    self.check_relay(HANDLER, &phase.relay, now_ms, |_| limit, |_| ());
+                }
+            }
+            EVALUATORS => {
+                if let Some(phase) = self.evaluators.get() {
+                    let limit = self.core.settings.evaluator_timeout_ms;
+                    self.check_relay(
+                        EVALUATORS,
+                        &phase.relay,
+                        now_ms,
+                        |_| limit,
+                        |job| phase.hold(&self.plan, job),
+                    );
+                }
+            }
+            DONE.. => return false,
+        }
+        true
+    }
+}
+
+impl Drop for MessageRun {
+    fn drop(&mut self) {
+        self.core.admission.leave();
+    }
+}
