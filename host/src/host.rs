@@ -126,6 +126,12 @@ impl PluginHost {
         pipeline::answer(&self.core, self.prepare(message)).await
     }
 
+    /// [`PluginHost::answer`] from a thread outside the runtime, for tests.
+    #[cfg(test)]
+    pub(crate) fn answer_blocking(&self, message: InboundMessage) -> Reply {
+        self.core.runtime().block_on(self.answer(message))
+    }
+
     /// Runs several messages; evaluators score them together with their
     /// batch form. Blocks while plugin code runs.
     pub fn handle_batch(&self, messages: Vec<InboundMessage>) -> Vec<Reply> {

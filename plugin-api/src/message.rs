@@ -19,6 +19,11 @@ pub struct Context {
     /// The agent's state for this message, composed from providers: provider
     /// name to value.
     pub state: Map<String, Value>,
+    /// Providers whose value in `state` is stale: the provider could not
+    /// answer in time (or is backed off after failing), so the host served
+    /// its last cached value instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stale_providers: Vec<String>,
 }
 
 /// A message handed to an action, provider or evaluator.
@@ -167,6 +172,12 @@ impl<'a> Message<'a> {
     /// `validate` does too. Providers themselves get a message without it.
     pub fn state(&self, provider: &str) -> Option<&Value> {
         self.context().state.get(provider)
+    }
+
+    /// Whether the state value of `provider` is stale: its last cached
+    /// value, served because the provider could not answer in time.
+    pub fn is_stale(&self, provider: &str) -> bool {
+        self.context().stale_providers.iter().any(|p| p == provider)
     }
 }
 

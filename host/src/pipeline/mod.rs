@@ -32,6 +32,8 @@ mod batch;
 pub(crate) mod cache;
 mod choose;
 pub(crate) mod context;
+#[cfg(test)]
+mod deadline_tests;
 mod evaluate;
 mod message;
 pub(crate) mod plan;

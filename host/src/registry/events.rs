@@ -1,7 +1,9 @@
 //! The event bus: plugins and the host emit and subscribe to named events.
 //!
 //! Delivery never holds the bus lock while calling a handler, because a
-//! handler calls back into the host: it may emit or subscribe. One failing handler is logged and
+//! handler calls back into the host: it may emit or subscribe. A plugin's
+//! handler runs on the blocking pool and the emitter waits for it at most
+//! `event_timeout_ms` (see `Registry::deliver`). One failing handler is logged and
 //! reported; the others still run. Nesting (a handler emitting an event whose
 //! handler emits...) is bounded so a loop cannot overflow the stack.
 
@@ -71,6 +73,21 @@ impl Default for EventBus {
 
 thread_local! {
     static NESTING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// How deep events are nested on this thread now.
+pub(crate) fn nesting() -> u32 {
+    NESTING.with(Cell::get)
+}
+
+/// Runs `deliver` on this thread (a delivery moved to another thread) at
+/// the nesting depth of the thread that emitted, so that a handler loop
+/// stays bounded across threads.
+pub(crate) fn nested<T>(depth: u32, deliver: impl FnOnce() -> T) -> T {
+    let previous = NESTING.with(|n| n.replace(depth));
+    let result = deliver();
+    NESTING.with(|n| n.set(previous));
+    result
 }
 
 impl EventBus {

@@ -8,6 +8,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod callbacks;
+pub(crate) mod current_call;
 mod error;
 pub(crate) mod events;
 mod images;
@@ -246,14 +247,55 @@ impl Registry {
                 else {
                     return Ok(());
                 };
-                let _call = target
-                    .in_flight
-                    .enter(inflight::Entry::Event(event.name.clone()));
-                target
-                    .instance
-                    .on_event(subscription, &event.name, &payload_json)
-                    .map_err(|e| e.to_string())
+                self.deliver(&target, subscription, &event.name, &payload_json)
             })
+    }
+
+    /// Runs one plugin's event handler on the blocking pool, within its
+    /// bulkhead, and waits for it at most `event_timeout_ms`: a handler that
+    /// hangs is abandoned (and reported), never the emitter.
+    fn deliver(
+        &self,
+        target: &Arc<LivePlugin>,
+        subscription: u64,
+        event: &str,
+        payload_json: &str,
+    ) -> Result<(), String> {
+        let limit = self.settings.max_calls_in_flight;
+        let entry = format!("event handler for '{event}'");
+        let Some(call) = target
+            .in_flight
+            .try_enter(inflight::Entry::Event(event.to_string()), limit)
+        else {
+            return Err(target.instance.refused(entry, limit).to_string());
+        };
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let (plugin, name, payload) = (
+            Arc::clone(target),
+            event.to_string(),
+            payload_json.to_string(),
+        );
+        let nesting = events::nesting();
+        self.runtime.spawn_blocking(move || {
+            let _call = call;
+            let outcome = events::nested(nesting, || {
+                plugin.instance.on_event(subscription, &name, &payload)
+            });
+            let _ = sender.send(outcome);
+        });
+        let timeout_ms = self.settings.event_timeout_ms;
+        match receiver.recv_timeout(std::time::Duration::from_millis(timeout_ms)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => {
+                self.record_error(target, &error);
+                Err(error.to_string())
+            }
+            Err(_) => {
+                let error = target.instance.timed_out(entry, timeout_ms);
+                self.record_error(target, &error);
+                Err(error.to_string())
+            }
+        }
     }
 
     /// Stores a value pushed by one of a plugin's providers. A value pushed

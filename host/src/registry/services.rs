@@ -1,10 +1,13 @@
 //! The service table: which plugin provides each service, whether it runs,
-//! and calls to it (the caller's permission checked).
+//! and calls to it (the caller's permission checked, within the plugin's
+//! bulkhead, with a deadline: what is left of the caller's when plugin code
+//! calls from inside another call, else `service_timeout_ms`).
 
-use super::{read, write, HostError, LiveCaller, LivePlugin, Registry};
+use super::{current_call, read, write, HostError, LiveCaller, LivePlugin, Registry};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::ErrorKind;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A service registered by a plugin.
 #[derive(Clone)]
@@ -112,17 +115,93 @@ impl Registry {
                 ),
             ));
         }
-        let control = CallControl::default();
-        let _call = slot.plugin.in_flight.enter(super::inflight::Entry::Service(
-            slot.index,
-            method.to_string(),
-        ));
-        slot.plugin
-            .instance
-            .call_service(slot.index, method, args_json, &control)
-            .map_err(|error| {
-                self.record_error(&slot.plugin, &error);
-                HostError::from(error)
-            })
+        let entry = || format!("service '{service}' method '{method}'",);
+        let limit = self.settings.max_calls_in_flight;
+        let timeout = Duration::from_millis(self.settings.service_timeout_ms);
+        let own_deadline = unix_ms_after(timeout);
+        let Some(call) = slot.plugin.in_flight.try_enter(
+            super::inflight::Entry::Service(slot.index, method.to_string()),
+            limit,
+        ) else {
+            return Err(HostError::from(
+                slot.plugin.instance.refused(entry(), limit),
+            ));
+        };
+        match current_call::inherited() {
+            // Inside another call: at most what is left of the caller's
+            // deadline, run here (the caller's deadline bounds the chain).
+            Some((caller_deadline, cancelled)) => {
+                let deadline = match caller_deadline {
+                    0 => own_deadline,
+                    caller => caller.min(own_deadline),
+                };
+                if cancelled || unix_ms_now() >= deadline {
+                    return Err(HostError::new(
+                        ErrorKind::Cancelled,
+                        format!(
+                            "service '{service}' method '{method}' not called: the calling call's deadline has passed"
+                        ),
+                    ));
+                }
+                let control = CallControl::with_deadline(deadline);
+                let outcome = current_call::within(&control, || {
+                    slot.plugin
+                        .instance
+                        .call_service(slot.index, method, args_json, &control)
+                });
+                drop(call);
+                outcome.map_err(|error| {
+                    self.record_error(&slot.plugin, &error);
+                    HostError::from(error)
+                })
+            }
+            // From a plugin's own thread or the host: on the blocking pool,
+            // abandoned at the service timeout.
+            None => {
+                let control = Arc::new(CallControl::with_deadline(own_deadline));
+                let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+                let (plugin, index) = (Arc::clone(&slot.plugin), slot.index);
+                let (method_owned, args) = (method.to_string(), args_json.to_string());
+                let control_bg = Arc::clone(&control);
+                self.runtime().spawn_blocking(move || {
+                    let _call = call;
+                    let outcome = current_call::within(&control_bg, || {
+                        plugin
+                            .instance
+                            .call_service(index, &method_owned, &args, &control_bg)
+                    });
+                    let _ = sender.send(outcome);
+                });
+                match receiver.recv_timeout(timeout) {
+                    Ok(outcome) => outcome.map_err(|error| {
+                        self.record_error(&slot.plugin, &error);
+                        HostError::from(error)
+                    }),
+                    Err(_) => {
+                        control.cancel();
+                        let error = slot
+                            .plugin
+                            .instance
+                            .timed_out(entry(), self.settings.service_timeout_ms);
+                        self.record_error(&slot.plugin, &error);
+                        Err(HostError::from(error))
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Milliseconds since the Unix epoch now.
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds since the Unix epoch, `timeout` from now (rounded up).
+fn unix_ms_after(timeout: Duration) -> u64 {
+    unix_ms_now()
+        .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+        .saturating_add(1)
 }

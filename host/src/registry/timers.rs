@@ -1,5 +1,6 @@
 //! Plugin timers: tokio tasks that fire a plugin's timer handler through
-//! the admission gate, owned by the plugin's generation.
+//! the admission gate and the plugin's bulkhead, owned by the plugin's
+//! generation; a handler past `timer_timeout_ms` is abandoned.
 
 use super::Registry;
 use std::sync::{Arc, PoisonError};
@@ -33,17 +34,31 @@ impl Registry {
                     }
                     _ => return,
                 };
+                let timeout = Duration::from_millis(core_now.settings.timer_timeout_ms);
+                let limit = core_now.settings.max_calls_in_flight;
                 let fired = tokio::task::spawn_blocking(move || {
                     // A host shutting down fires no more timers.
                     let Some(_admitted) = core_now.admission.enter() else {
                         return Ok(());
                     };
-                    let _call = target.in_flight.enter(super::inflight::Entry::Timer(timer));
+                    let Some(_call) = target
+                        .in_flight
+                        .try_enter(super::inflight::Entry::Timer(timer), limit)
+                    else {
+                        return Err(target.instance.refused(format!("timer {timer}"), limit));
+                    };
                     target.instance.on_timer(timer)
-                })
-                .await;
-                if let Ok(Err(error)) = fired {
-                    tracing::warn!(plugin = %owner, "{error}");
+                });
+                // A timer handler past its deadline is abandoned: the next
+                // tick does not wait for it (its bulkhead bounds the pile).
+                match tokio::time::timeout(timeout, fired).await {
+                    Ok(Ok(Err(error))) => tracing::warn!(plugin = %owner, "{error}"),
+                    Err(_) => tracing::warn!(
+                        plugin = %owner,
+                        "timer {timer}: timed out after {} ms (abandoned; it keeps its thread until it returns)",
+                        timeout.as_millis()
+                    ),
+                    Ok(_) => {}
                 }
                 if every_ms == 0 {
                     break;

@@ -1,0 +1,281 @@
+//! Deadlines and bulkheads, driven by plugin values in memory: a late call
+//! is abandoned on time and the message goes on without it; a plugin with
+//! too many calls in flight is refused at once while the others serve.
+//!
+//! Plugins here block on a [`Gate`] instead of sleeping, so every stuck
+//! call is released when its test ends.
+
+use crate::plugin::in_memory::{host_with, message, source};
+use agent_host_plugin_sdk::{json, Action, ActionResult, Evaluation, Evaluator, Plugin, Provider};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Holds plugin calls until the test opens it (at the latest after 10 s,
+/// so a failed test leaves no call stuck for long).
+#[derive(Clone, Default)]
+struct Gate(Arc<AtomicBool>);
+
+impl Gate {
+    fn wait(&self) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !self.0.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn open(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn answering(name: &'static str, accepts: &'static str) -> Action {
+    Action::new(name)
+        .validate(move |m| m.text().contains(accepts))
+        .handler(move |_, _| Ok(ActionResult::text(name)))
+}
+
+fn answer_timed(host: &crate::PluginHost, text: &str) -> (crate::Reply, Duration) {
+    let started = Instant::now();
+    let reply = host.answer_blocking(message(text));
+    (reply, started.elapsed())
+}
+
+#[test]
+fn a_hung_provider_is_left_out_on_time_and_its_cached_value_served_stale() {
+    let gate = Gate::default();
+    let hang = Arc::new(AtomicBool::new(false));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (plugin_gate, plugin_hang, plugin_asked) =
+        (gate.clone(), Arc::clone(&hang), Arc::clone(&asked));
+    let (host, report) = host_with(
+        "[host]\nprovider_backoff_after = 2\n",
+        vec![
+            source("slow.so", move || {
+                let (gate, hang, asked) = (
+                    plugin_gate.clone(),
+                    Arc::clone(&plugin_hang),
+                    Arc::clone(&plugin_asked),
+                );
+                Plugin::new("slow", "1.0.0").provider(
+                    Provider::new("weather")
+                        .timeout(Duration::from_millis(100))
+                        .cache(Duration::from_millis(1), false)
+                        .get(move |_, _| {
+                            asked.fetch_add(1, Ordering::SeqCst);
+                            if hang.load(Ordering::SeqCst) {
+                                gate.wait();
+                            }
+                            Ok(json!({"sky": "clear"}))
+                        }),
+                )
+            }),
+            source("count.so", || {
+                Plugin::new("count", "1.0.0").action(answering("COUNT", "count"))
+            }),
+        ],
+    );
+    assert!(report.is_clean(), "{:?}", report.failures);
+    let (first, _) = answer_timed(&host, "count");
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    hang.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(5));
+
+    let (late, took) = answer_timed(&host, "count");
+    assert_eq!(late.text, "COUNT", "the message is answered without it");
+    assert!(
+        took < Duration::from_millis(1500),
+        "answered on time: {took:?}"
+    );
+    assert!(
+        late.errors
+            .iter()
+            .any(|e| e == "plugin 'slow': provider 'weather' get: timed out after 100 ms (the host cancelled the call and went on without it)"),
+        "{:?}",
+        late.errors
+    );
+
+    // The second timeout in a row backs the provider off: the next message
+    // does not ask it, and is served the stale value at once.
+    let (_, _) = answer_timed(&host, "count");
+    let asked_before = asked.load(Ordering::SeqCst);
+    let (backed_off, took) = answer_timed(&host, "count");
+    assert!(took < Duration::from_millis(50), "not asked: {took:?}");
+    assert_eq!(asked.load(Ordering::SeqCst), asked_before, "not asked");
+    assert!(
+        backed_off
+            .errors
+            .iter()
+            .any(|e| e.contains("provider 'weather' get: backed off after 2 failures in a row")),
+        "{:?}",
+        backed_off.errors
+    );
+    gate.open();
+}
+
+#[test]
+fn the_context_marks_a_stale_value() {
+    let gate = Gate::default();
+    let hang = Arc::new(AtomicBool::new(false));
+    let (plugin_gate, plugin_hang) = (gate.clone(), Arc::clone(&hang));
+    let (host, _) = host_with(
+        "",
+        vec![source("p.so", move || {
+            let (gate, hang) = (plugin_gate.clone(), Arc::clone(&plugin_hang));
+            Plugin::new("p", "1.0.0")
+                .provider(
+                    Provider::new("weather")
+                        .timeout(Duration::from_millis(50))
+                        .cache(Duration::from_millis(1), false)
+                        .get(move |_, _| {
+                            if hang.load(Ordering::SeqCst) {
+                                gate.wait();
+                            }
+                            Ok(json!("sunny"))
+                        }),
+                )
+                .action(Action::new("SHOW").validate(|_| true).handler(|m, _| {
+                    Ok(ActionResult::text(format!(
+                        "{} stale={}",
+                        m.state("weather").cloned().unwrap_or_default(),
+                        m.is_stale("weather")
+                    )))
+                }))
+        })],
+    );
+    let (fresh, _) = answer_timed(&host, "x");
+    assert_eq!(fresh.text, r#""sunny" stale=false"#);
+    hang.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(5));
+    let (stale, _) = answer_timed(&host, "x");
+    assert_eq!(stale.text, r#""sunny" stale=true"#, "{:?}", stale.errors);
+    gate.open();
+}
+
+#[test]
+fn a_slow_validate_is_abandoned_and_the_other_actions_answer() {
+    let gate = Gate::default();
+    let plugin_gate = gate.clone();
+    let (host, _) = host_with(
+        "[host]\nvalidate_timeout_ms = 100\n",
+        vec![
+            source("slow.so", move || {
+                let gate = plugin_gate.clone();
+                Plugin::new("slow", "1.0.0").action(
+                    Action::new("SLOW")
+                        .priority(9)
+                        .validate(move |_| {
+                            gate.wait();
+                            true
+                        })
+                        .handler(|_, _| Ok(ActionResult::text("SLOW"))),
+                )
+            }),
+            source("fast.so", || {
+                Plugin::new("fast", "1.0.0").action(answering("FAST", ""))
+            }),
+        ],
+    );
+    let (reply, took) = answer_timed(&host, "hello");
+    assert_eq!(reply.text, "FAST");
+    assert!(took < Duration::from_millis(1000), "on time: {took:?}");
+    assert_eq!(
+        reply.errors,
+        vec!["plugin 'slow': actions' validate: timed out after 100 ms (the host cancelled the call and went on without it)".to_string()]
+    );
+    gate.open();
+}
+
+#[test]
+fn a_hung_evaluator_is_abandoned_and_the_others_score() {
+    let gate = Gate::default();
+    let plugin_gate = gate.clone();
+    let (host, _) = host_with(
+        "[host]\nevaluator_timeout_ms = 100\n",
+        vec![source("e.so", move || {
+            let gate = plugin_gate.clone();
+            Plugin::new("e", "1.0.0")
+                .evaluator(Evaluator::new("hung").evaluate(move |_, rt| {
+                    while !rt.is_cancelled() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    gate.wait();
+                    Ok(Evaluation::new(1.0, true))
+                }))
+                .evaluator(Evaluator::new("quick").evaluate(|_, _| Ok(Evaluation::new(0.5, true))))
+        })],
+    );
+    let (reply, took) = answer_timed(&host, "x");
+    assert!(took < Duration::from_millis(1000), "on time: {took:?}");
+    assert_eq!(reply.evaluations.len(), 1);
+    assert_eq!(&*reply.evaluations[0].evaluator, "quick");
+    assert_eq!(
+        reply.errors,
+        vec!["plugin 'e': evaluator 'hung' evaluate: timed out after 100 ms (the host cancelled the call and went on without it)".to_string()]
+    );
+    gate.open();
+}
+
+#[test]
+fn a_plugin_at_its_limit_is_refused_at_once_while_another_serves() {
+    let gate = Gate::default();
+    let entered = Arc::new(AtomicUsize::new(0));
+    let (plugin_gate, plugin_entered) = (gate.clone(), Arc::clone(&entered));
+    let (host, _) = host_with(
+        "[host]\nmax_calls_in_flight = 2\naction_timeout_ms = 60000\n",
+        vec![
+            source("stuck.so", move || {
+                let (gate, entered) = (plugin_gate.clone(), Arc::clone(&plugin_entered));
+                Plugin::new("stuck", "1.0.0").action(
+                    Action::new("STUCK")
+                        .validate(|m| m.text() == "stuck")
+                        .handler(move |_, _| {
+                            entered.fetch_add(1, Ordering::SeqCst);
+                            gate.wait();
+                            Ok(ActionResult::text("done"))
+                        }),
+                )
+            }),
+            source("fast.so", || {
+                Plugin::new("fast", "1.0.0").action(answering("FAST", "fast"))
+            }),
+        ],
+    );
+    let host = Arc::new(host);
+    let stuck: Vec<_> = (0..2)
+        .map(|_| {
+            let host = Arc::clone(&host);
+            std::thread::spawn(move || host.handle_message(message("stuck")))
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_secs(5);
+    while entered.load(Ordering::SeqCst) < 2 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(entered.load(Ordering::SeqCst), 2);
+
+    let (refused, took) = answer_timed(&host, "stuck");
+    assert!(
+        took < Duration::from_millis(200),
+        "refused at once: {took:?}"
+    );
+    assert!(!refused.ok);
+    assert_eq!(entered.load(Ordering::SeqCst), 2, "no third call went in");
+    assert!(
+        refused.errors.iter().any(|e| e.contains("plugin 'stuck'")
+            && e.contains("already has 2 calls in flight (its limit)")),
+        "{:?}",
+        refused.errors
+    );
+    let (fast, took) = answer_timed(&host, "fast");
+    assert_eq!(fast.text, "FAST");
+    assert!(
+        took < Duration::from_millis(200),
+        "the other plugin serves: {took:?}"
+    );
+
+    gate.open();
+    for call in stuck {
+        assert_eq!(call.join().expect("joins").text, "done");
+    }
+}
