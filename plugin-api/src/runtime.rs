@@ -265,9 +265,10 @@ impl<'a> Runtime<'a> {
     /// Emits an event with a payload (any `Serialize` value; `&()` for none).
     ///
     /// In the host this needs `event:emit:NAME` (a granted pattern such as
-    /// `event:emit:weather:*` covers every name it prefixes). Handlers run
-    /// synchronously on the emitting thread; a failing handler is logged and
-    /// does not stop the others, nor fail the `emit`.
+    /// `event:emit:weather:*` covers every name it prefixes). `emit` returns
+    /// once every handler has run, each on the host's blocking pool, or has
+    /// missed its deadline (the host's `event_timeout_ms`); a failing or late
+    /// handler is logged and does not stop the others, nor fail the `emit`.
     ///
     /// ```
     /// use agent_host_plugin_sdk::{json, testing::TestHost};
