@@ -279,3 +279,24 @@ fn a_plugin_at_its_limit_is_refused_at_once_while_another_serves() {
         assert_eq!(call.join().expect("joins").text, "done");
     }
 }
+
+#[test]
+fn a_call_within_its_deadline_is_never_taken_for_late_however_old_the_host() {
+    let (host, _) = host_with(
+        "[host]\nprovider_timeout_ms = 50\n",
+        vec![source("p.so", || {
+            Plugin::new("p", "1.0.0")
+                .provider(Provider::new("slowish").get(|_, _| {
+                    std::thread::sleep(Duration::from_millis(10));
+                    Ok(json!(1))
+                }))
+                .action(answering("A", ""))
+        })],
+    );
+    // The watchdog's clock is now well past the provider's deadline.
+    std::thread::sleep(Duration::from_millis(150));
+    for _ in 0..5 {
+        let (reply, _) = answer_timed(&host, "x");
+        assert!(reply.errors.is_empty(), "{:?}", reply.errors);
+    }
+}

@@ -37,11 +37,22 @@ const EVALUATORS: u8 = 3;
 const DONE: u8 = 4;
 
 /// What the watchdog saw at its last look.
-#[derive(Default)]
 pub(super) struct Seen {
     phase: u8,
     progress: u64,
     since_ms: u64,
+}
+
+impl Default for Seen {
+    /// Nothing seen yet: matches no phase, so the first look starts the
+    /// count (a fresh run's first job must not look as old as the host).
+    fn default() -> Self {
+        Self {
+            phase: u8::MAX,
+            progress: u64::MAX,
+            since_ms: 0,
+        }
+    }
 }
 
 /// One message on its way through the pipeline.
