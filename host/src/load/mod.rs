@@ -23,11 +23,12 @@ use crate::dependencies::{resolve, Candidate, Unresolved};
 use crate::load::discovery::plugin_files;
 use crate::load::private_copy::ShadowDir;
 use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin};
+use crate::pipeline::triggers::PluginTriggers;
 use crate::plugin::PluginInstance;
 use crate::plugin::{InstanceParts, PluginSource};
 use crate::registry::callbacks::PluginCallbacks;
 use crate::registry::{LivePlugin, Registry};
-use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
+use agent_host_plugin_sdk::manifest::{Dependency, Manifest, ValidManifest};
 use semver::Version;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,18 @@ pub(crate) struct Prepared {
     pub(crate) manifest: Manifest,
     pub(crate) version: Version,
     pub(crate) dependencies: Vec<Dependency>,
+    pub(crate) triggers: Arc<PluginTriggers>,
+}
+
+/// The manifest checks the host makes before it runs any code of a plugin:
+/// [`Manifest::validate`], then the compilation of its action triggers. The
+/// error is one line naming the field and the cause.
+pub(crate) fn check_manifest(
+    manifest: &Manifest,
+) -> Result<(ValidManifest, Arc<PluginTriggers>), String> {
+    let valid = manifest.validate().map_err(|e| e.to_string())?;
+    let triggers = PluginTriggers::compile(manifest).map_err(|e| e.to_string())?;
+    Ok((valid, Arc::new(triggers)))
 }
 
 impl Prepared {
@@ -107,23 +120,24 @@ fn open_files(
     sources
 }
 
-/// Validates every manifest of every source.
+/// Checks every manifest of every source ([`check_manifest`]).
 fn prepare(sources: &[Arc<dyn PluginSource>], report: &mut LoadReport) -> Vec<Prepared> {
     let mut prepared = Vec::new();
     for source in sources {
         for (index, manifest) in source.manifests().iter().enumerate() {
-            match manifest.validate() {
-                Ok(valid) => prepared.push(Prepared {
+            match check_manifest(manifest) {
+                Ok((valid, triggers)) => prepared.push(Prepared {
                     source: Arc::clone(source),
                     index: index as u32,
                     manifest: manifest.clone(),
                     version: valid.version,
                     dependencies: valid.dependencies,
+                    triggers,
                 }),
                 Err(error) => report.failures.push(LoadFailure {
                     file: source.file().to_path_buf(),
                     plugin: (!manifest.name.is_empty()).then(|| manifest.name.clone()),
-                    error: Box::new(LoadError::Manifest(error.to_string())),
+                    error: Box::new(LoadError::Manifest(error)),
                 }),
             }
         }
@@ -202,6 +216,7 @@ pub(crate) fn instantiate(
     );
     let live = Arc::new(LivePlugin::new(
         instance,
+        Arc::clone(&p.triggers),
         permissions,
         order,
         generation,

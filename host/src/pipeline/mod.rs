@@ -4,7 +4,9 @@
 //!    (`cache.ttl_ms`), stale ones at once with a background refresh
 //!    (`stale_while_revalidate`), pushed values from subscriptions; each
 //!    provider isolated (a failure is reported and left out);
-//! 2. ask every action's `validate` (validate always gates the handler);
+//! 2. ask the `validate` of every action whose triggers match the message
+//!    (all of a plugin's actions that declare none; validate always gates
+//!    the handler);
 //! 3. pick the highest priority valid action (ties: the plugin earlier in
 //!    load order, then the action earlier in its plugin);
 //! 4. check the sender holds the action's permissions;
@@ -31,6 +33,7 @@ pub(crate) mod ratelimit;
 mod state;
 #[cfg(test)]
 mod tests;
+pub(crate) mod triggers;
 
 pub use message::{
     ActionRef, EvaluationRecord, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,
@@ -66,7 +69,7 @@ fn answer(core: &Arc<Registry>, plan: &ServingPlan, message: &InboundMessage) ->
     let view = view_of(message, &context);
 
     let step = Instant::now();
-    let chosen = choose_action(core, &plan.plugins, view, &mut reply.errors);
+    let chosen = choose_action(core, plan, view, &mut reply.errors);
     reply.timings.validate_us = micros(step);
 
     let step = Instant::now();
