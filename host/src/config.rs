@@ -8,6 +8,7 @@
 //! quarantine_window_ms = 60000
 //! max_plugin_bytes = 536870912   # larger plugin files are refused unread
 //! shutdown_grace_ms = 10000      # on Ctrl-C or SIGTERM, how long calls in flight may finish
+//! lazy_plugins = ["notes", "bench-*"]  # checked at load, started when first needed
 //!
 //! [plugins.weather]              # merged over the plugin's default config,
 //! base_url = "http://127.0.0.1:8080"   # then validated against its JSON Schema
@@ -56,6 +57,23 @@ pub struct HostSettings {
     ///
     /// [`PluginHost::shutdown`]: crate::PluginHost::shutdown
     pub shutdown_grace_ms: u64,
+    /// Plugins started only when first needed (a name, or a prefix ending
+    /// in `*`): checked at load like the others (file, ABI, manifest,
+    /// dependencies), then started by the first message one of their
+    /// actions' triggers matches (any message, for an action without
+    /// triggers), the first call to one of their services, or the first
+    /// event matching a pattern their manifest subscribes to. A lazy
+    /// plugin another plugin depends on starts before that plugin does.
+    pub lazy_plugins: Vec<String>,
+}
+
+impl HostSettings {
+    /// Whether the operator made the plugin `name` lazy.
+    pub fn is_lazy(&self, name: &str) -> bool {
+        self.lazy_plugins
+            .iter()
+            .any(|pattern| matches(pattern, name))
+    }
 }
 
 impl Default for HostSettings {
@@ -68,6 +86,7 @@ impl Default for HostSettings {
             mapped_bytes_warning: 256 * 1024 * 1024,
             max_plugin_bytes: 512 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
+            lazy_plugins: Vec::new(),
         }
     }
 }
@@ -382,6 +401,10 @@ mod tests {
         assert_eq!(parsed.host.shutdown_grace_ms, 10_000, "the default");
         let grace = AgentConfig::parse("[host]\nshutdown_grace_ms = 250\n").expect("parses");
         assert_eq!(grace.host.shutdown_grace_ms, 250);
+        let lazy = AgentConfig::parse("[host]\nlazy_plugins = [\"notes\", \"bench-*\"]\n")
+            .expect("parses");
+        assert!(lazy.host.is_lazy("notes") && lazy.host.is_lazy("bench-7"));
+        assert!(!lazy.host.is_lazy("note") && !parsed.host.is_lazy("notes"));
         assert_eq!(parsed.plugins["weather"]["units"], "metric");
     }
 }

@@ -17,6 +17,8 @@
 //! 7. run every evaluator on the message (the batch form for a batch);
 //! 8. answer with the handler's result, the evaluations and the timings.
 //!
+//! First, the lazy plugins the message needs are started (see
+//! `registry/lazy.rs`); their start failures lead the reply's `errors`.
 //! Plugins that are quarantined take no part. A message that arrives once
 //! the host shuts down is answered with [`SHUTTING_DOWN`] and reaches no
 //! plugin. Nothing here fails: every
@@ -111,8 +113,10 @@ pub fn handle_message(core: &Arc<Registry>, message: &InboundMessage) -> Reply {
         return refused(message);
     };
     let started = Instant::now();
+    let start_failures = core.start_pending_for_message(&message.text);
     let plan = core.serving_plan();
     let (mut reply, context) = answer(core, &plan, message);
+    reply.errors.splice(0..0, start_failures);
     let view = view_of(message, &context);
     let step = Instant::now();
     let control = CallControl::default();
@@ -146,9 +150,16 @@ pub fn handle_batch(core: &Arc<Registry>, messages: &[InboundMessage]) -> Vec<Re
         return messages.iter().map(refused).collect();
     };
     let started = Instant::now();
+    let start_failures: Vec<Vec<String>> = messages
+        .iter()
+        .map(|m| core.start_pending_for_message(&m.text))
+        .collect();
     let plan = core.serving_plan();
     let (mut replies, contexts): (Vec<Reply>, Vec<String>) =
         messages.iter().map(|m| answer(core, &plan, m)).unzip();
+    for (reply, failures) in replies.iter_mut().zip(start_failures) {
+        reply.errors.splice(0..0, failures);
+    }
     let views: Vec<MessageRef<'_>> = messages
         .iter()
         .zip(&contexts)

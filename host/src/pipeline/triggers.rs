@@ -195,11 +195,6 @@ impl TriggerIndex {
         }
     }
 
-    /// Whether no plugin of the index declares triggers.
-    pub(crate) fn is_untriggered(&self) -> bool {
-        self.targets == 0
-    }
-
     /// Which triggered actions `text` matches. Costs nothing when no plugin
     /// declares triggers.
     pub(crate) fn hits(&self, text: &str) -> Hits {
@@ -359,7 +354,7 @@ mod tests {
         assert_eq!(asked(&index, "x", 1), Some(vec![0, 1]));
 
         let untriggered = TriggerIndex::new([&plain]);
-        assert!(untriggered.is_untriggered());
+        assert_eq!(untriggered.targets, 0);
         assert_eq!(asked(&untriggered, "anything", 0), None);
     }
 
