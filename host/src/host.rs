@@ -587,7 +587,7 @@ impl PluginStatus {
             load_order: plugin.load_order,
             quarantined: false,
             permissions: plugin.permissions.clone(),
-            manifest: m.clone(),
+            manifest: (**m).clone(),
             services: m
                 .services
                 .iter()

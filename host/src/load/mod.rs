@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub(crate) struct Prepared {
     pub(crate) source: Arc<dyn PluginSource>,
     pub(crate) index: u32,
-    pub(crate) manifest: Manifest,
+    pub(crate) manifest: Arc<Manifest>,
     pub(crate) version: Version,
     pub(crate) dependencies: Vec<Dependency>,
     pub(crate) triggers: Arc<PluginTriggers>,
@@ -135,7 +135,7 @@ fn prepare(sources: &[Arc<dyn PluginSource>], report: &mut LoadReport) -> Vec<Pr
                 Ok((valid, triggers)) => prepared.push(Prepared {
                     source: Arc::clone(source),
                     index: index as u32,
-                    manifest: manifest.clone(),
+                    manifest: Arc::new(manifest.clone()),
                     version: valid.version,
                     dependencies: valid.dependencies,
                     triggers,
@@ -212,7 +212,7 @@ pub(crate) fn instantiate(
         .map_err(|e| p.failure(LoadError::Create(e.message().to_string())))?;
     let instance = PluginInstance::new(
         InstanceParts {
-            manifest: p.manifest.clone(),
+            manifest: (*p.manifest).clone(),
             version: p.version.clone(),
             dependencies: p.dependencies.clone(),
             file: p.source.file().to_path_buf(),
@@ -328,7 +328,7 @@ fn pending(p: &Prepared, order: usize, config: &Arc<AgentConfig>) -> PendingPlug
         Ok(live)
     });
     PendingPlugin {
-        manifest: p.manifest.clone(),
+        manifest: Arc::clone(&p.manifest),
         version: p.version.clone(),
         dependencies: p.dependencies.clone(),
         file: p.source.file().to_path_buf(),
@@ -485,7 +485,37 @@ pub(crate) fn load_sources(
         order_of[i] = base_order + order;
     }
     for level in &resolution.levels {
-        let level: Vec<usize> = level.iter().copied().filter(|&i| i >= k).collect();
+        let (lazy, level): (Vec<usize>, Vec<usize>) =
+            level.iter().copied().filter(|&i| i >= k).partition(|&i| {
+                lazy_config.is_some() && config.host.is_lazy(&prepared[i - k].manifest.name)
+            });
+        if let Some(shared) = lazy_config.as_ref() {
+            // Checked, not started: one registration for the whole level.
+            let failed = failed_at_start
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let mut waiting = Vec::with_capacity(lazy.len());
+            for &i in &lazy {
+                let p = &prepared[i - k];
+                if let Some(d) = resolution.failed_requirement(&candidates, i, &failed) {
+                    let skipped = Unresolved::DependencyFailed {
+                        dependency: candidates[d].name.clone(),
+                    };
+                    failed_at_start
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(i);
+                    report
+                        .failures
+                        .push(p.failure(LoadError::Dependencies(skipped)));
+                    continue;
+                }
+                waiting.push(pending(p, order_of[i], shared));
+                report.loaded.push(describe(p, order_of[i], true));
+            }
+            core.add_pending(waiting);
+        }
         let outcomes = parallel_map(&level, |&i| {
             let p = &prepared[i - k];
             let failed = failed_at_start
@@ -498,27 +528,19 @@ pub(crate) fn load_sources(
                 };
                 return Err(p.failure(LoadError::Dependencies(skipped)));
             }
-            if let Some(shared) = lazy_config.as_ref() {
-                if config.host.is_lazy(&p.manifest.name) {
-                    core.add_pending(pending(p, order_of[i], shared));
-                    return Ok(true);
-                }
-            }
             start_pending_dependencies(core, p)?;
-            start(core, p, order_of[i], config).map(|_| false)
+            start(core, p, order_of[i], config)
         });
         for (&i, outcome) in level.iter().zip(outcomes) {
             let p = &prepared[i - k];
             match outcome {
-                Ok(lazy) => {
-                    report.loaded.push(describe(p, order_of[i], lazy));
-                    if !lazy {
-                        core.emit(
-                            "host",
-                            "plugin:loaded",
-                            json!({"plugin": p.manifest.name, "version": p.manifest.version}),
-                        );
-                    }
+                Ok(_) => {
+                    report.loaded.push(describe(p, order_of[i], false));
+                    core.emit(
+                        "host",
+                        "plugin:loaded",
+                        json!({"plugin": p.manifest.name, "version": p.manifest.version}),
+                    );
                 }
                 Err(failure) => {
                     failed_at_start

@@ -31,7 +31,7 @@ pub(crate) type Starter =
 /// A plugin checked and waiting to be started.
 pub(crate) struct PendingPlugin {
     /// Its checked manifest.
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
     /// Its parsed version.
     pub version: Version,
     /// Its parsed dependencies.
@@ -146,14 +146,17 @@ impl LazyPlugins {
 }
 
 impl Registry {
-    /// Adds a plugin that starts when first needed.
-    pub(crate) fn add_pending(&self, plugin: PendingPlugin) {
+    /// Adds plugins that start when first needed.
+    pub(crate) fn add_pending(&self, plugins: Vec<PendingPlugin>) {
+        if plugins.is_empty() {
+            return;
+        }
         let mut pending = self
             .lazy
             .pending
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        pending.push(Arc::new(plugin));
+        pending.extend(plugins.into_iter().map(Arc::new));
         pending.sort_by_key(|p| p.load_order);
         self.lazy.changed(&pending);
     }

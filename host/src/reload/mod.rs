@@ -191,7 +191,7 @@ pub(crate) fn reload(
         let prepared = Prepared {
             source: opened,
             index: index as u32,
-            manifest,
+            manifest: Arc::new(manifest),
             version: valid.version,
             dependencies: valid.dependencies,
             triggers,
