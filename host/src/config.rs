@@ -15,6 +15,7 @@
 //! event_timeout_ms = 5000
 //! timer_timeout_ms = 30000
 //! max_calls_in_flight = 32       # per plugin; calls beyond it are refused at once
+//! lazy_plugins = ["notes", "bench-*"]  # checked at load, started when first needed
 //!
 //! [plugins.weather]              # merged over the plugin's default config,
 //! base_url = "http://127.0.0.1:8080"   # then validated against its JSON Schema
@@ -90,6 +91,23 @@ pub struct HostSettings {
     pub provider_backoff_after: u32,
     /// The longest a provider stays backed off, in milliseconds.
     pub provider_backoff_max_ms: u64,
+    /// Plugins started only when first needed (a name, or a prefix ending
+    /// in `*`): checked at load like the others (file, ABI, manifest,
+    /// dependencies), then started by the first message one of their
+    /// actions' triggers matches (any message, for an action without
+    /// triggers), the first call to one of their services, or the first
+    /// event matching a pattern their manifest subscribes to. A lazy
+    /// plugin another plugin depends on starts before that plugin does.
+    pub lazy_plugins: Vec<String>,
+}
+
+impl HostSettings {
+    /// Whether the operator made the plugin `name` lazy.
+    pub fn is_lazy(&self, name: &str) -> bool {
+        self.lazy_plugins
+            .iter()
+            .any(|pattern| matches(pattern, name))
+    }
 }
 
 impl Default for HostSettings {
@@ -111,6 +129,7 @@ impl Default for HostSettings {
             max_calls_in_flight: 32,
             provider_backoff_after: 3,
             provider_backoff_max_ms: 60_000,
+            lazy_plugins: Vec::new(),
         }
     }
 }
@@ -425,6 +444,10 @@ mod tests {
         assert_eq!(parsed.host.shutdown_grace_ms, 10_000, "the default");
         let grace = AgentConfig::parse("[host]\nshutdown_grace_ms = 250\n").expect("parses");
         assert_eq!(grace.host.shutdown_grace_ms, 250);
+        let lazy = AgentConfig::parse("[host]\nlazy_plugins = [\"notes\", \"bench-*\"]\n")
+            .expect("parses");
+        assert!(lazy.host.is_lazy("notes") && lazy.host.is_lazy("bench-7"));
+        assert!(!lazy.host.is_lazy("note") && !parsed.host.is_lazy("notes"));
         assert_eq!(parsed.plugins["weather"]["units"], "metric");
     }
 }

@@ -86,13 +86,24 @@ impl PluginHost {
         &self.config.host
     }
 
-    /// Names of loaded plugins in load order.
+    /// Names of loaded plugins in load order, the lazy ones not started
+    /// yet included.
     pub fn plugin_names(&self) -> Vec<String> {
-        self.core
+        let mut names: Vec<(usize, String)> = self
+            .core
             .plugins()
             .iter()
-            .map(|p| p.name().to_string())
-            .collect()
+            .map(|p| (p.load_order, p.name().to_string()))
+            .collect();
+        names.extend(
+            self.core
+                .pending()
+                .iter()
+                .map(|p| (p.load_order, p.name().to_string())),
+        );
+        names.sort();
+        names.dedup_by(|a, b| a.1 == b.1);
+        names.into_iter().map(|(_, name)| name).collect()
     }
 
     /// Gives a message an id if it has none, and the sender's permissions
@@ -171,12 +182,13 @@ impl PluginHost {
             .reloading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let loaded: Vec<std::path::PathBuf> = self
+        let mut loaded: Vec<std::path::PathBuf> = self
             .core
             .plugins()
             .iter()
             .map(|p| p.instance.file.clone())
             .collect();
+        loaded.extend(self.core.pending().iter().map(|p| p.file.clone()));
         let files: Vec<std::path::PathBuf> = crate::load::discovery::plugin_files(dir)?
             .into_iter()
             .filter(|f| {
@@ -203,11 +215,18 @@ impl PluginHost {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let plugins = self.core.plugins();
+        let pending = self.core.pending();
         let mut doomed: Vec<String> = plugins
             .iter()
             .filter(|p| crate::load::discovery::same_place(&p.instance.file, file))
             .map(|p| p.name().to_string())
             .collect();
+        doomed.extend(
+            pending
+                .iter()
+                .filter(|p| crate::load::discovery::same_place(&p.file, file))
+                .map(|p| p.name().to_string()),
+        );
         doomed.extend(crate::dependencies::dependents(
             &self.core.candidates(),
             &doomed,
@@ -223,6 +242,17 @@ impl PluginHost {
             );
         }
         let mut stopped = Vec::new();
+        // Lazy plugins not started yet have nothing to stop; the others are
+        // read again now that no entry can start one.
+        for plugin in self.core.pending().iter().rev() {
+            if doomed.iter().any(|d| d == plugin.name())
+                && self.core.remove_pending(plugin.name()).is_some()
+            {
+                tracing::warn!(plugin = %plugin.name(), "dropped before it started: its file or a dependency was removed");
+                stopped.push(plugin.name().to_string());
+            }
+        }
+        let plugins = self.core.plugins();
         for plugin in plugins
             .iter()
             .rev()
@@ -272,6 +302,15 @@ impl PluginHost {
             .reloading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A lazy plugin not started yet starts first, then is replaced like
+        // any other (its state, if any, handed over).
+        if self.core.pending_named(name).is_some() {
+            if let Some(_admitted) = self.core.admission.enter() {
+                if let Err(cause) = self.core.start_pending(name) {
+                    tracing::warn!(plugin = name, "before its reload: {cause}");
+                }
+            }
+        }
         crate::reload::reload(&self.core, &self.config, name, file, |file| {
             crate::load::library::open(file, &self.shadow, self.config.host.max_plugin_bytes)
                 .map(|library| Arc::new(library) as Arc<dyn crate::plugin::PluginSource>)
@@ -299,22 +338,39 @@ impl PluginHost {
             .map(|plugin| crate::bench_support::ValidateProbe { plugin })
     }
 
-    /// The state of every loaded plugin.
+    /// The state of every loaded plugin, in load order; a lazy plugin not
+    /// started yet has `started: false`.
     pub fn statuses(&self) -> Vec<PluginStatus> {
         let services = self.core.services();
-        self.core
+        let mut statuses: Vec<PluginStatus> = self
+            .core
             .plugins()
             .iter()
             .map(|plugin| PluginStatus::of(plugin, &services, self.core.mapped(plugin.name())))
-            .collect()
+            .collect();
+        for plugin in self.core.pending() {
+            if statuses.iter().all(|s| s.name != plugin.name()) {
+                statuses.push(PluginStatus::pending(&plugin));
+            }
+        }
+        statuses.sort_by_key(|s| s.load_order);
+        statuses
     }
 
     /// The state of one loaded plugin.
     pub fn status(&self, name: &str) -> Option<PluginStatus> {
         let services = self.core.services();
-        self.core
-            .plugin(name)
-            .map(|plugin| PluginStatus::of(&plugin, &services, self.core.mapped(plugin.name())))
+        match self.core.plugin(name) {
+            Some(plugin) => Some(PluginStatus::of(
+                &plugin,
+                &services,
+                self.core.mapped(plugin.name()),
+            )),
+            None => self
+                .core
+                .pending_named(name)
+                .map(|plugin| PluginStatus::pending(&plugin)),
+        }
     }
 
     /// Metrics in the Prometheus text format.
@@ -403,6 +459,10 @@ impl PluginHost {
         let grace = Duration::from_millis(self.config.host.shutdown_grace_ms);
         let deadline = Instant::now() + grace;
         let admitted = self.core.admission.shut(deadline);
+        for plugin in self.core.pending() {
+            // Never started: nothing to stop.
+            self.core.remove_pending(plugin.name());
+        }
         let plugins = self.core.plugins();
         // A handler past its timeout still runs on its own thread, after its
         // message has left the gate: wait for each plugin's own calls too.
@@ -492,6 +552,9 @@ pub struct PluginStatus {
     pub generation: u64,
     /// Every generation loaded so far (all stay mapped) and their bytes.
     pub mapped: crate::registry::MappedImages,
+    /// Whether it has started: `false` for a lazy plugin (`lazy_plugins`)
+    /// not needed yet, checked but with no instance (its generation is 0).
+    pub started: bool,
 }
 
 /// A service's name and state.
@@ -530,6 +593,33 @@ impl PluginStatus {
             image_bytes: plugin.instance.image_bytes,
             generation: plugin.generation,
             mapped,
+            started: true,
+        }
+    }
+
+    fn pending(plugin: &crate::registry::lazy::PendingPlugin) -> Self {
+        let m = &plugin.manifest;
+        Self {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            description: m.description.clone(),
+            file: plugin.file.clone(),
+            load_order: plugin.load_order,
+            quarantined: false,
+            permissions: plugin.permissions.clone(),
+            manifest: (**m).clone(),
+            services: m
+                .services
+                .iter()
+                .map(|s| ServiceStatus {
+                    name: s.name.clone(),
+                    running: false,
+                })
+                .collect(),
+            image_bytes: plugin.image_bytes,
+            generation: 0,
+            mapped: crate::registry::MappedImages::default(),
+            started: false,
         }
     }
 }

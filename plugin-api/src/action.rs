@@ -1,7 +1,7 @@
 //! Actions: how a plugin responds to a message.
 
 use crate::error::{Error, Result};
-use crate::manifest::{ActionSpec, Example, RateLimit};
+use crate::manifest::{ActionSpec, Example, RateLimit, Triggers};
 use crate::message::Message;
 use crate::runtime::Runtime;
 use serde::{Deserialize, Serialize};
@@ -102,6 +102,7 @@ impl Action {
                 timeout_ms: None,
                 rate_limit: None,
                 permissions: Vec::new(),
+                triggers: None,
             },
             validator: None,
             handler: None,
@@ -160,6 +161,61 @@ impl Action {
     pub fn permission(mut self, permission: impl Into<String>) -> Self {
         self.spec.permissions.push(permission.into());
         self
+    }
+
+    /// Keywords that let a message through to `validate`: the host asks
+    /// `validate` only about messages whose text contains one of them,
+    /// ignoring case (Unicode lowercase of both; a substring, not a whole
+    /// word), or that match the [`pattern`](Action::pattern). Without
+    /// keywords or a pattern, `validate` is asked about every message.
+    ///
+    /// The host checks keywords itself, without calling the plugin, so
+    /// messages that cannot concern the action cost it nothing, and a lazy
+    /// plugin starts only when a message may concern it. `validate` still
+    /// decides: keep it as strict as before.
+    ///
+    /// ```
+    /// use agent_host_plugin_sdk::{Action, ActionResult};
+    ///
+    /// let action = Action::new("GET_WEATHER")
+    ///     .keywords(["weather", "forecast"])
+    ///     .pattern(r"(?i)\b(rain|snow)ing\b")
+    ///     .validate(|msg| msg.text().to_lowercase().contains("weather"))
+    ///     .handler(|_msg, _rt| Ok(ActionResult::text("sunny")));
+    /// let triggers = action.spec().triggers.clone().unwrap();
+    /// assert_eq!(triggers.keywords, ["weather", "forecast"]);
+    /// assert!(triggers.pattern.is_some());
+    /// ```
+    pub fn keywords<I, S>(mut self, keywords: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.spec
+            .triggers
+            .get_or_insert_with(Triggers::default)
+            .keywords
+            .extend(keywords.into_iter().map(Into::into));
+        self
+    }
+
+    /// A regular expression (the Rust `regex` crate's syntax) that lets a
+    /// message through to `validate` when it matches anywhere in the text;
+    /// see [`keywords`](Action::keywords). Anchor it with `^` and `$`,
+    /// ignore case with `(?i)`. The host refuses to load a plugin whose
+    /// pattern does not compile, naming the action and the cause. A second
+    /// call replaces the first pattern.
+    pub fn pattern(mut self, pattern: impl Into<String>) -> Self {
+        self.spec
+            .triggers
+            .get_or_insert_with(Triggers::default)
+            .pattern = Some(pattern.into());
+        self
+    }
+
+    /// The action's description as the manifest carries it.
+    pub fn spec(&self) -> &ActionSpec {
+        &self.spec
     }
 
     /// Decides whether the action applies. Keep it cheap: it runs for every

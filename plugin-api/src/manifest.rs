@@ -64,6 +64,13 @@ pub struct Manifest {
     /// Whether the plugin exports and imports state across hot reloads.
     #[serde(default)]
     pub state_hooks: bool,
+    /// Event patterns the plugin subscribes to (exact names, or a prefix
+    /// ending in `*`), declared so that the host can start a lazy plugin
+    /// when a matching event is emitted, without running its code first.
+    /// Left out of the JSON when empty, so a plugin that declares none reads
+    /// the same to hosts that predate the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribes_to: Vec<String>,
     /// The version of `agent-host-plugin-sdk` the plugin was built with
     /// ([`crate::SDK_VERSION`] of the SDK it compiled against).
     #[serde(default)]
@@ -114,6 +121,38 @@ pub struct ActionSpec {
     /// Permissions the message's sender must hold.
     #[serde(default)]
     pub permissions: Vec<String>,
+    /// Cheap conditions the host checks itself before it asks `validate`;
+    /// `None`: `validate` is asked about every message. Left out of the
+    /// JSON when `None`, so an action without triggers reads the same to
+    /// hosts that predate the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<Triggers>,
+}
+
+/// When an action may apply, as the host can tell without running plugin
+/// code: the host asks the action's `validate` only about messages that
+/// match one of the keywords or the pattern (either is enough).
+///
+/// * a **keyword** matches when the message text, lowercased, contains the
+///   keyword, lowercased (Unicode lowercase, `str::to_lowercase`): a
+///   case-insensitive substring, not a whole word (`rain` matches
+///   "Raining?");
+/// * the **pattern** is a regular expression in the syntax of the Rust
+///   `regex` crate, searched anywhere in the text as written (anchor it with
+///   `^`/`$`, ignore case with `(?i)`); the host rejects a plugin whose
+///   pattern does not compile.
+///
+/// Triggers only narrow which messages reach `validate`; `validate` still
+/// decides.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Triggers {
+    /// Case-insensitive substrings, any of which lets a message through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keywords: Vec<String>,
+    /// A regular expression that lets a message through when it matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
 }
 
 /// How the host caches a provider's value.
@@ -146,7 +185,7 @@ pub struct ProviderSpec {
     /// `provider_timeout_ms` when absent. A `get` that takes longer is
     /// left out of the message's state (its cached value, if any, is
     /// served marked stale).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub timeout_ms: Option<u64>,
 }
 
@@ -324,12 +363,43 @@ fn unique<'a>(kind: &str, names: impl Iterator<Item = &'a str>) -> Result<(), Ma
     Ok(())
 }
 
+/// Checks an action's triggers: at least one keyword or a pattern, no
+/// empty keyword, no empty pattern. (Whether the pattern compiles is the
+/// host's check: the SDK does not carry a regular expression engine.)
+fn check_triggers(triggers: &Triggers, field: &str) -> Result<(), ManifestError> {
+    let err = |field: String, reason: &str| ManifestError {
+        field,
+        reason: reason.to_string(),
+    };
+    if triggers.keywords.is_empty() && triggers.pattern.is_none() {
+        return Err(err(
+            field.to_string(),
+            "declares neither keywords nor a pattern (leave triggers out to have validate asked about every message)",
+        ));
+    }
+    if let Some(index) = triggers.keywords.iter().position(|k| k.trim().is_empty()) {
+        return Err(err(
+            format!("{field}.keywords[{index}]"),
+            "a keyword must not be empty",
+        ));
+    }
+    if triggers.pattern.as_deref() == Some("") {
+        return Err(err(
+            format!("{field}.pattern"),
+            "the pattern must not be empty",
+        ));
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// Checks every field and parses version and dependencies: the name
     /// (kebab-case), the version (semver), each dependency (no duplicates, not
     /// on itself), each permission (not empty, no spaces), the config schema
-    /// and default config (JSON objects), component names (unique per kind)
-    /// and action limits (rate limit and timeout greater than 0). The host
+    /// and default config (JSON objects), component names (unique per kind),
+    /// action limits (rate limit and timeout greater than 0), action
+    /// triggers (a keyword or a pattern, none empty) and event patterns
+    /// (not empty, no spaces). The host
     /// runs it on every manifest it loads; the first problem is the error.
     ///
     /// ```
@@ -435,6 +505,17 @@ impl Manifest {
                 return Err(err(
                     &format!("actions[{index}].timeout_ms"),
                     "must be greater than 0".into(),
+                ));
+            }
+            if let Some(triggers) = &action.triggers {
+                check_triggers(triggers, &format!("actions[{index}].triggers"))?;
+            }
+        }
+        for (index, pattern) in self.subscribes_to.iter().enumerate() {
+            if pattern.is_empty() || pattern.chars().any(char::is_whitespace) {
+                return Err(err(
+                    &format!("subscribes_to[{index}]"),
+                    format!("'{pattern}' is not an event pattern (no spaces, not empty)"),
                 ));
             }
         }
@@ -585,6 +666,12 @@ impl std::error::Error for UnknownFields {}
 /// assert!(matches!(parse_manifests("{}"), Err(ManifestsError::Invalid(_))));
 /// ```
 pub fn parse_manifests(json: &str) -> Result<Vec<Manifest>, ManifestsError> {
+    // Every type refuses unknown fields, so a manifest that parses straight
+    // into them has none: that is the common case, and the fast one. Only a
+    // manifest that does not is read again, to say which fields and why.
+    if let Ok(manifests) = serde_json::from_str::<Vec<Manifest>>(json) {
+        return Ok(manifests);
+    }
     let value: Value =
         serde_json::from_str(json).map_err(|e| ManifestsError::Invalid(e.to_string()))?;
     let Value::Array(items) = &value else {
@@ -644,6 +731,9 @@ fn unknown_manifest_fields(manifest: &Map<String, Value>, out: &mut Vec<String>)
         }
         if let Some(limit) = nested(action, "rate_limit") {
             unknown_fields_of::<RateLimit>(limit, &format!("{path}.rate_limit"), out);
+        }
+        if let Some(triggers) = nested(action, "triggers") {
+            unknown_fields_of::<Triggers>(triggers, &format!("{path}.triggers"), out);
         }
     }
     for (path, provider) in objects(manifest, "providers", "") {
@@ -804,15 +894,28 @@ mod tests {
             fields.sort();
             fields
         }
-        let action: ActionSpec =
-            serde_json::from_value(serde_json::json!({"name": "A"})).expect("minimal action");
+        // Fields left out of the JSON while empty are set here.
+        let action: ActionSpec = serde_json::from_value(serde_json::json!({
+            "name": "A",
+            "triggers": {"keywords": ["a"]}
+        }))
+        .expect("minimal action");
+        let mut full = manifest("a", "1.0.0");
+        full.subscribes_to = vec!["x".into()];
         let provider: ProviderSpec =
             serde_json::from_value(serde_json::json!({"name": "p"})).expect("minimal provider");
         let evaluator: EvaluatorSpec =
             serde_json::from_value(serde_json::json!({"name": "e"})).expect("minimal evaluator");
         let service: ServiceSpec =
             serde_json::from_value(serde_json::json!({"name": "s"})).expect("minimal service");
-        assert_eq!(declared::<Manifest>(), keys(manifest("a", "1.0.0")));
+        assert_eq!(declared::<Manifest>(), keys(full));
+        assert_eq!(
+            declared::<Triggers>(),
+            keys(Triggers {
+                keywords: vec!["k".into()],
+                pattern: Some("p".into())
+            })
+        );
         assert_eq!(declared::<ActionSpec>(), keys(action));
         assert_eq!(declared::<ProviderSpec>(), keys(provider));
         assert_eq!(declared::<EvaluatorSpec>(), keys(evaluator));
@@ -841,12 +944,51 @@ mod tests {
     }
 
     #[test]
+    fn triggers_and_event_patterns_are_checked() {
+        let with = |triggers: serde_json::Value| {
+            serde_json::from_value::<Manifest>(serde_json::json!({
+                "name": "p", "version": "1.0.0",
+                "actions": [{"name": "A"}, {"name": "B", "triggers": triggers}]
+            }))
+            .expect("parses")
+            .validate()
+        };
+        assert!(with(serde_json::json!({"keywords": ["rain"]})).is_ok());
+        assert!(with(serde_json::json!({"pattern": "^hi"})).is_ok());
+        let error = with(serde_json::json!({})).expect_err("nothing declared");
+        assert_eq!(error.field, "actions[1].triggers");
+        let error = with(serde_json::json!({"keywords": ["a", " "]})).expect_err("blank");
+        assert_eq!(error.field, "actions[1].triggers.keywords[1]");
+        let error = with(serde_json::json!({"pattern": ""})).expect_err("empty");
+        assert_eq!(error.field, "actions[1].triggers.pattern");
+
+        let mut m = manifest("p", "1.0.0");
+        m.subscribes_to = vec!["weather:*".into(), "a b".into()];
+        assert_eq!(m.validate().expect_err("space").field, "subscribes_to[1]");
+    }
+
+    #[test]
+    fn a_manifest_without_the_newer_fields_serializes_as_before() {
+        let plain = crate::Plugin::new("p", "1.0.0").action(
+            crate::Action::new("A")
+                .validate(|_| true)
+                .handler(|_, _| Ok(crate::ActionResult::default())),
+        );
+        let json = serde_json::to_value(plain.manifest()).expect("serializes");
+        assert!(json.get("subscribes_to").is_none(), "{json}");
+        assert!(json["actions"][0].get("triggers").is_none(), "{json}");
+    }
+
+    #[test]
     fn manifests_this_sdk_writes_parse() {
         let plugin = crate::Plugin::new("weather", "1.2.0")
             .permission("config:*")
+            .subscribes_to("geo:*")
             .action(
                 crate::Action::new("GET")
                     .example("weather?", "sunny")
+                    .keywords(["weather", "forecast"])
+                    .pattern(r"(?i)\brain\b")
                     .rate_limit(1, std::time::Duration::from_secs(1))
                     .validate(|_| true)
                     .handler(|_, _| Ok(crate::ActionResult::default())),
@@ -874,7 +1016,8 @@ mod tests {
                 "foo": 1,
                 "actions": [
                     {"name": "A", "examples": [{"input": "i", "output": "o", "lang": "en"}]},
-                    {"name": "B", "rate_limit": {"max_requests": 1, "window_ms": 1, "burst": 2}}
+                    {"name": "B", "rate_limit": {"max_requests": 1, "window_ms": 1, "burst": 2}},
+                    {"name": "C", "triggers": {"keywords": ["c"], "stem": true}}
                 ],
                 "providers": [{"name": "p", "cache": {"ttl_ms": 1, "jitter_ms": 5}, "push": true}],
                 "evaluators": [{"name": "e", "model": "m"}],
@@ -894,6 +1037,7 @@ mod tests {
                 "foo",
                 "actions[0].examples[0].lang",
                 "actions[1].rate_limit.burst",
+                "actions[2].triggers.stem",
                 "providers[0].push",
                 "providers[0].cache.jitter_ms",
                 "evaluators[0].model",

@@ -69,6 +69,7 @@ impl Plugin {
                 evaluators: Vec::new(),
                 services: Vec::new(),
                 state_hooks: false,
+                subscribes_to: Vec::new(),
                 sdk_version: crate::SDK_VERSION.to_string(),
             },
             actions: Vec::new(),
@@ -120,6 +121,32 @@ impl Plugin {
     /// it on every callback.
     pub fn permission(mut self, permission: impl Into<String>) -> Self {
         self.manifest.permissions.push(permission.into());
+        self
+    }
+
+    /// Declares an event the plugin subscribes to (an exact name, or a
+    /// prefix ending in `*`, as [`Runtime::on`](crate::Runtime::on) takes
+    /// it). The subscription itself is still made with `rt.on` in
+    /// `on_load`; the declaration lets the host start a lazy plugin (one the
+    /// operator lists in `lazy_plugins`) when a matching event is emitted,
+    /// and deliver that event to it, without running its code before.
+    ///
+    /// ```
+    /// use agent_host_plugin_sdk::Plugin;
+    ///
+    /// let plugin = Plugin::new("alerts", "1.0.0")
+    ///     .subscribes_to("weather:*")
+    ///     .on_load(|rt| {
+    ///         rt.on("weather:*", |event, rt| {
+    ///             rt.info(format!("got {}", event.name));
+    ///             Ok(())
+    ///         })?;
+    ///         Ok(())
+    ///     });
+    /// assert_eq!(plugin.manifest().subscribes_to, ["weather:*"]);
+    /// ```
+    pub fn subscribes_to(mut self, pattern: impl Into<String>) -> Self {
+        self.manifest.subscribes_to.push(pattern.into());
         self
     }
 
@@ -325,6 +352,7 @@ impl Plugin {
                     &mut composed.manifest.optional_dependencies,
                 ),
                 (manifest.permissions, &mut composed.manifest.permissions),
+                (manifest.subscribes_to, &mut composed.manifest.subscribes_to),
             ] {
                 for item in list {
                     let dep_name = item.split('@').next().unwrap_or_default();

@@ -43,10 +43,15 @@ pub fn check(
         for plugin in &report.loaded {
             writeln!(
                 out,
-                "ok    {} {} ({})",
+                "ok    {} {} ({}){}",
                 plugin.name,
                 plugin.version,
-                plugin.file.display()
+                plugin.file.display(),
+                if plugin.lazy {
+                    " lazy: checked, not started"
+                } else {
+                    ""
+                }
             )?;
         }
         for failure in &report.failures {

@@ -3,9 +3,13 @@
 //! The steps, in order: find library files; open each from a private copy and
 //! check its ABI (in parallel); validate every manifest; reject duplicate
 //! names; resolve dependencies; then, level by level in dependency order (the
-//! plugins of one level in parallel): create the instance, register it, run
-//! `on_load`, register and start its services. A failure at any step takes
-//! down that plugin and its dependents, never the host or unrelated plugins.
+//! plugins of one level in parallel): start the lazy plugins it depends on
+//! that have not started, create the instance, register it, run `on_load`,
+//! register and start its services. A lazy plugin (`lazy_plugins`) stops
+//! after the checks: it waits in the registry's pending list, with a
+//! [`Starter`] that runs these same steps when it is first needed. A failure
+//! at any step takes down that plugin and its dependents, never the host or
+//! unrelated plugins.
 
 pub(crate) mod discovery;
 mod error;
@@ -23,11 +27,13 @@ use crate::dependencies::{resolve, Candidate, Unresolved};
 use crate::load::discovery::plugin_files;
 use crate::load::private_copy::ShadowDir;
 use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin};
+use crate::pipeline::triggers::PluginTriggers;
 use crate::plugin::PluginInstance;
 use crate::plugin::{InstanceParts, PluginSource};
 use crate::registry::callbacks::PluginCallbacks;
+use crate::registry::lazy::{PendingPlugin, Starter};
 use crate::registry::{LivePlugin, Registry};
-use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
+use agent_host_plugin_sdk::manifest::{Dependency, Manifest, ValidManifest};
 use semver::Version;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,12 +42,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// One plugin of one library, validated and ready to resolve.
+#[derive(Clone)]
 pub(crate) struct Prepared {
     pub(crate) source: Arc<dyn PluginSource>,
     pub(crate) index: u32,
-    pub(crate) manifest: Manifest,
+    pub(crate) manifest: Arc<Manifest>,
     pub(crate) version: Version,
     pub(crate) dependencies: Vec<Dependency>,
+    pub(crate) triggers: Arc<PluginTriggers>,
+}
+
+/// The manifest checks the host makes before it runs any code of a plugin:
+/// [`Manifest::validate`], then the compilation of its action triggers. The
+/// error is one line naming the field and the cause.
+pub(crate) fn check_manifest(
+    manifest: &Manifest,
+) -> Result<(ValidManifest, Arc<PluginTriggers>), String> {
+    let valid = manifest.validate().map_err(|e| e.to_string())?;
+    let triggers = PluginTriggers::compile(manifest).map_err(|e| e.to_string())?;
+    Ok((valid, Arc::new(triggers)))
 }
 
 impl Prepared {
@@ -107,23 +126,24 @@ fn open_files(
     sources
 }
 
-/// Validates every manifest of every source.
+/// Checks every manifest of every source ([`check_manifest`]).
 fn prepare(sources: &[Arc<dyn PluginSource>], report: &mut LoadReport) -> Vec<Prepared> {
     let mut prepared = Vec::new();
     for source in sources {
         for (index, manifest) in source.manifests().iter().enumerate() {
-            match manifest.validate() {
-                Ok(valid) => prepared.push(Prepared {
+            match check_manifest(manifest) {
+                Ok((valid, triggers)) => prepared.push(Prepared {
                     source: Arc::clone(source),
                     index: index as u32,
-                    manifest: manifest.clone(),
+                    manifest: Arc::new(manifest.clone()),
                     version: valid.version,
                     dependencies: valid.dependencies,
+                    triggers,
                 }),
                 Err(error) => report.failures.push(LoadFailure {
                     file: source.file().to_path_buf(),
                     plugin: (!manifest.name.is_empty()).then(|| manifest.name.clone()),
-                    error: Box::new(LoadError::Manifest(error.to_string())),
+                    error: Box::new(LoadError::Manifest(error)),
                 }),
             }
         }
@@ -192,7 +212,7 @@ pub(crate) fn instantiate(
         .map_err(|e| p.failure(LoadError::Create(e.message().to_string())))?;
     let instance = PluginInstance::new(
         InstanceParts {
-            manifest: p.manifest.clone(),
+            manifest: (*p.manifest).clone(),
             version: p.version.clone(),
             dependencies: p.dependencies.clone(),
             file: p.source.file().to_path_buf(),
@@ -202,6 +222,7 @@ pub(crate) fn instantiate(
     );
     let live = Arc::new(LivePlugin::new(
         instance,
+        Arc::clone(&p.triggers),
         permissions,
         order,
         generation,
@@ -271,7 +292,55 @@ fn start(
     Ok(live)
 }
 
-fn describe(p: &Prepared, order: usize) -> LoadedPlugin {
+/// Starts the lazy plugins `p` depends on that have not started yet; fails
+/// `p` when a required dependency is not running (it could not start).
+fn start_pending_dependencies(core: &Registry, p: &Prepared) -> Result<(), LoadFailure> {
+    for dependency in &p.dependencies {
+        if core.pending_named(&dependency.name).is_some() {
+            // A failure is logged by the start and shows below.
+            let _ = core.start_pending(&dependency.name);
+        }
+        if !dependency.optional && core.plugin(&dependency.name).is_none() {
+            let failed = Unresolved::DependencyFailed {
+                dependency: dependency.name.clone(),
+            };
+            return Err(p.failure(LoadError::Dependencies(failed)));
+        }
+    }
+    Ok(())
+}
+
+/// A lazy plugin, checked, waiting to be started: its starter runs the
+/// steps of an eager start (dependencies first) and announces it.
+fn pending(p: &Prepared, order: usize, config: &Arc<AgentConfig>) -> PendingPlugin {
+    let prepared = p.clone();
+    let permissions = config.effective_permissions(&p.manifest).0;
+    let config = Arc::clone(config);
+    let start: Starter = Box::new(move |core| {
+        start_pending_dependencies(core, &prepared)?;
+        let live = start(core, &prepared, order, &config)?;
+        let m = &prepared.manifest;
+        core.emit(
+            "host",
+            "plugin:loaded",
+            json!({"plugin": m.name, "version": m.version, "lazy": true}),
+        );
+        Ok(live)
+    });
+    PendingPlugin {
+        manifest: Arc::clone(&p.manifest),
+        version: p.version.clone(),
+        dependencies: p.dependencies.clone(),
+        file: p.source.file().to_path_buf(),
+        image_bytes: p.source.image_bytes(),
+        load_order: order,
+        permissions: permissions.patterns().to_vec(),
+        triggers: Arc::clone(&p.triggers),
+        start,
+    }
+}
+
+fn describe(p: &Prepared, order: usize, lazy: bool) -> LoadedPlugin {
     let m = &p.manifest;
     let names = |list: Vec<&String>| list.into_iter().cloned().collect::<Vec<_>>();
     LoadedPlugin {
@@ -296,6 +365,7 @@ fn describe(p: &Prepared, order: usize) -> LoadedPlugin {
         evaluators: names(m.evaluators.iter().map(|a| &a.name).collect()),
         services: names(m.services.iter().map(|a| &a.name).collect()),
         image_bytes: p.source.image_bytes(),
+        lazy,
     }
 }
 
@@ -335,20 +405,39 @@ pub(crate) fn load_sources(
     report: &mut LoadReport,
 ) {
     let prepared = prepare(sources, report);
-    let loaded = core.plugins();
+    // Started plugins and lazy ones waiting to start: (name, version, file, order).
+    let mut loaded: Vec<(String, Version, PathBuf, usize)> = core
+        .plugins()
+        .iter()
+        .map(|l| {
+            let i = &l.instance;
+            (
+                l.name().to_string(),
+                i.version.clone(),
+                i.file.clone(),
+                l.load_order,
+            )
+        })
+        .collect();
+    loaded.extend(core.pending().iter().map(|p| {
+        (
+            p.name().to_string(),
+            p.version.clone(),
+            p.file.clone(),
+            p.load_order,
+        )
+    }));
     let prepared: Vec<Prepared> = prepared
         .into_iter()
-        .filter(
-            |p| match loaded.iter().find(|l| l.name() == p.manifest.name) {
-                Some(existing) => {
-                    report.failures.push(p.failure(LoadError::AlreadyLoaded {
-                        from: existing.instance.file.clone(),
-                    }));
-                    false
-                }
-                None => true,
-            },
-        )
+        .filter(|p| match loaded.iter().find(|l| l.0 == p.manifest.name) {
+            Some((_, _, file, _)) => {
+                report
+                    .failures
+                    .push(p.failure(LoadError::AlreadyLoaded { from: file.clone() }));
+                false
+            }
+            None => true,
+        })
         .collect();
     let prepared = reject_duplicates(prepared, report);
 
@@ -361,9 +450,9 @@ pub(crate) fn load_sources(
     let k = loaded.len();
     let mut candidates: Vec<Candidate> = loaded
         .iter()
-        .map(|l| Candidate {
-            name: l.name().to_string(),
-            version: l.instance.version.clone(),
+        .map(|(name, version, _, _)| Candidate {
+            name: name.clone(),
+            version: version.clone(),
             dependencies: Vec::new(),
         })
         .collect();
@@ -386,13 +475,47 @@ pub(crate) fn load_sources(
     }
 
     let failed_at_start: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
-    let base_order = loaded.iter().map(|l| l.load_order + 1).max().unwrap_or(0);
+    let base_order = loaded.iter().map(|l| l.3 + 1).max().unwrap_or(0);
+    let lazy_config = prepared
+        .iter()
+        .any(|p| config.host.is_lazy(&p.manifest.name))
+        .then(|| Arc::new(config.clone()));
     let mut order_of = vec![0; candidates.len()];
     for (order, i) in resolution.order().filter(|&i| i >= k).enumerate() {
         order_of[i] = base_order + order;
     }
     for level in &resolution.levels {
-        let level: Vec<usize> = level.iter().copied().filter(|&i| i >= k).collect();
+        let (lazy, level): (Vec<usize>, Vec<usize>) =
+            level.iter().copied().filter(|&i| i >= k).partition(|&i| {
+                lazy_config.is_some() && config.host.is_lazy(&prepared[i - k].manifest.name)
+            });
+        if let Some(shared) = lazy_config.as_ref() {
+            // Checked, not started: one registration for the whole level.
+            let failed = failed_at_start
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let mut waiting = Vec::with_capacity(lazy.len());
+            for &i in &lazy {
+                let p = &prepared[i - k];
+                if let Some(d) = resolution.failed_requirement(&candidates, i, &failed) {
+                    let skipped = Unresolved::DependencyFailed {
+                        dependency: candidates[d].name.clone(),
+                    };
+                    failed_at_start
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(i);
+                    report
+                        .failures
+                        .push(p.failure(LoadError::Dependencies(skipped)));
+                    continue;
+                }
+                waiting.push(pending(p, order_of[i], shared));
+                report.loaded.push(describe(p, order_of[i], true));
+            }
+            core.add_pending(waiting);
+        }
         let outcomes = parallel_map(&level, |&i| {
             let p = &prepared[i - k];
             let failed = failed_at_start
@@ -405,13 +528,14 @@ pub(crate) fn load_sources(
                 };
                 return Err(p.failure(LoadError::Dependencies(skipped)));
             }
+            start_pending_dependencies(core, p)?;
             start(core, p, order_of[i], config)
         });
         for (&i, outcome) in level.iter().zip(outcomes) {
             let p = &prepared[i - k];
             match outcome {
                 Ok(_) => {
-                    report.loaded.push(describe(p, order_of[i]));
+                    report.loaded.push(describe(p, order_of[i], false));
                     core.emit(
                         "host",
                         "plugin:loaded",

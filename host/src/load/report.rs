@@ -53,6 +53,9 @@ pub struct LoadedPlugin {
     pub services: Vec<String>,
     /// Bytes of library image it keeps mapped.
     pub image_bytes: u64,
+    /// Whether it is lazy (`lazy_plugins`): checked, and started only when
+    /// first needed, unless a plugin that depends on it started it.
+    pub lazy: bool,
 }
 
 /// A plugin (or file) that did not load.

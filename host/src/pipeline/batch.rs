@@ -37,7 +37,8 @@ pub(super) fn handle_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) 
     let mut answered = Vec::with_capacity(messages.len());
     for (position, message) in messages.iter().enumerate() {
         let id = message.id.clone();
-        let Some((run, mut receiver)) = MessageRun::start(core, message.clone(), false) else {
+        let (sender, mut receiver) = oneshot::channel();
+        let Some(run) = MessageRun::start(core, message.clone(), false, sender) else {
             // The host shuts down: the rest are refused, unscored.
             replies.extend(messages[position..].iter().map(|m| refused(&m.id)));
             return replies;

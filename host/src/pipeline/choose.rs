@@ -1,6 +1,7 @@
-//! Phase 2: every action's `validate`, each plugin's actions in one call
-//! with `validate_timeout_ms` as its deadline; then the highest priority
-//! valid action (ties: the earlier plugin in load order, then the earlier
+//! Phase 2: the `validate` of every action whose triggers match the
+//! message (`triggers.rs`), each plugin's in one call with
+//! `validate_timeout_ms` as its deadline; then the highest priority valid
+//! action (ties: the earlier plugin in load order, then the earlier
 //! action in its plugin).
 
 use super::context::view_of;
@@ -51,12 +52,17 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
     let context = run.context.get().map_or("{}", |c| &**c);
     let view = view_of(&run.message, context);
     let limit = run.core.settings.max_calls_in_flight;
+    let matched = run.plan.triggers.matching(view.text);
     let relayed = phase.relay.drive(driver, |job, _control| {
         let plugin = &run.plan.plugins[job];
         let mut validated = Validated {
             best: None,
             errors: Vec::new(),
         };
+        let asked = matched.actions(job).unwrap_or(&plugin.action_indices);
+        if asked.is_empty() {
+            return validated;
+        }
         if plugin.in_flight.is_full(limit) {
             validated
                 .errors
@@ -66,20 +72,16 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
         let actions = &plugin.instance.manifest.actions;
         plugin
             .instance
-            .validate_each(
-                &plugin.action_indices,
-                view,
-                &mut |index, outcome| match outcome {
-                    Ok(true) => {
-                        let priority = actions[index as usize].priority;
-                        if validated.best.is_none_or(|(best, _)| priority > best) {
-                            validated.best = Some((priority, index));
-                        }
+            .validate_each(asked, view, &mut |index, outcome| match outcome {
+                Ok(true) => {
+                    let priority = actions[index as usize].priority;
+                    if validated.best.is_none_or(|(best, _)| priority > best) {
+                        validated.best = Some((priority, index));
                     }
-                    Ok(false) => {}
-                    Err(error) => validated.errors.push(error),
-                },
-            );
+                }
+                Ok(false) => {}
+                Err(error) => validated.errors.push(error),
+            });
         validated
     });
     if relayed == Relayed::Finished {

@@ -6,9 +6,11 @@
 //!    the others asked with a deadline; a provider that fails or is late is
 //!    left out (its cached value served, marked stale) and backed off when
 //!    it keeps failing;
-//! 2. ask every action's `validate` (`choose.rs`; validate always gates the
-//!    handler) and pick the highest priority valid action (ties: the plugin
-//!    earlier in load order, then the action earlier in its plugin);
+//! 2. ask the `validate` of every action whose triggers match the message
+//!    (`triggers.rs`; all of a plugin's actions that declare none; validate
+//!    always gates the handler) and pick the highest priority valid action
+//!    (ties: the plugin earlier in load order, then the action earlier in
+//!    its plugin; `choose.rs`);
 //! 3. check the sender holds the action's permissions and the action's
 //!    rate limit, then run its handler with its timeout and a cancellation
 //!    signal, inside a tracing span, with `action:started` /
@@ -18,6 +20,8 @@
 //!    a batch, `batch.rs`);
 //! 5. answer with the handler's result, the evaluations and the timings.
 //!
+//! First, the lazy plugins the message needs are started (see
+//! `registry/lazy.rs`); their start failures lead the reply's `errors`.
 //! Every call runs on the thread that serves the message, bounded by its
 //! deadline and its plugin's bulkhead (`run.rs`, and the watchdog in
 //! `crate::watchdog`): a late call is abandoned and the message goes on
@@ -42,6 +46,7 @@ mod run;
 mod state;
 #[cfg(test)]
 mod tests;
+pub(crate) mod triggers;
 
 pub use message::{
     ActionRef, EvaluationRecord, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,
@@ -51,6 +56,7 @@ use crate::registry::Registry;
 use run::MessageRun;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::oneshot;
 
 fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
@@ -87,11 +93,10 @@ fn lost(id: &str) -> Reply {
 /// call has returned: a front-end that must answer on time uses [`answer`].
 pub fn handle_message(core: &Arc<Registry>, message: InboundMessage) -> Reply {
     let id = message.id.clone();
-    let Some((run, mut receiver)) = MessageRun::start(core, message, true) else {
-        return refused(&id);
-    };
-    run.drive(0);
-    drop(run);
+    let (sender, mut receiver) = oneshot::channel();
+    if let Some(run) = MessageRun::start(core, message, true, sender) {
+        run.drive(0);
+    }
     match receiver.try_recv() {
         Ok(reply) => reply,
         Err(_) => receiver.blocking_recv().unwrap_or_else(|_| lost(&id)),
@@ -103,10 +108,13 @@ pub fn handle_message(core: &Arc<Registry>, message: InboundMessage) -> Reply {
 /// late call is abandoned and reported).
 pub async fn answer(core: &Arc<Registry>, message: InboundMessage) -> Reply {
     let id = message.id.clone();
-    let Some((run, receiver)) = MessageRun::start(core, message, true) else {
-        return refused(&id);
-    };
-    core.runtime().spawn_blocking(move || run.drive(0));
+    let (sender, receiver) = oneshot::channel();
+    let core_bg = Arc::clone(core);
+    core.runtime().spawn_blocking(move || {
+        if let Some(run) = MessageRun::start(&core_bg, message, true, sender) {
+            run.drive(0);
+        }
+    });
     receiver.await.unwrap_or_else(|_| lost(&id))
 }
 

@@ -2,6 +2,7 @@
 //! not quarantined) and whose providers compose the state. Worked out once
 //! per change of the plugin set, and cached by the registry.
 
+use crate::pipeline::triggers::TriggerIndex;
 use crate::registry::LivePlugin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -11,6 +12,8 @@ use std::time::Instant;
 pub struct ServingPlan {
     /// Serving plugins in load order.
     pub plugins: Vec<Arc<LivePlugin>>,
+    /// Their action triggers, one slot per plugin of `plugins`.
+    pub triggers: TriggerIndex,
     /// (plugin index in `plugins`, provider index) of every provider in the
     /// state, in order.
     pub providers: Vec<(usize, u32)>,
@@ -68,8 +71,10 @@ impl ServingPlan {
             .enumerate()
             .flat_map(|(p, plugin)| plugin.evaluator_indices.iter().map(move |&e| (p, e)))
             .collect();
+        let triggers = TriggerIndex::new(plugins.iter().map(|p| &*p.triggers));
         Self {
             plugins,
+            triggers,
             providers,
             evaluators,
             shadowed,

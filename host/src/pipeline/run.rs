@@ -83,19 +83,24 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl MessageRun {
-    /// Admits a message and prepares its run; `None` when the host is
-    /// shutting down. The reply comes through the returned receiver.
+    /// Admits a message, starts the lazy plugins it needs and prepares its
+    /// run; the reply goes to `waiting`. `None` (the refusal already sent)
+    /// when the host is shutting down. Runs plugin code (a lazy plugin's
+    /// start): call it from a thread that may block.
     pub(crate) fn start(
         core: &Arc<Registry>,
         message: InboundMessage,
         evaluate: bool,
-    ) -> Option<(Arc<Self>, oneshot::Receiver<Reply>)> {
+        waiting: oneshot::Sender<Reply>,
+    ) -> Option<Arc<Self>> {
         if !core.admission.enter_detached() {
+            let _ = waiting.send(super::refused(&message.id));
             return None;
         }
-        let (sender, receiver) = oneshot::channel();
+        let start_failures = core.start_pending_for_message(&message.text);
         let reply = Reply {
             id: message.id.clone(),
+            errors: start_failures,
             ..Reply::default()
         };
         let run = Arc::new(Self {
@@ -112,11 +117,11 @@ impl MessageRun {
             evaluators: OnceLock::new(),
             reply: Mutex::new(reply),
             seen: Mutex::new(Seen::default()),
-            waiting: Mutex::new(Some(sender)),
+            waiting: Mutex::new(Some(waiting)),
         });
         let watched: Arc<dyn Watched> = run.clone();
         core.watchdog.watch(Arc::downgrade(&watched));
-        Some((run, receiver))
+        Some(run)
     }
 
     /// The context plugins saw, once the providers phase is over.

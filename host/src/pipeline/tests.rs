@@ -342,3 +342,91 @@ fn a_cancellation_of_the_plugins_own_is_its_error_not_a_host_timeout() {
         ]
     );
 }
+
+/// An action whose `validate` counts its calls and accepts everything.
+fn counted(name: &'static str, calls: Arc<AtomicUsize>) -> Action {
+    Action::new(name)
+        .validate(move |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            true
+        })
+        .handler(move |_, _| Ok(ActionResult::text(name)))
+}
+
+#[test]
+fn validate_is_asked_only_when_the_actions_triggers_match() {
+    let keyword_calls = Arc::new(AtomicUsize::new(0));
+    let pattern_calls = Arc::new(AtomicUsize::new(0));
+    let plain_calls = Arc::new(AtomicUsize::new(0));
+    let (k, p, u) = (
+        Arc::clone(&keyword_calls),
+        Arc::clone(&pattern_calls),
+        Arc::clone(&plain_calls),
+    );
+    let (host, report) = host_with(
+        "",
+        vec![
+            source("t.so", move || {
+                Plugin::new("t", "1.0.0")
+                    .action(
+                        counted("WEATHER", Arc::clone(&k))
+                            .priority(5)
+                            .keywords(["weather"]),
+                    )
+                    .action(
+                        counted("REMIND", Arc::clone(&p))
+                            .priority(5)
+                            .pattern(r"^remind\b"),
+                    )
+            }),
+            source("u.so", move || {
+                Plugin::new("u", "1.0.0").action(counted("ANY", Arc::clone(&u)))
+            }),
+        ],
+    );
+    assert!(report.is_clean(), "{:?}", report.failures);
+
+    assert_eq!(host.handle_message(message("hello")).text, "ANY");
+    assert_eq!(keyword_calls.load(Ordering::SeqCst), 0, "no keyword");
+    assert_eq!(pattern_calls.load(Ordering::SeqCst), 0, "no pattern match");
+    assert_eq!(
+        plain_calls.load(Ordering::SeqCst),
+        1,
+        "no triggers: always asked"
+    );
+
+    assert_eq!(
+        host.handle_message(message("Weather in Oslo?")).text,
+        "WEATHER"
+    );
+    assert_eq!(keyword_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(pattern_calls.load(Ordering::SeqCst), 0);
+
+    assert_eq!(host.handle_message(message("remind me")).text, "REMIND");
+    assert_eq!(pattern_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(plain_calls.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_pattern_that_does_not_compile_fails_its_plugin_only() {
+    let (host, report) = host_with(
+        "",
+        vec![
+            source("bad.so", || {
+                Plugin::new("bad", "1.0.0").action(answering("BROKEN", 1, "x").pattern("(x"))
+            }),
+            source("good.so", || {
+                Plugin::new("good", "1.0.0").action(answering("FINE", 1, "x"))
+            }),
+        ],
+    );
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    let line = report.failures[0].to_string();
+    assert!(
+        line.contains("plugin 'bad'")
+            && line.contains("actions[0].triggers.pattern")
+            && line.contains("action 'BROKEN': the pattern does not compile"),
+        "{line}"
+    );
+    assert_eq!(host.handle_message(message("x")).text, "FINE");
+}

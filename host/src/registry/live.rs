@@ -4,6 +4,7 @@
 
 use crate::metrics::Metrics;
 use crate::pipeline::cache::ProviderSlot;
+use crate::pipeline::triggers::PluginTriggers;
 use crate::plugin::PluginInstance;
 use crate::registry::permissions::Permissions;
 use std::collections::VecDeque;
@@ -23,8 +24,11 @@ pub struct LivePlugin {
     pub generation: u64,
     /// Its name, shared by every reply that mentions it.
     pub shared_name: Arc<str>,
-    /// `0..n` for its `n` actions: every action is asked about every message.
+    /// `0..n` for its `n` actions: the actions asked about a message when
+    /// none declares triggers.
     pub action_indices: Vec<u32>,
+    /// Its actions' triggers, compiled when its manifest was checked.
+    pub triggers: Arc<PluginTriggers>,
     /// `0..n` for its `n` evaluators: every evaluator scores every message.
     pub evaluator_indices: Vec<u32>,
     /// Its evaluators' names, by index.
@@ -43,6 +47,7 @@ impl LivePlugin {
     /// A live plugin, not quarantined.
     pub fn new(
         instance: PluginInstance,
+        triggers: Arc<PluginTriggers>,
         permissions: Permissions,
         load_order: usize,
         generation: u64,
@@ -72,6 +77,7 @@ impl LivePlugin {
             action_indices: (0..instance.manifest.actions.len() as u32).collect(),
             evaluator_indices: (0..instance.manifest.evaluators.len() as u32).collect(),
             shared_name: Arc::from(name.as_str()),
+            triggers,
             evaluator_names,
             providers,
             action_metrics,

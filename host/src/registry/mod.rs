@@ -13,6 +13,7 @@ mod error;
 pub(crate) mod events;
 mod images;
 pub(crate) mod inflight;
+pub(crate) mod lazy;
 mod live;
 pub(crate) mod permissions;
 mod quarantine;
@@ -33,7 +34,7 @@ use agent_host_plugin_sdk::ErrorKind;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use tokio::task::JoinHandle;
 
 pub(super) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -68,12 +69,17 @@ pub struct Registry {
     pub rate_limiter: RateLimiter,
     /// The clock and thread that bound calls into plugins.
     pub(crate) watchdog: crate::watchdog::Watchdog,
+    /// The lazy plugins not started yet (`lazy.rs`).
+    lazy: lazy::LazyPlugins,
+    /// This registry, for what it starts from `&self` (a lazy plugin needs
+    /// the `Arc` its callbacks hold weakly).
+    me: Weak<Registry>,
 }
 
 impl Registry {
     /// An empty registry whose timers and blocking calls run on `runtime`.
     pub fn new(runtime: tokio::runtime::Handle, settings: HostSettings) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             plugins: RwLock::new(Vec::new()),
             services: RwLock::new(HashMap::new()),
             bus: EventBus::new(),
@@ -88,6 +94,8 @@ impl Registry {
             metrics: Metrics::new(),
             rate_limiter: RateLimiter::default(),
             watchdog: crate::watchdog::Watchdog::start(),
+            lazy: lazy::LazyPlugins::default(),
+            me: me.clone(),
         })
     }
 
@@ -101,16 +109,30 @@ impl Registry {
         read(&self.plugins).clone()
     }
 
-    /// The loaded plugins as the dependency rules see them, in load order.
+    /// The loaded plugins as the dependency rules see them, in load order:
+    /// those started and the lazy ones not started yet.
     pub fn candidates(&self) -> Vec<crate::dependencies::Candidate> {
-        read(&self.plugins)
+        let mut candidates: Vec<(usize, crate::dependencies::Candidate)> = read(&self.plugins)
             .iter()
-            .map(|p| crate::dependencies::Candidate {
-                name: p.name().to_string(),
-                version: p.instance.version.clone(),
-                dependencies: p.instance.dependencies.clone(),
+            .map(|p| {
+                let candidate = crate::dependencies::Candidate {
+                    name: p.name().to_string(),
+                    version: p.instance.version.clone(),
+                    dependencies: p.instance.dependencies.clone(),
+                };
+                (p.load_order, candidate)
             })
-            .collect()
+            .collect();
+        candidates.extend(self.pending().iter().map(|p| {
+            let candidate = crate::dependencies::Candidate {
+                name: p.name().to_string(),
+                version: p.version.clone(),
+                dependencies: p.dependencies.clone(),
+            };
+            (p.load_order, candidate)
+        }));
+        candidates.sort_by_key(|(order, _)| *order);
+        candidates.into_iter().map(|(_, c)| c).collect()
     }
 
     /// A loaded plugin by name.
@@ -219,22 +241,26 @@ impl Registry {
             });
     }
 
-    /// Emits an event whose payload is built only if someone observes it.
+    /// Emits an event whose payload is built only if someone observes it
+    /// (a subscriber, a stream, or a lazy plugin that subscribes to it).
     pub fn emit_lazy(
         &self,
         source: &str,
         name: &str,
         payload: impl FnOnce() -> Value,
     ) -> Vec<DeliveryFailure> {
-        if self.bus.is_observed(name) {
+        if self.bus.is_observed(name) || self.pending_subscribes_to(name) {
             self.emit(source, name, payload())
         } else {
             Vec::new()
         }
     }
 
-    /// Emits an event to every matching subscriber.
+    /// Emits an event to every matching subscriber, after starting the lazy
+    /// plugins whose manifest subscribes to it (their `on_load` makes the
+    /// subscriptions that then receive it).
     pub fn emit(&self, source: &str, name: &str, payload: Value) -> Vec<DeliveryFailure> {
+        self.start_pending_for_event(name);
         let event = BusEvent {
             name: name.to_string(),
             source: source.to_string(),

@@ -83,6 +83,12 @@ impl Registry {
                 return Err(self.deny(caller.name, &permission));
             }
         }
+        // A lazy plugin that provides the service starts on its first call.
+        let slot = slot.or_else(|| {
+            self.start_pending_for_service(service)
+                .then(|| read(&self.services).get(service).cloned())
+                .flatten()
+        });
         let Some(slot) = slot else {
             let known: Vec<String> = read(&self.services).keys().cloned().collect();
             return Err(HostError::new(

@@ -28,7 +28,7 @@ pub use error::ReloadError;
 
 use crate::config::AgentConfig;
 use crate::dependencies::{check_replacement, Candidate};
-use crate::load::{instantiate, subscribe_providers, Prepared};
+use crate::load::{check_manifest, instantiate, subscribe_providers, Prepared};
 use crate::load::{LoadError, OpenError};
 use crate::plugin::CallError;
 use crate::plugin::PluginSource;
@@ -186,15 +186,15 @@ pub(crate) fn reload(
                 })
             })?;
         let manifest = opened.manifests()[index].clone();
-        let valid = manifest
-            .validate()
-            .map_err(|e| fail(ReloadError::Manifest(e.to_string())))?;
+        let (valid, triggers) =
+            check_manifest(&manifest).map_err(|e| fail(ReloadError::Manifest(e)))?;
         let prepared = Prepared {
             source: opened,
             index: index as u32,
-            manifest,
+            manifest: Arc::new(manifest),
             version: valid.version,
             dependencies: valid.dependencies,
+            triggers,
         };
         let candidate = Candidate {
             name: prepared.manifest.name.clone(),
