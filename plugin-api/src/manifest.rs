@@ -146,7 +146,7 @@ pub struct ProviderSpec {
     /// `provider_timeout_ms` when absent. A `get` that takes longer is
     /// left out of the message's state (its cached value, if any, is
     /// served marked stale).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub timeout_ms: Option<u64>,
 }
 
