@@ -207,12 +207,12 @@ fn finish(run: &MessageRun, phase: &HandlerPhase) {
     let counters = &plugin.action_metrics[index as usize];
     let (plugin_name, action) = (plugin.name(), plugin.instance.action_name(index));
     let _span = tracing::info_span!("action", plugin = plugin_name, action).entered();
-    let outcome = phase
-        .relay
-        .take_results()
-        .pop()
-        .flatten()
-        .unwrap_or(Outcome::TimedOut);
+    let mut outcome = Outcome::TimedOut;
+    phase.relay.drain(|_, result| {
+        if let Some(result) = result {
+            outcome = result;
+        }
+    });
     let duration = phase.started.elapsed();
     let duration_ms = duration.as_secs_f64() * 1000.0;
     counters.seconds.observe(duration.as_secs_f64());

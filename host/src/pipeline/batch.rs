@@ -112,7 +112,7 @@ impl BatchEvaluation {
     fn finish(&self) {
         let mut replies = std::mem::take(&mut *lock(&self.replies));
         let limit_ms = self.core.settings.evaluator_timeout_ms;
-        for (job, outcome) in self.relay.take_results().into_iter().enumerate() {
+        self.relay.drain(|job, outcome| {
             let (p, evaluator) = self.evaluator(job);
             let plugin = &self.plan.plugins[p];
             let name = &plugin.evaluator_names[evaluator as usize];
@@ -137,7 +137,7 @@ impl BatchEvaluation {
                     }
                 }
             }
-        }
+        });
         let evaluators_us = super::micros(self.started);
         for reply in &mut replies {
             reply.timings.evaluators_us = evaluators_us;

@@ -72,7 +72,7 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
         let actions = &plugin.instance.manifest.actions;
         plugin
             .instance
-            .validate_each(asked, view, &mut |index, outcome| match outcome {
+            .validate_actions(asked, view, |index, outcome| match outcome {
                 Ok(true) => {
                     let priority = actions[index as usize].priority;
                     if validated.best.is_none_or(|(best, _)| priority > best) {

@@ -59,7 +59,7 @@ fn finish(run: &MessageRun, phase: &EvaluatorsPhase) {
     let mut reply = lock(&run.reply);
     let limit_ms = run.core.settings.evaluator_timeout_ms;
     reply.evaluations.reserve(phase.relay.len());
-    for (job, outcome) in phase.relay.take_results().into_iter().enumerate() {
+    phase.relay.drain(|job, outcome| {
         let (p, evaluator) = run.plan.evaluators[job];
         let plugin = &run.plan.plugins[p];
         let outcome = outcome.unwrap_or_else(|| {
@@ -80,6 +80,6 @@ fn finish(run: &MessageRun, phase: &EvaluatorsPhase) {
                 reply.errors.push(error.to_string());
             }
         }
-    }
+    });
     reply.timings.evaluators_us = super::micros(phase.started);
 }

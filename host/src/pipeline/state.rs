@@ -289,7 +289,7 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
     }
     let mut composing = lock(&phase.composing);
     let composing = &mut *composing;
-    for (job, answers) in phase.relay.take_results().into_iter().enumerate() {
+    phase.relay.drain(|job, answers| {
         let ask = &phase.asks[job];
         let plugin = &plan.plugins[ask.plugin];
         let position_of = |index: u32| {
@@ -308,7 +308,7 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
                 let slot = &plugin.providers[index as usize];
                 composing.values[position] = serve_stale(slot, &mut composing.stale, position);
             }
-            continue;
+            return;
         };
         for (index, outcome) in answers {
             let Some(position) = position_of(index) else {
@@ -335,7 +335,7 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
                 }
             }
         }
-    }
+    });
     let mut state = String::with_capacity(64 * plan.providers.len() + 2);
     state.push('{');
     let mut reusable = composing.reusable;

@@ -190,6 +190,16 @@ impl<R: Send, G> Relay<R, G> {
             .and_then(|a| a.holds.take())
     }
 
+    /// The jobs abandoned at their deadline (no allocation when none was).
+    fn abandoned_jobs(&self) -> Vec<usize> {
+        self.abandoned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|a| a.job)
+            .collect()
+    }
+
     /// Whether job `job` was abandoned at its deadline.
     #[cfg(test)]
     pub(crate) fn was_abandoned(&self, job: usize) -> bool {
@@ -203,47 +213,43 @@ impl<R: Send, G> Relay<R, G> {
     /// Takes the results out once the relay is finished: `None` for an
     /// abandoned job. Only the driver that got [`Relayed::Finished`] may
     /// call it, once.
+    #[cfg(test)]
     pub(crate) fn take_results(&self) -> Vec<Option<R>> {
-        let progress = self.progress.load(Ordering::Acquire);
-        debug_assert!(done_of(progress) >= self.slots.len());
-        let abandoned: Vec<usize> = self
-            .abandoned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|a| a.job)
-            .collect();
-        (0..self.slots.len())
-            .map(|job| {
-                if abandoned.contains(&job) {
-                    None
-                } else {
-                    // SAFETY: every job is done, so the drivers that wrote
-                    // the slots published them with their compare-and-swap
-                    // before the acquire-load above; abandoned slots are
-                    // skipped, and the caller is the one finishing driver.
-                    unsafe { (*self.slots[job].0.get()).take() }
-                }
-            })
-            .collect()
+        let mut results = Vec::with_capacity(self.slots.len());
+        self.drain(|_, result| results.push(result));
+        results
     }
 
-    /// Visits each finished job's result in place (`None` for an abandoned
-    /// job), under the same rule as [`Relay::take_results`].
-    pub(crate) fn for_each_result(&self, mut visit: impl FnMut(usize, Option<&R>)) {
-        let abandoned: Vec<usize> = self
-            .abandoned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|a| a.job)
-            .collect();
-        for job in 0..self.slots.len() {
+    /// Hands each result over in job order, moved out of its slot (`None`
+    /// for an abandoned job), without collecting them first. Only the
+    /// driver that got [`Relayed::Finished`] may call it, once.
+    pub(crate) fn drain(&self, mut visit: impl FnMut(usize, Option<R>)) {
+        let progress = self.progress.load(Ordering::Acquire);
+        debug_assert!(done_of(progress) >= self.slots.len());
+        let abandoned = self.abandoned_jobs();
+        for (job, slot) in self.slots.iter().enumerate() {
             if abandoned.contains(&job) {
                 visit(job, None);
             } else {
-                // SAFETY: as in `take_results`.
-                visit(job, unsafe { (*self.slots[job].0.get()).as_ref() });
+                // SAFETY: every job is done, so the drivers that wrote the
+                // slots published them with their compare-and-swap before
+                // the acquire-load above; abandoned slots are skipped, and
+                // the caller is the one finishing driver.
+                visit(job, unsafe { (*slot.0.get()).take() });
+            }
+        }
+    }
+
+    /// Visits each finished job's result in place (`None` for an abandoned
+    /// job), under the same rule as [`Relay::drain`].
+    pub(crate) fn for_each_result(&self, mut visit: impl FnMut(usize, Option<&R>)) {
+        let abandoned = self.abandoned_jobs();
+        for (job, slot) in self.slots.iter().enumerate() {
+            if abandoned.contains(&job) {
+                visit(job, None);
+            } else {
+                // SAFETY: as in `drain`.
+                visit(job, unsafe { (*slot.0.get()).as_ref() });
             }
         }
     }
