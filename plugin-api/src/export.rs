@@ -237,6 +237,22 @@ impl Host for FfiHost {
     fn clear_timer(&self, timer: u64) -> Result<()> {
         from_ffi(self.0.clear_timer(timer))
     }
+
+    fn current_call(&self) -> Option<(u64, bool)> {
+        let answer = self
+            .0
+            .invoke(
+                RStr::from_str(agent_host_plugin_abi::requests::CURRENT_CALL),
+                RStr::from_str(""),
+            )
+            .into_result()
+            .ok()?;
+        let call: serde_json::Value = serde_json::from_str(answer.as_str()).ok()?;
+        Some((
+            call.get("deadline_unix_ms")?.as_u64()?,
+            call.get("cancelled")?.as_bool()?,
+        ))
+    }
 }
 
 /// Implementation details of [`crate::export_plugin!`]. Not a public API.

@@ -60,6 +60,14 @@ pub trait Host: Send + Sync {
     fn set_timer(&self, timer: u64, after_ms: u64, every_ms: u64) -> Result<()>;
     /// Clears a timer.
     fn clear_timer(&self, timer: u64) -> Result<()>;
+    /// The host's call this thread is in, for an entry point whose FFI
+    /// signature carries no cancellation signal (an event handler, a
+    /// timer): its deadline (milliseconds since the Unix epoch, 0 for none)
+    /// and whether the host cancelled it. `None` outside such a call, or
+    /// from a host that does not say.
+    fn current_call(&self) -> Option<(u64, bool)> {
+        None
+    }
 }
 
 /// An event as delivered to a handler registered with [`Runtime::on`].
@@ -403,12 +411,15 @@ impl<'a> Runtime<'a> {
     /// until it returns, counted against the plugin's limit of calls in
     /// flight.
     pub fn is_cancelled(&self) -> bool {
-        self.control.is_some_and(|c| {
-            c.is_cancelled() || {
-                let deadline = c.deadline_unix_ms();
-                deadline != 0 && now_unix_ms() >= deadline
-            }
-        })
+        let (deadline, cancelled) = match self.control {
+            Some(c) => (c.deadline_unix_ms(), c.is_cancelled()),
+            // An event handler or a timer: the host says, when asked.
+            None => match self.shared.host.current_call() {
+                Some(call) => call,
+                None => return false,
+            },
+        };
+        cancelled || (deadline != 0 && now_unix_ms() >= deadline)
     }
 
     /// Returns a [`ErrorKind::Cancelled`] error if the call was cancelled, so
@@ -439,13 +450,14 @@ impl<'a> Runtime<'a> {
         }
     }
 
-    /// The call's deadline, if it has one (handlers, providers and service
-    /// methods have one).
+    /// The call's deadline, if it has one (handlers, providers, service
+    /// methods, event handlers and timers have one).
     pub fn deadline(&self) -> Option<SystemTime> {
-        self.control
-            .map(CallControl::deadline_unix_ms)
-            .filter(|&ms| ms != 0)
-            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+        let deadline = match self.control {
+            Some(c) => c.deadline_unix_ms(),
+            None => self.shared.host.current_call()?.0,
+        };
+        (deadline != 0).then(|| UNIX_EPOCH + Duration::from_millis(deadline))
     }
 }
 

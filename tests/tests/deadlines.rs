@@ -166,3 +166,32 @@ fn a_plugin_at_its_limit_is_refused_at_once_while_another_plugin_serves() {
         assert_eq!(call.join().expect("joins").text, "woke up");
     }
 }
+
+#[test]
+fn a_late_event_handler_is_abandoned_and_sees_the_cancellation() {
+    let agent = agent("[host]\nevent_timeout_ms = 200\n");
+    let started = Instant::now();
+    let failures = agent.host.emit("laggard:tick", serde_json::Value::Null);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0]
+            .error
+            .contains("plugin 'laggard': event handler for 'laggard:tick': timed out after 200 ms"),
+        "{failures:?}"
+    );
+    // The handler's FFI entry has no cancellation signal: it asked the host.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = answer(&agent, "tick-status");
+        if status.text == "ticks that saw their cancellation: 1" {
+            break;
+        }
+        assert!(Instant::now() < until, "{}", status.text);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

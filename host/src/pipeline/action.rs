@@ -23,7 +23,7 @@ fn unix_ms(time: SystemTime) -> u64 {
 }
 
 /// Milliseconds since the Unix epoch, `timeout` from now.
-pub(super) fn unix_ms_after(timeout: Duration) -> u64 {
+pub(crate) fn unix_ms_after(timeout: Duration) -> u64 {
     // Rounded up, so the plugin never sees its deadline before the host
     // does; 0 (a clock before the epoch) stays "no deadline".
     match unix_ms(SystemTime::now() + timeout) {

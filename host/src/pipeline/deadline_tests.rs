@@ -300,3 +300,54 @@ fn a_call_within_its_deadline_is_never_taken_for_late_however_old_the_host() {
         assert!(reply.errors.is_empty(), "{:?}", reply.errors);
     }
 }
+
+#[test]
+fn a_late_event_handler_is_abandoned_and_sees_the_cancellation() {
+    let saw = Arc::new(AtomicBool::new(false));
+    let plugin_saw = Arc::clone(&saw);
+    let (host, report) = host_with(
+        "[host]\nevent_timeout_ms = 100\n",
+        vec![source("e.so", move || {
+            let saw = Arc::clone(&plugin_saw);
+            Plugin::new("e", "1.0.0").on_load(move |rt| {
+                let saw = Arc::clone(&saw);
+                rt.on("tick", move |_, rt| {
+                    let started = Instant::now();
+                    while !rt.is_cancelled() && started.elapsed() < Duration::from_secs(5) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    saw.store(
+                        rt.is_cancelled() && rt.deadline().is_some(),
+                        Ordering::SeqCst,
+                    );
+                    Ok(())
+                })?;
+                Ok(())
+            })
+        })],
+    );
+    assert!(report.is_clean(), "{:?}", report.failures);
+    let started = Instant::now();
+    let failures = host.emit("tick", json!(null));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(failures.len(), 1);
+    assert!(
+        failures[0]
+            .error
+            .contains("plugin 'e': event handler for 'tick': timed out after 100 ms"),
+        "{:?}",
+        failures
+    );
+    let until = Instant::now() + Duration::from_secs(2);
+    while !saw.load(Ordering::SeqCst) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        saw.load(Ordering::SeqCst),
+        "the handler saw its cancellation"
+    );
+}

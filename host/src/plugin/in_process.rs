@@ -299,11 +299,21 @@ impl HostApi for FfiCallbacks {
     }
 
     fn invoke(&self, request: RStr<'_>, _payload_json: RStr<'_>) -> FfiResult<RString> {
-        guarded(|| {
-            Err(Failure::new(
+        guarded(|| match request.as_str() {
+            agent_host_plugin_abi::requests::CURRENT_CALL => Ok(self
+                .0
+                .current_call()
+                .map_or_else(
+                    || "null".to_string(),
+                    |(deadline, cancelled)| {
+                        format!("{{\"deadline_unix_ms\":{deadline},\"cancelled\":{cancelled}}}")
+                    },
+                )
+                .into()),
+            other => Err(Failure::new(
                 ErrorKind::NotFound,
-                format!("this host does not know the request '{}'", request.as_str()),
-            ))
+                format!("this host does not know the request '{other}'"),
+            )),
         })
     }
 }

@@ -146,6 +146,10 @@ impl Host for PluginCallbacks {
         sdk(self.core())?.clear_timer(&self.plugin, self.generation, timer);
         Ok(())
     }
+
+    fn current_call(&self) -> Option<(u64, bool)> {
+        super::current_call::inherited()
+    }
 }
 
 impl PluginCallbacks {

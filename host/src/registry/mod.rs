@@ -302,14 +302,22 @@ impl Registry {
             payload_json.to_string(),
         );
         let nesting = events::nesting();
+        let timeout_ms = self.settings.event_timeout_ms;
+        // The handler's FFI entry carries no cancellation signal: it asks
+        // the host, which answers from this control (`current_call.rs`).
+        let control = Arc::new(agent_host_plugin_abi::CallControl::with_deadline(
+            crate::pipeline::unix_ms_after(std::time::Duration::from_millis(timeout_ms)),
+        ));
+        let control_bg = Arc::clone(&control);
         self.runtime.spawn_blocking(move || {
             let _call = call;
-            let outcome = events::nested(nesting, || {
-                plugin.instance.on_event(subscription, &name, &payload)
+            let outcome = current_call::within(&control_bg, || {
+                events::nested(nesting, || {
+                    plugin.instance.on_event(subscription, &name, &payload)
+                })
             });
             let _ = sender.send(outcome);
         });
-        let timeout_ms = self.settings.event_timeout_ms;
         match receiver.recv_timeout(std::time::Duration::from_millis(timeout_ms)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
@@ -317,6 +325,7 @@ impl Registry {
                 Err(error.to_string())
             }
             Err(_) => {
+                control.cancel();
                 let error = target.instance.timed_out(entry, timeout_ms);
                 self.record_error(target, &error);
                 Err(error.to_string())

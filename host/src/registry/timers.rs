@@ -3,6 +3,7 @@
 //! generation; a handler past `timer_timeout_ms` is abandoned.
 
 use super::Registry;
+use agent_host_plugin_abi::CallControl;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -36,6 +37,11 @@ impl Registry {
                 };
                 let timeout = Duration::from_millis(core_now.settings.timer_timeout_ms);
                 let limit = core_now.settings.max_calls_in_flight;
+                // The handler asks the host for its cancellation signal.
+                let control = Arc::new(CallControl::with_deadline(
+                    crate::pipeline::unix_ms_after(timeout),
+                ));
+                let control_bg = Arc::clone(&control);
                 let fired = tokio::task::spawn_blocking(move || {
                     // A host shutting down fires no more timers.
                     let Some(_admitted) = core_now.admission.enter() else {
@@ -47,17 +53,20 @@ impl Registry {
                     else {
                         return Err(target.instance.refused(format!("timer {timer}"), limit));
                     };
-                    target.instance.on_timer(timer)
+                    super::current_call::within(&control_bg, || target.instance.on_timer(timer))
                 });
                 // A timer handler past its deadline is abandoned: the next
                 // tick does not wait for it (its bulkhead bounds the pile).
                 match tokio::time::timeout(timeout, fired).await {
                     Ok(Ok(Err(error))) => tracing::warn!(plugin = %owner, "{error}"),
-                    Err(_) => tracing::warn!(
+                    Err(_) => {
+                        control.cancel();
+                        tracing::warn!(
                         plugin = %owner,
                         "timer {timer}: timed out after {} ms (abandoned; it keeps its thread until it returns)",
                         timeout.as_millis()
-                    ),
+                    );
+                    }
                     Ok(_) => {}
                 }
                 if every_ms == 0 {

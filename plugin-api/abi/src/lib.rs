@@ -68,6 +68,16 @@ pub mod codes {
     pub const UNAVAILABLE: u32 = 7;
 }
 
+/// The string-keyed requests a host answers through [`HostApi::invoke`]
+/// (features added after the layout froze).
+pub mod requests {
+    /// The call into the plugin that the calling thread is in, for entry
+    /// points whose signature carries no [`CallControl`](crate::CallControl)
+    /// (event handlers, timers): the answer is
+    /// `{"deadline_unix_ms": N, "cancelled": B}`, or `null` outside one.
+    pub const CURRENT_CALL: &str = "call:current";
+}
+
 /// An error crossing the boundary: a code from [`codes`] and a human message.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
