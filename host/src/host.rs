@@ -143,11 +143,27 @@ impl PluginHost {
         self.core.runtime().block_on(self.answer(message))
     }
 
+    /// [`PluginHost::answer_batch`] from a thread outside the runtime, for
+    /// tests.
+    #[cfg(test)]
+    pub(crate) fn answer_batch_blocking(&self, messages: Vec<InboundMessage>) -> Vec<Reply> {
+        self.core.runtime().block_on(self.answer_batch(messages))
+    }
+
     /// Runs several messages; evaluators score them together with their
-    /// batch form. Blocks while plugin code runs.
+    /// batch form. Runs on this thread, and blocks while plugin code runs,
+    /// as [`PluginHost::handle_message`] does.
     pub fn handle_batch(&self, messages: Vec<InboundMessage>) -> Vec<Reply> {
         let messages: Vec<InboundMessage> = messages.into_iter().map(|m| self.prepare(m)).collect();
         pipeline::handle_batch(&self.core, messages)
+    }
+
+    /// Runs several messages as [`PluginHost::handle_batch`] does, on the
+    /// blocking pool, and returns the replies when they are ready: on time
+    /// even when a plugin call hangs.
+    pub async fn answer_batch(&self, messages: Vec<InboundMessage>) -> Vec<Reply> {
+        let messages: Vec<InboundMessage> = messages.into_iter().map(|m| self.prepare(m)).collect();
+        pipeline::answer_batch(&self.core, messages).await
     }
 
     /// Loads plugins from sources that are already open (in unit tests:

@@ -28,10 +28,11 @@
 //!
 //! * Run plugin code on an async worker thread: plugin calls block (a handler
 //!   may take seconds), so every message goes to the blocking pool
-//!   ([`PluginHost::answer`], [`tokio::task::spawn_blocking`] for batches),
-//!   and its reply comes back on time even when a plugin call hangs.
+//!   ([`PluginHost::answer`], [`PluginHost::answer_batch`]), and its reply
+//!   comes back on time even when a plugin call hangs.
 //!
 //! [`PluginHost::answer`]: crate::PluginHost::answer
+//! [`PluginHost::answer_batch`]: crate::PluginHost::answer_batch
 //! * Panic or `unwrap` on anything a client sends: every malformed input
 //!   becomes an error answer.
 //! * Keep the process alive after shutdown: event streams end when the
@@ -286,15 +287,6 @@ fn parse_request(
         .map(MessageRequest::Batch)
 }
 
-/// The answer when the blocking task running the pipeline died.
-fn pipeline_died(error: tokio::task::JoinError) -> ApiError {
-    tracing::error!("the message pipeline failed: {error}");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("the message pipeline failed: {error}"),
-    )
-}
-
 /// `POST /v1/messages`.
 async fn post_messages(
     State(state): State<ApiState>,
@@ -314,13 +306,7 @@ async fn post_messages(
             Ok(Json(reply).into_response())
         }
         MessageRequest::Batch(messages) => {
-            let replies: Vec<Reply> = if messages.is_empty() {
-                Vec::new()
-            } else {
-                tokio::task::spawn_blocking(move || host.handle_batch(messages))
-                    .await
-                    .map_err(pipeline_died)?
-            };
+            let replies: Vec<Reply> = host.answer_batch(messages).await;
             Ok(Json(json!({ "replies": replies })).into_response())
         }
     }

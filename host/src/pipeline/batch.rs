@@ -1,11 +1,17 @@
 //! A batch of messages: each is answered as a message is (without its
-//! evaluators), then every evaluator scores all of them in one call through
-//! its batch form, each call with `evaluator_timeout_ms` as its deadline.
+//! evaluators), one after another, then every evaluator scores all of them
+//! in one call through its batch form, each call with
+//! `evaluator_timeout_ms` as its deadline.
+//!
+//! The batch is carried on by whichever thread finishes its current step:
+//! the thread that finishes a message starts the next one, and the thread
+//! that finishes the last starts the evaluation. So a late call anywhere in
+//! the batch delays the replies by its deadline only, as for one message.
 
 use super::context::view_of;
 use super::plan::ServingPlan;
-use super::run::{late, lock, MessageRun, Seen};
-use super::{lost, refused, EvaluationRecord, InboundMessage, Reply};
+use super::run::{late, lock, MessageRun, ReplyTo, Seen};
+use super::{refused, EvaluationRecord, InboundMessage, Reply};
 use crate::plugin::{CallError, MessageRef};
 use crate::registry::inflight::Entry;
 use crate::registry::Registry;
@@ -16,62 +22,107 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
+/// A batch on its way: the messages, the replies so far, and who waits for
+/// them all.
+pub(crate) struct Batch {
+    core: Arc<Registry>,
+    messages: Vec<InboundMessage>,
+    /// One per message answered so far, with the context it saw.
+    answered: Mutex<Vec<(Reply, Arc<str>)>>,
+    waiting: Mutex<Option<oneshot::Sender<Vec<Reply>>>>,
+}
+
 /// The evaluators of a batch: one job per evaluator of the plan, each
 /// scoring every message.
 struct BatchEvaluation {
-    core: Arc<Registry>,
+    batch: Arc<Batch>,
     plan: Arc<ServingPlan>,
-    messages: Vec<InboundMessage>,
     contexts: Vec<Arc<str>>,
     started: Instant,
     relay: Relay<Result<Vec<Evaluation>, CallError>>,
     replies: Mutex<Vec<Reply>>,
     seen: Mutex<Seen>,
-    waiting: Mutex<Option<oneshot::Sender<Vec<Reply>>>>,
 }
 
-/// Answers each message, then scores them all.
-pub(super) fn handle_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) -> Vec<Reply> {
-    let mut replies = Vec::with_capacity(messages.len());
-    let mut contexts = Vec::with_capacity(messages.len());
-    let mut answered = Vec::with_capacity(messages.len());
-    for (position, message) in messages.iter().enumerate() {
-        let id = message.id.clone();
-        let (sender, mut receiver) = oneshot::channel();
-        let Some(run) = MessageRun::start(core, message.clone(), false, sender) else {
-            // The host shuts down: the rest are refused, unscored.
-            replies.extend(messages[position..].iter().map(|m| refused(&m.id)));
-            return replies;
-        };
-        run.drive(0);
-        let reply = match receiver.try_recv() {
-            Ok(reply) => reply,
-            Err(_) => receiver.blocking_recv().unwrap_or_else(|_| lost(&id)),
-        };
-        contexts.push(run.context());
-        replies.push(reply);
-        answered.push(message.clone());
-    }
-    let (sender, mut receiver) = oneshot::channel();
-    let plan = core.serving_plan();
-    let batch = Arc::new(BatchEvaluation {
+/// Starts a batch whose replies go to `waiting`: returns the run of its
+/// first message, for the caller to drive (`None` when there is nothing to
+/// drive: no message, or the host is shutting down, and the replies are
+/// already sent).
+pub(super) fn start(
+    core: &Arc<Registry>,
+    messages: Vec<InboundMessage>,
+    waiting: oneshot::Sender<Vec<Reply>>,
+) -> Option<Arc<MessageRun>> {
+    let first = messages.first()?.clone();
+    let batch = Arc::new(Batch {
         core: Arc::clone(core),
-        relay: Relay::new(plan.evaluators.len(), 0),
-        plan,
-        messages: answered,
-        contexts,
-        started: Instant::now(),
-        replies: Mutex::new(replies),
-        seen: Mutex::new(Seen::default()),
-        waiting: Mutex::new(Some(sender)),
+        answered: Mutex::new(Vec::with_capacity(messages.len())),
+        messages,
+        waiting: Mutex::new(Some(waiting)),
     });
-    let watched: Arc<dyn Watched> = batch.clone();
-    core.watchdog.watch(Arc::downgrade(&watched));
-    batch.drive(0);
-    drop(batch);
-    match receiver.try_recv() {
-        Ok(replies) => replies,
-        Err(_) => receiver.blocking_recv().unwrap_or_default(),
+    MessageRun::start(core, first, ReplyTo::Batch(batch, 0))
+}
+
+impl Batch {
+    /// Message `index` is answered: starts the next message, or, after the
+    /// last, scores them all (on this thread) and sends the replies.
+    pub(crate) fn answered(
+        self: &Arc<Self>,
+        index: usize,
+        reply: Reply,
+        context: Arc<str>,
+    ) -> Option<Arc<MessageRun>> {
+        lock(&self.answered).push((reply, context));
+        match self.messages.get(index + 1) {
+            Some(next) => MessageRun::start(
+                &self.core,
+                next.clone(),
+                ReplyTo::Batch(Arc::clone(self), index + 1),
+            ),
+            None => {
+                self.evaluate();
+                None
+            }
+        }
+    }
+
+    /// The host shuts down before message `index`: it and the rest are
+    /// refused, unscored, and the replies sent.
+    pub(crate) fn refused_from(&self, index: usize) {
+        let mut replies: Vec<Reply> = std::mem::take(&mut *lock(&self.answered))
+            .into_iter()
+            .map(|(reply, _)| reply)
+            .collect();
+        replies.extend(self.messages[index..].iter().map(|m| refused(&m.id)));
+        self.send(replies);
+    }
+
+    fn send(&self, replies: Vec<Reply>) {
+        if let Some(waiting) = lock(&self.waiting).take() {
+            // Nobody waits any more (a client gone): the replies are dropped.
+            let _ = waiting.send(replies);
+        }
+    }
+
+    /// Every message is answered: the evaluators score them all.
+    fn evaluate(self: &Arc<Self>) {
+        let (replies, contexts): (Vec<Reply>, Vec<Arc<str>>) =
+            std::mem::take(&mut *lock(&self.answered))
+                .into_iter()
+                .unzip();
+        let plan = self.core.serving_plan();
+        let evaluation = Arc::new(BatchEvaluation {
+            batch: Arc::clone(self),
+            relay: Relay::new(plan.evaluators.len(), 0),
+            plan,
+            contexts,
+            started: Instant::now(),
+            replies: Mutex::new(replies),
+            seen: Mutex::new(Seen::default()),
+        });
+        let watched: Arc<dyn Watched> = evaluation.clone();
+        self.core.watchdog.watch(Arc::downgrade(&watched));
+        evaluation.drive(0);
     }
 }
 
@@ -83,12 +134,13 @@ impl BatchEvaluation {
 
     fn drive(self: &Arc<Self>, driver: u32) {
         let views: Vec<MessageRef<'_>> = self
+            .batch
             .messages
             .iter()
             .zip(&self.contexts)
             .map(|(m, c)| view_of(m, c))
             .collect();
-        let limit = self.core.settings.max_calls_in_flight;
+        let limit = self.batch.core.settings.max_calls_in_flight;
         let relayed = self.relay.drive(driver, |job, control| {
             let (p, evaluator) = self.evaluator(job);
             let plugin = &self.plan.plugins[p];
@@ -110,8 +162,9 @@ impl BatchEvaluation {
     }
 
     fn finish(&self) {
+        let core = &self.batch.core;
         let mut replies = std::mem::take(&mut *lock(&self.replies));
-        let limit_ms = self.core.settings.evaluator_timeout_ms;
+        let limit_ms = core.settings.evaluator_timeout_ms;
         self.relay.drain(|job, outcome| {
             let (p, evaluator) = self.evaluator(job);
             let plugin = &self.plan.plugins[p];
@@ -131,7 +184,7 @@ impl BatchEvaluation {
                     }
                 }
                 Err(error) => {
-                    self.core.record_error(plugin, &error);
+                    core.record_error(plugin, &error);
                     for reply in &mut replies {
                         reply.errors.push(error.to_string());
                     }
@@ -143,9 +196,7 @@ impl BatchEvaluation {
             reply.timings.evaluators_us = evaluators_us;
             reply.timings.total_us += evaluators_us;
         }
-        if let Some(waiting) = lock(&self.waiting).take() {
-            let _ = waiting.send(replies);
-        }
+        self.batch.send(replies);
     }
 }
 
@@ -154,14 +205,15 @@ impl Watched for BatchEvaluation {
         if self.relay.in_progress().is_none() {
             return false;
         }
-        let limit = self.core.settings.evaluator_timeout_ms;
+        let limit = self.batch.core.settings.evaluator_timeout_ms;
         // Each call holds its place in its plugin's calls in flight itself.
         let next = late(&self.seen, 0, &self.relay, now_ms, |_| limit, |_| ());
         if let Some(next) = next {
-            let batch = Arc::clone(&self);
-            self.core
+            let evaluation = Arc::clone(&self);
+            self.batch
+                .core
                 .runtime()
-                .spawn_blocking(move || batch.drive(next));
+                .spawn_blocking(move || evaluation.drive(next));
         }
         true
     }

@@ -351,3 +351,68 @@ fn a_late_event_handler_is_abandoned_and_sees_the_cancellation() {
         "the handler saw its cancellation"
     );
 }
+
+#[test]
+fn a_batch_is_answered_on_time_past_a_late_validate_and_a_hung_batch_evaluator() {
+    let gate = Gate::default();
+    let (validate_gate, evaluator_gate) = (gate.clone(), gate.clone());
+    let (host, _) = host_with(
+        "[host]\nvalidate_timeout_ms = 100\nevaluator_timeout_ms = 100\n",
+        vec![
+            source("slow.so", move || {
+                let (validate_gate, evaluator_gate) =
+                    (validate_gate.clone(), evaluator_gate.clone());
+                Plugin::new("slow", "1.0.0")
+                    .action(
+                        Action::new("SLOW")
+                            .validate(move |m| {
+                                if m.text() == "first" {
+                                    validate_gate.wait();
+                                }
+                                false
+                            })
+                            .handler(|_, _| Ok(ActionResult::text("never"))),
+                    )
+                    .evaluator(Evaluator::new("hung").evaluate(move |_, _| {
+                        evaluator_gate.wait();
+                        Ok(Evaluation::new(1.0, true))
+                    }))
+            }),
+            source("fast.so", || {
+                Plugin::new("fast", "1.0.0")
+                    .action(answering("FAST", ""))
+                    .evaluator(
+                        Evaluator::new("quick").evaluate(|_, _| Ok(Evaluation::new(0.5, true))),
+                    )
+            }),
+        ],
+    );
+    let started = Instant::now();
+    let replies = host.answer_batch_blocking(vec![message("first"), message("second")]);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "answered on time: {took:?}"
+    );
+    assert_eq!(replies.len(), 2);
+    for reply in &replies {
+        assert_eq!(reply.text, "FAST");
+        assert_eq!(reply.evaluations.len(), 1, "{:?}", reply.errors);
+        assert!(
+            reply.errors.iter().any(|e| e.contains(
+                "plugin 'slow': evaluator 'hung' evaluate_batch: timed out after 100 ms"
+            )),
+            "{:?}",
+            reply.errors
+        );
+    }
+    assert!(
+        replies[0]
+            .errors
+            .iter()
+            .any(|e| e.contains("plugin 'slow': actions' validate: timed out after 100 ms")),
+        "{:?}",
+        replies[0].errors
+    );
+    gate.open();
+}

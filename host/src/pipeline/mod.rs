@@ -53,7 +53,7 @@ pub use message::{
 };
 
 use crate::registry::Registry;
-use run::MessageRun;
+use run::{MessageRun, ReplyTo};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -96,7 +96,7 @@ fn lost(id: &str) -> Reply {
 pub fn handle_message(core: &Arc<Registry>, message: InboundMessage) -> Reply {
     let id = message.id.clone();
     let (sender, mut receiver) = oneshot::channel();
-    if let Some(run) = MessageRun::start(core, message, true, sender) {
+    if let Some(run) = MessageRun::start(core, message, ReplyTo::Waiting(sender)) {
         run.drive(0);
     }
     match receiver.try_recv() {
@@ -113,15 +113,38 @@ pub async fn answer(core: &Arc<Registry>, message: InboundMessage) -> Reply {
     let (sender, receiver) = oneshot::channel();
     let core_bg = Arc::clone(core);
     core.runtime().spawn_blocking(move || {
-        if let Some(run) = MessageRun::start(&core_bg, message, true, sender) {
+        if let Some(run) = MessageRun::start(&core_bg, message, ReplyTo::Waiting(sender)) {
             run.drive(0);
         }
     });
     receiver.await.unwrap_or_else(|_| lost(&id))
 }
 
-/// Runs several messages: each is answered in turn, then every evaluator
-/// scores all of them at once through its batch form.
+/// Runs several messages on this thread: each is answered in turn, then
+/// every evaluator scores all of them at once through its batch form. Like
+/// [`handle_message`], this thread is lent to a late call until it returns;
+/// [`answer_batch`] returns the replies on time.
 pub fn handle_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) -> Vec<Reply> {
-    batch::handle_batch(core, messages)
+    let (sender, mut receiver) = oneshot::channel();
+    if let Some(run) = batch::start(core, messages, sender) {
+        run.drive(0);
+    }
+    match receiver.try_recv() {
+        Ok(replies) => replies,
+        Err(_) => receiver.blocking_recv().unwrap_or_default(),
+    }
+}
+
+/// Runs several messages as [`handle_batch`] does, on the blocking pool,
+/// and returns the replies when they are ready: on time even when a plugin
+/// call hangs.
+pub async fn answer_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) -> Vec<Reply> {
+    let (sender, receiver) = oneshot::channel();
+    let core_bg = Arc::clone(core);
+    core.runtime().spawn_blocking(move || {
+        if let Some(run) = batch::start(&core_bg, messages, sender) {
+            run.drive(0);
+        }
+    });
+    receiver.await.unwrap_or_default()
 }

@@ -19,6 +19,7 @@
 //!
 //! Whoever finishes the last phase sends the reply to whoever waits for it.
 
+use super::batch::Batch;
 use super::message::{InboundMessage, Reply};
 use super::plan::ServingPlan;
 use super::{action, choose, evaluate, state};
@@ -74,7 +75,16 @@ pub(crate) struct MessageRun {
     /// The reply so far; only the driver touches it, between jobs.
     pub(super) reply: Mutex<Reply>,
     seen: Mutex<Seen>,
-    waiting: Mutex<Option<oneshot::Sender<Reply>>>,
+    reply_to: Mutex<Option<ReplyTo>>,
+}
+
+/// Where a message's reply goes.
+pub(crate) enum ReplyTo {
+    /// To whoever waits on the channel.
+    Waiting(oneshot::Sender<Reply>),
+    /// Into message number `.1` of a batch, whose next message (or whose
+    /// evaluation) the thread that finishes this one carries on with.
+    Batch(Arc<Batch>, usize),
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked.
@@ -84,19 +94,24 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl MessageRun {
     /// Admits a message, starts the lazy plugins it needs and prepares its
-    /// run; the reply goes to `waiting`. `None` (the refusal already sent)
-    /// when the host is shutting down. Runs plugin code (a lazy plugin's
-    /// start): call it from a thread that may block.
+    /// run; the reply goes to `reply_to`. `None` (the refusal already
+    /// delivered) when the host is shutting down. Runs plugin code (a lazy
+    /// plugin's start): call it from a thread that may block.
     pub(crate) fn start(
         core: &Arc<Registry>,
         message: InboundMessage,
-        evaluate: bool,
-        waiting: oneshot::Sender<Reply>,
+        reply_to: ReplyTo,
     ) -> Option<Arc<Self>> {
         if !core.admission.enter_detached() {
-            let _ = waiting.send(super::refused(&message.id));
+            match reply_to {
+                ReplyTo::Waiting(waiting) => {
+                    let _ = waiting.send(super::refused(&message.id));
+                }
+                ReplyTo::Batch(batch, index) => batch.refused_from(index),
+            }
             return None;
         }
+        let evaluate = matches!(reply_to, ReplyTo::Waiting(_));
         let start_failures = core.start_pending_for_message(&message.text);
         let reply = Reply {
             id: message.id.clone(),
@@ -117,7 +132,7 @@ impl MessageRun {
             evaluators: OnceLock::new(),
             reply: Mutex::new(reply),
             seen: Mutex::new(Seen::default()),
-            waiting: Mutex::new(Some(waiting)),
+            reply_to: Mutex::new(Some(reply_to)),
         });
         let watched: Arc<dyn Watched> = run.clone();
         core.watchdog.watch(Arc::downgrade(&watched));
@@ -138,8 +153,18 @@ impl MessageRun {
     }
 
     /// Drives the message from where it stands, as driver number `driver`,
-    /// until it is answered or another thread takes over.
+    /// until it is answered or another thread takes over; then, for a
+    /// message of a batch, the batch's next message, and so on.
     pub(crate) fn drive(self: &Arc<Self>, driver: u32) {
+        let mut next = self.drive_one(driver);
+        while let Some(run) = next {
+            next = run.drive_one(0);
+        }
+    }
+
+    /// Drives this message; returns the next message of its batch, if it
+    /// finished this one and there is one.
+    fn drive_one(self: &Arc<Self>, driver: u32) -> Option<Arc<Self>> {
         let _span = tracing::info_span!("message", id = %self.message.id).entered();
         loop {
             let phase = self.phase.load(Ordering::Acquire);
@@ -149,19 +174,22 @@ impl MessageRun {
                 HANDLER => action::drive(self, driver),
                 EVALUATORS if self.evaluate => evaluate::drive(self, driver),
                 EVALUATORS => Relayed::Finished,
-                DONE.. => return,
+                DONE.. => return None,
             };
             if relayed == Relayed::Superseded {
-                return;
+                return None;
             }
             if phase == EVALUATORS {
-                self.finish();
+                self.phase.store(DONE, Ordering::Release);
+                return self.finish();
             }
             self.phase.store(phase + 1, Ordering::Release);
         }
     }
 
-    fn finish(&self) {
+    /// Delivers the reply; for a message of a batch, returns the batch's
+    /// next message.
+    fn finish(&self) -> Option<Arc<Self>> {
         let mut reply = std::mem::take(&mut *lock(&self.reply));
         reply.timings.total_us = super::micros(self.started);
         self.core.metrics.messages.inc();
@@ -169,9 +197,13 @@ impl MessageRun {
             .metrics
             .message_seconds
             .observe(self.started.elapsed().as_secs_f64());
-        if let Some(waiting) = lock(&self.waiting).take() {
-            // Nobody waits any more (a client gone): the reply is dropped.
-            let _ = waiting.send(reply);
+        match lock(&self.reply_to).take()? {
+            ReplyTo::Waiting(waiting) => {
+                // Nobody waits any more (a client gone): the reply is dropped.
+                let _ = waiting.send(reply);
+                None
+            }
+            ReplyTo::Batch(batch, index) => batch.answered(index, reply, self.context()),
         }
     }
 
