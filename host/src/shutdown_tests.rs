@@ -97,3 +97,39 @@ fn a_call_stuck_past_the_grace_period_does_not_hold_the_shutdown() {
         );
     });
 }
+
+#[test]
+fn a_batch_holds_the_shutdown_as_one_entry_and_one_after_it_is_refused_whole() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let started = Arc::new(AtomicBool::new(false));
+    let (plugin_events, plugin_started) = (Arc::clone(&events), Arc::clone(&started));
+    let (host, _) = host_with(
+        "[host]\nshutdown_grace_ms = 5000\n",
+        vec![source("sleeper.so", move || {
+            sleeper(200, &plugin_events, &plugin_started)
+        })],
+    );
+    std::thread::scope(|scope| {
+        let batch = scope.spawn(|| host.handle_batch(vec![message("sleep"), message("sleep")]));
+        while !started.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        host.shutdown();
+        let replies = batch.join().expect("the batch");
+        assert_eq!(replies.len(), 2);
+        assert!(
+            replies.iter().all(|r| r.ok),
+            "both messages ran: the shutdown waited for the whole batch: {replies:?}"
+        );
+    });
+    let log = events
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    assert_eq!(log.last(), Some(&"on_unload"), "{log:?}");
+    let refused = host.handle_batch(vec![message("sleep"), message("sleep")]);
+    assert_eq!(refused.len(), 2);
+    assert!(refused
+        .iter()
+        .all(|r| r.text == crate::pipeline::SHUTTING_DOWN));
+}

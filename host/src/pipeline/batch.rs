@@ -3,7 +3,8 @@
 //! in one call through its batch form, each call with
 //! `evaluator_timeout_ms` as its deadline.
 //!
-//! The batch is carried on by whichever thread finishes its current step:
+//! The batch is admitted once, as one piece of work, and carried on by
+//! whichever thread finishes its current step:
 //! the thread that finishes a message starts the next one, and the thread
 //! that finishes the last starts the evaluation. So a late call anywhere in
 //! the batch delays the replies by its deadline only, as for one message.
@@ -23,7 +24,8 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// A batch on its way: the messages, the replies so far, and who waits for
-/// them all.
+/// them all. It holds one entry of the admission gate from its start until
+/// it is dropped (its messages run inside it, as one piece of work).
 pub(crate) struct Batch {
     core: Arc<Registry>,
     messages: Vec<InboundMessage>,
@@ -54,6 +56,10 @@ pub(super) fn start(
     waiting: oneshot::Sender<Vec<Reply>>,
 ) -> Option<Arc<MessageRun>> {
     let first = messages.first()?.clone();
+    if !core.admission.enter_detached() {
+        let _ = waiting.send(messages.iter().map(|m| refused(&m.id)).collect());
+        return None;
+    }
     let batch = Arc::new(Batch {
         core: Arc::clone(core),
         answered: Mutex::new(Vec::with_capacity(messages.len())),
@@ -86,17 +92,6 @@ impl Batch {
         }
     }
 
-    /// The host shuts down before message `index`: it and the rest are
-    /// refused, unscored, and the replies sent.
-    pub(crate) fn refused_from(&self, index: usize) {
-        let mut replies: Vec<Reply> = std::mem::take(&mut *lock(&self.answered))
-            .into_iter()
-            .map(|(reply, _)| reply)
-            .collect();
-        replies.extend(self.messages[index..].iter().map(|m| refused(&m.id)));
-        self.send(replies);
-    }
-
     fn send(&self, replies: Vec<Reply>) {
         if let Some(waiting) = lock(&self.waiting).take() {
             // Nobody waits any more (a client gone): the replies are dropped.
@@ -123,6 +118,12 @@ impl Batch {
         let watched: Arc<dyn Watched> = evaluation.clone();
         self.core.watchdog.watch(Arc::downgrade(&watched));
         evaluation.drive(0);
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.core.admission.leave();
     }
 }
 

@@ -62,6 +62,9 @@ pub(crate) struct MessageRun {
     pub(super) plan: Arc<ServingPlan>,
     pub(super) message: InboundMessage,
     pub(super) started: Instant,
+    /// Whether this run holds an entry of the admission gate (a message of
+    /// a batch is inside the batch's).
+    admitted: bool,
     /// Whether the evaluators score this message (a batch scores its
     /// messages together afterwards).
     evaluate: bool,
@@ -102,16 +105,15 @@ impl MessageRun {
         message: InboundMessage,
         reply_to: ReplyTo,
     ) -> Option<Arc<Self>> {
-        if !core.admission.enter_detached() {
-            match reply_to {
-                ReplyTo::Waiting(waiting) => {
-                    let _ = waiting.send(super::refused(&message.id));
-                }
-                ReplyTo::Batch(batch, index) => batch.refused_from(index),
+        // A message of a batch is inside the batch's admitted entry.
+        let admitted = matches!(reply_to, ReplyTo::Waiting(_));
+        if admitted && !core.admission.enter_detached() {
+            if let ReplyTo::Waiting(waiting) = reply_to {
+                let _ = waiting.send(super::refused(&message.id));
             }
             return None;
         }
-        let evaluate = matches!(reply_to, ReplyTo::Waiting(_));
+        let evaluate = admitted;
         let start_failures = core.start_pending_for_message(&message.text);
         let reply = Reply {
             id: message.id.clone(),
@@ -123,6 +125,7 @@ impl MessageRun {
             plan: core.serving_plan(),
             message,
             started: Instant::now(),
+            admitted,
             evaluate,
             phase: AtomicU8::new(PROVIDERS),
             providers: OnceLock::new(),
@@ -304,6 +307,8 @@ impl Watched for MessageRun {
 
 impl Drop for MessageRun {
     fn drop(&mut self) {
-        self.core.admission.leave();
+        if self.admitted {
+            self.core.admission.leave();
+        }
     }
 }
