@@ -9,28 +9,12 @@ use super::run::{lock, MessageRun};
 use super::{ActionRef, Reply, NO_ACTION_TEXT};
 use crate::registry::inflight::Entry;
 use crate::watchdog::relay::{Relay, Relayed};
+use crate::watchdog::{deadline_passed, unix_ms_after};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::{ActionResult, ErrorKind};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch at `time`.
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the Unix epoch, `timeout` from now.
-pub(crate) fn unix_ms_after(timeout: Duration) -> u64 {
-    // Rounded up, so the plugin never sees its deadline before the host
-    // does; 0 (a clock before the epoch) stays "no deadline".
-    match unix_ms(SystemTime::now() + timeout) {
-        0 => 0,
-        ms => ms.saturating_add(1),
-    }
-}
+use std::time::{Duration, Instant};
 
 /// What running the handler came to.
 pub(crate) enum Outcome {
@@ -65,12 +49,6 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
     relayed
 }
 
-/// Whether the wall clock has reached the control's deadline.
-fn deadline_passed(control: &CallControl) -> bool {
-    let deadline = control.deadline_unix_ms();
-    deadline != 0 && unix_ms(SystemTime::now()) >= deadline
-}
-
 /// The handler's one call, unless the plugin's bulkhead is full.
 fn call(run: &MessageRun, phase: &HandlerPhase, control: &CallControl) -> Outcome {
     let Some((p, index)) = phase.action else {
@@ -79,7 +57,7 @@ fn call(run: &MessageRun, phase: &HandlerPhase, control: &CallControl) -> Outcom
     let plugin = &run.plan.plugins[p];
     let limit = run.core.settings.max_calls_in_flight;
     let Some(_call) = plugin.in_flight.try_enter(Entry::Handler(index), limit) else {
-        let entry = format!("action '{}' handler", plugin.instance.action_name(index));
+        let entry = Entry::Handler(index).describe(&plugin.instance);
         return Outcome::Refused(plugin.instance.refused(entry, limit).to_string());
     };
     let context = run.context.get().map_or("{}", |c| &**c);
@@ -240,7 +218,10 @@ fn finish(run: &MessageRun, phase: &HandlerPhase) {
             counters.timed_out.inc();
             plugin
                 .instance
-                .timed_out(format!("action '{action}' handler"), phase.timeout_ms)
+                .timed_out(
+                    Entry::Handler(index).describe(&plugin.instance),
+                    phase.timeout_ms,
+                )
                 .to_string()
         }
     };

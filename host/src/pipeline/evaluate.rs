@@ -41,10 +41,7 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
         let (p, evaluator) = run.plan.evaluators[job];
         let plugin = &run.plan.plugins[p];
         if plugin.in_flight.is_full(limit) {
-            let entry = format!(
-                "evaluator '{}' evaluate",
-                plugin.instance.evaluator_name(evaluator)
-            );
+            let entry = Entry::Evaluator(evaluator).describe(&plugin.instance);
             return Err(plugin.instance.refused(entry, limit));
         }
         plugin.instance.evaluate(evaluator, view, control)
@@ -63,10 +60,7 @@ fn finish(run: &MessageRun, phase: &EvaluatorsPhase) {
         let (p, evaluator) = run.plan.evaluators[job];
         let plugin = &run.plan.plugins[p];
         let outcome = outcome.unwrap_or_else(|| {
-            let entry = format!(
-                "evaluator '{}' evaluate",
-                plugin.instance.evaluator_name(evaluator)
-            );
+            let entry = Entry::Evaluator(evaluator).describe(&plugin.instance);
             Err(plugin.instance.timed_out(entry, limit_ms))
         });
         match outcome {

@@ -58,8 +58,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
-pub(crate) use action::unix_ms_after;
-
 fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }

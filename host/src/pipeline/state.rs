@@ -16,6 +16,7 @@ use crate::plugin::CallError;
 use crate::registry::inflight::Entry;
 use crate::registry::{LivePlugin, Registry};
 use crate::watchdog::relay::{Relay, Relayed};
+use crate::watchdog::unix_ms_after;
 use agent_host_plugin_abi::CallControl;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -74,11 +75,6 @@ fn timeout_ms(core: &Registry, plugin: &LivePlugin, index: u32) -> u64 {
     plugin.instance.manifest.providers[index as usize]
         .timeout_ms
         .unwrap_or(core.settings.provider_timeout_ms)
-}
-
-/// Milliseconds since the Unix epoch, `timeout_ms` from now.
-pub(super) fn unix_ms_after(timeout_ms: u64) -> u64 {
-    super::action::unix_ms_after(Duration::from_millis(timeout_ms))
 }
 
 /// Runs the providers phase as driver `driver`.
@@ -212,7 +208,11 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
     ProvidersPhase {
         started,
         reused: None,
-        relay: Relay::with_deadline(asks.len(), driver, unix_ms_after(longest)),
+        relay: Relay::with_deadline(
+            asks.len(),
+            driver,
+            unix_ms_after(Duration::from_millis(longest)),
+        ),
         asks,
         bare_context,
         composing: Mutex::new(composing),
@@ -242,7 +242,7 @@ fn ask(run: &MessageRun, phase: &ProvidersPhase, job: usize, control: &CallContr
             .indices
             .iter()
             .map(|&index| {
-                let entry = format!("provider '{}' get", plugin.instance.provider_name(index));
+                let entry = Entry::Provider(index).describe(&plugin.instance);
                 (index, Err(plugin.instance.refused(entry, limit)))
             })
             .collect();
@@ -301,7 +301,7 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
         let Some(answers) = answers else {
             // Abandoned at its deadline: every provider of the call.
             for (&index, &position) in ask.indices.iter().zip(&ask.positions) {
-                let entry = format!("provider '{}' get", plugin.instance.provider_name(index));
+                let entry = Entry::Provider(index).describe(&plugin.instance);
                 let error = plugin.instance.timed_out(entry, ask.timeout_ms);
                 failed(run, plugin, index, &error);
                 composing.errors.push(error.to_string());
@@ -407,7 +407,7 @@ fn refresh_in_background(
             slot.end_refresh();
             return;
         };
-        let control = CallControl::with_deadline(unix_ms_after(timeout));
+        let control = CallControl::with_deadline(unix_ms_after(Duration::from_millis(timeout)));
         match plugin_bg.instance.provide(index, view, &control) {
             Ok(json) => {
                 slot.answered();

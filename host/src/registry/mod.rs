@@ -306,7 +306,7 @@ impl Registry {
         // The handler's FFI entry carries no cancellation signal: it asks
         // the host, which answers from this control (`current_call.rs`).
         let control = Arc::new(agent_host_plugin_abi::CallControl::with_deadline(
-            crate::pipeline::unix_ms_after(std::time::Duration::from_millis(timeout_ms)),
+            crate::watchdog::unix_ms_after(std::time::Duration::from_millis(timeout_ms)),
         ));
         let control_bg = Arc::clone(&control);
         self.runtime.spawn_blocking(move || {

@@ -4,10 +4,11 @@
 //! calls from inside another call, else `service_timeout_ms`).
 
 use super::{current_call, read, write, HostError, LiveCaller, LivePlugin, Registry};
+use crate::watchdog::{unix_ms_after, unix_ms_now};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::ErrorKind;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// A service registered by a plugin.
 #[derive(Clone)]
@@ -196,18 +197,4 @@ impl Registry {
             }
         }
     }
-}
-
-/// Milliseconds since the Unix epoch now.
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Milliseconds since the Unix epoch, `timeout` from now (rounded up).
-fn unix_ms_after(timeout: Duration) -> u64 {
-    unix_ms_now()
-        .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
-        .saturating_add(1)
 }

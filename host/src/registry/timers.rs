@@ -39,7 +39,7 @@ impl Registry {
                 let limit = core_now.settings.max_calls_in_flight;
                 // The handler asks the host for its cancellation signal.
                 let control = Arc::new(CallControl::with_deadline(
-                    crate::pipeline::unix_ms_after(timeout),
+                    crate::watchdog::unix_ms_after(timeout),
                 ));
                 let control_bg = Arc::clone(&control);
                 let fired = tokio::task::spawn_blocking(move || {

@@ -18,9 +18,37 @@
 
 pub(crate) mod relay;
 
+use agent_host_plugin_abi::CallControl;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch now: the clock of the deadlines a
+/// plugin sees in its [`CallControl`].
+pub(crate) fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds since the Unix epoch, `timeout` from now: a deadline for a
+/// [`CallControl`].
+pub(crate) fn unix_ms_after(timeout: Duration) -> u64 {
+    // Rounded up, so the plugin never sees its deadline before the host
+    // does; 0 (a clock before the epoch) stays "no deadline".
+    match unix_ms_now() {
+        0 => 0,
+        now => now
+            .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+            .saturating_add(1),
+    }
+}
+
+/// Whether the wall clock has reached the control's deadline.
+pub(crate) fn deadline_passed(control: &CallControl) -> bool {
+    let deadline = control.deadline_unix_ms();
+    deadline != 0 && unix_ms_now() >= deadline
+}
 
 /// How often the watchdog looks at the work it watches.
 pub(crate) const TICK: Duration = Duration::from_millis(2);
