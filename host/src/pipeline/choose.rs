@@ -94,7 +94,7 @@ fn finish(run: &MessageRun, phase: &ValidatePhase) {
     let mut reply = lock(&run.reply);
     let mut chosen: Option<(i32, usize, u32)> = None;
     let limit_ms = run.core.settings.validate_timeout_ms;
-    phase.relay.for_each_result(|job, validated| {
+    phase.relay.drain(|job, validated| {
         let plugin = &run.plan.plugins[job];
         let Some(validated) = validated else {
             let error = plugin.instance.timed_out("actions' validate", limit_ms);

@@ -239,20 +239,6 @@ impl<R: Send, G> Relay<R, G> {
             }
         }
     }
-
-    /// Visits each finished job's result in place (`None` for an abandoned
-    /// job), under the same rule as [`Relay::drain`].
-    pub(crate) fn for_each_result(&self, mut visit: impl FnMut(usize, Option<&R>)) {
-        let abandoned = self.abandoned_jobs();
-        for (job, slot) in self.slots.iter().enumerate() {
-            if abandoned.contains(&job) {
-                visit(job, None);
-            } else {
-                // SAFETY: as in `drain`.
-                visit(job, unsafe { (*slot.0.get()).as_ref() });
-            }
-        }
-    }
 }
 
 #[cfg(test)]
