@@ -1,0 +1,2 @@
+//! Running a plugin in a sandboxed worker process.
+pub(crate) mod policy;
