@@ -1,2 +1,3 @@
 //! Running a plugin in a sandboxed worker process.
 pub(crate) mod policy;
+pub(crate) mod sandbox;

@@ -1,0 +1,361 @@
+//! The Linux sandbox, applied in this order:
+//!
+//! 1. Resource limits: `RLIMIT_AS`, `RLIMIT_NOFILE` and `RLIMIT_CPU` as the
+//!    policy sets them (soft and hard, never above the inherited hard limit),
+//!    and `RLIMIT_CORE` 0.
+//! 2. `no_new_privs`.
+//! 3. Landlock. Handled, so denied unless a rule allows them: every file
+//!    right of landlock ABI 6 (required), the newer file rights when the
+//!    kernel has them (connecting to named UNIX sockets, ABI 9), TCP bind
+//!    and connect unless the policy allows any network use, and the scopes
+//!    (abstract UNIX sockets and signals). Rules: read and map for execution
+//!    under `read_exec`, read under `read`, everything under `write`,
+//!    connecting to each granted TCP port. UDP is not restricted by landlock.
+//! 4. Seccomp, on every thread of the process: `EPERM` for the system calls
+//!    that debug other processes, change mounts or namespaces, load kernel
+//!    code, or reach kernel interfaces a plugin has no use for (io_uring
+//!    among them, as its requests bypass the filter); `EPERM` for `clone`
+//!    with a namespace flag; `ENOSYS` for `clone3` (its flags are out of the
+//!    filter's reach, and the C library then falls back to `clone`);
+//!    `EACCES` for `socket` and `socketpair` outside UNIX sockets, or outside
+//!    UNIX, IPv4, IPv6 and netlink with a network permission. On x86-64,
+//!    x32 system calls get `EPERM`.
+//!
+//! What the worker must do for it:
+//!
+//! * Apply the sandbox on its main thread before starting any other thread:
+//!   landlock restricts the calling thread and the threads it starts later;
+//!   restricting threads that already run needs landlock ABI 8, and without
+//!   it the landlock protections count as missing.
+//! * Open beforehand what the policy does not grant: its channel to the host
+//!   (a connection to an abstract or named UNIX socket, a file) and anything
+//!   under `/proc` or `/dev` it needs. Descriptors opened before stay usable.
+//! * Have no need, afterwards, of `/proc` (backtraces read
+//!   `/proc/self/maps`), `/dev`, locale or time-zone data outside
+//!   `/usr/lib`, or running programs: none of it is granted.
+
+use super::{Protections, SandboxError};
+use crate::isolation::policy::{is_system_path, NetworkGrant, ResourceLimits, SandboxPolicy};
+use landlock::{
+    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus,
+    NetPort, RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError,
+    RulesetStatus, Scope, ABI,
+};
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+
+/// The landlock ABI whose protections a policy that is not best-effort
+/// requires: all file rights of ABI 5, TCP (ABI 4) and scopes (ABI 6).
+const REQUIRED_ABI: ABI = ABI::V6;
+
+/// The newest landlock ABI the crate knows: its file rights are handled
+/// wherever the kernel has them.
+const NEWEST_ABI: ABI = ABI::V10;
+
+/// Applies `policy` to this process, in the order of the module
+/// documentation; see [`super::apply`].
+pub(super) fn apply(policy: &SandboxPolicy) -> Result<Protections, SandboxError> {
+    let mut run = Run {
+        policy,
+        protections: Protections::default(),
+    };
+    check_grants(policy)?;
+
+    let limits = lower_limits(&policy.limits);
+    run.protections.resource_limits = run.check("resource limits", limits)?;
+
+    let no_new_privs = rustix::thread::set_no_new_privs(true)
+        .map_err(|e| e.to_string())
+        .and_then(|()| no_new_privs_set());
+    // Best-effort policies record it once, at the end.
+    if !policy.best_effort {
+        run.check("no_new_privs", no_new_privs)?;
+    }
+
+    // Counted before landlock hides `/proc`.
+    let threads = thread_count();
+    match landlock(policy, threads) {
+        Ok(outcome) => {
+            run.protections.landlock_filesystem = outcome.filesystem;
+            run.protections.landlock_network = outcome.network;
+            run.protections.landlock_scopes = outcome.scopes;
+            for shortfall in outcome.shortfalls {
+                run.shortfall(shortfall)?;
+            }
+        }
+        Err(shortfall) => run.shortfall(shortfall)?,
+    }
+
+    let seccomp = super::seccomp::install(&policy.network);
+    run.protections.seccomp = run.check("seccomp", seccomp)?;
+
+    // Landlock and seccomp set it too: report what holds now.
+    run.protections.no_new_privs = run.check("no_new_privs", no_new_privs_set())?;
+    Ok(run.protections)
+}
+
+/// A protection not in force, and why.
+#[derive(Debug)]
+struct Shortfall {
+    protection: &'static str,
+    cause: String,
+}
+
+impl Shortfall {
+    fn new(protection: &'static str, cause: impl ToString) -> Self {
+        Self {
+            protection,
+            cause: cause.to_string(),
+        }
+    }
+}
+
+/// One application of a policy: what is in force so far.
+struct Run<'a> {
+    policy: &'a SandboxPolicy,
+    protections: Protections,
+}
+
+impl Run<'_> {
+    /// Whether a step succeeded; a failure is an error unless the policy is
+    /// best-effort, which records it as missing.
+    fn check(
+        &mut self,
+        protection: &'static str,
+        step: Result<(), String>,
+    ) -> Result<bool, SandboxError> {
+        match step {
+            Ok(()) => Ok(true),
+            Err(cause) => self
+                .shortfall(Shortfall::new(protection, cause))
+                .map(|()| false),
+        }
+    }
+
+    fn shortfall(&mut self, shortfall: Shortfall) -> Result<(), SandboxError> {
+        if self.policy.best_effort {
+            self.protections
+                .missing
+                .push(format!("{}: {}", shortfall.protection, shortfall.cause));
+            Ok(())
+        } else {
+            Err(SandboxError::new(
+                &self.policy.plugin,
+                shortfall.protection,
+                shortfall.cause,
+            ))
+        }
+    }
+}
+
+/// Every path the operator granted (the plugin's copy included) must exist:
+/// a grant of nothing is a mistake to report, not a rule to skip. Missing
+/// system paths are skipped.
+fn check_grants(policy: &SandboxPolicy) -> Result<(), SandboxError> {
+    let granted = policy
+        .read_exec
+        .iter()
+        .chain(&policy.read)
+        .chain(&policy.write)
+        .filter(|path| !is_system_path(path));
+    for path in granted {
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(SandboxError::new(
+                &policy.plugin,
+                "filesystem grants",
+                format!("'{}': {e}", path.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn no_new_privs_set() -> Result<(), String> {
+    match rustix::thread::no_new_privs() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("the kernel did not keep it set".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn lower_limits(limits: &ResourceLimits) -> Result<(), String> {
+    let wanted = [
+        (Resource::As, "RLIMIT_AS", limits.memory_bytes),
+        (Resource::Nofile, "RLIMIT_NOFILE", limits.open_files),
+        (Resource::Cpu, "RLIMIT_CPU", limits.cpu_seconds),
+        (Resource::Core, "RLIMIT_CORE", Some(0)),
+    ];
+    for (resource, name, value) in wanted {
+        let Some(value) = value else { continue };
+        // Never above the inherited hard limit, which only a privileged
+        // process may raise.
+        let value = getrlimit(resource)
+            .maximum
+            .map_or(value, |maximum| maximum.min(value));
+        let limit = Rlimit {
+            current: Some(value),
+            maximum: Some(value),
+        };
+        setrlimit(resource, limit).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The threads of this process, if `/proc` tells.
+fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(|threads| threads.count())
+}
+
+/// What landlock put in force.
+#[derive(Debug, Default)]
+struct LandlockOutcome {
+    filesystem: bool,
+    network: bool,
+    scopes: bool,
+    shortfalls: Vec<Shortfall>,
+}
+
+fn landlock(policy: &SandboxPolicy, threads: Option<usize>) -> Result<LandlockOutcome, Shortfall> {
+    const FILESYSTEM: &str = "landlock filesystem";
+    const NETWORK: &str = "landlock network";
+    const SCOPES: &str = "landlock scopes";
+    const LANDLOCK: &str = "landlock";
+
+    let level = if policy.best_effort {
+        CompatLevel::BestEffort
+    } else {
+        CompatLevel::HardRequirement
+    };
+    let restrict_network = policy.network != NetworkGrant::Any;
+
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(REQUIRED_ABI))
+        .map_err(|e| Shortfall::new(FILESYSTEM, e))?;
+    if restrict_network {
+        ruleset = ruleset
+            .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
+            .map_err(|e| Shortfall::new(NETWORK, e))?;
+    }
+    let ruleset = ruleset
+        .scope(Scope::from_all(REQUIRED_ABI))
+        .map_err(|e| Shortfall::new(SCOPES, e))?
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(NEWEST_ABI))
+        .map_err(|e| Shortfall::new(FILESYSTEM, e))?
+        .set_compatibility(level);
+
+    let mut read = AccessFs::from_read(NEWEST_ABI);
+    read.remove(AccessFs::Execute);
+    let ports = match &policy.network {
+        NetworkGrant::Ports(ports) => ports.as_slice(),
+        NetworkGrant::None | NetworkGrant::Any => &[],
+    };
+    // A rule the kernel cannot take in full is narrowed (rights it lacks,
+    // folder rights on a file): that grants less, never protects less.
+    let mut created = ruleset
+        .create()
+        .map_err(|e| Shortfall::new(LANDLOCK, e))?
+        .set_compatibility(CompatLevel::BestEffort)
+        .add_rules(path_beneath_rules(
+            &policy.read_exec,
+            AccessFs::from_read(NEWEST_ABI),
+        ))
+        .and_then(|r| r.add_rules(path_beneath_rules(&policy.read, read)))
+        .and_then(|r| {
+            r.add_rules(path_beneath_rules(
+                &policy.write,
+                AccessFs::from_all(NEWEST_ABI),
+            ))
+        })
+        .and_then(|r| {
+            r.add_rules(
+                ports
+                    .iter()
+                    .map(|&port| Ok::<_, RulesetError>(NetPort::new(port, AccessNet::ConnectTcp))),
+            )
+        })
+        .map_err(|e| Shortfall::new(LANDLOCK, e))?
+        .set_compatibility(level);
+    let only_thread = threads == Some(1);
+    if !only_thread {
+        created = created
+            .all_threads(true)
+            .map_err(|_| Shortfall::new(LANDLOCK, other_threads(threads)))?;
+    }
+    let status = created
+        .restrict_self()
+        .map_err(|e| Shortfall::new(LANDLOCK, e))?;
+
+    let mut outcome = LandlockOutcome::default();
+    let abi = match status.landlock {
+        LandlockStatus::Available { effective_abi, .. } => effective_abi,
+        LandlockStatus::NotEnabled => {
+            outcome.shortfalls.push(Shortfall::new(
+                LANDLOCK,
+                "disabled in this kernel (not in its lsm= list)",
+            ));
+            return Ok(outcome);
+        }
+        LandlockStatus::NotImplemented => {
+            outcome
+                .shortfalls
+                .push(Shortfall::new(LANDLOCK, "not supported by this kernel"));
+            return Ok(outcome);
+        }
+    };
+    if status.ruleset == RulesetStatus::NotEnforced {
+        outcome
+            .shortfalls
+            .push(Shortfall::new(LANDLOCK, "the kernel enforced no rule"));
+        return Ok(outcome);
+    }
+    if !only_thread && !status.all_threads {
+        outcome
+            .shortfalls
+            .push(Shortfall::new(LANDLOCK, other_threads(threads)));
+        return Ok(outcome);
+    }
+    let needs = |feature: &'static str, protection: &'static str, required: ABI| {
+        Shortfall::new(
+            protection,
+            format!("{feature} needs landlock ABI {required}, the kernel has ABI {abi}"),
+        )
+    };
+    outcome.filesystem = abi >= ABI::V5;
+    if !outcome.filesystem {
+        outcome
+            .shortfalls
+            .push(needs("restricting every file right", FILESYSTEM, ABI::V5));
+    }
+    if restrict_network {
+        outcome.network = abi >= ABI::V4;
+        if !outcome.network {
+            outcome
+                .shortfalls
+                .push(needs("restricting TCP", NETWORK, ABI::V4));
+        }
+    }
+    outcome.scopes = abi >= ABI::V6;
+    if !outcome.scopes {
+        outcome.shortfalls.push(needs(
+            "scoping abstract UNIX sockets and signals",
+            SCOPES,
+            ABI::V6,
+        ));
+    }
+    Ok(outcome)
+}
+
+fn other_threads(threads: Option<usize>) -> String {
+    let count = match threads.map(|n| n.saturating_sub(1)) {
+        Some(1) => "1 other thread".to_owned(),
+        Some(n) => format!("{n} other threads"),
+        None => "other threads (unknown: /proc/self/task is unreadable)".to_owned(),
+    };
+    format!(
+        "{count} of the worker would stay unrestricted: restricting them needs landlock \
+         ABI 8; apply the sandbox before starting threads"
+    )
+}

@@ -1,0 +1,206 @@
+//! The worker's system-call filter (see the Linux sandbox's documentation
+//! for what it refuses). Built with seccompiler for x86-64 and aarch64, the
+//! processors it supports that the host is tested on; elsewhere the filter
+//! is missing.
+
+use crate::isolation::policy::NetworkGrant;
+
+/// No filter for this processor: seccomp is missing.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(super) fn install(_network: &NetworkGrant) -> Result<(), String> {
+    Err(format!(
+        "not available on this processor ({})",
+        std::env::consts::ARCH
+    ))
+}
+
+/// Installs the filters on every thread of the process (seccomp's TSYNC):
+/// threads that already run are covered too.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(super) fn install(network: &NetworkGrant) -> Result<(), String> {
+    use seccompiler::{apply_filter_all_threads, TargetArch};
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+    let programs = filters::programs(network, arch).map_err(|e| e.to_string())?;
+    for program in &programs {
+        apply_filter_all_threads(program).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod filters {
+    use crate::isolation::policy::NetworkGrant;
+    use seccompiler::{
+        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
+    use std::collections::BTreeMap;
+
+    /// System calls refused with `EPERM`.
+    const REFUSED: &[libc::c_long] = &[
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+        libc::SYS_fsopen,
+        libc::SYS_fsconfig,
+        libc::SYS_fsmount,
+        libc::SYS_fspick,
+        libc::SYS_move_mount,
+        libc::SYS_open_tree,
+        libc::SYS_mount_setattr,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_kexec_load,
+        SYS_KEXEC_FILE_LOAD,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_swapon,
+        libc::SYS_swapoff,
+        libc::SYS_reboot,
+        libc::SYS_acct,
+        libc::SYS_userfaultfd,
+        libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_iopl,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_ioperm,
+    ];
+
+    /// `kexec_file_load`, which the libc crate lacks for some aarch64 targets:
+    /// the generic number there.
+    #[cfg(target_arch = "aarch64")]
+    const SYS_KEXEC_FILE_LOAD: libc::c_long = 294;
+    #[cfg(not(target_arch = "aarch64"))]
+    const SYS_KEXEC_FILE_LOAD: libc::c_long = libc::SYS_kexec_file_load;
+
+    /// The `clone` flags that create namespaces.
+    const NAMESPACE_FLAGS: &[libc::c_int] = &[
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWNS,
+        libc::CLONE_NEWPID,
+        libc::CLONE_NEWNET,
+        libc::CLONE_NEWUTS,
+        libc::CLONE_NEWIPC,
+        libc::CLONE_NEWCGROUP,
+    ];
+
+    /// The filters, one per action (a seccompiler filter has one).
+    pub(super) fn programs(
+        network: &NetworkGrant,
+        arch: TargetArch,
+    ) -> Result<Vec<BpfProgram>, seccompiler::Error> {
+        let errno = |errno: libc::c_int| SeccompAction::Errno(errno.unsigned_abs());
+        // The low 32 bits: `clone` flags and socket domains are `int`s to the
+        // kernel.
+        let arg0 = |op: SeccompCmpOp, value: libc::c_int| {
+            SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                op,
+                u64::from(value.unsigned_abs()),
+            )
+        };
+
+        let mut refused: BTreeMap<i64, Vec<SeccompRule>> =
+            REFUSED.iter().map(|&call| (call, Vec::new())).collect();
+        let namespace_rules = NAMESPACE_FLAGS
+            .iter()
+            .map(|&flag| {
+                SeccompRule::new(vec![arg0(
+                    SeccompCmpOp::MaskedEq(u64::from(flag.unsigned_abs())),
+                    flag,
+                )?])
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        refused.insert(libc::SYS_clone, namespace_rules);
+
+        let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+
+        let domains: &[libc::c_int] = if network.is_granted() {
+            &[
+                libc::AF_UNIX,
+                libc::AF_INET,
+                libc::AF_INET6,
+                libc::AF_NETLINK,
+            ]
+        } else {
+            &[libc::AF_UNIX]
+        };
+        let other_domain = SeccompRule::new(
+            domains
+                .iter()
+                .map(|&domain| arg0(SeccompCmpOp::Ne, domain))
+                .collect::<Result<Vec<_>, _>>()?,
+        )?;
+        let sockets = BTreeMap::from([
+            (libc::SYS_socket, vec![other_domain.clone()]),
+            (libc::SYS_socketpair, vec![other_domain]),
+        ]);
+
+        let mut programs = Vec::new();
+        for (rules, action) in [
+            (refused, errno(libc::EPERM)),
+            (clone3, errno(libc::ENOSYS)),
+            (sockets, errno(libc::EACCES)),
+        ] {
+            let filter = SeccompFilter::new(rules, SeccompAction::Allow, action, arch)?;
+            programs.push(BpfProgram::try_from(filter)?);
+        }
+        #[cfg(target_arch = "x86_64")]
+        programs.push(x32_guard());
+        Ok(programs)
+    }
+
+    /// On x86-64, the x32 system calls (numbers with bit 30 set) reach the same
+    /// kernel code under other numbers, out of the other filters' reach: refuse
+    /// them all, as this process never makes them. The other filters already
+    /// end a process that makes 32-bit system calls.
+    #[cfg(target_arch = "x86_64")]
+    fn x32_guard() -> BpfProgram {
+        use seccompiler::sock_filter;
+        const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+        // BPF opcodes are 16 bits wide; libc gives them as `u32`.
+        let code = |code: u32| code as u16;
+        vec![
+            // Load `seccomp_data.nr`.
+            sock_filter {
+                code: code(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS),
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            sock_filter {
+                code: code(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K),
+                jt: 0,
+                jf: 1,
+                k: X32_SYSCALL_BIT,
+            },
+            sock_filter {
+                code: code(libc::BPF_RET | libc::BPF_K),
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ERRNO | libc::EPERM.unsigned_abs(),
+            },
+            sock_filter {
+                code: code(libc::BPF_RET | libc::BPF_K),
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ALLOW,
+            },
+        ]
+    }
+}
