@@ -17,6 +17,8 @@ mod fallback;
 mod linux;
 #[cfg(target_os = "linux")]
 mod seccomp;
+#[cfg(all(test, target_os = "linux"))]
+mod tests;
 
 #[cfg(not(target_os = "linux"))]
 use fallback as platform;
