@@ -45,8 +45,12 @@ impl LoadProbe {
             Arc::new(serde_json::json!({})),
             &self.registry,
         );
+        let context = crate::plugin::CreateContext {
+            permissions: &[],
+            announce: self.registry.announcer(),
+        };
         opened
-            .create(0, callbacks)
+            .create(0, callbacks, &context)
             .map_err(|e| e.message().to_string())?;
         Ok(name)
     }

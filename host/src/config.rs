@@ -150,6 +150,9 @@ pub struct AgentConfig {
     /// Permissions of each sender; `None` trusts what the client says.
     #[serde(default)]
     pub senders: Option<BTreeMap<String, Vec<String>>>,
+    /// Which plugins run in sandboxed worker processes, and their limits.
+    #[serde(default)]
+    pub isolation: crate::isolation::IsolationSettings,
 }
 
 /// A config problem. Errors about one plugin's config name the field, not
@@ -244,7 +247,10 @@ impl AgentConfig {
     }
 
     /// The permissions a plugin gets: those it requested that the operator
-    /// granted (all it requested when there is no `[grants]` table).
+    /// granted (all it requested when there is no `[grants]` table), and
+    /// the requests granted nothing of. A grant may also narrow a request:
+    /// a plugin that asks for `network:*` and is granted
+    /// `network:connect:443` holds `network:connect:443` only.
     pub fn effective_permissions(&self, manifest: &Manifest) -> (Permissions, Vec<String>) {
         let requested = &manifest.permissions;
         match &self.grants {
@@ -254,10 +260,21 @@ impl AgentConfig {
                     .get(&manifest.name)
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                let (kept, denied): (Vec<String>, Vec<String>) = requested
-                    .iter()
-                    .cloned()
-                    .partition(|r| granted.iter().any(|g| matches(g, r)));
+                let mut kept = Vec::new();
+                let mut denied = Vec::new();
+                for request in requested {
+                    if granted.iter().any(|g| matches(g, request)) {
+                        kept.push(request.clone());
+                        continue;
+                    }
+                    let narrowed: Vec<&String> =
+                        granted.iter().filter(|g| matches(request, g)).collect();
+                    if narrowed.is_empty() {
+                        denied.push(request.clone());
+                    }
+                    kept.extend(narrowed.into_iter().cloned());
+                }
+                kept.dedup();
                 (Permissions::new(kept), denied)
             }
         }
@@ -430,6 +447,23 @@ mod tests {
         assert_eq!(denied, vec!["event:emit:weather:*".to_string()]);
         let open = AgentConfig::default().effective_permissions(&m).0;
         assert!(open.allows("event:emit:weather:updated"));
+    }
+
+    #[test]
+    fn a_grant_can_narrow_a_wildcard_request() {
+        let mut m = manifest(schema(), json!({}));
+        m.permissions = vec!["network:*".into(), "filesystem:*".into()];
+        let config = AgentConfig::parse(
+            "[grants]\nweather = [\"network:connect:8080\", \"filesystem:read:/srv/maps\"]\n",
+        )
+        .expect("parses");
+        let (held, denied) = config.effective_permissions(&m);
+        assert_eq!(
+            held.patterns(),
+            ["network:connect:8080", "filesystem:read:/srv/maps"]
+        );
+        assert!(!held.allows("network:connect:9090"));
+        assert!(denied.is_empty());
     }
 
     #[test]

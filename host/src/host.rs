@@ -328,8 +328,7 @@ impl PluginHost {
             }
         }
         crate::reload::reload(&self.core, &self.config, name, file, |file| {
-            crate::load::library::open(file, &self.shadow, self.config.host.max_plugin_bytes)
-                .map(|library| Arc::new(library) as Arc<dyn crate::plugin::PluginSource>)
+            crate::load::open_source(file, &self.shadow, &self.config)
         })
     }
 
@@ -366,7 +365,8 @@ impl PluginHost {
             .collect();
         for plugin in self.core.pending() {
             if statuses.iter().all(|s| s.name != plugin.name()) {
-                statuses.push(PluginStatus::pending(&plugin));
+                let placement = self.config.isolation.placement_of(plugin.name());
+                statuses.push(PluginStatus::pending(&plugin, placement));
             }
         }
         statuses.sort_by_key(|s| s.load_order);
@@ -382,10 +382,10 @@ impl PluginHost {
                 &services,
                 self.core.mapped(plugin.name()),
             )),
-            None => self
-                .core
-                .pending_named(name)
-                .map(|plugin| PluginStatus::pending(&plugin)),
+            None => self.core.pending_named(name).map(|plugin| {
+                let placement = self.config.isolation.placement_of(plugin.name());
+                PluginStatus::pending(&plugin, placement)
+            }),
         }
     }
 
@@ -571,6 +571,25 @@ pub struct PluginStatus {
     /// Whether it has started: `false` for a lazy plugin (`lazy_plugins`)
     /// not needed yet, checked but with no instance (its generation is 0).
     pub started: bool,
+    /// Where it runs: in the host's process or in a worker of its own.
+    pub placement: crate::isolation::Placement,
+    /// Its worker process, when it runs in one: pid, restarts, quarantine,
+    /// and the protections in force.
+    pub worker: Option<crate::isolation::WorkerStatus>,
+}
+
+impl PluginStatus {
+    /// Where the plugin runs, in one line: `in process (no sandbox)`, or
+    /// the worker's pid, restarts and protections.
+    pub fn placement_line(&self) -> String {
+        match &self.worker {
+            None if self.placement == crate::isolation::Placement::Process => {
+                "in a worker process, not started yet".to_string()
+            }
+            None => "in process (no sandbox: a crash or hang here is the host's)".to_string(),
+            Some(worker) => worker.describe(),
+        }
+    }
 }
 
 /// A service's name and state.
@@ -610,10 +629,19 @@ impl PluginStatus {
             generation: plugin.generation,
             mapped,
             started: true,
+            placement: if plugin.instance.worker_status().is_some() {
+                crate::isolation::Placement::Process
+            } else {
+                crate::isolation::Placement::InProcess
+            },
+            worker: plugin.instance.worker_status(),
         }
     }
 
-    fn pending(plugin: &crate::registry::lazy::PendingPlugin) -> Self {
+    fn pending(
+        plugin: &crate::registry::lazy::PendingPlugin,
+        placement: crate::isolation::Placement,
+    ) -> Self {
         let m = &plugin.manifest;
         Self {
             name: m.name.clone(),
@@ -636,6 +664,8 @@ impl PluginStatus {
             generation: 0,
             mapped: crate::registry::MappedImages::default(),
             started: false,
+            placement,
+            worker: None,
         }
     }
 }

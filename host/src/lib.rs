@@ -27,10 +27,7 @@ pub mod config;
 mod dependencies;
 mod host;
 pub mod http;
-// Not wired to plugin loading yet: the worker process that applies the
-// sandbox comes next.
-#[allow(dead_code)]
-mod isolation;
+pub mod isolation;
 mod load;
 mod metrics;
 mod pipeline;

@@ -101,6 +101,10 @@ pub fn list(
                 .iter()
                 .map(|s| json!({"plugin": s.name, "generation": s.generation, "mapped": s.mapped}))
                 .collect::<Vec<_>>(),
+            "placements": statuses
+                .iter()
+                .map(|s| json!({"plugin": s.name, "placement": s.placement, "worker": s.worker}))
+                .collect::<Vec<_>>(),
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
         return Ok(ExitCode::SUCCESS);
@@ -116,6 +120,7 @@ pub fn list(
         )?;
         writeln!(out, "   file:         {}", p.file.display())?;
         if let Some(status) = statuses.iter().find(|s| s.name == p.name) {
+            writeln!(out, "   runs:         {}", status.placement_line())?;
             writeln!(
                 out,
                 "   mapped:       generation {}, {} generation(s) mapped, {} KiB",

@@ -268,13 +268,14 @@ async fn operator_command(
             .iter()
             .map(|p| {
                 format!(
-                    "{} {} generation {} ({} generations mapped, {} KiB){}",
+                    "{} {} generation {} ({} generations mapped, {} KiB){}\n  runs {}",
                     p.name,
                     p.version,
                     p.generation,
                     p.mapped.generations,
                     p.mapped.bytes / 1024,
-                    if p.quarantined { " QUARANTINED" } else { "" }
+                    if p.quarantined { " QUARANTINED" } else { "" },
+                    p.placement_line()
                 )
             })
             .collect::<Vec<_>>()

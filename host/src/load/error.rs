@@ -98,6 +98,12 @@ pub enum OpenError {
     NewerManifest(UnknownFields),
     /// The library exports no plugin.
     NoPlugins,
+    /// The worker process that opens the file for an isolated plugin could
+    /// not open or check it; the cause is the worker's own error line.
+    Worker {
+        /// Why, as the worker said.
+        cause: String,
+    },
 }
 
 impl OpenError {
@@ -154,6 +160,7 @@ impl fmt::Display for OpenError {
             OpenError::Manifest { cause } => write!(f, "manifest: {cause}"),
             OpenError::NewerManifest(unknown) => unknown.fmt(f),
             OpenError::NoPlugins => f.write_str("the library exports no plugin"),
+            OpenError::Worker { cause } => f.write_str(cause),
         }
     }
 }

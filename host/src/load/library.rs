@@ -46,9 +46,16 @@ pub fn open(file: &Path, shadow: &ShadowDir, max_bytes: u64) -> Result<OpenedLib
         doing: "cannot make a private copy",
         cause: e.to_string(),
     })?;
-    image::check(&copy, max_bytes)?;
-    let image_bytes = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
-    let library = sys::open_library(&copy).map_err(|reason| OpenError::Dlopen {
+    open_copy(file, &copy, max_bytes)
+}
+
+/// Opens `copy`, a private copy of `file` made by the host, and checks it.
+/// A worker process opens its plugin this way: the host made the copy, and
+/// the worker's sandbox lets it read nothing else.
+pub fn open_copy(file: &Path, copy: &Path, max_bytes: u64) -> Result<OpenedLibrary, OpenError> {
+    image::check(copy, max_bytes)?;
+    let image_bytes = std::fs::metadata(copy).map(|m| m.len()).unwrap_or(0);
+    let library = sys::open_library(copy).map_err(|reason| OpenError::Dlopen {
         reason: last_clause(&reason),
     })?;
     let symbol = format!("{ROOT_MODULE_SYMBOL}\0");

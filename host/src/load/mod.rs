@@ -13,7 +13,7 @@
 
 pub(crate) mod discovery;
 mod error;
-mod image;
+pub(crate) mod image;
 pub(crate) mod library;
 pub(crate) mod private_copy;
 pub(crate) mod report;
@@ -29,7 +29,7 @@ use crate::load::private_copy::ShadowDir;
 use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin};
 use crate::pipeline::triggers::PluginTriggers;
 use crate::plugin::PluginInstance;
-use crate::plugin::{InstanceParts, PluginSource};
+use crate::plugin::{CreateContext, InstanceParts, PluginSource};
 use crate::registry::callbacks::PluginCallbacks;
 use crate::registry::lazy::{PendingPlugin, Starter};
 use crate::registry::{LivePlugin, Registry};
@@ -102,20 +102,45 @@ pub fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync
         .collect()
 }
 
+/// Opens one plugin file from a fresh private copy: in the host when every
+/// plugin runs in process, else through a probe worker (`isolation`), so
+/// that no code of a plugin the operator isolated ever runs in the host.
+pub(crate) fn open_source(
+    file: &Path,
+    shadow: &ShadowDir,
+    config: &AgentConfig,
+) -> Result<Arc<dyn PluginSource>, OpenError> {
+    let max_bytes = config.host.max_plugin_bytes;
+    if config.isolation.any_process() {
+        #[cfg(unix)]
+        {
+            let settings = Arc::new(config.isolation.clone());
+            return crate::isolation::source::open(file, shadow, max_bytes, &settings)
+                .map(|probed| Arc::new(probed) as Arc<dyn PluginSource>);
+        }
+        #[cfg(not(unix))]
+        return Err(OpenError::Worker {
+            cause: "isolated plugins need a Unix system; set [isolation] default = \"in-process\""
+                .into(),
+        });
+    }
+    library::open(file, shadow, max_bytes).map(|library| Arc::new(library) as Arc<dyn PluginSource>)
+}
+
 /// Opens plugin files (in parallel), each from a fresh private copy. A file
-/// that fails is in the report; no plugin code runs beyond the manifest
-/// functions.
+/// that fails is in the report; no plugin code runs in the host beyond the
+/// manifest functions of files opened in process.
 fn open_files(
     files: &[PathBuf],
     shadow: &ShadowDir,
-    max_bytes: u64,
+    config: &AgentConfig,
     report: &mut LoadReport,
 ) -> Vec<Arc<dyn PluginSource>> {
-    let opened = parallel_map(files, |file| library::open(file, shadow, max_bytes));
+    let opened = parallel_map(files, |file| open_source(file, shadow, config));
     let mut sources: Vec<Arc<dyn PluginSource>> = Vec::new();
     for (file, outcome) in files.iter().zip(opened) {
         match outcome {
-            Ok(library) => sources.push(Arc::new(library)),
+            Ok(source) => sources.push(source),
             Err(error) => report.failures.push(LoadFailure {
                 file: file.clone(),
                 plugin: None,
@@ -206,9 +231,13 @@ pub(crate) fn instantiate(
         Arc::clone(&config),
         core,
     );
+    let context = CreateContext {
+        permissions: permissions.patterns(),
+        announce: core.announcer(),
+    };
     let backend = p
         .source
-        .create(p.index, host)
+        .create(p.index, host, &context)
         .map_err(|e| p.failure(LoadError::Create(e.message().to_string())))?;
     let instance = PluginInstance::new(
         InstanceParts {
@@ -220,6 +249,9 @@ pub(crate) fn instantiate(
         },
         backend,
     );
+    if instance.worker_status().is_none() {
+        warn_unenforceable(name, permissions.patterns());
+    }
     let live = Arc::new(LivePlugin::new(
         instance,
         Arc::clone(&p.triggers),
@@ -231,6 +263,20 @@ pub(crate) fn instantiate(
     ));
     core.count_mapped(name, p.source.image_bytes());
     Ok(live)
+}
+
+/// Warns, once per load, that an in-process plugin holds `filesystem:` or
+/// `network:` permissions, which only a worker's sandbox can enforce.
+fn warn_unenforceable(plugin: &str, permissions: &[String]) {
+    let words = crate::isolation::policy::unenforceable_in_process(permissions);
+    if !words.is_empty() {
+        tracing::warn!(
+            plugin,
+            "holds {} but runs in process, where they cannot be enforced: run it \
+             isolated ([isolation] process = [\"{plugin}\"]) to enforce them",
+            words.join(", ")
+        );
+    }
 }
 
 /// Subscribes to every subscribable provider of a started plugin.
@@ -391,7 +437,7 @@ pub fn load_files(
     config: &AgentConfig,
 ) -> LoadReport {
     let mut report = LoadReport::default();
-    let sources = open_files(files, shadow, config.host.max_plugin_bytes, &mut report);
+    let sources = open_files(files, shadow, config, &mut report);
     load_sources(core, &sources, config, &mut report);
     report
 }

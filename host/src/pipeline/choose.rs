@@ -6,6 +6,7 @@
 
 use super::context::view_of;
 use super::plan::ServingPlan;
+use super::rounds::Rounds;
 use super::run::{lock, MessageRun};
 use crate::plugin::CallError;
 use crate::registry::inflight::{Entry, InFlightCall};
@@ -27,6 +28,8 @@ pub(crate) struct ValidatePhase {
     pub(super) relay: Relay<Validated, InFlightCall>,
     /// The chosen action: its plugin's index in the plan, and its index.
     chosen: Mutex<Option<(usize, u32)>>,
+    /// The parts of this message sent ahead to plugins in workers.
+    pub(super) rounds: Rounds,
 }
 
 impl ValidatePhase {
@@ -44,16 +47,17 @@ impl ValidatePhase {
 
 /// Runs the validate phase as driver `driver`.
 pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
-    let phase = run.validate.get_or_init(|| ValidatePhase {
-        started: Instant::now(),
-        relay: Relay::new(run.plan.plugins.len(), driver),
-        chosen: Mutex::new(None),
-    });
     let context = run.context.get().map_or("{}", |c| &**c);
     let view = view_of(&run.message, context);
     let limit = run.core.settings.max_calls_in_flight;
     let matched = run.plan.triggers.matching(view.text);
-    let relayed = phase.relay.drive(driver, |job, _control| {
+    let phase = run.validate.get_or_init(|| ValidatePhase {
+        started: Instant::now(),
+        relay: Relay::new(run.plan.plugins.len(), driver),
+        chosen: Mutex::new(None),
+        rounds: Rounds::begin(run, view, &matched),
+    });
+    let relayed = phase.relay.drive(driver, |job, control| {
         let plugin = &run.plan.plugins[job];
         let mut validated = Validated {
             best: None,
@@ -70,18 +74,25 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
             return validated;
         }
         let actions = &plugin.instance.manifest.actions;
-        plugin
-            .instance
-            .validate_actions(asked, view, |index, outcome| match outcome {
-                Ok(true) => {
-                    let priority = actions[index as usize].priority;
-                    if validated.best.is_none_or(|(best, _)| priority > best) {
-                        validated.best = Some((priority, index));
-                    }
+        let mut answer = |index: u32, outcome| match outcome {
+            Ok(true) => {
+                let priority = actions[index as usize].priority;
+                if validated.best.is_none_or(|(best, _)| priority > best) {
+                    validated.best = Some((priority, index));
                 }
-                Ok(false) => {}
-                Err(error) => validated.errors.push(error),
-            });
+            }
+            Ok(false) => {}
+            Err(error) => validated.errors.push(error),
+        };
+        let cancelled = || control.is_cancelled();
+        let from_round = phase.rounds.with(job, |round| {
+            plugin
+                .instance
+                .round_validated(round, asked, &cancelled, &mut answer)
+        });
+        if from_round.is_none() {
+            plugin.instance.validate_actions(asked, view, answer);
+        }
         validated
     });
     if relayed == Relayed::Finished {

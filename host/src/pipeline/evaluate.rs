@@ -44,7 +44,21 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
             let entry = Entry::Evaluator(evaluator).describe(&plugin.instance);
             return Err(plugin.instance.refused(entry, limit));
         }
-        plugin.instance.evaluate(evaluator, view, control)
+        let cancelled = || control.is_cancelled();
+        let position = plugin
+            .evaluator_indices
+            .iter()
+            .position(|&e| e == evaluator)
+            .unwrap_or(evaluator as usize);
+        let rounds = run.validate.get().map(|v| &v.rounds);
+        let from_round = rounds.and_then(|rounds| {
+            rounds.with(p, |round| {
+                plugin
+                    .instance
+                    .round_evaluation(round, position, evaluator, &cancelled)
+            })
+        });
+        from_round.unwrap_or_else(|| plugin.instance.evaluate(evaluator, view, control))
     });
     if relayed == Relayed::Finished {
         finish(run, phase);

@@ -42,6 +42,7 @@ mod evaluate;
 mod message;
 pub(crate) mod plan;
 pub(crate) mod ratelimit;
+mod rounds;
 mod run;
 mod state;
 #[cfg(test)]

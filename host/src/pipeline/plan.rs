@@ -20,6 +20,9 @@ pub struct ServingPlan {
     /// (plugin index in `plugins`, evaluator index) of every evaluator, in
     /// order.
     pub evaluators: Vec<(usize, u32)>,
+    /// Plugins (indices in `plugins`) whose calls cross to another
+    /// process: each gets its part of a message sent ahead in one request.
+    pub costly: Vec<usize>,
     /// Providers left out because an earlier plugin's provider has their name.
     pub shadowed: Vec<String>,
     /// Whether some provider must be called for every message (it has no
@@ -72,11 +75,15 @@ impl ServingPlan {
             .flat_map(|(p, plugin)| plugin.evaluator_indices.iter().map(move |&e| (p, e)))
             .collect();
         let triggers = TriggerIndex::new(plugins.iter().map(|p| &*p.triggers));
+        let costly = (0..plugins.len())
+            .filter(|&p| !plugins[p].instance.calls_are_cheap())
+            .collect();
         Self {
             plugins,
             triggers,
             providers,
             evaluators,
+            costly,
             shadowed,
             calls_every_message,
             snapshot: Mutex::new(None),

@@ -67,7 +67,7 @@ pub(crate) struct MessageRun {
     admitted: bool,
     /// Whether the evaluators score this message (a batch scores its
     /// messages together afterwards).
-    evaluate: bool,
+    pub(super) evaluate: bool,
     phase: AtomicU8,
     pub(super) providers: OnceLock<state::ProvidersPhase>,
     /// The JSON context every plugin sees after the providers phase.

@@ -45,7 +45,12 @@ impl PluginSource for InMemorySource {
         0
     }
 
-    fn create(&self, index: u32, host: Box<dyn Host>) -> Result<Box<dyn Backend>, Failure> {
+    fn create(
+        &self,
+        index: u32,
+        host: Box<dyn Host>,
+        _context: &super::CreateContext<'_>,
+    ) -> Result<Box<dyn Backend>, Failure> {
         let build = self
             .builders
             .get(index as usize)

@@ -7,7 +7,7 @@
 //! What it cannot: an abort, a segfault, a stack overflow or a call that
 //! never returns, which all happen inside this process.
 
-use super::{Backend, Failure, MessageRef, PluginSource};
+use super::{Backend, CreateContext, Failure, MessageRef, PluginSource};
 use crate::load::library::OpenedLibrary;
 use agent_host_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
 use agent_host_plugin_abi::abi_stable::std_types::{RResult, RSlice, RStr, RString};
@@ -33,7 +33,12 @@ impl PluginSource for OpenedLibrary {
         self.image_bytes
     }
 
-    fn create(&self, index: u32, host: Box<dyn Host>) -> Result<Box<dyn Backend>, Failure> {
+    fn create(
+        &self,
+        index: u32,
+        host: Box<dyn Host>,
+        _context: &CreateContext<'_>,
+    ) -> Result<Box<dyn Backend>, Failure> {
         let callbacks = HostApi_TO::from_value(FfiCallbacks(host), TD_Opaque);
         let object = (self.module.create())(index, callbacks)
             .into_result()

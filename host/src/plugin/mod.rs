@@ -9,6 +9,9 @@
 //!
 //! * [`in_process`]: the plugin's library, loaded into this process; a call
 //!   is a function call through the frozen FFI surface;
+//! * [`crate::isolation`]: the plugin's library, loaded by a sandboxed
+//!   worker process of its own; a call is a round trip over a socket, and
+//!   a crash, a hang or a leak ends the worker, never the host;
 //! * `in_memory` (unit tests only): a plugin value built with the SDK and
 //!   called directly, so the host's decisions can be tested in milliseconds
 //!   without building or loading any library.
@@ -138,6 +141,27 @@ pub(crate) trait Backend: Send + Sync {
         }
     }
 
+    /// Starts the plugin's part of one message in one request, for a place
+    /// whose calls cross to another process: the `validate` of `actions`
+    /// and the `evaluators`, whose answers the phases read later through
+    /// the returned round. `None` (the default): the phases call each entry
+    /// point when they come to it.
+    fn begin_message(
+        &self,
+        _actions: &[u32],
+        _evaluators: &[u32],
+        _message: MessageRef<'_>,
+        _deadlines: RoundDeadlines,
+    ) -> Option<Box<dyn MessageRound>> {
+        None
+    }
+
+    /// The state of the worker process that runs the plugin, for a place
+    /// that runs it in one.
+    fn worker_status(&self) -> Option<crate::isolation::WorkerStatus> {
+        None
+    }
+
     /// Asks several providers about one message.
     fn provide_each(
         &self,
@@ -152,6 +176,29 @@ pub(crate) trait Backend: Send + Sync {
     }
 }
 
+/// The deadlines of a message round, in milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoundDeadlines {
+    /// For the validates.
+    pub validate_ms: u64,
+    /// For the evaluators.
+    pub evaluate_ms: u64,
+}
+
+/// A plugin's part of one message, sent ahead in one request
+/// ([`Backend::begin_message`]). Each answer is read once, when its phase
+/// asks; `cancelled` is asked while waiting, and a yes abandons the round.
+pub(crate) trait MessageRound: Send {
+    /// The validates' answers, in the order the actions were given.
+    fn validated(&mut self, cancelled: &dyn Fn() -> bool) -> Vec<Result<bool, Failure>>;
+    /// The verdict of the evaluator at `position` in the order given.
+    fn evaluation(
+        &mut self,
+        position: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Evaluation, Failure>;
+}
+
 /// An opened plugin file (or, in tests, a set of plugin values): the
 /// manifests of the plugins it holds, and the creation of an instance of
 /// each. Creating runs plugin code (the plugin's constructor) but no hook.
@@ -163,7 +210,27 @@ pub(crate) trait PluginSource: Send + Sync {
     /// Bytes of the code image this source keeps mapped in the host.
     fn image_bytes(&self) -> u64;
     /// Creates plugin number `index`, whose callbacks go to `host`.
-    fn create(&self, index: u32, host: Box<dyn Host>) -> Result<Box<dyn Backend>, Failure>;
+    fn create(
+        &self,
+        index: u32,
+        host: Box<dyn Host>,
+        context: &CreateContext<'_>,
+    ) -> Result<Box<dyn Backend>, Failure>;
+}
+
+/// Tells the rest of the host about a plugin's life outside any call (a
+/// worker that crashed, restarted or was quarantined): an event name and
+/// its payload, emitted by the host.
+pub(crate) type Announce = std::sync::Arc<dyn Fn(&str, serde_json::Value) + Send + Sync>;
+
+/// What a place needs, besides the plugin's callbacks, to create an
+/// instance.
+pub(crate) struct CreateContext<'a> {
+    /// The permissions the plugin holds (requested and granted): a worker's
+    /// sandbox is built from them.
+    pub permissions: &'a [String],
+    /// Where the place reports the plugin's life.
+    pub announce: Announce,
 }
 
 /// A plugin instance: its checked manifest and where it came from, and the
@@ -212,6 +279,57 @@ impl PluginInstance {
     /// The plugin's name.
     pub fn name(&self) -> &str {
         &self.manifest.name
+    }
+
+    /// The state of its worker process, when it runs in one.
+    pub fn worker_status(&self) -> Option<crate::isolation::WorkerStatus> {
+        self.backend.worker_status()
+    }
+
+    /// Whether a call costs about as much as a function call.
+    pub(crate) fn calls_are_cheap(&self) -> bool {
+        self.backend.calls_are_cheap()
+    }
+
+    /// Starts its part of one message ahead, when its calls are costly
+    /// (see [`Backend::begin_message`]).
+    pub(crate) fn begin_message(
+        &self,
+        actions: &[u32],
+        evaluators: &[u32],
+        message: MessageRef<'_>,
+        deadlines: RoundDeadlines,
+    ) -> Option<Box<dyn MessageRound>> {
+        if self.backend.calls_are_cheap() {
+            return None;
+        }
+        self.backend
+            .begin_message(actions, evaluators, message, deadlines)
+    }
+
+    /// The validates of a round, each error naming the plugin and action.
+    pub(crate) fn round_validated(
+        &self,
+        round: &mut dyn MessageRound,
+        actions: &[u32],
+        cancelled: &dyn Fn() -> bool,
+        mut answer: impl FnMut(u32, Result<bool, CallError>),
+    ) {
+        for (&action, outcome) in actions.iter().zip(round.validated(cancelled)) {
+            answer(action, outcome.map_err(|e| self.validate_error(action, e)));
+        }
+    }
+
+    /// One evaluation of a round, checked like [`PluginInstance::evaluate`].
+    pub(crate) fn round_evaluation(
+        &self,
+        round: &mut dyn MessageRound,
+        position: usize,
+        evaluator: u32,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Evaluation, CallError> {
+        let outcome = round.evaluation(position, cancelled);
+        self.checked_evaluation(evaluator, outcome)
     }
 
     fn fail(&self, entry: impl Into<String>, failure: Failure) -> CallError {
@@ -419,9 +537,17 @@ impl PluginInstance {
         message: MessageRef<'_>,
         control: &CallControl,
     ) -> Result<Evaluation, CallError> {
+        let outcome = self.backend.evaluate(evaluator, message, control);
+        self.checked_evaluation(evaluator, outcome)
+    }
+
+    fn checked_evaluation(
+        &self,
+        evaluator: u32,
+        outcome: Result<Evaluation, Failure>,
+    ) -> Result<Evaluation, CallError> {
         let entry = || format!("evaluator '{}' evaluate", self.evaluator_name(evaluator));
-        self.backend
-            .evaluate(evaluator, message, control)
+        outcome
             .map_err(|e| self.fail(entry(), e))
             .and_then(|evaluation| self.checked(evaluation, entry))
     }

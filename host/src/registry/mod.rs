@@ -256,6 +256,18 @@ impl Registry {
         }
     }
 
+    /// Where a place that runs plugins announces their life outside any
+    /// call (a worker's crash, restart, quarantine): an event from the host,
+    /// and nothing once the host is gone.
+    pub(crate) fn announcer(self: &Arc<Self>) -> crate::plugin::Announce {
+        let core = Arc::downgrade(self);
+        Arc::new(move |name: &str, payload: Value| {
+            if let Some(core) = core.upgrade() {
+                core.emit("host", name, payload);
+            }
+        })
+    }
+
     /// Emits an event to every matching subscriber, after starting the lazy
     /// plugins whose manifest subscribes to it (their `on_load` makes the
     /// subscriptions that then receive it).

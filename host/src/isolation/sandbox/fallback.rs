@@ -1,19 +1,16 @@
-//! Systems without a process sandbox: nothing to put in force.
+//! Systems without a process sandbox: nothing to put in force. An isolated
+//! plugin still runs in a worker of its own (its crashes, hangs and memory
+//! stay there), and its status says that no sandbox is in force.
 
 use super::{Protections, SandboxError};
 use crate::isolation::policy::SandboxPolicy;
 
-const MISSING: &str = "process sandbox";
-const CAUSE: &str = "not available on this operating system";
+const MISSING: &str = "process sandbox: not available on this operating system";
 
-/// Reports every protection missing; an error unless the policy is
-/// best-effort.
-pub(super) fn apply(policy: &SandboxPolicy) -> Result<Protections, SandboxError> {
-    if !policy.best_effort {
-        return Err(SandboxError::new(&policy.plugin, MISSING, CAUSE));
-    }
+/// Reports every protection missing.
+pub(super) fn apply(_policy: &SandboxPolicy) -> Result<Protections, SandboxError> {
     Ok(Protections {
-        missing: vec![format!("{MISSING}: {CAUSE}")],
+        missing: vec![MISSING.to_string()],
         ..Protections::default()
     })
 }
@@ -24,27 +21,18 @@ mod tests {
     use crate::isolation::policy::ResourceLimits;
     use std::path::Path;
 
-    fn policy(best_effort: bool) -> SandboxPolicy {
-        SandboxPolicy::new(
+    #[test]
+    fn nothing_is_in_force_and_the_status_says_so() {
+        let policy = SandboxPolicy::new(
             "notes",
             &[],
             Path::new("/copies/notes"),
             ResourceLimits::default(),
-            best_effort,
+            false,
         )
-        .expect("no permission")
-    }
-
-    #[test]
-    fn nothing_is_in_force_and_only_best_effort_accepts_it() {
-        let error = apply(&policy(false)).expect_err("no sandbox");
-        assert_eq!(error.protection(), MISSING);
-        assert!(error.to_string().contains("plugin 'notes'"));
-        let protections = apply(&policy(true)).expect("best effort");
+        .expect("no permission");
+        let protections = apply(&policy).expect("a plain worker");
         assert!(!protections.seccomp && !protections.landlock_filesystem);
-        assert_eq!(
-            protections.missing,
-            ["process sandbox: not available on this operating system"]
-        );
+        assert_eq!(protections.missing, [MISSING]);
     }
 }

@@ -30,7 +30,7 @@ use std::fmt;
 
 /// Which protections are in force in a worker, for status displays.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Protections {
+pub struct Protections {
     /// The worker and what it starts cannot gain privileges (set-user-ID
     /// programs, file capabilities).
     pub no_new_privs: bool,
@@ -94,11 +94,6 @@ impl SandboxError {
             protection: protection.to_owned(),
             cause: cause.into(),
         }
-    }
-
-    /// The protection that failed (`landlock filesystem`, `seccomp`, ...).
-    pub(crate) fn protection(&self) -> &str {
-        &self.protection
     }
 }
 

@@ -1,0 +1,192 @@
+//! The operator's `[isolation]` table: which plugins run in a sandboxed
+//! worker process, with what resource limits, and how crashed workers are
+//! restarted.
+//!
+//! ```toml
+//! [isolation]
+//! default = "in-process"          # or "process"
+//! process = ["weather", "notes"]  # run in workers (names; a trailing * matches a prefix)
+//! in_process = []                 # the opposite, when the default is "process"
+//! best_effort = false             # start even where the kernel lacks a protection
+//!
+//! [isolation.limits]              # every worker
+//! memory_mb = 1024
+//! open_files = 256
+//!
+//! [isolation.plugins.weather]     # one plugin's limits
+//! memory_mb = 256
+//! ```
+
+use crate::registry::permissions::matches;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Where a plugin runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// In the host's own process: calls are function calls.
+    #[default]
+    InProcess,
+    /// In a sandboxed worker process of its own.
+    Process,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placement::InProcess => "in-process",
+            Placement::Process => "process",
+        })
+    }
+}
+
+/// Resource limits of a worker process; unset fields take the host-wide
+/// value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Address space, in MiB (`RLIMIT_AS`).
+    pub memory_mb: Option<u64>,
+    /// Open files (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
+    /// Processor time, in seconds (`RLIMIT_CPU`).
+    pub cpu_seconds: Option<u64>,
+}
+
+/// The `[isolation]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IsolationSettings {
+    /// Where plugins run unless listed otherwise.
+    pub default: Placement,
+    /// Plugins that run in workers (when the default is in-process).
+    pub process: Vec<String>,
+    /// Plugins that run in process (when the default is `process`).
+    pub in_process: Vec<String>,
+    /// Start an isolated plugin even where the kernel cannot put every
+    /// protection in force (its status then lists what is missing).
+    pub best_effort: bool,
+    /// The program to run as a worker (`PROGRAM worker`); the running
+    /// executable when unset, which is right for the `agent-host` binary.
+    /// A program that embeds the host as a library sets it to an
+    /// `agent-host` binary of the same build.
+    pub worker_program: Option<PathBuf>,
+    /// Limits of every worker.
+    pub limits: Limits,
+    /// Limits of one plugin's worker, by plugin name.
+    pub plugins: BTreeMap<String, Limits>,
+    /// Wait before the first restart of a crashed worker, in ms; doubled
+    /// for each further crash in the window.
+    pub restart_backoff_ms: u64,
+    /// The longest wait before a restart, in ms.
+    pub restart_backoff_max_ms: u64,
+    /// Crashes within `crash_window_ms` after which a plugin is
+    /// quarantined (no more restarts; its calls fail at once).
+    pub quarantine_after_crashes: u32,
+    /// The window for counting crashes, in ms.
+    pub crash_window_ms: u64,
+}
+
+impl Default for IsolationSettings {
+    fn default() -> Self {
+        Self {
+            default: Placement::InProcess,
+            process: Vec::new(),
+            in_process: Vec::new(),
+            best_effort: false,
+            worker_program: None,
+            limits: Limits::default(),
+            plugins: BTreeMap::new(),
+            restart_backoff_ms: 10,
+            restart_backoff_max_ms: 5_000,
+            quarantine_after_crashes: 5,
+            crash_window_ms: 60_000,
+        }
+    }
+}
+
+/// The host-wide memory limit when the config sets none, in MiB.
+pub const DEFAULT_MEMORY_MB: u64 = 1024;
+/// The host-wide open-file limit when the config sets none.
+pub const DEFAULT_OPEN_FILES: u64 = 256;
+
+impl IsolationSettings {
+    /// Where the plugin `name` runs.
+    pub fn placement_of(&self, name: &str) -> Placement {
+        let listed = |list: &[String]| list.iter().any(|pattern| matches(pattern, name));
+        match self.default {
+            Placement::InProcess if listed(&self.process) => Placement::Process,
+            Placement::Process if listed(&self.in_process) => Placement::InProcess,
+            other => other,
+        }
+    }
+
+    /// Whether any plugin may run in a worker: only then must plugin files
+    /// be opened in a worker first, before their names are known.
+    pub fn any_process(&self) -> bool {
+        self.default == Placement::Process || !self.process.is_empty()
+    }
+
+    /// The limits of the plugin `name`'s worker: its own, then the
+    /// host-wide ones, then the defaults.
+    pub fn limits_of(&self, name: &str) -> Limits {
+        let own = self.plugins.get(name).cloned().unwrap_or_default();
+        Limits {
+            memory_mb: own
+                .memory_mb
+                .or(self.limits.memory_mb)
+                .or(Some(DEFAULT_MEMORY_MB)),
+            open_files: own
+                .open_files
+                .or(self.limits.open_files)
+                .or(Some(DEFAULT_OPEN_FILES)),
+            cpu_seconds: own.cpu_seconds.or(self.limits.cpu_seconds),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> IsolationSettings {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_lists_invert_the_default() {
+        let settings = parse("process = [\"weather\", \"notes-*\"]");
+        assert_eq!(settings.placement_of("weather"), Placement::Process);
+        assert_eq!(settings.placement_of("notes-daily"), Placement::Process);
+        assert_eq!(settings.placement_of("geolocation"), Placement::InProcess);
+        assert!(settings.any_process());
+        let settings = parse("default = \"process\"\nin_process = [\"http-client\"]");
+        assert_eq!(settings.placement_of("http-client"), Placement::InProcess);
+        assert_eq!(settings.placement_of("weather"), Placement::Process);
+        assert!(!IsolationSettings::default().any_process());
+    }
+
+    #[test]
+    fn limits_fall_back_from_the_plugin_to_the_host_to_the_defaults() {
+        let settings =
+            parse("[limits]\nopen_files = 64\n[plugins.weather]\nmemory_mb = 256\ncpu_seconds = 5");
+        let weather = settings.limits_of("weather");
+        assert_eq!(weather.memory_mb, Some(256));
+        assert_eq!(weather.open_files, Some(64));
+        assert_eq!(weather.cpu_seconds, Some(5));
+        let other = settings.limits_of("notes");
+        assert_eq!(other.memory_mb, Some(DEFAULT_MEMORY_MB));
+        assert_eq!(other.cpu_seconds, None);
+    }
+
+    #[test]
+    fn unknown_keys_and_placements_are_refused() {
+        assert!(toml::from_str::<IsolationSettings>("defualt = \"process\"").is_err());
+        let error = toml::from_str::<IsolationSettings>("default = \"sandbox\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("in-process"), "{error}");
+    }
+}

@@ -1,0 +1,488 @@
+//! The worker process: the `agent-host worker` subcommand, run by the host
+//! for one isolated plugin, never by hand.
+//!
+//! In order: die with the parent; handshake on the control socket (its
+//! standard input); put the sandbox in place; only then open the plugin's
+//! private copy (opening runs the library's constructors, plugin code) with
+//! the same checks as the host; create the plugin; and serve it. Each call
+//! connection the host passes over the control socket gets a thread that
+//! runs one call at a time on the plugin, in process, exactly as the host
+//! would. The plugin's host callbacks go back over the connection of the
+//! call that made them. When the control socket closes, the worker exits.
+
+use super::protocol::{
+    read_frame, read_preamble, write_frame, write_preamble, Answer, Call, Callback, CallbackAnswer,
+    FromWorker, Hello, Job, Ready, ToWorker, WireError, WireEvaluation, WireMessage,
+};
+use super::sandbox;
+use crate::load::library::{self, OpenedLibrary};
+use crate::plugin::{Backend, CreateContext, Failure, MessageRef, PluginSource};
+use agent_host_plugin_abi::CallControl;
+use agent_host_plugin_sdk::{ErrorKind, Host, Level};
+use std::cell::RefCell;
+use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+/// Runs the worker; returns the process's exit code.
+pub fn run() -> i32 {
+    // A worker outlives nothing: once its host is gone it is killed.
+    if super::spawn::die_with_parent().is_err() {
+        return 70;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("agent-host worker: internal error: {info}");
+        std::process::abort();
+    }));
+    let control = match super::spawn::control_from_stdin() {
+        Ok(control) => control,
+        Err(error) => {
+            eprintln!("agent-host worker: no control socket on standard input: {error}");
+            return 64;
+        }
+    };
+    match serve(control) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("agent-host worker: {error}");
+            1
+        }
+    }
+}
+
+fn serve(control: UnixStream) -> std::io::Result<()> {
+    write_preamble(&control)?;
+    read_preamble(&control)?;
+    let hello: Hello = read_frame(&control)?;
+    let refuse = |error: String| write_frame(&control, &Ready::Refused { error });
+    let protections = match sandbox::apply(&hello.policy) {
+        Ok(protections) => protections,
+        Err(error) => return refuse(error.to_string()),
+    };
+    let library = match library::open_copy(&hello.file, &hello.copy, hello.max_bytes) {
+        Ok(library) => library,
+        Err(error) => return refuse(error.to_string()),
+    };
+    let manifests_json = match serde_json::to_string(&library.manifests) {
+        Ok(json) => json,
+        Err(error) => return refuse(format!("manifests: {error}")),
+    };
+    let index = match hello.job {
+        Job::Probe => {
+            return write_frame(
+                &control,
+                &Ready::Ready {
+                    pid: std::process::id(),
+                    manifests_json,
+                    protections,
+                },
+            )
+        }
+        Job::Serve { index } => index,
+    };
+    let backend = match create(&library, index) {
+        Ok(backend) => backend,
+        Err(error) => return refuse(format!("create: {}", error.message())),
+    };
+    write_frame(
+        &control,
+        &Ready::Ready {
+            pid: std::process::id(),
+            manifests_json,
+            protections,
+        },
+    )?;
+    let backend: Arc<dyn Backend> = Arc::from(backend);
+    // The first connection is this worker's own, for callbacks made outside
+    // any call; the rest each carry calls.
+    let mut first = true;
+    loop {
+        let stream = match super::spawn::receive_connection(&control) {
+            Ok(Some(stream)) => stream,
+            // The host closed the control socket: the worker's work is over.
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        if first {
+            first = false;
+            let _ = OWN_CONNECTION.set(Mutex::new(Connection::new(stream)?));
+            continue;
+        }
+        let backend = Arc::clone(&backend);
+        std::thread::Builder::new()
+            .name("plugin-call".into())
+            .spawn(move || serve_connection(stream, &*backend))?;
+    }
+}
+
+fn create(library: &OpenedLibrary, index: u32) -> Result<Box<dyn Backend>, Failure> {
+    // The worker's sandbox is already in force and it has no registry to
+    // announce to: the host does both.
+    let context = CreateContext {
+        permissions: &[],
+        announce: std::sync::Arc::new(|_: &str, _| {}),
+    };
+    library.create(index, Box::new(WorkerHost), &context)
+}
+
+/// One call connection, as the worker sees it.
+struct Connection {
+    reader: BufReader<UnixStream>,
+    writer: BufWriter<UnixStream>,
+}
+
+impl Connection {
+    fn new(stream: UnixStream) -> std::io::Result<Self> {
+        Ok(Self {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: BufWriter::new(stream),
+        })
+    }
+
+    fn send(&mut self, frame: &FromWorker) -> std::io::Result<()> {
+        write_frame(&mut self.writer, frame)?;
+        self.writer.flush()
+    }
+
+    /// Makes a callback and waits for its answer.
+    fn callback(&mut self, callback: Callback) -> Result<CallbackAnswer, Failure> {
+        let log = matches!(callback, Callback::Log { .. });
+        self.send(&FromWorker::Callback(callback))
+            .map_err(host_gone)?;
+        if log {
+            return Ok(CallbackAnswer::Done);
+        }
+        match read_frame::<ToWorker>(&mut self.reader).map_err(host_gone)? {
+            ToWorker::CallbackReply(answer) => answer.map_err(Failure::from),
+            ToWorker::Call(_) => Err(Failure::new(
+                ErrorKind::Failed,
+                "protocol error: the host sent a call while a callback was waiting",
+            )),
+        }
+    }
+}
+
+fn host_gone(error: std::io::Error) -> Failure {
+    Failure::new(
+        ErrorKind::Unavailable,
+        format!("the host is gone ({error})"),
+    )
+}
+
+/// The connection for callbacks made outside any call.
+static OWN_CONNECTION: OnceLock<Mutex<Connection>> = OnceLock::new();
+
+/// The connection of the call a thread runs, and the call's control.
+type InCall = (Rc<RefCell<Connection>>, Rc<CallControl>);
+
+thread_local! {
+    static IN_CALL: RefCell<Option<InCall>> = const { RefCell::new(None) };
+}
+
+fn serve_connection(stream: UnixStream, backend: &dyn Backend) {
+    let Ok(connection) = Connection::new(stream) else {
+        return;
+    };
+    let connection = Rc::new(RefCell::new(connection));
+    loop {
+        let frame = read_frame::<ToWorker>(&mut connection.borrow_mut().reader);
+        let call = match frame {
+            Ok(ToWorker::Call(call)) => call,
+            Ok(ToWorker::CallbackReply(_)) => {
+                eprintln!("agent-host worker: protocol error: a callback reply with no callback");
+                return;
+            }
+            // The host closed the connection.
+            Err(_) => return,
+        };
+        let control = Rc::new(CallControl::with_deadline(deadline_of(&call)));
+        IN_CALL.with(|slot| {
+            *slot.borrow_mut() = Some((Rc::clone(&connection), Rc::clone(&control)));
+        });
+        let sent = match call {
+            Call::Message {
+                actions,
+                evaluators,
+                message,
+                evaluate_deadline_ms,
+                ..
+            } => run_message(
+                backend,
+                &connection,
+                &actions,
+                &evaluators,
+                &message,
+                evaluate_deadline_ms,
+            ),
+            call => {
+                let reply = run_call(backend, call, &control).map_err(WireError::from);
+                connection.borrow_mut().send(&FromWorker::Reply(reply))
+            }
+        };
+        IN_CALL.with(|slot| slot.borrow_mut().take());
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// A plugin's part of one message: the validates, answered at once, then
+/// the evaluators, answered in a second reply.
+fn run_message(
+    backend: &dyn Backend,
+    connection: &RefCell<Connection>,
+    actions: &[u32],
+    evaluators: &[u32],
+    message: &WireMessage,
+    evaluate_deadline_ms: u64,
+) -> std::io::Result<()> {
+    let view = message_ref(message);
+    let mut validated = Vec::with_capacity(actions.len());
+    backend.validate_each(actions, view, &mut |_, outcome| {
+        validated.push(outcome.map_err(WireError::from));
+    });
+    connection
+        .borrow_mut()
+        .send(&FromWorker::Reply(Ok(Answer::Validated(validated))))?;
+    let control = CallControl::with_deadline(evaluate_deadline_ms);
+    let evaluated = evaluators
+        .iter()
+        .map(|&evaluator| {
+            backend
+                .evaluate(evaluator, view, &control)
+                .map(|e| WireEvaluation::from(&e))
+                .map_err(WireError::from)
+        })
+        .collect();
+    connection
+        .borrow_mut()
+        .send(&FromWorker::Reply(Ok(Answer::EvaluatedEach(evaluated))))
+}
+
+fn deadline_of(call: &Call) -> u64 {
+    match call {
+        Call::Message { deadline_ms, .. }
+        | Call::Validate { deadline_ms, .. }
+        | Call::Handle { deadline_ms, .. }
+        | Call::Provide { deadline_ms, .. }
+        | Call::Evaluate { deadline_ms, .. }
+        | Call::EvaluateBatch { deadline_ms, .. }
+        | Call::ServiceMethod { deadline_ms, .. }
+        | Call::OnEvent { deadline_ms, .. }
+        | Call::OnTimer { deadline_ms, .. } => *deadline_ms,
+        _ => 0,
+    }
+}
+
+fn message_ref(message: &WireMessage) -> MessageRef<'_> {
+    MessageRef {
+        id: &message.id,
+        text: &message.text,
+        context_json: &message.context_json,
+    }
+}
+
+/// Runs one call on the plugin, exactly as the host would in process.
+fn run_call(backend: &dyn Backend, call: Call, control: &CallControl) -> Result<Answer, Failure> {
+    Ok(match call {
+        Call::Message { .. } => {
+            return Err(Failure::new(
+                ErrorKind::InvalidInput,
+                "protocol error: a message round on the wrong path",
+            ))
+        }
+        Call::OnLoad => backend.on_load().map(|()| Answer::Done)?,
+        Call::OnUnload => backend.on_unload().map(|()| Answer::Done)?,
+        Call::Validate {
+            actions, message, ..
+        } => {
+            let mut answers = Vec::with_capacity(actions.len());
+            backend.validate_each(&actions, message_ref(&message), &mut |_, outcome| {
+                answers.push(outcome.map_err(WireError::from));
+            });
+            Answer::Validated(answers)
+        }
+        Call::Handle {
+            action, message, ..
+        } => {
+            let result = backend.handle(action, message_ref(&message), control)?;
+            let json = serde_json::to_string(&result).map_err(|e| {
+                Failure::new(
+                    ErrorKind::InvalidInput,
+                    format!("its result cannot be written as JSON: {e}"),
+                )
+            })?;
+            Answer::Handled(json)
+        }
+        Call::Provide {
+            providers, message, ..
+        } => {
+            let mut answers = Vec::with_capacity(providers.len());
+            backend.provide_each(&providers, message_ref(&message), control, &mut |_, v| {
+                answers.push(v.map_err(WireError::from));
+            });
+            Answer::Provided(answers)
+        }
+        Call::SetSubscribed {
+            provider,
+            subscribed,
+        } => backend
+            .set_subscribed(provider, subscribed)
+            .map(|()| Answer::Done)?,
+        Call::Evaluate {
+            evaluator, message, ..
+        } => {
+            let evaluation = backend.evaluate(evaluator, message_ref(&message), control)?;
+            Answer::Evaluated(WireEvaluation::from(&evaluation))
+        }
+        Call::EvaluateBatch {
+            evaluator,
+            messages,
+            ..
+        } => {
+            let refs: Vec<MessageRef<'_>> = messages.iter().map(message_ref).collect();
+            let evaluations = backend.evaluate_batch(evaluator, &refs, control)?;
+            Answer::EvaluatedBatch(evaluations.iter().map(WireEvaluation::from).collect())
+        }
+        Call::StartService { service } => backend.start_service(service).map(|()| Answer::Done)?,
+        Call::StopService { service } => backend.stop_service(service).map(|()| Answer::Done)?,
+        Call::ServiceMethod {
+            service,
+            method,
+            args_json,
+            ..
+        } => Answer::Text(backend.call_service(service, &method, &args_json, control)?),
+        Call::OnEvent {
+            subscription,
+            event,
+            payload_json,
+            ..
+        } => backend
+            .on_event(subscription, &event, &payload_json)
+            .map(|()| Answer::Done)?,
+        Call::OnTimer { timer, .. } => backend.on_timer(timer).map(|()| Answer::Done)?,
+        Call::ExportState => Answer::Text(backend.export_state()?),
+        Call::ImportState { state_json } => {
+            backend.import_state(&state_json).map(|()| Answer::Done)?
+        }
+    })
+}
+
+/// The host, as the plugin in a worker sees it: every callback crosses to
+/// the host over the connection of the call that made it (or, from a thread
+/// of the plugin's own, over the worker's own connection).
+struct WorkerHost;
+
+impl WorkerHost {
+    fn callback(&self, callback: Callback) -> Result<CallbackAnswer, Failure> {
+        let in_call = IN_CALL.with(|slot| slot.borrow().as_ref().map(|(c, _)| Rc::clone(c)));
+        match in_call {
+            Some(connection) => connection.borrow_mut().callback(callback),
+            None => match OWN_CONNECTION.get() {
+                Some(own) => own
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .callback(callback),
+                None => Err(Failure::new(
+                    ErrorKind::Unavailable,
+                    "the worker has no connection to the host yet",
+                )),
+            },
+        }
+    }
+
+    fn text(&self, callback: Callback) -> Result<String, Failure> {
+        match self.callback(callback)? {
+            CallbackAnswer::Text(text) => Ok(text),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn done(&self, callback: Callback) -> Result<(), Failure> {
+        match self.callback(callback)? {
+            CallbackAnswer::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(answer: &CallbackAnswer) -> Failure {
+    Failure::new(
+        ErrorKind::Failed,
+        format!("protocol error: the host answered {answer:?}"),
+    )
+}
+
+impl Host for WorkerHost {
+    fn log(&self, level: Level, message: &str) {
+        let _ = self.callback(Callback::Log {
+            level: level as u8,
+            message: message.to_string(),
+        });
+    }
+
+    fn config(&self, key: &str) -> Result<String, Failure> {
+        self.text(Callback::Config { key: key.into() })
+    }
+
+    fn call_service(
+        &self,
+        service: &str,
+        method: &str,
+        args_json: &str,
+    ) -> Result<String, Failure> {
+        self.text(Callback::CallService {
+            service: service.into(),
+            method: method.into(),
+            args_json: args_json.into(),
+        })
+    }
+
+    fn emit(&self, event: &str, payload_json: &str) -> Result<(), Failure> {
+        self.done(Callback::Emit {
+            event: event.into(),
+            payload_json: payload_json.into(),
+        })
+    }
+
+    fn subscribe(&self, event: &str) -> Result<u64, Failure> {
+        match self.callback(Callback::Subscribe {
+            event: event.into(),
+        })? {
+            CallbackAnswer::Id(id) => Ok(id),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn unsubscribe(&self, subscription: u64) -> Result<(), Failure> {
+        self.done(Callback::Unsubscribe { subscription })
+    }
+
+    fn push_provider_value(&self, provider: u32, value_json: &str) -> Result<(), Failure> {
+        self.done(Callback::PushProviderValue {
+            provider,
+            value_json: value_json.into(),
+        })
+    }
+
+    fn set_timer(&self, timer: u64, after_ms: u64, every_ms: u64) -> Result<(), Failure> {
+        self.done(Callback::SetTimer {
+            timer,
+            after_ms,
+            every_ms,
+        })
+    }
+
+    fn clear_timer(&self, timer: u64) -> Result<(), Failure> {
+        self.done(Callback::ClearTimer { timer })
+    }
+
+    fn current_call(&self) -> Option<(u64, bool)> {
+        IN_CALL.with(|slot| {
+            slot.borrow()
+                .as_ref()
+                .map(|(_, control)| (control.deadline_unix_ms(), control.is_cancelled()))
+        })
+    }
+}

@@ -1,0 +1,463 @@
+//! Isolated plugins on real plugin files: the `isolated` fixture holds two
+//! plugins, `faulty` (run in a worker process by these configs) and
+//! `neighbour` (in process). Every fault of `faulty` ends its worker, never
+//! the host or `neighbour`; the call gets an error naming the plugin and the
+//! cause, and the worker is restarted. Services and events cross between
+//! the two places both ways.
+
+use agent_host::testing::TestAgent;
+use agent_host::{AgentConfig, HostOptions, InboundMessage, Reply};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_agent-host");
+
+fn agent(extra: &str) -> TestAgent {
+    let config =
+        format!("[isolation]\nprocess = [\"faulty\"]\nworker_program = \"{WORKER}\"\n{extra}");
+    let options = HostOptions {
+        config: AgentConfig::parse(&config).expect("config"),
+        ..HostOptions::default()
+    };
+    let agent = TestAgent::load_with(&[test_support::fixture("isolated")], options).expect("stage");
+    assert!(agent.report.is_clean(), "{:?}", agent.report.failures);
+    agent
+}
+
+fn say(agent: &TestAgent, text: &str) -> Reply {
+    agent.host.handle_message(InboundMessage {
+        text: text.into(),
+        ..InboundMessage::default()
+    })
+}
+
+fn worker_pid(agent: &TestAgent) -> Option<u32> {
+    agent.host.status("faulty")?.worker?.pid
+}
+
+/// Waits until `faulty` serves from a worker other than `old`; its pid.
+fn serving_again(agent: &TestAgent, old: u32) -> (u32, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(pid) = worker_pid(agent).filter(|pid| *pid != old) {
+            let reply = say(agent, "fault ping");
+            if reply.text == format!("pong from {pid}") {
+                return (pid, started.elapsed());
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "faulty never served again after its worker {old} died"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn an_isolated_plugin_runs_in_its_own_process_and_the_other_in_the_host() {
+    let agent = agent("");
+    let faulty = agent.host.status("faulty").expect("faulty");
+    let neighbour = agent.host.status("neighbour").expect("neighbour");
+    assert_eq!(faulty.placement.to_string(), "process");
+    assert_eq!(neighbour.placement.to_string(), "in-process");
+    assert!(neighbour.worker.is_none());
+    let pid = faulty.worker.and_then(|w| w.pid).expect("a worker pid");
+    assert_ne!(pid, std::process::id());
+    let reply = say(&agent, "fault ping");
+    assert_eq!(reply.text, format!("pong from {pid}"), "{:?}", reply.errors);
+    let hello = agent
+        .host
+        .call_service("neighbour", "hello", &Value::Null)
+        .expect("neighbour");
+    assert_eq!(hello, json!(format!("hello from {}", std::process::id())));
+}
+
+#[test]
+fn services_cross_from_the_host_to_the_worker_and_back() {
+    let agent = agent("");
+    // neighbour (in process) -> faulty (worker) -> neighbour (in process).
+    let said = agent
+        .host
+        .call_service("neighbour", "round_trip", &Value::Null)
+        .expect("round trip");
+    assert_eq!(
+        said,
+        json!(format!("neighbour said: hello from {}", std::process::id()))
+    );
+}
+
+#[test]
+fn events_cross_both_ways() {
+    let agent = agent("");
+    // neighbour emits neighbour:ping; faulty (worker) hears it and emits
+    // faulty:pong; neighbour hears that.
+    agent
+        .host
+        .call_service("neighbour", "ping_faulty", &Value::Null)
+        .expect("ping");
+    let started = Instant::now();
+    loop {
+        let pongs = agent
+            .host
+            .call_service("neighbour", "pongs", &Value::Null)
+            .expect("pongs");
+        if pongs == json!(1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no pong: {pongs}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Commits `fault` in the worker; returns the reply's errors and the time
+/// until the plugin serves again.
+fn commit(agent: &TestAgent, fault: &str) -> (String, Duration) {
+    let old = worker_pid(agent).expect("a worker");
+    let reply = say(agent, &format!("fault {fault}"));
+    assert!(!reply.ok, "{fault}: {reply:?}");
+    let errors = reply.errors.join("\n");
+    assert!(errors.contains("plugin 'faulty'"), "{fault}: {errors}");
+    let (_, took) = serving_again(agent, old);
+    // The neighbour in the host never noticed.
+    agent
+        .host
+        .call_service("neighbour", "hello", &Value::Null)
+        .expect("neighbour still serves");
+    (errors, took)
+}
+
+#[test]
+fn every_fault_ends_the_worker_never_the_host() {
+    let agent =
+        agent("quarantine_after_crashes = 100\n[isolation.plugins.faulty]\nmemory_mb = 256\n");
+    let mut table = Vec::new();
+    for (fault, cause) in [
+        ("abort", "signal 6 (SIGABRT)"),
+        ("exit", "exited with code 3"),
+        ("segv", "signal 11 (SIGSEGV)"),
+        ("overflow", "signal"),
+        ("alloc", "signal 6 (SIGABRT)"),
+        ("loop", "timed out after 500 ms"),
+    ] {
+        let (errors, took) = commit(&agent, fault);
+        assert!(
+            errors.contains(cause),
+            "{fault}: expected {cause:?} in {errors}"
+        );
+        table.push(format!("{fault}: serving again after {took:?}: {errors}"));
+    }
+    let status = agent
+        .host
+        .status("faulty")
+        .and_then(|s| s.worker)
+        .expect("worker");
+    assert_eq!(status.restarts, 6, "{status:?}");
+    assert!(status.last_crash.is_some());
+    eprintln!("{}", table.join("\n"));
+}
+
+#[test]
+fn a_plugin_that_keeps_crashing_is_quarantined_and_says_so() {
+    let agent = agent("quarantine_after_crashes = 2\n");
+    let old = worker_pid(&agent).expect("a worker");
+    say(&agent, "fault abort");
+    serving_again(&agent, old);
+    say(&agent, "fault abort");
+    let started = Instant::now();
+    let quarantined = loop {
+        let status = agent
+            .host
+            .status("faulty")
+            .and_then(|s| s.worker)
+            .expect("worker");
+        if let Some(why) = status.quarantined {
+            break why;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{status:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        quarantined.contains("quarantined after 2 crashes"),
+        "{quarantined}"
+    );
+    let reply = say(&agent, "fault ping");
+    assert!(
+        reply
+            .errors
+            .iter()
+            .any(|e| e.contains("quarantined after 2 crashes")),
+        "{reply:?}"
+    );
+}
+
+#[test]
+fn a_worker_killed_from_outside_while_serving_is_replaced() {
+    let agent = agent("");
+    let old = worker_pid(&agent).expect("a worker");
+    let reply = std::thread::scope(|scope| {
+        let slow = scope.spawn(|| say(&agent, "fault loop"));
+        std::thread::sleep(Duration::from_millis(100));
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &old.to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        slow.join().expect("the call returned")
+    });
+    assert!(
+        reply
+            .errors
+            .iter()
+            .any(|e| e.contains("plugin 'faulty'") && e.contains("SIGKILL")),
+        "{reply:?}"
+    );
+    serving_again(&agent, old);
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_reload_under_load_swaps_workers_and_loses_nothing() {
+    let agent = agent("");
+    let first = worker_pid(&agent).expect("a worker");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (sent, failed, pids) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let (mut sent, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let reply = say(&agent, "fault ping");
+                sent += 1;
+                if !reply.ok || !reply.text.starts_with("pong from ") {
+                    failed.push(format!("{reply:?}"));
+                }
+            }
+            (sent, failed)
+        });
+        let mut pids = vec![first];
+        for _ in 0..5 {
+            agent.host.reload("faulty").expect("reload");
+            pids.push(worker_pid(&agent).expect("a worker"));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (sent, failed) = load.join().expect("load");
+        (sent, failed, pids)
+    });
+    assert!(sent > 0);
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let mut distinct = pids.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        6,
+        "every reload starts a new worker: {pids:?}"
+    );
+    let last = *pids.last().expect("pids");
+    for pid in &pids[..5] {
+        wait_until(&format!("old worker {pid} to end"), || !alive(*pid));
+    }
+    assert!(alive(last));
+    let status = agent.host.status("faulty").expect("status");
+    assert_eq!(
+        status.worker.expect("worker").restarts,
+        0,
+        "a reload is not a crash"
+    );
+}
+
+#[test]
+fn watch_reloads_an_isolated_plugin_with_its_state() {
+    use agent_host::PluginHost;
+    let config = format!("[isolation]\nprocess = [\"counter\"]\nworker_program = \"{WORKER}\"\n");
+    let options = HostOptions {
+        config: AgentConfig::parse(&config).expect("config"),
+        ..HostOptions::default()
+    };
+    let dir = test_support::folder_with(&[]);
+    let file = dir.path().join(format!("counter.{}", test_support::EXT));
+    std::fs::copy(test_support::fixture("counter-v1"), &file).expect("copy");
+    let host = std::sync::Arc::new(PluginHost::new(options).expect("host"));
+    let report = host.load_dir(dir.path()).expect("load");
+    assert!(report.is_clean(), "{:?}", report.failures);
+    let _watch = PluginHost::watch(&host, dir.path(), Duration::from_millis(100)).expect("watch");
+    let count = || {
+        host.handle_message(InboundMessage {
+            text: "count".into(),
+            ..InboundMessage::default()
+        })
+        .text
+    };
+    assert_eq!(count(), "v1: 1");
+    let old = host
+        .status("counter")
+        .and_then(|s| s.worker)
+        .and_then(|w| w.pid)
+        .expect("pid");
+    let staging = file.with_extension("staging");
+    std::fs::copy(test_support::fixture("counter-v2"), &staging).expect("copy");
+    std::fs::rename(&staging, &file).expect("rename");
+    wait_until("the v2 reload", || {
+        host.status("counter").map(|s| s.version).as_deref() == Some("2.0.0")
+    });
+    assert_eq!(
+        count(),
+        "v2: 2",
+        "the count crossed from the old worker to the new"
+    );
+    let new = host
+        .status("counter")
+        .and_then(|s| s.worker)
+        .and_then(|w| w.pid)
+        .expect("pid");
+    assert_ne!(old, new);
+    wait_until("the old worker to end", || !alive(old));
+}
+
+#[test]
+fn the_status_shows_the_protections_in_force() {
+    let Some((agent, _folder)) = sandboxed(&[]) else {
+        return;
+    };
+    let worker = agent
+        .host
+        .status("faulty")
+        .and_then(|s| s.worker)
+        .expect("worker");
+    let p = &worker.protections;
+    assert!(
+        p.no_new_privs
+            && p.landlock_filesystem
+            && p.landlock_network
+            && p.landlock_scopes
+            && p.seccomp
+            && p.resource_limits,
+        "{worker:?}"
+    );
+    assert!(p.missing.is_empty(), "{:?}", p.missing);
+}
+
+/// An agent whose config (written to a file, as an operator's would be)
+/// grants `faulty` exactly `grants` besides what the fixture needs.
+/// `None` when the kernel has no landlock (the reason is printed).
+fn sandboxed(grants: &[String]) -> Option<(TestAgent, tempfile::TempDir)> {
+    let mut faulty = vec![
+        "service:neighbour".to_string(),
+        "event:emit:faulty:*".to_string(),
+    ];
+    faulty.extend(grants.iter().cloned());
+    let config = format!(
+        "[isolation]\nprocess = [\"faulty\"]\nworker_program = \"{WORKER}\"\n\
+         [grants]\nfaulty = {faulty:?}\nneighbour = [\"service:faulty\", \"event:emit:neighbour:*\"]\n"
+    );
+    let folder = tempfile::tempdir().expect("tempdir");
+    std::fs::write(folder.path().join("agent.toml"), &config).expect("config file");
+    let options = HostOptions {
+        config: AgentConfig::load(&folder.path().join("agent.toml")).expect("config"),
+        ..HostOptions::default()
+    };
+    let agent = TestAgent::load_with(&[test_support::fixture("isolated")], options).expect("stage");
+    if let Some(failure) = agent.report.failures.first() {
+        let line = failure.to_string();
+        if line.contains("landlock") && line.contains("not supported") {
+            eprintln!("skipped: this kernel has no landlock ({line})");
+            return None;
+        }
+        panic!("{line}");
+    }
+    Some((agent, folder))
+}
+
+fn attempt(agent: &TestAgent, method: &str, argument: Value) -> Value {
+    agent
+        .host
+        .call_service("faulty", method, &argument)
+        .unwrap_or_else(|e| panic!("{method}: {e}"))
+}
+
+fn refused(outcome: &Value) -> bool {
+    outcome["ok"] == json!(false)
+        && outcome["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Permission denied") || e.contains("os error 13"))
+}
+
+#[test]
+fn with_no_grant_an_isolated_plugin_reads_writes_and_connects_nowhere() {
+    let Some((agent, folder)) = sandboxed(&[]) else {
+        return;
+    };
+    let shadow = attempt(&agent, "read", json!("/etc/shadow"));
+    assert!(refused(&shadow), "/etc/shadow: {shadow}");
+    let own_config = folder.path().join("agent.toml");
+    let config = attempt(&agent, "read", json!(own_config));
+    assert!(refused(&config), "the agent's config: {config}");
+    let target = folder.path().join("written.txt");
+    let write = attempt(&agent, "write", json!(target));
+    assert!(refused(&write), "a write: {write}");
+    assert!(!target.exists());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    let connect = attempt(&agent, "connect", json!(port));
+    assert!(refused(&connect), "a loopback connection: {connect}");
+    // The host itself can still do all of it.
+    std::fs::read_to_string(&own_config).expect("the host reads its config");
+}
+
+#[test]
+fn grants_open_exactly_what_they_name() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (readable, writable, other) = (
+        root.path().join("readable"),
+        root.path().join("writable"),
+        root.path().join("other"),
+    );
+    for dir in [&readable, &writable, &other] {
+        std::fs::create_dir(dir).expect("dir");
+        std::fs::write(dir.join("file.txt"), "data").expect("file");
+    }
+    let open = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = |l: &std::net::TcpListener| l.local_addr().expect("addr").port();
+    let grants = [
+        format!("filesystem:read:{}", readable.display()),
+        format!("filesystem:write:{}", writable.display()),
+        format!("network:connect:{}", port(&open)),
+    ];
+    let Some((agent, _folder)) = sandboxed(&grants) else {
+        return;
+    };
+    let read = |path: std::path::PathBuf| attempt(&agent, "read", json!(path));
+    let write = |path: std::path::PathBuf| attempt(&agent, "write", json!(path));
+    assert_eq!(read(readable.join("file.txt"))["ok"], json!(true));
+    assert!(refused(&read(other.join("file.txt"))));
+    assert_eq!(write(writable.join("new.txt"))["ok"], json!(true));
+    assert_eq!(
+        std::fs::read_to_string(writable.join("new.txt")).expect("written"),
+        "written by faulty"
+    );
+    assert!(refused(&write(readable.join("new.txt"))));
+    assert!(refused(&write(other.join("new.txt"))));
+    let connected = attempt(&agent, "connect", json!(port(&open)));
+    assert_eq!(connected["ok"], json!(true), "{connected}");
+    assert!(refused(&attempt(&agent, "connect", json!(port(&closed)))));
+}
