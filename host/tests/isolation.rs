@@ -197,6 +197,7 @@ fn a_plugin_that_keeps_crashing_is_quarantined_and_says_so() {
 fn a_worker_killed_from_outside_while_serving_is_replaced() {
     let agent = agent("");
     let old = worker_pid(&agent).expect("a worker");
+    let mut events = agent.host.events();
     let reply = std::thread::scope(|scope| {
         let slow = scope.spawn(|| say(&agent, "fault loop"));
         std::thread::sleep(Duration::from_millis(100));
@@ -214,7 +215,24 @@ fn a_worker_killed_from_outside_while_serving_is_replaced() {
             .any(|e| e.contains("plugin 'faulty'") && e.contains("SIGKILL")),
         "{reply:?}"
     );
-    serving_again(&agent, old);
+    let (new, _) = serving_again(&agent, old);
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if event.payload["plugin"] == json!("faulty") {
+            seen.push((event.name.clone(), event.payload.clone()));
+        }
+    }
+    let crashed = seen.iter().find(|(name, _)| name == "plugin:crashed");
+    let restarted = seen.iter().find(|(name, _)| name == "plugin:restarted");
+    assert!(
+        crashed.is_some_and(|(_, p)| p["pid"] == json!(old)
+            && p["cause"].as_str().is_some_and(|c| c.contains("SIGKILL"))),
+        "{seen:?}"
+    );
+    assert!(
+        restarted.is_some_and(|(_, p)| p["pid"] == json!(new)),
+        "{seen:?}"
+    );
 }
 
 fn alive(pid: u32) -> bool {

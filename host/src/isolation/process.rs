@@ -380,7 +380,7 @@ impl WorkerProcess {
     ) -> Result<Result<Answer, WireError>, CallFault> {
         let connection = &mut pending.connection;
         loop {
-            match connection.reader.poll::<FromWorker>(&connection.stream) {
+            match spawn::next_frame::<FromWorker>(&mut connection.reader, &connection.stream) {
                 Ok(Some(FromWorker::Reply(reply))) => return Ok(reply),
                 Ok(Some(FromWorker::Callback(callback))) => {
                     let Some(host) = &self.host else {

@@ -161,3 +161,37 @@ pub(crate) fn signal_name(signal: i32) -> String {
     };
     format!("signal {signal} ({name})")
 }
+
+/// Reads a socket without waiting: a read with nothing to read fails with
+/// `WouldBlock` at once, whatever the socket's own mode.
+pub(crate) struct NoWait<'a>(pub &'a UnixStream);
+
+impl io::Read for NoWait<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let (read, _) = rustix::net::recv(self.0, buffer, rustix::net::RecvFlags::DONTWAIT)?;
+        Ok(read)
+    }
+}
+
+/// How long a side that waits for the other spins before it sleeps. Waking
+/// a sleeping CPU costs tens of microseconds on virtual machines, more than
+/// the round trip itself, so a short spin (yielding to anything runnable)
+/// keeps a quick exchange on warm CPUs; a longer wait sleeps as usual.
+pub(crate) const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Reads the next frame from `stream`: spinning on non-blocking reads for
+/// up to [`SPIN`], then with the stream's own blocking reads. `Ok(None)`
+/// only when a blocking read timed out.
+pub(crate) fn next_frame<T: for<'de> serde::Deserialize<'de>>(
+    reader: &mut super::protocol::FrameReader,
+    stream: &UnixStream,
+) -> io::Result<Option<T>> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < SPIN {
+        if let Some(frame) = reader.poll(NoWait(stream))? {
+            return Ok(Some(frame));
+        }
+        std::thread::yield_now();
+    }
+    reader.poll(stream)
+}

@@ -12,7 +12,7 @@
 
 use super::protocol::{
     read_frame, read_preamble, write_frame, write_preamble, Answer, Call, Callback, CallbackAnswer,
-    FromWorker, Hello, Job, Ready, ToWorker, WireError, WireEvaluation, WireMessage,
+    FrameReader, FromWorker, Hello, Job, Ready, ToWorker, WireError, WireEvaluation, WireMessage,
 };
 use super::sandbox;
 use crate::load::library::{self, OpenedLibrary};
@@ -20,7 +20,7 @@ use crate::plugin::{Backend, CreateContext, Failure, MessageRef, PluginSource};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
 use std::cell::RefCell;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -128,16 +128,27 @@ fn create(library: &OpenedLibrary, index: u32) -> Result<Box<dyn Backend>, Failu
 
 /// One call connection, as the worker sees it.
 struct Connection {
-    reader: BufReader<UnixStream>,
+    stream: UnixStream,
+    reader: FrameReader,
     writer: BufWriter<UnixStream>,
 }
 
 impl Connection {
     fn new(stream: UnixStream) -> std::io::Result<Self> {
         Ok(Self {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: BufWriter::new(stream),
+            writer: BufWriter::new(stream.try_clone()?),
+            reader: FrameReader::default(),
+            stream,
         })
+    }
+
+    /// The next frame from the host; an error once it is gone.
+    fn receive(&mut self) -> std::io::Result<ToWorker> {
+        loop {
+            if let Some(frame) = super::spawn::next_frame(&mut self.reader, &self.stream)? {
+                return Ok(frame);
+            }
+        }
     }
 
     fn send(&mut self, frame: &FromWorker) -> std::io::Result<()> {
@@ -153,7 +164,7 @@ impl Connection {
         if log {
             return Ok(CallbackAnswer::Done);
         }
-        match read_frame::<ToWorker>(&mut self.reader).map_err(host_gone)? {
+        match self.receive().map_err(host_gone)? {
             ToWorker::CallbackReply(answer) => answer.map_err(Failure::from),
             ToWorker::Call(_) => Err(Failure::new(
                 ErrorKind::Failed,
@@ -186,7 +197,7 @@ fn serve_connection(stream: UnixStream, backend: &dyn Backend) {
     };
     let connection = Rc::new(RefCell::new(connection));
     loop {
-        let frame = read_frame::<ToWorker>(&mut connection.borrow_mut().reader);
+        let frame = connection.borrow_mut().receive();
         let call = match frame {
             Ok(ToWorker::Call(call)) => call,
             Ok(ToWorker::CallbackReply(_)) => {
