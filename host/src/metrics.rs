@@ -103,6 +103,8 @@ pub struct Metrics {
     pub plugins_loaded: Gauge,
     /// Plugins quarantined now.
     pub plugins_quarantined: Gauge,
+    /// Events not delivered because their cascade crossed a bound.
+    pub events_cut: Counter,
 }
 
 impl Default for Metrics {
@@ -128,6 +130,12 @@ impl Metrics {
         let provider_cache = Family::<CacheLabels, Counter>::default();
         let plugins_loaded = Gauge::default();
         let plugins_quarantined = Gauge::default();
+        let events_cut = Counter::default();
+        registry.register(
+            "events_cut",
+            "Events not delivered because their cascade was too deep or too wide",
+            events_cut.clone(),
+        );
         registry.register("messages", "Messages answered", messages.clone());
         registry.register(
             "message_seconds",
@@ -178,6 +186,7 @@ impl Metrics {
             provider_cache,
             plugins_loaded,
             plugins_quarantined,
+            events_cut,
         }
     }
 

@@ -253,6 +253,18 @@ impl Host for FfiHost {
             call.get("cancelled")?.as_bool()?,
         ))
     }
+
+    fn event_source(&self) -> Option<String> {
+        let answer = self
+            .0
+            .invoke(
+                RStr::from_str(agent_host_plugin_abi::requests::EVENT_SOURCE),
+                RStr::from_str(""),
+            )
+            .into_result()
+            .ok()?;
+        serde_json::from_str::<Option<String>>(answer.as_str()).ok()?
+    }
 }
 
 /// Implementation details of [`crate::export_plugin!`]. Not a public API.

@@ -273,6 +273,7 @@ impl PluginObject {
             };
             let event = Event {
                 name: event.to_string(),
+                source: self.shared.host.event_source().unwrap_or_default(),
                 payload,
             };
             handler(&event, &self.runtime(None))

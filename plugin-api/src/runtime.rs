@@ -68,6 +68,12 @@ pub trait Host: Send + Sync {
     fn current_call(&self) -> Option<(u64, bool)> {
         None
     }
+    /// Who emitted the event whose handler this thread runs (a plugin's
+    /// name, or `host`); `None` outside an event handler, or from a host
+    /// that does not say.
+    fn event_source(&self) -> Option<String> {
+        None
+    }
 }
 
 /// An event as delivered to a handler registered with [`Runtime::on`].
@@ -75,6 +81,9 @@ pub trait Host: Send + Sync {
 pub struct Event {
     /// The event's name, such as `action:completed`.
     pub name: String,
+    /// Who emitted it: a plugin's name, or `host` for the host's own events
+    /// (which no plugin may emit); empty from a host that does not say.
+    pub source: String,
     /// The event's payload.
     pub payload: Value,
 }

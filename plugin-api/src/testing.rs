@@ -279,6 +279,7 @@ impl TestHost {
             .collect();
         let delivered = Event {
             name: event.to_string(),
+            source: "host".to_string(),
             payload,
         };
         for id in &ids {
@@ -397,6 +398,7 @@ impl Host for TestHostCallbacks {
         let payload = serde_json::from_str(payload_json)?;
         self.0.recorded().emitted.push(Event {
             name: event.to_string(),
+            source: String::new(),
             payload,
         });
         Ok(())

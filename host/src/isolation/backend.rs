@@ -132,6 +132,9 @@ impl Host for TrackingHost {
     fn current_call(&self) -> Option<(u64, bool)> {
         self.host.current_call()
     }
+    fn event_source(&self) -> Option<String> {
+        self.host.event_source()
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -661,6 +664,7 @@ impl Backend for WorkerBackend {
             subscription,
             event: event.to_string(),
             payload_json: payload_json.to_string(),
+            source: crate::registry::events::current_source().unwrap_or_default(),
             deadline_ms: crate::registry::current_call::inherited().map_or(0, |(d, _)| d),
         };
         done(self.call(call, None)?)

@@ -200,6 +200,8 @@ pub(crate) enum Call {
         event: String,
         /// Its payload, JSON.
         payload_json: String,
+        /// Who emitted it.
+        source: String,
         /// The deadline.
         deadline_ms: u64,
     },

@@ -189,6 +189,8 @@ type InCall = (Rc<RefCell<Connection>>, Rc<CallControl>);
 
 thread_local! {
     static IN_CALL: RefCell<Option<InCall>> = const { RefCell::new(None) };
+    /// Who emitted the event whose handler this thread runs.
+    static EVENT_SOURCE: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 fn serve_connection(stream: UnixStream, backend: &dyn Backend) {
@@ -368,10 +370,14 @@ fn run_call(backend: &dyn Backend, call: Call, control: &CallControl) -> Result<
             subscription,
             event,
             payload_json,
+            source,
             ..
-        } => backend
-            .on_event(subscription, &event, &payload_json)
-            .map(|()| Answer::Done)?,
+        } => {
+            let previous = EVENT_SOURCE.with(|s| s.replace(Some(source)));
+            let outcome = backend.on_event(subscription, &event, &payload_json);
+            EVENT_SOURCE.with(|s| *s.borrow_mut() = previous);
+            outcome.map(|()| Answer::Done)?
+        }
         Call::OnTimer { timer, .. } => backend.on_timer(timer).map(|()| Answer::Done)?,
         Call::ExportState => Answer::Text(backend.export_state()?),
         Call::ImportState { state_json } => {
@@ -487,6 +493,10 @@ impl Host for WorkerHost {
 
     fn clear_timer(&self, timer: u64) -> Result<(), Failure> {
         self.done(Callback::ClearTimer { timer })
+    }
+
+    fn event_source(&self) -> Option<String> {
+        EVENT_SOURCE.with(|s| s.borrow().clone())
     }
 
     fn current_call(&self) -> Option<(u64, bool)> {

@@ -199,7 +199,10 @@ fn finish(run: &MessageRun, phase: &HandlerPhase) {
         Outcome::Completed(result) => {
             reply.text = result.text;
             reply.data = result.data;
+            // Kept: what the host itself said (`skipped_actions`).
+            let host_notes = std::mem::take(&mut reply.metadata);
             reply.metadata = result.metadata;
+            reply.metadata.extend(host_notes);
             reply.ok = true;
             counters.completed.inc();
             tracing::debug!(duration_ms, "action completed");

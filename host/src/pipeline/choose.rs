@@ -14,10 +14,12 @@ use crate::watchdog::relay::{Relay, Relayed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// What one plugin's actions said: its best valid action (priority,
-/// index) and the errors.
+/// What one plugin's actions said: its best valid action the sender may
+/// run (priority, index), the valid ones the sender may not run, and the
+/// errors.
 pub(crate) struct Validated {
     best: Option<(i32, u32)>,
+    denied: Vec<(i32, u32)>,
     errors: Vec<CallError>,
 }
 
@@ -61,6 +63,7 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
         let plugin = &run.plan.plugins[job];
         let mut validated = Validated {
             best: None,
+            denied: Vec::new(),
             errors: Vec::new(),
         };
         let asked = matched.actions(job).unwrap_or(&plugin.action_indices);
@@ -74,10 +77,14 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
             return validated;
         }
         let actions = &plugin.instance.manifest.actions;
+        let held = &run.message.permissions;
         let mut answer = |index: u32, outcome| match outcome {
             Ok(true) => {
-                let priority = actions[index as usize].priority;
-                if validated.best.is_none_or(|(best, _)| priority > best) {
+                let spec = &actions[index as usize];
+                let priority = spec.priority;
+                if !spec.permissions.iter().all(|p| held.contains(p)) {
+                    validated.denied.push((priority, index));
+                } else if validated.best.is_none_or(|(best, _)| priority > best) {
                     validated.best = Some((priority, index));
                 }
             }
@@ -101,9 +108,15 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
     relayed
 }
 
+/// Chooses the highest-priority valid action the sender may run. Valid
+/// actions of a higher priority that the sender may not run are skipped and
+/// listed in the reply's metadata (`skipped_actions`); when the sender may
+/// run none, the highest denied one is chosen, so the reply says which
+/// permission is missing.
 fn finish(run: &MessageRun, phase: &ValidatePhase) {
     let mut reply = lock(&run.reply);
     let mut chosen: Option<(i32, usize, u32)> = None;
+    let mut denied: Vec<(i32, usize, u32)> = Vec::new();
     let limit_ms = run.core.settings.validate_timeout_ms;
     phase.relay.drain(|job, validated| {
         let plugin = &run.plan.plugins[job];
@@ -122,7 +135,61 @@ fn finish(run: &MessageRun, phase: &ValidatePhase) {
                 chosen = Some((priority, job, index));
             }
         }
+        denied.extend(
+            validated
+                .denied
+                .iter()
+                .map(|&(priority, index)| (priority, job, index)),
+        );
     });
+    if !denied.is_empty() {
+        // Highest priority first; ties in load order, then action order.
+        denied.sort_by_key(|&(priority, job, index)| (std::cmp::Reverse(priority), job, index));
+        let skipped: Vec<_> = match chosen {
+            Some((best, _, _)) => denied.iter().filter(|d| d.0 > best).collect(),
+            None => denied.iter().collect(),
+        };
+        if !skipped.is_empty() {
+            reply.metadata.insert(
+                "skipped_actions".to_string(),
+                skipped
+                    .iter()
+                    .map(|&&(_, job, index)| skipped_action(run, job, index))
+                    .collect(),
+            );
+        }
+        if chosen.is_none() {
+            chosen = denied.first().copied();
+        }
+    }
+    if chosen.is_none() {
+        // Nothing answered: say which plugins were not asked at all.
+        for plugin in run.core.plugins().iter().filter(|p| p.is_quarantined()) {
+            if plugin.instance.manifest.actions.is_empty() {
+                continue;
+            }
+            reply.errors.push(format!(
+                "plugin '{}' is quarantined after repeated panics: its actions were not asked",
+                plugin.name()
+            ));
+        }
+    }
     *lock(&phase.chosen) = chosen.map(|(_, job, index)| (job, index));
     reply.timings.validate_us = super::micros(phase.started);
+}
+
+/// A valid action the sender may not run, for the reply's metadata.
+fn skipped_action(run: &MessageRun, job: usize, index: u32) -> serde_json::Value {
+    let plugin = &run.plan.plugins[job];
+    let spec = &plugin.instance.manifest.actions[index as usize];
+    let missing: Vec<&String> = spec
+        .permissions
+        .iter()
+        .filter(|p| !run.message.permissions.contains(p))
+        .collect();
+    serde_json::json!({
+        "plugin": plugin.name(),
+        "action": spec.name,
+        "reason": format!("the sender lacks {}", missing.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(", ")),
+    })
 }

@@ -315,6 +315,11 @@ impl HostApi for FfiCallbacks {
                     },
                 )
                 .into()),
+            agent_host_plugin_abi::requests::EVENT_SOURCE => {
+                Ok(serde_json::to_string(&self.0.event_source())
+                    .unwrap_or_else(|_| "null".to_string())
+                    .into())
+            }
             other => Err(Failure::new(
                 ErrorKind::NotFound,
                 format!("this host does not know the request '{other}'"),

@@ -150,6 +150,10 @@ impl Host for PluginCallbacks {
     fn current_call(&self) -> Option<(u64, bool)> {
         super::current_call::inherited()
     }
+
+    fn event_source(&self) -> Option<String> {
+        super::events::current_source()
+    }
 }
 
 impl PluginCallbacks {
@@ -171,13 +175,32 @@ impl PluginCallbacks {
     }
 
     fn emit_checked(&self, event: &str, payload_json: &str) -> Result<(), HostError> {
+        if super::events::is_reserved(event) {
+            tracing::warn!(plugin = %self.plugin, event, "refused: a host event name");
+            self.core()?
+                .metrics
+                .denied(&self.plugin, &format!("event:emit:{event}"));
+            return Err(HostError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "event '{event}' is the host's own (names starting with {}): \
+                     no grant lets a plugin emit it",
+                    super::events::RESERVED_PREFIXES.join(", ")
+                ),
+            ));
+        }
         let permission = format!("event:emit:{event}");
         if !self.permissions.allows(&permission) {
             return Err(self.deny(&permission));
         }
         let payload = parse_json(payload_json, "the event payload")?;
-        self.core()?.emit(&self.plugin, event, payload);
-        Ok(())
+        let failures = self.core()?.emit(&self.plugin, event, payload);
+        // A failing handler is the handler's problem; a cut cascade is the
+        // emitter's, which it must hear about.
+        match failures.into_iter().find(|f| f.cut) {
+            Some(cut) => Err(HostError::new(ErrorKind::Unavailable, cut.error)),
+            None => Ok(()),
+        }
     }
 
     fn push_checked(&self, provider: u32, value_json: &str) -> Result<(), HostError> {

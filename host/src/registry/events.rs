@@ -4,19 +4,25 @@
 //! handler calls back into the host: it may emit or subscribe. A plugin's
 //! handler runs on the blocking pool and the emitter waits for it at most
 //! `event_timeout_ms` (see `Registry::deliver`). One failing handler is logged and
-//! reported; the others still run. Nesting (a handler emitting an event whose
-//! handler emits...) is bounded so a loop cannot overflow the stack.
+//! reported; the others still run. A cascade (a handler emitting an event whose
+//! handler emits...) is bounded twice: in depth, so a loop cannot overflow the
+//! stack, and in deliveries per top-level emit, so a handler that emits twice
+//! per delivery cannot multiply its events without end. A cut is logged,
+//! counted, and reported to the emitter that crossed the bound.
 
 use crate::registry::permissions::matches;
 use serde::Serialize;
 use serde_json::Value;
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use tokio::sync::broadcast;
 
 /// How deep events may nest on one thread.
 pub const MAX_NESTING: u32 = 16;
+
+/// How many handlers one top-level emit may reach, its cascade included.
+pub const MAX_DELIVERIES: u32 = 10_000;
 
 /// An event on the bus.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -52,10 +58,13 @@ struct Subscriber {
 /// A handler that failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeliveryFailure {
-    /// The subscription whose handler failed.
+    /// The subscription whose handler failed (0 when the event was cut).
     pub subscription: u64,
     /// What went wrong.
     pub error: String,
+    /// Whether the event was not delivered at all: its cascade crossed a
+    /// bound ([`MAX_NESTING`], [`MAX_DELIVERIES`]).
+    pub cut: bool,
 }
 
 /// The bus.
@@ -72,21 +81,59 @@ impl Default for EventBus {
 }
 
 thread_local! {
-    static NESTING: Cell<u32> = const { Cell::new(0) };
+    static SOURCE: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// How deep events are nested on this thread now.
-pub(crate) fn nesting() -> u32 {
-    NESTING.with(Cell::get)
+/// Runs `handle` (a plugin's event handler) with `source` as the emitter of
+/// the event it handles, which the plugin may ask for.
+pub(crate) fn delivering<T>(source: &str, handle: impl FnOnce() -> T) -> T {
+    let previous = SOURCE.with(|s| s.replace(Some(source.to_string())));
+    let result = handle();
+    SOURCE.with(|s| *s.borrow_mut() = previous);
+    result
 }
 
-/// Runs `deliver` on this thread (a delivery moved to another thread) at
-/// the nesting depth of the thread that emitted, so that a handler loop
-/// stays bounded across threads.
-pub(crate) fn nested<T>(depth: u32, deliver: impl FnOnce() -> T) -> T {
-    let previous = NESTING.with(|n| n.replace(depth));
+/// Who emitted the event whose handler this thread runs.
+pub(crate) fn current_source() -> Option<String> {
+    SOURCE.with(|s| s.borrow().clone())
+}
+
+/// The prefixes of the events the host emits (`action:completed`,
+/// `plugin:loaded`, ...): no grant lets a plugin emit an event so named, so
+/// a subscriber can trust them.
+pub const RESERVED_PREFIXES: [&str; 3] = ["action:", "plugin:", "host:"];
+
+/// Whether `event` is one of the host's own names.
+pub fn is_reserved(event: &str) -> bool {
+    RESERVED_PREFIXES
+        .iter()
+        .any(|prefix| event.starts_with(prefix))
+}
+
+/// Where a thread is in a cascade of events: how deep, and the count of
+/// deliveries shared by the whole cascade of one top-level emit.
+#[derive(Clone, Default)]
+pub(crate) struct Nesting {
+    depth: u32,
+    deliveries: Option<Arc<AtomicU32>>,
+}
+
+thread_local! {
+    static NESTING: RefCell<Nesting> = RefCell::new(Nesting::default());
+}
+
+/// Where this thread is in a cascade now.
+pub(crate) fn nesting() -> Nesting {
+    NESTING.with(|n| n.borrow().clone())
+}
+
+/// Runs `deliver` on this thread (a delivery moved to another thread) where
+/// the thread that emitted was in its cascade, so that a handler loop stays
+/// bounded across threads.
+pub(crate) fn nested<T>(nesting: Nesting, deliver: impl FnOnce() -> T) -> T {
+    let previous = NESTING.with(|n| n.replace(nesting));
     let result = deliver();
-    NESTING.with(|n| n.set(previous));
+    NESTING.with(|n| *n.borrow_mut() = previous);
     result
 }
 
@@ -175,15 +222,12 @@ impl EventBus {
         event: &BusEvent,
         deliver_to_plugin: impl Fn(&str, u64, u64, &BusEvent) -> Result<(), String>,
     ) -> Vec<DeliveryFailure> {
-        let depth = NESTING.with(|n| n.get());
-        if depth >= MAX_NESTING {
-            return vec![DeliveryFailure {
-                subscription: 0,
-                error: format!(
-                    "event '{}' not delivered: events nested more than {MAX_NESTING} deep (a handler loop?)",
-                    event.name
-                ),
-            }];
+        let outer = nesting();
+        if outer.depth >= MAX_NESTING {
+            return self.cut(
+                event,
+                format!("events nested more than {MAX_NESTING} deep (a handler loop?)"),
+            );
         }
         if self.tap.receiver_count() > 0 {
             let _ = self.tap.send(event.clone());
@@ -196,7 +240,23 @@ impl EventBus {
             .filter(|s| matches(&s.pattern, &event.name))
             .cloned()
             .collect();
-        NESTING.with(|n| n.set(depth + 1));
+        let deliveries = outer.deliveries.clone().unwrap_or_default();
+        let reached = deliveries.fetch_add(targets.len() as u32, Ordering::Relaxed);
+        if reached.saturating_add(targets.len() as u32) > MAX_DELIVERIES {
+            return self.cut(
+                event,
+                format!(
+                    "its cascade reached more than {MAX_DELIVERIES} handlers (a handler that \
+                     emits more events than it handles?)"
+                ),
+            );
+        }
+        NESTING.with(|n| {
+            *n.borrow_mut() = Nesting {
+                depth: outer.depth + 1,
+                deliveries: Some(deliveries),
+            }
+        });
         let mut failures = Vec::new();
         for subscriber in targets {
             let outcome = match &subscriber.listener {
@@ -210,11 +270,24 @@ impl EventBus {
                 failures.push(DeliveryFailure {
                     subscription: subscriber.id,
                     error,
+                    cut: false,
                 });
             }
         }
-        NESTING.with(|n| n.set(depth));
+        NESTING.with(|n| *n.borrow_mut() = outer);
         failures
+    }
+
+    /// An event not delivered because its cascade crossed a bound: logged,
+    /// counted, and reported as the one failure of the emit.
+    fn cut(&self, event: &BusEvent, why: String) -> Vec<DeliveryFailure> {
+        let error = format!("event '{}' not delivered: {why}", event.name);
+        tracing::warn!(event = %event.name, source = %event.source, "{error}");
+        vec![DeliveryFailure {
+            subscription: 0,
+            error,
+            cut: true,
+        }]
     }
 }
 

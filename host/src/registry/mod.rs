@@ -7,6 +7,7 @@
 //! a plugin, because the plugin may call back into the host.
 
 pub(crate) mod admission;
+pub(crate) mod call_chain;
 pub(crate) mod callbacks;
 pub(crate) mod current_call;
 mod error;
@@ -279,14 +280,19 @@ impl Registry {
             payload,
         };
         let payload_json = event.payload.to_string();
-        self.bus
+        let failures = self
+            .bus
             .emit(&event, |plugin, generation, subscription, event| {
                 let Some(target) = self.plugin(plugin).filter(|p| p.generation == generation)
                 else {
                     return Ok(());
                 };
-                self.deliver(&target, subscription, &event.name, &payload_json)
-            })
+                self.deliver(&target, subscription, event, &payload_json)
+            });
+        if failures.iter().any(|f| f.cut) {
+            self.metrics.events_cut.inc();
+        }
+        failures
     }
 
     /// Runs one plugin's event handler on the blocking pool, within its
@@ -296,10 +302,11 @@ impl Registry {
         &self,
         target: &Arc<LivePlugin>,
         subscription: u64,
-        event: &str,
+        event: &BusEvent,
         payload_json: &str,
     ) -> Result<(), String> {
         let limit = self.settings.max_calls_in_flight;
+        let (source, event) = (event.source.clone(), event.name.as_str());
         let entry = format!("event handler for '{event}'");
         let Some(call) = target
             .in_flight
@@ -325,7 +332,9 @@ impl Registry {
             let _call = call;
             let outcome = current_call::within(&control_bg, || {
                 events::nested(nesting, || {
-                    plugin.instance.on_event(subscription, &name, &payload)
+                    events::delivering(&source, || {
+                        plugin.instance.on_event(subscription, &name, &payload)
+                    })
                 })
             });
             let _ = sender.send(outcome);

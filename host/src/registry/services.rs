@@ -3,6 +3,7 @@
 //! bulkhead, with a deadline: what is left of the caller's when plugin code
 //! calls from inside another call, else `service_timeout_ms`).
 
+use super::call_chain;
 use super::{current_call, read, write, HostError, LiveCaller, LivePlugin, Registry};
 use crate::watchdog::{unix_ms_after, unix_ms_now};
 use agent_host_plugin_abi::CallControl;
@@ -123,6 +124,14 @@ impl Registry {
             ));
         }
         let entry = || format!("service '{service}' method '{method}'",);
+        let _link = call_chain::enter(&format!("{service}.{method}")).map_err(|why| {
+            let error = slot
+                .plugin
+                .instance
+                .host_error(entry(), ErrorKind::Unavailable, why);
+            self.record_error(&slot.plugin, &error);
+            HostError::from(error)
+        })?;
         let limit = self.settings.max_calls_in_flight;
         let timeout = Duration::from_millis(self.settings.service_timeout_ms);
         let own_deadline = unix_ms_after(timeout);

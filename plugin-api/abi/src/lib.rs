@@ -76,6 +76,10 @@ pub mod requests {
     /// (event handlers, timers): the answer is
     /// `{"deadline_unix_ms": N, "cancelled": B}`, or `null` outside one.
     pub const CURRENT_CALL: &str = "call:current";
+    /// Who emitted the event whose handler the calling thread runs: the
+    /// answer is a plugin's name or `host` as a JSON string, or `null`
+    /// outside an event handler.
+    pub const EVENT_SOURCE: &str = "event:source";
 }
 
 /// An error crossing the boundary: a code from [`codes`] and a human message.

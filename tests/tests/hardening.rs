@@ -1,0 +1,169 @@
+//! Misbehaving plugins, on real plugin files: each misbehaviour gets a
+//! clear error naming the plugins involved, and the host and the other
+//! plugins go on.
+
+use agent_host::testing::TestAgent;
+use agent_host_tests::*;
+use serde_json::json;
+
+#[test]
+fn a_cycle_of_services_fails_with_the_chain_instead_of_overflowing_the_stack() {
+    let agent = TestAgent::load(&[fixture("service-cycle"), fixture("counter-v1")]).expect("stage");
+    assert!(agent.report.is_clean(), "{:?}", agent.report.failures);
+    let error = agent
+        .host
+        .call_service("ping", "hit", &json!(0))
+        .expect_err("the cycle is cut");
+    let text = error.to_string();
+    assert!(text.contains("nested more than 32 deep"), "{text}");
+    assert!(text.contains("ping.hit -> pong.hit -> ping.hit"), "{text}");
+    // The host and an unrelated plugin still serve.
+    let reply = agent.host.handle_message(agent_host::InboundMessage {
+        text: "count".into(),
+        ..Default::default()
+    });
+    assert_eq!(reply.text, "v1: 1", "{:?}", reply.errors);
+}
+
+fn storm(event: &str) -> (u64, String, String) {
+    let agent = TestAgent::load(&[fixture("storm")]).expect("stage");
+    assert!(agent.report.is_clean(), "{:?}", agent.report.failures);
+    agent
+        .host
+        .call_service("storm", "start", &json!(event))
+        .expect("start");
+    let report = agent
+        .host
+        .call_service("storm", "report", &json!(null))
+        .expect("report");
+    let deliveries = report["deliveries"].as_u64().expect("a count");
+    let errors = report["errors"].to_string();
+    (deliveries, errors, agent.host.metrics_text())
+}
+
+#[test]
+fn a_handler_that_re_emits_its_event_is_cut_and_hears_why() {
+    let (deliveries, error, metrics) = storm("storm:loop");
+    assert_eq!(deliveries, 16);
+    assert!(
+        error.contains("event 'storm:loop' not delivered: events nested more than 16 deep"),
+        "{error}"
+    );
+    assert!(
+        metrics.contains("agent_host_events_cut_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_handler_that_emits_twice_per_delivery_is_cut_at_the_delivery_bound() {
+    let (deliveries, error, metrics) = storm("storm:tick");
+    assert!(deliveries <= 10_000, "{deliveries}");
+    assert!(deliveries >= 5_000, "{deliveries}");
+    assert!(error.contains("more than 10000 handlers"), "{error}");
+    assert!(
+        !metrics.contains("agent_host_events_cut_total 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn no_plugin_may_emit_a_host_event_and_every_event_says_who_sent_it() {
+    let agent = TestAgent::load(&[fixture("impostor"), fixture("counter-v1")]).expect("stage");
+    assert!(agent.report.is_clean(), "{:?}", agent.report.failures);
+    let forged = agent
+        .host
+        .call_service("impostor", "forge", &json!(null))
+        .expect("forge");
+    assert!(
+        forged
+            .as_str()
+            .is_some_and(|e| e.contains("event 'action:completed' is the host's own")),
+        "{forged}"
+    );
+    agent
+        .host
+        .call_service("impostor", "hello", &json!(null))
+        .expect("hello");
+    let reply = agent.host.handle_message(agent_host::InboundMessage {
+        text: "count".into(),
+        ..Default::default()
+    });
+    assert!(reply.ok, "{:?}", reply.errors);
+    let seen = agent
+        .host
+        .call_service("witness", "seen", &json!(null))
+        .expect("seen");
+    let seen: Vec<(String, String)> = serde_json::from_value(seen).expect("pairs");
+    assert!(
+        seen.contains(&("impostor:hello".into(), "impostor".into())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&("action:completed".into(), "host".into())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|(name, source)| !name.starts_with("action:") || source == "host"),
+        "{seen:?}"
+    );
+    assert!(agent
+        .host
+        .metrics_text()
+        .contains("event:emit:action:completed"));
+}
+
+fn from(sender_permissions: &[&str], text: &str) -> agent_host::InboundMessage {
+    agent_host::InboundMessage {
+        sender: "alice".into(),
+        text: text.into(),
+        permissions: sender_permissions.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_action_the_sender_may_not_run_gives_way_to_one_it_may() {
+    let agent = TestAgent::load(&[fixture("greedy"), fixture("counter-v1")]).expect("stage");
+    assert!(agent.report.is_clean(), "{:?}", agent.report.failures);
+    let reply = agent.host.handle_message(from(&[], "count"));
+    assert_eq!(reply.text, "v1: 1", "{reply:?}");
+    let skipped = &reply.metadata["skipped_actions"];
+    assert_eq!(skipped[0]["plugin"], json!("greedy"), "{reply:?}");
+    assert_eq!(skipped[0]["action"], json!("ANALYZE"));
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("'data:analyze'")),
+        "{skipped}"
+    );
+    let allowed = agent.host.handle_message(from(&["data:analyze"], "count"));
+    assert_eq!(allowed.text, "analyzed", "{allowed:?}");
+    assert!(allowed.metadata.get("skipped_actions").is_none());
+    // With nothing else to run, the sender hears which permission it lacks.
+    let alone = TestAgent::load(&[fixture("greedy")]).expect("stage");
+    let denied = alone.host.handle_message(from(&[], "anything"));
+    assert!(
+        denied
+            .text
+            .contains("You lack the permission 'data:analyze'"),
+        "{denied:?}"
+    );
+}
+
+#[test]
+fn a_quarantined_plugin_is_named_when_nothing_answers() {
+    let agent = TestAgent::load(&[fixture("panicky")]).expect("stage");
+    for _ in 0..3 {
+        agent.host.handle_message(from(&[], "panic:handler"));
+    }
+    let reply = agent.host.handle_message(from(&[], "trap"));
+    assert!(
+        reply
+            .errors
+            .iter()
+            .any(|e| e.contains("plugin 'panicky' is quarantined")),
+        "{reply:?}"
+    );
+}
