@@ -121,6 +121,14 @@ fn list_shows_order_dependencies_components_and_files() {
     let document: Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
     let loaded = document["loaded"].as_array().expect("array");
     assert_eq!(loaded.len(), 3);
+    assert!(output.status.success());
+
+    // A folder with a file that fails: listed, and the exit code says so.
+    let broken = folder_with(&[fixture("multi"), fixture("missing-dep")]);
+    let output = agent_host(&["list"], broken.path());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(stdout.contains("not loaded:"), "{stdout}");
     assert!(loaded
         .iter()
         .all(|p| p["order"].is_u64() && p["file"].is_string()));
@@ -205,4 +213,24 @@ fn plugin_logs_reach_the_host_log_tagged_with_the_plugin_name() {
         "{line}"
     );
     assert!(line.contains("INFO"), "{line}");
+}
+
+#[cfg(unix)]
+#[test]
+fn check_names_links_in_the_folder_that_lead_nowhere() {
+    let dir = folder_with(&[fixture("")]);
+    let dangling = dir.path().join(format!("gone.{EXT}"));
+    std::os::unix::fs::symlink(dir.path().join("no-such-file"), &dangling).expect("link");
+    let looping = dir.path().join(format!("loop.{EXT}"));
+    std::os::unix::fs::symlink(&looping, &looping).expect("link");
+    let output = agent_host(&["check"], dir.path());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    for file in [&dangling, &looping] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&*file.to_string_lossy()))
+            .unwrap_or_else(|| panic!("no line for {}:\n{stdout}", file.display()));
+        assert!(line.contains("cannot follow the link"), "{line}");
+    }
 }

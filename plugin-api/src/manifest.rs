@@ -439,6 +439,7 @@ impl Manifest {
             field: field.to_string(),
             reason,
         };
+        self.check_sizes()?;
         check_name(&self.name).map_err(|r| err("name", r))?;
         let version = Version::parse(&self.version).map_err(|e| {
             err(
@@ -531,6 +532,138 @@ impl Manifest {
             version,
             dependencies,
         })
+    }
+}
+
+/// What one manifest may hold: enough for any real plugin, small enough
+/// that a manifest cannot fill the host's memory or an operator's terminal.
+pub mod limits {
+    /// Bytes of a short text: the version, author, license, a dependency, a
+    /// permission, a component's name, an event pattern, a trigger.
+    pub const TEXT: usize = 256;
+    /// Bytes of a description (the plugin's, or a component's).
+    pub const DESCRIPTION: usize = 4096;
+    /// Entries of any list (components, permissions, examples, ...).
+    pub const ITEMS: usize = 1024;
+    /// Bytes of `config_schema` or `default_config`, as JSON, and of one
+    /// action's examples together.
+    pub const JSON: usize = 256 * 1024;
+    /// Bytes of all the manifests of one library, as JSON.
+    pub const MANIFESTS: usize = 32 * 1024 * 1024;
+}
+
+impl Manifest {
+    /// Checks every field against [`limits`], naming the first over its limit.
+    fn check_sizes(&self) -> Result<(), ManifestError> {
+        let over = |field: String, what: &str, size: usize, limit: usize| ManifestError {
+            field,
+            reason: format!("{size} {what}, over the limit of {limit}"),
+        };
+        let text = |field: &str, value: &str, limit: usize| {
+            if value.len() > limit {
+                return Err(over(field.to_string(), "bytes", value.len(), limit));
+            }
+            Ok(())
+        };
+        let list = |field: &str, len: usize| {
+            if len > limits::ITEMS {
+                return Err(over(field.to_string(), "entries", len, limits::ITEMS));
+            }
+            Ok(())
+        };
+        let texts = |field: &str, values: &[String]| {
+            list(field, values.len())?;
+            for (index, value) in values.iter().enumerate() {
+                text(&format!("{field}[{index}]"), value, limits::TEXT)?;
+            }
+            Ok(())
+        };
+        let json = |field: &str, value: &Option<Value>| {
+            let size = value.as_ref().map_or(0, |v| v.to_string().len());
+            if size > limits::JSON {
+                return Err(over(field.to_string(), "bytes of JSON", size, limits::JSON));
+            }
+            Ok(())
+        };
+        text("name", &self.name, limits::TEXT)?;
+        text("version", &self.version, limits::TEXT)?;
+        text("author", &self.author, limits::TEXT)?;
+        text("license", &self.license, limits::TEXT)?;
+        text("description", &self.description, limits::DESCRIPTION)?;
+        texts("dependencies", &self.dependencies)?;
+        texts("optional_dependencies", &self.optional_dependencies)?;
+        texts("permissions", &self.permissions)?;
+        texts("subscribes_to", &self.subscribes_to)?;
+        json("config_schema", &self.config_schema)?;
+        json("default_config", &self.default_config)?;
+        list("actions", self.actions.len())?;
+        for (index, action) in self.actions.iter().enumerate() {
+            let field = |name: &str| format!("actions[{index}].{name}");
+            text(&field("name"), &action.name, limits::TEXT)?;
+            text(
+                &field("description"),
+                &action.description,
+                limits::DESCRIPTION,
+            )?;
+            texts(&field("permissions"), &action.permissions)?;
+            list(&field("examples"), action.examples.len())?;
+            let examples = serde_json::to_string(&action.examples).map_or(0, |j| j.len());
+            if examples > limits::JSON {
+                return Err(over(
+                    field("examples"),
+                    "bytes of JSON",
+                    examples,
+                    limits::JSON,
+                ));
+            }
+            if let Some(triggers) = &action.triggers {
+                let size = serde_json::to_string(triggers).map_or(0, |j| j.len());
+                if size > limits::JSON {
+                    return Err(over(field("triggers"), "bytes of JSON", size, limits::JSON));
+                }
+            }
+        }
+        list("providers", self.providers.len())?;
+        for (index, provider) in self.providers.iter().enumerate() {
+            text(
+                &format!("providers[{index}].name"),
+                &provider.name,
+                limits::TEXT,
+            )?;
+            text(
+                &format!("providers[{index}].description"),
+                &provider.description,
+                limits::DESCRIPTION,
+            )?;
+        }
+        list("evaluators", self.evaluators.len())?;
+        for (index, evaluator) in self.evaluators.iter().enumerate() {
+            text(
+                &format!("evaluators[{index}].name"),
+                &evaluator.name,
+                limits::TEXT,
+            )?;
+            text(
+                &format!("evaluators[{index}].description"),
+                &evaluator.description,
+                limits::DESCRIPTION,
+            )?;
+        }
+        list("services", self.services.len())?;
+        for (index, service) in self.services.iter().enumerate() {
+            text(
+                &format!("services[{index}].name"),
+                &service.name,
+                limits::TEXT,
+            )?;
+            text(
+                &format!("services[{index}].description"),
+                &service.description,
+                limits::DESCRIPTION,
+            )?;
+            texts(&format!("services[{index}].methods"), &service.methods)?;
+        }
+        Ok(())
     }
 }
 
@@ -666,6 +799,13 @@ impl std::error::Error for UnknownFields {}
 /// assert!(matches!(parse_manifests("{}"), Err(ManifestsError::Invalid(_))));
 /// ```
 pub fn parse_manifests(json: &str) -> Result<Vec<Manifest>, ManifestsError> {
+    if json.len() > limits::MANIFESTS {
+        return Err(ManifestsError::Invalid(format!(
+            "the manifests are {} bytes, over the limit of {}",
+            json.len(),
+            limits::MANIFESTS
+        )));
+    }
     // Every type refuses unknown fields, so a manifest that parses straight
     // into them has none: that is the common case, and the fast one. Only a
     // manifest that does not is read again, to say which fields and why.
@@ -1104,5 +1244,48 @@ mod tests {
             assert!(error.to_string().starts_with("manifest is not valid: "));
         }
         assert_eq!(parse_manifests("[]").expect("an empty array parses"), []);
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    fn manifest(extra: Value) -> Manifest {
+        let mut value = serde_json::json!({"name": "big", "version": "1.0.0"});
+        if let (Some(base), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+            base.extend(extra.clone());
+        }
+        serde_json::from_value(value).expect("a manifest")
+    }
+
+    #[test]
+    fn a_field_over_its_limit_is_refused_by_name() {
+        let huge = "x".repeat(10 * 1024 * 1024);
+        let error = manifest(serde_json::json!({"description": huge}))
+            .validate()
+            .expect_err("too long");
+        assert_eq!(error.field, "description");
+        assert_eq!(error.reason, "10485760 bytes, over the limit of 4096");
+        let many: Vec<String> = (0..2000).map(|i| format!("service:s{i}")).collect();
+        let error = manifest(serde_json::json!({"permissions": many}))
+            .validate()
+            .expect_err("too many");
+        assert_eq!(error.field, "permissions");
+        assert!(error.reason.starts_with("2000 entries"), "{}", error.reason);
+        let error = manifest(serde_json::json!({"permissions": ["p".repeat(300)]}))
+            .validate()
+            .expect_err("a long permission");
+        assert_eq!(error.field, "permissions[0]");
+        manifest(serde_json::json!({"description": "fine"}))
+            .validate()
+            .expect("within every limit");
+    }
+
+    #[test]
+    fn oversized_manifests_are_refused_before_they_are_parsed() {
+        let text = " ".repeat(limits::MANIFESTS + 1);
+        let error = parse_manifests(&text).expect_err("too big");
+        assert!(error.to_string().contains("over the limit"), "{error}");
     }
 }

@@ -11,6 +11,7 @@ fn every_bad_file_fails_alone_and_every_good_plugin_loads() {
     for feature in [
         "bad-semver",
         "bad-name",
+        "huge-manifest",
         "missing-dep",
         "unmet-dep",
         "cycle-a",
@@ -129,6 +130,12 @@ fn every_bad_file_fails_alone_and_every_good_plugin_loads() {
         "the plugin builder panics",
     );
     expect(
+        &format!("huge-manifest.{EXT}"),
+        Some("huge"),
+        Stage::Manifest,
+        "manifest field `description`: 10485760 bytes, over the limit of 4096",
+    );
+    expect(
         &format!("bad-semver.{EXT}"),
         Some("bad-semver"),
         Stage::Manifest,
@@ -229,7 +236,7 @@ fn every_bad_file_fails_alone_and_every_good_plugin_loads() {
     );
     assert_eq!(
         report.failures.len(),
-        22,
+        23,
         "exactly the bad files fail:\n{all}"
     );
 

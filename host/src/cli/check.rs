@@ -107,7 +107,7 @@ pub fn list(
                 .collect::<Vec<_>>(),
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit_code(&report));
     }
     for p in &report.loaded {
         writeln!(
@@ -145,5 +145,15 @@ pub fn list(
     for failure in &report.failures {
         writeln!(out, "not loaded: {failure}")?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit_code(&report))
+}
+
+/// Success only when every file loaded: a script that lists a folder learns
+/// that something in it is broken.
+fn exit_code(report: &crate::LoadReport) -> ExitCode {
+    if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -34,23 +34,79 @@ pub fn same_place(a: &Path, b: &Path) -> bool {
     a.file_name() == b.file_name() && folder(a).is_some() && folder(a) == folder(b)
 }
 
-/// The plugin files directly inside `dir`, sorted by path. Other files are ignored.
+/// The plugin files directly inside `dir`, sorted by path, following
+/// symbolic links. Other files are ignored.
 pub fn plugin_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+    Ok(discover(dir)?.files)
+}
+
+/// What a folder holds: its plugin files, and the plugin-named links that
+/// lead nowhere (dangling, or a loop), each with the cause.
+#[derive(Debug, Default)]
+pub struct Discovered {
+    /// The plugin files, sorted by path.
+    pub files: Vec<PathBuf>,
+    /// Links named like plugin files that cannot be followed.
+    pub broken: Vec<(PathBuf, String)>,
+}
+
+/// Looks through `dir` (see [`Discovered`]).
+pub fn discover(dir: &Path) -> io::Result<Discovered> {
+    let mut found = Discovered::default();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        if entry.file_type()?.is_file() && is_plugin_file(&path) {
-            files.push(path);
+        if !is_plugin_file(&path) {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            match std::fs::metadata(&path) {
+                Ok(target) if target.is_file() => found.files.push(path),
+                Ok(_) => found.broken.push((
+                    path,
+                    "the link leads to something that is not a file".into(),
+                )),
+                Err(error) => found.broken.push((path, error.to_string())),
+            }
+        } else if kind.is_file() {
+            found.files.push(path);
         }
     }
-    files.sort();
-    Ok(files)
+    found.files.sort();
+    found.broken.sort();
+    Ok(found)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn links_are_followed_and_broken_ones_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real.bin");
+        std::fs::write(&real, b"x").expect("write");
+        let name = |n: &str| dir.path().join(format!("{n}.{LIBRARY_EXTENSION}"));
+        std::os::unix::fs::symlink(&real, name("good")).expect("link");
+        std::os::unix::fs::symlink(dir.path().join("missing"), name("dangling")).expect("link");
+        std::os::unix::fs::symlink(name("loop"), name("loop")).expect("link");
+        let found = discover(dir.path()).expect("reads");
+        assert_eq!(found.files, vec![name("good")]);
+        let broken: Vec<&PathBuf> = found.broken.iter().map(|(p, _)| p).collect();
+        assert_eq!(broken, vec![&name("dangling"), &name("loop")]);
+        assert!(
+            found.broken[0].1.contains("No such file"),
+            "{:?}",
+            found.broken
+        );
+        assert!(
+            found.broken[1].1.contains("symbolic links"),
+            "{:?}",
+            found.broken
+        );
+    }
 
     #[test]
     fn only_library_files_are_found_in_order() {

@@ -24,7 +24,7 @@ pub use error::{LoadError, OpenError};
 
 use crate::config::{effective_config, AgentConfig};
 use crate::dependencies::{resolve, Candidate, Unresolved};
-use crate::load::discovery::plugin_files;
+use crate::load::discovery::discover;
 use crate::load::private_copy::ShadowDir;
 use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin};
 use crate::pipeline::triggers::PluginTriggers;
@@ -424,7 +424,19 @@ pub fn load_dir(
     dir: &Path,
     config: &AgentConfig,
 ) -> std::io::Result<LoadReport> {
-    Ok(load_files(core, shadow, &plugin_files(dir)?, config))
+    let found = discover(dir)?;
+    let mut report = load_files(core, shadow, &found.files, config);
+    for (file, cause) in found.broken {
+        report.failures.push(LoadFailure {
+            file,
+            plugin: None,
+            error: Box::new(LoadError::Open(OpenError::Io {
+                doing: "cannot follow the link",
+                cause,
+            })),
+        });
+    }
+    Ok(report)
 }
 
 /// Loads the plugins in `files` next to those already loaded: a loaded
