@@ -156,7 +156,7 @@ fn run_answers_json_lines_and_shuts_down_in_reverse_order_on_sigterm() {
     assert!(
         error["error"]
             .as_str()
-            .is_some_and(|e| e.contains("invalid request")),
+            .is_some_and(|e| e.starts_with("the request is not valid JSON: ")),
         "{line}"
     );
 
@@ -205,4 +205,79 @@ fn plugin_logs_reach_the_host_log_tagged_with_the_plugin_name() {
         "{line}"
     );
     assert!(line.contains("INFO"), "{line}");
+}
+
+/// Runs `agent-host run` on `dir` with `input` as its whole stdin; its
+/// output once stdin has closed and the agent has exited.
+fn run_with_stdin(dir: &Path, input: Vec<u8>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(["run", "--plugins"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent-host run");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // More than a pipe holds: written while the agent reads.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("wait");
+    writer.join().expect("the writer thread");
+    output
+}
+
+/// The `error` of an error line.
+fn error_of(line: &str) -> String {
+    let value: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("a JSON line ({e}): {line}"));
+    value["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an error line: {line}"))
+        .to_string()
+}
+
+#[test]
+fn a_bad_request_line_gets_one_error_line_and_the_lines_after_it_are_served() {
+    let dir = folder_with(&[fixture("multi")]);
+    let limit = 2 * 1024 * 1024;
+    let mut input = Vec::new();
+    input.extend_from_slice(b"{\"sender\": \"alice\", \"text\": \"multi\"}\n");
+    input.extend_from_slice(b"{\"sender\":\"alice\",\"text\":\"bad \xff\xfe utf8\"}\n");
+    input.extend_from_slice(b"{}\n[]\n[\"hi\"]\n");
+    input.extend_from_slice(b"{\"sender\": \"alice\", \"text\": \"");
+    input.resize(input.len() + limit, b'a');
+    input.extend_from_slice(b"\"}\n");
+    input.extend_from_slice(b"{\"sender\": \"alice\", \"text\": \"multi\"}\n");
+
+    let output = run_with_stdin(dir.path(), input);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "exits 0 at EOF:\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        7,
+        "one line per request line:\n{stdout}\n{stderr}"
+    );
+
+    let reply: Value = serde_json::from_str(lines[0]).expect("a JSON reply");
+    assert_eq!(reply["text"], "multi-one says pong", "{}", lines[0]);
+    assert_eq!(
+        error_of(lines[1]),
+        "the request is not valid UTF-8: invalid utf-8 sequence of 1 bytes from index 30"
+    );
+    assert_eq!(error_of(lines[2]), "the message has no 'text' field");
+    let not_an_object = "the request must be a JSON object, a message {\"text\": ..} or a \
+                         batch {\"messages\": [..]}, got an array";
+    assert_eq!(error_of(lines[3]), not_an_object);
+    assert_eq!(error_of(lines[4]), not_an_object);
+    assert_eq!(
+        error_of(lines[5]),
+        "the request is larger than 2 MiB (2097152 bytes), the most one request may hold"
+    );
+    let reply: Value = serde_json::from_str(lines[6]).expect("a JSON reply");
+    assert_eq!(reply["text"], "multi-one says pong", "{}", lines[6]);
 }

@@ -697,3 +697,59 @@ fn on_sigterm_request_lines_get_an_error_line_and_calls_in_flight_finish_before_
     );
     assert!(!log.contains("still in flight after"), "{log}");
 }
+
+/// Sends `body` as a `POST /v1/messages` body without minding a write the
+/// server cut short (it may answer before reading all of a body too large).
+fn post_raw(address: SocketAddr, body: &[u8]) -> Response {
+    let mut stream = connect(address);
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("write head");
+    let _ = stream.write_all(body);
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader);
+    let mut body = Vec::new();
+    let _ = reader.read_to_end(&mut body);
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[test]
+fn a_request_line_and_a_request_body_are_refused_with_the_same_error() {
+    let mut agent = Agent::start_with(&[fixture("")], "", true);
+    let (mut stdin, mut stdout) = agent.lines.take().expect("piped stdin and stdout");
+    let mut too_large = b"{\"text\": \"".to_vec();
+    too_large.resize(too_large.len() + 2 * 1024 * 1024, b'a');
+    too_large.extend_from_slice(b"\"}");
+    let cases: [(&[u8], u16); 7] = [
+        (b"{\"text\": \"bad \xff\xfe utf8\"}", 400),
+        (b"{nope", 400),
+        (b"{}", 422),
+        (b"[\"hi\"]", 422),
+        (b"{\"text\": 5}", 422),
+        (b"{\"messages\": [{\"text\": \"a\"}, {}]}", 422),
+        (&too_large, 413),
+    ];
+    for (request, status) in cases {
+        stdin.write_all(request).expect("write a request line");
+        stdin.write_all(b"\n").expect("end the line");
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the answer line");
+        let answer: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("a JSON line ({e}): {line}\n{}", agent.log()));
+        let on_stdin = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an error line: {line}"));
+        let over_http = post_raw(agent.address, request).error(status);
+        assert_eq!(on_stdin, over_http);
+    }
+    drop(stdin);
+    let reply = agent.post_json("/v1/messages", &message("still serving"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}

@@ -6,6 +6,7 @@
 //! versions this host speaks besides its own.
 
 mod check;
+mod json_lines;
 mod run;
 
 use clap::{Parser, Subcommand};

@@ -170,37 +170,40 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads messages from stdin until it closes, answering each.
+/// Reads requests from stdin until it closes, answering each: a chat on a
+/// terminal, JSON lines on a pipe.
 async fn conversation(
     host: Arc<PluginHost>,
     interactive: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    if interactive {
+        chat(host).await
+    } else {
+        super::json_lines::answer_lines(host).await
+    }
+}
+
+/// The chat on a terminal: each line is a message from `operator`, or an
+/// operator command.
+async fn chat(host: Arc<PluginHost>) -> Result<(), Box<dyn std::error::Error>> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
-    if interactive {
-        stdout
-            .write_all(b"agent-host ready. Type a message (Ctrl-D to quit).\n> ")
-            .await?;
-        stdout.flush().await?;
-    }
+    stdout
+        .write_all(b"agent-host ready. Type a message (Ctrl-D to quit).\n> ")
+        .await?;
+    stdout.flush().await?;
     while let Some(line) = lines.next_line().await? {
         let line = line.trim().to_string();
         if line.is_empty() {
-            if interactive {
-                stdout.write_all(b"> ").await?;
-                stdout.flush().await?;
-            }
+            stdout.write_all(b"> ").await?;
+            stdout.flush().await?;
             continue;
         }
         let output = if host.is_shutting_down() {
-            if interactive {
-                format!("{}\n> ", crate::SHUTTING_DOWN)
-            } else {
-                format!("{}\n", serde_json::json!({ "error": crate::SHUTTING_DOWN }))
-            }
-        } else if let Some(command) = line.strip_prefix('/').filter(|_| interactive) {
+            format!("{}\n> ", crate::SHUTTING_DOWN)
+        } else if let Some(command) = line.strip_prefix('/') {
             format!("{}\n> ", operator_command(&host, command).await?)
-        } else if interactive {
+        } else {
             let message = InboundMessage {
                 sender: "operator".into(),
                 text: line,
@@ -223,17 +226,6 @@ async fn conversation(
                 text.push_str(&format!("\n  ! {error}"));
             }
             format!("{text}\n> ")
-        } else {
-            match serde_json::from_str::<InboundMessage>(&line) {
-                Ok(message) => {
-                    let reply = host.answer(message).await;
-                    format!("{}\n", serde_json::to_string(&reply)?)
-                }
-                Err(error) => format!(
-                    "{}\n",
-                    serde_json::json!({"error": format!("invalid request: {error}")})
-                ),
-            }
         };
         stdout.write_all(output.as_bytes()).await?;
         stdout.flush().await?;
