@@ -45,6 +45,9 @@
 //! (One file of about 500 lines, a third of them tests: the routes, their
 //! error answers and the event stream read best side by side.)
 
+mod connection_clock;
+mod server;
+
 use crate::pipeline::Reply;
 use crate::registry::events::BusEvent;
 use crate::request::{self, RequestError};
@@ -89,20 +92,24 @@ struct ApiState {
 /// Serves the HTTP API for `host` on `listener` until `shutdown` resolves,
 /// then stops accepting, ends the event streams, and returns once the
 /// requests in flight are answered. The caller shuts the host down.
+///
+/// Each client gets the header and idle timeouts and the connection limit
+/// of the host's settings (`http_header_timeout_ms`,
+/// `http_idle_timeout_ms`, `http_max_connections`).
 pub async fn serve(
     host: Arc<PluginHost>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopping) = watch::channel(false);
+    let limits = server::ConnectionLimits::of(host.settings());
     let app = router(ApiState { host, stopping });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Nobody listening only means no event stream is open.
-            let _ = stop.send(true);
-        })
-        .await
+    server::serve(listener, app, limits, async move {
+        shutdown.await;
+        // Nobody listening only means no event stream is open.
+        let _ = stop.send(true);
+    })
+    .await
 }
 
 fn router(state: ApiState) -> Router {

@@ -1,4 +1,5 @@
-//! Unix: `dlopen` with eager binding, and SIGTERM besides Ctrl-C.
+//! Unix: `dlopen` with eager binding, SIGTERM besides Ctrl-C, and the
+//! limit of open files.
 
 use std::path::Path;
 
@@ -32,4 +33,10 @@ pub(crate) async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// How many files (sockets included) the process may have open at once,
+/// when it has a limit.
+pub(crate) fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }

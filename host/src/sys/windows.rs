@@ -1,4 +1,4 @@
-//! Windows: `LoadLibraryExW`, and Ctrl-C.
+//! Windows: `LoadLibraryExW`, Ctrl-C, and no limit of open files.
 
 use std::path::Path;
 
@@ -14,4 +14,10 @@ pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, String> {
 /// Resolves on Ctrl-C.
 pub(crate) async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// How many files the process may have open at once: sockets have no
+/// per-process limit here.
+pub(crate) fn open_file_limit() -> Option<u64> {
+    None
 }
