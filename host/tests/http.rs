@@ -888,3 +888,21 @@ fn beyond_max_connections_a_request_gets_503_and_once_they_close_requests_succee
         .count();
     assert_eq!(said, 1, "said once, not once per refusal:\n{log}");
 }
+
+#[test]
+fn on_sigterm_connections_without_a_request_in_progress_are_closed_at_once() {
+    let mut agent = Agent::start();
+    let _silent = connect(agent.address);
+    let mut half = connect(agent.address);
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .expect("write half a request");
+    let mut idle = BufReader::new(connect(agent.address));
+    let (status, body) = get_keeping_alive(&mut idle, "/healthz");
+    assert_eq!(status, 200, "{body}");
+
+    agent.terminate();
+    assert_eq!(agent.wait_for_exit(WAIT), Some(0), "{}", agent.log());
+    let log = agent.final_log();
+    assert!(log.contains("HTTP server stopped"), "{log}");
+    assert!(!log.contains("did not stop"), "{log}");
+}

@@ -104,6 +104,11 @@ impl ConnectionClock {
         });
     }
 
+    /// Whether a request is being served.
+    pub(super) fn is_serving(&self) -> bool {
+        *self.phase.borrow() == Phase::Serving
+    }
+
     /// Resolves when the connection has stayed in one phase past its
     /// deadline; never while a request is served.
     pub(super) async fn expired(&self) -> Expired {
@@ -253,8 +258,10 @@ mod tests {
         );
 
         let responding = clock.request_started();
+        assert!(clock.is_serving());
         assert_eq!(expired_within(&clock, IDLE * 10).await, None);
         drop(responding);
+        assert!(!clock.is_serving());
         assert_eq!(expired_within(&clock, HEADERS * 2).await, None, "idle");
         assert_eq!(expired_within(&clock, IDLE).await, Some(Expired::Idle));
 

@@ -189,8 +189,9 @@ fn is_connection_error(error: &io::Error) -> bool {
 }
 
 /// Serves one connection until the client closes it, a timeout of its
-/// [`ConnectionClock`] ends it, or the server shuts down (after the request
-/// being served). Holds its place among the open connections until then.
+/// [`ConnectionClock`] ends it, or the server shuts down (once the request
+/// being served, if any, is answered). Holds its place among the open
+/// connections until then.
 async fn serve_connection(
     stream: TcpStream,
     app: Router,
@@ -232,6 +233,10 @@ async fn serve_connection(
                 return;
             }
             _ = closing.wait_for(|closing| *closing), if !shutting_down => {
+                if !clock.is_serving() {
+                    // Idle, or still waiting for a request: nothing to finish.
+                    return;
+                }
                 shutting_down = true;
                 connection.as_mut().graceful_shutdown();
             }
