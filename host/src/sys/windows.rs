@@ -1,4 +1,5 @@
-//! Windows: `LoadLibraryExW`, Ctrl-C, and no limit of open files.
+//! Windows: `LoadLibraryExW`, Ctrl-C, no limit of open files, and the
+//! console's mode left as the chat's editor sets it.
 
 use std::path::Path;
 
@@ -20,4 +21,17 @@ pub(crate) async fn shutdown_signal() {
 /// per-process limit here.
 pub(crate) fn open_file_limit() -> Option<u64> {
     None
+}
+
+/// The console's mode around the chat: not kept here yet, so an agent
+/// stopped while the chat's editor reads leaves the console in the
+/// editor's input mode.
+#[derive(Debug)]
+pub(crate) struct TerminalMode;
+
+impl TerminalMode {
+    /// Keeps nothing.
+    pub(crate) fn of_stdin() -> Self {
+        Self
+    }
 }
