@@ -111,8 +111,8 @@ pub struct HostSettings {
     /// How long an HTTP connection may stay open with no request on it
     /// between two requests, in milliseconds, before the server closes it.
     pub http_idle_timeout_ms: u64,
-    /// The most HTTP connections open at once. A connection beyond it is
-    /// answered `503 Service Unavailable` and closed.
+    /// The most HTTP connections open at once (0 counts as 1). A connection
+    /// beyond it is answered `503 Service Unavailable` and closed.
     pub http_max_connections: usize,
 }
 
