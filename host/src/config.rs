@@ -16,6 +16,9 @@
 //! timer_timeout_ms = 30000
 //! max_calls_in_flight = 32       # per plugin; calls beyond it are refused at once
 //! lazy_plugins = ["notes", "bench-*"]  # checked at load, started when first needed
+//! http_header_timeout_ms = 10000 # an HTTP client that sends no complete headers by then is disconnected
+//! http_idle_timeout_ms = 60000   # an HTTP connection idle between requests is closed after this
+//! http_max_connections = 1024    # HTTP connections beyond it are answered 503
 //!
 //! [plugins.weather]              # merged over the plugin's default config,
 //! base_url = "http://127.0.0.1:8080"   # then validated against its JSON Schema
@@ -99,6 +102,18 @@ pub struct HostSettings {
     /// event matching a pattern their manifest subscribes to. A lazy
     /// plugin another plugin depends on starts before that plugin does.
     pub lazy_plugins: Vec<String>,
+    /// How long an HTTP client may take to send a request's headers, in
+    /// milliseconds: from the moment it connects, or from the first byte of
+    /// a later request on the same connection. A client slower than that
+    /// (one that connects and sends nothing, or half a request) is
+    /// disconnected.
+    pub http_header_timeout_ms: u64,
+    /// How long an HTTP connection may stay open with no request on it
+    /// between two requests, in milliseconds, before the server closes it.
+    pub http_idle_timeout_ms: u64,
+    /// The most HTTP connections open at once (0 counts as 1). A connection
+    /// beyond it is answered `503 Service Unavailable` and closed.
+    pub http_max_connections: usize,
 }
 
 impl HostSettings {
@@ -130,6 +145,9 @@ impl Default for HostSettings {
             provider_backoff_after: 3,
             provider_backoff_max_ms: 60_000,
             lazy_plugins: Vec::new(),
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
+            http_max_connections: 1024,
         }
     }
 }

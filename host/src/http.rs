@@ -22,7 +22,9 @@
 //! Every request the API cannot serve (bad JSON, a wrong content type, a
 //! message without `text`, an unknown route or method, ...) gets a 4xx answer
 //! whose body is `{"error": "..."}` saying what is wrong; the server keeps
-//! serving.
+//! serving. A message body is read as a stdin line is ([`crate::request`]):
+//! the same limit ([`MAX_REQUEST_BYTES`], beyond it a 413) and the same
+//! error texts.
 //!
 //! # What this module must never do
 //!
@@ -40,15 +42,19 @@
 //!
 //! [`PluginStatus`]: crate::PluginStatus
 //!
-//! (One file of about 600 lines, half of them tests: the routes, their
+//! (One file of about 500 lines, a third of them tests: the routes, their
 //! error answers and the event stream read best side by side.)
 
-use crate::pipeline::{InboundMessage, Reply};
+mod connection_clock;
+mod server;
+
+use crate::pipeline::Reply;
 use crate::registry::events::BusEvent;
+use crate::request::{self, RequestError};
 use crate::PluginHost;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -65,8 +71,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-/// The most messages one batch request may hold.
-pub const MAX_BATCH: usize = 1000;
+pub use crate::request::{MAX_BATCH, MAX_REQUEST_BYTES};
 
 /// The content type of `GET /metrics`.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -87,20 +92,24 @@ struct ApiState {
 /// Serves the HTTP API for `host` on `listener` until `shutdown` resolves,
 /// then stops accepting, ends the event streams, and returns once the
 /// requests in flight are answered. The caller shuts the host down.
+///
+/// Each client gets the header and idle timeouts and the connection limit
+/// of the host's settings (`http_header_timeout_ms`,
+/// `http_idle_timeout_ms`, `http_max_connections`).
 pub async fn serve(
     host: Arc<PluginHost>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopping) = watch::channel(false);
+    let limits = server::ConnectionLimits::of(host.settings());
     let app = router(ApiState { host, stopping });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Nobody listening only means no event stream is open.
-            let _ = stop.send(true);
-        })
-        .await
+    server::serve(listener, app, limits, async move {
+        shutdown.await;
+        // Nobody listening only means no event stream is open.
+        let _ = stop.send(true);
+    })
+    .await
 }
 
 fn router(state: ApiState) -> Router {
@@ -113,6 +122,7 @@ fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             refuse_while_shutting_down,
@@ -135,27 +145,12 @@ impl ApiError {
             message: message.into(),
         }
     }
-
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    fn unprocessable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
-    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({ "error": self.message }))).into_response()
     }
-}
-
-/// What a `POST /v1/messages` body asks for.
-#[derive(Debug)]
-enum MessageRequest {
-    One(InboundMessage),
-    Batch(Vec<InboundMessage>),
 }
 
 /// Whether a content type is JSON (`application/json`, or `+json`), with
@@ -192,99 +187,34 @@ fn check_content_type(content_type: Option<&HeaderValue>) -> Result<(), ApiError
     }
 }
 
-/// Turns one JSON value into a message; `place` names it inside a batch.
-fn parse_message(value: Value, place: Option<usize>) -> Result<InboundMessage, ApiError> {
-    let at = |message: String| match place {
-        Some(index) => format!("messages[{index}]: {message}"),
-        None => message,
-    };
-    let Value::Object(fields) = value else {
-        return Err(ApiError::unprocessable(at(format!(
-            "a message must be a JSON object such as {{\"text\": \"hello\"}}, got {}",
-            kind_of(&value)
-        ))));
-    };
-    match fields.get("text") {
-        Some(Value::String(_)) => {}
-        Some(other) => {
-            return Err(ApiError::unprocessable(at(format!(
-                "'text' must be a string, got {}",
-                kind_of(other)
-            ))))
-        }
-        None => {
-            return Err(ApiError::unprocessable(at(
-                "the message has no 'text' field".to_string(),
-            )))
-        }
-    }
-    serde_json::from_value(Value::Object(fields))
-        .map_err(|e| ApiError::unprocessable(at(format!("invalid message: {e}"))))
-}
-
-/// A JSON value's kind, for error messages.
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// How a refused request is answered: malformed text is a bad request, a
+/// request too large is one, and JSON that is no message is unprocessable.
+impl From<RequestError> for ApiError {
+    fn from(error: RequestError) -> Self {
+        let status = match &error {
+            RequestError::Empty | RequestError::NotUtf8 { .. } | RequestError::NotJson { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            RequestError::TooLarge | RequestError::BatchTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            RequestError::NotAnObject { .. }
+            | RequestError::BothMessageAndBatch
+            | RequestError::BatchNotAnArray { .. }
+            | RequestError::Message { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, error.to_string())
     }
 }
 
-/// Reads a `POST /v1/messages` body: checks the content type, parses the
-/// JSON, and tells one message from a batch.
+/// Reads a `POST /v1/messages` body: checks the content type, then reads
+/// the request as every front-end does ([`request::parse`]).
 fn parse_request(
     content_type: Option<&HeaderValue>,
     body: &[u8],
-) -> Result<MessageRequest, ApiError> {
+) -> Result<request::Request, ApiError> {
     check_content_type(content_type)?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            "the request body is empty: send a message such as {\"text\": \"hello\"} \
-             or a batch such as {\"messages\": [{\"text\": \"hello\"}]}",
-        ));
-    }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-    let Value::Object(mut fields) = value else {
-        return Err(ApiError::unprocessable(format!(
-            "the body must be a JSON object, a message {{\"text\": ..}} or a batch \
-             {{\"messages\": [..]}}, got {}",
-            kind_of(&value)
-        )));
-    };
-    let Some(messages) = fields.remove("messages") else {
-        return parse_message(Value::Object(fields), None).map(MessageRequest::One);
-    };
-    if fields.contains_key("text") {
-        return Err(ApiError::unprocessable(
-            "the body has both 'text' and 'messages': send one message or a batch, not both",
-        ));
-    }
-    let Value::Array(messages) = messages else {
-        return Err(ApiError::unprocessable(format!(
-            "'messages' must be an array of messages, got {}",
-            kind_of(&messages)
-        )));
-    };
-    if messages.len() > MAX_BATCH {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "a batch holds at most {MAX_BATCH} messages, this one has {}",
-                messages.len()
-            ),
-        ));
-    }
-    messages
-        .into_iter()
-        .enumerate()
-        .map(|(index, value)| parse_message(value, Some(index)))
-        .collect::<Result<Vec<_>, _>>()
-        .map(MessageRequest::Batch)
+    Ok(request::parse(body)?)
 }
 
 /// `POST /v1/messages`.
@@ -294,18 +224,22 @@ async fn post_messages(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
-        ApiError::new(
-            rejection.status(),
-            format!("cannot read the request body: {}", rejection.body_text()),
-        )
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::from(RequestError::TooLarge)
+        } else {
+            ApiError::new(
+                rejection.status(),
+                format!("cannot read the request body: {}", rejection.body_text()),
+            )
+        }
     })?;
     let host = Arc::clone(&state.host);
     match parse_request(headers.get(CONTENT_TYPE), &body)? {
-        MessageRequest::One(message) => {
+        request::Request::One(message) => {
             let reply: Reply = host.answer(message).await;
             Ok(Json(reply).into_response())
         }
-        MessageRequest::Batch(messages) => {
+        request::Request::Batch(messages) => {
             let replies: Vec<Reply> = host.answer_batch(messages).await;
             Ok(Json(json!({ "replies": replies })).into_response())
         }
@@ -534,54 +468,37 @@ mod tests {
     }
 
     #[test]
-    fn one_message_and_a_batch_are_told_apart() {
+    fn a_body_needs_a_json_content_type_and_refusals_get_their_status() {
         let ct = json_type();
-        match parse_request(Some(&ct), br#"{"text": "hi", "sender": "a"}"#) {
-            Ok(MessageRequest::One(m)) => {
-                assert_eq!((m.text.as_str(), m.sender.as_str()), ("hi", "a"))
-            }
-            other => panic!("{other:?}"),
-        }
-        match parse_request(
-            Some(&ct),
-            br#"{"messages": [{"text": "a"}, {"text": "b"}]}"#,
-        ) {
-            Ok(MessageRequest::Batch(m)) => assert_eq!(m.len(), 2),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn malformed_bodies_say_what_is_wrong() {
-        let ct = json_type();
+        assert!(matches!(
+            parse_request(Some(&ct), br#"{"text": "hi"}"#),
+            Ok(request::Request::One(_))
+        ));
         let e = error_of(None, r#"{"text": "hi"}"#);
         assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(e.message.contains("no Content-Type"), "{}", e.message);
         let e = error_of(Some(&HeaderValue::from_static("text/plain")), "{}");
+        assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert!(e.message.contains("'text/plain'"), "{}", e.message);
-        let e = error_of(Some(&ct), "{nope");
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert!(e.message.contains("not valid JSON"), "{}", e.message);
-        let e = error_of(Some(&ct), "  ");
-        assert!(e.message.contains("empty"), "{}", e.message);
-        let e = error_of(Some(&ct), r#"{"sender": "a"}"#);
-        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(e.message.contains("no 'text'"), "{}", e.message);
-        let e = error_of(Some(&ct), r#"{"text": 5}"#);
-        assert!(
-            e.message.contains("'text' must be a string"),
-            "{}",
-            e.message
-        );
-        let e = error_of(Some(&ct), r#"{"text": "a", "permissions": "all"}"#);
-        assert!(e.message.contains("invalid message"), "{}", e.message);
-        let e = error_of(Some(&ct), r#"{"messages": [{"text": "a"}, {}]}"#);
-        assert!(e.message.starts_with("messages[1]: "), "{}", e.message);
-        let e = error_of(Some(&ct), r#"{"messages": {}}"#);
-        assert!(e.message.contains("must be an array"), "{}", e.message);
-        let e = error_of(Some(&ct), r#"{"messages": [], "text": "a"}"#);
-        assert!(e.message.contains("not both"), "{}", e.message);
-        let e = error_of(Some(&ct), "[1]");
-        assert!(e.message.contains("an array"), "{}", e.message);
+        for (body, status) in [
+            ("  ", StatusCode::BAD_REQUEST),
+            ("{nope", StatusCode::BAD_REQUEST),
+            ("[1]", StatusCode::UNPROCESSABLE_ENTITY),
+            (r#"{"sender": "a"}"#, StatusCode::UNPROCESSABLE_ENTITY),
+            (
+                r#"{"messages": [{"text": "a"}, {}]}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+        ] {
+            let e = error_of(Some(&ct), body);
+            assert_eq!(e.status, status, "{body}: {}", e.message);
+            let refused = request::parse(body.as_bytes()).expect_err("refused");
+            assert_eq!(
+                e.message,
+                refused.to_string(),
+                "the text every front-end gives"
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@ mod pipeline;
 mod plugin;
 mod registry;
 mod reload;
+mod request;
 mod sys;
 pub mod testing;
 mod watchdog;

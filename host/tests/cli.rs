@@ -164,7 +164,7 @@ fn run_answers_json_lines_and_shuts_down_in_reverse_order_on_sigterm() {
     assert!(
         error["error"]
             .as_str()
-            .is_some_and(|e| e.contains("invalid request")),
+            .is_some_and(|e| e.starts_with("the request is not valid JSON: ")),
         "{line}"
     );
 
@@ -233,4 +233,246 @@ fn check_names_links_in_the_folder_that_lead_nowhere() {
             .unwrap_or_else(|| panic!("no line for {}:\n{stdout}", file.display()));
         assert!(line.contains("cannot follow the link"), "{line}");
     }
+}
+
+/// Runs `agent-host run` on `dir` with `input` as its whole stdin; its
+/// output once stdin has closed and the agent has exited.
+fn run_with_stdin(dir: &Path, input: Vec<u8>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(["run", "--plugins"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent-host run");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // More than a pipe holds: written while the agent reads.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("wait");
+    writer.join().expect("the writer thread");
+    output
+}
+
+/// The `error` of an error line.
+fn error_of(line: &str) -> String {
+    let value: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("a JSON line ({e}): {line}"));
+    value["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an error line: {line}"))
+        .to_string()
+}
+
+#[test]
+fn a_bad_request_line_gets_one_error_line_and_the_lines_after_it_are_served() {
+    let dir = folder_with(&[fixture("multi")]);
+    let limit = 2 * 1024 * 1024;
+    let mut input = Vec::new();
+    input.extend_from_slice(b"{\"sender\": \"alice\", \"text\": \"multi\"}\n");
+    input.extend_from_slice(b"{\"sender\":\"alice\",\"text\":\"bad \xff\xfe utf8\"}\n");
+    input.extend_from_slice(b"{}\n[]\n[\"hi\"]\n");
+    input.extend_from_slice(b"{\"sender\": \"alice\", \"text\": \"");
+    input.resize(input.len() + limit, b'a');
+    input.extend_from_slice(b"\"}\n");
+    input.extend_from_slice(b"{\"sender\": \"alice\", \"text\": \"multi\"}\n");
+
+    let output = run_with_stdin(dir.path(), input);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "exits 0 at EOF:\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        7,
+        "one line per request line:\n{stdout}\n{stderr}"
+    );
+
+    let reply: Value = serde_json::from_str(lines[0]).expect("a JSON reply");
+    assert_eq!(reply["text"], "multi-one says pong", "{}", lines[0]);
+    assert_eq!(
+        error_of(lines[1]),
+        "the request is not valid UTF-8: invalid utf-8 sequence of 1 bytes from index 30"
+    );
+    assert_eq!(error_of(lines[2]), "the message has no 'text' field");
+    let not_an_object = "the request must be a JSON object, a message {\"text\": ..} or a \
+                         batch {\"messages\": [..]}, got an array";
+    assert_eq!(error_of(lines[3]), not_an_object);
+    assert_eq!(error_of(lines[4]), not_an_object);
+    assert_eq!(
+        error_of(lines[5]),
+        "the request is larger than 2 MiB (2097152 bytes), the most one request may hold"
+    );
+    let reply: Value = serde_json::from_str(lines[6]).expect("a JSON reply");
+    assert_eq!(reply["text"], "multi-one says pong", "{}", lines[6]);
+}
+
+/// A pseudo-terminal with `agent-host run` on its other side, as an
+/// operator at a terminal sees it.
+#[cfg(target_os = "linux")]
+struct Terminal {
+    child: std::process::Child,
+    keyboard: std::fs::File,
+    screen: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+#[cfg(target_os = "linux")]
+impl Terminal {
+    /// Runs `agent-host` with `args` on a new pseudo-terminal (stdin,
+    /// stdout and stderr).
+    fn run(args: &[&std::ffi::OsStr]) -> Self {
+        use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+        grantpt(&master).expect("grantpt");
+        unlockpt(&master).expect("unlockpt");
+        let size = rustix::termios::Winsize {
+            ws_row: 40,
+            ws_col: 200,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        rustix::termios::tcsetwinsize(&master, size).expect("window size");
+        let name = ptsname(&master, Vec::new()).expect("ptsname");
+        let name = std::path::PathBuf::from(name.to_string_lossy().into_owned());
+        let side = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&name)
+                .expect("open the terminal")
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("TERM", "xterm")
+            .stdin(side())
+            .stdout(side())
+            .stderr(side())
+            .spawn()
+            .expect("start agent-host on the terminal");
+        let master = std::fs::File::from(master);
+        let mut reader = master.try_clone().expect("the screen");
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let shown = std::sync::Arc::clone(&screen);
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buffer = [0; 4096];
+            // Ends with an error once no process holds the terminal.
+            while let Ok(read @ 1..) = reader.read(&mut buffer) {
+                shown
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push_str(&String::from_utf8_lossy(&buffer[..read]));
+            }
+        });
+        Self {
+            child,
+            keyboard: master,
+            screen,
+        }
+    }
+
+    fn screen(&self) -> String {
+        self.screen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn type_keys(&mut self, keys: &str) {
+        self.keyboard
+            .write_all(keys.as_bytes())
+            .expect("type on the terminal");
+    }
+
+    /// Waits until `needle` shows after byte `from` of the screen; where
+    /// it ends.
+    fn wait_for(&self, needle: &str, from: usize) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let screen = self.screen();
+            if let Some(at) = screen.get(from..).and_then(|rest| rest.find(needle)) {
+                return from + at + needle.len();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} on the terminal:\n{screen}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_chat_on_a_terminal_recalls_lines_prints_logs_above_the_prompt_and_stops_on_ctrl_c() {
+    let dir = folder_with(&[fixture("multi")]);
+    let mut terminal = Terminal::run(&[
+        "run".as_ref(),
+        "--plugins".as_ref(),
+        dir.path().as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ]);
+    let at = terminal.wait_for("listening on http://", 0);
+    let screen = terminal.screen();
+    let address = screen[at..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let at = terminal.wait_for("> ", at);
+
+    terminal.type_keys("multi\r");
+    let at = terminal.wait_for("multi-one says pong", at);
+    // Up recalls the line typed before.
+    let at = terminal.wait_for("> ", at);
+    terminal.type_keys("\x1b[A\r");
+    let at = terminal.wait_for("multi-one says pong", at);
+    let at = terminal.wait_for("> ", at);
+
+    // A log line while a line is being typed: above the prompt, and the
+    // line typed so far is shown again below it.
+    terminal.type_keys("/plug");
+    let at = terminal.wait_for("/plug", at);
+    let reload = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(["reload", "multi-one", "--url"])
+        .arg(format!("http://{address}"))
+        .output()
+        .expect("run agent-host reload");
+    assert!(reload.status.success(), "{reload:?}");
+    let at = terminal.wait_for("reloaded", at);
+    let at = terminal.wait_for("> /plug", at);
+    terminal.type_keys("ins\r");
+    let at = terminal.wait_for("multi-one 1.0.0 generation", at);
+    let at = terminal.wait_for("(2 generations mapped", at);
+    terminal.wait_for("> ", at);
+
+    terminal.type_keys("\x03");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = terminal.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after Ctrl-C:\n{}",
+            terminal.screen()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{}", terminal.screen());
 }

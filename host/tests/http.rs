@@ -697,3 +697,212 @@ fn on_sigterm_request_lines_get_an_error_line_and_calls_in_flight_finish_before_
     );
     assert!(!log.contains("still in flight after"), "{log}");
 }
+
+/// Sends `body` as a `POST /v1/messages` body without minding a write the
+/// server cut short (it may answer before reading all of a body too large).
+fn post_raw(address: SocketAddr, body: &[u8]) -> Response {
+    let mut stream = connect(address);
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("write head");
+    let _ = stream.write_all(body);
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader);
+    let mut body = Vec::new();
+    let _ = reader.read_to_end(&mut body);
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+#[test]
+fn a_request_line_and_a_request_body_are_refused_with_the_same_error() {
+    let mut agent = Agent::start_with(&[fixture("")], "", true);
+    let (mut stdin, mut stdout) = agent.lines.take().expect("piped stdin and stdout");
+    let mut too_large = b"{\"text\": \"".to_vec();
+    too_large.resize(too_large.len() + 2 * 1024 * 1024, b'a');
+    too_large.extend_from_slice(b"\"}");
+    let cases: [(&[u8], u16); 7] = [
+        (b"{\"text\": \"bad \xff\xfe utf8\"}", 400),
+        (b"{nope", 400),
+        (b"{}", 422),
+        (b"[\"hi\"]", 422),
+        (b"{\"text\": 5}", 422),
+        (b"{\"messages\": [{\"text\": \"a\"}, {}]}", 422),
+        (&too_large, 413),
+    ];
+    for (request, status) in cases {
+        stdin.write_all(request).expect("write a request line");
+        stdin.write_all(b"\n").expect("end the line");
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the answer line");
+        let answer: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("a JSON line ({e}): {line}\n{}", agent.log()));
+        let on_stdin = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an error line: {line}"));
+        let over_http = post_raw(agent.address, request).error(status);
+        assert_eq!(on_stdin, over_http);
+    }
+    drop(stdin);
+    let reply = agent.post_json("/v1/messages", &message("still serving"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+/// Reads until the server closes `stream` (an end of file, or a reset when
+/// it closed with bytes unread); what it sent before, and how long that
+/// took. Fails when the server keeps it open for `limit`.
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).expect("read timeout");
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "still open after {} ms ({e}); received {:?}",
+                started.elapsed().as_millis(),
+                String::from_utf8_lossy(&received)
+            ),
+        }
+    }
+    (received, started.elapsed())
+}
+
+/// Sends `GET path` on a connection kept alive and reads the whole answer.
+fn get_keeping_alive(reader: &mut BufReader<TcpStream>, path: &str) -> (u16, String) {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: agent\r\n\r\n");
+    reader
+        .get_mut()
+        .write_all(head.as_bytes())
+        .expect("write a request");
+    let (status, headers) = read_head(reader);
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("a Content-Length: {headers:?}"));
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("the body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn a_connection_that_sends_nothing_or_half_a_request_is_closed_after_the_header_timeout() {
+    let agent = Agent::start_with(
+        &[fixture("")],
+        "[host]\nhttp_header_timeout_ms = 300\n",
+        false,
+    );
+    let opened = Instant::now();
+    let mut silent = connect(agent.address);
+    let mut half = connect(agent.address);
+    half.write_all(b"POST /v1/messages HTTP/1.1\r\nHost: agent\r\nContent-Le")
+        .expect("write half a request");
+    for stream in [&mut silent, &mut half] {
+        let (received, _) = read_until_closed(stream, Duration::from_secs(5));
+        assert!(
+            received.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&received)
+        );
+        let open_for = opened.elapsed();
+        assert!(
+            open_for >= Duration::from_millis(250),
+            "closed after {} ms, before the header timeout",
+            open_for.as_millis()
+        );
+    }
+    let health = agent.get("/healthz");
+    assert_eq!(health.status, 200, "{}", health.text());
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout_not_the_header_timeout() {
+    let agent = Agent::start_with(
+        &[fixture("")],
+        "[host]\nhttp_header_timeout_ms = 300\nhttp_idle_timeout_ms = 3000\n",
+        false,
+    );
+    let mut reader = BufReader::new(connect(agent.address));
+    let (status, body) = get_keeping_alive(&mut reader, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    // Idle for longer than the header timeout: the connection still serves.
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, body) = get_keeping_alive(&mut reader, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    let (rest, took) = read_until_closed(reader.get_mut(), WAIT);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        took >= Duration::from_millis(2500),
+        "closed after {} ms idle, before the idle timeout",
+        took.as_millis()
+    );
+}
+
+#[test]
+fn beyond_max_connections_a_request_gets_503_and_once_they_close_requests_succeed() {
+    let agent = Agent::start_with(&[fixture("")], "[host]\nhttp_max_connections = 4\n", false);
+    // Four connections, each served once and then held open, idle.
+    let held: Vec<BufReader<TcpStream>> = (0..4)
+        .map(|_| {
+            let mut reader = BufReader::new(connect(agent.address));
+            let (status, body) = get_keeping_alive(&mut reader, "/healthz");
+            assert_eq!(status, 200, "{body}");
+            reader
+        })
+        .collect();
+    for _ in 0..3 {
+        let refused = agent.get("/healthz");
+        assert_eq!(
+            refused.error(503),
+            "the agent serves at most 4 connections at once; try again later"
+        );
+    }
+    agent.wait_for_log("HTTP connection limit reached");
+
+    drop(held);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let health = agent.get("/healthz");
+        if health.status == 200 {
+            break;
+        }
+        assert_eq!(health.status, 503, "{}", health.text());
+        assert!(Instant::now() < deadline, "still refused:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.wait_for_log("HTTP connections are accepted again");
+    let log = agent.log();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("HTTP connection limit reached"))
+        .count();
+    assert_eq!(said, 1, "said once, not once per refusal:\n{log}");
+}
+
+#[test]
+fn on_sigterm_connections_without_a_request_in_progress_are_closed_at_once() {
+    let mut agent = Agent::start();
+    let _silent = connect(agent.address);
+    let mut half = connect(agent.address);
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .expect("write half a request");
+    let mut idle = BufReader::new(connect(agent.address));
+    let (status, body) = get_keeping_alive(&mut idle, "/healthz");
+    assert_eq!(status, 200, "{body}");
+
+    agent.terminate();
+    assert_eq!(agent.wait_for_exit(WAIT), Some(0), "{}", agent.log());
+    let log = agent.final_log();
+    assert!(log.contains("HTTP server stopped"), "{log}");
+    assert!(!log.contains("did not stop"), "{log}");
+}

@@ -5,7 +5,10 @@
 //! reload one plugin from its file. `--version` names the plugin ABI and SDK
 //! versions this host speaks besides its own.
 
+mod chat;
 mod check;
+mod json_lines;
+mod log_output;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -111,7 +114,11 @@ impl Command {
     }
 }
 
-/// Sets up `tracing` from `RUST_LOG`, or else from the verbosity flag.
+/// The log filter directive that silences the chat's line editor.
+const LINE_EDITOR_SILENT: &str = "rustyline=off";
+
+/// Sets up `tracing` from `RUST_LOG`, or else from the verbosity flag; log
+/// lines go to stderr, or above the prompt while the chat runs.
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match (cli.verbose, cli.command.reports()) {
@@ -121,9 +128,15 @@ pub fn init_logging(cli: &Cli) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // The line editor logs every key and every line it prints; printed
+    // above its own prompt, those lines would never end.
+    let filter = match LINE_EDITOR_SILENT.parse() {
+        Ok(silent) => filter.add_directive(silent),
+        Err(_) => filter,
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log_output::LogOutput)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

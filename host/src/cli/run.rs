@@ -1,10 +1,11 @@
 //! `agent-host run`: load the plugins, then serve messages until Ctrl-C or
 //! SIGTERM, then shut down in reverse load order and exit 0.
 //!
-//! On a terminal it is a chat prompt; with piped stdin it reads one JSON
-//! request per line and writes one JSON reply per line. With `--listen ADDR`
-//! it also serves the HTTP API ([`crate::http`]) and keeps serving it after
-//! stdin closes; without it, the end of stdin ends the run.
+//! On a terminal it is a chat ([`super::chat`], where Ctrl-C also stops
+//! the agent); with piped stdin it reads one JSON request per line and
+//! writes one JSON line per request ([`super::json_lines`]). With
+//! `--listen ADDR` it also serves the HTTP API ([`crate::http`]) and keeps
+//! serving it after stdin closes; without it, the end of stdin ends the run.
 //!
 //! On Ctrl-C or SIGTERM it stops taking work but keeps answering: a request
 //! line gets `{"error": "the agent is shutting down"}`, an HTTP request a
@@ -12,14 +13,13 @@
 //! `shutdown_grace_ms` setting), stops the plugins in reverse load order and
 //! exits 0, even when a call is still stuck in plugin code (the log names it).
 
-use crate::pipeline::InboundMessage;
+use super::chat::ChatEnd;
 use crate::{AgentConfig, HostOptions, PluginHost};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// How long the HTTP server may take to close once the plugins have
 /// stopped: answers being written are finished, requests still waiting on a
@@ -130,10 +130,13 @@ async fn serve(
     tokio::select! {
         result = &mut talk => {
             talking = false;
-            outcome = result;
-            if outcome.is_ok() && http.is_some() {
-                tracing::info!("stdin closed; serving HTTP until Ctrl-C or SIGTERM");
-                (&mut signal).await;
+            match result {
+                Ok(ConversationEnd::StdinClosed) if http.is_some() => {
+                    tracing::info!("stdin closed; serving HTTP until Ctrl-C or SIGTERM");
+                    (&mut signal).await;
+                }
+                Ok(_) => {}
+                Err(error) => outcome = Err(error),
             }
         }
         _ = &mut signal => {}
@@ -170,116 +173,28 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads messages from stdin until it closes, answering each.
+/// How the conversation on stdin ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConversationEnd {
+    /// Stdin closed (Ctrl-D in the chat, the end of a pipe).
+    StdinClosed,
+    /// The operator pressed Ctrl-C in the chat: stop the agent.
+    StopAsked,
+}
+
+/// Reads requests from stdin until it closes, answering each: a chat on a
+/// terminal, JSON lines on a pipe.
 async fn conversation(
     host: Arc<PluginHost>,
     interactive: bool,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut stdout = tokio::io::stdout();
+) -> Result<ConversationEnd, Box<dyn std::error::Error>> {
     if interactive {
-        stdout
-            .write_all(b"agent-host ready. Type a message (Ctrl-D to quit).\n> ")
-            .await?;
-        stdout.flush().await?;
+        Ok(match super::chat::chat(host).await? {
+            ChatEnd::Closed => ConversationEnd::StdinClosed,
+            ChatEnd::Interrupted => ConversationEnd::StopAsked,
+        })
+    } else {
+        super::json_lines::answer_lines(host).await?;
+        Ok(ConversationEnd::StdinClosed)
     }
-    while let Some(line) = lines.next_line().await? {
-        let line = line.trim().to_string();
-        if line.is_empty() {
-            if interactive {
-                stdout.write_all(b"> ").await?;
-                stdout.flush().await?;
-            }
-            continue;
-        }
-        let output = if host.is_shutting_down() {
-            if interactive {
-                format!("{}\n> ", crate::SHUTTING_DOWN)
-            } else {
-                format!("{}\n", serde_json::json!({ "error": crate::SHUTTING_DOWN }))
-            }
-        } else if let Some(command) = line.strip_prefix('/').filter(|_| interactive) {
-            format!("{}\n> ", operator_command(&host, command).await?)
-        } else if interactive {
-            let message = InboundMessage {
-                sender: "operator".into(),
-                text: line,
-                ..InboundMessage::default()
-            };
-            let reply = host.answer(message).await;
-            let mut text = reply.text.clone();
-            if !reply.evaluations.is_empty() {
-                let verdicts: Vec<String> = reply
-                    .evaluations
-                    .iter()
-                    .map(|e| {
-                        let mark = if e.evaluation.passed { "ok" } else { "flagged" };
-                        format!("{} {:.2} {mark}", e.evaluator, e.evaluation.score)
-                    })
-                    .collect();
-                text.push_str(&format!("\n  [{}]", verdicts.join("; ")));
-            }
-            for error in &reply.errors {
-                text.push_str(&format!("\n  ! {error}"));
-            }
-            format!("{text}\n> ")
-        } else {
-            match serde_json::from_str::<InboundMessage>(&line) {
-                Ok(message) => {
-                    let reply = host.answer(message).await;
-                    format!("{}\n", serde_json::to_string(&reply)?)
-                }
-                Err(error) => format!(
-                    "{}\n",
-                    serde_json::json!({"error": format!("invalid request: {error}")})
-                ),
-            }
-        };
-        stdout.write_all(output.as_bytes()).await?;
-        stdout.flush().await?;
-    }
-    Ok(())
-}
-
-/// The chat's operator commands: `/reload NAME` and `/plugins`.
-async fn operator_command(
-    host: &Arc<PluginHost>,
-    command: &str,
-) -> Result<String, Box<dyn std::error::Error>> {
-    let mut words = command.split_whitespace();
-    Ok(match (words.next(), words.next()) {
-        (Some("reload"), Some(name)) => {
-            let worker = Arc::clone(host);
-            let name = name.to_string();
-            match tokio::task::spawn_blocking(move || worker.reload(&name)).await? {
-                Ok(done) => format!(
-                    "reloaded {} {} -> {} (generation {}, calls held {} us)",
-                    done.plugin,
-                    done.from_version,
-                    done.to_version,
-                    done.generation,
-                    done.paused_us
-                ),
-                Err(failure) => failure.to_string(),
-            }
-        }
-        (Some("plugins"), None) => host
-            .statuses()
-            .iter()
-            .map(|p| {
-                format!(
-                    "{} {} generation {} ({} generations mapped, {} KiB){}\n  runs {}",
-                    p.name,
-                    p.version,
-                    p.generation,
-                    p.mapped.generations,
-                    p.mapped.bytes / 1024,
-                    if p.quarantined { " QUARANTINED" } else { "" },
-                    p.placement_line()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => "commands: /reload NAME, /plugins".to_string(),
-    })
 }

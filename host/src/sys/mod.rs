@@ -1,6 +1,7 @@
 //! Everything that differs between operating systems, in one place: the
 //! object format and processor a plugin file must be built for, how a
-//! library is opened, and which signals end the agent. Porting the host to
+//! library is opened, which signals end the agent, how many files it may
+//! open, and the terminal's mode around the chat. Porting the host to
 //! a new platform means editing this module (and nothing else).
 //!
 //! Private-copy folders are guarded by a lock file each (standard file
@@ -10,12 +11,12 @@
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub(crate) use unix::{open_library, shutdown_signal};
+pub(crate) use unix::{open_file_limit, open_library, shutdown_signal, TerminalMode};
 
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
-pub(crate) use windows::{open_library, shutdown_signal};
+pub(crate) use windows::{open_file_limit, open_library, shutdown_signal, TerminalMode};
 
 use object::{Architecture, BinaryFormat};
 

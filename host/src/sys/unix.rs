@@ -1,4 +1,5 @@
-//! Unix: `dlopen` with eager binding, and SIGTERM besides Ctrl-C.
+//! Unix: `dlopen` with eager binding, SIGTERM besides Ctrl-C, the limit
+//! of open files, and the terminal's mode.
 
 use std::path::Path;
 
@@ -30,6 +31,37 @@ pub(crate) async fn shutdown_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// How many files (sockets included) the process may have open at once,
+/// when it has a limit.
+pub(crate) fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+/// The mode of the terminal on stdin when this was made, put back when it
+/// is dropped: the chat's line editor puts the terminal in raw mode while
+/// it reads, and the agent may stop while it reads.
+#[derive(Debug)]
+pub(crate) struct TerminalMode(Option<rustix::termios::Termios>);
+
+impl TerminalMode {
+    /// The terminal's mode now; nothing when stdin is no terminal.
+    pub(crate) fn of_stdin() -> Self {
+        Self(rustix::termios::tcgetattr(std::io::stdin()).ok())
+    }
+}
+
+impl Drop for TerminalMode {
+    fn drop(&mut self) {
+        if let Some(mode) = &self.0 {
+            let _ = rustix::termios::tcsetattr(
+                std::io::stdin(),
+                rustix::termios::OptionalActions::Now,
+                mode,
+            );
         }
     }
 }

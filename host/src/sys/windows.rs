@@ -1,4 +1,5 @@
-//! Windows: `LoadLibraryExW`, and Ctrl-C.
+//! Windows: `LoadLibraryExW`, Ctrl-C, no limit of open files, and the
+//! console's mode left as the chat's editor sets it.
 
 use std::path::Path;
 
@@ -14,4 +15,23 @@ pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, String> {
 /// Resolves on Ctrl-C.
 pub(crate) async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// How many files the process may have open at once: sockets have no
+/// per-process limit here.
+pub(crate) fn open_file_limit() -> Option<u64> {
+    None
+}
+
+/// The console's mode around the chat: not kept here yet, so an agent
+/// stopped while the chat's editor reads leaves the console in the
+/// editor's input mode.
+#[derive(Debug)]
+pub(crate) struct TerminalMode;
+
+impl TerminalMode {
+    /// Keeps nothing.
+    pub(crate) fn of_stdin() -> Self {
+        Self
+    }
 }
