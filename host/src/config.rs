@@ -298,6 +298,41 @@ impl AgentConfig {
         }
     }
 
+    /// What the config says about plugins that are not there: each
+    /// `[plugins.NAME]` section, `[grants]` entry and
+    /// `[isolation.plugins.NAME]` section whose NAME is not in `known`, as
+    /// one line naming it and the nearest known name. Such a section is
+    /// ignored, most often because of a typing mistake.
+    pub fn unknown_plugins(&self, known: &[String]) -> Vec<String> {
+        let nearest = |name: &str| {
+            known
+                .iter()
+                .map(|k| (strsim::levenshtein(name, k), k))
+                .min()
+                .filter(|(distance, _)| *distance <= name.len().max(3) / 2)
+                .map_or_else(String::new, |(_, k)| format!(" (did you mean '{k}'?)"))
+        };
+        let mut lines = Vec::new();
+        let mut check = |place: &str, name: &str| {
+            if !known.iter().any(|k| k == name) {
+                lines.push(format!(
+                    "config {place} names no plugin in the folder{}; it is ignored",
+                    nearest(name)
+                ));
+            }
+        };
+        for name in self.plugins.keys() {
+            check(&format!("[plugins.{name}]"), name);
+        }
+        for name in self.grants.iter().flat_map(|g| g.keys()) {
+            check(&format!("[grants] {name}"), name);
+        }
+        for name in self.isolation.plugins.keys() {
+            check(&format!("[isolation.plugins.{name}]"), name);
+        }
+        lines
+    }
+
     /// The permissions of a sender, when the config assigns them.
     pub fn sender_permissions(&self, sender: &str) -> Option<Vec<String>> {
         self.senders

@@ -476,3 +476,34 @@ fn the_chat_on_a_terminal_recalls_lines_prints_logs_above_the_prompt_and_stops_o
     };
     assert_eq!(status.code(), Some(0), "{}", terminal.screen());
 }
+
+#[test]
+fn check_fails_on_config_for_plugins_that_are_not_there() {
+    let dir = folder_with(&[fixture("")]);
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[plugins.fixtur]\ngreeting = \"hi\"\n[grants]\nfixture = []\nnotes = []\n",
+    )
+    .expect("config");
+    let output = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run agent-host");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "FAIL  config [plugins.fixtur] names no plugin in the folder (did you mean 'fixture'?)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  config [grants] notes names no plugin in the folder; it is ignored"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("[grants] fixture"), "{stdout}");
+}

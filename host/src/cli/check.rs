@@ -29,12 +29,22 @@ pub fn check(
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (host, report) = load(dir, config)?;
     let shutdown = host.shutdown();
+    // A config that speaks of plugins that are not there fails the check.
+    let known: Vec<String> = report
+        .loaded
+        .iter()
+        .map(|p| p.name.clone())
+        .chain(report.failures.iter().filter_map(|f| f.plugin.clone()))
+        .collect();
+    let config_errors = config.unknown_plugins(&known);
+    let ok = report.failures.is_empty() && shutdown.is_empty() && config_errors.is_empty();
     let mut out = std::io::stdout().lock();
     if as_json {
         let document = json!({
-            "ok": report.is_clean() && shutdown.is_empty(),
+            "ok": ok,
             "loaded": report.loaded,
             "failures": report.failures,
+            "config_errors": config_errors,
             "warnings": report.warnings,
             "shutdown_errors": shutdown,
         });
@@ -62,7 +72,14 @@ pub fn check(
                 }
             }
         }
-        for warning in &report.warnings {
+        for error in &config_errors {
+            writeln!(out, "FAIL  {error}")?;
+        }
+        for warning in report
+            .warnings
+            .iter()
+            .filter(|w| !config_errors.contains(w))
+        {
             writeln!(out, "warn  {warning}")?;
         }
         for error in &shutdown {
@@ -72,10 +89,10 @@ pub fn check(
             out,
             "{} loaded, {} failed",
             report.loaded.len(),
-            report.failures.len() + shutdown.len()
+            report.failures.len() + shutdown.len() + config_errors.len()
         )?;
     }
-    Ok(if report.is_clean() && shutdown.is_empty() {
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

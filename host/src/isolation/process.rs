@@ -60,7 +60,7 @@ impl std::fmt::Display for Ending {
             Ending::Signalled(signal) => {
                 let name = spawn::signal_name(*signal);
                 let hint = match signal {
-                    6 => " (an abort: a panic in a `panic = \"abort\"` build, a failed allocation over its memory limit, or abort())",
+                    6 => " (an abort: abort(), a Rust stack overflow, an allocation over its memory limit, or a panic in a `panic = \"abort\"` build)",
                     11 => " (a segmentation fault or a stack overflow)",
                     9 => " (killed)",
                     24 => " (over its CPU time limit)",

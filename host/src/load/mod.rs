@@ -426,6 +426,17 @@ pub fn load_dir(
 ) -> std::io::Result<LoadReport> {
     let found = discover(dir)?;
     let mut report = load_files(core, shadow, &found.files, config);
+    let mut known: Vec<String> = core
+        .plugins()
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
+    known.extend(core.pending().iter().map(|p| p.name().to_string()));
+    known.extend(report.failures.iter().filter_map(|f| f.plugin.clone()));
+    for line in config.unknown_plugins(&known) {
+        tracing::warn!("{line}");
+        report.warnings.push(line);
+    }
     for (file, cause) in found.broken {
         report.failures.push(LoadFailure {
             file,
