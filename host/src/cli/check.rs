@@ -30,13 +30,7 @@ pub fn check(
     let (host, report) = load(dir, config)?;
     let shutdown = host.shutdown();
     // A config that speaks of plugins that are not there fails the check.
-    let known: Vec<String> = report
-        .loaded
-        .iter()
-        .map(|p| p.name.clone())
-        .chain(report.failures.iter().filter_map(|f| f.plugin.clone()))
-        .collect();
-    let config_errors = config.unknown_plugins(&known);
+    let config_errors = &report.unknown_config;
     let ok = report.failures.is_empty() && shutdown.is_empty() && config_errors.is_empty();
     let mut out = std::io::stdout().lock();
     if as_json {
@@ -72,14 +66,10 @@ pub fn check(
                 }
             }
         }
-        for error in &config_errors {
+        for error in config_errors {
             writeln!(out, "FAIL  {error}")?;
         }
-        for warning in report
-            .warnings
-            .iter()
-            .filter(|w| !config_errors.contains(w))
-        {
+        for warning in &report.warnings {
             writeln!(out, "warn  {warning}")?;
         }
         for error in &shutdown {
@@ -114,6 +104,7 @@ pub fn list(
             "loaded": report.loaded,
             "failures": report.failures,
             "warnings": report.warnings,
+            "config_errors": report.unknown_config,
             "generations": statuses
                 .iter()
                 .map(|s| json!({"plugin": s.name, "generation": s.generation, "mapped": s.mapped}))

@@ -203,7 +203,7 @@ impl WorkerBackend {
         };
         match process.call(&call, &what, &cancelled) {
             Ok(reply) => reply.map_err(Failure::from),
-            Err(fault) => Err(self.inner.failure(&call, &process, fault)),
+            Err(fault) => Err(self.inner.failure(&describe(&call), &process, fault)),
         }
     }
 }
@@ -211,15 +211,14 @@ impl WorkerBackend {
 impl Inner {
     /// The error of a call that got no reply: the worker died, or the call
     /// overran its deadline and the worker was killed.
-    fn failure(&self, call: &Call, process: &WorkerProcess, fault: CallFault) -> Failure {
+    fn failure(&self, what: &str, process: &WorkerProcess, fault: CallFault) -> Failure {
         match fault {
             CallFault::Abandoned => Failure::new(
                 ErrorKind::Cancelled,
                 format!(
                     "{} overran its deadline; the host killed the worker process (pid {}) \
                      and restarts it",
-                    describe(call),
-                    process.pid
+                    what, process.pid
                 ),
             ),
             CallFault::Ended(ending) => {
@@ -468,21 +467,7 @@ fn text(answer: Answer) -> Result<String, Failure> {
 }
 
 fn evaluation(wire: super::protocol::WireEvaluation) -> Result<Evaluation, Failure> {
-    let metadata = if wire.metadata_json.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&wire.metadata_json).map_err(|e| {
-            Failure::new(
-                ErrorKind::InvalidInput,
-                format!("metadata is not valid JSON: {e}"),
-            )
-        })?
-    };
-    Ok(Evaluation {
-        score: wire.score,
-        passed: wire.passed,
-        metadata,
-    })
+    crate::plugin::evaluation_from(wire.score, wire.passed, &wire.metadata_json)
 }
 
 impl Backend for WorkerBackend {
@@ -741,7 +726,7 @@ impl Backend for WorkerBackend {
                 error: None,
                 actions: actions.len(),
             })),
-            Err(fault) => failed(self.inner.failure(&call, &process, fault)),
+            Err(fault) => failed(self.inner.failure(&describe(&call), &process, fault)),
         }
     }
 }
@@ -776,14 +761,7 @@ impl WorkerRound {
                 None
             }
             Err(fault) => {
-                let call = Call::Message {
-                    actions: Vec::new(),
-                    evaluators: Vec::new(),
-                    message: WireMessage::default(),
-                    deadline_ms: 0,
-                    evaluate_deadline_ms: 0,
-                };
-                self.error = Some(self.inner.failure(&call, process, fault));
+                self.error = Some(self.inner.failure(&what(), process, fault));
                 self.pending = None;
                 None
             }

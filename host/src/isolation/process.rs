@@ -15,12 +15,12 @@
 
 use super::protocol::{
     read_frame, read_preamble, write_frame, write_preamble, Answer, Call, Callback, CallbackAnswer,
-    FrameReader, FromWorker, Hello, Ready, ToWorker, WireError,
+    FrameReader, FrameWriter, FromWorker, Hello, Ready, ToWorker, WireError,
 };
 use super::sandbox::Protections;
 use super::spawn;
 use agent_host_plugin_sdk::{Host, Level};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -134,14 +134,12 @@ pub(crate) struct PendingCall {
 struct HostConnection {
     stream: UnixStream,
     reader: FrameReader,
-    buffer: Vec<u8>,
+    writer: FrameWriter,
 }
 
 impl HostConnection {
     fn send(&mut self, frame: &ToWorker) -> io::Result<()> {
-        self.buffer.clear();
-        super::protocol::encode(frame, &mut self.buffer)?;
-        self.stream.write_all(&self.buffer)
+        self.writer.send(&self.stream, frame)
     }
 }
 
@@ -262,7 +260,7 @@ impl WorkerProcess {
         Ok(HostConnection {
             stream: host_end,
             reader: FrameReader::default(),
-            buffer: Vec::with_capacity(512),
+            writer: FrameWriter::default(),
         })
     }
 

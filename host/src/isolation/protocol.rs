@@ -436,7 +436,23 @@ pub(crate) fn encode<T: Serialize>(value: &T, buffer: &mut Vec<u8>) -> io::Resul
     Ok(())
 }
 
-/// Writes one frame.
+/// Writes frames through one buffer, reused: a frame costs one write and no
+/// allocation once the buffer has grown to the frames' size.
+#[derive(Default)]
+pub(crate) struct FrameWriter {
+    buffer: Vec<u8>,
+}
+
+impl FrameWriter {
+    /// Writes `frame` to `out` whole.
+    pub(crate) fn send<T: Serialize>(&mut self, mut out: impl Write, frame: &T) -> io::Result<()> {
+        self.buffer.clear();
+        encode(frame, &mut self.buffer)?;
+        out.write_all(&self.buffer)
+    }
+}
+
+/// Writes one frame (the handshake's; calls use a [`FrameWriter`]).
 pub(crate) fn write_frame<T: Serialize>(mut out: impl Write, value: &T) -> io::Result<()> {
     let mut buffer = Vec::with_capacity(256);
     encode(value, &mut buffer)?;

@@ -61,11 +61,7 @@ pub(crate) fn open(
     max_bytes: u64,
     settings: &Arc<IsolationSettings>,
 ) -> Result<ProbedFile, OpenError> {
-    crate::load::image::check(file, max_bytes)?;
-    let copy = shadow.copy(file).map_err(|e| OpenError::Io {
-        doing: "cannot make a private copy",
-        cause: e.to_string(),
-    })?;
+    let copy = library::private_copy(file, shadow, max_bytes)?;
     let program = worker_program(settings)?;
     let probe = file
         .file_name()

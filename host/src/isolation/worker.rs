@@ -12,7 +12,8 @@
 
 use super::protocol::{
     read_frame, read_preamble, write_frame, write_preamble, Answer, Call, Callback, CallbackAnswer,
-    FrameReader, FromWorker, Hello, Job, Ready, ToWorker, WireError, WireEvaluation, WireMessage,
+    FrameReader, FrameWriter, FromWorker, Hello, Job, Ready, ToWorker, WireError, WireEvaluation,
+    WireMessage,
 };
 use super::sandbox;
 use crate::load::library::{self, OpenedLibrary};
@@ -20,7 +21,6 @@ use crate::plugin::{Backend, CreateContext, Failure, MessageRef, PluginSource};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
 use std::cell::RefCell;
-use std::io::{BufWriter, Write};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -106,7 +106,7 @@ fn serve(control: UnixStream) -> std::io::Result<()> {
         };
         if first {
             first = false;
-            let _ = OWN_CONNECTION.set(Mutex::new(Connection::new(stream)?));
+            let _ = OWN_CONNECTION.set(Mutex::new(Connection::new(stream)));
             continue;
         }
         let backend = Arc::clone(&backend);
@@ -130,16 +130,16 @@ fn create(library: &OpenedLibrary, index: u32) -> Result<Box<dyn Backend>, Failu
 struct Connection {
     stream: UnixStream,
     reader: FrameReader,
-    writer: BufWriter<UnixStream>,
+    writer: FrameWriter,
 }
 
 impl Connection {
-    fn new(stream: UnixStream) -> std::io::Result<Self> {
-        Ok(Self {
-            writer: BufWriter::new(stream.try_clone()?),
+    fn new(stream: UnixStream) -> Self {
+        Self {
+            writer: FrameWriter::default(),
             reader: FrameReader::default(),
             stream,
-        })
+        }
     }
 
     /// The next frame from the host; an error once it is gone.
@@ -152,8 +152,7 @@ impl Connection {
     }
 
     fn send(&mut self, frame: &FromWorker) -> std::io::Result<()> {
-        write_frame(&mut self.writer, frame)?;
-        self.writer.flush()
+        self.writer.send(&self.stream, frame)
     }
 
     /// Makes a callback and waits for its answer.
@@ -194,9 +193,7 @@ thread_local! {
 }
 
 fn serve_connection(stream: UnixStream, backend: &dyn Backend) {
-    let Ok(connection) = Connection::new(stream) else {
-        return;
-    };
+    let connection = Connection::new(stream);
     let connection = Rc::new(RefCell::new(connection));
     loop {
         let frame = connection.borrow_mut().receive();

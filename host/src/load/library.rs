@@ -41,12 +41,18 @@ fn major_of(version: &str) -> Option<u64> {
 /// headers are checked before it is copied (so a huge or foreign file is
 /// never copied whole), and the copy's again before it is mapped.
 pub fn open(file: &Path, shadow: &ShadowDir, max_bytes: u64) -> Result<OpenedLibrary, OpenError> {
+    let copy = private_copy(file, shadow, max_bytes)?;
+    open_copy(file, &copy, max_bytes)
+}
+
+/// Checks `file`'s headers, then makes its fresh private copy, whose path
+/// it returns. Nothing is mapped or run.
+pub fn private_copy(file: &Path, shadow: &ShadowDir, max_bytes: u64) -> Result<PathBuf, OpenError> {
     image::check(file, max_bytes)?;
-    let copy = shadow.copy(file).map_err(|e| OpenError::Io {
+    shadow.copy(file).map_err(|e| OpenError::Io {
         doing: "cannot make a private copy",
         cause: e.to_string(),
-    })?;
-    open_copy(file, &copy, max_bytes)
+    })
 }
 
 /// Opens `copy`, a private copy of `file` made by the host, and checks it.

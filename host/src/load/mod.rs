@@ -13,7 +13,7 @@
 
 pub(crate) mod discovery;
 mod error;
-pub(crate) mod image;
+mod image;
 pub(crate) mod library;
 pub(crate) mod private_copy;
 pub(crate) mod report;
@@ -433,9 +433,9 @@ pub fn load_dir(
         .collect();
     known.extend(core.pending().iter().map(|p| p.name().to_string()));
     known.extend(report.failures.iter().filter_map(|f| f.plugin.clone()));
-    for line in config.unknown_plugins(&known) {
+    report.unknown_config = config.unknown_plugins(&known);
+    for line in &report.unknown_config {
         tracing::warn!("{line}");
-        report.warnings.push(line);
     }
     for (file, cause) in found.broken {
         report.failures.push(LoadFailure {

@@ -141,6 +141,10 @@ pub struct LoadReport {
     pub failures: Vec<LoadFailure>,
     /// Things worth knowing that did not stop a plugin.
     pub warnings: Vec<String>,
+    /// Config sections and grants for plugins that are not in the folder
+    /// (`AgentConfig::unknown_plugins`): ignored when serving, a failure of
+    /// `check`.
+    pub unknown_config: Vec<String>,
 }
 
 impl LoadReport {

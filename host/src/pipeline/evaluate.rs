@@ -45,14 +45,15 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
             return Err(plugin.instance.refused(entry, limit));
         }
         let cancelled = || control.is_cancelled();
-        let position = plugin
-            .evaluator_indices
-            .iter()
-            .position(|&e| e == evaluator)
-            .unwrap_or(evaluator as usize);
         let rounds = run.validate.get().map(|v| &v.rounds);
         let from_round = rounds.and_then(|rounds| {
             rounds.with(p, |round| {
+                // Where the evaluator stands in what the round asked for.
+                let position = plugin
+                    .evaluator_indices
+                    .iter()
+                    .position(|&e| e == evaluator)
+                    .unwrap_or(evaluator as usize);
                 plugin
                     .instance
                     .round_evaluation(round, position, evaluator, &cancelled)

@@ -68,21 +68,7 @@ fn view<'a>(message: MessageRef<'a>) -> MessageView<'a> {
 }
 
 fn evaluation(view: EvaluationView) -> Result<Evaluation, Failure> {
-    let metadata = if view.metadata_json.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(view.metadata_json.as_str()).map_err(|e| {
-            Failure::new(
-                ErrorKind::InvalidInput,
-                format!("metadata is not valid JSON: {e}"),
-            )
-        })?
-    };
-    Ok(Evaluation {
-        score: view.score,
-        passed: view.passed,
-        metadata,
-    })
+    super::evaluation_from(view.score, view.passed, view.metadata_json.as_str())
 }
 
 impl Backend for InProcess {

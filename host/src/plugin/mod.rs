@@ -176,6 +176,31 @@ pub(crate) trait Backend: Send + Sync {
     }
 }
 
+/// An evaluator's verdict as it crossed a boundary (metadata as JSON text,
+/// empty for none), read back; metadata that is not JSON is the plugin's
+/// error.
+pub(crate) fn evaluation_from(
+    score: f64,
+    passed: bool,
+    metadata_json: &str,
+) -> Result<Evaluation, Failure> {
+    let metadata = if metadata_json.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(metadata_json).map_err(|e| {
+            Failure::new(
+                ErrorKind::InvalidInput,
+                format!("metadata is not valid JSON: {e}"),
+            )
+        })?
+    };
+    Ok(Evaluation {
+        score,
+        passed,
+        metadata,
+    })
+}
+
 /// The deadlines of a message round, in milliseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RoundDeadlines {
