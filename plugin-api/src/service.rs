@@ -149,6 +149,13 @@ impl<S: Send + Sync + 'static> ServiceBuilder<S> {
 
     /// Runs when the host starts the service (after the plugin's `on_load`).
     /// An error here fails the plugin's load (or its hot reload).
+    ///
+    /// In a hot reload the serving generation's services are stopped before
+    /// the new generation's start (every call waits at the host's gate in
+    /// between), so a resource a service opens here and closes in
+    /// [`on_stop`](Self::on_stop), such as a database file, is never held by
+    /// two generations at once. If the reload then fails, the serving
+    /// generation's services are started again.
     pub fn on_start(
         mut self,
         hook: impl Fn(&S, &Runtime<'_>) -> Result<()> + Send + Sync + 'static,

@@ -134,6 +134,118 @@ fn notes_are_kept_per_sender_and_survive_a_restart() {
     assert!(host.shutdown().is_empty());
 }
 
+/// The plugin log lines of this test process, from the first call on.
+fn plugin_log() -> Arc<Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    Arc::clone(LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("plugin=info")
+            .with_ansi(false)
+            .with_writer(move || LogSink(Arc::clone(&sink)))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        log
+    }))
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn reloads_hand_the_database_over_and_lose_no_acknowledged_note() {
+    let log = plugin_log();
+    let plugins = folder_with(&examples());
+    let data = tempfile::tempdir().expect("temp folder");
+    let database = data.path().join("notes.sqlite3");
+    let host = host_on(&database, plugins.path());
+
+    const WRITERS: usize = 4;
+    const RELOADS: usize = 20;
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    let acknowledged: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let (host, writing) = (&host, &writing);
+                scope.spawn(move || {
+                    let mut noted = Vec::new();
+                    let mut next = 0;
+                    while writing.load(std::sync::atomic::Ordering::SeqCst) || next < 20 {
+                        let note = format!("note {next} of writer {writer}");
+                        let reply = host.handle_message(from(
+                            &format!("w{writer}"),
+                            &format!("remember {note}"),
+                        ));
+                        if reply.text == format!("Noted: {note}") {
+                            noted.push(note);
+                        }
+                        next += 1;
+                    }
+                    noted
+                })
+            })
+            .collect();
+        for _ in 0..RELOADS {
+            host.reload("notes").expect("reload");
+        }
+        writing.store(false, std::sync::atomic::Ordering::SeqCst);
+        writers
+            .into_iter()
+            .map(|writer| writer.join().expect("writer"))
+            .collect()
+    });
+
+    for (writer, noted) in acknowledged.iter().enumerate() {
+        assert!(!noted.is_empty(), "writer {writer} got no note through");
+        let stored = host
+            .call_service("notes", "recall", &json!({"sender": format!("w{writer}")}))
+            .expect("recall");
+        let stored: Vec<&str> = stored
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|note| note["text"].as_str())
+            .collect();
+        let lost: Vec<&String> = noted
+            .iter()
+            .filter(|note| !stored.contains(&note.as_str()))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "writer {writer} lost acknowledged notes: {lost:?}"
+        );
+    }
+    assert!(host.shutdown().is_empty());
+
+    // Each generation opened the file only after the one before closed it.
+    let log = String::from_utf8_lossy(&log.lock().expect("lock")).into_owned();
+    let opened = format!("notes database open: {}", database.display());
+    let closed = format!("notes database closed: {}", database.display());
+    let mut open = 0;
+    let mut opens = 0;
+    for line in log.lines() {
+        if line.contains(&opened) {
+            open += 1;
+            opens += 1;
+            assert_eq!(open, 1, "the database was opened twice at once:\n{log}");
+        } else if line.contains(&closed) {
+            open -= 1;
+        }
+    }
+    assert_eq!(opens, RELOADS + 1, "{log}");
+    assert_eq!(open, 0, "{log}");
+}
+
 #[test]
 fn a_database_that_cannot_be_opened_fails_only_the_notes_plugin() {
     let plugins = folder_with(&examples());

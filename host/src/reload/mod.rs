@@ -136,7 +136,16 @@ pub fn retire(core: &Registry, plugin: &LivePlugin, services_started: usize) -> 
     errors
 }
 
-/// Starts a new generation's services; on failure stops those it started.
+/// Stops a generation's services, in reverse order; returns the errors,
+/// which never stop the rest.
+fn stop_services(plugin: &LivePlugin) -> Vec<CallError> {
+    (0..plugin.instance.manifest.services.len())
+        .rev()
+        .filter_map(|index| plugin.instance.stop_service(index as u32).err())
+        .collect()
+}
+
+/// Starts a generation's services; on failure stops those it started.
 /// On failure, the service and why.
 fn start_services(new: &LivePlugin) -> Result<(), (String, String)> {
     for (index, service) in new.instance.manifest.services.iter().enumerate() {
@@ -225,6 +234,22 @@ pub(crate) fn reload(
         } else {
             "null".to_string()
         };
+        // The old generation's services stop before the new one's start, so
+        // that a resource a service holds (a database file, a port) is never
+        // held by two generations at once. The gate is closed: nothing can
+        // call them in between. A reload that fails from here on starts them
+        // again, and the old generation serves on as it was.
+        let stop_errors = stop_services(&old);
+        let give_back = |error: ReloadError| {
+            if let Err((service, cause)) = start_services(&old) {
+                tracing::error!(
+                    plugin = name,
+                    service,
+                    "the serving generation's service did not start again after the failed reload: {cause}"
+                );
+            }
+            fail(error)
+        };
         let undo = |new: &LivePlugin, services: usize| {
             for error in retire(core, new, services) {
                 tracing::warn!("{error}");
@@ -233,24 +258,25 @@ pub(crate) fn reload(
         if new.instance.manifest.state_hooks && state != "null" {
             if let Err(error) = new.instance.import_state(&state) {
                 core.drop_generation(name, new.generation);
-                return Err(fail(ReloadError::ImportState(error)));
+                return Err(give_back(ReloadError::ImportState(error)));
             }
         }
         if let Err(error) = new.instance.on_load() {
             core.drop_generation(name, new.generation);
-            return Err(fail(ReloadError::OnLoad(error)));
+            return Err(give_back(ReloadError::OnLoad(error)));
         }
         if let Err((service, cause)) = start_services(&new) {
             undo(&new, 0);
-            return Err(fail(ReloadError::StartService { service, cause }));
+            return Err(give_back(ReloadError::StartService { service, cause }));
         }
         subscribe_providers(&new);
         core.swap(Arc::clone(&new));
         drop(closed);
         let paused_us = micros(paused);
 
-        let retire_errors = retire(core, &old, old.instance.manifest.services.len())
+        let retire_errors = stop_errors
             .iter()
+            .chain(&retire(core, &old, 0))
             .map(ToString::to_string)
             .collect();
         Ok(Reloaded {

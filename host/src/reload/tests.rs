@@ -131,3 +131,71 @@ fn a_build_that_would_close_a_dependency_cycle_is_refused() {
         .expect_err("refused");
     assert!(failure.to_string().contains("cycle"), "{failure}");
 }
+
+/// A plugin whose service holds `file` while it runs (as a database
+/// connection would) and fails to start if another generation holds it.
+/// Its `on_load` fails when `broken`.
+fn holder(
+    version: &'static str,
+    file: &Arc<std::sync::Mutex<Option<&'static str>>>,
+    broken: bool,
+) -> Plugin {
+    let (taken, released) = (Arc::clone(file), Arc::clone(file));
+    Plugin::new("holder", version)
+        .service(
+            agent_host_plugin_sdk::Service::new("file", ())
+                .on_start(move |(), _| {
+                    let mut holder = taken.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(other) = *holder {
+                        agent_host_plugin_sdk::bail!("the file is held by generation {other}")
+                    }
+                    *holder = Some(version);
+                    Ok(())
+                })
+                .on_stop(move |(), _| {
+                    *released.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    Ok(())
+                })
+                .method("holder", move |(), (): (), _| Ok(version)),
+        )
+        .on_load(move |_| {
+            if broken {
+                agent_host_plugin_sdk::bail!("the new build cannot start")
+            }
+            Ok(())
+        })
+}
+
+#[test]
+fn the_old_generation_lets_go_of_its_services_before_the_new_one_starts_them() {
+    let file = Arc::new(std::sync::Mutex::new(None));
+    let first = Arc::clone(&file);
+    let (host, report) = host_with(
+        "",
+        vec![source("holder.so", move || holder("1.0.0", &first, false))],
+    );
+    assert!(report.is_clean(), "{:?}", report.failures);
+
+    let second = Arc::clone(&file);
+    host.reload_source(
+        "holder",
+        source("holder.so", move || holder("2.0.0", &second, false)),
+    )
+    .expect("the new generation takes the file over");
+    let serving = host.call_service("file", "holder", &json!(null));
+    assert_eq!(serving.expect("served"), json!("2.0.0"));
+
+    // A reload refused after the old generation let go gives it back.
+    let third = Arc::clone(&file);
+    host.reload_source(
+        "holder",
+        source("holder.so", move || holder("3.0.0", &third, true)),
+    )
+    .expect_err("refused");
+    assert_eq!(
+        *file.lock().unwrap_or_else(|e| e.into_inner()),
+        Some("2.0.0")
+    );
+    let serving = host.call_service("file", "holder", &json!(null));
+    assert_eq!(serving.expect("served"), json!("2.0.0"));
+}

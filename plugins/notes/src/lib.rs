@@ -34,10 +34,13 @@
 //! it ignores the case of ASCII letters only.
 //!
 //! Each loaded copy of this plugin carries its own copy of SQLite. Two copies
-//! of SQLite in one process do not see each other's file locks, so two hosts
-//! (or two plugin generations) in one process must not have the same file
-//! open at the same time: stop one before the other starts, or give each its
-//! own file or `":memory:"`.
+//! of SQLite in one process do not see each other's file locks, so two
+//! copies in one process must never have the same file open at the same
+//! time. A hot reload keeps to that on its own: the host stops the serving
+//! generation's services (this one closes the file) before it starts the new
+//! generation's (which opens it again), with every call held at the gate in
+//! between. Two hosts in one process must give each its own file or
+//! `":memory:"`.
 
 use agent_host_plugin_sdk::{
     json, Action, ActionResult, Error, ErrorKind, Message, Plugin, Provider, Result, Runtime,
@@ -211,25 +214,29 @@ fn open(path: &str) -> Result<Connection> {
     Ok(connection)
 }
 
+/// An open database and the path it was opened from.
+struct OpenDatabase {
+    connection: Connection,
+    path: String,
+}
+
 /// The `notes` service's state: the open database, while the service runs.
 #[derive(Default)]
 pub struct NotesService {
-    connection: Mutex<Option<Connection>>,
+    database: Mutex<Option<OpenDatabase>>,
 }
 
 impl NotesService {
-    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
+    fn lock(&self) -> MutexGuard<'_, Option<OpenDatabase>> {
         // Each critical section runs single statements, which SQLite applies
         // whole or not at all: a poisoned lock hides no half-made change.
-        self.connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.database.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs `work` on the open database; fails when the service is stopped.
     fn with_db<T>(&self, work: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         match self.lock().as_ref() {
-            Some(connection) => work(connection).map_err(db_error),
+            Some(open) => work(&open.connection).map_err(db_error),
             None => Err(Error::new(
                 ErrorKind::Unavailable,
                 "the notes database is not open (the service is stopped)",
@@ -240,23 +247,23 @@ impl NotesService {
     fn start(&self, rt: &Runtime<'_>) -> Result<()> {
         let path = database_path(rt)?;
         let connection = open(&path)?;
-        let previous = self.lock().replace(connection);
+        rt.info(format!("notes database open: {path}"));
+        let previous = self.lock().replace(OpenDatabase { connection, path });
         if let Some(previous) = previous {
-            if let Err((_, error)) = previous.close() {
+            if let Err((_, error)) = previous.connection.close() {
                 rt.warn(format!("closing the previous notes database: {error}"));
             }
         }
-        rt.info(format!("notes database open: {path}"));
         Ok(())
     }
 
     fn stop(&self, rt: &Runtime<'_>) -> Result<()> {
-        let connection = self.lock().take();
-        if let Some(connection) = connection {
+        let database = self.lock().take();
+        if let Some(OpenDatabase { connection, path }) = database {
             connection
                 .close()
-                .map_err(|(_, e)| Error::msg(format!("closing the notes database: {e}")))?;
-            rt.info("notes database closed");
+                .map_err(|(_, e)| Error::msg(format!("closing the notes database {path}: {e}")))?;
+            rt.info(format!("notes database closed: {path}"));
         }
         Ok(())
     }
@@ -946,7 +953,7 @@ mod tests {
             assert!(host
                 .logs()
                 .iter()
-                .any(|(_, line)| line == "notes database closed"));
+                .any(|(_, line)| line.starts_with("notes database closed: ")));
         }
         assert!(path.exists());
         let host = TestHost::new("notes").with_config(config);
