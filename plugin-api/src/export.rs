@@ -353,7 +353,9 @@ pub mod __private {
 /// ```
 ///
 /// The crate must be built with `panic = "unwind"` (the default), or it does
-/// not compile. The macro exports one `#[no_mangle]` symbol, so a crate that
+/// not compile. (A library built to abort by another route records it, in
+/// the symbol `agent_host_panic_strategy`, and the host refuses to run it in
+/// process.) The macro exports one `#[no_mangle]` symbol, so a crate that
 /// uses it cannot `forbid(unsafe_code)`; `deny` works.
 #[macro_export]
 macro_rules! export_plugin {

@@ -69,6 +69,7 @@ mod export;
 pub mod manifest;
 mod message;
 mod object;
+mod panic_report;
 mod plugin;
 mod provider;
 mod runtime;

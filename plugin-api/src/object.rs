@@ -9,57 +9,14 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
+pub(crate) use crate::panic_report::{catch, guard, install_panic_hook};
 use crate::plugin::Plugin;
 use crate::provider::Unsubscribe;
 use crate::runtime::{Event, Host, ProviderPush, Runtime, Shared};
 use crate::{ActionResult, Evaluation};
 use agent_host_plugin_abi::CallControl;
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, Once, PoisonError};
-
-thread_local! {
-    static LAST_PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Replaces this library's panic hook (each plugin library has its own copy
-/// of std, so this never touches the host's hook) with one that records where
-/// the panic happened instead of printing it; [`guard`] reports it.
-pub(crate) fn install_panic_hook() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
-            let location = info
-                .location()
-                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-            LAST_PANIC_LOCATION.with(|slot| *slot.borrow_mut() = location);
-        }));
-    });
-}
-
-/// The message of a caught panic, with its location when the hook saw it.
-pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    let text = if let Some(text) = payload.downcast_ref::<&str>() {
-        (*text).to_string()
-    } else if let Some(text) = payload.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a non-text panic payload".to_string()
-    };
-    match LAST_PANIC_LOCATION.with(|slot| slot.borrow_mut().take()) {
-        Some(location) => format!("panicked at {location}: {text}"),
-        None => format!("panicked: {text}"),
-    }
-}
-
-/// Runs plugin code, turning a panic into an [`ErrorKind::Panicked`] error.
-pub(crate) fn guard<T>(body: impl FnOnce() -> Result<T>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(result) => result,
-        Err(payload) => Err(Error::new(ErrorKind::Panicked, panic_message(payload))),
-    }
-}
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub(crate) fn not_found(kind: &str, index: u32) -> Error {
     Error::new(
@@ -86,6 +43,7 @@ impl PluginObject {
     /// calling this directly keeps its own hook.)
     pub fn new(plugin: Plugin, host: Box<dyn Host>) -> Self {
         let shared = Shared::new(plugin.name().to_string(), host);
+        crate::panic_report::register(&shared);
         Self {
             plugin,
             shared,
@@ -147,14 +105,13 @@ impl PluginObject {
 
     /// Asks action `action` whether it accepts the message. The hot path:
     /// it runs for every action on every message, so it skips the general
-    /// `guard` and its `Result` plumbing, but not `catch_unwind`.
+    /// `guard`'s `Result` plumbing, but not its catching.
     #[inline]
     pub fn validate(&self, action: u32, message: &Message<'_>) -> Result<bool> {
         let Some(action) = self.plugin.actions.get(action as usize) else {
             return Err(not_found("action", action));
         };
-        catch_unwind(AssertUnwindSafe(|| action.check(message)))
-            .map_err(|payload| Error::new(ErrorKind::Panicked, panic_message(payload)))
+        catch(|| action.check(message))
     }
 
     /// Runs action `action`'s handler.

@@ -14,7 +14,7 @@ use super::policy::{ResourceLimits, SandboxPolicy};
 use super::process::{StartError, WorkerProcess};
 use super::protocol::{Hello, Job};
 use super::settings::{IsolationSettings, Placement};
-use crate::load::library::{self, OpenedLibrary};
+use crate::load::library::{self, OpenedLibrary, RunsIn};
 use crate::load::private_copy::ShadowDir;
 use crate::load::OpenError;
 use crate::plugin::{Backend, CreateContext, Failure, PluginSource};
@@ -133,7 +133,7 @@ impl PluginSource for ProbedFile {
             let library = self
                 .in_process
                 .get_or_init(|| {
-                    library::open_copy(&self.file, &self.copy, self.max_bytes)
+                    library::open_copy(&self.file, &self.copy, self.max_bytes, RunsIn::Host)
                         .map_err(|e| e.to_string())
                 })
                 .as_ref()

@@ -16,7 +16,7 @@ use super::protocol::{
     WireMessage,
 };
 use super::sandbox;
-use crate::load::library::{self, OpenedLibrary};
+use crate::load::library::{self, OpenedLibrary, RunsIn};
 use crate::plugin::{Backend, CreateContext, Failure, MessageRef, PluginSource};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
@@ -60,10 +60,11 @@ fn serve(control: UnixStream) -> std::io::Result<()> {
         Ok(protections) => protections,
         Err(error) => return refuse(error.to_string()),
     };
-    let library = match library::open_copy(&hello.file, &hello.copy, hello.max_bytes) {
-        Ok(library) => library,
-        Err(error) => return refuse(error.to_string()),
-    };
+    let library =
+        match library::open_copy(&hello.file, &hello.copy, hello.max_bytes, RunsIn::Worker) {
+            Ok(library) => library,
+            Err(error) => return refuse(error.to_string()),
+        };
     let manifests_json = match serde_json::to_string(&library.manifests) {
         Ok(json) => json,
         Err(error) => return refuse(format!("manifests: {error}")),

@@ -98,6 +98,9 @@ pub enum OpenError {
     NewerManifest(UnknownFields),
     /// The library exports no plugin.
     NoPlugins,
+    /// The library was built with `panic = "abort"`: it cannot catch a
+    /// panic at the boundary, so it is not run in the host's process.
+    AbortsOnPanic,
     /// The worker process that opens the file for an isolated plugin could
     /// not open or check it; the cause is the worker's own error line.
     Worker {
@@ -160,6 +163,9 @@ impl fmt::Display for OpenError {
             OpenError::Manifest { cause } => write!(f, "manifest: {cause}"),
             OpenError::NewerManifest(unknown) => unknown.fmt(f),
             OpenError::NoPlugins => f.write_str("the library exports no plugin"),
+            OpenError::AbortsOnPanic => f.write_str(
+                "built with panic = \"abort\": its first panic would end the host, so it does not run in process; build it with panic = \"unwind\" (the default), or run it isolated ([isolation] process = [\"<plugin>\"])",
+            ),
             OpenError::Worker { cause } => f.write_str(cause),
         }
     }

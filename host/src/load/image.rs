@@ -92,6 +92,66 @@ pub(crate) fn check(path: &Path, limit: u64) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// How a library handles a panic, as it recorded when it was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PanicStrategy {
+    /// `panic = "unwind"`: the SDK catches a panic at the boundary.
+    Unwind,
+    /// `panic = "abort"`: a panic ends the process that runs the library.
+    Abort,
+    /// The library records none (built against an older plugin ABI crate).
+    Unrecorded,
+}
+
+/// Reads the panic strategy that `path` recorded in its exported
+/// [`agent_host_plugin_abi::PANIC_STRATEGY`], from the file alone: nothing
+/// is mapped or run. A library without the symbol is `Unrecorded`; one
+/// whose symbol holds neither value is refused.
+pub(crate) fn panic_strategy(path: &Path) -> Result<PanicStrategy, OpenError> {
+    use agent_host_plugin_abi::{PANICS_ABORT, PANICS_UNWIND, PANIC_STRATEGY_SYMBOL};
+    use object::ObjectSection;
+    let file = File::open(path).map_err(|e| OpenError::Io {
+        doing: "cannot read the file",
+        cause: e.to_string(),
+    })?;
+    let data = ReadCache::new(file);
+    let object = object::File::parse(&data).map_err(|e| OpenError::NotALibrary {
+        found: format!("its headers do not parse ({e})"),
+    })?;
+    let exports = object.exports().map_err(|e| OpenError::NotALibrary {
+        found: format!("its export table does not parse ({e})"),
+    })?;
+    // Mach-O prefixes C symbols with an underscore.
+    let is_strategy =
+        |name: &[u8]| name.strip_prefix(b"_").unwrap_or(name) == PANIC_STRATEGY_SYMBOL.as_bytes();
+    let mut found = None;
+    for export in exports {
+        let export = export.map_err(|e| OpenError::NotALibrary {
+            found: format!("its export table does not parse ({e})"),
+        })?;
+        let named =
+            matches!(export.name(), object::read::NameOrOrdinal::Name(name) if is_strategy(name));
+        if let (true, object::read::ExportTarget::Address { address }) = (named, export.target()) {
+            found = Some(address);
+            break;
+        }
+    }
+    let Some(address) = found else {
+        return Ok(PanicStrategy::Unrecorded);
+    };
+    let size = PANICS_UNWIND.len() as u64;
+    let value = object
+        .sections()
+        .find_map(|section| section.data_range(address, size).ok().flatten());
+    match value {
+        Some(value) if value == PANICS_UNWIND => Ok(PanicStrategy::Unwind),
+        Some(value) if value == PANICS_ABORT => Ok(PanicStrategy::Abort),
+        _ => Err(OpenError::NotALibrary {
+            found: format!("its {PANIC_STRATEGY_SYMBOL} symbol holds no known panic strategy"),
+        }),
+    }
+}
+
 /// "x86_64 (ELF)", as operators know platforms.
 fn platform(format: BinaryFormat, architecture: Architecture) -> String {
     let processor = match architecture {

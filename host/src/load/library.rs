@@ -42,7 +42,17 @@ fn major_of(version: &str) -> Option<u64> {
 /// never copied whole), and the copy's again before it is mapped.
 pub fn open(file: &Path, shadow: &ShadowDir, max_bytes: u64) -> Result<OpenedLibrary, OpenError> {
     let copy = private_copy(file, shadow, max_bytes)?;
-    open_copy(file, &copy, max_bytes)
+    open_copy(file, &copy, max_bytes, RunsIn::Host)
+}
+
+/// Which process a library's code is opened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunsIn {
+    /// The host's own: a library built with `panic = "abort"` is refused
+    /// before it is mapped, since its first panic would end the host.
+    Host,
+    /// A worker process of its own, where a panic ends only the worker.
+    Worker,
 }
 
 /// Checks `file`'s headers, then makes its fresh private copy, whose path
@@ -58,8 +68,16 @@ pub fn private_copy(file: &Path, shadow: &ShadowDir, max_bytes: u64) -> Result<P
 /// Opens `copy`, a private copy of `file` made by the host, and checks it.
 /// A worker process opens its plugin this way: the host made the copy, and
 /// the worker's sandbox lets it read nothing else.
-pub fn open_copy(file: &Path, copy: &Path, max_bytes: u64) -> Result<OpenedLibrary, OpenError> {
+pub fn open_copy(
+    file: &Path,
+    copy: &Path,
+    max_bytes: u64,
+    runs_in: RunsIn,
+) -> Result<OpenedLibrary, OpenError> {
     image::check(copy, max_bytes)?;
+    if runs_in == RunsIn::Host && image::panic_strategy(copy)? == image::PanicStrategy::Abort {
+        return Err(OpenError::AbortsOnPanic);
+    }
     let image_bytes = std::fs::metadata(copy).map(|m| m.len()).unwrap_or(0);
     let library = sys::open_library(copy).map_err(|reason| OpenError::Dlopen {
         reason: last_clause(&reason),

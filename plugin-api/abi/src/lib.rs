@@ -347,6 +347,33 @@ impl RootModule for PluginModuleRef {
 /// it against `abi_stable`'s own mangling.
 pub const ROOT_MODULE_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
 
+/// The exported symbol in which a plugin library records its panic
+/// strategy: [`PANIC_STRATEGY`], as the library was built.
+pub const PANIC_STRATEGY_SYMBOL: &str = "agent_host_panic_strategy";
+
+/// What [`PANIC_STRATEGY`] holds in a library built with `panic = "unwind"`.
+pub const PANICS_UNWIND: [u8; 8] = *b"unwind\0\0";
+
+/// What [`PANIC_STRATEGY`] holds in a library built with `panic = "abort"`.
+pub const PANICS_ABORT: [u8; 8] = *b"abort\0\0\0";
+
+/// How the library that links this crate handles a panic, exported under
+/// [`PANIC_STRATEGY_SYMBOL`] so that the host reads it from the file
+/// before it runs any of the library's code. A library built with
+/// `panic = "abort"` cannot catch a panic at the boundary, so its first
+/// panic would end the host: the host runs such a library only in a worker
+/// process.
+///
+/// Cargo builds every crate of one library with the same panic strategy,
+/// so this value is the library's own, however its export was written.
+#[allow(unsafe_code)] // `export_name` defines a symbol; nothing else is unsafe here.
+#[export_name = "agent_host_panic_strategy"]
+pub static PANIC_STRATEGY: [u8; 8] = if cfg!(panic = "unwind") {
+    PANICS_UNWIND
+} else {
+    PANICS_ABORT
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

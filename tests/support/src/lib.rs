@@ -16,6 +16,10 @@
 //! triple, so the flag reaches only the plugin's own code and its
 //! dependencies, and the two builds share their proc macros and build scripts.
 //!
+//! One fixture, `hand-export-aborts`, is built with `-C panic=abort` (a
+//! profile cannot set a panic strategy for one crate), the same way, into
+//! `target/fixtures-abort`.
+//!
 //! It must never build into the main target folder, and never hand a test a
 //! file that another test may still overwrite.
 
@@ -47,6 +51,11 @@ fn foreign_target() -> PathBuf {
     workspace_root().join("target").join("fixtures-foreign")
 }
 
+/// The target folder used for the fixtures built with `-C panic=abort`.
+fn aborting_target() -> PathBuf {
+    workspace_root().join("target").join("fixtures-abort")
+}
+
 /// The `agent_host_abi_fixture` value that `agent-host-plugin-abi` needs for
 /// a fixture feature, if it needs one.
 fn abi_fixture_cfg(feature: &str) -> Option<&'static str> {
@@ -69,6 +78,11 @@ fn host_triple() -> String {
         .expect("the host triple is text")
         .trim()
         .to_string()
+}
+
+/// Whether the fixture with `feature` is built with `-C panic=abort`.
+fn builds_with_panic_abort(feature: &str) -> bool {
+    feature == "hand-export-aborts"
 }
 
 fn library_file_name(crate_name: &str) -> String {
@@ -137,6 +151,28 @@ fn cargo_build_foreign(feature: &str, cfg: &str) -> PathBuf {
         .join(library_file_name("fixture-plugin"))
 }
 
+/// Builds the fixture plugin with `feature` and `-C panic=abort`; returns
+/// the library it built. Like the foreign builds, it names the host's
+/// target triple so that the flag reaches only the plugin and its
+/// dependencies, never the proc macros.
+fn cargo_build_aborting(feature: &str) -> PathBuf {
+    let triple = host_triple();
+    let status = cargo_command(&aborting_target())
+        .args(["-p", "fixture-plugin", "--features", feature, "--target"])
+        .arg(&triple)
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Cpanic=abort")
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "cargo build of fixture {feature} with -C panic=abort failed"
+    );
+    aborting_target()
+        .join(triple)
+        .join("release")
+        .join(library_file_name("fixture-plugin"))
+}
+
 fn copy_atomically(from: &Path, to: &Path) {
     let parent = to.parent().expect("destination has a folder");
     std::fs::create_dir_all(parent).expect("create destination folder");
@@ -169,6 +205,7 @@ pub fn fixture(feature: &str) -> PathBuf {
     let _lock = build_lock();
     let artifact = match abi_fixture_cfg(feature) {
         Some(cfg) => cargo_build_foreign(feature, cfg),
+        None if builds_with_panic_abort(feature) => cargo_build_aborting(feature),
         None => {
             let mut args = vec!["-p", "fixture-plugin"];
             if !feature.is_empty() {
