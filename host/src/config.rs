@@ -7,6 +7,8 @@
 //! quarantine_after_panics = 3    # panics within the window that quarantine a plugin
 //! quarantine_window_ms = 60000
 //! max_plugin_bytes = 536870912   # larger plugin files are refused unread
+//! mapped_bytes_warning = 268435456 # warn when a plugin's reloads keep this much mapped
+//! mapped_bytes_limit = 0          # refuse in-process reloads past this much (0: no limit)
 //! shutdown_grace_ms = 10000      # on Ctrl-C or SIGTERM, how long calls in flight may finish
 //! validate_timeout_ms = 1000     # deadlines of the other calls into plugins
 //! provider_timeout_ms = 5000     # (a provider may set its own in its manifest)
@@ -58,6 +60,10 @@ pub struct HostSettings {
     /// Warn when the library images a plugin keeps mapped (every generation
     /// stays mapped) exceed this many bytes.
     pub mapped_bytes_warning: u64,
+    /// Refuse an in-process reload that would take the library images a
+    /// plugin keeps mapped past this many bytes; 0 (the default) sets no
+    /// limit.
+    pub mapped_bytes_limit: u64,
     /// Refuse plugin files larger than this many bytes, from their size
     /// alone (they are not copied).
     pub max_plugin_bytes: u64,
@@ -133,6 +139,7 @@ impl Default for HostSettings {
             quarantine_window_ms: 60_000,
             reload_drain_timeout_ms: 5_000,
             mapped_bytes_warning: 256 * 1024 * 1024,
+            mapped_bytes_limit: 0,
             max_plugin_bytes: 512 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
             validate_timeout_ms: 1_000,

@@ -167,3 +167,60 @@ fn a_quarantined_plugin_is_named_when_nothing_answers() {
         "{reply:?}"
     );
 }
+
+#[test]
+fn refused_builds_count_as_mapped_and_a_limit_stops_in_process_reloads() {
+    let size = |file: &std::path::Path| std::fs::metadata(file).expect("size").len();
+    let (v1, v2, other) = (fixture("counter-v1"), fixture("counter-v2"), fixture(""));
+    // Room for the first build, one refused build and one reload, and half
+    // of one more.
+    let limit = size(&v1) + size(&other) + size(&v2) + size(&v1) / 2;
+    let config = format!("[host]\nmapped_bytes_limit = {limit}\n");
+    let options = agent_host::HostOptions {
+        config: agent_host::AgentConfig::parse(&config).expect("config"),
+        ..Default::default()
+    };
+    let agent = TestAgent::load_with(&[v1.clone()], options).expect("stage");
+    assert!(agent.report.is_clean(), "{:?}", agent.report.failures);
+    let mapped = |agent: &TestAgent| agent.host.status("counter").expect("counter").mapped;
+    assert_eq!(mapped(&agent).generations, 1);
+
+    // A build refused after it was mapped (it holds another plugin) stays
+    // mapped, and is counted.
+    let refused = agent
+        .host
+        .reload_from("counter", Some(&other))
+        .expect_err("another plugin's build");
+    assert!(
+        refused.to_string().contains("holds no plugin of that name"),
+        "{refused}"
+    );
+    assert_eq!(mapped(&agent).generations, 2);
+
+    agent
+        .host
+        .reload_from("counter", Some(&v2))
+        .expect("within the limit");
+    assert_eq!(mapped(&agent).generations, 3);
+    let count = agent.host.handle_message(agent_host::InboundMessage {
+        text: "count".into(),
+        ..Default::default()
+    });
+    assert_eq!(count.text, "v2: 1", "{count:?}");
+
+    // The next one would pass the limit: refused before it is opened.
+    let refused = agent
+        .host
+        .reload_from("counter", Some(&v1))
+        .expect_err("over the limit")
+        .to_string();
+    assert!(refused.contains("host.mapped_bytes_limit"), "{refused}");
+    assert!(refused.contains("run the plugin isolated"), "{refused}");
+    assert!(refused.contains("process = [\"counter\"]"), "{refused}");
+    assert_eq!(mapped(&agent).generations, 3);
+    let count = agent.host.handle_message(agent_host::InboundMessage {
+        text: "count".into(),
+        ..Default::default()
+    });
+    assert_eq!(count.text, "v2: 2", "the serving build goes on: {count:?}");
+}

@@ -47,6 +47,16 @@ pub enum ReloadError {
         /// Why.
         cause: String,
     },
+    /// The new build would take the library images the plugin keeps
+    /// mapped in the host past `host.mapped_bytes_limit`.
+    MappedLimit {
+        /// The plugin.
+        plugin: String,
+        /// The bytes its earlier builds keep mapped.
+        mapped: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl ReloadError {
@@ -83,6 +93,14 @@ impl fmt::Display for ReloadError {
             ReloadError::StartService { service, cause } => {
                 write!(f, "service '{service}' failed to start: {cause}")
             }
+            ReloadError::MappedLimit {
+                plugin,
+                mapped,
+                limit,
+            } => write!(
+                f,
+                "its earlier builds keep {mapped} bytes mapped in the host, and this one would pass host.mapped_bytes_limit ({limit} bytes): an in-process library is never unmapped; restart the host, or run the plugin isolated ([isolation] process = [\"{plugin}\"]), whose reloads give their memory back"
+            ),
         }
     }
 }

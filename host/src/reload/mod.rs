@@ -28,6 +28,7 @@ pub use error::ReloadError;
 
 use crate::config::AgentConfig;
 use crate::dependencies::{check_replacement, Candidate};
+use crate::isolation::Placement;
 use crate::load::{check_manifest, instantiate, subscribe_providers, Prepared};
 use crate::load::{LoadError, OpenError};
 use crate::plugin::CallError;
@@ -136,6 +137,31 @@ pub fn retire(core: &Registry, plugin: &LivePlugin, services_started: usize) -> 
     errors
 }
 
+/// Refuses an in-process reload of `name` that would take the library
+/// images it keeps mapped past `host.mapped_bytes_limit` (0: no limit),
+/// counting `file` at its size, before anything is opened.
+fn check_mapped_limit(
+    core: &Registry,
+    config: &AgentConfig,
+    name: &str,
+    file: &Path,
+) -> Result<(), ReloadError> {
+    let limit = config.host.mapped_bytes_limit;
+    if limit == 0 || config.isolation.placement_of(name) != Placement::InProcess {
+        return Ok(());
+    }
+    let mapped = core.mapped(name).bytes;
+    let adding = std::fs::metadata(file).map_or(0, |m| m.len());
+    if mapped.saturating_add(adding) > limit {
+        return Err(ReloadError::MappedLimit {
+            plugin: name.to_string(),
+            mapped,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// Stops a generation's services, in reverse order; returns the errors,
 /// which never stop the rest.
 fn stop_services(plugin: &LivePlugin) -> Vec<CallError> {
@@ -184,21 +210,29 @@ pub(crate) fn reload(
         error: Box::new(error),
     };
     let outcome = (|| {
+        check_mapped_limit(core, config, name, &file).map_err(fail)?;
         let opened = open(&file).map_err(|e| fail(ReloadError::Open(e)))?;
+        // A build refused from here until its instance exists stays mapped
+        // all the same (libraries are never unloaded): count it.
+        let refuse_mapped = |error: ReloadError| {
+            core.count_mapped(name, opened.image_bytes());
+            fail(error)
+        };
         let index = opened
             .manifests()
             .iter()
             .position(|m| m.name == name)
             .ok_or_else(|| {
-                fail(ReloadError::NotInBuild {
+                refuse_mapped(ReloadError::NotInBuild {
                     found: opened.manifests().iter().map(|m| m.name.clone()).collect(),
                 })
             })?;
         let manifest = opened.manifests()[index].clone();
         let (valid, triggers) =
-            check_manifest(&manifest).map_err(|e| fail(ReloadError::Manifest(e)))?;
+            check_manifest(&manifest).map_err(|e| refuse_mapped(ReloadError::Manifest(e)))?;
+        let source = Arc::clone(&opened);
         let prepared = Prepared {
-            source: opened,
+            source,
             index: index as u32,
             manifest: Arc::new(manifest),
             version: valid.version,
@@ -211,9 +245,9 @@ pub(crate) fn reload(
             dependencies: prepared.dependencies.clone(),
         };
         check_replacement(&core.candidates(), &candidate)
-            .map_err(|e| fail(ReloadError::Dependencies(e)))?;
+            .map_err(|e| refuse_mapped(ReloadError::Dependencies(e)))?;
         let new = instantiate(core, &prepared, old.load_order, config).map_err(|f| {
-            fail(match *f.error {
+            refuse_mapped(match *f.error {
                 LoadError::Config(error) => ReloadError::Config(error),
                 other => ReloadError::Create(other.to_string()),
             })
