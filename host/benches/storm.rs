@@ -112,7 +112,13 @@ fn main() {
     let addr = listener.local_addr().expect("address");
     let served = Arc::clone(&host);
     runtime.spawn(async move {
-        let _ = agent_host::http::serve(served, listener, std::future::pending()).await;
+        let _ = agent_host::http::serve(
+            served,
+            listener,
+            agent_host::http::ApiAccess::open(),
+            std::future::pending(),
+        )
+        .await;
     });
 
     // Warm up, then the idle figure.

@@ -21,6 +21,7 @@
 //! http_header_timeout_ms = 10000 # an HTTP client that sends no complete headers by then is disconnected
 //! http_idle_timeout_ms = 60000   # an HTTP connection idle between requests is closed after this
 //! http_max_connections = 1024    # HTTP connections beyond it are answered 503
+//! trust_claimed_permissions = false  # development only: honour the permissions a message claims
 //!
 //! [plugins.weather]              # merged over the plugin's default config,
 //! base_url = "http://127.0.0.1:8080"   # then validated against its JSON Schema
@@ -31,11 +32,44 @@
 //!
 //! [senders]                      # what each sender may do
 //! alice = ["data:analyze"]
+//! ops = ["data:analyze", "notes:write"]
+//!
+//! [[api.tokens]]                 # who may use the HTTP API (see below)
+//! name = "ops"                   # names the token in logs and errors
+//! sender = "ops"                 # the sender its messages come from
+//! roles = ["chat", "admin"]      # chat: send messages; admin: plugins, reload, events, metrics
+//! sha256 = "<64 hex digits>"     # the token's SHA-256 (printf %s "$TOKEN" | sha256sum)
+//!
+//! [[api.tokens]]
+//! name = "bot"
+//! sender = "alice"
+//! roles = ["chat"]
+//! env = "AGENT_TOKEN_BOT"        # or: the token itself is in this environment variable
 //! ```
 //!
 //! Without a `[grants]` table every plugin gets what it requested (a
-//! development default, logged as a warning). Without `[senders]`, a message
-//! carries the permissions its client claims; with it, the host assigns them.
+//! development default, logged as a warning).
+//!
+//! A sender's permissions are those `[senders]` gives it; a sender it does
+//! not list, or any sender when there is no `[senders]`, has none. The
+//! `permissions` a message claims (a stdin line, an HTTP body) are ignored,
+//! unless `[host] trust_claimed_permissions = true` (a development switch,
+//! off by default, warned about at start): then a sender `[senders]` does
+//! not list holds what its message claims.
+//!
+//! With `[[api.tokens]]`, every HTTP request but `GET /healthz` needs
+//! `Authorization: Bearer <token>` (401 without a valid one, 403 without
+//! the route's role), and a message's sender is the token's `sender`. A
+//! token is never written in the file: an entry that holds one (`token`,
+//! `secret`), or whose `sha256` is not 64 hex digits, is refused with an
+//! error naming the entry; an `env` variable that is not set stops
+//! `agent-host run` with an error naming the entry and the variable.
+//! Without tokens, `agent-host run --listen` serves on a loopback address
+//! only, unless given `--allow-unauthenticated`.
+
+mod api;
+
+pub use api::{ApiSettings, ApiToken, Role, TokenSource};
 
 use crate::registry::permissions::{matches, Permissions};
 use agent_host_plugin_sdk::manifest::Manifest;
@@ -120,6 +154,10 @@ pub struct HostSettings {
     /// The most HTTP connections open at once (0 counts as 1). A connection
     /// beyond it is answered `503 Service Unavailable` and closed.
     pub http_max_connections: usize,
+    /// Development only: a message's sender that `[senders]` does not list
+    /// holds the `permissions` the message claims. Off by default (claims
+    /// are ignored); the host warns at start when it is on.
+    pub trust_claimed_permissions: bool,
 }
 
 impl HostSettings {
@@ -155,6 +193,7 @@ impl Default for HostSettings {
             http_header_timeout_ms: 10_000,
             http_idle_timeout_ms: 60_000,
             http_max_connections: 1024,
+            trust_claimed_permissions: false,
         }
     }
 }
@@ -172,9 +211,12 @@ pub struct AgentConfig {
     /// Permissions granted to each plugin; `None` grants what was requested.
     #[serde(default)]
     pub grants: Option<BTreeMap<String, Vec<String>>>,
-    /// Permissions of each sender; `None` trusts what the client says.
+    /// Permissions of each sender; a sender not listed has none.
     #[serde(default)]
     pub senders: Option<BTreeMap<String, Vec<String>>>,
+    /// Who may use the HTTP API: its tokens and their roles.
+    #[serde(default)]
+    pub api: ApiSettings,
     /// Which plugins run in sandboxed worker processes, and their limits.
     #[serde(default)]
     pub isolation: crate::isolation::IsolationSettings,
@@ -340,11 +382,15 @@ impl AgentConfig {
         lines
     }
 
-    /// The permissions of a sender, when the config assigns them.
-    pub fn sender_permissions(&self, sender: &str) -> Option<Vec<String>> {
-        self.senders
-            .as_ref()
-            .map(|senders| senders.get(sender).cloned().unwrap_or_default())
+    /// The permissions of a message from `sender` that claims `claimed`:
+    /// those `[senders]` gives the sender; for a sender it does not list,
+    /// the claim when `trust_claimed_permissions` is on, else none.
+    pub fn sender_permissions(&self, sender: &str, claimed: Vec<String>) -> Vec<String> {
+        match self.senders.as_ref().and_then(|s| s.get(sender)) {
+            Some(assigned) => assigned.clone(),
+            None if self.host.trust_claimed_permissions => claimed,
+            None => Vec::new(),
+        }
     }
 }
 
@@ -524,6 +570,31 @@ mod tests {
         );
         assert!(!held.allows("network:connect:9090"));
         assert!(denied.is_empty());
+    }
+
+    #[test]
+    fn claimed_permissions_count_only_with_the_switch_and_never_over_senders() {
+        let claim = || vec!["data:secret".to_string()];
+        let none = AgentConfig::default();
+        assert!(none.sender_permissions("mallory", claim()).is_empty());
+        let listed = AgentConfig::parse("[senders]\nalice = [\"data:analyze\"]\n").expect("parses");
+        assert_eq!(
+            listed.sender_permissions("alice", claim()),
+            ["data:analyze"]
+        );
+        assert!(listed.sender_permissions("mallory", claim()).is_empty());
+        let trusting = AgentConfig::parse(
+            "[host]\ntrust_claimed_permissions = true\n[senders]\nalice = [\"data:analyze\"]\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            trusting.sender_permissions("alice", claim()),
+            ["data:analyze"]
+        );
+        assert_eq!(
+            trusting.sender_permissions("mallory", claim()),
+            ["data:secret"]
+        );
     }
 
     #[test]

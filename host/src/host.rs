@@ -63,6 +63,12 @@ impl PluginHost {
                 "no [grants] in the config: every plugin gets the permissions it requests"
             );
         }
+        if config.host.trust_claimed_permissions {
+            tracing::warn!(
+                "trust_claimed_permissions is on: a sender [senders] does not list holds \
+                 whatever permissions its message claims; for development only"
+            );
+        }
         Ok(Self {
             core: Registry::new(handle, config.host.clone()),
             shadow: ShadowDir::create()?,
@@ -107,14 +113,14 @@ impl PluginHost {
     }
 
     /// Gives a message an id if it has none, and the sender's permissions
-    /// from the config when the config assigns them.
+    /// from the config: what the message claims counts only for a sender
+    /// `[senders]` does not list, and only with `trust_claimed_permissions`.
     fn prepare(&self, mut message: InboundMessage) -> InboundMessage {
         if message.id.is_empty() {
             message.id = format!("m{}", self.next_message.fetch_add(1, Ordering::Relaxed));
         }
-        if let Some(permissions) = self.config.sender_permissions(&message.sender) {
-            message.permissions = permissions;
-        }
+        let claimed = std::mem::take(&mut message.permissions);
+        message.permissions = self.config.sender_permissions(&message.sender, claimed);
         message
     }
 
@@ -392,6 +398,11 @@ impl PluginHost {
     /// Metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
         self.core.metrics.render()
+    }
+
+    /// The metrics, for the front-ends to count what they refuse.
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.core.metrics
     }
 
     /// A live stream of every event on the bus.

@@ -13,6 +13,12 @@
 //!   events it missed;
 //! * `GET /healthz` and `GET /metrics` (Prometheus text format).
 //!
+//! With `[[api.tokens]]` in the config ([`ApiAccess`], `http/auth.rs`),
+//! every request but `GET /healthz` needs `Authorization: Bearer <token>`:
+//! `401` without a valid one, `403` without the route's role (`chat` for
+//! messages, `admin` for the rest). A message's sender is then the token's
+//! sender; a body naming another sender is refused with `403`.
+//!
 //! Once the host shuts down (Ctrl-C or SIGTERM) the server keeps answering
 //! while the calls in flight finish, but takes no new work: every request
 //! gets `503 Service Unavailable` with `{"error": "the agent is shutting
@@ -45,8 +51,11 @@
 //! (One file of about 500 lines, a third of them tests: the routes, their
 //! error answers and the event stream read best side by side.)
 
+mod auth;
 mod connection_clock;
 mod server;
+
+pub use auth::{AccessError, ApiAccess, Identity};
 
 use crate::pipeline::Reply;
 use crate::registry::events::BusEvent;
@@ -54,9 +63,9 @@ use crate::request::{self, RequestError};
 use crate::PluginHost;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -66,6 +75,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::future::{ready, Future};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -85,6 +95,8 @@ const ROUTES: &str = "POST /v1/messages, GET /v1/plugins, GET /v1/plugins/{name}
 #[derive(Clone)]
 struct ApiState {
     host: Arc<PluginHost>,
+    /// Who may use the API.
+    access: Arc<ApiAccess>,
     /// Turns `true` when the server shuts down; ends the event streams.
     stopping: watch::Receiver<bool>,
 }
@@ -95,15 +107,21 @@ struct ApiState {
 ///
 /// Each client gets the header and idle timeouts and the connection limit
 /// of the host's settings (`http_header_timeout_ms`,
-/// `http_idle_timeout_ms`, `http_max_connections`).
+/// `http_idle_timeout_ms`, `http_max_connections`); `access` says which
+/// tokens it needs ([`ApiAccess::open`]: none).
 pub async fn serve(
     host: Arc<PluginHost>,
     listener: tokio::net::TcpListener,
+    access: ApiAccess,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopping) = watch::channel(false);
     let limits = server::ConnectionLimits::of(host.settings());
-    let app = router(ApiState { host, stopping });
+    let app = router(ApiState {
+        host,
+        access: Arc::new(access),
+        stopping,
+    });
     server::serve(listener, app, limits, async move {
         shutdown.await;
         // Nobody listening only means no event stream is open.
@@ -126,6 +144,10 @@ fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             refuse_while_shutting_down,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
         ))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
@@ -217,9 +239,11 @@ fn parse_request(
     Ok(request::parse(body)?)
 }
 
-/// `POST /v1/messages`.
+/// `POST /v1/messages`. With tokens, every message is the token's sender's.
 async fn post_messages(
     State(state): State<ApiState>,
+    identity: Option<Extension<Identity>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -234,12 +258,23 @@ async fn post_messages(
         }
     })?;
     let host = Arc::clone(&state.host);
-    match parse_request(headers.get(CONTENT_TYPE), &body)? {
-        request::Request::One(message) => {
+    let (mut messages, one) = match parse_request(headers.get(CONTENT_TYPE), &body)? {
+        request::Request::One(message) => (vec![message], true),
+        request::Request::Batch(messages) => (messages, false),
+    };
+    if let Some(Extension(identity)) = &identity {
+        if let Err(refusal) = auth::speak_as(identity, &mut messages) {
+            let peer = peer.map(|Extension(ConnectInfo(peer))| peer);
+            return Ok(refusal.answer(&state, &Method::POST, "/v1/messages", peer));
+        }
+    }
+    match messages.pop() {
+        Some(message) if one => {
             let reply: Reply = host.answer(message).await;
             Ok(Json(reply).into_response())
         }
-        request::Request::Batch(messages) => {
+        last => {
+            messages.extend(last);
             let replies: Vec<Reply> = host.answer_batch(messages).await;
             Ok(Json(json!({ "replies": replies })).into_response())
         }
@@ -279,11 +314,21 @@ fn plugin_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiE
 /// `POST /v1/plugins/{name}/reload`: reloads the plugin from its file.
 /// 200 with what changed; 404 for an unknown plugin; 422 when the new build
 /// is refused (the running generation keeps serving).
+///
+/// With tokens, the caller's [`Identity`] is known here (and logged).
 async fn reload_plugin(
     State(state): State<ApiState>,
+    identity: Option<Extension<Identity>>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let name = plugin_name(name)?;
+    let identity = identity.map(|Extension(identity)| identity);
+    tracing::info!(
+        event = "reload_requested",
+        plugin = %name,
+        identity = identity.as_ref().map_or("", |i| i.token.as_str()),
+        "reload of '{name}' asked over HTTP"
+    );
     if state.host.status(&name).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

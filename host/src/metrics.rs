@@ -37,6 +37,14 @@ pub struct DenialLabels {
     pub permission: String,
 }
 
+/// Labels of a refused HTTP request (see [`crate::http`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    /// `missing_token`, `malformed_header`, `unknown_token`, `wrong_role` or
+    /// `sender_mismatch`.
+    pub reason: String,
+}
+
 /// Labels of a plugin error.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -105,6 +113,8 @@ pub struct Metrics {
     pub plugins_quarantined: Gauge,
     /// Events not delivered because their cascade crossed a bound.
     pub events_cut: Counter,
+    /// HTTP requests refused by the API's token check, by reason.
+    pub auth_failures: Family<AuthFailureLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -131,6 +141,12 @@ impl Metrics {
         let plugins_loaded = Gauge::default();
         let plugins_quarantined = Gauge::default();
         let events_cut = Counter::default();
+        let auth_failures = Family::<AuthFailureLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "HTTP requests refused for a missing or wrong API token, or a role it lacks",
+            auth_failures.clone(),
+        );
         registry.register(
             "events_cut",
             "Events not delivered because their cascade was too deep or too wide",
@@ -187,6 +203,7 @@ impl Metrics {
             plugins_loaded,
             plugins_quarantined,
             events_cut,
+            auth_failures,
         }
     }
 
@@ -224,6 +241,15 @@ impl Metrics {
             .get_or_create(&DenialLabels {
                 plugin: plugin.into(),
                 permission: permission.into(),
+            })
+            .inc();
+    }
+
+    /// Counts an HTTP request refused by the token check.
+    pub fn auth_failed(&self, reason: &str) {
+        self.auth_failures
+            .get_or_create(&AuthFailureLabels {
+                reason: reason.into(),
             })
             .inc();
     }
@@ -274,6 +300,7 @@ mod tests {
             .seconds
             .observe(Duration::from_millis(3).as_secs_f64());
         metrics.denied("panicky", "service:fixture");
+        metrics.auth_failed("unknown_token");
         let text = metrics.render();
         assert!(text.contains("agent_host_messages_total 1"), "{text}");
         assert!(
@@ -282,5 +309,9 @@ mod tests {
         );
         assert!(text.contains(r#"agent_host_permission_denied_total{plugin="panicky",permission="service:fixture"} 1"#), "{text}");
         assert!(text.contains("agent_host_action_seconds_bucket"), "{text}");
+        assert!(
+            text.contains(r#"agent_host_auth_failures_total{reason="unknown_token"} 1"#),
+            "{text}"
+        );
     }
 }

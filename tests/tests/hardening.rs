@@ -114,18 +114,35 @@ fn no_plugin_may_emit_a_host_event_and_every_event_says_who_sent_it() {
         .contains("event:emit:action:completed"));
 }
 
+/// A message from a sender that holds `sender_permissions`: "alice",
+/// who holds none, or "analyst", who holds `data:analyze` (see
+/// [`with_senders`]).
 fn from(sender_permissions: &[&str], text: &str) -> agent_host::InboundMessage {
+    let sender = match sender_permissions {
+        [] => "alice",
+        ["data:analyze"] => "analyst",
+        other => panic!("no sender holds {other:?}"),
+    };
     agent_host::InboundMessage {
-        sender: "alice".into(),
+        sender: sender.into(),
         text: text.into(),
-        permissions: sender_permissions.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Host options whose `[senders]` gives "analyst" `data:analyze`.
+fn with_senders() -> agent_host::HostOptions {
+    agent_host::HostOptions {
+        config: agent_host::AgentConfig::parse("[senders]\nanalyst = [\"data:analyze\"]\n")
+            .expect("config"),
         ..Default::default()
     }
 }
 
 #[test]
 fn an_action_the_sender_may_not_run_gives_way_to_one_it_may() {
-    let agent = TestAgent::load(&[fixture("greedy"), fixture("counter-v1")]).expect("stage");
+    let agent = TestAgent::load_with(&[fixture("greedy"), fixture("counter-v1")], with_senders())
+        .expect("stage");
     assert!(agent.report.is_clean(), "{:?}", agent.report.failures);
     let reply = agent.host.handle_message(from(&[], "count"));
     assert_eq!(reply.text, "v1: 1", "{reply:?}");

@@ -100,18 +100,9 @@ fn a_rate_limited_action_refuses_past_its_limit() {
     assert!(host.metrics_text().contains(r#"outcome="rate_limited"} 1"#));
 }
 
-#[test]
-fn an_action_needs_the_senders_permission() {
-    let (host, _report, _dir) = load_files(&[fixture("runtime")]);
-    let denied = host.handle_message(msg("secret"));
-    assert!(!denied.ok);
-    assert!(denied.text.contains("'data:secret'"), "{denied:?}");
-    let mut allowed = msg("secret");
-    allowed.permissions = vec!["data:secret".into()];
-    assert_eq!(host.handle_message(allowed).text, "the secret");
-
-    // With [senders] in the config, the host assigns permissions and ignores the client's claim.
-    let config = AgentConfig::parse("[senders]\nalice = [\"data:secret\"]\n").expect("config");
+/// A host on the `runtime` fixture with `config`.
+fn runtime_host(config: &str) -> (PluginHost, tempfile::TempDir) {
+    let config = AgentConfig::parse(config).expect("config");
     let host = PluginHost::new(HostOptions {
         config,
         ..HostOptions::default()
@@ -119,8 +110,29 @@ fn an_action_needs_the_senders_permission() {
     .expect("host");
     let dir = folder_with(&[fixture("runtime")]);
     host.load_dir(dir.path()).expect("load");
+    (host, dir)
+}
+
+#[test]
+fn an_action_needs_the_senders_permission() {
+    // By default a message's claimed permissions are ignored: without
+    // [senders] nobody holds any.
+    let (host, _report, _dir) = load_files(&[fixture("runtime")]);
+    let denied = host.handle_message(msg("secret"));
+    assert!(!denied.ok);
+    assert!(denied.text.contains("'data:secret'"), "{denied:?}");
     let mut claimed = msg("secret");
     claimed.permissions = vec!["data:secret".into()];
+    let ignored = host.handle_message(claimed.clone());
+    assert!(!ignored.ok, "a claim is ignored by default: {ignored:?}");
+
+    // The development switch honours the claim.
+    let (trusting, _dir) = runtime_host("[host]\ntrust_claimed_permissions = true\n");
+    assert!(!trusting.handle_message(msg("secret")).ok);
+    assert_eq!(trusting.handle_message(claimed.clone()).text, "the secret");
+
+    // With [senders] in the config, the host assigns permissions and ignores the client's claim.
+    let (host, _dir) = runtime_host("[senders]\nalice = [\"data:secret\"]\n");
     assert!(
         !host.handle_message(claimed).ok,
         "tester's claim is ignored"

@@ -85,8 +85,13 @@ pub enum Command {
         config: Option<PathBuf>,
         /// Also serve the HTTP API on this address, such as 127.0.0.1:8080
         /// (port 0 picks a free port); it keeps serving after stdin closes.
+        /// Without [[api.tokens]] in the config, only a loopback address.
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Serve the HTTP API without API tokens on an address other than
+        /// loopback: anyone who reaches it may send messages and reload plugins.
+        #[arg(long)]
+        allow_unauthenticated: bool,
         /// Reload a plugin when its file changes, load new files, stop
         /// plugins whose files are removed.
         #[arg(long)]
@@ -94,6 +99,10 @@ pub enum Command {
     },
     /// Ask a running agent (started with --listen) to reload a plugin from
     /// its file. Exits non-zero when the new build is refused.
+    ///
+    /// The API token (a token with the `admin` role) is read from the
+    /// environment variable AGENT_HOST_TOKEN and sent as
+    /// `Authorization: Bearer`.
     Reload {
         /// The plugin's name.
         plugin: String,
@@ -158,28 +167,39 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             plugins,
             config,
             listen,
+            allow_unauthenticated,
             watch,
         } => run::run(
             &plugins,
             load_config(config.as_deref())?,
-            listen.as_deref(),
+            run::Listen {
+                address: listen.as_deref(),
+                allow_unauthenticated,
+            },
             watch,
         ),
     }
 }
 
-/// `agent-host reload`: POSTs to the running agent's reload endpoint.
+/// The environment variable the client commands read the API token from.
+pub const TOKEN_VARIABLE: &str = "AGENT_HOST_TOKEN";
+
+/// `agent-host reload`: POSTs to the running agent's reload endpoint, with
+/// the token of [`TOKEN_VARIABLE`] when it is set.
 fn reload_remote(url: &str, plugin: &str) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let endpoint = format!("{}/v1/plugins/{plugin}/reload", url.trim_end_matches('/'));
-    match ureq::post(&endpoint)
+    let token = std::env::var(TOKEN_VARIABLE).ok().filter(|t| !t.is_empty());
+    let mut request = ureq::post(&endpoint)
         .config()
         .http_status_as_error(false)
         // Straight to the agent: no proxy from the environment.
         .proxy(None)
         .build()
-        .header("content-type", "application/json")
-        .send("{}")
-    {
+        .header("content-type", "application/json");
+    if let Some(token) = &token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    match request.send("{}") {
         Ok(mut response) if response.status().is_success() => {
             let done: serde_json::Value = response.body_mut().read_json()?;
             println!(
@@ -199,6 +219,9 @@ fn reload_remote(url: &str, plugin: &str) -> Result<ExitCode, Box<dyn std::error
                 "reload refused ({code}): {}",
                 body["error"].as_str().unwrap_or("no reason given")
             );
+            if code == 401 && token.is_none() {
+                eprintln!("set {TOKEN_VARIABLE} to an API token with the admin role");
+            }
             Ok(ExitCode::FAILURE)
         }
         Err(error) => Err(format!("cannot reach the agent at {url}: {error}").into()),

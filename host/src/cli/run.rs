@@ -7,6 +7,11 @@
 //! `--listen ADDR` it also serves the HTTP API ([`crate::http`]) and keeps
 //! serving it after stdin closes; without it, the end of stdin ends the run.
 //!
+//! Without `[[api.tokens]]` in the config, the HTTP API is served on a
+//! loopback address only (with a warning that anyone on this machine can
+//! talk to the agent); another address is refused with an error naming it,
+//! unless `--allow-unauthenticated` says the operator means it.
+//!
 //! On Ctrl-C or SIGTERM it stops taking work but keeps answering: a request
 //! line gets `{"error": "the agent is shutting down"}`, an HTTP request a
 //! 503 with that body. It waits for the calls in flight (at most the
@@ -14,6 +19,7 @@
 //! exits 0, even when a call is still stuck in plugin code (the log names it).
 
 use super::chat::ChatEnd;
+use crate::http::ApiAccess;
 use crate::{AgentConfig, HostOptions, PluginHost};
 use std::io::IsTerminal;
 use std::path::Path;
@@ -26,11 +32,20 @@ use std::time::Duration;
 /// call stuck past the grace period are dropped.
 const HTTP_CLOSE: Duration = Duration::from_secs(1);
 
+/// Where and how to serve the HTTP API.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen<'a> {
+    /// The address, when the API is served.
+    pub address: Option<&'a str>,
+    /// Whether an address other than loopback may be served without tokens.
+    pub allow_unauthenticated: bool,
+}
+
 /// Runs the agent; with `listen`, also serves the HTTP API on that address.
 pub fn run(
     plugins: &Path,
     config: AgentConfig,
-    listen: Option<&str>,
+    listen: Listen<'_>,
     watch: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -67,19 +82,53 @@ impl HttpServer {
     }
 }
 
+/// Binds the HTTP API's address with its tokens, refusing an address
+/// other than loopback without tokens unless allowed.
+async fn bind(
+    address: &str,
+    access: &ApiAccess,
+    allow_unauthenticated: bool,
+) -> Result<tokio::net::TcpListener, Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let bound = listener.local_addr()?;
+    if !access.is_open() {
+        return Ok(listener);
+    }
+    if bound.ip().is_loopback() {
+        tracing::warn!(
+            "no [[api.tokens]] in the config: anyone on this machine can talk to the agent \
+             at http://{bound}, send messages and reload plugins"
+        );
+    } else if allow_unauthenticated {
+        tracing::warn!(
+            "no [[api.tokens]] in the config and --allow-unauthenticated: anyone who reaches \
+             http://{bound} can send messages and reload plugins"
+        );
+    } else {
+        return Err(format!(
+            "refusing to serve the HTTP API on {address} ({bound}) without API tokens: anyone \
+             who reaches it could send messages and reload plugins; add [[api.tokens]] to the \
+             config, listen on a loopback address such as 127.0.0.1, or pass \
+             --allow-unauthenticated"
+        )
+        .into());
+    }
+    Ok(listener)
+}
+
 async fn serve(
     dir: &Path,
     config: AgentConfig,
-    listen: Option<&str>,
+    listen: Listen<'_>,
     watch: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    // Bind first: a taken port should fail before any plugin is loaded.
-    let listener = match listen {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|e| format!("cannot listen on {address}: {e}"))?,
-        ),
+    // Tokens and bind first: a bad token entry or a taken port should fail
+    // before any plugin is loaded.
+    let access = ApiAccess::from_config(&config.api)?;
+    let listener = match listen.address {
+        Some(address) => Some(bind(address, &access, listen.allow_unauthenticated).await?),
         None => None,
     };
     let host = Arc::new(PluginHost::new(HostOptions {
@@ -111,6 +160,7 @@ async fn serve(
         let task = tokio::spawn(crate::http::serve(
             Arc::clone(&host),
             listener,
+            access,
             async move {
                 // A dropped sender also means stop.
                 let _ = stopped.await;

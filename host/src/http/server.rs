@@ -10,9 +10,13 @@
 //!   the limit is reached, and once when connections are accepted again;
 //! * on shutdown it stops accepting, lets each connection finish the
 //!   request it is serving, and returns once all are closed.
+//!
+//! Each request carries its client's address (`ConnectInfo<SocketAddr>`)
+//! as an extension, for the audit log.
 
 use super::connection_clock::{ConnectionClock, TimedBody, Watched};
 use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -20,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,12 +98,12 @@ pub(super) async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => {
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
                 if std::mem::take(&mut accept_failed) {
                     tracing::info!("accepting HTTP connections again");
                 }
-                stream
+                accepted
             }
             Err(error) if is_connection_error(&error) => continue,
             Err(error) => {
@@ -120,6 +125,7 @@ pub(super) async fn serve(
                 let app = app.clone();
                 tokio::spawn(serve_connection(
                     stream,
+                    peer,
                     app,
                     limits,
                     permit,
@@ -194,6 +200,7 @@ fn is_connection_error(error: &io::Error) -> bool {
 /// connections until then.
 async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     app: Router,
     limits: ConnectionLimits,
     _open: OwnedSemaphorePermit,
@@ -201,8 +208,9 @@ async fn serve_connection(
 ) {
     let clock = ConnectionClock::start(limits.header_timeout, limits.idle_timeout);
     let requests = Arc::clone(&clock);
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         let responding = requests.request_started();
+        request.extensions_mut().insert(ConnectInfo(peer));
         let mut app = app.clone().into_service::<Body>();
         async move {
             std::future::poll_fn(|cx| app.poll_ready(cx)).await?;

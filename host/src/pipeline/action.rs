@@ -163,6 +163,18 @@ fn refusal(run: &MessageRun, p: usize, index: u32, reply: &mut Reply) -> Option<
         .collect::<Vec<_>>()
         .join(", ");
     reply.text = format!("You lack the permission {list} needed for {}.", spec.name);
+    // The audit line; the count is `agent_host_action_runs_total{outcome="denied"}`.
+    tracing::warn!(
+        event = "permission_denied",
+        sender = %message.sender,
+        plugin = %plugin.name(),
+        action = %spec.name,
+        missing = %list,
+        message_id = %message.id,
+        "sender '{}' lacks {list} for action '{}'",
+        message.sender,
+        spec.name
+    );
     Some(format!(
         "sender '{}' lacks {list} for action '{}' of plugin '{}'",
         message.sender,
