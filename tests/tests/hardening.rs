@@ -197,7 +197,7 @@ fn refused_builds_count_as_mapped_and_a_limit_stops_in_process_reloads() {
         config: agent_host::AgentConfig::parse(&config).expect("config"),
         ..Default::default()
     };
-    let agent = TestAgent::load_with(&[v1.clone()], options).expect("stage");
+    let agent = TestAgent::load_with(std::slice::from_ref(&v1), options).expect("stage");
     assert!(agent.report.is_clean(), "{:?}", agent.report.failures);
     let mapped = |agent: &TestAgent| agent.host.status("counter").expect("counter").mapped;
     assert_eq!(mapped(&agent).generations, 1);
