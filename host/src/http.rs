@@ -276,13 +276,33 @@ fn plugin_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiE
     })
 }
 
+/// The `user-agent` that `agent-host reload` sends, so the audit trail
+/// can tell its reloads from other HTTP clients' (a claim of the client).
+pub const CLI_USER_AGENT_PREFIX: &str = "agent-host-cli/";
+
+/// Who asked for a reload over HTTP: the CLI when its `user-agent` says
+/// so, else an HTTP client. No identity is known yet.
+fn reload_origin(headers: &HeaderMap) -> crate::ReloadOrigin {
+    let from_cli = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(CLI_USER_AGENT_PREFIX));
+    if from_cli {
+        crate::ReloadOrigin::Cli { identity: None }
+    } else {
+        crate::ReloadOrigin::Http { identity: None }
+    }
+}
+
 /// `POST /v1/plugins/{name}/reload`: reloads the plugin from its file.
 /// 200 with what changed; 404 for an unknown plugin; 422 when the new build
 /// is refused (the running generation keeps serving).
 async fn reload_plugin(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let origin = reload_origin(&headers);
     let name = plugin_name(name)?;
     if state.host.status(&name).is_none() {
         return Err(ApiError::new(
@@ -291,7 +311,7 @@ async fn reload_plugin(
         ));
     }
     let host = Arc::clone(&state.host);
-    let outcome = tokio::task::spawn_blocking(move || host.reload(&name))
+    let outcome = tokio::task::spawn_blocking(move || host.reload_as(&name, None, origin))
         .await
         .map_err(|e| {
             ApiError::new(

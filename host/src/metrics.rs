@@ -57,6 +57,23 @@ pub struct CacheLabels {
     pub result: String,
 }
 
+/// Labels of a plugin file the trust policy refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// Why: `not_in_lock`, `hash_differs`, `unsigned`,
+    /// `unreadable_signature`, `untrusted_key` or `bad_signature`.
+    pub reason: String,
+}
+
+/// Labels of a hot reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// Who asked: `watcher`, `http`, `cli` or `api`.
+    pub origin: String,
+    /// `reloaded` or `refused`.
+    pub outcome: String,
+}
+
 /// One action's run counters by outcome, and its handler durations.
 #[derive(Clone, Debug)]
 pub struct ActionMetrics {
@@ -105,6 +122,10 @@ pub struct Metrics {
     pub plugins_quarantined: Gauge,
     /// Events not delivered because their cascade crossed a bound.
     pub events_cut: Counter,
+    /// Plugin files refused by the trust policy, by reason.
+    pub files_refused: Family<RefusalLabels, Counter>,
+    /// Hot reloads, by origin and outcome.
+    pub reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -131,6 +152,18 @@ impl Metrics {
         let plugins_loaded = Gauge::default();
         let plugins_quarantined = Gauge::default();
         let events_cut = Counter::default();
+        let files_refused = Family::<RefusalLabels, Counter>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "files_refused",
+            "Plugin files refused by the trust policy (lock file, signatures)",
+            files_refused.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Hot reloads by who asked and outcome",
+            reloads.clone(),
+        );
         registry.register(
             "events_cut",
             "Events not delivered because their cascade was too deep or too wide",
@@ -187,6 +220,8 @@ impl Metrics {
             plugins_loaded,
             plugins_quarantined,
             events_cut,
+            files_refused,
+            reloads,
         }
     }
 

@@ -178,6 +178,14 @@ fn reload_remote(url: &str, plugin: &str) -> Result<ExitCode, Box<dyn std::error
         .proxy(None)
         .build()
         .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            format!(
+                "{}{}",
+                crate::http::CLI_USER_AGENT_PREFIX,
+                env!("CARGO_PKG_VERSION")
+            ),
+        )
         .send("{}")
     {
         Ok(mut response) if response.status().is_success() => {

@@ -13,7 +13,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// Why a file could not be opened as a plugin library. Nothing of the
-/// plugin's code has run when any of these is returned, except for
+/// plugin's code has run when any of these is returned (a refused file is
+/// never even mapped), except for
 /// [`OpenError::Manifest`], [`OpenError::NewerManifest`] and
 /// [`OpenError::NoPlugins`] (the manifest function ran).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +105,9 @@ pub enum OpenError {
         /// Why, as the worker said.
         cause: String,
     },
+    /// The trust policy (`[trust]`: the lock file, trusted keys) refused
+    /// the file's bytes; nothing of it was mapped.
+    Refused(crate::trust::Refusal),
 }
 
 impl OpenError {
@@ -161,6 +165,7 @@ impl fmt::Display for OpenError {
             OpenError::NewerManifest(unknown) => unknown.fmt(f),
             OpenError::NoPlugins => f.write_str("the library exports no plugin"),
             OpenError::Worker { cause } => f.write_str(cause),
+            OpenError::Refused(refusal) => refusal.fmt(f),
         }
     }
 }
