@@ -6,7 +6,9 @@
 //! file's BLAKE2b prehash, plus the signed trusted comment); this module
 //! only picks the key and words the outcome.
 
-use minisign::{KeyPair, PublicKey, SecretKey, SignatureBox};
+use minisign::{KeyPair, PublicKey, SignatureBox};
+
+pub use minisign::SecretKey;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
@@ -175,21 +177,23 @@ impl TrustedKeys {
 pub fn read_secret_key(path: &Path) -> Result<SecretKey, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("secret key {}: {e}", path.display()))?;
-    let unencrypted = SecretKey::from_unencrypted_box(text.clone().into());
-    let key = match unencrypted {
+    secret_key_from_text(&text).map_err(|e| format!("secret key {}: {e}", path.display()))
+}
+
+/// Reads a minisign secret key from its file's text, decrypting an
+/// encrypted one with the password in [`PASSWORD_VARIABLE`].
+pub fn secret_key_from_text(text: &str) -> Result<SecretKey, String> {
+    match SecretKey::from_unencrypted_box(text.to_string().into()) {
         Ok(key) => Ok(key),
         Err(_) => match std::env::var(PASSWORD_VARIABLE) {
-            Ok(password) => SecretKey::from_box(text.into(), Some(password)),
-            Err(_) => {
-                return Err(format!(
-                    "secret key {}: not an unencrypted minisign secret key; for an encrypted one \
-                     set {PASSWORD_VARIABLE} to its password",
-                    path.display()
-                ))
-            }
+            Ok(password) => SecretKey::from_box(text.to_string().into(), Some(password))
+                .map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "not an unencrypted minisign secret key; for an encrypted one set \
+                 {PASSWORD_VARIABLE} to its password"
+            )),
         },
-    };
-    key.map_err(|e| format!("secret key {}: {e}", path.display()))
+    }
 }
 
 /// Signs `bytes` with `key`; returns the text of the `.minisig` file. The
