@@ -244,6 +244,41 @@ fn with_trusted_keys_only_correctly_signed_files_load_and_reload() {
     ));
 }
 
+#[test]
+fn a_signature_that_lands_after_its_library_gets_it_reloaded_by_the_watcher() {
+    let dir = folder_with(&[]);
+    let counter = add_as(dir.path(), &fixture("counter-v1"), &lib("counter"));
+    let (_, secret, public) = signature::generate(None).expect("keys");
+    let secret = minisign_secret(&secret);
+    let signature_of = |bytes: &[u8]| signature::sign(bytes, &secret, "counter").expect("sign");
+    let v1 = std::fs::read(&counter).expect("read");
+    std::fs::write(signature::signature_path(&counter), signature_of(&v1)).expect("write");
+    let mut config = AgentConfig::default();
+    config.trust.public_keys = vec![public];
+    let host = host_with(config);
+    assert!(host.load_dir(dir.path()).expect("load").is_clean());
+    let _watch = PluginHost::watch(&host, dir.path(), Duration::from_millis(100)).expect("watch");
+
+    // The new build first, with the old signature: refused, v1 serves.
+    let v2 = std::fs::read(fixture("counter-v2")).expect("read");
+    replace_with_bytes(&counter, &v2);
+    wait_until("the unsigned build to be refused", || {
+        count(
+            &host,
+            "agent_host_files_refused_total{reason=\"bad_signature\"}",
+        ) >= 1
+    });
+    assert_eq!(host.status("counter").expect("status").version, "1.0.0");
+    // Then its signature: the watcher reloads the library.
+    replace_with_bytes(
+        &signature::signature_path(&counter),
+        signature_of(&v2).as_bytes(),
+    );
+    wait_until("the signed build to load", || {
+        host.status("counter").map(|s| s.version).as_deref() == Some("2.0.0")
+    });
+}
+
 fn minisign_secret(text: &str) -> signature::SecretKey {
     signature::secret_key_from_text(text).expect("an unencrypted secret key")
 }
