@@ -259,13 +259,11 @@ fn with_lock(
     dir: &std::path::Path,
 ) -> crate::AgentConfig {
     match locked {
-        None => {}
         Some(Some(path)) => config.trust.lock = Some(path),
-        Some(None) => {
-            if config.trust.lock.is_none() {
-                config.trust.lock = Some(lock::default_lock_path(dir));
-            }
+        Some(None) if config.trust.lock.is_none() => {
+            config.trust.lock = Some(lock::default_lock_path(dir));
         }
+        _ => {}
     }
     config
 }

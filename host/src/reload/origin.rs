@@ -15,8 +15,9 @@ pub enum ReloadOrigin {
         /// The authenticated caller, when the API knows one.
         identity: Option<String>,
     },
-    /// `agent-host reload`, which asks over HTTP and says so in its
-    /// `user-agent` (a claim of the client, as any header is).
+    /// The command line: `/reload` in the chat, or `agent-host reload`,
+    /// which asks over HTTP and says so in its `user-agent` (a claim of the
+    /// client, as any header is).
     Cli {
         /// The authenticated caller, when the API knows one.
         identity: Option<String>,
