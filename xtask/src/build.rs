@@ -1,6 +1,6 @@
 //! Building the plugins and staging their libraries (`build-plugins`, `run`).
 
-use crate::{cargo, workspace_root, Result};
+use crate::{cargo, target_dir, workspace_root, Result};
 use std::path::{Path, PathBuf};
 
 /// The plugin crates: every folder in `plugins/` with a Cargo.toml, by
@@ -119,7 +119,7 @@ pub fn build_plugins(options: &BuildOptions) -> Result<Built> {
         return Err("building the plugins failed".into());
     }
     let profile = if options.release { "release" } else { "debug" };
-    let built = workspace_root().join("target").join(profile);
+    let built = target_dir().join(profile);
     std::fs::create_dir_all(&options.out)
         .map_err(|e| format!("create {}: {e}", options.out.display()))?;
     let files: Vec<PathBuf> = crates.iter().map(|n| built.join(library_file(n))).collect();
