@@ -185,12 +185,12 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey, String> {
 pub fn secret_key_from_text(text: &str) -> Result<SecretKey, String> {
     match SecretKey::from_unencrypted_box(text.to_string().into()) {
         Ok(key) => Ok(key),
-        Err(_) => match std::env::var(PASSWORD_VARIABLE) {
+        Err(unencrypted) => match std::env::var(PASSWORD_VARIABLE) {
             Ok(password) => SecretKey::from_box(text.to_string().into(), Some(password))
                 .map_err(|e| e.to_string()),
             Err(_) => Err(format!(
-                "not an unencrypted minisign secret key; for an encrypted one set \
-                 {PASSWORD_VARIABLE} to its password"
+                "not an unencrypted minisign secret key ({unencrypted}); for an encrypted one \
+                 set {PASSWORD_VARIABLE} to its password"
             )),
         },
     }
