@@ -32,7 +32,13 @@ impl LoadProbe {
     /// Private copy, `dlopen`, ABI and layout check, manifests, and the
     /// creation of the file's first plugin; returns that plugin's name.
     pub fn open_and_create(&self, file: &Path) -> Result<String, String> {
-        let opened = library::open(file, &self.shadow, u64::MAX).map_err(|e| e.to_string())?;
+        let opened = library::open(
+            file,
+            &self.shadow,
+            u64::MAX,
+            &crate::trust::TrustPolicy::open(),
+        )
+        .map_err(|e| e.to_string())?;
         let name = opened
             .manifests()
             .first()

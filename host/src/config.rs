@@ -45,10 +45,17 @@
 //! sender = "alice"
 //! roles = ["chat"]
 //! env = "AGENT_TOKEN_BOT"        # or: the token itself is in this environment variable
+//!
+//! [trust]                        # which plugin files may load (see `trust/settings.rs`)
+//! lock = "plugins.lock"          # only files pinned by `agent-host lock`
+//! public_keys = ["RWQ..."]       # only files with a valid .minisig by one of these keys
+//! public_key_files = ["release.pub"]
 //! ```
 //!
 //! Without a `[grants]` table every plugin gets what it requested (a
-//! development default, logged as a warning).
+//! development default, logged as a warning). Without `[trust]`, any
+//! library file in the plugin folder loads; paths in it are relative to the
+//! config file's folder.
 //!
 //! A sender's permissions are those `[senders]` gives it; a sender it does
 //! not list, or any sender when there is no `[senders]`, has none. The
@@ -220,6 +227,9 @@ pub struct AgentConfig {
     /// Which plugins run in sandboxed worker processes, and their limits.
     #[serde(default)]
     pub isolation: crate::isolation::IsolationSettings,
+    /// Which plugin files may load: the lock file, trusted signing keys.
+    #[serde(default)]
+    pub trust: crate::trust::TrustSettings,
 }
 
 /// A config problem. Errors about one plugin's config name the field, not
@@ -296,13 +306,19 @@ impl AgentConfig {
             file: path.to_path_buf(),
             cause: e.to_string(),
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { cause, .. } => ConfigError::Parse {
                 file: Some(path.to_path_buf()),
                 cause,
             },
             other => other,
-        })
+        })?;
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        config.trust.resolve_paths(folder);
+        Ok(config)
     }
 
     /// Parses config text.

@@ -10,6 +10,8 @@ use crate::load::report::{LoadReport, ShutdownError};
 use crate::pipeline::{self, InboundMessage, Reply};
 use crate::registry::events::{BusEvent, DeliveryFailure, Listener};
 use crate::registry::{HostError, Registry};
+use crate::reload::ReloadOrigin;
+use crate::trust::TrustPolicy;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +36,7 @@ pub struct PluginHost {
     core: Arc<Registry>,
     shadow: ShadowDir,
     config: AgentConfig,
+    trust: TrustPolicy,
     next_message: AtomicU64,
     reloading: std::sync::Mutex<()>,
     shutting_down: AtomicBool,
@@ -43,8 +46,11 @@ pub struct PluginHost {
 }
 
 impl PluginHost {
-    /// A host with no plugins yet.
+    /// A host with no plugins yet. Fails when the config's `[trust]` lock
+    /// file or keys cannot be read (the error names the file or key).
     pub fn new(options: HostOptions) -> std::io::Result<Self> {
+        let trust = TrustPolicy::load(&options.config.trust)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         let (handle, own) = match options.runtime {
             Some(handle) => (handle, None),
             None => {
@@ -69,10 +75,16 @@ impl PluginHost {
                  whatever permissions its message claims; for development only"
             );
         }
+        if trust.is_enforcing() {
+            tracing::info!("plugin files load only when {}", trust.describe());
+        }
+        let core = Registry::new(handle, config.host.clone());
+        let trust = trust.counting(core.metrics.files_refused.clone());
         Ok(Self {
-            core: Registry::new(handle, config.host.clone()),
+            core,
             shadow: ShadowDir::create()?,
             config,
+            trust,
             next_message: AtomicU64::new(1),
             reloading: std::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
@@ -84,7 +96,7 @@ impl PluginHost {
     /// Loads every plugin in `dir`. Only an unreadable folder is an error;
     /// plugin failures are in the report.
     pub fn load_dir(&self, dir: &Path) -> std::io::Result<LoadReport> {
-        load::load_dir(&self.core, &self.shadow, dir, &self.config)
+        load::load_dir(&self.core, &self.shadow, dir, &self.config, &self.trust)
     }
 
     /// The host settings of the config (`[host]`).
@@ -193,7 +205,14 @@ impl PluginHost {
         source: Arc<dyn crate::plugin::PluginSource>,
     ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
         let file = source.file().to_path_buf();
-        crate::reload::reload(&self.core, &self.config, name, Some(&file), |_| Ok(source))
+        crate::reload::reload(
+            &self.core,
+            &self.config,
+            name,
+            Some(&file),
+            ReloadOrigin::Api,
+            |_| Ok(source),
+        )
     }
 
     /// Loads the plugin files in `dir` that no loaded plugin came from: new
@@ -224,6 +243,7 @@ impl PluginHost {
             &self.shadow,
             &files,
             &self.config,
+            &self.trust,
         ))
     }
 
@@ -305,13 +325,14 @@ impl PluginHost {
         stopped
     }
 
-    /// Reloads a plugin from its file (or from `file`), swapping the new
-    /// generation in while the agent serves. Blocks; reloads run one at a time.
+    /// Reloads a plugin from its file, swapping the new generation in while
+    /// the agent serves. Blocks; reloads run one at a time. The audit trail
+    /// names the caller as [`ReloadOrigin::Api`].
     pub fn reload(
         &self,
         name: &str,
     ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
-        self.reload_from(name, None)
+        self.reload_as(name, None, ReloadOrigin::Api)
     }
 
     /// Reloads a plugin from a given file.
@@ -319,6 +340,19 @@ impl PluginHost {
         &self,
         name: &str,
         file: Option<&Path>,
+    ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
+        self.reload_as(name, file, ReloadOrigin::Api)
+    }
+
+    /// Reloads a plugin from its file (or from `file`) at the request of
+    /// `origin`, which the audit trail records (`plugin_reloaded`,
+    /// `agent_host_reloads_total`). The new file passes the `[trust]`
+    /// checks like any load.
+    pub fn reload_as(
+        &self,
+        name: &str,
+        file: Option<&Path>,
+        origin: ReloadOrigin,
     ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
         let _one_at_a_time = self
             .reloading
@@ -333,8 +367,8 @@ impl PluginHost {
                 }
             }
         }
-        crate::reload::reload(&self.core, &self.config, name, file, |file| {
-            crate::load::open_source(file, &self.shadow, &self.config)
+        crate::reload::reload(&self.core, &self.config, name, file, origin, |file| {
+            crate::load::open_source(file, &self.shadow, &self.config, &self.trust)
         })
     }
 
@@ -563,6 +597,8 @@ pub struct PluginStatus {
     pub description: String,
     /// The file it was loaded from.
     pub file: std::path::PathBuf,
+    /// The SHA-256 of the bytes it was loaded from.
+    pub sha256: String,
     /// Position in the load order.
     pub load_order: usize,
     /// Whether it is quarantined after repeated panics.
@@ -624,6 +660,7 @@ impl PluginStatus {
             version: m.version.clone(),
             description: m.description.clone(),
             file: plugin.instance.file.clone(),
+            sha256: plugin.instance.sha256.clone(),
             load_order: plugin.load_order,
             quarantined: plugin.is_quarantined(),
             permissions: plugin.permissions.patterns().to_vec(),
@@ -659,6 +696,7 @@ impl PluginStatus {
             version: m.version.clone(),
             description: m.description.clone(),
             file: plugin.file.clone(),
+            sha256: plugin.sha256.clone(),
             load_order: plugin.load_order,
             quarantined: false,
             permissions: plugin.permissions.clone(),

@@ -311,24 +311,38 @@ fn plugin_name(name: Result<Path<String>, PathRejection>) -> Result<String, ApiE
     })
 }
 
+/// The `user-agent` that `agent-host reload` sends, so the audit trail
+/// can tell its reloads from other HTTP clients' (a claim of the client).
+pub const CLI_USER_AGENT_PREFIX: &str = "agent-host-cli/";
+
+/// Who asked for a reload over HTTP: the CLI when its `user-agent` says
+/// so, else an HTTP client; `identity` names the token it presented.
+fn reload_origin(headers: &HeaderMap, identity: Option<String>) -> crate::ReloadOrigin {
+    let from_cli = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(CLI_USER_AGENT_PREFIX));
+    if from_cli {
+        crate::ReloadOrigin::Cli { identity }
+    } else {
+        crate::ReloadOrigin::Http { identity }
+    }
+}
+
 /// `POST /v1/plugins/{name}/reload`: reloads the plugin from its file.
 /// 200 with what changed; 404 for an unknown plugin; 422 when the new build
 /// is refused (the running generation keeps serving).
 ///
-/// With tokens, the caller's [`Identity`] is known here (and logged).
+/// With tokens, the caller's [`Identity`] goes into the audit trail.
 async fn reload_plugin(
     State(state): State<ApiState>,
     identity: Option<Extension<Identity>>,
+    headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let identity = identity.map(|Extension(identity)| identity.token);
+    let origin = reload_origin(&headers, identity);
     let name = plugin_name(name)?;
-    let identity = identity.map(|Extension(identity)| identity);
-    tracing::info!(
-        event = "reload_requested",
-        plugin = %name,
-        identity = identity.as_ref().map_or("", |i| i.token.as_str()),
-        "reload of '{name}' asked over HTTP"
-    );
     if state.host.status(&name).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -336,7 +350,7 @@ async fn reload_plugin(
         ));
     }
     let host = Arc::clone(&state.host);
-    let outcome = tokio::task::spawn_blocking(move || host.reload(&name))
+    let outcome = tokio::task::spawn_blocking(move || host.reload_as(&name, None, origin))
         .await
         .map_err(|e| {
             ApiError::new(

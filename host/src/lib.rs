@@ -37,6 +37,7 @@ mod reload;
 mod request;
 mod sys;
 pub mod testing;
+pub mod trust;
 mod watchdog;
 
 pub use crate::config::AgentConfig;
@@ -48,4 +49,4 @@ pub use crate::load::{LoadError, OpenError};
 pub use crate::pipeline::{InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN};
 pub use crate::plugin::CallError;
 pub use crate::reload::watch::{Watch, DEFAULT_DEBOUNCE};
-pub use crate::reload::{ReloadError, ReloadFailure, Reloaded};
+pub use crate::reload::{ReloadError, ReloadFailure, ReloadOrigin, Reloaded};

@@ -65,6 +65,23 @@ pub struct CacheLabels {
     pub result: String,
 }
 
+/// Labels of a plugin file the trust policy refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// Why: `not_in_lock`, `hash_differs`, `unsigned`,
+    /// `unreadable_signature`, `untrusted_key` or `bad_signature`.
+    pub reason: String,
+}
+
+/// Labels of a hot reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// Who asked: `watcher`, `http`, `cli` or `api`.
+    pub origin: String,
+    /// `reloaded` or `refused`.
+    pub outcome: String,
+}
+
 /// One action's run counters by outcome, and its handler durations.
 #[derive(Clone, Debug)]
 pub struct ActionMetrics {
@@ -115,6 +132,10 @@ pub struct Metrics {
     pub events_cut: Counter,
     /// HTTP requests refused by the API's token check, by reason.
     pub auth_failures: Family<AuthFailureLabels, Counter>,
+    /// Plugin files refused by the trust policy, by reason.
+    pub files_refused: Family<RefusalLabels, Counter>,
+    /// Hot reloads, by origin and outcome.
+    pub reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -146,6 +167,18 @@ impl Metrics {
             "auth_failures",
             "HTTP requests refused for a missing or wrong API token, or a role it lacks",
             auth_failures.clone(),
+        );
+        let files_refused = Family::<RefusalLabels, Counter>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "files_refused",
+            "Plugin files refused by the trust policy (lock file, signatures)",
+            files_refused.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Hot reloads by who asked and outcome",
+            reloads.clone(),
         );
         registry.register(
             "events_cut",
@@ -204,6 +237,8 @@ impl Metrics {
             plugins_quarantined,
             events_cut,
             auth_failures,
+            files_refused,
+            reloads,
         }
     }
 

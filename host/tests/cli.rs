@@ -44,7 +44,7 @@ fn help_lists_every_command() {
         .expect("run agent-host");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
-    for command in ["check", "list", "run", "reload"] {
+    for command in ["check", "list", "run", "reload", "lock", "sign", "keygen"] {
         assert!(
             stdout
                 .lines()

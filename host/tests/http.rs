@@ -89,6 +89,19 @@ fn the_http_api_serves_messages_plugins_events_health_and_metrics_then_stops_on_
     let reloaded = reloaded.json();
     assert_eq!(reloaded["plugin"], "multi-one");
     assert_eq!(reloaded["to_version"], "1.0.0");
+    // The audit trail: who asked, and the file's hash before and after.
+    assert_eq!(reloaded["origin"], "http", "{reloaded}");
+    assert_eq!(reloaded["identity"], Value::Null, "{reloaded}");
+    assert!(
+        reloaded["to_sha256"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64),
+        "{reloaded}"
+    );
+    assert_eq!(
+        reloaded["from_sha256"], reloaded["to_sha256"],
+        "the same file"
+    );
     let after = agent.get("/v1/plugins/multi-one").json();
     assert!(
         after["generation"].as_u64() > before["generation"].as_u64(),
@@ -114,6 +127,12 @@ fn the_http_api_serves_messages_plugins_events_health_and_metrics_then_stops_on_
         said.starts_with("reloaded multi-one 1.0.0 -> 1.0.0"),
         "{said}"
     );
+    let metrics = agent.get("/metrics").text();
+    for origin in ["http", "cli"] {
+        let line =
+            format!("agent_host_reloads_total{{origin=\"{origin}\",outcome=\"reloaded\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     let refused = Command::new(env!("CARGO_BIN_EXE_agent-host"))
         .args(["reload", "no-such-plugin", "--url"])
         .arg(format!("http://{}", agent.address))

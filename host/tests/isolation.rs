@@ -479,3 +479,94 @@ fn grants_open_exactly_what_they_name() {
     assert_eq!(connected["ok"], json!(true), "{connected}");
     assert!(refused(&attempt(&agent, "connect", json!(port(&closed)))));
 }
+
+#[test]
+fn the_lock_and_signatures_hold_for_isolated_plugins() {
+    use agent_host::trust::{digest::sha256_hex, lock, signature};
+    use agent_host::{LoadError, OpenError, PluginHost};
+    let dir = test_support::folder_with(&[]);
+    let file = dir.path().join(format!("counter.{}", test_support::EXT));
+    std::fs::copy(test_support::fixture("counter-v1"), &file).expect("copy");
+    let stranger = dir.path().join(format!("fixture.{}", test_support::EXT));
+    let bytes = std::fs::read(&file).expect("read");
+    let operator = tempfile::tempdir().expect("tempdir");
+    let mut pins = lock::LockFile::new();
+    pins.pin(lock::LockedFile {
+        name: format!("counter.{}", test_support::EXT),
+        sha256: sha256_hex(&bytes),
+        plugins: Vec::new(),
+    });
+    let lock_path = operator.path().join("plugins.lock");
+    pins.write(&lock_path).expect("lock");
+    let (_, secret, public) = signature::generate(None).expect("keys");
+    let secret = signature::secret_key_from_text(&secret).expect("secret");
+    let sign = |path: &std::path::Path| {
+        let text =
+            signature::sign(&std::fs::read(path).expect("read"), &secret, "f").expect("sign");
+        std::fs::write(signature::signature_path(path), text).expect("write");
+    };
+    sign(&file);
+    // Signed, but not pinned: the lock refuses it.
+    std::fs::copy(test_support::fixture(""), &stranger).expect("copy");
+    sign(&stranger);
+
+    let mut config = AgentConfig::parse(&format!(
+        "[isolation]\ndefault = \"process\"\nworker_program = \"{WORKER}\"\n"
+    ))
+    .expect("config");
+    config.trust.lock = Some(lock_path);
+    config.trust.public_keys = vec![public];
+    let host = PluginHost::new(HostOptions {
+        config,
+        ..HostOptions::default()
+    })
+    .expect("host");
+    let report = host.load_dir(dir.path()).expect("load");
+    let refusal = |error: &LoadError| match error {
+        LoadError::Open(OpenError::Refused(refusal)) => Some(refusal.reason.label()),
+        _ => None,
+    };
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert!(report.failures[0]
+        .file
+        .ends_with(stranger.file_name().expect("name")));
+    assert_eq!(refusal(&report.failures[0].error), Some("not_in_lock"));
+    let status = host.status("counter").expect("counter loads");
+    assert_eq!(status.placement.to_string(), "process");
+    assert_eq!(status.sha256, sha256_hex(&bytes));
+    let pid = status.worker.and_then(|w| w.pid).expect("a worker");
+    let count = || {
+        host.handle_message(InboundMessage {
+            text: "count".into(),
+            ..InboundMessage::default()
+        })
+        .text
+    };
+    assert_eq!(count(), "v1: 1");
+
+    // One byte changed, the signature kept: the probe never runs it.
+    let mut changed = bytes.clone();
+    let middle = changed.len() / 2;
+    changed[middle] ^= 0x01;
+    std::fs::write(&file, &changed).expect("write");
+    let failure = host.reload("counter").expect_err("refused");
+    assert!(failure.to_string().contains("hash differs"), "{failure}");
+    assert_eq!(count(), "v1: 2");
+    let status = host.status("counter").expect("still serving");
+    assert_eq!(
+        status.worker.and_then(|w| w.pid),
+        Some(pid),
+        "the same worker"
+    );
+
+    // Pinned bytes with a bad signature: refused by the signature check.
+    std::fs::write(&file, &bytes).expect("write");
+    std::fs::write(
+        signature::signature_path(&file),
+        std::fs::read_to_string(signature::signature_path(&stranger)).expect("read"),
+    )
+    .expect("a signature of another file");
+    let failure = host.reload("counter").expect_err("refused");
+    assert!(failure.to_string().contains("bad signature"), "{failure}");
+    assert_eq!(count(), "v1: 3");
+}

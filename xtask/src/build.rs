@@ -1,6 +1,6 @@
 //! Building the plugins and staging their libraries (`build-plugins`, `run`).
 
-use crate::{cargo, workspace_root, Result};
+use crate::{cargo, target_dir, workspace_root, Result};
 use std::path::{Path, PathBuf};
 
 /// The plugin crates: every folder in `plugins/` with a Cargo.toml, by
@@ -48,12 +48,19 @@ pub struct BuildOptions {
     pub release: bool,
     /// The folder the libraries are staged in.
     pub out: PathBuf,
+    /// A minisign secret key to sign each library with (`--sign KEY`): the
+    /// signature is staged next to it, before the library.
+    pub sign: Option<PathBuf>,
 }
 
 impl BuildOptions {
-    /// A release build staged in `out`.
+    /// A release build staged in `out`, unsigned.
     pub fn release_into(out: PathBuf) -> Self {
-        Self { release: true, out }
+        Self {
+            release: true,
+            out,
+            sign: None,
+        }
     }
 }
 
@@ -71,13 +78,18 @@ fn parse_build_options(args: &[String]) -> Result<BuildOptions> {
             "--out" => {
                 options.out = PathBuf::from(args.next().ok_or("--out needs a folder")?);
             }
+            "--sign" => {
+                options.sign = Some(PathBuf::from(
+                    args.next().ok_or("--sign needs a secret key file")?,
+                ));
+            }
             other => return Err(format!("unknown option '{other}'")),
         }
     }
     Ok(options)
 }
 
-/// `cargo xtask build-plugins [--debug] [--out DIR]`.
+/// `cargo xtask build-plugins [--debug] [--out DIR] [--sign KEY]`.
 pub fn build_plugins_command(args: &[String]) -> Result<PathBuf> {
     build_plugins(&parse_build_options(args)?).map(|built| built.out)
 }
@@ -107,17 +119,76 @@ pub fn build_plugins(options: &BuildOptions) -> Result<Built> {
         return Err("building the plugins failed".into());
     }
     let profile = if options.release { "release" } else { "debug" };
-    let built = workspace_root().join("target").join(profile);
+    let built = target_dir().join(profile);
     std::fs::create_dir_all(&options.out)
         .map_err(|e| format!("create {}: {e}", options.out.display()))?;
-    for name in &crates {
-        let file = library_file(name);
-        stage(&built.join(&file), &options.out.join(&file))?;
+    let files: Vec<PathBuf> = crates.iter().map(|n| built.join(library_file(n))).collect();
+    // Only what changed is signed (and so restaged): an unchanged library
+    // keeps its signature, and a watching agent does not reload it.
+    let changed: Vec<PathBuf> = files
+        .iter()
+        .filter(|file| !is_staged(file, &options.out, options.sign.is_some()))
+        .cloned()
+        .collect();
+    if let Some(key) = options.sign.as_ref().filter(|_| !changed.is_empty()) {
+        sign(key, &changed)?;
+    }
+    for file in &changed {
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        if options.sign.is_some() {
+            // The signature first: a watching agent that sees the new
+            // library then finds the signature that matches it.
+            let signature = format!("{name}.minisig");
+            stage(
+                &file.with_file_name(&signature),
+                &options.out.join(&signature),
+            )?;
+        }
+        stage(file, &options.out.join(&*name))?;
     }
     Ok(Built {
         out: options.out.clone(),
         crates,
     })
+}
+
+/// Whether `out` holds `file`'s bytes already (and, when `signed`, a
+/// signature beside them).
+fn is_staged(file: &Path, out: &Path, signed: bool) -> bool {
+    let Some(name) = file.file_name() else {
+        return false;
+    };
+    let signature = out.join(format!("{}.minisig", name.to_string_lossy()));
+    match (std::fs::read(file), std::fs::read(out.join(name))) {
+        (Ok(built), Ok(staged)) => built == staged && (!signed || signature.exists()),
+        _ => false,
+    }
+}
+
+/// Signs `files` with the secret key `key` through `agent-host sign`
+/// (each gets `FILE.minisig`); an encrypted key's password comes from
+/// `AGENT_HOST_SIGNING_PASSWORD`.
+fn sign(key: &Path, files: &[PathBuf]) -> Result<()> {
+    let status = cargo()
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "agent-host",
+            "--",
+            "sign",
+            "--key",
+        ])
+        .arg(key)
+        .args(files)
+        .status()
+        .map_err(|e| format!("run agent-host sign: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("signing the plugins failed ({status})"))
+    }
 }
 
 /// Copies `from` to `to` through a temporary file in `to`'s folder and a

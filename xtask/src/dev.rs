@@ -139,8 +139,7 @@ pub fn dev_command(args: &[String]) -> Result<()> {
         .watch(&plugins, RecursiveMode::Recursive)
         .map_err(|e| format!("watch {}: {e}", plugins.display()))?;
 
-    let binary = root
-        .join("target")
+    let binary = crate::target_dir()
         .join("release")
         .join(format!("agent-host{}", std::env::consts::EXE_SUFFIX));
     let child = Command::new(&binary)

@@ -1,12 +1,14 @@
 //! `cargo xtask ...`: the project's chores, in Rust so they run wherever cargo does.
 //!
-//! * `cargo xtask build-plugins [--debug] [--out DIR]`: builds every plugin
+//! * `cargo xtask build-plugins [--debug] [--out DIR] [--sign KEY]`: builds every plugin
 //!   crate in `plugins/` (release builds are stripped) and stages the
 //!   libraries in one folder (default `target/plugins`), each by writing a
 //!   temporary file and renaming it into place, so a running host never sees
 //!   a half-written file and no loaded file is overwritten in place. A file
 //!   whose bytes did not change is left alone, so a watching host does not
-//!   reload it.
+//!   reload it. With `--sign KEY` (a minisign secret key; an encrypted
+//!   one's password in `AGENT_HOST_SIGNING_PASSWORD`) each changed library
+//!   is signed by `agent-host sign` and its `.minisig` staged before it.
 //! * `cargo xtask run [ARGS...]`: builds and stages the plugins, then runs
 //!   `agent-host run --plugins target/plugins --config agent.toml ARGS...`.
 //! * `cargo xtask new-plugin NAME [--actions] [--providers] [--evaluators]
@@ -30,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 const USAGE: &str = "usage:
-  cargo xtask build-plugins [--debug] [--out DIR]
+  cargo xtask build-plugins [--debug] [--out DIR] [--sign KEY]
   cargo xtask run [agent-host run options...]
   cargo xtask new-plugin NAME [--actions] [--providers] [--evaluators] [--services] [--all]
   cargo xtask dev [--plugins-dir DIR] [-- agent-host run options...]";
@@ -65,6 +67,15 @@ fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask sits one level below the workspace root")
         .to_path_buf()
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` when set (relative
+/// to the workspace root), else the workspace's `target`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
 }
 
 /// A `cargo` command run from the workspace root (the same cargo that runs xtask).

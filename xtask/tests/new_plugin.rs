@@ -12,6 +12,14 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo builds: `CARGO_TARGET_DIR` when set, else the workspace's `target`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
+}
+
 fn xtask(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
         .current_dir(workspace_root())
@@ -50,8 +58,8 @@ impl Drop for ScaffoldCleanup {
         let snake = self.0.replace('-', "_");
         let target = root.join("target");
         let profiles = [
-            target.join("debug"),
-            target.join("release"),
+            target_dir().join("debug"),
+            target_dir().join("release"),
             target.join("fixtures").join("release"),
         ];
         for profile in &profiles {
@@ -146,8 +154,7 @@ fn scaffolded_plugin_tests_builds_and_loads() {
 
     // The host accepts it.
     cargo(&["build", "--quiet", "-p", "agent-host"]);
-    let host = root
-        .join("target")
+    let host = target_dir()
         .join("debug")
         .join(format!("agent-host{}", std::env::consts::EXE_SUFFIX));
     {

@@ -224,7 +224,11 @@ async fn operator_command(
     Ok(match command {
         OperatorCommand::Reload(name) => {
             let worker = Arc::clone(host);
-            match tokio::task::spawn_blocking(move || worker.reload(&name)).await? {
+            match tokio::task::spawn_blocking(move || {
+                worker.reload_as(&name, None, crate::ReloadOrigin::Cli { identity: None })
+            })
+            .await?
+            {
                 Ok(done) => format!(
                     "reloaded {} {} -> {} (generation {}, calls held {} us)",
                     done.plugin,

@@ -2,14 +2,17 @@
 //!
 //! `check` and `list` load the folder, report, and shut the plugins down;
 //! `run` serves until Ctrl-C or SIGTERM; `reload` asks a running agent to
-//! reload one plugin from its file. `--version` names the plugin ABI and SDK
+//! reload one plugin from its file; `lock` pins a folder's files, `sign`
+//! and `keygen` sign them. `--version` names the plugin ABI and SDK
 //! versions this host speaks besides its own.
 
 mod chat;
 mod check;
 mod json_lines;
+mod lock;
 mod log_output;
 mod run;
+mod sign;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -32,7 +35,8 @@ pub fn version() -> &'static str {
     })
 }
 
-/// The `agent-host` command line: `check`, `list`, `run` and `reload`.
+/// The `agent-host` command line: `check`, `list`, `run`, `reload`, `lock`,
+/// `sign` and `keygen`.
 #[derive(Debug, Parser)]
 #[command(
     name = "agent-host",
@@ -48,7 +52,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The commands: `check`, `list`, `run` and `reload`.
+/// The commands: `check`, `list`, `run`, `reload`, `lock`, `sign`, `keygen`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Verify every plugin file in a folder: load, check, start and stop them.
@@ -62,6 +66,10 @@ pub enum Command {
         /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
+        /// Load only files pinned by this lock file (`--locked` alone: the
+        /// config's `[trust] lock`, else DIR/plugins.lock).
+        #[arg(long, value_name = "LOCK", num_args = 0..=1, require_equals = true)]
+        locked: Option<Option<PathBuf>>,
     },
     /// Describe the plugins in a folder: name, version, dependencies,
     /// components, file and load order.
@@ -96,6 +104,53 @@ pub enum Command {
         /// plugins whose files are removed.
         #[arg(long)]
         watch: bool,
+        /// Load only files pinned by this lock file, at start and on every
+        /// reload (`--locked` alone: the config's `[trust] lock`, else
+        /// PLUGINS/plugins.lock).
+        #[arg(long, value_name = "LOCK", num_args = 0..=1, require_equals = true)]
+        locked: Option<Option<PathBuf>>,
+    },
+    /// Pin the plugin files of a folder: write a lock file with each file's
+    /// name, SHA-256 and plugins. Exits non-zero, writing nothing, when a
+    /// file cannot be opened.
+    Lock {
+        /// The plugin folder.
+        dir: PathBuf,
+        /// Where to write the lock (default: DIR/plugins.lock).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Re-pin only this file (a file name or a plugin name), keeping
+        /// the other entries of the existing lock.
+        #[arg(long, value_name = "NAME")]
+        update: Option<String>,
+        /// The config file (TOML): its [isolation] decides how files are
+        /// opened, its trusted keys which may be pinned.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Sign plugin files with a minisign secret key: writes FILE.minisig
+    /// next to each. An encrypted key's password is read from
+    /// AGENT_HOST_SIGNING_PASSWORD.
+    Sign {
+        /// The secret key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The files to sign.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Make a minisign key pair for signing plugins (encrypted with
+    /// AGENT_HOST_SIGNING_PASSWORD when it is set).
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long, default_value = "agent-host.key")]
+        secret_key: PathBuf,
+        /// Where to write the public key.
+        #[arg(long, default_value = "agent-host.pub")]
+        public_key: PathBuf,
+        /// Overwrite existing key files.
+        #[arg(long)]
+        force: bool,
     },
     /// Ask a running agent (started with --listen) to reload a plugin from
     /// its file. Exits non-zero when the new build is refused.
@@ -118,7 +173,12 @@ impl Command {
     fn reports(&self) -> bool {
         matches!(
             self,
-            Command::Check { .. } | Command::List { .. } | Command::Reload { .. }
+            Command::Check { .. }
+                | Command::List { .. }
+                | Command::Reload { .. }
+                | Command::Lock { .. }
+                | Command::Sign { .. }
+                | Command::Keygen { .. }
         )
     }
 }
@@ -153,9 +213,14 @@ pub fn init_logging(cli: &Cli) {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Check { dir, config, json } => check::check(
+        Command::Check {
+            dir,
+            config,
+            json,
+            locked,
+        } => check::check(
             &dir,
-            &load_config(config.as_deref())?,
+            &with_lock(load_config(config.as_deref())?, locked, &dir),
             json,
             cli.verbose > 0,
         ),
@@ -169,16 +234,51 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             listen,
             allow_unauthenticated,
             watch,
+            locked,
         } => run::run(
             &plugins,
-            load_config(config.as_deref())?,
+            with_lock(load_config(config.as_deref())?, locked, &plugins),
             run::Listen {
                 address: listen.as_deref(),
                 allow_unauthenticated,
             },
             watch,
         ),
+        Command::Lock {
+            dir,
+            output,
+            update,
+            config,
+        } => lock::lock(
+            &dir,
+            output.as_deref(),
+            update.as_deref(),
+            &load_config(config.as_deref())?,
+        ),
+        Command::Sign { key, files } => sign::sign(&key, &files),
+        Command::Keygen {
+            secret_key,
+            public_key,
+            force,
+        } => sign::keygen(&secret_key, &public_key, force),
     }
+}
+
+/// The config with `--locked` applied: a lock named on the command line,
+/// else the config's own, else the folder's `plugins.lock`.
+fn with_lock(
+    mut config: crate::AgentConfig,
+    locked: Option<Option<PathBuf>>,
+    dir: &std::path::Path,
+) -> crate::AgentConfig {
+    match locked {
+        Some(Some(path)) => config.trust.lock = Some(path),
+        Some(None) if config.trust.lock.is_none() => {
+            config.trust.lock = Some(lock::default_lock_path(dir));
+        }
+        _ => {}
+    }
+    config
 }
 
 /// The environment variable the client commands read the API token from.
@@ -195,7 +295,15 @@ fn reload_remote(url: &str, plugin: &str) -> Result<ExitCode, Box<dyn std::error
         // Straight to the agent: no proxy from the environment.
         .proxy(None)
         .build()
-        .header("content-type", "application/json");
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            format!(
+                "{}{}",
+                crate::http::CLI_USER_AGENT_PREFIX,
+                env!("CARGO_PKG_VERSION")
+            ),
+        );
     if let Some(token) = &token {
         request = request.header("authorization", &format!("Bearer {token}"));
     }

@@ -18,6 +18,7 @@ use crate::load::library::{self, OpenedLibrary, RunsIn};
 use crate::load::private_copy::ShadowDir;
 use crate::load::OpenError;
 use crate::plugin::{Backend, CreateContext, Failure, PluginSource};
+use crate::trust::TrustPolicy;
 use agent_host_plugin_sdk::manifest::{parse_manifests, Manifest};
 use agent_host_plugin_sdk::{ErrorKind, Host};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use std::sync::{Arc, OnceLock};
 pub(crate) struct ProbedFile {
     file: PathBuf,
     copy: PathBuf,
+    sha256: String,
     manifests: Vec<Manifest>,
     max_bytes: u64,
     program: PathBuf,
@@ -54,14 +56,18 @@ fn limits(settings: &IsolationSettings, plugin: &str) -> ResourceLimits {
     }
 }
 
-/// Opens `file` through a probe worker.
+/// Opens `file` through a probe worker, from a private copy `trust`
+/// admitted: the probe, every worker and an in-process plugin of the file
+/// all open that same copy.
 pub(crate) fn open(
     file: &Path,
     shadow: &ShadowDir,
     max_bytes: u64,
     settings: &Arc<IsolationSettings>,
+    trust: &TrustPolicy,
 ) -> Result<ProbedFile, OpenError> {
-    let copy = library::private_copy(file, shadow, max_bytes)?;
+    let library::PrivateCopy { path: copy, sha256 } =
+        library::private_copy(file, shadow, max_bytes, trust)?;
     let program = worker_program(settings)?;
     let probe = file
         .file_name()
@@ -94,6 +100,7 @@ pub(crate) fn open(
     Ok(ProbedFile {
         file: file.to_path_buf(),
         copy,
+        sha256,
         manifests,
         max_bytes,
         program,
@@ -109,6 +116,10 @@ impl PluginSource for ProbedFile {
 
     fn manifests(&self) -> &[Manifest] {
         &self.manifests
+    }
+
+    fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     fn image_bytes(&self) -> u64 {

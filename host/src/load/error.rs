@@ -13,7 +13,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// Why a file could not be opened as a plugin library. Nothing of the
-/// plugin's code has run when any of these is returned, except for
+/// plugin's code has run when any of these is returned (a refused file is
+/// never even mapped), except for
 /// [`OpenError::Manifest`], [`OpenError::NewerManifest`] and
 /// [`OpenError::NoPlugins`] (the manifest function ran).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +108,9 @@ pub enum OpenError {
         /// Why, as the worker said.
         cause: String,
     },
+    /// The trust policy (`[trust]`: the lock file, trusted keys) refused
+    /// the file's bytes; nothing of it was mapped.
+    Refused(crate::trust::Refusal),
 }
 
 impl OpenError {
@@ -167,6 +171,7 @@ impl fmt::Display for OpenError {
                 "built with panic = \"abort\": its first panic would end the host, so it does not run in process; build it with panic = \"unwind\" (the default), or run it isolated ([isolation] process = [\"<plugin>\"])",
             ),
             OpenError::Worker { cause } => f.write_str(cause),
+            OpenError::Refused(refusal) => refusal.fmt(f),
         }
     }
 }

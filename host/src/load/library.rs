@@ -11,6 +11,7 @@
 use super::{image, OpenError};
 use crate::load::private_copy::ShadowDir;
 use crate::sys;
+use crate::trust::TrustPolicy;
 use agent_host_plugin_abi::abi_stable::library::{AbiHeaderRef, LibraryError};
 use agent_host_plugin_abi::{PluginModuleRef, ROOT_MODULE_SYMBOL};
 use agent_host_plugin_sdk::manifest::{parse_manifests, Manifest, ManifestsError};
@@ -26,6 +27,18 @@ pub struct OpenedLibrary {
     pub manifests: Vec<Manifest>,
     /// Size of the loaded image on disk, an estimate of what stays mapped.
     pub image_bytes: u64,
+    /// The SHA-256 of the loaded bytes (empty when the copy was made by
+    /// another process: a worker's).
+    pub sha256: String,
+}
+
+/// A private copy the trust policy admitted.
+#[derive(Debug, Clone)]
+pub struct PrivateCopy {
+    /// The copy's path, in the host's private folder.
+    pub path: PathBuf,
+    /// The SHA-256 of its bytes.
+    pub sha256: String,
 }
 
 /// The ABI major version this host accepts.
@@ -39,10 +52,18 @@ fn major_of(version: &str) -> Option<u64> {
 
 /// Opens `file` from a fresh private copy and checks it. The file's
 /// headers are checked before it is copied (so a huge or foreign file is
-/// never copied whole), and the copy's again before it is mapped.
-pub fn open(file: &Path, shadow: &ShadowDir, max_bytes: u64) -> Result<OpenedLibrary, OpenError> {
-    let copy = private_copy(file, shadow, max_bytes)?;
-    open_copy(file, &copy, max_bytes, RunsIn::Host)
+/// never copied whole), the copy's bytes by the trust policy, and the
+/// copy's headers again before it is mapped.
+pub fn open(
+    file: &Path,
+    shadow: &ShadowDir,
+    max_bytes: u64,
+    trust: &TrustPolicy,
+) -> Result<OpenedLibrary, OpenError> {
+    let copy = private_copy(file, shadow, max_bytes, trust)?;
+    let mut library = open_copy(file, &copy.path, max_bytes, RunsIn::Host)?;
+    library.sha256 = copy.sha256;
+    Ok(library)
 }
 
 /// Which process a library's code is opened in.
@@ -55,14 +76,32 @@ pub enum RunsIn {
     Worker,
 }
 
-/// Checks `file`'s headers, then makes its fresh private copy, whose path
-/// it returns. Nothing is mapped or run.
-pub fn private_copy(file: &Path, shadow: &ShadowDir, max_bytes: u64) -> Result<PathBuf, OpenError> {
+/// Checks `file`'s headers, makes its fresh private copy, and has `trust`
+/// check the copy's bytes: those are the bytes that will be mapped, in a
+/// folder only this process writes, so a file swapped after the check
+/// cannot slip through. Nothing is mapped or run.
+pub fn private_copy(
+    file: &Path,
+    shadow: &ShadowDir,
+    max_bytes: u64,
+    trust: &TrustPolicy,
+) -> Result<PrivateCopy, OpenError> {
     image::check(file, max_bytes)?;
-    shadow.copy(file).map_err(|e| OpenError::Io {
+    let path = shadow.copy(file).map_err(|e| OpenError::Io {
         doing: "cannot make a private copy",
         cause: e.to_string(),
-    })
+    })?;
+    let bytes = std::fs::read(&path).map_err(|e| OpenError::Io {
+        doing: "cannot read the private copy",
+        cause: e.to_string(),
+    })?;
+    match trust.admit(file, &bytes) {
+        Ok(sha256) => Ok(PrivateCopy { path, sha256 }),
+        Err(refusal) => {
+            let _ = std::fs::remove_file(&path);
+            Err(OpenError::Refused(refusal))
+        }
+    }
 }
 
 /// Opens `copy`, a private copy of `file` made by the host, and checks it.
@@ -133,6 +172,7 @@ pub fn open_copy(
         module,
         manifests,
         image_bytes,
+        sha256: String::new(),
     })
 }
 

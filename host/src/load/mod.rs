@@ -33,6 +33,7 @@ use crate::plugin::{CreateContext, InstanceParts, PluginSource};
 use crate::registry::callbacks::PluginCallbacks;
 use crate::registry::lazy::{PendingPlugin, Starter};
 use crate::registry::{LivePlugin, Registry};
+use crate::trust::TrustPolicy;
 use agent_host_plugin_sdk::manifest::{Dependency, Manifest, ValidManifest};
 use semver::Version;
 use serde_json::json;
@@ -102,20 +103,22 @@ pub fn parallel_map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync
         .collect()
 }
 
-/// Opens one plugin file from a fresh private copy: in the host when every
-/// plugin runs in process, else through a probe worker (`isolation`), so
-/// that no code of a plugin the operator isolated ever runs in the host.
+/// Opens one plugin file from a fresh private copy that `trust` admitted:
+/// in the host when every plugin runs in process, else through a probe
+/// worker (`isolation`), so that no code of a plugin the operator isolated
+/// ever runs in the host.
 pub(crate) fn open_source(
     file: &Path,
     shadow: &ShadowDir,
     config: &AgentConfig,
+    trust: &TrustPolicy,
 ) -> Result<Arc<dyn PluginSource>, OpenError> {
     let max_bytes = config.host.max_plugin_bytes;
     if config.isolation.any_process() {
         #[cfg(unix)]
         {
             let settings = Arc::new(config.isolation.clone());
-            return crate::isolation::source::open(file, shadow, max_bytes, &settings)
+            return crate::isolation::source::open(file, shadow, max_bytes, &settings, trust)
                 .map(|probed| Arc::new(probed) as Arc<dyn PluginSource>);
         }
         #[cfg(not(unix))]
@@ -124,7 +127,8 @@ pub(crate) fn open_source(
                 .into(),
         });
     }
-    library::open(file, shadow, max_bytes).map(|library| Arc::new(library) as Arc<dyn PluginSource>)
+    library::open(file, shadow, max_bytes, trust)
+        .map(|library| Arc::new(library) as Arc<dyn PluginSource>)
 }
 
 /// Opens plugin files (in parallel), each from a fresh private copy. A file
@@ -134,9 +138,10 @@ fn open_files(
     files: &[PathBuf],
     shadow: &ShadowDir,
     config: &AgentConfig,
+    trust: &TrustPolicy,
     report: &mut LoadReport,
 ) -> Vec<Arc<dyn PluginSource>> {
-    let opened = parallel_map(files, |file| open_source(file, shadow, config));
+    let opened = parallel_map(files, |file| open_source(file, shadow, config, trust));
     let mut sources: Vec<Arc<dyn PluginSource>> = Vec::new();
     for (file, outcome) in files.iter().zip(opened) {
         match outcome {
@@ -246,6 +251,7 @@ pub(crate) fn instantiate(
             dependencies: p.dependencies.clone(),
             file: p.source.file().to_path_buf(),
             image_bytes: p.source.image_bytes(),
+            sha256: p.source.sha256().to_string(),
         },
         backend,
     );
@@ -379,6 +385,7 @@ fn pending(p: &Prepared, order: usize, config: &Arc<AgentConfig>) -> PendingPlug
         dependencies: p.dependencies.clone(),
         file: p.source.file().to_path_buf(),
         image_bytes: p.source.image_bytes(),
+        sha256: p.source.sha256().to_string(),
         load_order: order,
         permissions: permissions.patterns().to_vec(),
         triggers: Arc::clone(&p.triggers),
@@ -415,17 +422,18 @@ fn describe(p: &Prepared, order: usize, lazy: bool) -> LoadedPlugin {
     }
 }
 
-/// Loads every plugin in `dir` into `core`, with the operator's `config`.
-/// Only an unreadable folder is an error; every plugin failure is in the
-/// report.
+/// Loads every plugin in `dir` into `core`, with the operator's `config`,
+/// from the files `trust` admits. Only an unreadable folder is an error;
+/// every plugin failure is in the report.
 pub fn load_dir(
     core: &Arc<Registry>,
     shadow: &ShadowDir,
     dir: &Path,
     config: &AgentConfig,
+    trust: &TrustPolicy,
 ) -> std::io::Result<LoadReport> {
     let found = discover(dir)?;
-    let mut report = load_files(core, shadow, &found.files, config);
+    let mut report = load_files(core, shadow, &found.files, config, trust);
     let mut known: Vec<String> = core
         .plugins()
         .iter()
@@ -458,9 +466,10 @@ pub fn load_files(
     shadow: &ShadowDir,
     files: &[PathBuf],
     config: &AgentConfig,
+    trust: &TrustPolicy,
 ) -> LoadReport {
     let mut report = LoadReport::default();
-    let sources = open_files(files, shadow, config, &mut report);
+    let sources = open_files(files, shadow, config, trust, &mut report);
     load_sources(core, &sources, config, &mut report);
     report
 }
@@ -623,7 +632,10 @@ pub(crate) fn load_sources(
     }
     report.loaded.sort_by_key(|p| p.order);
     for failure in &report.failures {
-        tracing::error!("{failure}");
+        // A refused file has had its line (`event = "file_refused"`).
+        if !matches!(&*failure.error, LoadError::Open(OpenError::Refused(_))) {
+            tracing::error!("{failure}");
+        }
     }
     for warning in &report.warnings {
         tracing::warn!("{warning}");

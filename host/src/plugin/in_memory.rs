@@ -45,6 +45,10 @@ impl PluginSource for InMemorySource {
         0
     }
 
+    fn sha256(&self) -> &str {
+        ""
+    }
+
     fn create(
         &self,
         index: u32,

@@ -33,6 +33,10 @@ impl PluginSource for OpenedLibrary {
         self.image_bytes
     }
 
+    fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
     fn create(
         &self,
         index: u32,

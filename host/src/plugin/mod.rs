@@ -234,6 +234,8 @@ pub(crate) trait PluginSource: Send + Sync {
     fn manifests(&self) -> &[Manifest];
     /// Bytes of the code image this source keeps mapped in the host.
     fn image_bytes(&self) -> u64;
+    /// The SHA-256 of the bytes loaded (empty for a source that is no file).
+    fn sha256(&self) -> &str;
     /// Creates plugin number `index`, whose callbacks go to `host`.
     fn create(
         &self,
@@ -271,6 +273,9 @@ pub(crate) struct PluginInstance {
     pub file: PathBuf,
     /// Bytes of the code image this generation keeps mapped.
     pub image_bytes: u64,
+    /// The SHA-256 of the bytes this generation was loaded from (empty for
+    /// a plugin that came from no file).
+    pub sha256: String,
     backend: Box<dyn Backend>,
 }
 
@@ -286,6 +291,8 @@ pub(crate) struct InstanceParts {
     pub file: PathBuf,
     /// Bytes of its code image.
     pub image_bytes: u64,
+    /// The SHA-256 of the file's bytes it was loaded from.
+    pub sha256: String,
 }
 
 impl PluginInstance {
@@ -297,6 +304,7 @@ impl PluginInstance {
             dependencies: parts.dependencies,
             file: parts.file,
             image_bytes: parts.image_bytes,
+            sha256: parts.sha256,
             backend,
         }
     }

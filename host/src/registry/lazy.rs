@@ -40,6 +40,8 @@ pub(crate) struct PendingPlugin {
     pub file: PathBuf,
     /// Bytes of the library image its file keeps mapped.
     pub image_bytes: u64,
+    /// The SHA-256 of the bytes its file was loaded from.
+    pub sha256: String,
     /// Its place in the load order, kept when it starts.
     pub load_order: usize,
     /// The permissions it will hold (requested and granted).

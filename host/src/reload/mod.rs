@@ -18,19 +18,27 @@
 //! Any failure before the swap undoes the new generation and leaves the old
 //! one serving, with one line saying why. The old library stays mapped (it
 //! is never unloaded); the host counts it.
+//!
+//! Every reload is in the audit trail: who asked ([`ReloadOrigin`]), the
+//! file, and the SHA-256 of the bytes before and after, as the log event
+//! `plugin_reloaded` (or `plugin_reload_refused`, with the reason) and in
+//! `agent_host_reloads_total{origin, outcome}`.
 
 mod error;
+mod origin;
 #[cfg(test)]
 mod tests;
 pub(crate) mod watch;
 
 pub use error::ReloadError;
+pub use origin::ReloadOrigin;
 
 use crate::config::AgentConfig;
 use crate::dependencies::{check_replacement, Candidate};
 use crate::isolation::Placement;
 use crate::load::{check_manifest, instantiate, subscribe_providers, Prepared};
 use crate::load::{LoadError, OpenError};
+use crate::metrics::ReloadLabels;
 use crate::plugin::CallError;
 use crate::plugin::PluginSource;
 use crate::registry::{LivePlugin, Registry};
@@ -49,6 +57,13 @@ pub struct Reloaded {
     pub from_version: String,
     /// The version that serves now.
     pub to_version: String,
+    /// The SHA-256 of the bytes the old generation was loaded from.
+    pub from_sha256: String,
+    /// The SHA-256 of the bytes the new generation was loaded from.
+    pub to_sha256: String,
+    /// Who asked for the reload.
+    #[serde(flatten)]
+    pub origin: ReloadOrigin,
     /// The new generation's number.
     pub generation: u64,
     /// Bytes of state handed from the old generation to the new one.
@@ -186,13 +201,14 @@ fn start_services(new: &LivePlugin) -> Result<(), (String, String)> {
 }
 
 /// Reloads the plugin named `name` from its file (or `file`), which `open`
-/// turns into a source (a fresh private copy of a library, in the host).
-/// Callers serialize reloads.
+/// turns into a source (a fresh private copy of a library, in the host),
+/// at the request of `origin`. Callers serialize reloads.
 pub(crate) fn reload(
     core: &Arc<Registry>,
     config: &AgentConfig,
     name: &str,
     file: Option<&Path>,
+    origin: ReloadOrigin,
     open: impl FnOnce(&Path) -> Result<Arc<dyn PluginSource>, OpenError>,
 ) -> Result<Reloaded, ReloadFailure> {
     let started = Instant::now();
@@ -317,6 +333,9 @@ pub(crate) fn reload(
             plugin: name.to_string(),
             from_version: old.instance.manifest.version.clone(),
             to_version: new.instance.manifest.version.clone(),
+            from_sha256: old.instance.sha256.clone(),
+            to_sha256: new.instance.sha256.clone(),
+            origin: origin.clone(),
             generation: new.generation,
             state_bytes: state.len(),
             paused_us,
@@ -324,11 +343,29 @@ pub(crate) fn reload(
             retire_errors,
         })
     })();
+    let outcome_label = if outcome.is_ok() {
+        "reloaded"
+    } else {
+        "refused"
+    };
+    core.metrics
+        .reloads
+        .get_or_create(&ReloadLabels {
+            origin: origin.label().to_string(),
+            outcome: outcome_label.to_string(),
+        })
+        .inc();
     match &outcome {
         Ok(done) => {
             let mapped = core.mapped(name);
             tracing::info!(
+                event = "plugin_reloaded",
+                origin = origin.label(),
+                identity = origin.identity(),
                 plugin = name,
+                file = %file.display(),
+                from_sha256 = %done.from_sha256,
+                to_sha256 = %done.to_sha256,
                 from = %done.from_version,
                 to = %done.to_version,
                 generation = done.generation,
@@ -353,7 +390,15 @@ pub(crate) fn reload(
             );
         }
         Err(failure) => {
-            tracing::error!("{failure}");
+            tracing::error!(
+                event = "plugin_reload_refused",
+                origin = origin.label(),
+                identity = origin.identity(),
+                plugin = name,
+                file = %failure.file.display(),
+                reason = %failure.cause(),
+                "{failure}"
+            );
             core.emit(
                 "host",
                 "plugin:reload_failed",

@@ -8,6 +8,9 @@
 //! file caught half-written is retried a few times); if it is new, the
 //! folder is rescanned, which also loads plugins that were waiting for it
 //! as a dependency; if it is gone, its plugins and their dependents stop.
+//! A changed signature (`libx.so.minisig`) counts as a change of the
+//! library it signs, so a signature that lands after its library still
+//! gets the library loaded.
 
 use crate::host::PluginHost;
 use crate::load::discovery::is_plugin_file;
@@ -55,6 +58,21 @@ fn is_change(kind: &EventKind) -> bool {
     }
 }
 
+/// The plugin file a changed path concerns: the path itself, or, for a
+/// signature, the library it signs.
+fn plugin_file_of(path: &Path) -> Option<PathBuf> {
+    if is_plugin_file(path) {
+        return Some(path.to_path_buf());
+    }
+    let name = path.file_name()?.to_str()?;
+    let signed = name.strip_suffix(&format!(
+        ".{}",
+        crate::trust::signature::SIGNATURE_EXTENSION
+    ))?;
+    let library = path.with_file_name(signed);
+    is_plugin_file(&library).then_some(library)
+}
+
 /// Starts watching `dir` for `host`.
 pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Watch, String> {
     let dir = dir
@@ -77,8 +95,7 @@ pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Wa
                         .iter()
                         .filter(|e| is_change(&e.kind))
                         .flat_map(|e| e.paths.iter())
-                        .filter(|p| is_plugin_file(p))
-                        .cloned()
+                        .filter_map(|p| plugin_file_of(p))
                         .collect(),
                     Ok(Err(errors)) => {
                         for error in errors {
@@ -118,7 +135,7 @@ pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Wa
                         rescan = true;
                     }
                     for name in names {
-                        if let Err(failure) = host.reload(&name) {
+                        if let Err(failure) = host.reload_as(&name, None, crate::reload::ReloadOrigin::Watcher) {
                             if failure.error.is_transient() && attempt < RETRIES {
                                 retries.insert(path.clone(), (attempt, Instant::now() + RETRY_AFTER));
                             }
@@ -142,4 +159,20 @@ pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Wa
         debouncer: Some(debouncer),
         worker: Some(worker),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::discovery::LIBRARY_EXTENSION;
+
+    #[test]
+    fn a_signature_stands_for_the_library_it_signs() {
+        let library = PathBuf::from(format!("/p/libx.{LIBRARY_EXTENSION}"));
+        let signature = PathBuf::from(format!("/p/libx.{LIBRARY_EXTENSION}.minisig"));
+        assert_eq!(plugin_file_of(&library), Some(library.clone()));
+        assert_eq!(plugin_file_of(&signature), Some(library));
+        assert_eq!(plugin_file_of(Path::new("/p/notes.txt.minisig")), None);
+        assert_eq!(plugin_file_of(Path::new("/p/plugins.lock")), None);
+    }
 }

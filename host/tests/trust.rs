@@ -1,0 +1,273 @@
+//! `agent-host lock`, `sign`, `keygen` and `check --locked` / `[trust]`, run
+//! as real processes on real plugin files: what is pinned or signed by a
+//! trusted key loads, anything else is refused with one line naming the
+//! file, its SHA-256 and the cause.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use test_support::{add_as, fixture, EXT};
+
+fn agent_host(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("AGENT_HOST_SIGNING_PASSWORD")
+        .output()
+        .expect("run agent-host")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
+fn lib(name: &str) -> String {
+    format!("{name}.{EXT}")
+}
+
+/// The SHA-256 of a file, as the lock writes it.
+fn sha256(file: &Path) -> String {
+    agent_host::trust::digest::sha256_hex(&std::fs::read(file).expect("read"))
+}
+
+/// Flips one byte in the middle of `file`.
+fn change_one_byte(file: &Path) {
+    let mut bytes = std::fs::read(file).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(file, bytes).expect("write");
+}
+
+/// A plugin folder with the counter (v1) and the default fixture, and a
+/// separate folder for the lock and keys (where the plugin folder's
+/// writers cannot write).
+fn folders() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
+    let plugins = tempfile::tempdir().expect("tempdir");
+    add_as(plugins.path(), &fixture("counter-v1"), &lib("counter"));
+    add_as(plugins.path(), &fixture(""), &lib("fixture"));
+    let operator = tempfile::tempdir().expect("tempdir");
+    let lock = operator.path().join("plugins.lock");
+    (plugins, operator, lock)
+}
+
+fn check_locked(plugins: &Path, lock: &Path) -> Output {
+    agent_host(&["check", &format!("--locked={}", s(lock)), s(plugins)])
+}
+
+#[test]
+fn lock_pins_every_file_and_check_locked_refuses_what_is_not_pinned() {
+    let (plugins, _operator, lock) = folders();
+    let output = agent_host(&["lock", s(plugins.path()), "--output", s(&lock)]);
+    assert!(output.status.success(), "{}", text(&output));
+    let written = std::fs::read_to_string(&lock).expect("the lock");
+    let counter = plugins.path().join(lib("counter"));
+    assert!(written.contains(&sha256(&counter)), "{written}");
+    assert!(
+        written.contains(&format!("name = \"{}\"", lib("counter"))),
+        "{written}"
+    );
+    assert!(written.contains("name = \"counter\""), "{written}");
+    assert!(written.contains("version = \"1.0.0\""), "{written}");
+
+    let output = check_locked(plugins.path(), &lock);
+    assert!(output.status.success(), "{}", text(&output));
+
+    // A file that is not in the lock.
+    let stranger = add_as(plugins.path(), &fixture("multi"), &lib("stranger"));
+    let output = check_locked(plugins.path(), &lock);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains(&lib("stranger")))
+        .unwrap_or_else(|| panic!("a FAIL line for the stranger:\n{out}"));
+    assert!(line.contains(&sha256(&stranger)), "{line}");
+    assert!(line.contains("not in the lock file"), "{line}");
+    assert!(
+        out.contains("ok    counter 1.0.0"),
+        "unrelated plugins load: {out}"
+    );
+
+    // The same file without the lock loads.
+    let output = agent_host(&["check", s(plugins.path())]);
+    assert!(output.status.success(), "{}", text(&output));
+}
+
+#[test]
+fn a_file_changed_by_one_byte_after_locking_is_refused() {
+    let (plugins, _operator, lock) = folders();
+    let output = agent_host(&["lock", s(plugins.path()), "--output", s(&lock)]);
+    assert!(output.status.success(), "{}", text(&output));
+    let counter = plugins.path().join(lib("counter"));
+    let pinned = sha256(&counter);
+    change_one_byte(&counter);
+    let output = check_locked(plugins.path(), &lock);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains(&lib("counter")))
+        .unwrap_or_else(|| panic!("a FAIL line for the counter:\n{out}"));
+    assert!(line.contains(&sha256(&counter)), "{line}");
+    assert!(line.contains("hash differs"), "{line}");
+    assert!(line.contains(&pinned), "names the pinned hash: {line}");
+    assert!(out.contains("ok    fixture 1.0.0"), "{out}");
+}
+
+#[test]
+fn lock_update_re_pins_one_file_and_keeps_the_others() {
+    let (plugins, _operator, lock) = folders();
+    // `--locked` alone reads the folder's plugins.lock, which `lock` writes.
+    let output = agent_host(&["lock", s(plugins.path())]);
+    assert!(output.status.success(), "{}", text(&output));
+    let default_lock = plugins.path().join("plugins.lock");
+    let before = agent_host::trust::lock::LockFile::read(&default_lock).expect("lock");
+    std::fs::copy(&default_lock, &lock).expect("copy");
+
+    add_as(plugins.path(), &fixture("counter-v2"), &lib("counter"));
+    let output = agent_host(&["check", "--locked", s(plugins.path())]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+
+    // Re-pin by plugin name, in both locks.
+    for target in [None, Some(&lock)] {
+        let mut args = vec!["lock", s(plugins.path()), "--update", "counter"];
+        if let Some(target) = target {
+            args.extend(["--output", s(target)]);
+        }
+        let output = agent_host(&args);
+        assert!(output.status.success(), "{}", text(&output));
+    }
+    let after = agent_host::trust::lock::LockFile::read(&lock).expect("lock");
+    let entry = |lock: &agent_host::trust::lock::LockFile, name: &str| {
+        lock.files
+            .iter()
+            .find(|f| f.name == lib(name))
+            .cloned()
+            .expect("an entry")
+    };
+    assert_eq!(
+        entry(&after, "counter").sha256,
+        sha256(&plugins.path().join(lib("counter")))
+    );
+    assert_eq!(entry(&after, "counter").plugins[0].version, "2.0.0");
+    assert_eq!(entry(&after, "fixture"), entry(&before, "fixture"), "kept");
+    let output = agent_host(&["check", "--locked", s(plugins.path())]);
+    let out = text(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("ok    counter 2.0.0"), "{out}");
+
+    // A name that is nowhere.
+    let output = agent_host(&["lock", s(plugins.path()), "--update", "nothing"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("'nothing'"), "{}", text(&output));
+}
+
+/// `keygen` into `dir`; returns the secret key file and the public key line.
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let secret = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    let output = agent_host(&[
+        "keygen",
+        "--secret-key",
+        s(&secret),
+        "--public-key",
+        s(&public),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let base64 = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("public_keys = [\"")?
+                .strip_suffix("\"]")
+                .map(str::to_string)
+        })
+        .expect("the config line");
+    (secret, base64)
+}
+
+fn config_trusting(dir: &Path, key: &str) -> PathBuf {
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, format!("[trust]\npublic_keys = [\"{key}\"]\n")).expect("config");
+    config
+}
+
+#[test]
+fn signed_files_load_and_unsigned_tampered_or_foreign_ones_are_refused() {
+    let (plugins, operator, _) = folders();
+    let (secret, public) = keygen(operator.path(), "release");
+    let config = config_trusting(operator.path(), &public);
+    let counter = plugins.path().join(lib("counter"));
+    let fixture_file = plugins.path().join(lib("fixture"));
+    let output = agent_host(&["sign", "--key", s(&secret), s(&counter), s(&fixture_file)]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(plugins
+        .path()
+        .join(format!("{}.minisig", lib("counter")))
+        .exists());
+
+    let check = || agent_host(&["check", "--config", s(&config), s(plugins.path())]);
+    let output = check();
+    assert!(
+        output.status.success(),
+        "signed files load: {}",
+        text(&output)
+    );
+
+    // Tampered after signing: one byte, the old signature kept.
+    change_one_byte(&counter);
+    let output = check();
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains(&lib("counter")))
+        .unwrap_or_else(|| panic!("a FAIL line for the counter:\n{out}"));
+    assert!(line.contains("bad signature"), "{line}");
+    assert!(line.contains(&sha256(&counter)), "{line}");
+    assert!(out.contains("ok    fixture 1.0.0"), "{out}");
+
+    // Unsigned.
+    add_as(plugins.path(), &fixture("counter-v1"), &lib("counter"));
+    std::fs::remove_file(plugins.path().join(format!("{}.minisig", lib("counter")))).expect("rm");
+    let out = text(&check());
+    assert!(
+        out.lines().any(|l| l.starts_with("FAIL")
+            && l.contains(&lib("counter"))
+            && l.contains("unsigned")),
+        "{out}"
+    );
+
+    // Signed by a key the config does not trust.
+    let (other, _) = keygen(operator.path(), "other");
+    let output = agent_host(&["sign", "--key", s(&other), s(&counter)]);
+    assert!(output.status.success(), "{}", text(&output));
+    let out = text(&check());
+    assert!(
+        out.lines().any(|l| l.starts_with("FAIL")
+            && l.contains(&lib("counter"))
+            && l.contains("not among [trust] public_keys")),
+        "{out}"
+    );
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_a_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    keygen(dir.path(), "k");
+    let output = agent_host(&[
+        "keygen",
+        "--secret-key",
+        s(&dir.path().join("k.key")),
+        "--public-key",
+        s(&dir.path().join("k.pub")),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("--force"), "{}", text(&output));
+}
