@@ -407,12 +407,14 @@ fn tokens_and_roles_decide_every_route_and_refusals_are_answered_logged_and_coun
         Some(&json!({})),
         200,
     );
-    agent.wait_for_log("event=\"reload_requested\"");
+    agent.wait_for_log("event=\"plugin_reloaded\"");
     assert!(
         agent
             .log()
             .lines()
-            .any(|l| l.contains("event=\"reload_requested\"") && l.contains("identity=\"watch\"")),
+            .any(|l| l.contains("event=\"plugin_reloaded\"")
+                && l.contains("origin=\"http\"")
+                && l.contains("identity=\"watch\"")),
         "{}",
         agent.log()
     );
