@@ -115,7 +115,14 @@ fn restarts() {
     for _ in 0..30 {
         let old = pid_of(&host, "faulty").expect("pid");
         let started = Instant::now();
-        host.reload("faulty").expect("reload");
+        // The same file each time: a forced reload (a new worker).
+        host.reload_as(
+            "faulty",
+            None,
+            agent_host::ReloadOrigin::Api,
+            agent_host::WhenUnchanged::Reload,
+        )
+        .expect("reload");
         serving(old);
         reloads.push(started.elapsed());
     }

@@ -211,6 +211,7 @@ impl PluginHost {
             name,
             Some(&file),
             ReloadOrigin::Api,
+            crate::reload::WhenUnchanged::Reload,
             |_| Ok(source),
         )
     }
@@ -326,33 +327,37 @@ impl PluginHost {
     }
 
     /// Reloads a plugin from its file, swapping the new generation in while
-    /// the agent serves. Blocks; reloads run one at a time. The audit trail
+    /// the agent serves. Blocks; reloads run one at a time. A file
+    /// byte-identical to the serving generation's is not reloaded
+    /// ([`WhenUnchanged::Skip`](crate::WhenUnchanged::Skip)). The audit trail
     /// names the caller as [`ReloadOrigin::Api`].
     pub fn reload(
         &self,
         name: &str,
     ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
-        self.reload_as(name, None, ReloadOrigin::Api)
+        self.reload_as(name, None, ReloadOrigin::Api, Default::default())
     }
 
-    /// Reloads a plugin from a given file.
+    /// Reloads a plugin from a given file, as [`PluginHost::reload`] does.
     pub fn reload_from(
         &self,
         name: &str,
         file: Option<&Path>,
     ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
-        self.reload_as(name, file, ReloadOrigin::Api)
+        self.reload_as(name, file, ReloadOrigin::Api, Default::default())
     }
 
     /// Reloads a plugin from its file (or from `file`) at the request of
     /// `origin`, which the audit trail records (`plugin_reloaded`,
-    /// `agent_host_reloads_total`). The new file passes the `[trust]`
-    /// checks like any load.
+    /// `agent_host_reloads_total`); `when_unchanged` says what a file
+    /// byte-identical to the serving generation's does. The new file passes
+    /// the `[trust]` checks like any load.
     pub fn reload_as(
         &self,
         name: &str,
         file: Option<&Path>,
         origin: ReloadOrigin,
+        when_unchanged: crate::reload::WhenUnchanged,
     ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
         let _one_at_a_time = self
             .reloading
@@ -367,9 +372,15 @@ impl PluginHost {
                 }
             }
         }
-        crate::reload::reload(&self.core, &self.config, name, file, origin, |file| {
-            crate::load::open_source(file, &self.shadow, &self.config, &self.trust)
-        })
+        crate::reload::reload(
+            &self.core,
+            &self.config,
+            name,
+            file,
+            origin,
+            when_unchanged,
+            |file| crate::load::open_source(file, &self.shadow, &self.config, &self.trust),
+        )
     }
 
     /// Watches `dir` (see [`Watch`](crate::Watch)): a changed file reloads

@@ -329,7 +329,17 @@ fn reload_origin(headers: &HeaderMap, identity: Option<String>) -> crate::Reload
     }
 }
 
-/// `POST /v1/plugins/{name}/reload`: reloads the plugin from its file.
+/// The query of `POST /v1/plugins/{name}/reload`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ReloadQuery {
+    /// Reload even a file byte-identical to the serving generation's.
+    force: bool,
+}
+
+/// `POST /v1/plugins/{name}/reload`: reloads the plugin from its file
+/// (`?force=true`: even when it is byte-identical to the serving
+/// generation's; otherwise such a reload is skipped, `"unchanged": true`).
 /// 200 with what changed; 404 for an unknown plugin; 422 when the new build
 /// is refused (the running generation keeps serving).
 ///
@@ -339,7 +349,18 @@ async fn reload_plugin(
     identity: Option<Extension<Identity>>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
+    query: Result<axum::extract::Query<ReloadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let when_unchanged = match query {
+        Ok(axum::extract::Query(ReloadQuery { force: true })) => crate::WhenUnchanged::Reload,
+        Ok(_) => crate::WhenUnchanged::Skip,
+        Err(rejection) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the query string: {rejection} (only force=true or force=false)"),
+            ))
+        }
+    };
     let identity = identity.map(|Extension(identity)| identity.token);
     let origin = reload_origin(&headers, identity);
     let name = plugin_name(name)?;
@@ -350,14 +371,15 @@ async fn reload_plugin(
         ));
     }
     let host = Arc::clone(&state.host);
-    let outcome = tokio::task::spawn_blocking(move || host.reload_as(&name, None, origin))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the reload task failed: {e}"),
-            )
-        })?;
+    let outcome =
+        tokio::task::spawn_blocking(move || host.reload_as(&name, None, origin, when_unchanged))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the reload task failed: {e}"),
+                )
+            })?;
     match outcome {
         Ok(reloaded) => Ok(Json(reloaded).into_response()),
         Err(failure) => Err(ApiError::new(

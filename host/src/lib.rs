@@ -49,4 +49,4 @@ pub use crate::load::{LoadError, OpenError};
 pub use crate::pipeline::{InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN};
 pub use crate::plugin::CallError;
 pub use crate::reload::watch::{Watch, DEFAULT_DEBOUNCE};
-pub use crate::reload::{ReloadError, ReloadFailure, ReloadOrigin, Reloaded};
+pub use crate::reload::{ReloadError, ReloadFailure, ReloadOrigin, Reloaded, WhenUnchanged};

@@ -172,7 +172,7 @@ fn head_status(agent: &Agent, path: &str, token: &str) -> u16 {
 fn reload_cli(agent: &Agent, plugin: &str, token: Option<&str>) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_agent-host"));
     command
-        .args(["reload", plugin, "--url"])
+        .args(["reload", plugin, "--force", "--url"])
         .arg(format!("http://{}", agent.address))
         .env_remove("AGENT_HOST_TOKEN");
     if let Some(token) = token {
@@ -402,7 +402,7 @@ fn tokens_and_roles_decide_every_route_and_refusals_are_answered_logged_and_coun
         &agent,
         "watch (admin)",
         "POST",
-        "/v1/plugins/runtime/reload",
+        "/v1/plugins/runtime/reload?force=true",
         Some(WATCH),
         Some(&json!({})),
         200,

@@ -82,13 +82,28 @@ fn the_http_api_serves_messages_plugins_events_health_and_metrics_then_stops_on_
         "no plugin named 'no-such-plugin' is loaded"
     );
 
-    // A manual reload: a new generation of multi-one serves its dependent.
+    // A manual reload of a file that has not changed does nothing, and says
+    // so.
     let before = agent.get("/v1/plugins/multi-one").json();
-    let reloaded = agent.post_json("/v1/plugins/multi-one/reload", &json!({}));
+    let skipped = agent.post_json("/v1/plugins/multi-one/reload", &json!({}));
+    assert_eq!(skipped.status, 200, "{}", skipped.text());
+    let skipped = skipped.json();
+    assert_eq!(skipped["unchanged"], true, "{skipped}");
+    assert_eq!(skipped["generation"], before["generation"], "{skipped}");
+    let bad_query = agent.post_json("/v1/plugins/multi-one/reload?force=maybe", &json!({}));
+    assert!(
+        bad_query.error(400).contains("force=true"),
+        "{}",
+        bad_query.text()
+    );
+
+    // A forced reload: a new generation of multi-one serves its dependent.
+    let reloaded = agent.post_json("/v1/plugins/multi-one/reload?force=true", &json!({}));
     assert_eq!(reloaded.status, 200, "{}", reloaded.text());
     let reloaded = reloaded.json();
     assert_eq!(reloaded["plugin"], "multi-one");
     assert_eq!(reloaded["to_version"], "1.0.0");
+    assert_eq!(reloaded["unchanged"], false, "{reloaded}");
     // The audit trail: who asked, and the file's hash before and after.
     assert_eq!(reloaded["origin"], "http", "{reloaded}");
     assert_eq!(reloaded["identity"], Value::Null, "{reloaded}");
@@ -112,26 +127,38 @@ fn the_http_api_serves_messages_plugins_events_health_and_metrics_then_stops_on_
     let reply = agent.post_json("/v1/messages", &message("multi")).json();
     assert_eq!(reply["text"], "multi-one says pong", "{reply}");
     // The same from the command line, against the running agent.
-    let cli = Command::new(env!("CARGO_BIN_EXE_agent-host"))
-        .args(["reload", "multi-one", "--url"])
-        .arg(format!("http://{}", agent.address))
-        .output()
-        .expect("run agent-host reload");
-    let said = String::from_utf8_lossy(&cli.stdout);
+    let reload_cli = |extra: &[&str]| {
+        let cli = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+            .args(["reload", "multi-one", "--url"])
+            .arg(format!("http://{}", agent.address))
+            .args(extra)
+            .output()
+            .expect("run agent-host reload");
+        let said = String::from_utf8_lossy(&cli.stdout).into_owned();
+        assert!(
+            cli.status.success(),
+            "{said} {}",
+            String::from_utf8_lossy(&cli.stderr)
+        );
+        said
+    };
+    let said = reload_cli(&[]);
     assert!(
-        cli.status.success(),
-        "{said} {}",
-        String::from_utf8_lossy(&cli.stderr)
+        said.starts_with("multi-one not reloaded: its file is byte-identical"),
+        "{said}"
     );
+    let said = reload_cli(&["--force"]);
     assert!(
         said.starts_with("reloaded multi-one 1.0.0 -> 1.0.0"),
         "{said}"
     );
     let metrics = agent.get("/metrics").text();
     for origin in ["http", "cli"] {
-        let line =
-            format!("agent_host_reloads_total{{origin=\"{origin}\",outcome=\"reloaded\"}} 1");
-        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+        for outcome in ["reloaded", "unchanged"] {
+            let line =
+                format!("agent_host_reloads_total{{origin=\"{origin}\",outcome=\"{outcome}\"}} 1");
+            assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+        }
     }
     let refused = Command::new(env!("CARGO_BIN_EXE_agent-host"))
         .args(["reload", "no-such-plugin", "--url"])

@@ -269,7 +269,15 @@ fn a_reload_under_load_swaps_workers_and_loses_nothing() {
         });
         let mut pids = vec![first];
         for _ in 0..5 {
-            agent.host.reload("faulty").expect("reload");
+            agent
+                .host
+                .reload_as(
+                    "faulty",
+                    None,
+                    agent_host::ReloadOrigin::Api,
+                    agent_host::WhenUnchanged::Reload,
+                )
+                .expect("reload");
             pids.push(worker_pid(&agent).expect("a worker"));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);

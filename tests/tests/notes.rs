@@ -196,7 +196,13 @@ fn reloads_hand_the_database_over_and_lose_no_acknowledged_note() {
             })
             .collect();
         for _ in 0..RELOADS {
-            host.reload("notes").expect("reload");
+            host.reload_as(
+                "notes",
+                None,
+                agent_host::ReloadOrigin::Api,
+                agent_host::WhenUnchanged::Reload,
+            )
+            .expect("reload");
         }
         writing.store(false, std::sync::atomic::Ordering::SeqCst);
         writers

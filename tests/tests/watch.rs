@@ -90,3 +90,55 @@ fn the_folder_drives_the_plugins() {
     });
     assert!(host.handle_message(msg("count")).action.is_none());
 }
+
+/// The value of the counter `agent_host_reloads_total` for `origin` and
+/// `outcome` (0 when it never counted).
+fn reloads(host: &PluginHost, origin: &str, outcome: &str) -> u64 {
+    let prefix = format!("agent_host_reloads_total{{origin=\"{origin}\",outcome=\"{outcome}\"}} ");
+    host.metrics_text()
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_file_event_that_changes_no_byte_reloads_nothing() {
+    let dir = tempfile::tempdir().expect("temp folder");
+    let file = add_as(
+        dir.path(),
+        &fixture("counter-v1"),
+        &format!("counter.{EXT}"),
+    );
+    let host = Arc::new(PluginHost::new(HostOptions::default()).expect("host"));
+    assert!(host.load_dir(dir.path()).expect("load").is_clean());
+    let _watch = PluginHost::watch(&host, dir.path(), Duration::from_millis(100)).expect("watch");
+    let generation = host.status("counter").expect("counter").generation;
+
+    // The same bytes written again: the watcher sees the file change and
+    // reloads nothing.
+    replace(&file, &fixture("counter-v1"));
+    wait_until("the watcher to skip the unchanged file", || {
+        reloads(&host, "watcher", "unchanged") == 1
+    });
+    let status = host.status("counter").expect("counter");
+    assert_eq!(status.generation, generation);
+    assert_eq!(status.mapped.generations, 1);
+    assert_eq!(reloads(&host, "watcher", "reloaded"), 0);
+
+    // A new build reloaded by hand while the watcher also sees it: one of
+    // the two reloads it, the other finds nothing to do.
+    replace(&file, &fixture("counter-v2"));
+    let by_hand = host.reload("counter").expect("reload");
+    wait_until("the watcher to see the new build", || {
+        reloads(&host, "watcher", "unchanged") + reloads(&host, "watcher", "reloaded") == 2
+    });
+    let status = host.status("counter").expect("counter");
+    assert_eq!(status.version, "2.0.0");
+    assert_eq!(status.mapped.generations, 2, "one new generation, not two");
+    let reloaded = reloads(&host, "watcher", "reloaded") + reloads(&host, "api", "reloaded");
+    assert_eq!(reloaded, 1, "{}", host.metrics_text());
+    if by_hand.unchanged {
+        assert_eq!(reloads(&host, "watcher", "reloaded"), 1);
+    }
+}

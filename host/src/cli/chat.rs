@@ -225,10 +225,19 @@ async fn operator_command(
         OperatorCommand::Reload(name) => {
             let worker = Arc::clone(host);
             match tokio::task::spawn_blocking(move || {
-                worker.reload_as(&name, None, crate::ReloadOrigin::Cli { identity: None })
+                worker.reload_as(
+                    &name,
+                    None,
+                    crate::ReloadOrigin::Cli { identity: None },
+                    crate::WhenUnchanged::Skip,
+                )
             })
             .await?
             {
+                Ok(done) if done.unchanged => format!(
+                    "{} not reloaded: its file is byte-identical to the serving generation {}",
+                    done.plugin, done.generation
+                ),
                 Ok(done) => format!(
                     "reloaded {} {} -> {} (generation {}, calls held {} us)",
                     done.plugin,

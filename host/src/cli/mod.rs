@@ -164,6 +164,10 @@ pub enum Command {
         /// The agent's HTTP address, such as http://127.0.0.1:8080.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// Reload even when the file is byte-identical to the serving
+        /// generation's (a restart of the plugin, its state handed over).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -227,7 +231,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::List { dir, config, json } => {
             check::list(&dir, &load_config(config.as_deref())?, json)
         }
-        Command::Reload { plugin, url } => reload_remote(&url, &plugin),
+        Command::Reload { plugin, url, force } => reload_remote(&url, &plugin, force),
         Command::Run {
             plugins,
             config,
@@ -286,8 +290,16 @@ pub const TOKEN_VARIABLE: &str = "AGENT_HOST_TOKEN";
 
 /// `agent-host reload`: POSTs to the running agent's reload endpoint, with
 /// the token of [`TOKEN_VARIABLE`] when it is set.
-fn reload_remote(url: &str, plugin: &str) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let endpoint = format!("{}/v1/plugins/{plugin}/reload", url.trim_end_matches('/'));
+fn reload_remote(
+    url: &str,
+    plugin: &str,
+    force: bool,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let force = if force { "?force=true" } else { "" };
+    let endpoint = format!(
+        "{}/v1/plugins/{plugin}/reload{force}",
+        url.trim_end_matches('/')
+    );
     let token = std::env::var(TOKEN_VARIABLE).ok().filter(|t| !t.is_empty());
     let mut request = ureq::post(&endpoint)
         .config()
@@ -310,6 +322,14 @@ fn reload_remote(url: &str, plugin: &str) -> Result<ExitCode, Box<dyn std::error
     match request.send("{}") {
         Ok(mut response) if response.status().is_success() => {
             let done: serde_json::Value = response.body_mut().read_json()?;
+            if done["unchanged"] == serde_json::Value::Bool(true) {
+                println!(
+                    "{} not reloaded: its file is byte-identical to the serving generation {} (--force reloads it anyway)",
+                    done["plugin"].as_str().unwrap_or(plugin),
+                    done["generation"]
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "reloaded {} {} -> {} (generation {}, calls held {} us)",
                 done["plugin"].as_str().unwrap_or(plugin),

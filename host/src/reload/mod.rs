@@ -74,6 +74,24 @@ pub struct Reloaded {
     pub total_us: u64,
     /// Errors while retiring the old generation (it is replaced regardless).
     pub retire_errors: Vec<String>,
+    /// The file was byte-identical to the serving generation's, so nothing
+    /// was reloaded ([`WhenUnchanged::Skip`]): the generation and the
+    /// versions are those that served, and serve on.
+    pub unchanged: bool,
+}
+
+/// What a reload does when the file is byte-identical (the same SHA-256)
+/// to the bytes the serving generation was loaded from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WhenUnchanged {
+    /// Nothing: the reload is skipped and says so ([`Reloaded::unchanged`]).
+    /// A file event that changed no byte, or a second request for the same
+    /// build, costs no new generation.
+    #[default]
+    Skip,
+    /// Reload all the same: the plugin restarts as a new generation of the
+    /// same build, its state handed over.
+    Reload,
 }
 
 /// A reload that failed: the old generation keeps serving.
@@ -152,6 +170,14 @@ pub fn retire(core: &Registry, plugin: &LivePlugin, services_started: usize) -> 
     errors
 }
 
+/// Whether `file` holds exactly the bytes `plugin` was loaded from. A file
+/// that cannot be read is not unchanged: the reload then says why.
+fn is_unchanged(plugin: &LivePlugin, file: &Path) -> bool {
+    !plugin.instance.sha256.is_empty()
+        && std::fs::read(file)
+            .is_ok_and(|bytes| crate::trust::digest::sha256_hex(&bytes) == plugin.instance.sha256)
+}
+
 /// Refuses an in-process reload of `name` that would take the library
 /// images it keeps mapped past `host.mapped_bytes_limit` (0: no limit),
 /// counting `file` at its size, before anything is opened.
@@ -209,6 +235,7 @@ pub(crate) fn reload(
     name: &str,
     file: Option<&Path>,
     origin: ReloadOrigin,
+    when_unchanged: WhenUnchanged,
     open: impl FnOnce(&Path) -> Result<Arc<dyn PluginSource>, OpenError>,
 ) -> Result<Reloaded, ReloadFailure> {
     let started = Instant::now();
@@ -226,6 +253,22 @@ pub(crate) fn reload(
         error: Box::new(error),
     };
     let outcome = (|| {
+        if when_unchanged == WhenUnchanged::Skip && is_unchanged(&old, &file) {
+            return Ok(Reloaded {
+                plugin: name.to_string(),
+                from_version: old.instance.manifest.version.clone(),
+                to_version: old.instance.manifest.version.clone(),
+                from_sha256: old.instance.sha256.clone(),
+                to_sha256: old.instance.sha256.clone(),
+                origin: origin.clone(),
+                generation: old.generation,
+                state_bytes: 0,
+                paused_us: 0,
+                total_us: micros(started),
+                retire_errors: Vec::new(),
+                unchanged: true,
+            });
+        }
         check_mapped_limit(core, config, name, &file).map_err(fail)?;
         let opened = open(&file).map_err(|e| fail(ReloadError::Open(e)))?;
         // A build refused from here until its instance exists stays mapped
@@ -341,12 +384,13 @@ pub(crate) fn reload(
             paused_us,
             total_us: micros(started),
             retire_errors,
+            unchanged: false,
         })
     })();
-    let outcome_label = if outcome.is_ok() {
-        "reloaded"
-    } else {
-        "refused"
+    let outcome_label = match &outcome {
+        Ok(done) if done.unchanged => "unchanged",
+        Ok(_) => "reloaded",
+        Err(_) => "refused",
     };
     core.metrics
         .reloads
@@ -356,6 +400,18 @@ pub(crate) fn reload(
         })
         .inc();
     match &outcome {
+        Ok(done) if done.unchanged => {
+            tracing::info!(
+                event = "plugin_reload_skipped",
+                origin = origin.label(),
+                identity = origin.identity(),
+                plugin = name,
+                file = %file.display(),
+                sha256 = %done.to_sha256,
+                generation = done.generation,
+                "not reloaded: the file is byte-identical to the serving generation's"
+            );
+        }
         Ok(done) => {
             let mapped = core.mapped(name);
             tracing::info!(

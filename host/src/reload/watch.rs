@@ -135,7 +135,12 @@ pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Wa
                         rescan = true;
                     }
                     for name in names {
-                        if let Err(failure) = host.reload_as(&name, None, crate::reload::ReloadOrigin::Watcher) {
+                        if let Err(failure) = host.reload_as(
+                            &name,
+                            None,
+                            crate::reload::ReloadOrigin::Watcher,
+                            crate::reload::WhenUnchanged::Skip,
+                        ) {
                             if failure.error.is_transient() && attempt < RETRIES {
                                 retries.insert(path.clone(), (attempt, Instant::now() + RETRY_AFTER));
                             }
