@@ -449,7 +449,7 @@ fn the_chat_on_a_terminal_recalls_lines_prints_logs_above_the_prompt_and_stops_o
     terminal.type_keys("/plug");
     let at = terminal.wait_for("/plug", at);
     let reload = Command::new(env!("CARGO_BIN_EXE_agent-host"))
-        .args(["reload", "multi-one", "--url"])
+        .args(["reload", "multi-one", "--force", "--url"])
         .arg(format!("http://{address}"))
         .output()
         .expect("run agent-host reload");

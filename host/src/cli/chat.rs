@@ -16,7 +16,7 @@
 
 use super::log_output;
 use crate::pipeline::{InboundMessage, Reply};
-use crate::PluginHost;
+use crate::{PluginHost, WhenUnchanged};
 use rustyline::error::ReadlineError;
 use rustyline::{Config, DefaultEditor};
 use std::io::{IsTerminal, Write};
@@ -196,8 +196,9 @@ fn reply_text(reply: &Reply) -> String {
 /// The chat's operator commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum OperatorCommand {
-    /// `/reload NAME`: reload a plugin from its file.
-    Reload(String),
+    /// `/reload NAME [--force]`: reload a plugin from its file (with
+    /// `--force` even when it is byte-identical to the serving build).
+    Reload(String, WhenUnchanged),
     /// `/plugins`: each plugin's version, generations and placement.
     Plugins,
     /// Anything else: the list of commands.
@@ -209,7 +210,13 @@ impl OperatorCommand {
     fn parse(command: &str) -> Self {
         let mut words = command.split_whitespace();
         match (words.next(), words.next()) {
-            (Some("reload"), Some(name)) => OperatorCommand::Reload(name.to_string()),
+            (Some("reload"), Some(name)) => match (words.next(), words.next()) {
+                (None, _) => OperatorCommand::Reload(name.to_string(), WhenUnchanged::Skip),
+                (Some("--force"), None) => {
+                    OperatorCommand::Reload(name.to_string(), WhenUnchanged::Reload)
+                }
+                _ => OperatorCommand::Help,
+            },
             (Some("plugins"), None) => OperatorCommand::Plugins,
             _ => OperatorCommand::Help,
         }
@@ -222,21 +229,21 @@ async fn operator_command(
     command: OperatorCommand,
 ) -> Result<String, tokio::task::JoinError> {
     Ok(match command {
-        OperatorCommand::Reload(name) => {
+        OperatorCommand::Reload(name, when_unchanged) => {
             let worker = Arc::clone(host);
             match tokio::task::spawn_blocking(move || {
                 worker.reload_as(
                     &name,
                     None,
                     crate::ReloadOrigin::Cli { identity: None },
-                    crate::WhenUnchanged::Skip,
+                    when_unchanged,
                 )
             })
             .await?
             {
                 Ok(done) if done.unchanged => format!(
-                    "{} not reloaded: its file is byte-identical to the serving generation {}",
-                    done.plugin, done.generation
+                    "{} not reloaded: its file is byte-identical to the serving generation {} (/reload {} --force reloads it anyway)",
+                    done.plugin, done.generation, done.plugin
                 ),
                 Ok(done) => format!(
                     "reloaded {} {} -> {} (generation {}, calls held {} us)",
@@ -266,7 +273,7 @@ async fn operator_command(
             })
             .collect::<Vec<_>>()
             .join("\n"),
-        OperatorCommand::Help => "commands: /reload NAME, /plugins".to_string(),
+        OperatorCommand::Help => "commands: /reload NAME [--force], /plugins".to_string(),
     })
 }
 
@@ -280,11 +287,19 @@ mod tests {
     fn operator_commands_are_told_apart() {
         assert_eq!(
             OperatorCommand::parse("reload weather"),
-            OperatorCommand::Reload("weather".into())
+            OperatorCommand::Reload("weather".into(), WhenUnchanged::Skip)
         );
         assert_eq!(
             OperatorCommand::parse("  reload   weather "),
-            OperatorCommand::Reload("weather".into())
+            OperatorCommand::Reload("weather".into(), WhenUnchanged::Skip)
+        );
+        assert_eq!(
+            OperatorCommand::parse("reload weather --force"),
+            OperatorCommand::Reload("weather".into(), WhenUnchanged::Reload)
+        );
+        assert_eq!(
+            OperatorCommand::parse("reload weather now"),
+            OperatorCommand::Help
         );
         assert_eq!(OperatorCommand::parse("plugins"), OperatorCommand::Plugins);
         assert_eq!(OperatorCommand::parse("reload"), OperatorCommand::Help);
