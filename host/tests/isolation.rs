@@ -574,7 +574,17 @@ fn the_lock_and_signatures_hold_for_isolated_plugins() {
         std::fs::read_to_string(signature::signature_path(&stranger)).expect("read"),
     )
     .expect("a signature of another file");
-    let failure = host.reload("counter").expect_err("refused");
+    // The bytes are those serving, so only a forced reload opens them.
+    let unchanged = host.reload("counter").expect("nothing to reload");
+    assert!(unchanged.unchanged, "{unchanged:?}");
+    let failure = host
+        .reload_as(
+            "counter",
+            None,
+            agent_host::ReloadOrigin::Api,
+            agent_host::WhenUnchanged::Reload,
+        )
+        .expect_err("refused");
     assert!(failure.to_string().contains("bad signature"), "{failure}");
     assert_eq!(count(), "v1: 3");
 }
