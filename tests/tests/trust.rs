@@ -184,24 +184,40 @@ fn a_pinned_file_changed_by_one_byte_is_refused_on_reload_and_the_old_generation
     assert!(failure.to_string().contains("keeps serving"), "{failure}");
     assert_eq!(host.handle_message(msg("count")).text, "v1: 3");
 
-    // The pinned bytes back: the reload goes through, hash to hash.
+    // The pinned bytes back: the bytes that serve, so nothing to reload.
     replace_with_bytes(
         &counter,
         &std::fs::read(fixture("counter-v1")).expect("read"),
     );
-    wait_until("the pinned file to reload", || {
-        host.status("counter").expect("status").generation > generation
+    wait_until("the watcher to find the file unchanged", || {
+        metric(
+            &host,
+            "agent_host_reloads_total{origin=\"watcher\",outcome=\"unchanged\"} 1",
+        )
     });
-    assert!(metric(
-        &host,
-        "agent_host_reloads_total{origin=\"watcher\",outcome=\"reloaded\"} 1"
-    ));
-    let done = host.reload("counter").expect("pinned bytes reload");
+    assert_eq!(
+        host.status("counter").expect("status").generation,
+        generation
+    );
+    let done = host.reload("counter").expect("pinned bytes");
+    assert!(done.unchanged, "{done:?}");
     assert_eq!(
         (done.from_sha256.as_str(), done.to_sha256.as_str()),
         (pinned.as_str(), pinned.as_str())
     );
     assert_eq!(done.origin, agent_host::ReloadOrigin::Api);
+    // Forced, the pinned bytes reload through the lock, hash to hash.
+    let forced = host
+        .reload_as(
+            "counter",
+            None,
+            agent_host::ReloadOrigin::Api,
+            agent_host::WhenUnchanged::Reload,
+        )
+        .expect("pinned bytes reload");
+    assert!(!forced.unchanged);
+    assert!(forced.generation > generation);
+    assert_eq!(forced.to_sha256, pinned);
 }
 
 #[test]
