@@ -169,17 +169,7 @@ fn is_staged(file: &Path, out: &Path, signed: bool) -> bool {
 /// (each gets `FILE.minisig`); an encrypted key's password comes from
 /// `AGENT_HOST_SIGNING_PASSWORD`.
 fn sign(key: &Path, files: &[PathBuf]) -> Result<()> {
-    let status = cargo()
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "agent-host",
-            "--",
-            "sign",
-            "--key",
-        ])
+    let status = agent_host(&["sign", "--key"])
         .arg(key)
         .args(files)
         .status()
@@ -189,6 +179,15 @@ fn sign(key: &Path, files: &[PathBuf]) -> Result<()> {
     } else {
         Err(format!("signing the plugins failed ({status})"))
     }
+}
+
+/// `agent-host ARGS...`, built in release mode first if it needs to be.
+fn agent_host(args: &[&str]) -> std::process::Command {
+    let mut command = cargo();
+    command
+        .args(["run", "--release", "--quiet", "-p", "agent-host", "--"])
+        .args(args);
+    command
 }
 
 /// Copies `from` to `to` through a temporary file in `to`'s folder and a
@@ -212,17 +211,7 @@ fn stage(from: &Path, to: &Path) -> Result<()> {
 /// `cargo xtask run [ARGS...]`.
 pub fn run(args: &[String]) -> Result<()> {
     let out = build_plugins(&parse_build_options(&[])?)?.out;
-    let status = cargo()
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "agent-host",
-            "--",
-            "run",
-            "--plugins",
-        ])
+    let status = agent_host(&["run", "--plugins"])
         .arg(&out)
         .arg("--config")
         .arg(workspace_root().join("agent.toml"))
