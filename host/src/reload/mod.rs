@@ -158,11 +158,7 @@ pub fn retire(core: &Registry, plugin: &LivePlugin, services_started: usize) -> 
             }
         }
     }
-    for index in (0..services_started).rev() {
-        if let Err(error) = plugin.instance.stop_service(index as u32) {
-            errors.push(error);
-        }
-    }
+    errors.extend(stop_services(plugin, services_started));
     if let Err(error) = plugin.instance.on_unload() {
         errors.push(error);
     }
@@ -203,10 +199,10 @@ fn check_mapped_limit(
     Ok(())
 }
 
-/// Stops a generation's services, in reverse order; returns the errors,
-/// which never stop the rest.
-fn stop_services(plugin: &LivePlugin) -> Vec<CallError> {
-    (0..plugin.instance.manifest.services.len())
+/// Stops the first `started` services of a generation, in reverse order;
+/// returns the errors, which never stop the rest.
+fn stop_services(plugin: &LivePlugin, started: usize) -> Vec<CallError> {
+    (0..started)
         .rev()
         .filter_map(|index| plugin.instance.stop_service(index as u32).err())
         .collect()
@@ -217,9 +213,9 @@ fn stop_services(plugin: &LivePlugin) -> Vec<CallError> {
 fn start_services(new: &LivePlugin) -> Result<(), (String, String)> {
     for (index, service) in new.instance.manifest.services.iter().enumerate() {
         if let Err(error) = new.instance.start_service(index as u32) {
-            for started in (0..index).rev() {
-                let _ = new.instance.stop_service(started as u32);
-            }
+            // Those it started are stopped; their own errors add nothing
+            // to the one that failed the start.
+            drop(stop_services(new, index));
             return Err((service.name.clone(), error.message));
         }
     }
@@ -332,7 +328,7 @@ pub(crate) fn reload(
         // held by two generations at once. The gate is closed: nothing can
         // call them in between. A reload that fails from here on starts them
         // again, and the old generation serves on as it was.
-        let stop_errors = stop_services(&old);
+        let stop_errors = stop_services(&old, old.instance.manifest.services.len());
         let give_back = |error: ReloadError| {
             if let Err((service, cause)) = start_services(&old) {
                 tracing::error!(
