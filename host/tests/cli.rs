@@ -6,6 +6,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use test_support::{fixture, folder_with, EXT};
 
+mod common;
+use common::run_with_stdin;
+
 fn agent_host(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_agent-host"))
         .args(args)
@@ -233,28 +236,6 @@ fn check_names_links_in_the_folder_that_lead_nowhere() {
             .unwrap_or_else(|| panic!("no line for {}:\n{stdout}", file.display()));
         assert!(line.contains("cannot follow the link"), "{line}");
     }
-}
-
-/// Runs `agent-host run` on `dir` with `input` as its whole stdin; its
-/// output once stdin has closed and the agent has exited.
-fn run_with_stdin(dir: &Path, input: Vec<u8>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
-        .args(["run", "--plugins"])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start agent-host run");
-    let mut stdin = child.stdin.take().expect("stdin");
-    // More than a pipe holds: written while the agent reads.
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let output = child.wait_with_output().expect("wait");
-    writer.join().expect("the writer thread");
-    output
 }
 
 /// The `error` of an error line.

@@ -6,11 +6,12 @@
 
 use agent_host::testing::TestAgent;
 use agent_host::{AgentConfig, HostOptions, InboundMessage, Reply};
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use test_support::{fixture, folder_with};
+
+mod common;
+use common::run_with_stdin;
 
 const AGENT_HOST: &str = env!("CARGO_BIN_EXE_agent-host");
 
@@ -19,22 +20,6 @@ fn say(agent: &TestAgent, text: &str) -> Reply {
         text: text.into(),
         ..InboundMessage::default()
     })
-}
-
-fn run_agent_host(args: &[&str], dir: &Path, stdin: &[u8]) -> Output {
-    let mut child = Command::new(AGENT_HOST)
-        .args(args)
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start agent-host");
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin).expect("write stdin");
-    drop(input);
-    child.wait_with_output().expect("wait")
 }
 
 #[test]
@@ -60,7 +45,12 @@ fn a_library_built_to_abort_on_panic_is_refused_in_process_and_the_rest_serves()
 
     // `check` fails on it, naming the file and the cause.
     let dir = folder_with(&[fixture("hand-export-aborts")]);
-    let output = run_agent_host(&["check"], dir.path(), b"");
+    let output = Command::new(AGENT_HOST)
+        .arg("check")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run agent-host check");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(
@@ -103,7 +93,7 @@ fn a_library_built_to_abort_on_panic_runs_isolated_and_its_panic_ends_only_its_w
 #[test]
 fn a_panic_in_a_thread_the_plugin_started_reaches_the_host_log_with_its_name() {
     let dir = folder_with(&[fixture("thread-panics")]);
-    let output = run_agent_host(&["run", "--plugins"], dir.path(), b"{\"text\":\"spawn\"}\n");
+    let output = run_with_stdin(dir.path(), b"{\"text\":\"spawn\"}\n".to_vec());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{log}");

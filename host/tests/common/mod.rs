@@ -1,5 +1,6 @@
-//! What the tests of the real server share: `agent-host run --listen` as a
-//! child process ([`Agent`]), and a minimal HTTP/1.1 client over
+//! What the tests of the real agent share: `agent-host run` fed a whole
+//! stdin ([`run_with_stdin`]), `agent-host run --listen` as a child process
+//! ([`Agent`]), and a minimal HTTP/1.1 client over
 //! `std::net::TcpStream` (`Connection: close`, chunked bodies decoded).
 //! Every wait is bounded.
 
@@ -15,6 +16,28 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use test_support::{fixture, folder_with};
+
+/// Runs `agent-host run` on `dir` with `input` as its whole stdin; its
+/// output once stdin has closed and the agent has exited.
+pub fn run_with_stdin(dir: &std::path::Path, input: Vec<u8>) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(["run", "--plugins"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent-host run");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // More than a pipe holds: written while the agent reads.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let output = child.wait_with_output().expect("wait");
+    writer.join().expect("the writer thread");
+    output
+}
 
 /// How long any single wait may take.
 pub const WAIT: Duration = Duration::from_secs(30);
