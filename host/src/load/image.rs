@@ -18,6 +18,24 @@ use std::path::Path;
 /// Checks the headers of `path`: an existing, non-empty file of at most
 /// `limit` bytes that is a complete shared library for this platform.
 pub(crate) fn check(path: &Path, limit: u64) -> Result<(), OpenError> {
+    checked(path, limit, |_| Ok(()))
+}
+
+/// [`check`], then the panic strategy the library recorded
+/// ([`panic_strategy`]), from one reading of the file.
+pub(crate) fn check_with_panic_strategy(
+    path: &Path,
+    limit: u64,
+) -> Result<PanicStrategy, OpenError> {
+    checked(path, limit, panic_strategy)
+}
+
+/// The checks of [`check`]; then `then` on the parsed file.
+fn checked<T>(
+    path: &Path,
+    limit: u64,
+    then: impl for<'data> FnOnce(&object::File<'data, &'data ReadCache<File>>) -> Result<T, OpenError>,
+) -> Result<T, OpenError> {
     let io = |doing: &'static str| {
         move |e: std::io::Error| OpenError::Io {
             doing,
@@ -89,7 +107,7 @@ pub(crate) fn check(path: &Path, limit: u64) -> Result<(), OpenError> {
             });
         }
     }
-    Ok(())
+    then(&object)
 }
 
 /// How a library handles a panic, as it recorded when it was built.
@@ -103,21 +121,15 @@ pub(crate) enum PanicStrategy {
     Unrecorded,
 }
 
-/// Reads the panic strategy that `path` recorded in its exported
-/// [`agent_host_plugin_abi::PANIC_STRATEGY`], from the file alone: nothing
-/// is mapped or run. A library without the symbol is `Unrecorded`; one
-/// whose symbol holds neither value is refused.
-pub(crate) fn panic_strategy(path: &Path) -> Result<PanicStrategy, OpenError> {
+/// Reads the panic strategy a parsed library recorded in its exported
+/// [`agent_host_plugin_abi::PANIC_STRATEGY`]: nothing is mapped or run. A
+/// library without the symbol is `Unrecorded`; one whose symbol holds
+/// neither value is refused.
+fn panic_strategy<'data>(
+    object: &object::File<'data, &'data ReadCache<File>>,
+) -> Result<PanicStrategy, OpenError> {
     use agent_host_plugin_abi::{PANICS_ABORT, PANICS_UNWIND, PANIC_STRATEGY_SYMBOL};
     use object::ObjectSection;
-    let file = File::open(path).map_err(|e| OpenError::Io {
-        doing: "cannot read the file",
-        cause: e.to_string(),
-    })?;
-    let data = ReadCache::new(file);
-    let object = object::File::parse(&data).map_err(|e| OpenError::NotALibrary {
-        found: format!("its headers do not parse ({e})"),
-    })?;
     let exports = object.exports().map_err(|e| OpenError::NotALibrary {
         found: format!("its export table does not parse ({e})"),
     })?;

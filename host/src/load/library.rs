@@ -113,9 +113,13 @@ pub fn open_copy(
     max_bytes: u64,
     runs_in: RunsIn,
 ) -> Result<OpenedLibrary, OpenError> {
-    image::check(copy, max_bytes)?;
-    if runs_in == RunsIn::Host && image::panic_strategy(copy)? == image::PanicStrategy::Abort {
-        return Err(OpenError::AbortsOnPanic);
+    match runs_in {
+        RunsIn::Host => {
+            if image::check_with_panic_strategy(copy, max_bytes)? == image::PanicStrategy::Abort {
+                return Err(OpenError::AbortsOnPanic);
+            }
+        }
+        RunsIn::Worker => image::check(copy, max_bytes)?,
     }
     let image_bytes = std::fs::metadata(copy).map(|m| m.len()).unwrap_or(0);
     let library = sys::open_library(copy).map_err(|reason| OpenError::Dlopen {
