@@ -4,8 +4,9 @@
 //! [`agent_host::PluginHost`]. This crate must never fake a plugin: anything
 //! about loading is tested on files that went through `dlopen`.
 
-use agent_host::{HostOptions, LoadReport, PluginHost};
+use agent_host::{HostOptions, InboundMessage, LoadReport, PluginHost};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub use test_support::{add_as, examples, fixture, folder_with, not_a_plugin, EXT};
 
@@ -21,6 +22,24 @@ pub fn load_files(files: &[PathBuf]) -> (PluginHost, LoadReport, tempfile::TempD
     let dir = folder_with(files);
     let (host, report) = load(dir.path());
     (host, report, dir)
+}
+
+/// A message from the sender `tester`.
+pub fn msg(text: &str) -> InboundMessage {
+    InboundMessage {
+        sender: "tester".into(),
+        text: text.into(),
+        ..InboundMessage::default()
+    }
+}
+
+/// Waits, at most 20 s, until `done` holds; `what` names it on timeout.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The plugin guide, `docs/plugin-guide.md`, as a doctest: `cargo test`

@@ -6,27 +6,11 @@
 use agent_host::trust::digest::sha256_hex;
 use agent_host::trust::lock::{LockFile, LockedFile};
 use agent_host::trust::signature;
-use agent_host::{AgentConfig, HostOptions, InboundMessage, LoadError, OpenError, PluginHost};
+use agent_host::{AgentConfig, HostOptions, LoadError, OpenError, PluginHost};
 use agent_host_tests::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-fn msg(text: &str) -> InboundMessage {
-    InboundMessage {
-        sender: "tester".into(),
-        text: text.into(),
-        ..InboundMessage::default()
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use std::time::Duration;
 
 fn lib(name: &str) -> String {
     format!("{name}.{EXT}")

@@ -2,27 +2,11 @@
 //! loads (and so do plugins that were waiting for it), a removed file stops
 //! its plugin and its dependents, a half-written file is retried.
 
-use agent_host::{HostOptions, InboundMessage, PluginHost};
+use agent_host::{HostOptions, PluginHost};
 use agent_host_tests::*;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-fn msg(text: &str) -> InboundMessage {
-    InboundMessage {
-        sender: "tester".into(),
-        text: text.into(),
-        ..InboundMessage::default()
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use std::time::Duration;
 
 fn replace(target: &Path, build: &Path) {
     let temp = target.with_extension("staging");
