@@ -46,7 +46,9 @@ pub use crate::dependencies::{Misfit, Unresolved};
 pub use crate::host::{HostOptions, PluginHost, PluginStatus, ServiceStatus};
 pub use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
 pub use crate::load::{LoadError, OpenError};
-pub use crate::pipeline::{InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN};
+pub use crate::pipeline::{
+    EvaluationRecord, Evaluations, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,
+};
 pub use crate::plugin::CallError;
 pub use crate::reload::watch::{Watch, DEFAULT_DEBOUNCE};
 pub use crate::reload::{ReloadError, ReloadFailure, ReloadOrigin, Reloaded, WhenUnchanged};

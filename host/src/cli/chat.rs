@@ -280,7 +280,6 @@ async fn operator_command(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::EvaluationRecord;
     use agent_host_plugin_sdk::Evaluation;
 
     #[test]
@@ -314,11 +313,9 @@ mod tests {
             ..Reply::default()
         };
         assert_eq!(reply_text(&reply), "It is mild in Tokyo.");
-        reply.evaluations.push(EvaluationRecord {
-            plugin: "sentiment".into(),
-            evaluator: "tone".into(),
-            evaluation: Evaluation::new(0.5, false),
-        });
+        reply
+            .evaluations
+            .push("sentiment", "tone", Evaluation::new(0.5, false));
         reply
             .errors
             .push("plugin 'weather': provider 'now' timed out".into());

@@ -12,7 +12,7 @@
 use super::context::view_of;
 use super::plan::ServingPlan;
 use super::run::{late, lock, MessageRun, ReplyTo, Seen};
-use super::{refused, EvaluationRecord, InboundMessage, Reply};
+use super::{refused, Evaluations, InboundMessage, Reply};
 use crate::plugin::{CallError, MessageRef};
 use crate::registry::inflight::Entry;
 use crate::registry::Registry;
@@ -166,6 +166,10 @@ impl BatchEvaluation {
         let core = &self.batch.core;
         let mut replies = std::mem::take(&mut *lock(&self.replies));
         let limit_ms = core.settings.evaluator_timeout_ms;
+        for reply in &mut replies {
+            reply.evaluations =
+                Evaluations::with_names(&self.plan.evaluator_names, self.plan.evaluators.len());
+        }
         self.relay.drain(|job, outcome| {
             let (p, evaluator) = self.evaluator(job);
             let plugin = &self.plan.plugins[p];
@@ -177,11 +181,7 @@ impl BatchEvaluation {
             match outcome {
                 Ok(evaluations) => {
                     for (reply, evaluation) in replies.iter_mut().zip(evaluations) {
-                        reply.evaluations.push(EvaluationRecord {
-                            plugin: Arc::clone(&plugin.shared_name),
-                            evaluator: Arc::clone(name),
-                            evaluation,
-                        });
+                        reply.evaluations.push_at(job as u32, evaluation);
                     }
                 }
                 Err(error) => {

@@ -4,7 +4,7 @@
 use super::context::view_of;
 use super::plan::ServingPlan;
 use super::run::{lock, MessageRun};
-use super::EvaluationRecord;
+use super::Evaluations;
 use crate::plugin::CallError;
 use crate::registry::inflight::{Entry, InFlightCall};
 use crate::watchdog::relay::{Relay, Relayed};
@@ -70,7 +70,8 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
 fn finish(run: &MessageRun, phase: &EvaluatorsPhase) {
     let mut reply = lock(&run.reply);
     let limit_ms = run.core.settings.evaluator_timeout_ms;
-    reply.evaluations.reserve(phase.relay.len());
+    let plan = &run.plan;
+    reply.evaluations = Evaluations::with_names(&plan.evaluator_names, plan.evaluators.len());
     phase.relay.drain(|job, outcome| {
         let (p, evaluator) = run.plan.evaluators[job];
         let plugin = &run.plan.plugins[p];
@@ -79,11 +80,8 @@ fn finish(run: &MessageRun, phase: &EvaluatorsPhase) {
             Err(plugin.instance.timed_out(entry, limit_ms))
         });
         match outcome {
-            Ok(evaluation) => reply.evaluations.push(EvaluationRecord {
-                plugin: Arc::clone(&plugin.shared_name),
-                evaluator: Arc::clone(&plugin.evaluator_names[evaluator as usize]),
-                evaluation,
-            }),
+            // The job's number is the evaluator's place in the plan's names.
+            Ok(evaluation) => reply.evaluations.push_at(job as u32, evaluation),
             Err(error) => {
                 run.core.record_error(plugin, &error);
                 reply.errors.push(error.to_string());

@@ -30,16 +30,115 @@ pub struct ActionRef {
     pub action: String,
 }
 
-/// One evaluator's verdict on the message.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EvaluationRecord {
+/// The names a reply's verdicts refer to by position: (plugin, evaluator).
+/// One table per serving plan, shared by every reply it serves.
+pub type EvaluatorNames = Arc<[(Arc<str>, Arc<str>)]>;
+
+/// One evaluator's verdict on the message, as [`Evaluations`] lends it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EvaluationRecord<'a> {
     /// The plugin.
-    pub plugin: Arc<str>,
+    pub plugin: &'a str,
     /// The evaluator.
-    pub evaluator: Arc<str>,
+    pub evaluator: &'a str,
     /// Its result.
     #[serde(flatten)]
-    pub evaluation: Evaluation,
+    pub evaluation: &'a Evaluation,
+}
+
+/// The evaluators' verdicts on one message, in the order the evaluators
+/// ran. Each verdict names its plugin and evaluator by position in a table
+/// shared by every reply of one serving plan, so that recording a verdict
+/// copies no name and counts no reference. Serialized as a list of
+/// `{plugin, evaluator, score, passed, metadata}` objects.
+#[derive(Clone, Default)]
+pub struct Evaluations {
+    names: Option<EvaluatorNames>,
+    verdicts: Vec<(u32, Evaluation)>,
+}
+
+impl Evaluations {
+    /// Verdicts whose names come from `names`, with room for `capacity`.
+    pub(crate) fn with_names(names: &EvaluatorNames, capacity: usize) -> Self {
+        Self {
+            names: Some(Arc::clone(names)),
+            verdicts: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Adds the verdict of the evaluator at `position` of the names table.
+    pub(crate) fn push_at(&mut self, position: u32, evaluation: Evaluation) {
+        debug_assert!(self
+            .names
+            .as_ref()
+            .is_some_and(|names| (position as usize) < names.len()));
+        self.verdicts.push((position, evaluation));
+    }
+
+    /// Adds a verdict under the names given (they join this reply's table).
+    pub fn push(&mut self, plugin: &str, evaluator: &str, evaluation: Evaluation) {
+        let mut names: Vec<(Arc<str>, Arc<str>)> =
+            self.names.as_deref().map(<[_]>::to_vec).unwrap_or_default();
+        names.push((Arc::from(plugin), Arc::from(evaluator)));
+        let position = (names.len() - 1) as u32;
+        self.names = Some(names.into());
+        self.verdicts.push((position, evaluation));
+    }
+
+    /// How many verdicts there are.
+    pub fn len(&self) -> usize {
+        self.verdicts.len()
+    }
+
+    /// Whether there is no verdict.
+    pub fn is_empty(&self) -> bool {
+        self.verdicts.is_empty()
+    }
+
+    /// The verdict at `index`, in the order the evaluators ran.
+    pub fn get(&self, index: usize) -> Option<EvaluationRecord<'_>> {
+        self.verdicts
+            .get(index)
+            .map(|(position, evaluation)| self.record(*position, evaluation))
+    }
+
+    /// Every verdict, in the order the evaluators ran.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = EvaluationRecord<'_>> + '_ {
+        self.verdicts
+            .iter()
+            .map(|(position, evaluation)| self.record(*position, evaluation))
+    }
+
+    fn record<'a>(&'a self, position: u32, evaluation: &'a Evaluation) -> EvaluationRecord<'a> {
+        let (plugin, evaluator) = self
+            .names
+            .as_deref()
+            .and_then(|names| names.get(position as usize))
+            .map_or(("?", "?"), |(plugin, evaluator)| (&**plugin, &**evaluator));
+        EvaluationRecord {
+            plugin,
+            evaluator,
+            evaluation,
+        }
+    }
+}
+
+impl PartialEq for Evaluations {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for Evaluations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Evaluations {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
 }
 
 /// How long each step took, in microseconds.
@@ -73,7 +172,7 @@ pub struct Reply {
     /// Whether an action answered without error.
     pub ok: bool,
     /// The evaluators' verdicts.
-    pub evaluations: Vec<EvaluationRecord>,
+    pub evaluations: Evaluations,
     /// Errors from providers, validators, the handler or evaluators: each names
     /// the plugin and the entry point.
     pub errors: Vec<String>,

@@ -50,7 +50,7 @@ mod tests;
 pub(crate) mod triggers;
 
 pub use message::{
-    ActionRef, EvaluationRecord, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,
+    ActionRef, EvaluationRecord, Evaluations, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,
 };
 
 use crate::registry::Registry;

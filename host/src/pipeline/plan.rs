@@ -2,6 +2,7 @@
 //! not quarantined) and whose providers compose the state. Worked out once
 //! per change of the plugin set, and cached by the registry.
 
+use crate::pipeline::message::EvaluatorNames;
 use crate::pipeline::triggers::TriggerIndex;
 use crate::registry::LivePlugin;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,9 @@ pub struct ServingPlan {
     /// (plugin index in `plugins`, evaluator index) of every evaluator, in
     /// order.
     pub evaluators: Vec<(usize, u32)>,
+    /// The names of the evaluators of `evaluators`, in the same order: the
+    /// table every reply's verdicts refer to.
+    pub evaluator_names: EvaluatorNames,
     /// Plugins (indices in `plugins`) whose calls cross to another
     /// process: each gets its part of a message sent ahead in one request.
     pub costly: Vec<usize>,
@@ -74,6 +78,15 @@ impl ServingPlan {
             .enumerate()
             .flat_map(|(p, plugin)| plugin.evaluator_indices.iter().map(move |&e| (p, e)))
             .collect();
+        let evaluator_names: EvaluatorNames = plugins
+            .iter()
+            .flat_map(|plugin| {
+                plugin
+                    .evaluator_names
+                    .iter()
+                    .map(|name| (Arc::clone(&plugin.shared_name), Arc::clone(name)))
+            })
+            .collect();
         let triggers = TriggerIndex::new(plugins.iter().map(|p| &*p.triggers));
         let costly = (0..plugins.len())
             .filter(|&p| !plugins[p].instance.calls_are_cheap())
@@ -83,6 +96,7 @@ impl ServingPlan {
             triggers,
             providers,
             evaluators,
+            evaluator_names,
             costly,
             shadowed,
             calls_every_message,

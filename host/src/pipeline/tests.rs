@@ -55,16 +55,20 @@ fn ties_go_to_the_earlier_plugin_then_the_earlier_action() {
 
 #[test]
 fn a_failing_validate_is_reported_and_the_others_still_answer() {
+    // A plugin's actions are asked in one call: the panic of one fails only
+    // that action, and the next action of the same plugin is still asked.
     let (host, _) = host_with(
         "",
         vec![
             source("a.so", || {
-                Plugin::new("a", "1.0.0").action(
-                    Action::new("BROKEN")
-                        .priority(10)
-                        .validate(|_| panic!("validate exploded"))
-                        .handler(|_, _| Ok(ActionResult::text("never"))),
-                )
+                Plugin::new("a", "1.0.0")
+                    .action(
+                        Action::new("BROKEN")
+                            .priority(10)
+                            .validate(|_| panic!("validate exploded"))
+                            .handler(|_, _| Ok(ActionResult::text("never"))),
+                    )
+                    .action(answering("SAME_PLUGIN", 5, ""))
             }),
             source("b.so", || {
                 Plugin::new("b", "1.0.0").action(answering("FINE", 1, ""))
@@ -72,7 +76,7 @@ fn a_failing_validate_is_reported_and_the_others_still_answer() {
         ],
     );
     let reply = host.handle_message(message("hello"));
-    assert_eq!(reply.text, "FINE");
+    assert_eq!(reply.text, "SAME_PLUGIN");
     assert!(
         reply.errors.iter().any(
             |e| e.contains("plugin 'a': action 'BROKEN' validate: panicked")
@@ -277,7 +281,10 @@ fn every_evaluator_scores_the_message_and_a_bad_score_is_an_error() {
     );
     let reply = host.handle_message(message("hello"));
     assert_eq!(reply.evaluations.len(), 1);
-    assert_eq!(reply.evaluations[0].evaluation.score, 0.5);
+    assert_eq!(
+        reply.evaluations.get(0).map(|e| e.evaluation.score),
+        Some(0.5)
+    );
     assert!(
         reply
             .errors
@@ -429,4 +436,38 @@ fn a_pattern_that_does_not_compile_fails_its_plugin_only() {
         "{line}"
     );
     assert_eq!(host.handle_message(message("x")).text, "FINE");
+}
+
+#[test]
+fn a_panicking_evaluator_fails_alone_and_its_neighbour_still_scores() {
+    let (host, _) = host_with(
+        "",
+        vec![source("e.so", || {
+            Plugin::new("e", "1.0.0")
+                .action(answering("ANY", 1, ""))
+                .evaluator(Evaluator::new("explodes").evaluate(|_, _| panic!("evaluator exploded")))
+                .evaluator(
+                    Evaluator::new("scores").evaluate(|_, _| Ok(Evaluation::new(0.25, true))),
+                )
+        })],
+    );
+    let reply = host.handle_message(message("hello"));
+    let verdicts: Vec<(&str, &str, f64)> = reply
+        .evaluations
+        .iter()
+        .map(|e| (e.plugin, e.evaluator, e.evaluation.score))
+        .collect();
+    assert_eq!(verdicts, vec![("e", "scores", 0.25)]);
+    assert_eq!(reply.errors.len(), 1, "{:?}", reply.errors);
+    assert!(
+        reply.errors[0].starts_with("plugin 'e': evaluator 'explodes' evaluate: panicked")
+            && reply.errors[0].contains("evaluator exploded"),
+        "{:?}",
+        reply.errors
+    );
+    let json = serde_json::to_value(&reply).expect("a reply serializes");
+    assert_eq!(
+        json["evaluations"],
+        serde_json::json!([{"plugin": "e", "evaluator": "scores", "score": 0.25, "passed": true, "metadata": null}])
+    );
 }

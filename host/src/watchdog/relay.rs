@@ -91,11 +91,6 @@ impl<R: Send, G> Relay<R, G> {
         }
     }
 
-    /// How many jobs the relay has.
-    pub(crate) fn len(&self) -> usize {
-        self.slots.len()
-    }
-
     /// The job in progress and the driver running it, as the watchdog sees
     /// them: the progress word (compare it between two looks to see
     /// whether anything moved), or `None` once every job is done.
