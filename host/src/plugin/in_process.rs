@@ -56,6 +56,11 @@ struct InProcess {
     object: PluginBox,
 }
 
+/// A plugin's error, read where it lies in the FFI result.
+fn failure_of(error: &FfiError) -> Failure {
+    Failure::new(ErrorKind::from_code(error.code), error.message.as_str())
+}
+
 fn from_ffi(error: FfiError) -> Failure {
     Failure::new(
         ErrorKind::from_code(error.code),
@@ -90,10 +95,10 @@ impl Backend for InProcess {
 
     #[inline]
     fn validate(&self, action: u32, message: MessageRef<'_>) -> Result<bool, Failure> {
-        self.object
-            .validate(action, &view(message))
-            .into_result()
-            .map_err(from_ffi)
+        match &self.object.validate(action, &view(message)) {
+            RResult::ROk(accepted) => Ok(*accepted),
+            RResult::RErr(error) => Err(failure_of(error)),
+        }
     }
 
     fn handle(
@@ -141,12 +146,16 @@ impl Backend for InProcess {
         message: MessageRef<'_>,
         control: &CallControl,
     ) -> Result<Evaluation, Failure> {
-        let view = self
-            .object
-            .evaluate(evaluator, &view(message), control)
-            .into_result()
-            .map_err(from_ffi)?;
-        evaluation(view)
+        // Read in place: moving the verdict out of the FFI result first
+        // cost a store-forwarding stall per move on the hot path.
+        match &self.object.evaluate(evaluator, &view(message), control) {
+            RResult::ROk(verdict) => super::evaluation_from(
+                verdict.score,
+                verdict.passed,
+                verdict.metadata_json.as_str(),
+            ),
+            RResult::RErr(error) => Err(failure_of(error)),
+        }
     }
 
     fn evaluate_batch(
