@@ -1,9 +1,12 @@
 //! The `agent-host` binary, run as a real process on real plugin files.
 
 use serde_json::Value;
+#[cfg(unix)]
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+#[cfg(unix)]
+use std::process::Stdio;
+use std::process::{Command, Output};
 use test_support::{fixture, folder_with, EXT};
 
 mod common;

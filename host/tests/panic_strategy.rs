@@ -5,8 +5,11 @@
 //! reaches the host log with the plugin's name.
 
 use agent_host::testing::TestAgent;
-use agent_host::{AgentConfig, HostOptions, InboundMessage, Reply};
+#[cfg(unix)]
+use agent_host::{AgentConfig, HostOptions};
+use agent_host::{InboundMessage, Reply};
 use std::process::Command;
+#[cfg(unix)]
 use std::time::{Duration, Instant};
 use test_support::{fixture, folder_with};
 

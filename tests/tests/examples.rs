@@ -52,10 +52,7 @@ fn examples_load_in_dependency_order_and_answer() {
     assert_eq!(reply.data["location"], "Tokyo");
     // Providers composed the state; the evaluator scored the message.
     assert!(
-        reply
-            .evaluations
-            .iter()
-            .any(|e| &*e.evaluator == "sentiment"),
+        reply.evaluations.iter().any(|e| e.evaluator == "sentiment"),
         "{reply:?}"
     );
     assert!(reply.errors.is_empty(), "{:?}", reply.errors);

@@ -199,7 +199,7 @@ fn evaluators_reject_bad_scores_and_batches_use_the_batch_form() {
         reply
             .evaluations
             .iter()
-            .any(|e| &*e.evaluator == "batch-size"),
+            .any(|e| e.evaluator == "batch-size"),
         "the other evaluator still ran"
     );
 
@@ -210,7 +210,7 @@ fn evaluators_reject_bad_scores_and_batches_use_the_batch_form() {
         let batch = reply
             .evaluations
             .iter()
-            .find(|e| &*e.evaluator == "batch-size")
+            .find(|e| e.evaluator == "batch-size")
             .expect("evaluated");
         assert_eq!(batch.evaluation.metadata["batch_size"], 3, "{reply:?}");
     }

@@ -230,10 +230,7 @@ fn an_unreachable_api_fails_the_reply_and_the_host_keeps_serving() {
         reply.errors
     );
     assert!(
-        reply
-            .evaluations
-            .iter()
-            .any(|e| &*e.evaluator == "sentiment"),
+        reply.evaluations.iter().any(|e| e.evaluator == "sentiment"),
         "{reply:?}"
     );
     let home = host

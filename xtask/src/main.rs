@@ -16,6 +16,8 @@
 //! * `cargo xtask dev [--plugins-dir DIR] [-- ARGS...]`: builds and stages
 //!   the plugins, runs the agent with `--watch`, and rebuilds and restages
 //!   on every change to a plugin's sources (see [`dev`]).
+//! * `cargo xtask cross-check [TARGET...]`: clippy over the workspace for
+//!   macOS and Windows (or the targets named), from Linux (see [`cross`]).
 //!
 //! It must never write into a plugin folder except by rename (staged
 //! libraries and scaffolded plugins alike), never overwrite or delete a
@@ -23,6 +25,7 @@
 //! exits.
 
 mod build;
+mod cross;
 mod dev;
 mod scaffold;
 mod signals;
@@ -35,7 +38,8 @@ const USAGE: &str = "usage:
   cargo xtask build-plugins [--debug] [--out DIR] [--sign KEY]
   cargo xtask run [agent-host run options...]
   cargo xtask new-plugin NAME [--actions] [--providers] [--evaluators] [--services] [--all]
-  cargo xtask dev [--plugins-dir DIR] [-- agent-host run options...]";
+  cargo xtask dev [--plugins-dir DIR] [-- agent-host run options...]
+  cargo xtask cross-check [TARGET...]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Some("run") => build::run(&args[1..]),
         Some("new-plugin") => scaffold::new_plugin_command(&args[1..]).map(|_| ()),
         Some("dev") => dev::dev_command(&args[1..]),
+        Some("cross-check") => cross::cross_check_command(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -24,10 +24,16 @@
 
 #[cfg(unix)]
 mod backend;
+// Without Unix sockets (Windows) an isolated plugin is refused before any
+// worker starts, so the sandbox policy and the worker protocol are built
+// there (one code base, the same unit tests) but nothing calls them.
+#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) mod policy;
 #[cfg(unix)]
 mod process;
+#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) mod protocol;
+#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) mod sandbox;
 mod settings;
 #[cfg(unix)]

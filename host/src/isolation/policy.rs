@@ -57,6 +57,7 @@ pub(crate) const NAME_RESOLUTION: &[&str] = &[
 
 /// Whether `path` is one of the system paths every policy lists (which the
 /// sandbox skips when a system lacks them), rather than a grant.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // only Linux sandboxes
 pub(crate) fn is_system_path(path: &Path) -> bool {
     SYSTEM_LIBRARIES
         .iter()

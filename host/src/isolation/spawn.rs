@@ -96,12 +96,13 @@ pub(crate) fn send_connection(control: &UnixStream, connection: &UnixStream) -> 
         return Err(io::Error::other("no room for a file descriptor"));
     }
     let byte = [b'c'];
-    sendmsg(
-        control,
-        &[io::IoSlice::new(&byte)],
-        &mut ancillary,
-        SendFlags::NOSIGNAL,
-    )?;
+    // Linux refuses SIGPIPE per call; elsewhere Rust's runtime has already
+    // set SIGPIPE to be ignored for the whole process.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let flags = SendFlags::NOSIGNAL;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let flags = SendFlags::empty();
+    sendmsg(control, &[io::IoSlice::new(&byte)], &mut ancillary, flags)?;
     Ok(())
 }
 
@@ -113,11 +114,17 @@ pub(crate) fn receive_connection(control: &UnixStream) -> io::Result<Option<Unix
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut ancillary = RecvAncillaryBuffer::new(&mut space);
         let mut byte = [0u8; 1];
+        // Linux marks a received descriptor close-on-exec as it arrives;
+        // elsewhere it is marked just after (a worker starts no program).
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let flags = RecvFlags::CMSG_CLOEXEC;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let flags = RecvFlags::empty();
         let received = match recvmsg(
             control,
             &mut [io::IoSliceMut::new(&mut byte)],
             &mut ancillary,
-            RecvFlags::CMSG_CLOEXEC,
+            flags,
         ) {
             Ok(received) => received,
             Err(rustix::io::Errno::INTR) => continue,
@@ -129,6 +136,8 @@ pub(crate) fn receive_connection(control: &UnixStream) -> io::Result<Option<Unix
         for message in ancillary.drain() {
             if let RecvAncillaryMessage::ScmRights(mut fds) = message {
                 if let Some(fd) = fds.next() {
+                    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+                    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
                     return Ok(Some(UnixStream::from(fd)));
                 }
             }

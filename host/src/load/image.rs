@@ -190,6 +190,7 @@ mod tests {
 
     /// An ELF shared library header for `machine` (62: x86_64, 183:
     /// aarch64), with one loadable segment of `segment_bytes` at offset 0.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     fn elf_library(machine: u16, segment_bytes: u64) -> Vec<u8> {
         let mut header = vec![0u8; 64 + 56];
         header[..4].copy_from_slice(b"\x7fELF");

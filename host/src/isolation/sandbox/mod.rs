@@ -88,6 +88,7 @@ pub(crate) struct SandboxError {
 }
 
 impl SandboxError {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // only Linux sandboxes
     fn new(plugin: &str, protection: &str, cause: impl Into<String>) -> Self {
         Self {
             plugin: plugin.to_owned(),
