@@ -73,18 +73,17 @@ impl ServingPlan {
             let spec = &plugins[p].instance.manifest.providers[index as usize];
             spec.cache.is_none() && !spec.subscribable
         });
-        let evaluators = plugins
+        let evaluators: Vec<(usize, u32)> = plugins
             .iter()
             .enumerate()
             .flat_map(|(p, plugin)| plugin.evaluator_indices.iter().map(move |&e| (p, e)))
             .collect();
-        let evaluator_names: EvaluatorNames = plugins
+        let evaluator_names: EvaluatorNames = evaluators
             .iter()
-            .flat_map(|plugin| {
-                plugin
-                    .evaluator_names
-                    .iter()
-                    .map(|name| (Arc::clone(&plugin.shared_name), Arc::clone(name)))
+            .map(|&(p, e)| {
+                let plugin = &plugins[p];
+                let name = &plugin.evaluator_names[e as usize];
+                (Arc::clone(&plugin.shared_name), Arc::clone(name))
             })
             .collect();
         let triggers = TriggerIndex::new(plugins.iter().map(|p| &*p.triggers));
