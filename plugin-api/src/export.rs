@@ -107,14 +107,14 @@ impl PluginApi for PluginObject {
         message: &MessageView<'_>,
         control: &CallControl,
     ) -> FfiResult<EvaluationView> {
-        ffi(guard(|| {
-            evaluation_view(PluginObject::evaluate(
-                self,
-                evaluator,
-                &message_of(message),
-                control,
-            )?)
-        }))
+        // `PluginObject::evaluate` guards the plugin's code; turning its
+        // verdict into the view serializes a `serde_json::Value`, which
+        // cannot panic, so no second guard (a thread-local update each way,
+        // on every evaluator of every message) wraps it.
+        ffi(
+            PluginObject::evaluate(self, evaluator, &message_of(message), control)
+                .and_then(evaluation_view),
+        )
     }
 
     fn evaluate_batch(
