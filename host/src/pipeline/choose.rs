@@ -15,12 +15,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// What one plugin's actions said: its best valid action the sender may
-/// run (priority, index), the valid ones the sender may not run, and the
-/// errors.
+/// run (priority, index), and the rarer outcomes, boxed so that each job's
+/// slot in the relay stays small (at N = 1000 the slots of one message are
+/// written and read once each, and their size shows).
+#[derive(Default)]
 pub(crate) struct Validated {
     best: Option<(i32, u32)>,
+    rest: Option<Box<NotChosen>>,
+}
+
+/// The valid actions the sender may not run (priority, index), and the
+/// errors.
+#[derive(Default)]
+struct NotChosen {
     denied: Vec<(i32, u32)>,
     errors: Vec<CallError>,
+}
+
+impl Validated {
+    fn rest(&mut self) -> &mut NotChosen {
+        self.rest.get_or_insert_with(Box::default)
+    }
 }
 
 /// The validate phase of one message.
@@ -61,17 +76,14 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
     });
     let relayed = phase.relay.drive(driver, |job, control| {
         let plugin = &run.plan.plugins[job];
-        let mut validated = Validated {
-            best: None,
-            denied: Vec::new(),
-            errors: Vec::new(),
-        };
+        let mut validated = Validated::default();
         let asked = matched.actions(job).unwrap_or(&plugin.action_indices);
         if asked.is_empty() {
             return validated;
         }
         if plugin.in_flight.is_full(limit) {
             validated
+                .rest()
                 .errors
                 .push(plugin.instance.refused("actions' validate", limit));
             return validated;
@@ -83,13 +95,13 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
                 let spec = &actions[index as usize];
                 let priority = spec.priority;
                 if !spec.permissions.iter().all(|p| held.contains(p)) {
-                    validated.denied.push((priority, index));
+                    validated.rest().denied.push((priority, index));
                 } else if validated.best.is_none_or(|(best, _)| priority > best) {
                     validated.best = Some((priority, index));
                 }
             }
             Ok(false) => {}
-            Err(error) => validated.errors.push(error),
+            Err(error) => validated.rest().errors.push(error),
         };
         let cancelled = || control.is_cancelled();
         let from_round = phase.rounds.with(job, |round| {
@@ -126,18 +138,20 @@ fn finish(run: &MessageRun, phase: &ValidatePhase) {
             reply.errors.push(error.to_string());
             return;
         };
-        for error in &validated.errors {
-            run.core.record_error(plugin, error);
-            reply.errors.push(error.to_string());
-        }
         if let Some((priority, index)) = validated.best {
             if chosen.is_none_or(|(best, _, _)| priority > best) {
                 chosen = Some((priority, job, index));
             }
         }
+        let Some(rest) = validated.rest else {
+            return;
+        };
+        for error in &rest.errors {
+            run.core.record_error(plugin, error);
+            reply.errors.push(error.to_string());
+        }
         denied.extend(
-            validated
-                .denied
+            rest.denied
                 .iter()
                 .map(|&(priority, index)| (priority, job, index)),
         );

@@ -15,8 +15,9 @@ use std::time::Instant;
 /// The evaluators phase of one message.
 pub(crate) struct EvaluatorsPhase {
     started: Instant,
-    /// One job per evaluator of the plan.
-    pub(super) relay: Relay<Result<Evaluation, CallError>, InFlightCall>,
+    /// One job per evaluator of the plan. An error is boxed so that each
+    /// job's slot stays the size of a verdict.
+    pub(super) relay: Relay<Result<Evaluation, Box<CallError>>, InFlightCall>,
 }
 
 impl EvaluatorsPhase {
@@ -42,7 +43,7 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
         let plugin = &run.plan.plugins[p];
         if plugin.in_flight.is_full(limit) {
             let entry = Entry::Evaluator(evaluator).describe(&plugin.instance);
-            return Err(plugin.instance.refused(entry, limit));
+            return Err(Box::new(plugin.instance.refused(entry, limit)));
         }
         let cancelled = || control.is_cancelled();
         let rounds = run.validate.get().map(|v| &v.rounds);
@@ -59,7 +60,9 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
                     .round_evaluation(round, position, evaluator, &cancelled)
             })
         });
-        from_round.unwrap_or_else(|| plugin.instance.evaluate(evaluator, view, control))
+        from_round
+            .unwrap_or_else(|| plugin.instance.evaluate(evaluator, view, control))
+            .map_err(Box::new)
     });
     if relayed == Relayed::Finished {
         finish(run, phase);
@@ -77,7 +80,7 @@ fn finish(run: &MessageRun, phase: &EvaluatorsPhase) {
         let plugin = &run.plan.plugins[p];
         let outcome = outcome.unwrap_or_else(|| {
             let entry = Entry::Evaluator(evaluator).describe(&plugin.instance);
-            Err(plugin.instance.timed_out(entry, limit_ms))
+            Err(Box::new(plugin.instance.timed_out(entry, limit_ms)))
         });
         match outcome {
             // The job's number is the evaluator's place in the plan's names.
