@@ -4,8 +4,6 @@ use serde_json::Value;
 #[cfg(unix)]
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-#[cfg(unix)]
-use std::process::Stdio;
 use std::process::{Command, Output};
 use test_support::{fixture, folder_with, EXT};
 
@@ -144,15 +142,7 @@ fn list_shows_order_dependencies_components_and_files() {
 #[test]
 fn run_answers_json_lines_and_shuts_down_in_reverse_order_on_sigterm() {
     let dir = folder_with(&[fixture("multi"), fixture("")]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
-        .args(["run", "--plugins"])
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start agent-host run");
+    let mut child = common::spawn_run(dir.path(), "info");
     let mut stdin = child.stdin.take().expect("stdin");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
 

@@ -31,6 +31,15 @@ fn say(agent: &TestAgent, text: &str) -> Reply {
     })
 }
 
+/// The `counter` fixture's answer to `count` on `host`.
+fn count(host: &agent_host::PluginHost) -> String {
+    host.handle_message(InboundMessage {
+        text: "count".into(),
+        ..InboundMessage::default()
+    })
+    .text
+}
+
 fn worker_pid(agent: &TestAgent) -> Option<u32> {
     agent.host.status("faulty")?.worker?.pid
 }
@@ -326,14 +335,7 @@ fn watch_reloads_an_isolated_plugin_with_its_state() {
     let report = host.load_dir(dir.path()).expect("load");
     assert!(report.is_clean(), "{:?}", report.failures);
     let _watch = PluginHost::watch(&host, dir.path(), Duration::from_millis(100)).expect("watch");
-    let count = || {
-        host.handle_message(InboundMessage {
-            text: "count".into(),
-            ..InboundMessage::default()
-        })
-        .text
-    };
-    assert_eq!(count(), "v1: 1");
+    assert_eq!(count(&host), "v1: 1");
     let old = host
         .status("counter")
         .and_then(|s| s.worker)
@@ -346,7 +348,7 @@ fn watch_reloads_an_isolated_plugin_with_its_state() {
         host.status("counter").map(|s| s.version).as_deref() == Some("2.0.0")
     });
     assert_eq!(
-        count(),
+        count(&host),
         "v2: 2",
         "the count crossed from the old worker to the new"
     );
@@ -543,14 +545,7 @@ fn the_lock_and_signatures_hold_for_isolated_plugins() {
     assert_eq!(status.placement.to_string(), "process");
     assert_eq!(status.sha256, sha256_hex(&bytes));
     let pid = status.worker.and_then(|w| w.pid).expect("a worker");
-    let count = || {
-        host.handle_message(InboundMessage {
-            text: "count".into(),
-            ..InboundMessage::default()
-        })
-        .text
-    };
-    assert_eq!(count(), "v1: 1");
+    assert_eq!(count(&host), "v1: 1");
 
     // One byte changed, the signature kept: the probe never runs it.
     let mut changed = bytes.clone();
@@ -559,7 +554,7 @@ fn the_lock_and_signatures_hold_for_isolated_plugins() {
     std::fs::write(&file, &changed).expect("write");
     let failure = host.reload("counter").expect_err("refused");
     assert!(failure.to_string().contains("hash differs"), "{failure}");
-    assert_eq!(count(), "v1: 2");
+    assert_eq!(count(&host), "v1: 2");
     let status = host.status("counter").expect("still serving");
     assert_eq!(
         status.worker.and_then(|w| w.pid),
@@ -586,5 +581,5 @@ fn the_lock_and_signatures_hold_for_isolated_plugins() {
         )
         .expect_err("refused");
     assert!(failure.to_string().contains("bad signature"), "{failure}");
-    assert_eq!(count(), "v1: 3");
+    assert_eq!(count(&host), "v1: 3");
 }

@@ -57,6 +57,13 @@ fn folders() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
     (plugins, operator, lock)
 }
 
+/// The `check` output's FAIL line for `file`; the test fails without one.
+fn fail_line<'a>(out: &'a str, file: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with("FAIL") && l.contains(file))
+        .unwrap_or_else(|| panic!("a FAIL line for {file}:\n{out}"))
+}
+
 fn check_locked(plugins: &Path, lock: &Path) -> Output {
     agent_host(&["check", &format!("--locked={}", s(lock)), s(plugins)])
 }
@@ -84,10 +91,7 @@ fn lock_pins_every_file_and_check_locked_refuses_what_is_not_pinned() {
     let output = check_locked(plugins.path(), &lock);
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("FAIL") && l.contains(&lib("stranger")))
-        .unwrap_or_else(|| panic!("a FAIL line for the stranger:\n{out}"));
+    let line = fail_line(&out, &lib("stranger"));
     assert!(line.contains(&sha256(&stranger)), "{line}");
     assert!(line.contains("not in the lock file"), "{line}");
     assert!(
@@ -111,10 +115,7 @@ fn a_file_changed_by_one_byte_after_locking_is_refused() {
     let output = check_locked(plugins.path(), &lock);
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("FAIL") && l.contains(&lib("counter")))
-        .unwrap_or_else(|| panic!("a FAIL line for the counter:\n{out}"));
+    let line = fail_line(&out, &lib("counter"));
     assert!(line.contains(&sha256(&counter)), "{line}");
     assert!(line.contains("hash differs"), "{line}");
     assert!(line.contains(&pinned), "names the pinned hash: {line}");
@@ -225,10 +226,7 @@ fn signed_files_load_and_unsigned_tampered_or_foreign_ones_are_refused() {
     let output = check();
     let out = text(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("FAIL") && l.contains(&lib("counter")))
-        .unwrap_or_else(|| panic!("a FAIL line for the counter:\n{out}"));
+    let line = fail_line(&out, &lib("counter"));
     assert!(line.contains("bad signature"), "{line}");
     assert!(line.contains(&sha256(&counter)), "{line}");
     assert!(out.contains("ok    fixture 1.0.0"), "{out}");

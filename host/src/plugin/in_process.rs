@@ -62,10 +62,7 @@ fn failure_of(error: &FfiError) -> Failure {
 }
 
 fn from_ffi(error: FfiError) -> Failure {
-    Failure::new(
-        ErrorKind::from_code(error.code),
-        error.message.into_string(),
-    )
+    failure_of(&error)
 }
 
 fn view<'a>(message: MessageRef<'a>) -> MessageView<'a> {

@@ -17,18 +17,24 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use test_support::{fixture, folder_with};
 
-/// Runs `agent-host run` on `dir` with `input` as its whole stdin; its
-/// output once stdin has closed and the agent has exited.
-pub fn run_with_stdin(dir: &std::path::Path, input: Vec<u8>) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+/// Starts `agent-host run` on `dir` with `RUST_LOG` at `log_level`, its
+/// stdin, stdout and stderr piped to the test.
+pub fn spawn_run(dir: &std::path::Path, log_level: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_agent-host"))
         .args(["run", "--plugins"])
         .arg(dir)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log_level)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start agent-host run");
+        .expect("start agent-host run")
+}
+
+/// Runs `agent-host run` on `dir` with `input` as its whole stdin; its
+/// output once stdin has closed and the agent has exited.
+pub fn run_with_stdin(dir: &std::path::Path, input: Vec<u8>) -> std::process::Output {
+    let mut child = spawn_run(dir, "warn");
     let mut stdin = child.stdin.take().expect("stdin");
     // More than a pipe holds: written while the agent reads.
     let writer = std::thread::spawn(move || {
