@@ -7,7 +7,6 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // `agent-host worker` is how the host runs an isolated plugin; it is
     // not for people, so it is not in the help.
-    #[cfg(unix)]
     if std::env::args_os().nth(1).is_some_and(|a| a == "worker") {
         let code = agent_host::isolation::run_worker();
         return ExitCode::from(u8::try_from(code).unwrap_or(1));

@@ -14,33 +14,25 @@
 //! * `sandbox`: putting a policy in force inside the worker (landlock,
 //!   seccomp, resource limits on Linux);
 //! * `protocol`: the frames between host and worker, and the handshake;
-//! * `spawn`: starting a worker, passing it connections, dying with the
-//!   host;
+//! * `link`: the connections between host and worker, and how each
+//!   reaches the worker (passed as a descriptor on Unix, dialled on
+//!   loopback with a token on Windows);
+//! * `spawn`: starting a worker, dying with the host, naming how it ended;
 //! * `worker`: the worker's side: sandbox, open, serve;
 //! * `process`: the host's side of one worker process;
 //! * `backend`: an isolated plugin as the registry sees it, and its
 //!   restarts;
 //! * `source`: opening a plugin file when some of its plugins are isolated.
 
-#[cfg(unix)]
 mod backend;
-// Without Unix sockets (Windows) an isolated plugin is refused before any
-// worker starts, so the sandbox policy and the worker protocol are built
-// there (one code base, the same unit tests) but nothing calls them.
-#[cfg_attr(not(unix), allow(dead_code))]
+mod link;
 pub(crate) mod policy;
-#[cfg(unix)]
 mod process;
-#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) mod protocol;
-#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) mod sandbox;
 mod settings;
-#[cfg(unix)]
 pub(crate) mod source;
-#[cfg(unix)]
 mod spawn;
-#[cfg(unix)]
 mod worker;
 
 pub use sandbox::Protections;
@@ -49,7 +41,6 @@ pub use settings::{IsolationSettings, Limits, Placement, DEFAULT_MEMORY_MB, DEFA
 /// Runs this process as a worker (the `agent-host worker` subcommand) and
 /// returns its exit code. A program that embeds the host and wants to be
 /// its own worker program calls this when its first argument is `worker`.
-#[cfg(unix)]
 pub fn run_worker() -> i32 {
     worker::run()
 }

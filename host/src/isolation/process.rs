@@ -13,6 +13,7 @@
 //! first, so the process id cannot be reused while anyone may still signal
 //! it.
 
+use super::link::{self, HostLink, Stream};
 use super::protocol::{
     read_frame, read_preamble, write_frame, write_preamble, Answer, Call, Callback, CallbackAnswer,
     FrameReader, FrameWriter, FromWorker, Hello, Ready, ToWorker, WireError,
@@ -21,8 +22,6 @@ use super::sandbox::Protections;
 use super::spawn;
 use agent_host_plugin_sdk::{Host, Level};
 use std::io::{self, BufRead, BufReader};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdout};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -56,7 +55,10 @@ impl std::fmt::Display for Ending {
             Ending::Overran(call) => {
                 write!(f, "the host killed it because {call} overran its deadline")
             }
-            Ending::Exited(code) => write!(f, "it exited with code {code}"),
+            Ending::Exited(code) => {
+                let hint = spawn::exit_code_hint(*code);
+                write!(f, "it exited with code {code}{hint}")
+            }
             Ending::Signalled(signal) => {
                 let name = spawn::signal_name(*signal);
                 let hint = match signal {
@@ -118,9 +120,13 @@ pub(crate) struct WorkerProcess {
     /// The manifests it read, JSON.
     pub manifests_json: String,
     plugin: String,
-    control: Mutex<UnixStream>,
+    control: Mutex<Stream>,
+    link: HostLink,
     idle: Mutex<Vec<HostConnection>>,
     life: Arc<Life>,
+    /// The process itself, where only its handle can kill it (Windows).
+    #[cfg(not(unix))]
+    child: Arc<Mutex<Child>>,
     host: Option<Arc<dyn Host>>,
 }
 
@@ -132,7 +138,7 @@ pub(crate) struct PendingCall {
 }
 
 struct HostConnection {
-    stream: UnixStream,
+    stream: Stream,
     reader: FrameReader,
     writer: FrameWriter,
 }
@@ -177,15 +183,37 @@ impl WorkerProcess {
         on_end: Option<OnEnd>,
     ) -> Result<Self, StartError> {
         let io_error = |doing: &str, e: io::Error| StartError::Io(format!("{doing}: {e}"));
-        let (control, worker_end) = UnixStream::pair().map_err(|e| io_error("socketpair", e))?;
-        let mut child = spawn::start(program, worker_end)
+        let (mut link, stdin) = HostLink::new().map_err(|e| io_error("connection", e))?;
+        let mut child = spawn::start(program, stdin)
             .map_err(|e| io_error(&format!("cannot run {}", program.display()), e))?;
         forward_output(plugin, child.stdout.take(), child.stderr.take());
+        let control = match link.control(&mut child, HANDSHAKE_TIMEOUT) {
+            Ok(control) => control,
+            Err(error) => {
+                let _ = child.kill();
+                let ended = child.wait().map(|status| match status_code(status) {
+                    Status::Code(code) => Ending::Exited(code),
+                    Status::Signal(signal) => Ending::Signalled(signal),
+                });
+                return Err(match ended {
+                    Ok(ending) => io_error(
+                        "control connection",
+                        io::Error::other(format!("{error}; {ending}")),
+                    ),
+                    Err(_) => io_error("control connection", error),
+                });
+            }
+        };
         let pid = child.id();
         let life = Arc::new(Life {
             state: Mutex::new(LifeState::default()),
             ended: Condvar::new(),
         });
+        #[cfg(not(unix))]
+        let child = Arc::new(Mutex::new(child));
+        #[cfg(not(unix))]
+        supervise(Arc::clone(&child), Arc::clone(&life), plugin, on_end);
+        #[cfg(unix)]
         supervise(child, Arc::clone(&life), plugin, on_end);
         let mut worker = Self {
             pid,
@@ -193,8 +221,11 @@ impl WorkerProcess {
             manifests_json: String::new(),
             plugin: plugin.to_string(),
             control: Mutex::new(control),
+            link,
             idle: Mutex::new(Vec::new()),
             life,
+            #[cfg(not(unix))]
+            child,
             host,
         };
         match worker.handshake(hello) {
@@ -249,13 +280,11 @@ impl WorkerProcess {
         Ok(())
     }
 
-    /// A new call connection, passed to the worker.
+    /// A new call connection, handed to the worker.
     fn connect(&self) -> io::Result<HostConnection> {
-        let (host_end, worker_end) = UnixStream::pair()?;
-        spawn::send_connection(
-            &self.control.lock().unwrap_or_else(PoisonError::into_inner),
-            &worker_end,
-        )?;
+        let host_end = self
+            .link
+            .connect(&self.control.lock().unwrap_or_else(PoisonError::into_inner))?;
         host_end.set_read_timeout(Some(POLL))?;
         Ok(HostConnection {
             stream: host_end,
@@ -302,9 +331,16 @@ impl WorkerProcess {
         state.planned.get_or_insert(why);
         // The process has not been reaped (the lock is held and `reaped` is
         // false), so its id still names it.
+        #[cfg(unix)]
         if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
+        #[cfg(not(unix))]
+        let _ = self
+            .child
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .kill();
     }
 
     /// Ends the worker on purpose: closes its control socket, which makes
@@ -378,7 +414,7 @@ impl WorkerProcess {
     ) -> Result<Result<Answer, WireError>, CallFault> {
         let connection = &mut pending.connection;
         loop {
-            match spawn::next_frame::<FromWorker>(&mut connection.reader, &connection.stream) {
+            match link::next_frame::<FromWorker>(&mut connection.reader, &connection.stream) {
                 Ok(Some(FromWorker::Reply(reply))) => return Ok(reply),
                 Ok(Some(FromWorker::Callback(callback))) => {
                     let Some(host) = &self.host else {
@@ -499,13 +535,24 @@ fn serve_callbacks(mut connection: HostConnection, host: &dyn Host, life: &Life)
     }
 }
 
+/// The process as its supervisor holds it: the child itself on Unix (the
+/// host kills by process id), shared with the kill on other systems (the
+/// host kills through the child's handle).
+#[cfg(unix)]
+type Watched = Child;
+#[cfg(not(unix))]
+type Watched = Arc<Mutex<Child>>;
+
 /// Waits for the process to end (without reaping it, so its id stays
 /// reserved while a kill may be on its way), records how, then reaps it.
-fn supervise(mut child: Child, life: Arc<Life>, plugin: &str, on_end: Option<OnEnd>) {
+fn supervise(mut child: Watched, life: Arc<Life>, plugin: &str, on_end: Option<OnEnd>) {
     let name = format!("worker-supervisor-{plugin}");
+    #[cfg(unix)]
     let pid = child.id();
+    #[cfg(not(unix))]
+    let pid = child.lock().unwrap_or_else(PoisonError::into_inner).id();
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        let status = wait_without_reaping(pid).or_else(|_| child.wait().map(status_code));
+        let status = wait_for_end(&mut child, pid);
         let mut state = life.state.lock().unwrap_or_else(PoisonError::into_inner);
         let ending = match (state.planned.take(), status) {
             (Some(planned), _) => planned,
@@ -514,7 +561,7 @@ fn supervise(mut child: Child, life: Arc<Life>, plugin: &str, on_end: Option<OnE
             (None, Err(error)) => Ending::Broken(format!("its status is unknown: {error}")),
         };
         state.ending = Some(ending.clone());
-        let _ = child.wait();
+        reap(&mut child);
         state.reaped = true;
         drop(state);
         life.ended.notify_all();
@@ -527,13 +574,46 @@ fn supervise(mut child: Child, life: Arc<Life>, plugin: &str, on_end: Option<OnE
     }
 }
 
+#[cfg(unix)]
+fn wait_for_end(child: &mut Watched, pid: u32) -> io::Result<Status> {
+    wait_without_reaping(pid).or_else(|_| child.wait().map(status_code))
+}
+
+#[cfg(unix)]
+fn reap(child: &mut Watched) {
+    let _ = child.wait();
+}
+
+/// Polls (the kill needs the child between two looks); the child's
+/// handle keeps its process id reserved until the last holder drops it.
+#[cfg(not(unix))]
+fn wait_for_end(child: &mut Watched, _pid: u32) -> io::Result<Status> {
+    loop {
+        if let Some(status) = child
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_wait()?
+        {
+            return Ok(status_code(status));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(not(unix))]
+fn reap(_child: &mut Watched) {}
+
 enum Status {
     Code(i32),
     Signal(i32),
 }
 
 fn status_code(status: std::process::ExitStatus) -> Status {
-    match (status.code(), status.signal()) {
+    #[cfg(unix)]
+    let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+    #[cfg(not(unix))]
+    let signal = None;
+    match (status.code(), signal) {
         (Some(code), _) => Status::Code(code),
         (None, Some(signal)) => Status::Signal(signal),
         (None, None) => Status::Code(-1),
@@ -562,7 +642,7 @@ fn wait_without_reaping(pid: u32) -> io::Result<Status> {
     }
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
 fn wait_without_reaping(_pid: u32) -> io::Result<Status> {
     Err(io::Error::other("not supported here"))
 }

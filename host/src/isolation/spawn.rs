@@ -1,36 +1,33 @@
-//! The operating-system side of a worker: starting the process, passing
-//! connections to it, and tying its life to the host's.
+//! The operating-system side of a worker process: starting it, tying its
+//! life to the host's, and naming how it ended. (Its connections are the
+//! `link` module's.)
 //!
-//! Connections cross as file descriptors over the control socket
-//! (`SCM_RIGHTS`), one byte each. The worker's environment is emptied:
-//! the host's environment may hold secrets (config values taken from
-//! variables) that a sandboxed plugin must not see.
+//! The worker's environment is emptied: the host's environment may hold
+//! secrets (config values taken from variables) that a sandboxed plugin
+//! must not see.
 
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock, PoisonError};
 
-/// Starts `program worker` with `control` as its standard input, its output
-/// piped to the host.
+/// Starts `program worker` with `stdin` as its standard input (what the
+/// link gives), its output piped to the host.
 ///
 /// Every worker is started by one long-lived thread: the kernel sends a
 /// child its parent-death signal when the *thread* that forked it ends, so
 /// a worker started from a short-lived thread (a parallel load, a restart)
 /// would be killed with it.
-pub(crate) fn start(program: &Path, control: UnixStream) -> io::Result<Child> {
-    type Request = (PathBuf, UnixStream, mpsc::Sender<io::Result<Child>>);
+pub(crate) fn start(program: &Path, stdin: Stdio) -> io::Result<Child> {
+    type Request = (PathBuf, Stdio, mpsc::Sender<io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (requests, incoming) = mpsc::channel::<Request>();
         let spawned = std::thread::Builder::new()
             .name("worker-spawner".into())
             .spawn(move || {
-                for (program, control, reply) in incoming {
-                    let _ = reply.send(spawn_now(&program, control));
+                for (program, stdin, reply) in incoming {
+                    let _ = reply.send(spawn_now(&program, stdin));
                 }
             });
         if let Err(error) = spawned {
@@ -42,21 +39,28 @@ pub(crate) fn start(program: &Path, control: UnixStream) -> io::Result<Child> {
     spawner
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .send((program.to_path_buf(), control, reply))
+        .send((program.to_path_buf(), stdin, reply))
         .map_err(|_| io::Error::other("the worker-spawning thread is gone"))?;
     answer
         .recv()
         .map_err(|_| io::Error::other("the worker-spawning thread is gone"))?
 }
 
-fn spawn_now(program: &Path, control: UnixStream) -> io::Result<Child> {
-    Command::new(program)
+fn spawn_now(program: &Path, stdin: Stdio) -> io::Result<Child> {
+    let mut command = Command::new(program);
+    command
         .arg("worker")
         .env_clear()
         // Each thread's malloc arena reserves address space, which counts
         // against the worker's memory limit: two arenas are plenty.
-        .env("MALLOC_ARENA_MAX", "2")
-        .stdin(Stdio::from(OwnedFd::from(control)))
+        .env("MALLOC_ARENA_MAX", "2");
+    // Windows sockets do not start without the system folder's name.
+    #[cfg(windows)]
+    if let Some(root) = std::env::var_os("SystemRoot") {
+        command.env("SystemRoot", root);
+    }
+    command
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -77,75 +81,74 @@ pub(crate) fn die_with_parent() -> io::Result<()> {
     Ok(())
 }
 
-/// In the worker: the control socket on standard input.
-pub(crate) fn control_from_stdin() -> io::Result<UnixStream> {
-    let fd = io::stdin().as_fd().try_clone_to_owned()?;
-    let stream = UnixStream::from(fd);
-    // Fails unless standard input really is a socket.
-    stream.peer_addr()?;
-    Ok(stream)
+/// In the worker: a crash ends the process at once, with the crash's
+/// exception code as its exit code. Windows would otherwise show an error
+/// dialog or start a debugger first, and the host would see a hung call
+/// rather than a crash. (Elsewhere a crash is a signal, which already ends
+/// the process.)
+pub(crate) fn end_at_once_on_crash() {
+    #[cfg(windows)]
+    windows_crash::install();
 }
 
-/// Passes `connection` (the worker's end of a socketpair) over `control`.
-pub(crate) fn send_connection(control: &UnixStream, connection: &UnixStream) -> io::Result<()> {
-    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let fds = [connection.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut ancillary = SendAncillaryBuffer::new(&mut space);
-    if !ancillary.push(SendAncillaryMessage::ScmRights(&fds)) {
-        return Err(io::Error::other("no room for a file descriptor"));
+#[cfg(windows)]
+mod windows_crash {
+    use windows_sys::Win32::Foundation::STATUS_STACK_OVERFLOW;
+    use windows_sys::Win32::System::Diagnostics::Debug::{
+        AddVectoredExceptionHandler, SetErrorMode, SetUnhandledExceptionFilter,
+        EXCEPTION_CONTINUE_SEARCH, EXCEPTION_POINTERS, SEM_FAILCRITICALERRORS,
+        SEM_NOGPFAULTERRORBOX,
+    };
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, TerminateProcess};
+
+    pub(super) fn install() {
+        // SAFETY: these calls only set this process's error mode, its
+        // top-level exception filter and one more exception handler, each
+        // a function that lives as long as the process. The handler is
+        // added last, after the Rust runtime's own (which prints the
+        // overflowed thread's name).
+        unsafe {
+            SetErrorMode(SEM_FAILCRITICALERRORS | SEM_NOGPFAULTERRORBOX);
+            SetUnhandledExceptionFilter(Some(end_unhandled));
+            AddVectoredExceptionHandler(0, Some(end_on_stack_overflow));
+        }
     }
-    let byte = [b'c'];
-    // Linux refuses SIGPIPE per call; elsewhere Rust's runtime has already
-    // set SIGPIPE to be ignored for the whole process.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let flags = SendFlags::NOSIGNAL;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let flags = SendFlags::empty();
-    sendmsg(control, &[io::IoSlice::new(&byte)], &mut ancillary, flags)?;
-    Ok(())
-}
 
-/// In the worker: the next connection passed over `control`; `None` once
-/// the host has closed it.
-pub(crate) fn receive_connection(control: &UnixStream) -> io::Result<Option<UnixStream>> {
-    use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    loop {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-        let mut byte = [0u8; 1];
-        // Linux marks a received descriptor close-on-exec as it arrives;
-        // elsewhere it is marked just after (a worker starts no program).
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        let flags = RecvFlags::CMSG_CLOEXEC;
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        let flags = RecvFlags::empty();
-        let received = match recvmsg(
-            control,
-            &mut [io::IoSliceMut::new(&mut byte)],
-            &mut ancillary,
-            flags,
-        ) {
-            Ok(received) => received,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(error) => return Err(error.into()),
-        };
-        if received.bytes == 0 {
-            return Ok(None);
+    /// The code of the exception `info` describes, if any.
+    ///
+    /// # Safety
+    /// `info` must be null or point to the system's description of an
+    /// exception being dispatched.
+    unsafe fn code_of(info: *const EXCEPTION_POINTERS) -> Option<u32> {
+        // SAFETY: the caller's promise; both pointers are checked for null.
+        unsafe {
+            info.as_ref()
+                .and_then(|i| i.ExceptionRecord.as_ref())
+                .map(|record| record.ExceptionCode as u32)
         }
-        for message in ancillary.drain() {
-            if let RecvAncillaryMessage::ScmRights(mut fds) = message {
-                if let Some(fd) = fds.next() {
-                    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-                    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
-                    return Ok(Some(UnixStream::from(fd)));
-                }
-            }
+    }
+
+    fn end_now(code: u32) {
+        // SAFETY: terminating the current process through its
+        // pseudo-handle; this needs almost no stack.
+        unsafe { TerminateProcess(GetCurrentProcess(), code) };
+    }
+
+    /// Every exception nothing handled: end with its code.
+    unsafe extern "system" fn end_unhandled(info: *const EXCEPTION_POINTERS) -> i32 {
+        // SAFETY: the system passes the exception being dispatched.
+        end_now(unsafe { code_of(info) }.unwrap_or(1));
+        EXCEPTION_CONTINUE_SEARCH
+    }
+
+    /// A stack overflow, which no handler can recover from and which may
+    /// leave too little stack to reach the unhandled-exception filter.
+    unsafe extern "system" fn end_on_stack_overflow(info: *mut EXCEPTION_POINTERS) -> i32 {
+        // SAFETY: the system passes the exception being dispatched.
+        if unsafe { code_of(info) } == Some(STATUS_STACK_OVERFLOW as u32) {
+            end_now(STATUS_STACK_OVERFLOW as u32);
         }
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the control socket carried a byte without a connection",
-        ));
+        EXCEPTION_CONTINUE_SEARCH
     }
 }
 
@@ -171,36 +174,19 @@ pub(crate) fn signal_name(signal: i32) -> String {
     format!("signal {signal} ({name})")
 }
 
-/// Reads a socket without waiting: a read with nothing to read fails with
-/// `WouldBlock` at once, whatever the socket's own mode.
-pub(crate) struct NoWait<'a>(pub &'a UnixStream);
-
-impl io::Read for NoWait<'_> {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        let (read, _) = rustix::net::recv(self.0, buffer, rustix::net::RecvFlags::DONTWAIT)?;
-        Ok(read)
+/// What an exit code says about how a worker ended, where the code is the
+/// system's own report of a crash (Windows ends a crashed process with an
+/// exception code as its exit code); empty otherwise.
+pub(crate) fn exit_code_hint(code: i32) -> &'static str {
+    if !cfg!(windows) {
+        return "";
     }
-}
-
-/// How long a side that waits for the other spins before it sleeps. Waking
-/// a sleeping CPU costs tens of microseconds on virtual machines, more than
-/// the round trip itself, so a short spin (yielding to anything runnable)
-/// keeps a quick exchange on warm CPUs; a longer wait sleeps as usual.
-pub(crate) const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
-
-/// Reads the next frame from `stream`: spinning on non-blocking reads for
-/// up to [`SPIN`], then with the stream's own blocking reads. `Ok(None)`
-/// only when a blocking read timed out.
-pub(crate) fn next_frame<T: for<'de> serde::Deserialize<'de>>(
-    reader: &mut super::protocol::FrameReader,
-    stream: &UnixStream,
-) -> io::Result<Option<T>> {
-    let started = std::time::Instant::now();
-    while started.elapsed() < SPIN {
-        if let Some(frame) = reader.poll(NoWait(stream))? {
-            return Ok(Some(frame));
-        }
-        std::thread::yield_now();
+    match code as u32 {
+        0xC000_0005 => " (an access violation)",
+        0xC000_00FD => " (a stack overflow)",
+        0xC000_0409 => " (a fast fail: abort(), or a panic in a `panic = \"abort\"` build)",
+        0xC000_0017 | 0xC000_012D => " (out of memory)",
+        3 => " (exit(3), or the C runtime's abort())",
+        _ => "",
     }
-    reader.poll(stream)
 }

@@ -10,6 +10,7 @@
 //! would. The plugin's host callbacks go back over the connection of the
 //! call that made them. When the control socket closes, the worker exits.
 
+use super::link::{self, Stream, WorkerLink};
 use super::protocol::{
     read_frame, read_preamble, write_frame, write_preamble, Answer, Call, Callback, CallbackAnswer,
     FrameReader, FrameWriter, FromWorker, Hello, Job, Ready, ToWorker, WireError, WireEvaluation,
@@ -21,7 +22,6 @@ use crate::plugin::{Backend, CreateContext, Failure, MessageRef, PluginSource};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
 use std::cell::RefCell;
-use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -31,18 +31,19 @@ pub fn run() -> i32 {
     if super::spawn::die_with_parent().is_err() {
         return 70;
     }
+    super::spawn::end_at_once_on_crash();
     std::panic::set_hook(Box::new(|info| {
         eprintln!("agent-host worker: internal error: {info}");
         std::process::abort();
     }));
-    let control = match super::spawn::control_from_stdin() {
-        Ok(control) => control,
+    let (link, control) = match WorkerLink::from_stdin() {
+        Ok(connected) => connected,
         Err(error) => {
-            eprintln!("agent-host worker: no control socket on standard input: {error}");
+            eprintln!("agent-host worker: no control connection from standard input: {error}");
             return 64;
         }
     };
-    match serve(control) {
+    match serve(&link, control) {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("agent-host worker: {error}");
@@ -51,7 +52,7 @@ pub fn run() -> i32 {
     }
 }
 
-fn serve(control: UnixStream) -> std::io::Result<()> {
+fn serve(link: &WorkerLink, control: Stream) -> std::io::Result<()> {
     write_preamble(&control)?;
     read_preamble(&control)?;
     let hello: Hello = read_frame(&control)?;
@@ -99,7 +100,7 @@ fn serve(control: UnixStream) -> std::io::Result<()> {
     // any call; the rest each carry calls.
     let mut first = true;
     loop {
-        let stream = match super::spawn::receive_connection(&control) {
+        let stream = match link.next_connection(&control) {
             Ok(Some(stream)) => stream,
             // The host closed the control socket: the worker's work is over.
             Ok(None) => return Ok(()),
@@ -129,13 +130,13 @@ fn create(library: &OpenedLibrary, index: u32) -> Result<Box<dyn Backend>, Failu
 
 /// One call connection, as the worker sees it.
 struct Connection {
-    stream: UnixStream,
+    stream: Stream,
     reader: FrameReader,
     writer: FrameWriter,
 }
 
 impl Connection {
-    fn new(stream: UnixStream) -> Self {
+    fn new(stream: Stream) -> Self {
         Self {
             writer: FrameWriter::default(),
             reader: FrameReader::default(),
@@ -146,7 +147,7 @@ impl Connection {
     /// The next frame from the host; an error once it is gone.
     fn receive(&mut self) -> std::io::Result<ToWorker> {
         loop {
-            if let Some(frame) = super::spawn::next_frame(&mut self.reader, &self.stream)? {
+            if let Some(frame) = link::next_frame(&mut self.reader, &self.stream)? {
                 return Ok(frame);
             }
         }
@@ -193,7 +194,7 @@ thread_local! {
     static EVENT_SOURCE: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-fn serve_connection(stream: UnixStream, backend: &dyn Backend) {
+fn serve_connection(stream: Stream, backend: &dyn Backend) {
     let connection = Connection::new(stream);
     let connection = Rc::new(RefCell::new(connection));
     loop {

@@ -72,9 +72,7 @@ pub enum RunsIn {
     /// The host's own: a library built with `panic = "abort"` is refused
     /// before it is mapped, since its first panic would end the host.
     Host,
-    /// A worker process of its own, where a panic ends only the worker
-    /// (no worker runs without Unix sockets).
-    #[cfg_attr(not(unix), allow(dead_code))]
+    /// A worker process of its own, where a panic ends only the worker.
     Worker,
 }
 

@@ -115,17 +115,9 @@ pub(crate) fn open_source(
 ) -> Result<Arc<dyn PluginSource>, OpenError> {
     let max_bytes = config.host.max_plugin_bytes;
     if config.isolation.any_process() {
-        #[cfg(unix)]
-        {
-            let settings = Arc::new(config.isolation.clone());
-            return crate::isolation::source::open(file, shadow, max_bytes, &settings, trust)
-                .map(|probed| Arc::new(probed) as Arc<dyn PluginSource>);
-        }
-        #[cfg(not(unix))]
-        return Err(OpenError::Worker {
-            cause: "isolated plugins need a Unix system; set [isolation] default = \"in-process\""
-                .into(),
-        });
+        let settings = Arc::new(config.isolation.clone());
+        return crate::isolation::source::open(file, shadow, max_bytes, &settings, trust)
+            .map(|probed| Arc::new(probed) as Arc<dyn PluginSource>);
     }
     library::open(file, shadow, max_bytes, trust)
         .map(|library| Arc::new(library) as Arc<dyn PluginSource>)

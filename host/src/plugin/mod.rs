@@ -202,9 +202,8 @@ pub(crate) fn evaluation_from(
 }
 
 /// The deadlines of a message round, in milliseconds since the Unix epoch.
-/// Only a worker reads them (none runs without Unix sockets).
+/// Only a worker reads them.
 #[derive(Debug, Clone, Copy)]
-#[cfg_attr(not(unix), allow(dead_code))]
 pub(crate) struct RoundDeadlines {
     /// For the validates.
     pub validate_ms: u64,
@@ -253,8 +252,7 @@ pub(crate) trait PluginSource: Send + Sync {
 pub(crate) type Announce = std::sync::Arc<dyn Fn(&str, serde_json::Value) + Send + Sync>;
 
 /// What a place needs, besides the plugin's callbacks, to create an
-/// instance. Only a worker reads it (none runs without Unix sockets).
-#[cfg_attr(not(unix), allow(dead_code))]
+/// instance. Only a worker reads it.
 pub(crate) struct CreateContext<'a> {
     /// The permissions the plugin holds (requested and granted): a worker's
     /// sandbox is built from them.
