@@ -76,7 +76,7 @@ pub(crate) fn cross_check_command(args: &[String]) -> Result<()> {
 }
 
 /// The targets whose standard library rustup has installed.
-fn installed_targets() -> Result<Vec<String>> {
+pub(crate) fn installed_targets() -> Result<Vec<String>> {
     let output = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()

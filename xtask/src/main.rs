@@ -18,6 +18,8 @@
 //!   on every change to a plugin's sources (see [`dev`]).
 //! * `cargo xtask cross-check [TARGET...]`: clippy over the workspace for
 //!   macOS and Windows (or the targets named), from Linux (see [`cross`]).
+//! * `cargo xtask wine-check`: builds the host and plugins for Windows and
+//!   runs isolated plugins and their faults under Wine (see [`wine`]).
 //!
 //! It must never write into a plugin folder except by rename (staged
 //! libraries and scaffolded plugins alike), never overwrite or delete a
@@ -30,6 +32,7 @@ mod dev;
 mod scaffold;
 mod signals;
 mod template;
+mod wine;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -39,7 +42,8 @@ const USAGE: &str = "usage:
   cargo xtask run [agent-host run options...]
   cargo xtask new-plugin NAME [--actions] [--providers] [--evaluators] [--services] [--all]
   cargo xtask dev [--plugins-dir DIR] [-- agent-host run options...]
-  cargo xtask cross-check [TARGET...]";
+  cargo xtask cross-check [TARGET...]
+  cargo xtask wine-check";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Some("new-plugin") => scaffold::new_plugin_command(&args[1..]).map(|_| ()),
         Some("dev") => dev::dev_command(&args[1..]),
         Some("cross-check") => cross::cross_check_command(&args[1..]),
+        Some("wine-check") => wine::wine_check_command(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

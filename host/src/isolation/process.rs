@@ -56,8 +56,11 @@ impl std::fmt::Display for Ending {
                 write!(f, "the host killed it because {call} overran its deadline")
             }
             Ending::Exited(code) => {
-                let hint = spawn::exit_code_hint(*code);
-                write!(f, "it exited with code {code}{hint}")
+                write!(
+                    f,
+                    "it exited with code {}",
+                    spawn::describe_exit_code(*code)
+                )
             }
             Ending::Signalled(signal) => {
                 let name = spawn::signal_name(*signal);

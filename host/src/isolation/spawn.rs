@@ -174,19 +174,53 @@ pub(crate) fn signal_name(signal: i32) -> String {
     format!("signal {signal} ({name})")
 }
 
-/// What an exit code says about how a worker ended, where the code is the
-/// system's own report of a crash (Windows ends a crashed process with an
-/// exception code as its exit code); empty otherwise.
-pub(crate) fn exit_code_hint(code: i32) -> &'static str {
-    if !cfg!(windows) {
-        return "";
+/// An exit code as the system reports it, with what it says about how the
+/// worker ended where it is the system's report of a crash (Windows ends a
+/// crashed process with the exception code as its exit code, best read in
+/// hexadecimal).
+pub(crate) fn describe_exit_code(code: i32) -> String {
+    describe_exit_code_on(code, cfg!(windows))
+}
+
+fn describe_exit_code_on(code: i32, windows: bool) -> String {
+    if !windows {
+        return code.to_string();
     }
-    match code as u32 {
+    let hint = match code as u32 {
         0xC000_0005 => " (an access violation)",
         0xC000_00FD => " (a stack overflow)",
         0xC000_0409 => " (a fast fail: abort(), or a panic in a `panic = \"abort\"` build)",
         0xC000_0017 | 0xC000_012D => " (out of memory)",
         3 => " (exit(3), or the C runtime's abort())",
         _ => "",
+    };
+    if code < 0 {
+        format!("0x{:08X}{hint}", code as u32)
+    } else {
+        format!("{code}{hint}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_crash_codes_read_in_hexadecimal_with_their_cause() {
+        let fast_fail = 0xC000_0409_u32 as i32;
+        assert_eq!(
+            describe_exit_code_on(fast_fail, true),
+            "0xC0000409 (a fast fail: abort(), or a panic in a `panic = \"abort\"` build)"
+        );
+        assert_eq!(
+            describe_exit_code_on(0xC000_00FD_u32 as i32, true),
+            "0xC00000FD (a stack overflow)"
+        );
+        assert_eq!(describe_exit_code_on(7, true), "7");
+        assert_eq!(
+            describe_exit_code_on(fast_fail, false),
+            fast_fail.to_string()
+        );
+        assert_eq!(describe_exit_code_on(3, false), "3");
     }
 }
