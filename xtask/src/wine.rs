@@ -7,6 +7,8 @@
 //! until it answers again. Then a note is remembered and recalled through
 //! the `notes` worker. Prints each fault, the reply's error and the time to
 //! serving again; fails when a reply does not name the cause it should.
+//! Last, the agent is killed (SIGKILL, no shutdown) and its workers must
+//! end on their own, as they do when their host dies.
 //!
 //! Needs `rustup target add x86_64-pc-windows-gnu`, MinGW-w64
 //! (`x86_64-w64-mingw32-gcc`) and Wine (`wine64`), such as Debian's
@@ -100,10 +102,46 @@ pub(crate) fn wine_check_command(args: &[String]) -> Result<()> {
         &config,
         &log,
     )?;
-    let outcome = check(&mut agent);
+    let outcome = check(&mut agent).and_then(|()| workers_die_with(&mut agent));
     agent.stop();
     eprintln!("xtask: the agent's log is {}", log.display());
     outcome
+}
+
+/// Kills the agent outright and waits for its workers (Wine runs each as a
+/// Linux process whose command line ends in `agent-host.exe worker`) to
+/// end without it.
+fn workers_die_with(agent: &mut Agent) -> Result<()> {
+    let workers = || -> Result<usize> {
+        let output = Command::new("pgrep")
+            .args(["-f", "agent-host.exe worker"])
+            .output()
+            .map_err(|e| format!("cannot run pgrep: {e}"))?;
+        Ok(String::from_utf8_lossy(&output.stdout).lines().count())
+    };
+    let before = workers()?;
+    if before == 0 {
+        return Err("no worker process of the agent was found before the kill".to_string());
+    }
+    agent
+        .child
+        .kill()
+        .map_err(|e| format!("cannot kill the agent: {e}"))?;
+    let killed = Instant::now();
+    while workers()? > 0 {
+        if killed.elapsed() > Duration::from_secs(10) {
+            return Err(format!(
+                "{} worker process(es) outlived their host by 10 s",
+                workers()?
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "the agent was killed: its {before} worker process(es) ended {} ms later",
+        killed.elapsed().as_millis()
+    );
+    Ok(())
 }
 
 /// Wine's 64-bit loader: `wine64` on the path, else Debian's place for it.
