@@ -22,6 +22,9 @@ pub(crate) const SPIN: Duration = Duration::ZERO;
 /// How long the host waits for a worker to dial a connection it asked for.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a dialled connection may take to present its token.
+const TOKEN_WAIT: Duration = Duration::from_secs(1);
+
 /// Bytes of randomness in a token (written as twice as many hex digits).
 const TOKEN_BYTES: usize = 16;
 
@@ -113,8 +116,11 @@ impl HostLink {
         // An accepted socket may inherit the listener's non-blocking mode.
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
+        // The worker writes its token as soon as it connects; a connection
+        // that keeps silent is not given long to hold the others up.
         let wait = deadline
             .saturating_duration_since(Instant::now())
+            .min(TOKEN_WAIT)
             .max(Duration::from_millis(10));
         stream.set_read_timeout(Some(wait))?;
         let mut presented = vec![0u8; self.token.len()];
@@ -263,6 +269,23 @@ mod tests {
         );
         let worker = worker(host.introduction().unwrap());
         let control = host.accept(Duration::from_secs(10), &mut || true).unwrap();
+        drop(control);
+        assert_eq!(worker.join().unwrap().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_silent_connection_holds_the_worker_up_for_a_second_at_most() {
+        let host = HostLink::listen().unwrap();
+        let port = host.listener.local_addr().unwrap().port();
+        let _silent = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let worker = worker(host.introduction().unwrap());
+        let started = Instant::now();
+        let control = host.accept(Duration::from_secs(10), &mut || true).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited {:?} behind a silent connection",
+            started.elapsed()
+        );
         drop(control);
         assert_eq!(worker.join().unwrap().unwrap(), 0);
     }
