@@ -194,10 +194,7 @@ impl WorkerProcess {
             Ok(control) => control,
             Err(error) => {
                 let _ = child.kill();
-                let ended = child.wait().map(|status| match status_code(status) {
-                    Status::Code(code) => Ending::Exited(code),
-                    Status::Signal(signal) => Ending::Signalled(signal),
-                });
+                let ended = child.wait().map(|status| status_code(status).ending());
                 return Err(match ended {
                     Ok(ending) => io_error(
                         "control connection",
@@ -559,8 +556,7 @@ fn supervise(mut child: Watched, life: Arc<Life>, plugin: &str, on_end: Option<O
         let mut state = life.state.lock().unwrap_or_else(PoisonError::into_inner);
         let ending = match (state.planned.take(), status) {
             (Some(planned), _) => planned,
-            (None, Ok(Status::Code(code))) => Ending::Exited(code),
-            (None, Ok(Status::Signal(signal))) => Ending::Signalled(signal),
+            (None, Ok(status)) => status.ending(),
             (None, Err(error)) => Ending::Broken(format!("its status is unknown: {error}")),
         };
         state.ending = Some(ending.clone());
@@ -609,6 +605,16 @@ fn reap(_child: &mut Watched) {}
 enum Status {
     Code(i32),
     Signal(i32),
+}
+
+impl Status {
+    /// How a process that ended with this status ended, unplanned.
+    fn ending(self) -> Ending {
+        match self {
+            Status::Code(code) => Ending::Exited(code),
+            Status::Signal(signal) => Ending::Signalled(signal),
+        }
+    }
 }
 
 fn status_code(status: std::process::ExitStatus) -> Status {
