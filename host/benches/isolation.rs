@@ -2,14 +2,20 @@
 //!
 //! * one message through the pipeline benchmark's plugin (3 actions,
 //!   3 providers, 2 evaluators, 2 services), in process and isolated, and
-//!   through 10 such plugins, each isolated; medians;
+//!   through 10 such plugins, each isolated; medians, with the median of
+//!   each phase as the reply's timings give it;
+//! * the transport alone (`floor`, Unix): this program started 10 times as
+//!   echo processes, each answering a 1.5 KB request on a socketpair with
+//!   two 40-byte replies, read as the host reads a worker (non-blocking
+//!   tries, yielding, for 100 us, then blocking): what 10 isolated plugins
+//!   cost before any protocol or plugin work, on this machine;
 //! * the `faulty` fixture: a reload of an isolated plugin (new worker
 //!   serving), and from a crash (`abort()`) to serving again;
 //! * resident memory of the host plus its workers over 200 reloads of the
 //!   `counter` fixture, isolated and in process.
 //!
 //! Run: `cargo bench -p agent-host --bench isolation` (add `message`,
-//! `restart` or `memory` to run one part).
+//! `floor`, `restart` or `memory` to run one part).
 
 use agent_host::{AgentConfig, HostOptions, InboundMessage, PluginHost};
 use std::path::Path;
@@ -49,8 +55,9 @@ fn message(text: &str) -> InboundMessage {
     }
 }
 
-/// Median time per message with `fixture` loaded under `isolation`.
-fn per_message(fixture: &str, isolation: &str, count: usize) -> Duration {
+/// Median time per message with `fixture` loaded under `isolation`, and the
+/// median of each phase (providers, validate, handler, evaluators) in us.
+fn per_message(fixture: &str, isolation: &str, count: usize) -> (Duration, [u64; 4]) {
     let dir = test_support::folder_with(&[test_support::fixture(fixture)]);
     let host = host(isolation);
     let report = host.load_dir(dir.path()).expect("load");
@@ -61,31 +68,65 @@ fn per_message(fixture: &str, isolation: &str, count: usize) -> Duration {
     for _ in 0..count / 10 {
         host.handle_message(message(text));
     }
+    let mut phases: [Vec<u64>; 4] = Default::default();
     let times = (0..count)
         .map(|_| {
             let started = Instant::now();
-            std::hint::black_box(host.handle_message(message(text)));
-            started.elapsed()
+            let reply = std::hint::black_box(host.handle_message(message(text)));
+            let elapsed = started.elapsed();
+            let timings = &reply.timings;
+            let phase_us = [
+                timings.providers_us,
+                timings.validate_us,
+                timings.handler_us,
+                timings.evaluators_us,
+            ];
+            for (list, us) in phases.iter_mut().zip(phase_us) {
+                list.push(us);
+            }
+            elapsed
         })
         .collect();
     host.shutdown();
-    median(times)
+    let phase_medians = phases.map(|mut list| {
+        list.sort_unstable();
+        list[list.len() / 2]
+    });
+    (median(times), phase_medians)
+}
+
+fn phases(medians: [u64; 4]) -> String {
+    let [providers, validate, handler, evaluators] = medians;
+    format!("phases {providers}, {validate}, {handler}, {evaluators} us")
 }
 
 fn messages() {
-    println!("one message, median of 5000:");
-    let in_process = per_message("bench-1", "", 5000);
-    let isolated = per_message("bench-1", "default = \"process\"", 5000);
-    println!("  1 plugin in process:      {:>8.1} us", us(in_process));
+    println!("one message, median of 5000 (phases: providers, validate, handler, evaluators):");
+    let (in_process, in_phases) = per_message("bench-1", "", 5000);
+    let (isolated, isolated_phases) = per_message("bench-1", "default = \"process\"", 5000);
     println!(
-        "  1 plugin isolated:        {:>8.1} us (+{:.1} us)",
-        us(isolated),
-        us(isolated.saturating_sub(in_process))
+        "  1 plugin in process:      {:>8.1} us              {}",
+        us(in_process),
+        phases(in_phases)
     );
-    let ten_in = per_message("bench-10", "", 3000);
-    let ten = per_message("bench-10", "default = \"process\"", 3000);
-    println!("  10 plugins in process:    {:>8.1} us", us(ten_in));
-    println!("  10 plugins isolated:      {:>8.1} us", us(ten));
+    println!(
+        "  1 plugin isolated:        {:>8.1} us (+{:>5.1} us)  {}",
+        us(isolated),
+        us(isolated.saturating_sub(in_process)),
+        phases(isolated_phases)
+    );
+    let (ten_in, ten_in_phases) = per_message("bench-10", "", 3000);
+    let (ten, ten_phases) = per_message("bench-10", "default = \"process\"", 3000);
+    println!(
+        "  10 plugins in process:    {:>8.1} us              {}",
+        us(ten_in),
+        phases(ten_in_phases)
+    );
+    println!(
+        "  10 plugins isolated:      {:>8.1} us              {}",
+        us(ten),
+        phases(ten_phases)
+    );
 }
 
 fn pid_of(host: &PluginHost, plugin: &str) -> Option<u32> {
@@ -239,7 +280,123 @@ fn memory() {
     }
 }
 
+/// The transport alone: echo processes on socketpairs, read the way the
+/// host and its workers read each other, with no protocol and no plugin.
+#[cfg(unix)]
+mod floor {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Set in the environment of an echo process.
+    pub const ECHO: &str = "AGENT_HOST_BENCH_ECHO";
+    const ECHOES: usize = 10;
+    const REQUEST: usize = 1500;
+    const REPLY: usize = 40;
+    /// As long as the host's and the workers' reads try without waiting.
+    const SPIN: Duration = Duration::from_micros(100);
+
+    /// Fills `buffer` from `stream` as a worker link reads a frame: reads
+    /// that do not wait, yielding in between, for up to `SPIN`, then
+    /// blocking reads. `false` when the stream ends.
+    fn read_full(stream: &mut UnixStream, buffer: &mut [u8]) -> bool {
+        let started = Instant::now();
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let read = if started.elapsed() < SPIN {
+                let flags = rustix::net::RecvFlags::DONTWAIT;
+                match rustix::net::recv(&*stream, &mut buffer[filled..], flags) {
+                    Ok((read, _)) => read,
+                    Err(rustix::io::Errno::AGAIN) => {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    Err(_) => return false,
+                }
+            } else {
+                match stream.read(&mut buffer[filled..]) {
+                    Ok(read) => read,
+                    Err(_) => return false,
+                }
+            };
+            if read == 0 {
+                return false;
+            }
+            filled += read;
+        }
+        true
+    }
+
+    /// An echo process: answers each request on its standard input (a
+    /// socket) with two replies, until the stream ends.
+    pub fn echo() {
+        let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() else {
+            return;
+        };
+        let mut stream = UnixStream::from(fd);
+        let mut request = [0u8; REQUEST];
+        let reply = [1u8; REPLY];
+        while read_full(&mut stream, &mut request) {
+            for _ in 0..2 {
+                if stream.write_all(&reply).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends each round's request to every echo process, then reads their
+    /// first replies and then their second, as a message reads its
+    /// workers' validate and evaluator replies.
+    pub fn run() {
+        let program = std::env::current_exe().expect("this program");
+        let mut echoes: Vec<_> = (0..ECHOES)
+            .map(|_| {
+                let (ours, theirs) = UnixStream::pair().expect("socketpair");
+                let child = Command::new(&program)
+                    .env(ECHO, "1")
+                    .stdin(Stdio::from(OwnedFd::from(theirs)))
+                    .spawn()
+                    .expect("echo process");
+                (child, ours)
+            })
+            .collect();
+        let request = [7u8; REQUEST];
+        let mut reply = [0u8; REPLY];
+        let mut times = Vec::with_capacity(20_000);
+        for round in 0..22_000 {
+            let started = Instant::now();
+            for (_, stream) in &mut echoes {
+                stream.write_all(&request).expect("request");
+            }
+            for _ in 0..2 {
+                for (_, stream) in &mut echoes {
+                    assert!(read_full(stream, &mut reply), "an echo process ended");
+                }
+            }
+            if round >= 2_000 {
+                times.push(started.elapsed());
+            }
+        }
+        for (mut child, stream) in echoes {
+            drop(stream);
+            let _ = child.wait();
+        }
+        println!(
+            "the transport alone: {ECHOES} echo processes, {REQUEST}-byte request, 2 replies each: {:.1} us median of 20000",
+            super::us(super::median(times))
+        );
+    }
+}
+
 fn main() {
+    #[cfg(unix)]
+    if std::env::var_os(floor::ECHO).is_some() {
+        floor::echo();
+        return;
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -250,6 +407,10 @@ fn main() {
     let wants = |part: &str| args.is_empty() || args.iter().any(|a| a == part);
     if wants("message") {
         messages();
+    }
+    #[cfg(unix)]
+    if wants("floor") {
+        floor::run();
     }
     if wants("restart") {
         restarts();

@@ -14,7 +14,10 @@
 //! message holds, and every evaluator still scores.
 //!
 //! Run: `cargo bench -p agent-host --bench pipeline` (add `-- 100` to run
-//! one size only). `AGENT_HOST_BENCH_REPEAT=30` sends 30 times as many
+//! one size only). Sizes 250 and 500 run only when named (`-- 250 500`):
+//! with 100 and 1000 they show where the cost per plugin turns from that of
+//! instructions into that of memory, as a message's plugins outgrow a
+//! core's cache. `AGENT_HOST_BENCH_REPEAT=30` sends 30 times as many
 //! messages, for a profiler to see the message path rather than the load.
 
 use agent_host::{HostOptions, InboundMessage, PluginHost};
