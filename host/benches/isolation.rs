@@ -17,7 +17,10 @@
 //! Run: `cargo bench -p agent-host --bench isolation` (add `message`,
 //! `floor`, `restart` or `memory` to run one part).
 
+mod common;
+
 use agent_host::{AgentConfig, HostOptions, InboundMessage, PluginHost};
+use common::Phases;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,65 +71,42 @@ fn per_message(fixture: &str, isolation: &str, count: usize) -> (Duration, [u64;
     for _ in 0..count / 10 {
         host.handle_message(message(text));
     }
-    let mut phases: [Vec<u64>; 4] = Default::default();
+    let mut phases = Phases::default();
     let times = (0..count)
         .map(|_| {
             let started = Instant::now();
             let reply = std::hint::black_box(host.handle_message(message(text)));
             let elapsed = started.elapsed();
-            let timings = &reply.timings;
-            let phase_us = [
-                timings.providers_us,
-                timings.validate_us,
-                timings.handler_us,
-                timings.evaluators_us,
-            ];
-            for (list, us) in phases.iter_mut().zip(phase_us) {
-                list.push(us);
-            }
+            phases.record(&reply);
             elapsed
         })
         .collect();
     host.shutdown();
-    let phase_medians = phases.map(|mut list| {
-        list.sort_unstable();
-        list[list.len() / 2]
-    });
-    (median(times), phase_medians)
-}
-
-fn phases(medians: [u64; 4]) -> String {
-    let [providers, validate, handler, evaluators] = medians;
-    format!("phases {providers}, {validate}, {handler}, {evaluators} us")
+    (median(times), phases.medians())
 }
 
 fn messages() {
     println!("one message, median of 5000 (phases: providers, validate, handler, evaluators):");
-    let (in_process, in_phases) = per_message("bench-1", "", 5000);
-    let (isolated, isolated_phases) = per_message("bench-1", "default = \"process\"", 5000);
-    println!(
-        "  1 plugin in process:      {:>8.1} us              {}",
-        us(in_process),
-        phases(in_phases)
+    let row = |label: &str, (median, medians): (Duration, [u64; 4]), extra: String| {
+        let [providers, validate, handler, evaluators] = medians;
+        println!(
+            "  {label:<24} {:>8.1} us {extra:<13} phases {providers}, {validate}, {handler}, {evaluators} us",
+            us(median)
+        );
+    };
+    let in_process = per_message("bench-1", "", 5000);
+    let isolated = per_message("bench-1", "default = \"process\"", 5000);
+    let added = isolated.0.saturating_sub(in_process.0);
+    row("1 plugin in process:", in_process, String::new());
+    row(
+        "1 plugin isolated:",
+        isolated,
+        format!("(+{:.1} us)", us(added)),
     );
-    println!(
-        "  1 plugin isolated:        {:>8.1} us (+{:>5.1} us)  {}",
-        us(isolated),
-        us(isolated.saturating_sub(in_process)),
-        phases(isolated_phases)
-    );
-    let (ten_in, ten_in_phases) = per_message("bench-10", "", 3000);
-    let (ten, ten_phases) = per_message("bench-10", "default = \"process\"", 3000);
-    println!(
-        "  10 plugins in process:    {:>8.1} us              {}",
-        us(ten_in),
-        phases(ten_in_phases)
-    );
-    println!(
-        "  10 plugins isolated:      {:>8.1} us              {}",
-        us(ten),
-        phases(ten_phases)
-    );
+    let ten_in_process = per_message("bench-10", "", 3000);
+    let ten_isolated = per_message("bench-10", "default = \"process\"", 3000);
+    row("10 plugins in process:", ten_in_process, String::new());
+    row("10 plugins isolated:", ten_isolated, String::new());
 }
 
 fn pid_of(host: &PluginHost, plugin: &str) -> Option<u32> {

@@ -20,7 +20,10 @@
 //! core's cache. `AGENT_HOST_BENCH_REPEAT=30` sends 30 times as many
 //! messages, for a profiler to see the message path rather than the load.
 
+mod common;
+
 use agent_host::{HostOptions, InboundMessage, PluginHost};
+use common::Phases;
 use std::time::{Duration, Instant};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -75,22 +78,13 @@ fn main() {
             host.handle_message(message.clone());
         }
         let mut times = Vec::with_capacity(count);
-        let mut phases: [Vec<u64>; 4] = Default::default();
+        let mut phases = Phases::default();
         let started = Instant::now();
         for _ in 0..count {
             let t = Instant::now();
             let reply = host.handle_message(message.clone());
             times.push(t.elapsed());
-            let timings = &reply.timings;
-            let phase_us = [
-                timings.providers_us,
-                timings.validate_us,
-                timings.handler_us,
-                timings.evaluators_us,
-            ];
-            for (list, us) in phases.iter_mut().zip(phase_us) {
-                list.push(us);
-            }
+            phases.record(&reply);
             std::hint::black_box(reply);
         }
         let total = started.elapsed();
@@ -99,10 +93,7 @@ fn main() {
         if !label.ends_with('t') {
             medians.push((n, median));
         }
-        let phase_medians = phases.map(|mut list| {
-            list.sort_unstable();
-            list[list.len() / 2]
-        });
+        let phase_medians = phases.medians();
         println!(
             "{label:>6} {:>9.1} us {:>9.1} us {:>14.0} {:>10}    {:>4} {:>4} {:>4} {:>4}",
             median.as_secs_f64() * 1e6,
