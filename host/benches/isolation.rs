@@ -275,7 +275,9 @@ mod floor {
     const ECHOES: usize = 10;
     const REQUEST: usize = 1500;
     const REPLY: usize = 40;
-    /// As long as the host's and the workers' reads try without waiting.
+    /// As long as the host's and the workers' reads try without waiting:
+    /// a copy of `SPIN` in `host/src/isolation/link/unix.rs`, which is
+    /// private to the crate; change both together.
     const SPIN: Duration = Duration::from_micros(100);
 
     /// Fills `buffer` from `stream` as a worker link reads a frame: reads

@@ -14,6 +14,7 @@ pub(crate) type Stream = std::os::unix::net::UnixStream;
 /// a sleeping CPU costs tens of microseconds on virtual machines, more than
 /// the round trip itself, so a short spin (yielding to anything runnable)
 /// keeps a quick exchange on warm CPUs; a longer wait sleeps as usual.
+/// (The isolation bench's transport floor copies it: change both.)
 pub(crate) const SPIN: Duration = Duration::from_micros(100);
 
 /// The host's side of the link to one worker.
