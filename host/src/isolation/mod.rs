@@ -11,6 +11,7 @@
 //! * `settings`: the `[isolation]` table of the config file;
 //! * `policy`: what one plugin's sandbox allows, from its granted
 //!   permissions and its limits;
+//! * `identity`: the unprivileged user the workers of a root agent become;
 //! * `sandbox`: putting a policy in force inside the worker (landlock,
 //!   seccomp, resource limits on Linux);
 //! * `protocol`: the frames between host and worker, and the handshake;
@@ -25,6 +26,7 @@
 //! * `source`: opening a plugin file when some of its plugins are isolated.
 
 mod backend;
+mod identity;
 mod link;
 pub(crate) mod policy;
 mod process;
@@ -36,7 +38,10 @@ mod spawn;
 mod worker;
 
 pub use sandbox::Protections;
-pub use settings::{IsolationSettings, Limits, Placement, DEFAULT_MEMORY_MB, DEFAULT_OPEN_FILES};
+pub use settings::{
+    IsolationSettings, Limits, Placement, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB,
+    DEFAULT_OPEN_FILES, DEFAULT_WORKER_USER,
+};
 
 /// Runs this process as a worker (the `agent-host worker` subcommand) and
 /// returns its exit code. A program that embeds the host and wants to be

@@ -9,8 +9,16 @@
 //!   folders at and under PATH.
 //! * `filesystem:*`: read and write everywhere (`/`).
 //! * `network:connect:PORT`: open TCP connections to PORT (1 to 65535) on any
-//!   address.
-//! * `network:*`: any network use.
+//!   address, and nothing else: no UDP, no listening.
+//! * `network:*`: TCP and UDP over IPv4 and IPv6, to any port, listening
+//!   included.
+//!
+//! Whatever is granted, a worker never creates UNIX sockets (named or
+//! abstract), raw, packet or netlink sockets: local daemons are out of
+//! reach. A plugin granted TCP resolves host names through the host
+//! (`Runtime::resolve` in the SDK), which answers only for the ports the
+//! plugin may connect to; the system resolver inside the sandbox has no
+//! UDP and sees only `/etc/hosts`.
 //!
 //! PATH must be absolute: a relative or empty path is an error, and `~` is
 //! not expanded. A trailing `*` follows the host's permission patterns:
@@ -72,8 +80,11 @@ pub(crate) fn is_system_path(path: &Path) -> bool {
 pub(crate) struct SandboxPolicy {
     /// The plugin's name, for messages.
     pub plugin: String,
-    /// Read and map for execution: the plugin's private copy, then the
-    /// system library folders.
+    /// The plugin's private copy: read and map for execution. A worker
+    /// handed the copy as an open file gets its rule from that file, as it
+    /// may not be able to reach this path.
+    pub copy: PathBuf,
+    /// Read and map for execution: the system library folders.
     pub read_exec: Vec<PathBuf>,
     /// Read only: the `filesystem:read:` grants, then the name-resolution
     /// files when the plugin holds a network permission.
@@ -85,19 +96,34 @@ pub(crate) struct SandboxPolicy {
     pub network: NetworkGrant,
     /// The process's resource limits.
     pub limits: ResourceLimits,
+    /// The unprivileged user a worker started by root becomes; `None` keeps
+    /// the user the worker started as.
+    pub identity: Option<WorkerIdentity>,
     /// Whether the operator accepts a worker some protections are missing
     /// from (an old kernel, say) instead of refusing to load the plugin.
     pub best_effort: bool,
 }
 
+/// A user a worker runs as: its name (for messages) and ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WorkerIdentity {
+    /// The user's name, or its id when given as a number.
+    pub user: String,
+    /// Its user id.
+    pub uid: u32,
+    /// Its primary group id.
+    pub gid: u32,
+}
+
 /// Which network use a plugin is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum NetworkGrant {
-    /// None: no sockets but local (UNIX) ones.
+    /// None: no socket can be created, and the worker runs in an empty
+    /// network namespace where the kernel allows it.
     None,
     /// TCP connections to these ports only (sorted, without duplicates).
     Ports(Vec<u16>),
-    /// Any network use.
+    /// TCP and UDP over IPv4 and IPv6, any port, listening included.
     Any,
 }
 
@@ -121,6 +147,10 @@ pub(crate) struct ResourceLimits {
     /// Processor time, in seconds (`RLIMIT_CPU`); the kernel ends the worker
     /// when it runs out.
     pub cpu_seconds: Option<u64>,
+    /// Processes and threads (`RLIMIT_NPROC`), the worker's own included.
+    /// In the worker's own user namespace the kernel counts only the
+    /// worker's tasks; without one it counts every task of the user.
+    pub processes: Option<u64>,
 }
 
 /// A permission the sandbox cannot turn into a rule.
@@ -250,17 +280,19 @@ impl SandboxPolicy {
                 push_new(&mut read, PathBuf::from(path));
             }
         }
-        let mut read_exec = vec![plugin_copy.to_path_buf()];
+        let mut read_exec = Vec::new();
         for path in SYSTEM_LIBRARIES {
             push_new(&mut read_exec, PathBuf::from(path));
         }
         Ok(SandboxPolicy {
             plugin: plugin.to_owned(),
+            copy: plugin_copy.to_path_buf(),
             read_exec,
             read,
             write,
             network,
             limits,
+            identity: None,
             best_effort,
         })
     }
@@ -387,10 +419,8 @@ mod tests {
         paths.iter().map(PathBuf::from).collect()
     }
 
-    fn system_libraries(copy: &str) -> Vec<PathBuf> {
-        let mut all = vec![PathBuf::from(copy)];
-        all.extend(SYSTEM_LIBRARIES.iter().map(PathBuf::from));
-        all
+    fn system_libraries() -> Vec<PathBuf> {
+        SYSTEM_LIBRARIES.iter().map(PathBuf::from).collect()
     }
 
     #[test]
@@ -399,6 +429,7 @@ mod tests {
             memory_bytes: Some(1 << 28),
             open_files: Some(64),
             cpu_seconds: None,
+            processes: Some(32),
         };
         let policy = SandboxPolicy::new(
             "notes",
@@ -412,7 +443,9 @@ mod tests {
         )
         .expect("no sandboxed permission");
         assert_eq!(policy.plugin, "notes");
-        assert_eq!(policy.read_exec, system_libraries("/copies/notes.so"));
+        assert_eq!(policy.copy, Path::new("/copies/notes.so"));
+        assert_eq!(policy.read_exec, system_libraries());
+        assert_eq!(policy.identity, None);
         assert!(policy.read.is_empty());
         assert!(policy.write.is_empty());
         assert_eq!(policy.network, NetworkGrant::None);
@@ -584,6 +617,7 @@ mod tests {
                 memory_bytes: Some(1),
                 open_files: None,
                 cpu_seconds: Some(3),
+                processes: Some(16),
             },
             false,
         )

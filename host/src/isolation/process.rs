@@ -255,6 +255,14 @@ impl WorkerProcess {
         write_preamble(&*control).map_err(failed)?;
         read_preamble(&*control).map_err(failed)?;
         write_frame(&*control, hello).map_err(failed)?;
+        let copy = std::fs::File::open(&hello.copy).map_err(|e| {
+            StartError::Io(format!(
+                "cannot open the plugin's copy '{}': {e}",
+                hello.copy.display()
+            ))
+        })?;
+        self.link.pass_file(control, &copy).map_err(failed)?;
+        drop(copy);
         match read_frame::<Ready>(&*control).map_err(failed)? {
             Ready::Ready {
                 pid: _,

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 pub(crate) const PREAMBLE: &[u8; 8] = b"AHWORKER";
 
 /// The protocol version; a host and a worker must speak the same one.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side accepts (a plugin's reply included).
 pub(crate) const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;

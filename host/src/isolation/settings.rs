@@ -8,10 +8,12 @@
 //! process = ["weather", "notes"]  # run in workers (names; a trailing * matches a prefix)
 //! in_process = []                 # the opposite, when the default is "process"
 //! best_effort = false             # start even where the kernel lacks a protection
+//! worker_user = "nobody"          # the user workers of a root agent run as
 //!
 //! [isolation.limits]              # every worker
 //! memory_mb = 1024
 //! open_files = 256
+//! max_processes = 64              # processes and threads of one worker
 //!
 //! [isolation.plugins.weather]     # one plugin's limits
 //! memory_mb = 256
@@ -53,6 +55,11 @@ pub struct Limits {
     pub open_files: Option<u64>,
     /// Processor time, in seconds (`RLIMIT_CPU`).
     pub cpu_seconds: Option<u64>,
+    /// Processes and threads of one worker, its own threads included
+    /// (`RLIMIT_NPROC`, counted in the worker's own user namespace). A
+    /// worker runs a thread per call in flight, so keep it above the
+    /// host's `max_calls_in_flight`.
+    pub max_processes: Option<u64>,
 }
 
 /// The `[isolation]` table.
@@ -73,6 +80,12 @@ pub struct IsolationSettings {
     /// A program that embeds the host as a library sets it to an
     /// `agent-host` binary of the same build.
     pub worker_program: Option<PathBuf>,
+    /// The user a worker runs as when the agent runs as root: a user name
+    /// or a numeric id. Unset, workers of a root agent run as `nobody`; an
+    /// agent that is not root runs its workers as its own user, and setting
+    /// this is then an error. `"root"` keeps root (without capabilities, in
+    /// a user namespace of its own), which the worker's status reports.
+    pub worker_user: Option<String>,
     /// Limits of every worker.
     pub limits: Limits,
     /// Limits of one plugin's worker, by plugin name.
@@ -97,6 +110,7 @@ impl Default for IsolationSettings {
             in_process: Vec::new(),
             best_effort: false,
             worker_program: None,
+            worker_user: None,
             limits: Limits::default(),
             plugins: BTreeMap::new(),
             restart_backoff_ms: 10,
@@ -111,6 +125,12 @@ impl Default for IsolationSettings {
 pub const DEFAULT_MEMORY_MB: u64 = 1024;
 /// The host-wide open-file limit when the config sets none.
 pub const DEFAULT_OPEN_FILES: u64 = 256;
+/// The host-wide limit of processes and threads per worker when the config
+/// sets none: twice the default `max_calls_in_flight`, as a worker runs a
+/// thread per call in flight.
+pub const DEFAULT_MAX_PROCESSES: u64 = 64;
+/// The user workers of a root agent run as when the config names none.
+pub const DEFAULT_WORKER_USER: &str = "nobody";
 
 impl IsolationSettings {
     /// Where the plugin `name` runs.
@@ -143,6 +163,10 @@ impl IsolationSettings {
                 .or(self.limits.open_files)
                 .or(Some(DEFAULT_OPEN_FILES)),
             cpu_seconds: own.cpu_seconds.or(self.limits.cpu_seconds),
+            max_processes: own
+                .max_processes
+                .or(self.limits.max_processes)
+                .or(Some(DEFAULT_MAX_PROCESSES)),
         }
     }
 }
@@ -179,6 +203,10 @@ mod tests {
         let other = settings.limits_of("notes");
         assert_eq!(other.memory_mb, Some(DEFAULT_MEMORY_MB));
         assert_eq!(other.cpu_seconds, None);
+        assert_eq!(other.max_processes, Some(DEFAULT_MAX_PROCESSES));
+        let settings = parse("[limits]\nmax_processes = 8\n[plugins.weather]\nmax_processes = 4");
+        assert_eq!(settings.limits_of("weather").max_processes, Some(4));
+        assert_eq!(settings.limits_of("notes").max_processes, Some(8));
     }
 
     #[test]

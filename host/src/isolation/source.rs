@@ -10,6 +10,7 @@
 //! or in process, from the same private copy, opened in the host only then.
 
 use super::backend::{WorkerBackend, WorkerSpec};
+use super::identity::worker_identity;
 use super::policy::{ResourceLimits, SandboxPolicy};
 use super::process::{StartError, WorkerProcess};
 use super::protocol::{Hello, Job};
@@ -53,6 +54,7 @@ fn limits(settings: &IsolationSettings, plugin: &str) -> ResourceLimits {
         memory_bytes: limits.memory_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
         open_files: limits.open_files,
         cpu_seconds: limits.cpu_seconds,
+        processes: limits.max_processes,
     }
 }
 
@@ -72,7 +74,7 @@ pub(crate) fn open(
     let probe = file
         .file_name()
         .map_or_else(|| "probe".to_string(), |n| n.to_string_lossy().into_owned());
-    let policy = SandboxPolicy::new(
+    let mut policy = SandboxPolicy::new(
         &probe,
         &[],
         &copy,
@@ -80,6 +82,9 @@ pub(crate) fn open(
         settings.best_effort,
     )
     .map_err(|e| OpenError::Worker {
+        cause: e.to_string(),
+    })?;
+    policy.identity = worker_identity(settings).map_err(|e| OpenError::Worker {
         cause: e.to_string(),
     })?;
     let hello = Hello {
@@ -151,7 +156,7 @@ impl PluginSource for ProbedFile {
                 .map_err(|e| Failure::msg(e.clone()))?;
             return library.create(index, host, context);
         }
-        let policy = SandboxPolicy::new(
+        let mut policy = SandboxPolicy::new(
             name,
             context.permissions,
             &self.copy,
@@ -159,6 +164,8 @@ impl PluginSource for ProbedFile {
             self.settings.best_effort,
         )
         .map_err(|e| Failure::new(ErrorKind::InvalidInput, e.to_string()))?;
+        policy.identity = worker_identity(&self.settings)
+            .map_err(|e| Failure::new(ErrorKind::InvalidInput, e.to_string()))?;
         let spec = WorkerSpec {
             program: self.program.clone(),
             plugin: name.to_string(),

@@ -57,15 +57,25 @@ fn serve(link: &WorkerLink, control: Stream) -> std::io::Result<()> {
     read_preamble(&control)?;
     let hello: Hello = read_frame(&control)?;
     let refuse = |error: String| write_frame(&control, &Ready::Refused { error });
-    let protections = match sandbox::apply(&hello.policy) {
+    // The private copy, opened by the host: this worker may run as a user
+    // that cannot reach its folder. It stays open as long as the worker runs.
+    let copy = match link.receive_file(&control) {
+        Ok(copy) => copy,
+        Err(error) => return refuse(format!("the plugin's copy: {error}")),
+    };
+    let protections = match sandbox::apply(&hello.policy, copy.as_ref()) {
         Ok(protections) => protections,
         Err(error) => return refuse(error.to_string()),
     };
-    let library =
-        match library::open_copy(&hello.file, &hello.copy, hello.max_bytes, RunsIn::Worker) {
-            Ok(library) => library,
-            Err(error) => return refuse(error.to_string()),
-        };
+    let copy_path = match &copy {
+        Some(file) => opened_path(file, &hello.copy),
+        None => hello.copy.clone(),
+    };
+    let library = match library::open_copy(&hello.file, &copy_path, hello.max_bytes, RunsIn::Worker)
+    {
+        Ok(library) => library,
+        Err(error) => return refuse(error.to_string()),
+    };
     let manifests_json = match serde_json::to_string(&library.manifests) {
         Ok(json) => json,
         Err(error) => return refuse(format!("manifests: {error}")),
@@ -112,10 +122,29 @@ fn serve(link: &WorkerLink, control: Stream) -> std::io::Result<()> {
             continue;
         }
         let backend = Arc::clone(&backend);
-        std::thread::Builder::new()
+        // Past `max_processes` no thread starts: the connection is dropped,
+        // which fails that one call, and the worker goes on.
+        if let Err(error) = std::thread::Builder::new()
             .name("plugin-call".into())
-            .spawn(move || serve_connection(stream, &*backend))?;
+            .spawn(move || serve_connection(stream, &*backend))
+        {
+            eprintln!("agent-host worker: cannot serve another connection: {error}");
+        }
     }
+}
+
+/// A path that opens `file` (the copy at `path`) again: its descriptor
+/// under `/proc/self/fd`, as `dlopen` takes a path.
+#[cfg(unix)]
+fn opened_path(file: &std::fs::File, _path: &std::path::Path) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd;
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// Without descriptors to pass, the copy's own path.
+#[cfg(not(unix))]
+fn opened_path(_file: &std::fs::File, path: &std::path::Path) -> std::path::PathBuf {
+    path.to_path_buf()
 }
 
 fn create(library: &OpenedLibrary, index: u32) -> Result<Box<dyn Backend>, Failure> {

@@ -82,6 +82,13 @@ impl HostLink {
         self.accept(DIAL_TIMEOUT, &mut || true)
     }
 
+    /// Nothing: a file cannot cross a TCP connection, and a worker here
+    /// opens the plugin's copy by its path (it has no sandbox and keeps the
+    /// agent's user).
+    pub(crate) fn pass_file(&self, _control: &Stream, _file: &std::fs::File) -> io::Result<()> {
+        Ok(())
+    }
+
     /// The next connection that opens with the token, within `limit`, while
     /// `alive()` says the worker may still dial. A connection that does not
     /// open with the token is closed and not counted.
@@ -176,6 +183,11 @@ impl WorkerLink {
         stream.set_nodelay(true)?;
         (&stream).write_all(self.token.as_bytes())?;
         Ok(stream)
+    }
+
+    /// No file comes this way (see [`HostLink::pass_file`]).
+    pub(crate) fn receive_file(&self, _control: &Stream) -> io::Result<Option<std::fs::File>> {
+        Ok(None)
     }
 
     /// The next call connection the host asks for over `control`, dialled;

@@ -47,8 +47,15 @@ impl HostLink {
     /// A new call connection: its worker end crosses `control`.
     pub(crate) fn connect(&self, control: &Stream) -> io::Result<Stream> {
         let (host_end, worker_end) = Stream::pair()?;
-        send_connection(control, &worker_end)?;
+        send_descriptor(control, worker_end.as_fd())?;
         Ok(host_end)
+    }
+
+    /// Hands the worker `file` (the plugin's private copy) over `control`,
+    /// right after the `Hello` frame: a worker that runs as another user
+    /// could not open the copy by its path.
+    pub(crate) fn pass_file(&self, control: &Stream, file: &std::fs::File) -> io::Result<()> {
+        send_descriptor(control, file.as_fd())
     }
 }
 
@@ -68,7 +75,19 @@ impl WorkerLink {
     /// The next call connection the host passes over `control`; `None`
     /// once the host has closed it.
     pub(crate) fn next_connection(&self, control: &Stream) -> io::Result<Option<Stream>> {
-        receive_connection(control)
+        receive_descriptor(control).map(|fd| fd.map(Stream::from))
+    }
+
+    /// The plugin's private copy, which the host passes right after the
+    /// `Hello` frame.
+    pub(crate) fn receive_file(&self, control: &Stream) -> io::Result<Option<std::fs::File>> {
+        match receive_descriptor(control)? {
+            Some(fd) => Ok(Some(std::fs::File::from(fd))),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the host closed the control connection before passing the plugin's copy",
+            )),
+        }
     }
 }
 
@@ -78,10 +97,11 @@ pub(crate) fn read_now(stream: &Stream, buffer: &mut [u8]) -> io::Result<usize> 
     Ok(read)
 }
 
-/// Passes `connection` (the worker's end of a socketpair) over `control`.
-fn send_connection(control: &Stream, connection: &Stream) -> io::Result<()> {
+/// Passes `descriptor` (the worker's end of a socketpair, or a file) over
+/// `control`.
+fn send_descriptor(control: &Stream, descriptor: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let fds = [connection.as_fd()];
+    let fds = [descriptor];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut ancillary = SendAncillaryBuffer::new(&mut space);
     if !ancillary.push(SendAncillaryMessage::ScmRights(&fds)) {
@@ -98,9 +118,9 @@ fn send_connection(control: &Stream, connection: &Stream) -> io::Result<()> {
     Ok(())
 }
 
-/// In the worker: the next connection passed over `control`; `None` once
+/// In the worker: the next descriptor passed over `control`; `None` once
 /// the host has closed it.
-fn receive_connection(control: &Stream) -> io::Result<Option<Stream>> {
+fn receive_descriptor(control: &Stream) -> io::Result<Option<OwnedFd>> {
     use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     loop {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -130,13 +150,13 @@ fn receive_connection(control: &Stream) -> io::Result<Option<Stream>> {
                 if let Some(fd) = fds.next() {
                     #[cfg(not(any(target_os = "linux", target_os = "android")))]
                     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
-                    return Ok(Some(Stream::from(fd)));
+                    return Ok(Some(fd));
                 }
             }
         }
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "the control socket carried a byte without a connection",
+            "the control socket carried a byte without a descriptor",
         ));
     }
 }

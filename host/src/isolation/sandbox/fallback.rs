@@ -8,7 +8,10 @@ use crate::isolation::policy::SandboxPolicy;
 const MISSING: &str = "process sandbox: not available on this operating system";
 
 /// Reports every protection missing.
-pub(super) fn apply(_policy: &SandboxPolicy) -> Result<Protections, SandboxError> {
+pub(super) fn apply(
+    _policy: &SandboxPolicy,
+    _copy: Option<&std::fs::File>,
+) -> Result<Protections, SandboxError> {
     Ok(Protections {
         missing: vec![MISSING.to_string()],
         ..Protections::default()
@@ -31,7 +34,7 @@ mod tests {
             false,
         )
         .expect("no permission");
-        let protections = apply(&policy).expect("a plain worker");
+        let protections = apply(&policy, None).expect("a plain worker");
         assert!(!protections.seccomp && !protections.landlock_filesystem);
         assert_eq!(protections.missing, [MISSING]);
     }

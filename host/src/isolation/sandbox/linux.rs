@@ -1,25 +1,31 @@
 //! The Linux sandbox, applied in this order:
 //!
-//! 1. Resource limits: `RLIMIT_AS`, `RLIMIT_NOFILE` and `RLIMIT_CPU` as the
-//!    policy sets them (soft and hard, never above the inherited hard limit),
-//!    and `RLIMIT_CORE` 0.
-//! 2. `no_new_privs`.
-//! 3. Landlock. Handled, so denied unless a rule allows them: every file
+//! 1. Confinement (`confine.rs`): an unprivileged user for a worker started
+//!    by root, new user, PID, IPC and (without a network grant) network
+//!    namespaces, no capabilities, and a process tree whose end ends every
+//!    process the plugin started.
+//! 2. Resource limits: `RLIMIT_AS`, `RLIMIT_NOFILE`, `RLIMIT_CPU` and
+//!    `RLIMIT_NPROC` as the policy sets them (soft and hard, never above the
+//!    inherited hard limit), and `RLIMIT_CORE` 0.
+//! 3. `no_new_privs`.
+//! 4. Landlock. Handled, so denied unless a rule allows them: every file
 //!    right of landlock ABI 6 (required), the newer file rights when the
 //!    kernel has them (connecting to named UNIX sockets, ABI 9), TCP bind
 //!    and connect unless the policy allows any network use, and the scopes
 //!    (abstract UNIX sockets and signals). Rules: read and map for execution
 //!    under `read_exec`, read under `read`, everything under `write`,
 //!    connecting to each granted TCP port. UDP is not restricted by landlock.
-//! 4. Seccomp, on every thread of the process: `EPERM` for the system calls
+//!    The plugin's copy gets its rule from the open file the host passed,
+//!    when it did: the worker's user may not be able to reach its path.
+//! 5. Seccomp, on every thread of the process: `EPERM` for the system calls
 //!    that debug other processes, change mounts or namespaces, load kernel
 //!    code, or reach kernel interfaces a plugin has no use for (io_uring
 //!    among them, as its requests bypass the filter); `EPERM` for `clone`
 //!    with a namespace flag; `ENOSYS` for `clone3` (its flags are out of the
 //!    filter's reach, and the C library then falls back to `clone`);
-//!    `EACCES` for `socket` and `socketpair` outside UNIX sockets, or outside
-//!    UNIX, IPv4, IPv6 and netlink with a network permission. On x86-64,
-//!    x32 system calls get `EPERM`.
+//!    `EACCES` for every `socket` and `socketpair` but the network grant's
+//!    (see `seccomp.rs`), and `EPERM` for `listen` without `network:*`. On
+//!    x86-64, x32 system calls get `EPERM`.
 //!
 //! What the worker must do for it:
 //!
@@ -34,14 +40,16 @@
 //!   `/proc/self/maps`), `/dev`, locale or time-zone data outside
 //!   `/usr/lib`, or running programs: none of it is granted.
 
+use super::confine;
 use super::{Protections, SandboxError};
 use crate::isolation::policy::{is_system_path, NetworkGrant, ResourceLimits, SandboxPolicy};
 use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus,
-    NetPort, RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError,
+    NetPort, PathBeneath, RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError,
     RulesetStatus, Scope, ABI,
 };
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// The landlock ABI whose protections a policy that is not best-effort
 /// requires: all file rights of ABI 5, TCP (ABI 4) and scopes (ABI 6).
@@ -53,12 +61,40 @@ const NEWEST_ABI: ABI = ABI::V10;
 
 /// Applies `policy` to this process, in the order of the module
 /// documentation; see [`super::apply`].
-pub(super) fn apply(policy: &SandboxPolicy) -> Result<Protections, SandboxError> {
+pub(super) fn apply(
+    policy: &SandboxPolicy,
+    copy: Option<&std::fs::File>,
+) -> Result<Protections, SandboxError> {
     let mut run = Run {
         policy,
         protections: Protections::default(),
     };
-    check_grants(policy)?;
+    check_grants(policy, copy.is_none())?;
+    // Opened before the worker may lose the right to reach the path.
+    let copy = match copy {
+        Some(file) => file.as_fd().try_clone_to_owned(),
+        None => std::fs::File::open(&policy.copy).map(OwnedFd::from),
+    }
+    .map_err(|e| {
+        SandboxError::new(
+            &policy.plugin,
+            "filesystem grants",
+            format!("the plugin's copy '{}': {e}", policy.copy.display()),
+        )
+    })?;
+
+    // Counted before landlock hides `/proc`; confinement needs one thread.
+    let threads = thread_count();
+    let confinement = confine::confine(policy, threads);
+    run.protections.unprivileged_user = confinement.unprivileged_user;
+    run.protections.no_capabilities = confinement.no_capabilities;
+    run.protections.user_namespace = confinement.user_namespace;
+    run.protections.pid_namespace = confinement.pid_namespace;
+    run.protections.ipc_namespace = confinement.ipc_namespace;
+    run.protections.network_namespace = confinement.network_namespace;
+    for shortfall in confinement.shortfalls {
+        run.shortfall(shortfall)?;
+    }
 
     let limits = lower_limits(&policy.limits);
     run.protections.resource_limits = run.check("resource limits", limits)?;
@@ -71,9 +107,7 @@ pub(super) fn apply(policy: &SandboxPolicy) -> Result<Protections, SandboxError>
         run.check("no_new_privs", no_new_privs)?;
     }
 
-    // Counted before landlock hides `/proc`.
-    let threads = thread_count();
-    match landlock(policy, threads) {
+    match landlock(policy, &copy, threads) {
         Ok(outcome) => {
             run.protections.landlock_filesystem = outcome.filesystem;
             run.protections.landlock_network = outcome.network;
@@ -95,13 +129,13 @@ pub(super) fn apply(policy: &SandboxPolicy) -> Result<Protections, SandboxError>
 
 /// A protection not in force, and why.
 #[derive(Debug)]
-struct Shortfall {
+pub(super) struct Shortfall {
     protection: &'static str,
     cause: String,
 }
 
 impl Shortfall {
-    fn new(protection: &'static str, cause: impl ToString) -> Self {
+    pub(super) fn new(protection: &'static str, cause: impl ToString) -> Self {
         Self {
             protection,
             cause: cause.to_string(),
@@ -147,13 +181,14 @@ impl Run<'_> {
     }
 }
 
-/// Every path the operator granted (the plugin's copy included) must exist:
-/// a grant of nothing is a mistake to report, not a rule to skip. Missing
-/// system paths are skipped.
-fn check_grants(policy: &SandboxPolicy) -> Result<(), SandboxError> {
-    let granted = policy
-        .read_exec
-        .iter()
+/// Every path the operator granted (the plugin's copy included, unless it
+/// came as an open file) must exist: a grant of nothing is a mistake to
+/// report, not a rule to skip. Missing system paths are skipped.
+fn check_grants(policy: &SandboxPolicy, with_copy: bool) -> Result<(), SandboxError> {
+    let copy = with_copy.then_some(&policy.copy);
+    let granted = copy
+        .into_iter()
+        .chain(&policy.read_exec)
         .chain(&policy.read)
         .chain(&policy.write)
         .filter(|path| !is_system_path(path));
@@ -182,6 +217,7 @@ fn lower_limits(limits: &ResourceLimits) -> Result<(), String> {
         (Resource::As, "RLIMIT_AS", limits.memory_bytes),
         (Resource::Nofile, "RLIMIT_NOFILE", limits.open_files),
         (Resource::Cpu, "RLIMIT_CPU", limits.cpu_seconds),
+        (Resource::Nproc, "RLIMIT_NPROC", limits.processes),
         (Resource::Core, "RLIMIT_CORE", Some(0)),
     ];
     for (resource, name, value) in wanted {
@@ -216,7 +252,11 @@ struct LandlockOutcome {
     shortfalls: Vec<Shortfall>,
 }
 
-fn landlock(policy: &SandboxPolicy, threads: Option<usize>) -> Result<LandlockOutcome, Shortfall> {
+fn landlock(
+    policy: &SandboxPolicy,
+    copy: &OwnedFd,
+    threads: Option<usize>,
+) -> Result<LandlockOutcome, Shortfall> {
     const FILESYSTEM: &str = "landlock filesystem";
     const NETWORK: &str = "landlock network";
     const SCOPES: &str = "landlock scopes";
@@ -258,10 +298,13 @@ fn landlock(policy: &SandboxPolicy, threads: Option<usize>) -> Result<LandlockOu
         .create()
         .map_err(|e| Shortfall::new(LANDLOCK, e))?
         .set_compatibility(CompatLevel::BestEffort)
-        .add_rules(path_beneath_rules(
-            &policy.read_exec,
-            AccessFs::from_read(NEWEST_ABI),
-        ))
+        .add_rule(PathBeneath::new(copy, AccessFs::from_read(NEWEST_ABI)))
+        .and_then(|r| {
+            r.add_rules(path_beneath_rules(
+                &policy.read_exec,
+                AccessFs::from_read(NEWEST_ABI),
+            ))
+        })
         .and_then(|r| r.add_rules(path_beneath_rules(&policy.read, read)))
         .and_then(|r| {
             r.add_rules(path_beneath_rules(

@@ -11,6 +11,8 @@
 //! Unless the policy is best-effort, a protection that cannot be put in
 //! force is an error, and the worker must refuse to load the plugin.
 
+#[cfg(target_os = "linux")]
+mod confine;
 #[cfg(not(target_os = "linux"))]
 mod fallback;
 #[cfg(target_os = "linux")]
@@ -31,6 +33,29 @@ use std::fmt;
 /// Which protections are in force in a worker, for status displays.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Protections {
+    /// The worker runs as a user other than root (`worker_user` when the
+    /// agent is root).
+    #[serde(default)]
+    pub unprivileged_user: bool,
+    /// The worker holds no capability, in any set (bounding and ambient
+    /// included).
+    #[serde(default)]
+    pub no_capabilities: bool,
+    /// A user namespace of its own: its user is mapped to itself, and
+    /// nothing it holds counts outside.
+    #[serde(default)]
+    pub user_namespace: bool,
+    /// A PID namespace of its own: it sees no other process, and every
+    /// process it starts ends when it ends.
+    #[serde(default)]
+    pub pid_namespace: bool,
+    /// An IPC namespace of its own (System V IPC, POSIX message queues).
+    #[serde(default)]
+    pub ipc_namespace: bool,
+    /// An empty network namespace: only for a plugin without a network
+    /// grant.
+    #[serde(default)]
+    pub network_namespace: bool,
     /// The worker and what it starts cannot gain privileges (set-user-ID
     /// programs, file capabilities).
     pub no_new_privs: bool,
@@ -54,6 +79,12 @@ pub struct Protections {
 impl fmt::Display for Protections {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names = [
+            (self.unprivileged_user, "unprivileged user"),
+            (self.no_capabilities, "no capabilities"),
+            (self.user_namespace, "user namespace"),
+            (self.pid_namespace, "pid namespace"),
+            (self.ipc_namespace, "ipc namespace"),
+            (self.network_namespace, "network namespace"),
             (self.no_new_privs, "no_new_privs"),
             (self.landlock_filesystem, "landlock filesystem"),
             (self.landlock_network, "landlock network"),
@@ -80,6 +111,7 @@ impl fmt::Display for Protections {
 
 /// A protection the policy requires could not be put in force, or the
 /// policy cannot be applied at all; the worker must not load the plugin.
+// (Built by the Linux sandbox only.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SandboxError {
     plugin: String,
@@ -114,13 +146,22 @@ impl std::error::Error for SandboxError {}
 /// protections are in force. Call it on the worker's main thread before the
 /// worker starts any other thread, opens the plugin, or needs anything the
 /// policy does not grant (see the Linux notes in the module documentation).
+/// `copy` is the plugin's private copy as an open file, when the host
+/// passed one; without it the copy is reached by the policy's path.
+///
+/// On Linux this may split the process (see `confine.rs`): it returns in
+/// the process that goes on as the worker, and the process that called it
+/// ends when that one ends, as it ends.
 ///
 /// When a protection cannot be put in force, the error names it, unless the
 /// policy is best-effort: then the result lists it in
 /// [`Protections::missing`]. A granted path that does not exist is an error
 /// either way.
-pub(crate) fn apply(policy: &SandboxPolicy) -> Result<Protections, SandboxError> {
-    platform::apply(policy)
+pub(crate) fn apply(
+    policy: &SandboxPolicy,
+    copy: Option<&std::fs::File>,
+) -> Result<Protections, SandboxError> {
+    platform::apply(policy, copy)
 }
 
 #[cfg(test)]

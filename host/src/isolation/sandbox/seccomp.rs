@@ -98,6 +98,66 @@ mod filters {
         libc::CLONE_NEWCGROUP,
     ];
 
+    /// The `socket` calls refused under `network` (an empty list refuses
+    /// every call). A rule is a conjunction of conditions and any matching
+    /// rule refuses, so each rule names one way a call can fall outside
+    /// what the grant allows:
+    ///
+    /// * no grant: every socket;
+    /// * `network:connect:PORT`: anything but IPv4 or IPv6, anything but a
+    ///   stream, any protocol but the default or TCP (SCTP and MPTCP are
+    ///   streams too);
+    /// * `network:*`: anything but IPv4 or IPv6, anything but a stream or a
+    ///   datagram, any protocol but the default, TCP or UDP (ICMP "ping"
+    ///   datagrams included).
+    ///
+    /// UNIX, raw, packet and netlink sockets are never allowed.
+    fn socket_rules(network: &NetworkGrant) -> Result<Vec<SeccompRule>, seccompiler::Error> {
+        let (kinds, protocols): (&[libc::c_int], &[libc::c_int]) = match network {
+            NetworkGrant::None => return Ok(Vec::new()),
+            NetworkGrant::Ports(_) => (&[libc::SOCK_STREAM], &[0, libc::IPPROTO_TCP]),
+            NetworkGrant::Any => (
+                &[libc::SOCK_STREAM, libc::SOCK_DGRAM],
+                &[0, libc::IPPROTO_TCP, libc::IPPROTO_UDP],
+            ),
+        };
+        let arg = |index: u8, op: SeccompCmpOp, value: libc::c_int| {
+            SeccompCondition::new(
+                index,
+                SeccompCmpArgLen::Dword,
+                op,
+                u64::from(value.unsigned_abs()),
+            )
+        };
+        let mut rules = vec![
+            SeccompRule::new(vec![
+                arg(0, SeccompCmpOp::Ne, libc::AF_INET)?,
+                arg(0, SeccompCmpOp::Ne, libc::AF_INET6)?,
+            ])?,
+            SeccompRule::new(
+                protocols
+                    .iter()
+                    .map(|&protocol| arg(2, SeccompCmpOp::Ne, protocol))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )?,
+        ];
+        // The type's low four bits are the kind of socket; the flags above
+        // them (`SOCK_NONBLOCK`, `SOCK_CLOEXEC`) are free.
+        for kind in 0..=SOCKET_KIND_MASK {
+            if !kinds.contains(&kind) {
+                rules.push(SeccompRule::new(vec![arg(
+                    1,
+                    SeccompCmpOp::MaskedEq(u64::from(SOCKET_KIND_MASK.unsigned_abs())),
+                    kind,
+                )?])?);
+            }
+        }
+        Ok(rules)
+    }
+
+    /// The bits of `socket`'s type argument that hold the kind of socket.
+    const SOCKET_KIND_MASK: libc::c_int = 0xf;
+
     /// The filters, one per action (a seccompiler filter has one).
     pub(super) fn programs(
         network: &NetworkGrant,
@@ -130,25 +190,14 @@ mod filters {
 
         let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
 
-        let domains: &[libc::c_int] = if network.is_granted() {
-            &[
-                libc::AF_UNIX,
-                libc::AF_INET,
-                libc::AF_INET6,
-                libc::AF_NETLINK,
-            ]
-        } else {
-            &[libc::AF_UNIX]
-        };
-        let other_domain = SeccompRule::new(
-            domains
-                .iter()
-                .map(|&domain| arg0(SeccompCmpOp::Ne, domain))
-                .collect::<Result<Vec<_>, _>>()?,
-        )?;
+        if *network != NetworkGrant::Any {
+            refused.insert(libc::SYS_listen, Vec::new());
+        }
         let sockets = BTreeMap::from([
-            (libc::SYS_socket, vec![other_domain.clone()]),
-            (libc::SYS_socketpair, vec![other_domain]),
+            (libc::SYS_socket, socket_rules(network)?),
+            // A connected pair reaches nothing by itself, but a datagram end
+            // can still send to a named socket's address: none at all.
+            (libc::SYS_socketpair, Vec::new()),
         ]);
 
         let mut programs = Vec::new();
