@@ -5,6 +5,8 @@
 //! cause, and the worker is restarted. Services and events cross between
 //! the two places both ways.
 
+mod common;
+
 use agent_host::testing::TestAgent;
 use agent_host::{AgentConfig, HostOptions, InboundMessage, Reply};
 use serde_json::{json, Value};
@@ -621,4 +623,170 @@ fn the_lock_and_signatures_hold_for_isolated_plugins() {
         .expect_err("refused");
     assert!(failure.to_string().contains("bad signature"), "{failure}");
     assert_eq!(count(&host), "v1: 3");
+}
+
+/// A hostile plugin against its sandbox: sockets, users, processes (Linux,
+/// where the sandbox is).
+#[cfg(target_os = "linux")]
+mod hostile {
+    use super::*;
+
+    /// A socket another program listens on at a path, as a local daemon does
+    /// (a container runtime's, D-Bus'), in a folder the worker's user could
+    /// reach were it not for the sandbox.
+    fn local_daemon() -> (tempfile::TempDir, std::os::unix::net::UnixListener, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("daemon.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("a named socket");
+        open_to_the_worker_user(dir.path());
+        (dir, listener, path.display().to_string())
+    }
+
+    /// `(domain, type, protocol)` of sockets no grant allows.
+    const NEVER: &[(i32, i32, i32)] = &[
+        (libc::AF_UNIX, libc::SOCK_STREAM, 0),
+        (libc::AF_UNIX, libc::SOCK_DGRAM, 0),
+        (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+        (libc::AF_PACKET, libc::SOCK_RAW, 0),
+        (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE),
+        (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+    ];
+
+    fn assert_no_socket(agent: &TestAgent, sockets: &[(i32, i32, i32)]) {
+        for socket in sockets {
+            let outcome = attempt(agent, "socket", json!(socket));
+            assert!(refused(&outcome), "socket{socket:?}: {outcome}");
+        }
+    }
+
+    #[test]
+    fn without_a_grant_an_isolated_plugin_opens_no_socket_and_reaches_no_daemon() {
+        let Some((agent, _folder)) = sandboxed(&[]) else {
+            return;
+        };
+        let (_dir, _daemon, path) = local_daemon();
+        let outcome = attempt(&agent, "connect_unix", json!(path));
+        assert!(refused(&outcome), "a local daemon: {outcome}");
+        let mut sockets = NEVER.to_vec();
+        sockets.extend([
+            (libc::AF_INET, libc::SOCK_STREAM, 0),
+            (libc::AF_INET6, libc::SOCK_DGRAM, 0),
+        ]);
+        assert_no_socket(&agent, &sockets);
+        let listener = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let port = listener.local_addr().expect("addr").port();
+        assert!(refused(&attempt(&agent, "send_udp", json!(port))));
+        let worker = agent.host.status("faulty").and_then(|s| s.worker);
+        let protections = worker.expect("a worker").protections;
+        assert!(protections.network_namespace, "{protections:?}");
+    }
+
+    #[test]
+    fn a_tcp_grant_opens_tcp_to_its_port_and_nothing_else() {
+        let (_dir, _daemon, path) = local_daemon();
+        let open = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = open.local_addr().expect("addr").port();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let udp_port = udp.local_addr().expect("addr").port();
+        let Some((agent, _folder)) = sandboxed(&[format!("network:connect:{port}")]) else {
+            return;
+        };
+        let connected = attempt(&agent, "connect", json!(port));
+        assert_eq!(connected["ok"], json!(true), "{connected}");
+        let sent = attempt(&agent, "send_udp", json!(udp_port));
+        assert!(refused(&sent), "UDP: {sent}");
+        assert!(refused(&attempt(&agent, "connect_unix", json!(path))));
+        assert_no_socket(&agent, NEVER);
+        let protections = agent
+            .host
+            .status("faulty")
+            .and_then(|s| s.worker)
+            .expect("a worker")
+            .protections;
+        // TCP needs the host's network.
+        assert!(!protections.network_namespace, "{protections:?}");
+        assert!(protections.pid_namespace && protections.user_namespace);
+    }
+
+    #[test]
+    fn the_worker_of_a_root_agent_runs_as_nobody_without_capabilities() {
+        let Some((agent, _folder)) = sandboxed(&[]) else {
+            return;
+        };
+        let identity = attempt(&agent, "identity", Value::Null);
+        assert_eq!(identity["capget"], json!(0), "{identity}");
+        assert_eq!(identity["effective"], json!(0), "{identity}");
+        assert_eq!(identity["permitted"], json!(0), "{identity}");
+        assert_eq!(identity["bounding"], json!(0), "{identity}");
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(identity["uid"], json!(65534), "{identity}");
+            let worker = agent.host.status("faulty").and_then(|s| s.worker);
+            assert!(worker.expect("a worker").protections.unprivileged_user);
+        } else {
+            eprintln!("the worker keeps the agent's user: the tests do not run as root");
+        }
+    }
+
+    #[test]
+    fn a_worker_starts_no_more_processes_than_max_processes() {
+        let agent = agent("[isolation.limits]\nmax_processes = 24\n");
+        let spawned = agent
+            .host
+            .call_service("faulty", "spawn", &json!(200))
+            .expect("spawn");
+        let started = spawned["started"].as_u64().expect("a count");
+        assert!(started < 24, "{spawned}");
+        assert!(
+            spawned["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Resource temporarily unavailable")),
+            "{spawned}"
+        );
+    }
+
+    /// Whether another process holds a lock on `path`.
+    fn locked(path: &std::path::Path) -> bool {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path).expect("the lock file");
+        // SAFETY: a plain `flock` on a descriptor this function owns.
+        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        !taken
+    }
+
+    #[test]
+    fn no_process_of_an_isolated_plugin_outlives_the_agent() {
+        for kill in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            open_to_the_worker_user(dir.path());
+            let lock = dir.path().join("descendant.lock");
+            let config = format!(
+                "[isolation]\nprocess = [\"faulty\"]\n\
+                 [grants]\nfaulty = [\"filesystem:write:{}\"]\n",
+                dir.path().display()
+            );
+            let mut agent =
+                common::Agent::start_with(&[test_support::fixture("isolated")], &config, false);
+            let reply = agent
+                .post_json(
+                    "/v1/messages",
+                    &json!({"text": format!("fault descendant {}", lock.display())}),
+                )
+                .json();
+            assert_eq!(
+                reply["text"],
+                json!("a descendant holds the lock"),
+                "{reply}"
+            );
+            assert!(locked(&lock), "the descendant holds the lock");
+            if kill {
+                agent.child.kill().expect("kill -9");
+                let _ = agent.child.wait();
+            } else {
+                agent.terminate();
+                agent.wait_for_exit(Duration::from_secs(10));
+            }
+            wait_until("the descendant to end with the agent", || !locked(&lock));
+        }
+    }
 }
