@@ -728,6 +728,61 @@ mod hostile {
         }
     }
 
+    /// Answers every request on `listener` with `200 ok`, for `count`
+    /// requests.
+    fn serve_ok(listener: std::net::TcpListener, count: usize) {
+        use std::io::{Read, Write};
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(count) {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            }
+        });
+    }
+
+    #[test]
+    fn an_isolated_http_client_resolves_names_through_the_host_for_its_ports_only() {
+        let http_client = test_support::examples()
+            .into_iter()
+            .find(|file| file.to_string_lossy().contains("http"))
+            .expect("the http-client example");
+        let granted = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = |l: &std::net::TcpListener| l.local_addr().expect("addr").port();
+        let (granted_port, other_port) = (port(&granted), port(&other));
+        serve_ok(granted, 1);
+        let config = format!(
+            "[isolation]\nprocess = [\"http-client\"]\nworker_program = \"{WORKER}\"\n\
+             [grants]\nhttp-client = [\"config:*\", \"network:connect:{granted_port}\"]\n"
+        );
+        let options = HostOptions {
+            config: AgentConfig::parse(&config).expect("config"),
+            ..HostOptions::default()
+        };
+        let agent = TestAgent::load_with(&[http_client], options).expect("stage");
+        assert!(agent.report.is_clean(), "{:?}", agent.report.failures);
+        let worker = agent.host.status("http-client").and_then(|s| s.worker);
+        assert!(worker.is_some(), "http-client runs in a worker");
+        let get = |port: u16| {
+            agent.host.call_service(
+                "http-client",
+                "get",
+                &json!({"url": format!("http://localhost:{port}/")}),
+            )
+        };
+        let answer = get(granted_port).expect("a granted port, by name");
+        assert_eq!(answer["status"], json!(200), "{answer}");
+        assert_eq!(answer["body"], json!("ok"), "{answer}");
+        let refused = get(other_port).expect_err("a port not granted").to_string();
+        assert!(
+            refused.contains(&format!("network:connect:{other_port}")),
+            "{refused}"
+        );
+    }
+
     #[test]
     fn a_worker_starts_no_more_processes_than_max_processes() {
         let agent = agent("[isolation.limits]\nmax_processes = 24\n");

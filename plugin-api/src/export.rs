@@ -265,6 +265,20 @@ impl Host for FfiHost {
             .ok()?;
         serde_json::from_str::<Option<String>>(answer.as_str()).ok()?
     }
+
+    fn resolve(&self, host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>> {
+        let payload = serde_json::json!({"host": host, "port": port}).to_string();
+        let answer = from_ffi(self.0.invoke(
+            RStr::from_str(agent_host_plugin_abi::requests::RESOLVE),
+            RStr::from_str(&payload),
+        ))?;
+        serde_json::from_str(answer.as_str()).map_err(|e| {
+            Error::new(
+                ErrorKind::Failed,
+                format!("the host's answer to a name resolution: {e}"),
+            )
+        })
+    }
 }
 
 /// Implementation details of [`crate::export_plugin!`]. Not a public API.

@@ -74,6 +74,17 @@ pub trait Host: Send + Sync {
     fn event_source(&self) -> Option<String> {
         None
     }
+    /// The socket addresses of `host` (a name or an address) at `port`, as
+    /// the host resolves them. The host answers only for a port the plugin
+    /// may connect to (`network:connect:PORT` or `network:*`); a host that
+    /// does not resolve names says so with [`ErrorKind::NotFound`].
+    fn resolve(&self, host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>> {
+        let _ = (host, port);
+        Err(Error::new(
+            ErrorKind::NotFound,
+            "this host does not resolve names for plugins",
+        ))
+    }
 }
 
 /// An event as delivered to a handler registered with [`Runtime::on`].
@@ -265,6 +276,26 @@ impl<'a> Runtime<'a> {
         let json = self.shared.host.config(key)?;
         serde_json::from_str(&json)
             .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("config `{key}`: {e}")))
+    }
+
+    /// The socket addresses of `host` at `port`, resolved by the host.
+    ///
+    /// An isolated plugin's sandbox has no name resolution of its own (no
+    /// UDP, so no DNS): a plugin that connects to servers by name resolves
+    /// through the host, which answers for the ports the plugin may connect
+    /// to (`network:connect:PORT` or `network:*`) and refuses the others
+    /// with [`ErrorKind::PermissionDenied`]. In process it is the same
+    /// call, so a plugin works unchanged in either place.
+    ///
+    /// ```
+    /// use agent_host_plugin_sdk::testing::TestHost;
+    ///
+    /// let host = TestHost::new("fetcher");
+    /// let addresses = host.runtime().resolve("127.0.0.1", 8080).unwrap();
+    /// assert_eq!(addresses[0].to_string(), "127.0.0.1:8080");
+    /// ```
+    pub fn resolve(&self, host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>> {
+        self.shared.host.resolve(host, port)
     }
 
     /// A client for another plugin's service, such as `rt.service("weather")`.

@@ -432,6 +432,17 @@ impl Host for TestHostCallbacks {
         self.0.recorded().timers.remove(&timer);
         Ok(())
     }
+
+    fn resolve(&self, host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        self.0
+            .recorded()
+            .check(&format!("network:connect:{port}"))?;
+        let addresses = (host, port).to_socket_addrs().map_err(|e| {
+            Error::new(ErrorKind::NotFound, format!("cannot resolve '{host}': {e}"))
+        })?;
+        Ok(addresses.collect())
+    }
 }
 
 /// A plugin loaded into a [`TestHost`]: call its components by name.

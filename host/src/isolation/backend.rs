@@ -135,6 +135,9 @@ impl Host for TrackingHost {
     fn event_source(&self) -> Option<String> {
         self.host.event_source()
     }
+    fn resolve(&self, host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, Failure> {
+        self.host.resolve(host, port)
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

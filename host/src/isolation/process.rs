@@ -20,7 +20,7 @@ use super::protocol::{
 };
 use super::sandbox::Protections;
 use super::spawn;
-use agent_host_plugin_sdk::{Host, Level};
+use agent_host_plugin_sdk::{ErrorKind, Host, Level};
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdout};
@@ -517,6 +517,13 @@ fn answer_callback(
             .set_timer(timer, after_ms, every_ms)
             .map(|()| CallbackAnswer::Done),
         Callback::ClearTimer { timer } => host.clear_timer(timer).map(|()| CallbackAnswer::Done),
+        Callback::Resolve { host: name, port } => host
+            .resolve(&name, port)
+            .and_then(|addresses| {
+                serde_json::to_string(&addresses)
+                    .map_err(|e| crate::plugin::Failure::new(ErrorKind::Failed, e.to_string()))
+            })
+            .map(CallbackAnswer::Text),
     };
     Some(answer.map_err(WireError::from))
 }

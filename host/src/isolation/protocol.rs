@@ -355,6 +355,13 @@ pub(crate) enum Callback {
         /// The plugin's timer id.
         timer: u64,
     },
+    /// Name resolution by the host (the worker has none of its own).
+    Resolve {
+        /// The name or address.
+        host: String,
+        /// The port the plugin wants to connect to.
+        port: u16,
+    },
 }
 
 /// What a callback returned.

@@ -534,4 +534,17 @@ impl Host for WorkerHost {
                 .map(|(_, control)| (control.deadline_unix_ms(), control.is_cancelled()))
         })
     }
+
+    fn resolve(&self, host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, Failure> {
+        let answer = self.text(Callback::Resolve {
+            host: host.into(),
+            port,
+        })?;
+        serde_json::from_str(&answer).map_err(|e| {
+            Failure::new(
+                ErrorKind::Failed,
+                format!("protocol error: a name resolution's answer: {e}"),
+            )
+        })
+    }
 }

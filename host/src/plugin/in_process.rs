@@ -299,8 +299,25 @@ impl HostApi for FfiCallbacks {
         guarded(|| self.0.clear_timer(timer))
     }
 
-    fn invoke(&self, request: RStr<'_>, _payload_json: RStr<'_>) -> FfiResult<RString> {
+    fn invoke(&self, request: RStr<'_>, payload_json: RStr<'_>) -> FfiResult<RString> {
         guarded(|| match request.as_str() {
+            agent_host_plugin_abi::requests::RESOLVE => {
+                #[derive(serde::Deserialize)]
+                struct Resolve {
+                    host: String,
+                    port: u16,
+                }
+                let asked: Resolve = serde_json::from_str(payload_json.as_str()).map_err(|e| {
+                    Failure::new(
+                        ErrorKind::InvalidInput,
+                        format!("a name resolution request: {e}"),
+                    )
+                })?;
+                let addresses = self.0.resolve(&asked.host, asked.port)?;
+                serde_json::to_string(&addresses)
+                    .map(RString::from)
+                    .map_err(|e| Failure::msg(e.to_string()))
+            }
             agent_host_plugin_abi::requests::CURRENT_CALL => Ok(self
                 .0
                 .current_call()

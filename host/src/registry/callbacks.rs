@@ -154,6 +154,33 @@ impl Host for PluginCallbacks {
     fn event_source(&self) -> Option<String> {
         super::events::current_source()
     }
+
+    fn resolve(&self, host: &str, port: u16) -> HostResult<Vec<std::net::SocketAddr>> {
+        sdk(self.resolve_checked(host, port))
+    }
+}
+
+impl PluginCallbacks {
+    /// Name resolution for a plugin that may connect to `port`: the answer
+    /// for any other port would only help it reach what it may not.
+    fn resolve_checked(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<std::net::SocketAddr>, HostError> {
+        use std::net::ToSocketAddrs;
+        let permission = format!("network:connect:{port}");
+        if !self.permissions.allows(&permission) {
+            return Err(self.deny(&permission));
+        }
+        let addresses = (host, port).to_socket_addrs().map_err(|e| {
+            HostError::new(
+                ErrorKind::NotFound,
+                format!("cannot resolve '{host}': {e}"),
+            )
+        })?;
+        Ok(addresses.collect())
+    }
 }
 
 impl PluginCallbacks {

@@ -80,6 +80,11 @@ pub mod requests {
     /// answer is a plugin's name or `host` as a JSON string, or `null`
     /// outside an event handler.
     pub const EVENT_SOURCE: &str = "event:source";
+    /// Name resolution by the host, for a plugin that may connect to a
+    /// port (a sandboxed one has none of its own): the payload is
+    /// `{"host": "example.org", "port": 443}`, the answer a JSON array of
+    /// socket addresses (`["93.184.215.14:443", "[2606:2800::1]:443"]`).
+    pub const RESOLVE: &str = "net:resolve";
 }
 
 /// An error crossing the boundary: a code from [`codes`] and a human message.

@@ -46,6 +46,14 @@
 //! Requests are made with [`ureq`] (blocking, no async runtime), which keeps a
 //! small pool of idle connections between calls. Proxy settings in the
 //! environment are not used.
+//!
+//! # Names and ports
+//!
+//! The plugin asks for `network:connect:*`; the operator grants the ports it
+//! may use (`network:connect:443`, say), which an isolated worker's sandbox
+//! enforces. Host names are resolved by the host (`Runtime::resolve`), which
+//! answers only for a granted port: a sandboxed worker has no name
+//! resolution of its own. An address in the URL needs no resolution.
 
 use agent_host_plugin_sdk::{json, Error, ErrorKind, Plugin, Result, Runtime, Service, Value};
 use serde::{Deserialize, Serialize};
@@ -199,7 +207,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(settings: Settings) -> Result<Self> {
+    fn new(settings: Settings, resolver: HostResolver) -> Result<Self> {
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(root_certs(&settings)?)
             .build();
@@ -211,8 +219,12 @@ impl Client {
             // As before the upgrade to ureq 3: no proxy from the environment.
             .proxy(None)
             .tls_config(tls)
-            .build()
-            .new_agent();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            agent,
+            ureq::unversioned::transport::DefaultConnector::default(),
+            resolver,
+        );
         Ok(Self { settings, agent })
     }
 
@@ -238,6 +250,59 @@ impl Client {
             .call()
             .map_err(|error| request_error(&request.url, timeout, error))?;
         read_response(&request.url, response)
+    }
+}
+
+/// Resolves host names through the agent's host: the same call in process
+/// and in a sandboxed worker, which has no name resolution of its own.
+struct HostResolver {
+    host: agent_host_plugin_sdk::RuntimeHandle,
+}
+
+impl std::fmt::Debug for HostResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostResolver")
+    }
+}
+
+impl ureq::unversioned::resolver::Resolver for HostResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> std::result::Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().ok_or(ureq::Error::HostNotFound)?;
+        let port = uri
+            .port_u16()
+            .or_else(|| match uri.scheme_str() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            })
+            .ok_or(ureq::Error::HostNotFound)?;
+        // `[::1]` in a URL is `::1` as an address.
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        let addresses = match literal.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![std::net::SocketAddr::new(ip, port)],
+            Err(_) => self.host.runtime().resolve(host, port).map_err(|e| {
+                let kind = match e.kind() {
+                    ErrorKind::PermissionDenied => std::io::ErrorKind::PermissionDenied,
+                    _ => std::io::ErrorKind::NotFound,
+                };
+                ureq::Error::Io(std::io::Error::new(kind, e.to_string()))
+            })?,
+        };
+        let mut resolved = self.empty();
+        for address in addresses {
+            if resolved.try_push(address).is_err() {
+                break;
+            }
+        }
+        if resolved.is_empty() {
+            return Err(ureq::Error::HostNotFound);
+        }
+        Ok(resolved)
     }
 }
 
@@ -373,7 +438,8 @@ impl HttpService {
         if let Some(client) = slot.as_ref() {
             return Ok(Arc::clone(client));
         }
-        let client = Arc::new(Client::new(Settings::from_config(rt)?)?);
+        let resolver = HostResolver { host: rt.handle() };
+        let client = Arc::new(Client::new(Settings::from_config(rt)?, resolver)?);
         *slot = Some(Arc::clone(&client));
         Ok(client)
     }
@@ -412,6 +478,8 @@ pub fn plugin() -> Plugin {
     Plugin::new("http-client", "1.0.0")
         // Reading its own config is a permission like any other.
         .permission("config:*")
+        // Any port a URL names; the operator grants the ones it may use.
+        .permission("network:connect:*")
         .description("HTTP/1.1 GET requests for other plugins, over http:// and https:// (rustls)")
         .author("agent-host examples")
         .license("MIT OR Apache-2.0")
@@ -437,7 +505,7 @@ pub fn plugin() -> Plugin {
                         settings.timeout_ms, settings.user_agent
                     ));
                     *state.client.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(Arc::new(Client::new(settings)?));
+                        Some(Arc::new(Client::new(settings, HostResolver { host: rt.handle() })?));
                     Ok(())
                 })
                 .on_stop(|state: &HttpService, _rt| {
