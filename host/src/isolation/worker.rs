@@ -167,7 +167,7 @@ impl Connection {
         }
         match self.receive().map_err(host_gone)? {
             ToWorker::CallbackReply(answer) => answer.map_err(Failure::from),
-            ToWorker::Call(_) => Err(Failure::new(
+            ToWorker::Call { .. } => Err(Failure::new(
                 ErrorKind::Failed,
                 "protocol error: the host sent a call while a callback was waiting",
             )),
@@ -199,8 +199,8 @@ fn serve_connection(stream: Stream, backend: &dyn Backend) {
     let connection = Rc::new(RefCell::new(connection));
     loop {
         let frame = connection.borrow_mut().receive();
-        let call = match frame {
-            Ok(ToWorker::Call(call)) => call,
+        let (id, call) = match frame {
+            Ok(ToWorker::Call { id, call }) => (id, call),
             Ok(ToWorker::CallbackReply(_)) => {
                 eprintln!("agent-host worker: protocol error: a callback reply with no callback");
                 return;
@@ -222,14 +222,17 @@ fn serve_connection(stream: Stream, backend: &dyn Backend) {
             } => run_message(
                 backend,
                 &connection,
+                id,
                 &actions,
                 &evaluators,
                 &message,
                 evaluate_deadline_ms,
             ),
             call => {
-                let reply = run_call(backend, call, &control).map_err(WireError::from);
-                connection.borrow_mut().send(&FromWorker::Reply(reply))
+                let result = run_call(backend, call, &control).map_err(WireError::from);
+                connection
+                    .borrow_mut()
+                    .send(&FromWorker::Reply { id, result })
             }
         };
         IN_CALL.with(|slot| slot.borrow_mut().take());
@@ -244,6 +247,7 @@ fn serve_connection(stream: Stream, backend: &dyn Backend) {
 fn run_message(
     backend: &dyn Backend,
     connection: &RefCell<Connection>,
+    id: u64,
     actions: &[u32],
     evaluators: &[u32],
     message: &WireMessage,
@@ -254,9 +258,10 @@ fn run_message(
     backend.validate_each(actions, view, &mut |_, outcome| {
         validated.push(outcome.map_err(WireError::from));
     });
-    connection
-        .borrow_mut()
-        .send(&FromWorker::Reply(Ok(Answer::Validated(validated))))?;
+    connection.borrow_mut().send(&FromWorker::Reply {
+        id,
+        result: Ok(Answer::Validated(validated)),
+    })?;
     let control = CallControl::with_deadline(evaluate_deadline_ms);
     let evaluated = evaluators
         .iter()
@@ -267,9 +272,10 @@ fn run_message(
                 .map_err(WireError::from)
         })
         .collect();
-    connection
-        .borrow_mut()
-        .send(&FromWorker::Reply(Ok(Answer::EvaluatedEach(evaluated))))
+    connection.borrow_mut().send(&FromWorker::Reply {
+        id,
+        result: Ok(Answer::EvaluatedEach(evaluated)),
+    })
 }
 
 fn deadline_of(call: &Call) -> u64 {
