@@ -1039,3 +1039,56 @@ fn read_line_bounded(input: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endless_output_line_costs_one_log_line_of_memory() {
+        let mut output = vec![b'x'; 1 << 20];
+        output.extend_from_slice(b"\nnext\n");
+        let mut input = BufReader::with_capacity(8192, &output[..]);
+        let mut line = Vec::new();
+        assert!(read_line_bounded(&mut input, &mut line).unwrap());
+        assert_eq!(line.len(), log_limit::MAX_LINE_BYTES + 1);
+        assert!(line.capacity() < 4 * log_limit::MAX_LINE_BYTES);
+        assert!(read_line_bounded(&mut input, &mut line).unwrap());
+        assert_eq!(line, b"next\n");
+        assert!(!read_line_bounded(&mut input, &mut line).unwrap());
+    }
+
+    #[test]
+    fn each_ending_names_its_cause() {
+        let cases = [
+            (Ending::Exited(3), "it exited with code 3"),
+            (
+                Ending::HandshakeTimedOut(Duration::from_secs(10)),
+                "its handshake timed out after 10000 ms",
+            ),
+            (
+                Ending::Violation("a frame of 9 bytes is over the limit of 8 bytes".into()),
+                "protocol violation: a frame of 9 bytes",
+            ),
+            (
+                Ending::StoppedReading {
+                    what: "the request of on_load".into(),
+                    waited: Duration::from_millis(1500),
+                },
+                "stopped reading: the request of on_load was not read within 1500 ms",
+            ),
+            (
+                Ending::Overran("timer 1".into()),
+                "timer 1 overran its deadline",
+            ),
+        ];
+        for (ending, cause) in cases {
+            let text = ending.to_string();
+            assert!(text.contains(cause), "{text}");
+            assert!(!ending.is_planned());
+        }
+        assert!(StartError::Spawn("x".into()).is_the_programs());
+        assert!(StartError::Handshake("x".into()).is_the_programs());
+        assert!(!StartError::Refused { error: "x".into() }.is_the_programs());
+    }
+}
