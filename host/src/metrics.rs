@@ -82,6 +82,13 @@ pub struct ReloadLabels {
     pub outcome: String,
 }
 
+/// Labels naming one plugin.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// The plugin.
+    pub plugin: String,
+}
+
 /// One action's run counters by outcome, and its handler durations.
 #[derive(Clone, Debug)]
 pub struct ActionMetrics {
@@ -136,6 +143,8 @@ pub struct Metrics {
     pub files_refused: Family<RefusalLabels, Counter>,
     /// Hot reloads, by origin and outcome.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Plugin log lines dropped by the log rate limit, by plugin.
+    pub log_lines_dropped: Family<PluginLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -223,6 +232,12 @@ impl Metrics {
             "Plugins quarantined",
             plugins_quarantined.clone(),
         );
+        let log_lines_dropped = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "plugin_log_lines_dropped",
+            "Plugin log lines dropped by the log rate limit",
+            log_lines_dropped.clone(),
+        );
         Self {
             registry,
             messages,
@@ -239,7 +254,18 @@ impl Metrics {
             auth_failures,
             files_refused,
             reloads,
+            log_lines_dropped,
         }
+    }
+
+    /// The counter of one plugin's log lines dropped by the rate limit, to
+    /// keep and increment without a lookup.
+    pub fn log_lines_dropped(&self, plugin: &str) -> Counter {
+        self.log_lines_dropped
+            .get_or_create(&PluginLabels {
+                plugin: plugin.into(),
+            })
+            .clone()
     }
 
     /// The counters of one action, made once and kept by the plugin so that

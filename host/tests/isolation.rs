@@ -737,8 +737,9 @@ mod hostile {
                 let Ok(mut stream) = stream else { continue };
                 let mut head = [0u8; 4096];
                 let _ = stream.read(&mut head);
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
             }
         });
     }

@@ -12,7 +12,7 @@
 //! window the plugin is quarantined: no restart, and every call fails at
 //! once saying why, until the operator reloads it.
 
-use super::process::{CallFault, Ending, PendingCall, StartError, WorkerProcess};
+use super::process::{CallFault, Ending, Guards, PendingCall, StartError, WorkerProcess};
 use super::protocol::{Answer, Call, Hello, WireMessage};
 use super::settings::IsolationSettings;
 use super::WorkerStatus;
@@ -224,6 +224,14 @@ impl Inner {
                     what, process.pid
                 ),
             ),
+            CallFault::Violation(violation) => Failure::new(
+                ErrorKind::Failed,
+                format!(
+                    "{what} failed: the worker process (pid {}) broke the protocol \
+                     ({violation}); its connection was dropped",
+                    process.pid
+                ),
+            ),
             CallFault::Ended(ending) => {
                 let restarting = if lock(&self.supervision).quarantined.is_some() {
                     "the plugin is quarantined"
@@ -265,6 +273,7 @@ impl Inner {
             &self.spec.plugin,
             Some(callbacks),
             Some(on_end),
+            Guards::of(&self.spec.settings),
         )
     }
     /// Called when a worker process ends: unless it was planned, counts the
@@ -718,7 +727,10 @@ impl Backend for WorkerBackend {
                 "its worker process is not running",
             ));
         };
-        match process.send(&call) {
+        let what = || describe(&call);
+        let validate_ms = deadlines.validate_ms;
+        let late = || validate_ms != 0 && unix_ms_now() > validate_ms + DEADLINE_GRACE_MS;
+        match process.send(&call, &what, &late) {
             Ok(pending) => Some(Box::new(WorkerRound {
                 inner: Arc::clone(&self.inner),
                 process: Some(process),

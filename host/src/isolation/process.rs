@@ -4,10 +4,21 @@
 //!
 //! A call takes an idle connection (or makes one and passes it to the
 //! worker), writes the call, and reads until the reply, answering the
-//! worker's callbacks inline on the calling thread. Reads wake every
-//! [`POLL`] so a call whose host-side control was cancelled (its deadline
-//! passed, the host went on without it) ends for real: the worker is
-//! killed, every call in it fails with the cause, and the thread is free.
+//! worker's callbacks inline on the calling thread. Reads and writes wake
+//! every [`POLL`] so a call whose host-side control was cancelled (its
+//! deadline passed, the host went on without it) ends for real: the worker
+//! is killed, every call in it fails with the cause, and the thread is
+//! free. So does a worker that stops reading what the host writes (after
+//! the call's deadline or `write_timeout_ms`, whichever comes first).
+//!
+//! The host trusts nothing a worker sends: a frame over `max_frame_bytes`
+//! is refused from its length and the worker killed (a protocol
+//! violation); a reply to another call (a stale one) or of the wrong kind
+//! drops its connection, never returned to the pool, and fails the call in
+//! progress; an idle connection that holds unasked bytes is dropped before
+//! a call would read them. How a worker ended is its exit status whenever
+//! the process ended by itself: after a failed read or write the host
+//! waits briefly for that status before it names a cause of its own.
 //!
 //! A supervising thread waits for the process to end, without reaping it
 //! first, so the process id cannot be reused while anyone may still signal
@@ -15,23 +26,49 @@
 
 use super::link::{self, HostLink, Stream};
 use super::protocol::{
-    read_frame, read_preamble, write_frame, write_preamble, Answer, Call, Callback, CallbackAnswer,
-    FrameReader, FrameWriter, FromWorker, Hello, Ready, ToWorker, WireError,
+    read_frame_within, read_preamble, write_frame, write_preamble, Answer, Call, Callback,
+    CallbackAnswer, FrameReader, FrameWriter, FromWorker, Hello, Ready, ToWorker, WireError,
 };
 use super::sandbox::Protections;
+use super::settings::IsolationSettings;
 use super::spawn;
+use crate::registry::log_limit::{self, LogLimiter};
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdout};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often a waiting call looks at its cancellation signal.
 pub(crate) const POLL: Duration = Duration::from_millis(5);
 
 /// How long a worker may take from start to ready.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the host waits for a worker's exit status after a read or write
+/// failed, before it names the failure itself (and kills the worker).
+const EXIT_STATUS_WAIT: Duration = Duration::from_secs(2);
+
+/// What the host accepts from its workers (`[isolation]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Guards {
+    /// The longest frame accepted from a worker.
+    pub max_frame_bytes: usize,
+    /// How long a write may wait for the worker to read.
+    pub write_timeout: Duration,
+}
+
+impl Guards {
+    /// The guards the operator configured.
+    pub(crate) fn of(settings: &IsolationSettings) -> Self {
+        Self {
+            max_frame_bytes: usize::try_from(settings.max_frame_bytes).unwrap_or(usize::MAX),
+            write_timeout: Duration::from_millis(settings.write_timeout_ms),
+        }
+    }
+}
 
 /// Why a worker process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,11 +77,24 @@ pub(crate) enum Ending {
     Stopped,
     /// The host killed it because a call overran its deadline.
     Overran(String),
+    /// The host killed it because it stopped reading what the host wrote.
+    StoppedReading {
+        /// What the host was writing (a call's request, a callback's
+        /// answer).
+        what: String,
+        /// How long the write waited.
+        waited: Duration,
+    },
     /// It exited with a code.
     Exited(i32),
     /// A signal ended it.
     Signalled(i32),
-    /// The host could not talk to it (protocol error) and killed it.
+    /// The host killed it because its handshake took longer than this.
+    HandshakeTimedOut(Duration),
+    /// The host killed it because it broke the protocol (what it did).
+    Violation(String),
+    /// The host lost track of it (its status could not be read, a restart
+    /// failed).
     Broken(String),
 }
 
@@ -54,6 +104,19 @@ impl std::fmt::Display for Ending {
             Ending::Stopped => f.write_str("it was stopped by the host"),
             Ending::Overran(call) => {
                 write!(f, "the host killed it because {call} overran its deadline")
+            }
+            Ending::StoppedReading { what, waited } => write!(
+                f,
+                "the host killed it because it stopped reading: {what} was not read within {} ms",
+                waited.as_millis()
+            ),
+            Ending::HandshakeTimedOut(after) => write!(
+                f,
+                "its handshake timed out after {} ms and the host killed it",
+                after.as_millis()
+            ),
+            Ending::Violation(what) => {
+                write!(f, "the host killed it for a protocol violation: {what}")
             }
             Ending::Exited(code) => {
                 write!(
@@ -74,7 +137,7 @@ impl std::fmt::Display for Ending {
                 };
                 write!(f, "it was ended by {name}{hint}")
             }
-            Ending::Broken(why) => write!(f, "the host killed it: {why}"),
+            Ending::Broken(why) => write!(f, "the host lost track of it: {why}"),
         }
     }
 }
@@ -100,6 +163,9 @@ struct LifeState {
     ending: Option<Ending>,
     /// Whether the process has been reaped (its id may then be reused).
     reaped: bool,
+    /// Told how the process ended; armed once its handshake succeeded (a
+    /// worker that never served is its starter's failure, not a crash).
+    on_end: Option<OnEnd>,
 }
 
 /// What a call into a worker can come to besides a reply.
@@ -109,6 +175,9 @@ pub(crate) enum CallFault {
     Ended(Ending),
     /// The call's host-side control was cancelled; the worker was killed.
     Abandoned,
+    /// The worker answered out of turn (a stale reply, one of the wrong
+    /// kind): the connection was dropped; the worker serves on.
+    Violation(String),
 }
 
 /// Told, once, how a worker process ended (its pid and the ending).
@@ -123,6 +192,8 @@ pub(crate) struct WorkerProcess {
     /// The manifests it read, JSON.
     pub manifests_json: String,
     plugin: String,
+    guards: Guards,
+    next_call: AtomicU64,
     control: Mutex<Stream>,
     link: HostLink,
     idle: Mutex<Vec<HostConnection>>,
@@ -138,6 +209,8 @@ pub(crate) struct WorkerProcess {
 /// for it ends after the call.
 pub(crate) struct PendingCall {
     connection: HostConnection,
+    /// The call's number, which its replies repeat.
+    id: u64,
 }
 
 struct HostConnection {
@@ -147,16 +220,31 @@ struct HostConnection {
 }
 
 impl HostConnection {
-    fn send(&mut self, frame: &ToWorker) -> io::Result<()> {
-        self.writer.send(&self.stream, frame)
+    /// Why this idle connection must not carry another call, if it must
+    /// not: the worker sent something no call asked for, or closed it.
+    fn unasked(&self) -> Option<String> {
+        if self.reader.holds_bytes() {
+            return Some("it holds part of a frame no call asked for".into());
+        }
+        let mut byte = [0u8; 1];
+        match link::read_now(&self.stream, &mut byte) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Ok(0) => Some("the worker closed it".into()),
+            Ok(_) => Some("the worker sent a frame no call asked for (a stale reply)".into()),
+            Err(e) => Some(format!("it failed: {e}")),
+        }
     }
 }
 
 /// Why a worker could not be started.
 #[derive(Debug)]
 pub(crate) enum StartError {
-    /// The process could not be started or spoken to.
-    Io(String),
+    /// The worker program could not be run at all (missing, not
+    /// executable), or no connection to it could be made.
+    Spawn(String),
+    /// The worker program ran but did not complete its handshake: how it
+    /// ended.
+    Handshake(String),
     /// The worker refused: it could not put its sandbox in place, or open
     /// the file.
     Refused {
@@ -165,43 +253,64 @@ pub(crate) enum StartError {
     },
 }
 
+impl StartError {
+    /// Whether the worker program is to blame (it cannot run or speak the
+    /// protocol), rather than the plugin file it was given.
+    pub(crate) fn is_the_programs(&self) -> bool {
+        matches!(self, StartError::Spawn(_) | StartError::Handshake(_))
+    }
+}
+
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::Io(why) => write!(f, "the worker process could not be started: {why}"),
+            StartError::Spawn(why) | StartError::Handshake(why) => f.write_str(why),
             StartError::Refused { error, .. } => f.write_str(error),
         }
     }
 }
 
+/// How a handshake failed.
+enum HandshakeFault {
+    /// The worker refused, with its message.
+    Refused(String),
+    /// Reading or writing failed.
+    Io(io::Error),
+}
+
 impl WorkerProcess {
     /// Starts `program worker` for `hello` and waits until it is ready.
     /// `host` answers the callbacks of a serving worker; `plugin` names it
-    /// in the log.
+    /// in the log; `on_end` is told how a worker that served ended.
     pub(crate) fn start(
         program: &Path,
         hello: &Hello,
         plugin: &str,
         host: Option<Arc<dyn Host>>,
         on_end: Option<OnEnd>,
+        guards: Guards,
     ) -> Result<Self, StartError> {
-        let io_error = |doing: &str, e: io::Error| StartError::Io(format!("{doing}: {e}"));
-        let (mut link, stdin) = HostLink::new().map_err(|e| io_error("connection", e))?;
-        let mut child = spawn::start(program, stdin)
-            .map_err(|e| io_error(&format!("cannot run {}", program.display()), e))?;
+        let named = program.display();
+        let (mut link, stdin) = HostLink::new().map_err(|e| {
+            StartError::Spawn(format!("no connection for a worker could be made: {e}"))
+        })?;
+        let mut child = spawn::start(program, stdin).map_err(|e| {
+            StartError::Spawn(format!(
+                "the worker program {named} could not be started: {e}"
+            ))
+        })?;
         forward_output(plugin, child.stdout.take(), child.stderr.take());
         let control = match link.control(&mut child, HANDSHAKE_TIMEOUT) {
             Ok(control) => control,
             Err(error) => {
                 let _ = child.kill();
                 let ended = child.wait().map(|status| status_code(status).ending());
-                return Err(match ended {
-                    Ok(ending) => io_error(
-                        "control connection",
-                        io::Error::other(format!("{error}; {ending}")),
-                    ),
-                    Err(_) => io_error("control connection", error),
-                });
+                return Err(StartError::Handshake(match ended {
+                    Ok(ending) => {
+                        format!("the worker program {named} never connected ({error}): {ending}")
+                    }
+                    Err(_) => format!("the worker program {named} never connected: {error}"),
+                }));
             }
         };
         let pid = child.id();
@@ -212,14 +321,16 @@ impl WorkerProcess {
         #[cfg(not(unix))]
         let child = Arc::new(Mutex::new(child));
         #[cfg(not(unix))]
-        supervise(Arc::clone(&child), Arc::clone(&life), plugin, on_end);
+        supervise(Arc::clone(&child), Arc::clone(&life), plugin);
         #[cfg(unix)]
-        supervise(child, Arc::clone(&life), plugin, on_end);
+        supervise(child, Arc::clone(&life), plugin);
         let mut worker = Self {
             pid,
             protections: Protections::default(),
             manifests_json: String::new(),
             plugin: plugin.to_string(),
+            guards,
+            next_call: AtomicU64::new(1),
             control: Mutex::new(control),
             link,
             idle: Mutex::new(Vec::new()),
@@ -229,41 +340,48 @@ impl WorkerProcess {
             host,
         };
         match worker.handshake(hello) {
-            Ok(()) => Ok(worker),
-            Err(error) => {
-                worker.stop();
-                // A worker that died during the handshake says how.
-                if let StartError::Io(why) = &error {
-                    if let Some(ending) = worker.wait_ended(Duration::from_millis(200)) {
-                        return Err(StartError::Io(format!("{why}; {ending}")));
-                    }
+            Ok(()) => {
+                if let Some(on_end) = on_end {
+                    worker.arm(on_end);
                 }
-                Err(error)
+                Ok(worker)
+            }
+            Err(HandshakeFault::Refused(error)) => {
+                worker.stop();
+                Err(StartError::Refused { error })
+            }
+            Err(HandshakeFault::Io(error)) => {
+                let ending = worker.end_after_handshake(&error);
+                Err(StartError::Handshake(format!(
+                    "the worker program {named} failed its handshake: {ending}"
+                )))
             }
         }
     }
 
-    fn handshake(&mut self, hello: &Hello) -> Result<(), StartError> {
+    fn handshake(&mut self, hello: &Hello) -> Result<(), HandshakeFault> {
+        let guards = self.guards;
         let control = self
             .control
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
-        let failed = |e: io::Error| StartError::Io(format!("handshake: {e}"));
         control
             .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(failed)?;
-        write_preamble(&*control).map_err(failed)?;
-        read_preamble(&*control).map_err(failed)?;
-        write_frame(&*control, hello).map_err(failed)?;
-        let copy = std::fs::File::open(&hello.copy).map_err(|e| {
-            StartError::Io(format!(
-                "cannot open the plugin's copy '{}': {e}",
-                hello.copy.display()
-            ))
-        })?;
-        self.link.pass_file(control, &copy).map_err(failed)?;
+            .and_then(|()| control.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
+            .map_err(HandshakeFault::Io)?;
+        write_preamble(&*control).map_err(HandshakeFault::Io)?;
+        read_preamble(&*control).map_err(HandshakeFault::Io)?;
+        write_frame(&*control, hello).map_err(HandshakeFault::Io)?;
+        // The plugin's private copy, open: a worker that runs as another
+        // user could not open it by its path.
+        let copy = std::fs::File::open(&hello.copy).map_err(HandshakeFault::Io)?;
+        self.link
+            .pass_file(control, &copy)
+            .map_err(HandshakeFault::Io)?;
         drop(copy);
-        match read_frame::<Ready>(&*control).map_err(failed)? {
+        match read_frame_within::<Ready>(&*control, guards.max_frame_bytes)
+            .map_err(HandshakeFault::Io)?
+        {
             Ready::Ready {
                 pid: _,
                 manifests_json,
@@ -272,20 +390,66 @@ impl WorkerProcess {
                 self.manifests_json = manifests_json;
                 self.protections = protections;
             }
-            Ready::Refused { error } => return Err(StartError::Refused { error }),
+            Ready::Refused { error } => return Err(HandshakeFault::Refused(error)),
         }
-        control.set_read_timeout(None).map_err(failed)?;
+        // Passing a connection over the control connection waits for the
+        // worker to take it no longer than a write may.
+        control
+            .set_read_timeout(None)
+            .and_then(|()| control.set_write_timeout(Some(guards.write_timeout)))
+            .map_err(HandshakeFault::Io)?;
         if let Some(host) = &self.host {
             // The worker's own connection, for callbacks from its threads.
-            let connection = self.connect().map_err(failed)?;
+            let connection = self.connect().map_err(HandshakeFault::Io)?;
             let host = Arc::clone(host);
             let life = Arc::clone(&self.life);
+            let plugin = self.plugin.clone();
             std::thread::Builder::new()
                 .name(format!("worker-callbacks-{}", self.plugin))
-                .spawn(move || serve_callbacks(connection, &*host, &life))
-                .map_err(failed)?;
+                .spawn(move || serve_callbacks(connection, &*host, &life, &plugin, guards))
+                .map_err(HandshakeFault::Io)?;
         }
         Ok(())
+    }
+
+    /// How a worker whose handshake failed with `error` ended: its own
+    /// ending if it exits by itself (it crashed, or refused by exiting),
+    /// else the host kills it and names why.
+    fn end_after_handshake(&self, error: &io::Error) -> Ending {
+        let why = match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                Some(Ending::HandshakeTimedOut(HANDSHAKE_TIMEOUT))
+            }
+            io::ErrorKind::InvalidData => {
+                Some(Ending::Violation(format!("in its handshake: {error}")))
+            }
+            _ => None,
+        };
+        if why.is_none() {
+            if let Some(ending) = self.wait_ended(EXIT_STATUS_WAIT) {
+                return ending;
+            }
+        }
+        let why =
+            why.unwrap_or_else(|| Ending::Violation(format!("its handshake failed: {error}")));
+        self.kill(why.clone());
+        self.wait_ended(EXIT_STATUS_WAIT).unwrap_or(why)
+    }
+
+    /// Tells `on_end` how the worker ends (at once, if it already has).
+    fn arm(&self, on_end: OnEnd) {
+        let mut state = self
+            .life
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match state.ending.clone() {
+            Some(ending) => {
+                drop(state);
+                on_end(self.pid, ending);
+            }
+            None => state.on_end = Some(on_end),
+        }
     }
 
     /// A new call connection, handed to the worker.
@@ -294,9 +458,10 @@ impl WorkerProcess {
             .link
             .connect(&self.control.lock().unwrap_or_else(PoisonError::into_inner))?;
         host_end.set_read_timeout(Some(POLL))?;
+        host_end.set_write_timeout(Some(POLL))?;
         Ok(HostConnection {
             stream: host_end,
-            reader: FrameReader::default(),
+            reader: FrameReader::with_limit(self.guards.max_frame_bytes),
             writer: FrameWriter::default(),
         })
     }
@@ -385,31 +550,99 @@ impl WorkerProcess {
         what: &dyn Fn() -> String,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Result<Answer, WireError>, CallFault> {
-        let mut pending = self.send(call)?;
+        let mut pending = self.send(call, what, cancelled)?;
         let reply = self.reply(&mut pending, what, cancelled)?;
+        if let Ok(answer) = &reply {
+            if !call.is_answered_by(answer) {
+                // The connection goes with `pending`.
+                return Err(self.violation(format!(
+                    "{} was answered with {}",
+                    what(),
+                    answer.kind()
+                )));
+            }
+        }
         self.give_back(pending);
         Ok(reply)
     }
 
-    /// Sends a call on a connection of its own and returns at once; its
-    /// replies are read with [`WorkerProcess::reply`].
-    pub(crate) fn send(&self, call: &Call) -> Result<PendingCall, CallFault> {
+    /// Sends a call on a connection of its own and returns once it is
+    /// written; its replies are read with [`WorkerProcess::reply`]. A
+    /// worker that stops reading it is killed once `cancelled` says so or
+    /// `write_timeout_ms` has passed.
+    pub(crate) fn send(
+        &self,
+        call: &Call,
+        what: &dyn Fn() -> String,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<PendingCall, CallFault> {
         if let Some(ending) = self.ending() {
             return Err(CallFault::Ended(ending));
         }
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let mut connection = match idle {
+        let mut connection = match self.idle_connection() {
             Some(connection) => connection,
             None => self.connect().map_err(|e| self.fault(e))?,
         };
-        connection
-            .send(&ToWorker::Call(call.clone()))
-            .map_err(|e| self.fault(e))?;
-        Ok(PendingCall { connection })
+        let id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let frame = ToWorker::Call {
+            id,
+            call: call.clone(),
+        };
+        let request = || format!("the request of {}", what());
+        self.write(&mut connection, &frame, &request, cancelled)?;
+        Ok(PendingCall { connection, id })
+    }
+
+    /// An idle connection fit for a call; those holding bytes no call asked
+    /// for are dropped.
+    fn idle_connection(&self) -> Option<HostConnection> {
+        loop {
+            let popped = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let connection = popped?;
+            match connection.unasked() {
+                None => return Some(connection),
+                Some(why) => tracing::warn!(
+                    plugin = %self.plugin,
+                    pid = self.pid,
+                    "an idle call connection of the worker was dropped: {why}"
+                ),
+            }
+        }
+    }
+
+    /// Writes `frame` on `connection`; a worker that does not read it in
+    /// time is killed (`what` names what it did not read).
+    fn write(
+        &self,
+        connection: &mut HostConnection,
+        frame: &ToWorker,
+        what: &dyn Fn() -> String,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(), CallFault> {
+        let started = Instant::now();
+        let limit = self.guards.write_timeout;
+        let mut give_up = || cancelled() || started.elapsed() >= limit;
+        match connection
+            .writer
+            .send_until(&connection.stream, frame, &mut give_up)
+        {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                let why = Ending::StoppedReading {
+                    what: what(),
+                    waited: started.elapsed(),
+                };
+                self.kill(why.clone());
+                Err(CallFault::Ended(
+                    self.wait_ended(EXIT_STATUS_WAIT).unwrap_or(why),
+                ))
+            }
+            Err(error) => Err(self.fault(error)),
+        }
     }
 
     /// Reads the next reply of a sent call, answering the worker's
@@ -420,18 +653,34 @@ impl WorkerProcess {
         what: &dyn Fn() -> String,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Result<Answer, WireError>, CallFault> {
+        let expected = pending.id;
         let connection = &mut pending.connection;
         loop {
             match link::next_frame::<FromWorker>(&mut connection.reader, &connection.stream) {
-                Ok(Some(FromWorker::Reply(reply))) => return Ok(reply),
+                Ok(Some(FromWorker::Reply { id, result })) if id == expected => return Ok(result),
+                Ok(Some(FromWorker::Reply { id, .. })) => {
+                    return Err(self.violation(format!(
+                        "a reply to call {id} came while {} (call {expected}) waited \
+                         (a stale reply)",
+                        what()
+                    )));
+                }
                 Ok(Some(FromWorker::Callback(callback))) => {
                     let Some(host) = &self.host else {
-                        return Err(self.fault(io::Error::other("a callback from a probe")));
+                        let why = Ending::Violation("a probe made a callback".into());
+                        self.kill(why.clone());
+                        return Err(CallFault::Ended(
+                            self.wait_ended(EXIT_STATUS_WAIT).unwrap_or(why),
+                        ));
                     };
                     if let Some(answer) = answer_callback(&**host, callback) {
-                        connection
-                            .send(&ToWorker::CallbackReply(answer))
-                            .map_err(|e| self.fault(e))?;
+                        let answering = || format!("the answer to a callback of {}", what());
+                        self.write(
+                            connection,
+                            &ToWorker::CallbackReply(answer),
+                            &answering,
+                            cancelled,
+                        )?;
                     }
                 }
                 Ok(None) => {
@@ -453,16 +702,34 @@ impl WorkerProcess {
             .push(pending.connection);
     }
 
-    /// The fault behind a failed read or write: how the worker ended, once
-    /// the supervisor knows; a worker that is still alive but spoke
-    /// nonsense is killed.
+    /// The fault behind a failed read or write. A frame the host refuses
+    /// (over the limit, unreadable) is a protocol violation: the worker is
+    /// killed. Otherwise (the connection closed or reset) it is how the
+    /// worker ended, once the supervisor knows; a worker still alive after
+    /// [`EXIT_STATUS_WAIT`] is killed, the failure named.
     fn fault(&self, error: io::Error) -> CallFault {
-        if let Some(ending) = self.wait_ended(Duration::from_millis(250)) {
-            return CallFault::Ended(ending);
+        if error.kind() != io::ErrorKind::InvalidData {
+            if let Some(ending) = self.wait_ended(EXIT_STATUS_WAIT) {
+                return CallFault::Ended(ending);
+            }
         }
-        let why = Ending::Broken(format!("its connection failed: {error}"));
+        let why = Ending::Violation(match error.kind() {
+            io::ErrorKind::InvalidData => error.to_string(),
+            _ => format!("its connection failed while it ran on: {error}"),
+        });
         self.kill(why.clone());
-        CallFault::Ended(self.wait_ended(Duration::from_millis(250)).unwrap_or(why))
+        CallFault::Ended(self.wait_ended(EXIT_STATUS_WAIT).unwrap_or(why))
+    }
+
+    /// A reply out of turn: the caller drops the connection (with its
+    /// pending call); the worker serves on.
+    fn violation(&self, what: String) -> CallFault {
+        tracing::warn!(
+            plugin = %self.plugin,
+            pid = self.pid,
+            "protocol violation by the worker, its call connection is dropped: {what}"
+        );
+        CallFault::Violation(what)
     }
 }
 
@@ -528,18 +795,59 @@ fn answer_callback(
     Some(answer.map_err(WireError::from))
 }
 
-/// Answers the callbacks a worker makes outside any call, until it ends.
-fn serve_callbacks(mut connection: HostConnection, host: &dyn Host, life: &Life) {
+/// Answers the callbacks a worker makes outside any call, until it ends;
+/// a worker that breaks the protocol on this connection, or stops reading
+/// it, loses it (and with it the callbacks of its own threads).
+fn serve_callbacks(
+    mut connection: HostConnection,
+    host: &dyn Host,
+    life: &Life,
+    plugin: &str,
+    guards: Guards,
+) {
+    let ended = || {
+        life.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ending
+            .is_some()
+    };
+    let lost = |why: &dyn std::fmt::Display| {
+        tracing::warn!(
+            plugin,
+            "the worker's connection for its own callbacks is closed: {why}"
+        );
+    };
     loop {
         match connection.reader.poll::<FromWorker>(&connection.stream) {
             Ok(Some(FromWorker::Callback(callback))) => {
                 if let Some(answer) = answer_callback(host, callback) {
-                    if connection.send(&ToWorker::CallbackReply(answer)).is_err() {
+                    let started = Instant::now();
+                    let mut give_up = || ended() || started.elapsed() >= guards.write_timeout;
+                    let frame = ToWorker::CallbackReply(answer);
+                    if let Err(error) =
+                        connection
+                            .writer
+                            .send_until(&connection.stream, &frame, &mut give_up)
+                    {
+                        if !ended() {
+                            lost(&error);
+                        }
                         return;
                     }
                 }
             }
-            Ok(Some(FromWorker::Reply(_))) | Err(_) => return,
+            Ok(Some(FromWorker::Reply { id, .. })) => {
+                return lost(&format!(
+                    "a reply to call {id} came on it (a protocol violation)"
+                ));
+            }
+            Err(error) => {
+                if !ended() && error.kind() == io::ErrorKind::InvalidData {
+                    lost(&error);
+                }
+                return;
+            }
             Ok(None) => {
                 let state = life.state.lock().unwrap_or_else(PoisonError::into_inner);
                 if state.ending.is_some() {
@@ -560,7 +868,7 @@ type Watched = Arc<Mutex<Child>>;
 
 /// Waits for the process to end (without reaping it, so its id stays
 /// reserved while a kill may be on its way), records how, then reaps it.
-fn supervise(mut child: Watched, life: Arc<Life>, plugin: &str, on_end: Option<OnEnd>) {
+fn supervise(mut child: Watched, life: Arc<Life>, plugin: &str) {
     let name = format!("worker-supervisor-{plugin}");
     #[cfg(unix)]
     let pid = child.id();
@@ -577,6 +885,7 @@ fn supervise(mut child: Watched, life: Arc<Life>, plugin: &str, on_end: Option<O
         state.ending = Some(ending.clone());
         reap(&mut child);
         state.reaped = true;
+        let on_end = state.on_end.take();
         drop(state);
         life.ended.notify_all();
         if let Some(on_end) = on_end {
@@ -672,18 +981,42 @@ fn wait_without_reaping(_pid: u32) -> io::Result<Status> {
 }
 
 /// Sends the worker's standard output and error to the host's log, one
-/// line at a time, tagged with the plugin's name.
+/// line at a time, tagged with the plugin's name, under the same rate limit
+/// and line length cap as a plugin's log lines (`log_limit`).
 fn forward_output(plugin: &str, stdout: Option<ChildStdout>, stderr: Option<ChildStderr>) {
     fn forward(plugin: String, stream: impl io::Read + Send + 'static, errors: bool) {
         let name = format!("worker-output-{plugin}");
         let _ = std::thread::Builder::new().name(name).spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { return };
-                if errors {
-                    tracing::warn!(plugin = %plugin, stream = "stderr", "{line}");
-                } else {
-                    tracing::info!(plugin = %plugin, stream = "stdout", "{line}");
+            let which = if errors { "stderr" } else { "stdout" };
+            let limiter = LogLimiter::default();
+            let report = |lines: u64| {
+                tracing::warn!(
+                    plugin = %plugin,
+                    stream = which,
+                    "plugin '{plugin}': {lines} lines of its worker's {which} dropped (rate limit)"
+                );
+            };
+            let mut input = BufReader::new(stream);
+            let mut line = Vec::new();
+            while let Ok(true) = read_line_bounded(&mut input, &mut line) {
+                let verdict = limiter.admit(Instant::now());
+                if let Some(lines) = verdict.report_dropped {
+                    report(lines);
                 }
+                if !verdict.log {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&line);
+                let text = log_limit::cut(text.trim_end_matches(['\n', '\r']));
+                if errors {
+                    tracing::warn!(plugin = %plugin, stream = which, "{text}");
+                } else {
+                    tracing::info!(plugin = %plugin, stream = which, "{text}");
+                }
+            }
+            let lines = limiter.take_dropped();
+            if lines > 0 {
+                report(lines);
             }
         });
     }
@@ -692,5 +1025,84 @@ fn forward_output(plugin: &str, stdout: Option<ChildStdout>, stderr: Option<Chil
     }
     if let Some(stderr) = stderr {
         forward(plugin.to_string(), stderr, true);
+    }
+}
+
+/// Reads the next line of `input` into `line`, keeping at most one more
+/// byte than a log line holds (the rest of a longer line is read and
+/// dropped, so an endless line costs no memory). `false` at the end.
+fn read_line_bounded(input: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<bool> {
+    line.clear();
+    let mut any = false;
+    loop {
+        let available = input.fill_buf()?;
+        if available.is_empty() {
+            return Ok(any);
+        }
+        any = true;
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(end) => (&available[..=end], true),
+            None => (available, false),
+        };
+        let room = (log_limit::MAX_LINE_BYTES + 1).saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = chunk.len();
+        input.consume(used);
+        if done {
+            return Ok(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endless_output_line_costs_one_log_line_of_memory() {
+        let mut output = vec![b'x'; 1 << 20];
+        output.extend_from_slice(b"\nnext\n");
+        let mut input = BufReader::with_capacity(8192, &output[..]);
+        let mut line = Vec::new();
+        assert!(read_line_bounded(&mut input, &mut line).unwrap());
+        assert_eq!(line.len(), log_limit::MAX_LINE_BYTES + 1);
+        assert!(line.capacity() < 4 * log_limit::MAX_LINE_BYTES);
+        assert!(read_line_bounded(&mut input, &mut line).unwrap());
+        assert_eq!(line, b"next\n");
+        assert!(!read_line_bounded(&mut input, &mut line).unwrap());
+    }
+
+    #[test]
+    fn each_ending_names_its_cause() {
+        let cases = [
+            (Ending::Exited(3), "it exited with code 3"),
+            (
+                Ending::HandshakeTimedOut(Duration::from_secs(10)),
+                "its handshake timed out after 10000 ms",
+            ),
+            (
+                Ending::Violation("a frame of 9 bytes is over the limit of 8 bytes".into()),
+                "protocol violation: a frame of 9 bytes",
+            ),
+            (
+                Ending::StoppedReading {
+                    what: "the request of on_load".into(),
+                    waited: Duration::from_millis(1500),
+                },
+                "stopped reading: the request of on_load was not read within 1500 ms",
+            ),
+            (
+                Ending::Overran("timer 1".into()),
+                "timer 1 overran its deadline",
+            ),
+        ];
+        for (ending, cause) in cases {
+            let text = ending.to_string();
+            assert!(text.contains(cause), "{text}");
+            assert!(!ending.is_planned());
+        }
+        assert!(StartError::Spawn("x".into()).is_the_programs());
+        assert!(StartError::Handshake("x".into()).is_the_programs());
+        assert!(!StartError::Refused { error: "x".into() }.is_the_programs());
     }
 }

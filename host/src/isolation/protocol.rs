@@ -13,8 +13,14 @@
 //! made outside any call (from a plugin's own threads) on it, and a host
 //! thread answers them.
 //!
-//! Every frame is a little-endian `u32` length and a `postcard` body. The
-//! handshake opens with a fixed preamble ([`PREAMBLE`] and
+//! Every call carries a number, unique in its worker, and every reply
+//! carries the number of the call it answers: a reply to another call (a
+//! stale one) is seen for what it is.
+//!
+//! Every frame is a little-endian `u32` length and a `postcard` body. A
+//! reader refuses a frame longer than its limit from the length alone, and
+//! grows its buffer only as the frame's bytes arrive, so a forged length
+//! costs nothing. The handshake opens with a fixed preamble ([`PREAMBLE`] and
 //! [`PROTOCOL_VERSION`]) in both directions, so a host and a worker from
 //! different builds fail with a clear message instead of misreading each
 //! other's frames. Compatibility rule: the versions must be equal.
@@ -32,8 +38,13 @@ pub(crate) const PREAMBLE: &[u8; 8] = b"AHWORKER";
 /// The protocol version; a host and a worker must speak the same one.
 pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
-/// The largest frame either side accepts (a plugin's reply included).
-pub(crate) const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// The largest frame either side ever accepts or sends. The host accepts
+/// less from a worker: `[isolation] max_frame_bytes`.
+pub(crate) const FRAME_BYTES_CEILING: usize = 64 * 1024 * 1024;
+
+/// A frame reader's buffer when it holds no partial frame: it is cut back
+/// to this after a larger frame.
+const IDLE_BUFFER_BYTES: usize = 4096;
 
 /// The host's first frame on the control socket: what the worker is for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -378,8 +389,13 @@ pub(crate) enum CallbackAnswer {
 /// A frame from the host on a call connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
-    /// A call.
-    Call(Call),
+    /// A call, and its number.
+    Call {
+        /// The call's number, unique in the worker; its replies repeat it.
+        id: u64,
+        /// The call.
+        call: Call,
+    },
     /// The answer to the worker's callback.
     CallbackReply(Result<CallbackAnswer, WireError>),
 }
@@ -387,10 +403,57 @@ pub(crate) enum ToWorker {
 /// A frame from the worker on a call connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum FromWorker {
-    /// The call's result.
-    Reply(Result<Answer, WireError>),
+    /// The result of the call numbered `id`.
+    Reply {
+        /// The number of the call answered.
+        id: u64,
+        /// Its result.
+        result: Result<Answer, WireError>,
+    },
     /// A host callback the call (or a plugin thread) makes.
     Callback(Callback),
+}
+
+impl Call {
+    /// Whether `answer` is of the kind this call is answered with. A
+    /// message round is answered twice: validates, then evaluators.
+    pub(crate) fn is_answered_by(&self, answer: &Answer) -> bool {
+        match self {
+            Call::OnLoad
+            | Call::OnUnload
+            | Call::SetSubscribed { .. }
+            | Call::StartService { .. }
+            | Call::StopService { .. }
+            | Call::OnEvent { .. }
+            | Call::OnTimer { .. }
+            | Call::ImportState { .. } => matches!(answer, Answer::Done),
+            Call::Validate { .. } => matches!(answer, Answer::Validated(_)),
+            Call::Message { .. } => {
+                matches!(answer, Answer::Validated(_) | Answer::EvaluatedEach(_))
+            }
+            Call::Handle { .. } => matches!(answer, Answer::Handled(_)),
+            Call::Provide { .. } => matches!(answer, Answer::Provided(_)),
+            Call::Evaluate { .. } => matches!(answer, Answer::Evaluated(_)),
+            Call::EvaluateBatch { .. } => matches!(answer, Answer::EvaluatedBatch(_)),
+            Call::ServiceMethod { .. } | Call::ExportState => matches!(answer, Answer::Text(_)),
+        }
+    }
+}
+
+impl Answer {
+    /// The answer's kind, for messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Answer::Done => "done",
+            Answer::Validated(_) => "validates",
+            Answer::Handled(_) => "a handler's result",
+            Answer::Provided(_) => "provider values",
+            Answer::Evaluated(_) => "a verdict",
+            Answer::EvaluatedBatch(_) => "verdicts on messages",
+            Answer::EvaluatedEach(_) => "evaluators' verdicts",
+            Answer::Text(_) => "text",
+        }
+    }
 }
 
 /// Writes the handshake preamble.
@@ -432,11 +495,10 @@ pub(crate) fn encode<T: Serialize>(value: &T, buffer: &mut Vec<u8>) -> io::Resul
     buffer_out = postcard::to_extend(value, buffer_out)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     let length = buffer_out.len() - start - 4;
-    if length > MAX_FRAME_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a frame of {length} bytes is over the limit of {MAX_FRAME_BYTES}"),
-        ));
+    if length > FRAME_BYTES_CEILING {
+        buffer_out.truncate(start);
+        *buffer = buffer_out;
+        return Err(too_long(length, FRAME_BYTES_CEILING));
     }
     buffer_out[start..start + 4].copy_from_slice(&(length as u32).to_le_bytes());
     *buffer = buffer_out;
@@ -457,6 +519,46 @@ impl FrameWriter {
         encode(frame, &mut self.buffer)?;
         out.write_all(&self.buffer)
     }
+
+    /// Writes `frame` to `out`, whose writes time out (a write timeout is
+    /// set on it), asking `give_up` each time one does: once it says yes,
+    /// the frame is abandoned half-written with a `TimedOut` error (the
+    /// other side stopped reading; the connection is useless after it).
+    pub(crate) fn send_until<T: Serialize>(
+        &mut self,
+        mut out: impl Write,
+        frame: &T,
+        give_up: &mut dyn FnMut() -> bool,
+    ) -> io::Result<()> {
+        self.buffer.clear();
+        encode(frame, &mut self.buffer)?;
+        let mut written = 0;
+        while written < self.buffer.len() {
+            match out.write(&self.buffer[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if give_up() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "the other side stopped reading ({written} of {} bytes written)",
+                                self.buffer.len()
+                            ),
+                        ));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Writes one frame (the handshake's; calls use a [`FrameWriter`]).
@@ -466,23 +568,44 @@ pub(crate) fn write_frame<T: Serialize>(mut out: impl Write, value: &T) -> io::R
     out.write_all(&buffer)
 }
 
-/// Reads one whole frame, blocking.
-pub(crate) fn read_frame<T: for<'de> Deserialize<'de>>(mut input: impl Read) -> io::Result<T> {
+/// Reads one whole frame, blocking (the handshake's; calls use a
+/// [`FrameReader`]).
+pub(crate) fn read_frame<T: for<'de> Deserialize<'de>>(input: impl Read) -> io::Result<T> {
+    read_frame_within(input, FRAME_BYTES_CEILING)
+}
+
+/// Reads one whole frame of at most `limit` bytes, blocking. The body's
+/// buffer grows as its bytes arrive.
+pub(crate) fn read_frame_within<T: for<'de> Deserialize<'de>>(
+    mut input: impl Read,
+    limit: usize,
+) -> io::Result<T> {
     let mut length = [0u8; 4];
     input.read_exact(&mut length)?;
     let length = u32::from_le_bytes(length) as usize;
-    if length > MAX_FRAME_BYTES {
-        return Err(too_long(length));
+    if length > limit {
+        return Err(too_long(length, limit));
     }
-    let mut body = vec![0; length];
-    input.read_exact(&mut body)?;
+    let mut body = Vec::new();
+    input.take(length as u64).read_to_end(&mut body)?;
+    if body.len() < length {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the connection was closed {} bytes into a frame of {length}",
+                body.len()
+            ),
+        ));
+    }
     decode(&body)
 }
 
-fn too_long(length: usize) -> io::Error {
+/// The error of a frame whose length is over `limit`: a protocol violation
+/// (`InvalidData`).
+fn too_long(length: usize, limit: usize) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("a frame of {length} bytes is over the limit of {MAX_FRAME_BYTES}"),
+        format!("a frame of {length} bytes is over the limit of {limit} bytes"),
     )
 }
 
@@ -497,22 +620,38 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T>
 }
 
 /// Reads frames from a stream whose reads may time out, keeping a partial
-/// frame across timeouts (a plain `read_exact` would lose it).
+/// frame across timeouts (a plain `read_exact` would lose it). A frame over
+/// the reader's limit is refused from its length; the buffer grows (by
+/// doubling, up to the announced length) only when the bytes already
+/// arrived fill it.
 pub(crate) struct FrameReader {
     buffer: Vec<u8>,
     filled: usize,
+    limit: usize,
 }
 
 impl Default for FrameReader {
+    /// A reader that accepts frames up to [`FRAME_BYTES_CEILING`].
     fn default() -> Self {
-        Self {
-            buffer: vec![0; 4096],
-            filled: 0,
-        }
+        Self::with_limit(FRAME_BYTES_CEILING)
     }
 }
 
 impl FrameReader {
+    /// A reader that refuses frames longer than `limit` bytes.
+    pub(crate) fn with_limit(limit: usize) -> Self {
+        Self {
+            buffer: vec![0; IDLE_BUFFER_BYTES],
+            filled: 0,
+            limit: limit.min(FRAME_BYTES_CEILING),
+        }
+    }
+
+    /// Whether bytes of a frame not yet taken are held.
+    pub(crate) fn holds_bytes(&self) -> bool {
+        self.filled > 0
+    }
+
     /// The next frame: `Ok(None)` when a read timed out before a whole
     /// frame arrived; an `UnexpectedEof` error when the other side is gone.
     pub(crate) fn poll<T: for<'de> Deserialize<'de>>(
@@ -524,8 +663,8 @@ impl FrameReader {
                 return Ok(Some(frame));
             }
             if self.filled == self.buffer.len() {
-                let grown = (self.buffer.len() * 2).min(MAX_FRAME_BYTES + 4);
-                self.buffer.resize(grown, 0);
+                let grown = (self.buffer.len() * 2).min(self.frame_end().unwrap_or(usize::MAX));
+                self.buffer.resize(grown.max(self.filled + 1), 0);
             }
             match input.read(&mut self.buffer[self.filled..]) {
                 Ok(0) => {
@@ -549,28 +688,29 @@ impl FrameReader {
         }
     }
 
+    /// Where the frame being read ends in the buffer, once its length has
+    /// arrived.
+    fn frame_end(&self) -> Option<usize> {
+        let length: [u8; 4] = self.buffer.get(..4)?.try_into().ok()?;
+        (self.filled >= 4).then(|| 4 + u32::from_le_bytes(length) as usize)
+    }
+
     fn take<T: for<'de> Deserialize<'de>>(&mut self) -> io::Result<Option<T>> {
-        if self.filled < 4 {
+        let Some(end) = self.frame_end() else {
+            return Ok(None);
+        };
+        if end - 4 > self.limit {
+            return Err(too_long(end - 4, self.limit));
+        }
+        if self.filled < end {
             return Ok(None);
         }
-        let length = u32::from_le_bytes([
-            self.buffer[0],
-            self.buffer[1],
-            self.buffer[2],
-            self.buffer[3],
-        ]) as usize;
-        if length > MAX_FRAME_BYTES {
-            return Err(too_long(length));
+        let frame = decode(&self.buffer[4..end]);
+        self.buffer.copy_within(end..self.filled, 0);
+        self.filled -= end;
+        if self.filled == 0 && self.buffer.len() > IDLE_BUFFER_BYTES {
+            self.buffer = vec![0; IDLE_BUFFER_BYTES];
         }
-        if self.filled < 4 + length {
-            if self.buffer.len() < 4 + length {
-                self.buffer.resize(4 + length, 0);
-            }
-            return Ok(None);
-        }
-        let frame = decode(&self.buffer[4..4 + length]);
-        self.buffer.copy_within(4 + length..self.filled, 0);
-        self.filled -= 4 + length;
         frame.map(Some)
     }
 }
@@ -582,17 +722,27 @@ mod tests {
     #[test]
     fn frames_round_trip_and_survive_partial_reads() {
         let mut bytes = Vec::new();
-        let call = ToWorker::Call(Call::Validate {
-            actions: vec![0, 2],
-            message: WireMessage {
-                id: "m1".into(),
-                text: "hello".into(),
-                context_json: "{}".into(),
+        let call = ToWorker::Call {
+            id: 1,
+            call: Call::Validate {
+                actions: vec![0, 2],
+                message: WireMessage {
+                    id: "m1".into(),
+                    text: "hello".into(),
+                    context_json: "{}".into(),
+                },
+                deadline_ms: 5,
             },
-            deadline_ms: 5,
-        });
+        };
         encode(&call, &mut bytes).unwrap();
-        encode(&ToWorker::Call(Call::OnLoad), &mut bytes).unwrap();
+        encode(
+            &ToWorker::Call {
+                id: 2,
+                call: Call::OnLoad,
+            },
+            &mut bytes,
+        )
+        .unwrap();
         // Feed the bytes one at a time, with a timeout between each.
         struct Trickle<'a>(&'a [u8], bool);
         impl Read for Trickle<'_> {
@@ -622,15 +772,24 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
         assert_eq!(frames.len(), 2);
         match &frames[0] {
-            ToWorker::Call(Call::Validate {
-                actions, message, ..
-            }) => {
+            ToWorker::Call {
+                id: 1,
+                call: Call::Validate {
+                    actions, message, ..
+                },
+            } => {
                 assert_eq!(actions, &[0, 2]);
                 assert_eq!(message.text, "hello");
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(frames[1], ToWorker::Call(Call::OnLoad)));
+        assert!(matches!(
+            frames[1],
+            ToWorker::Call {
+                id: 2,
+                call: Call::OnLoad
+            }
+        ));
     }
 
     #[test]
@@ -656,7 +815,109 @@ mod tests {
     #[test]
     fn an_oversized_length_is_an_error_not_an_allocation() {
         let bytes = u32::MAX.to_le_bytes();
-        let error = read_frame::<ToWorker>(&bytes[..]).unwrap_err().to_string();
-        assert!(error.contains("over the limit"), "{error}");
+        let error = read_frame::<ToWorker>(&bytes[..]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("over the limit"), "{error}");
+        let mut reader = FrameReader::with_limit(1000);
+        let error = reader
+            .poll::<ToWorker>(&1001u32.to_le_bytes()[..])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("a frame of 1001 bytes is over the limit of 1000 bytes"),
+            "{error}"
+        );
+    }
+
+    /// Reads that hand over `chunk` bytes at a time, then time out.
+    struct Chunks<'a> {
+        bytes: &'a [u8],
+        chunk: usize,
+    }
+
+    impl Read for Chunks<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.bytes.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.chunk.min(out.len()).min(self.bytes.len());
+            out[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_frame_buffer_grows_only_as_its_bytes_arrive() {
+        // A header announcing 15 MiB, then 100 bytes of it.
+        let mut bytes = (15u32 << 20).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 100]);
+        let mut reader = FrameReader::with_limit(16 << 20);
+        let mut input = Chunks {
+            bytes: &bytes,
+            chunk: 1 << 20,
+        };
+        assert!(reader.poll::<ToWorker>(&mut input).unwrap().is_none());
+        assert!(reader.holds_bytes());
+        assert!(reader.buffer.len() <= 8192, "{}", reader.buffer.len());
+        // A whole frame of 3 MiB, read in 64 KiB pieces: the buffer never
+        // holds more than twice what has arrived, and shrinks after.
+        let frame = Answer::Text("x".repeat(3 << 20));
+        let mut bytes = Vec::new();
+        encode(&frame, &mut bytes).unwrap();
+        let mut reader = FrameReader::with_limit(16 << 20);
+        let mut input = Chunks {
+            bytes: &bytes,
+            chunk: 64 << 10,
+        };
+        let mut largest = 0;
+        let answer = loop {
+            if let Some(answer) = reader.poll::<Answer>(&mut input).unwrap() {
+                break answer;
+            }
+            largest = largest.max(reader.buffer.len());
+            assert!(reader.buffer.len() <= 2 * reader.filled.max(4096));
+        };
+        assert!(matches!(answer, Answer::Text(text) if text.len() == 3 << 20));
+        assert!(largest <= bytes.len(), "{largest}");
+        assert!(!reader.holds_bytes());
+        assert_eq!(reader.buffer.len(), IDLE_BUFFER_BYTES);
+    }
+
+    #[test]
+    fn a_write_to_a_side_that_stopped_reading_gives_up_when_asked() {
+        /// A stream that takes 10 bytes, then times out.
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                if self.0 >= 10 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let n = bytes.len().min(10 - self.0);
+                self.0 += n;
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut asked = 0;
+        let error = FrameWriter::default()
+            .send_until(Full(0), &Answer::Text("x".repeat(100)), &mut || {
+                asked += 1;
+                asked == 3
+            })
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(error.to_string().contains("stopped reading"), "{error}");
+        assert_eq!(asked, 3);
+    }
+
+    #[test]
+    fn each_call_names_the_answers_it_takes() {
+        assert!(Call::ExportState.is_answered_by(&Answer::Text(String::new())));
+        assert!(!Call::ExportState.is_answered_by(&Answer::Done));
+        assert!(Call::OnLoad.is_answered_by(&Answer::Done));
+        assert!(!Call::OnLoad.is_answered_by(&Answer::Validated(Vec::new())));
     }
 }

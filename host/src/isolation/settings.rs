@@ -18,6 +18,13 @@
 //! [isolation.plugins.weather]     # one plugin's limits
 //! memory_mb = 256
 //! ```
+//!
+//! What the host accepts from a worker (in `[isolation]`):
+//!
+//! ```toml
+//! max_frame_bytes = 16777216      # a longer frame is refused from its length; the worker is restarted
+//! write_timeout_ms = 10000        # a worker that stops reading is killed after this (or the call's deadline)
+//! ```
 
 use crate::registry::permissions::matches;
 use serde::Deserialize;
@@ -100,6 +107,15 @@ pub struct IsolationSettings {
     pub quarantine_after_crashes: u32,
     /// The window for counting crashes, in ms.
     pub crash_window_ms: u64,
+    /// The longest frame (a reply, a callback) the host accepts from a
+    /// worker, in bytes; a longer one is refused from its length alone, and
+    /// the worker is killed and restarted. From 64 KiB to 64 MiB.
+    #[serde(deserialize_with = "frame_limit")]
+    pub max_frame_bytes: u64,
+    /// How long a write to a worker may wait for the worker to read, in ms
+    /// (a call's own deadline may end the wait sooner); then the worker is
+    /// killed and restarted.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for IsolationSettings {
@@ -117,8 +133,29 @@ impl Default for IsolationSettings {
             restart_backoff_max_ms: 5_000,
             quarantine_after_crashes: 5,
             crash_window_ms: 60_000,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            write_timeout_ms: 10_000,
         }
     }
+}
+
+/// The longest frame the host accepts from a worker unless the config says
+/// otherwise: above the largest reply a plugin legitimately sends (a
+/// request body is at most a few MiB), far below a worker's memory.
+pub const DEFAULT_MAX_FRAME_BYTES: u64 = 16 * 1024 * 1024;
+
+/// `max_frame_bytes`, refused outside 64 KiB..=64 MiB: a frame over the
+/// ceiling is refused on both sides whatever the config says, and a limit
+/// much below a plugin's replies would fail every call.
+fn frame_limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let bytes = u64::deserialize(deserializer)?;
+    let ceiling = super::protocol::FRAME_BYTES_CEILING as u64;
+    if !(64 * 1024..=ceiling).contains(&bytes) {
+        return Err(serde::de::Error::custom(format!(
+            "max_frame_bytes = {bytes}: must be from 65536 (64 KiB) to {ceiling} (64 MiB)"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// The host-wide memory limit when the config sets none, in MiB.
@@ -207,6 +244,21 @@ mod tests {
         let settings = parse("[limits]\nmax_processes = 8\n[plugins.weather]\nmax_processes = 4");
         assert_eq!(settings.limits_of("weather").max_processes, Some(4));
         assert_eq!(settings.limits_of("notes").max_processes, Some(8));
+    }
+
+    #[test]
+    fn a_frame_limit_outside_its_range_is_refused_with_the_range() {
+        assert_eq!(
+            IsolationSettings::default().max_frame_bytes,
+            DEFAULT_MAX_FRAME_BYTES
+        );
+        assert_eq!(parse("max_frame_bytes = 65536").max_frame_bytes, 65536);
+        for bad in ["max_frame_bytes = 100", "max_frame_bytes = 1073741824"] {
+            let error = toml::from_str::<IsolationSettings>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("must be from 65536"), "{error}");
+        }
     }
 
     #[test]

@@ -8,11 +8,19 @@
 //! its manifests, then exits. Each plugin of the file is then created where
 //! the operator placed it: in a worker of its own, sandboxed by its grants;
 //! or in process, from the same private copy, opened in the host only then.
+//!
+//! A probe that fails because of the worker program (it cannot be run, or
+//! fails its handshake), not the file, fails only the plugins placed in
+//! workers when the operator's default placement is in process: the file
+//! is then opened in the host, its in-process plugins load, and each
+//! plugin placed in a worker fails with the program's cause. Where the
+//! default is `process`, a plugin of any name not yet known would go to a
+//! worker, so the file fails whole.
 
 use super::backend::{WorkerBackend, WorkerSpec};
 use super::identity::worker_identity;
 use super::policy::{ResourceLimits, SandboxPolicy};
-use super::process::{StartError, WorkerProcess};
+use super::process::{Guards, StartError, WorkerProcess};
 use super::protocol::{Hello, Job};
 use super::settings::{IsolationSettings, Placement};
 use crate::load::library::{self, OpenedLibrary, RunsIn};
@@ -36,6 +44,9 @@ pub(crate) struct ProbedFile {
     settings: Arc<IsolationSettings>,
     /// The library, opened in the host for the file's in-process plugins.
     in_process: OnceLock<Result<OpenedLibrary, String>>,
+    /// Why no worker can serve this file's plugins (its probe could not run
+    /// the worker program), when it was opened in the host instead.
+    no_worker: Option<String>,
 }
 
 /// The worker program: the configured one, else this executable.
@@ -94,11 +105,18 @@ pub(crate) fn open(
         job: Job::Probe,
         policy,
     };
-    let worker = WorkerProcess::start(&program, &hello, &probe, None, None).map_err(|e| {
-        OpenError::Worker {
-            cause: format!("probe worker: {e}"),
+    let guards = Guards::of(settings);
+    let worker = match WorkerProcess::start(&program, &hello, &probe, None, None, guards) {
+        Ok(worker) => worker,
+        Err(error) if error.is_the_programs() && settings.default == Placement::InProcess => {
+            return open_without_worker(file, copy, sha256, max_bytes, program, settings, error);
         }
-    })?;
+        Err(error) => {
+            return Err(OpenError::Worker {
+                cause: format!("probe worker: {error}"),
+            })
+        }
+    };
     let manifests = parse_manifests(&worker.manifests_json).map_err(|e| OpenError::Manifest {
         cause: format!("{e:?}"),
     })?;
@@ -111,6 +129,38 @@ pub(crate) fn open(
         program,
         settings: Arc::clone(settings),
         in_process: OnceLock::new(),
+        no_worker: None,
+    })
+}
+
+/// Opens `file`'s private copy in the host because the worker program
+/// cannot serve (`error`): its in-process plugins load; each plugin placed
+/// in a worker fails, naming `error`.
+fn open_without_worker(
+    file: &Path,
+    copy: PathBuf,
+    sha256: String,
+    max_bytes: u64,
+    program: PathBuf,
+    settings: &Arc<IsolationSettings>,
+    error: StartError,
+) -> Result<ProbedFile, OpenError> {
+    let cause = format!("the probe of its file could not run: {error}");
+    tracing::warn!(
+        file = %file.display(),
+        "{cause}; the file is opened in the host, and only its plugins placed in process load"
+    );
+    let library = library::open_copy(file, &copy, max_bytes, RunsIn::Host)?;
+    Ok(ProbedFile {
+        file: file.to_path_buf(),
+        copy,
+        sha256,
+        manifests: library.manifests.clone(),
+        max_bytes,
+        program,
+        settings: Arc::clone(settings),
+        in_process: OnceLock::from(Ok(library)),
+        no_worker: Some(cause),
     })
 }
 
@@ -156,6 +206,12 @@ impl PluginSource for ProbedFile {
                 .map_err(|e| Failure::msg(e.clone()))?;
             return library.create(index, host, context);
         }
+        if let Some(cause) = &self.no_worker {
+            return Err(Failure::new(
+                ErrorKind::Unavailable,
+                format!("it is placed in a worker process, but {cause}"),
+            ));
+        }
         let mut policy = SandboxPolicy::new(
             name,
             context.permissions,
@@ -179,12 +235,8 @@ impl PluginSource for ProbedFile {
             manifest: manifest.clone(),
             settings: Arc::clone(&self.settings),
         };
-        let backend = WorkerBackend::start(spec, host, Arc::clone(&context.announce)).map_err(
-            |e| match e {
-                StartError::Refused { error } => Failure::msg(error),
-                other => Failure::msg(other.to_string()),
-            },
-        )?;
+        let backend = WorkerBackend::start(spec, host, Arc::clone(&context.announce))
+            .map_err(|e| Failure::msg(e.to_string()))?;
         Ok(Box::new(backend))
     }
 }

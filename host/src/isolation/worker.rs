@@ -196,7 +196,7 @@ impl Connection {
         }
         match self.receive().map_err(host_gone)? {
             ToWorker::CallbackReply(answer) => answer.map_err(Failure::from),
-            ToWorker::Call(_) => Err(Failure::new(
+            ToWorker::Call { .. } => Err(Failure::new(
                 ErrorKind::Failed,
                 "protocol error: the host sent a call while a callback was waiting",
             )),
@@ -228,8 +228,8 @@ fn serve_connection(stream: Stream, backend: &dyn Backend) {
     let connection = Rc::new(RefCell::new(connection));
     loop {
         let frame = connection.borrow_mut().receive();
-        let call = match frame {
-            Ok(ToWorker::Call(call)) => call,
+        let (id, call) = match frame {
+            Ok(ToWorker::Call { id, call }) => (id, call),
             Ok(ToWorker::CallbackReply(_)) => {
                 eprintln!("agent-host worker: protocol error: a callback reply with no callback");
                 return;
@@ -251,14 +251,17 @@ fn serve_connection(stream: Stream, backend: &dyn Backend) {
             } => run_message(
                 backend,
                 &connection,
+                id,
                 &actions,
                 &evaluators,
                 &message,
                 evaluate_deadline_ms,
             ),
             call => {
-                let reply = run_call(backend, call, &control).map_err(WireError::from);
-                connection.borrow_mut().send(&FromWorker::Reply(reply))
+                let result = run_call(backend, call, &control).map_err(WireError::from);
+                connection
+                    .borrow_mut()
+                    .send(&FromWorker::Reply { id, result })
             }
         };
         IN_CALL.with(|slot| slot.borrow_mut().take());
@@ -273,6 +276,7 @@ fn serve_connection(stream: Stream, backend: &dyn Backend) {
 fn run_message(
     backend: &dyn Backend,
     connection: &RefCell<Connection>,
+    id: u64,
     actions: &[u32],
     evaluators: &[u32],
     message: &WireMessage,
@@ -283,9 +287,10 @@ fn run_message(
     backend.validate_each(actions, view, &mut |_, outcome| {
         validated.push(outcome.map_err(WireError::from));
     });
-    connection
-        .borrow_mut()
-        .send(&FromWorker::Reply(Ok(Answer::Validated(validated))))?;
+    connection.borrow_mut().send(&FromWorker::Reply {
+        id,
+        result: Ok(Answer::Validated(validated)),
+    })?;
     let control = CallControl::with_deadline(evaluate_deadline_ms);
     let evaluated = evaluators
         .iter()
@@ -296,9 +301,10 @@ fn run_message(
                 .map_err(WireError::from)
         })
         .collect();
-    connection
-        .borrow_mut()
-        .send(&FromWorker::Reply(Ok(Answer::EvaluatedEach(evaluated))))
+    connection.borrow_mut().send(&FromWorker::Reply {
+        id,
+        result: Ok(Answer::EvaluatedEach(evaluated)),
+    })
 }
 
 fn deadline_of(call: &Call) -> u64 {

@@ -6,12 +6,18 @@
 //! config and permissions, so every callback knows who is calling. They are
 //! the SDK's [`Host`] trait, whatever runs the plugin: the place that runs it
 //! carries them to the plugin (as an FFI object for a loaded library).
+//!
+//! A plugin's log lines pass its rate limit first (`log_limit`), in process
+//! and in a worker alike: a worker's log lines arrive here too.
 
+use crate::registry::log_limit::{self, LogLimiter};
 use crate::registry::permissions::Permissions;
 use crate::registry::{HostError, LiveCaller, Registry};
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
+use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 /// The callbacks of one plugin instance.
 pub struct PluginCallbacks {
@@ -20,6 +26,8 @@ pub struct PluginCallbacks {
     permissions: Permissions,
     config: Arc<Value>,
     core: Weak<Registry>,
+    log_limit: LogLimiter,
+    log_lines_dropped: Counter,
 }
 
 impl PluginCallbacks {
@@ -37,7 +45,18 @@ impl PluginCallbacks {
             permissions,
             config,
             core: Arc::downgrade(core),
+            log_limit: LogLimiter::default(),
+            log_lines_dropped: core.metrics.log_lines_dropped(plugin),
         })
+    }
+
+    fn report_dropped(&self, lines: u64) {
+        let plugin = self.plugin.as_str();
+        tracing::warn!(
+            target: "plugin",
+            plugin,
+            "plugin '{plugin}': {lines} log lines dropped (rate limit)"
+        );
     }
 
     fn core(&self) -> Result<Arc<Registry>, HostError> {
@@ -86,6 +105,15 @@ fn sdk<T>(result: Result<T, HostError>) -> HostResult<T> {
 
 impl Host for PluginCallbacks {
     fn log(&self, level: Level, message: &str) {
+        let verdict = self.log_limit.admit(Instant::now());
+        if let Some(lines) = verdict.report_dropped {
+            self.report_dropped(lines);
+        }
+        if !verdict.log {
+            self.log_lines_dropped.inc();
+            return;
+        }
+        let message = log_limit::cut(message);
         let plugin = self.plugin.as_str();
         match level {
             Level::Error => tracing::error!(target: "plugin", plugin, "{message}"),
@@ -174,12 +202,19 @@ impl PluginCallbacks {
             return Err(self.deny(&permission));
         }
         let addresses = (host, port).to_socket_addrs().map_err(|e| {
-            HostError::new(
-                ErrorKind::NotFound,
-                format!("cannot resolve '{host}': {e}"),
-            )
+            HostError::new(ErrorKind::NotFound, format!("cannot resolve '{host}': {e}"))
         })?;
         Ok(addresses.collect())
+    }
+}
+
+impl Drop for PluginCallbacks {
+    /// The instance is gone: the lines its last flood lost are reported.
+    fn drop(&mut self) {
+        let lines = self.log_limit.take_dropped();
+        if lines > 0 {
+            self.report_dropped(lines);
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod images;
 pub(crate) mod inflight;
 pub(crate) mod lazy;
 mod live;
+pub(crate) mod log_limit;
 pub(crate) mod permissions;
 mod quarantine;
 mod services;

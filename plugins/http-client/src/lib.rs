@@ -504,8 +504,9 @@ pub fn plugin() -> Plugin {
                         "http-client ready: timeout {} ms, user agent '{}'{extra_ca}",
                         settings.timeout_ms, settings.user_agent
                     ));
-                    *state.client.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(Arc::new(Client::new(settings, HostResolver { host: rt.handle() })?));
+                    *state.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(
+                        Client::new(settings, HostResolver { host: rt.handle() })?,
+                    ));
                     Ok(())
                 })
                 .on_stop(|state: &HttpService, _rt| {

@@ -244,6 +244,24 @@ pub fn not_a_plugin() -> PathBuf {
     out
 }
 
+/// Builds the `hostile-worker` program (a worker that speaks the worker
+/// protocol badly on purpose, see its crate) and returns it,
+/// `target/fixtures/out/hostile-worker`.
+pub fn hostile_worker() -> PathBuf {
+    let name = format!("hostile-worker{}", std::env::consts::EXE_SUFFIX);
+    let out = fixture_target().join("out").join(&name);
+    let built = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut built = built.lock().unwrap_or_else(PoisonError::into_inner);
+    if built.contains("hostile-worker") {
+        return out;
+    }
+    let _lock = build_lock();
+    cargo_build(&["-p", "hostile-worker"]);
+    copy_atomically(&fixture_target().join("release").join(&name), &out);
+    built.insert("hostile-worker".into());
+    out
+}
+
 /// The example plugins shipped in `plugins/`.
 pub const EXAMPLES: [&str; 5] = [
     "http-client",
