@@ -680,6 +680,13 @@ impl Backend for WorkerBackend {
         Some(self.status())
     }
 
+    /// The worker is not restarted once the host gave up on the plugin
+    /// (a step of its life missed its deadline): the kill that follows
+    /// ends it for good.
+    fn give_up(&self) {
+        lock(&self.inner.supervision).retired = true;
+    }
+
     fn begin_message(
         &self,
         actions: &[u32],
