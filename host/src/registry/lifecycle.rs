@@ -31,7 +31,7 @@
 use super::inflight::Entry;
 use super::{current_call, lazy, LivePlugin, Registry};
 use crate::plugin::{CallError, PluginInstance};
-use crate::watchdog::unix_ms_after;
+use crate::watchdog::{deadline_passed, unix_ms_after};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::ErrorKind;
 use std::sync::atomic::Ordering;
@@ -160,8 +160,12 @@ impl Registry {
         if let Err(error) = spawned {
             return refuse(format!("not called: no thread to run it on: {error}"));
         }
-        match receiver.recv_timeout(limit) {
-            Ok(outcome) => return outcome,
+        // A step that gives up by itself once its deadline has passed (it
+        // sees the deadline too) is late all the same.
+        let gave_up_by_itself = match receiver.recv_timeout(limit) {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) if !deadline_passed(&control) => return Err(error),
+            Ok(Err(_)) => true,
             Err(RecvTimeoutError::Disconnected) => {
                 return Err(instance.host_error(
                     step.describe(instance),
@@ -169,24 +173,24 @@ impl Registry {
                     "the thread that ran it ended without an answer",
                 ))
             }
-            Err(RecvTimeoutError::Timeout) => {}
-        }
+            Err(RecvTimeoutError::Timeout) => false,
+        };
         if if_late == IfLate::GiveUp {
             plugin.given_up.store(true, Ordering::Release);
             instance.give_up();
         }
         control.cancel();
-        let returned = receiver.recv_timeout(AFTER_CANCEL).is_ok();
-        let fate = match (worker, returned, if_late) {
-            (Some(pid), true, IfLate::GiveUp) => {
+        let returned = gave_up_by_itself || receiver.recv_timeout(AFTER_CANCEL).is_ok();
+        let fate = match (worker, gave_up_by_itself, returned, if_late) {
+            (_, true, _, _) | (None, false, true, _) => "it returned once cancelled".to_string(),
+            (Some(pid), false, true, IfLate::GiveUp) => {
                 format!("the host killed its worker process (pid {pid})")
             }
-            (Some(pid), true, IfLate::ServeOn) => format!(
+            (Some(pid), false, true, IfLate::ServeOn) => format!(
                 "the host killed its worker process (pid {pid}), which is restarted as after \
                  a crash"
             ),
-            (None, true, _) => "it returned once cancelled".to_string(),
-            (_, false, _) => "a thread is left running in the plugin".to_string(),
+            (_, _, false, _) => "a thread is left running in the plugin".to_string(),
         };
         let error = instance.host_error(
             step.describe(instance),
