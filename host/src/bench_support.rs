@@ -54,6 +54,9 @@ impl LoadProbe {
         let context = crate::plugin::CreateContext {
             permissions: &[],
             announce: self.registry.announcer(),
+            lifecycle_timeout: std::time::Duration::from_millis(
+                self.registry.settings.lifecycle_timeout_ms,
+            ),
         };
         opened
             .create(0, callbacks, &context)

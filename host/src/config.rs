@@ -16,6 +16,7 @@
 //! service_timeout_ms = 10000     # a service call made inside another call gets what is left of it
 //! event_timeout_ms = 5000
 //! timer_timeout_ms = 30000
+//! lifecycle_timeout_ms = 10000   # on_load, on_unload, service start and stop, state export and import
 //! max_calls_in_flight = 32       # per plugin; calls beyond it are refused at once
 //! lazy_plugins = ["notes", "bench-*"]  # checked at load, started when first needed
 //! http_header_timeout_ms = 10000 # an HTTP client that sends no complete headers by then is disconnected
@@ -130,6 +131,13 @@ pub struct HostSettings {
     pub event_timeout_ms: u64,
     /// Deadline of one timer handler, in milliseconds.
     pub timer_timeout_ms: u64,
+    /// Deadline of each step of a plugin's life, in milliseconds: its
+    /// `on_load` and `on_unload`, the start and stop of each of its
+    /// services, and the export and import of its state on a reload. A
+    /// plugin that misses it fails to start (or to stop, or to reload) and
+    /// the host goes on without it. Zero is refused.
+    #[serde(deserialize_with = "lifecycle_timeout")]
+    pub lifecycle_timeout_ms: u64,
     /// How many calls may be in flight into one plugin at once (its
     /// bulkhead); a call beyond it is refused at once with an error that
     /// says so. Calls abandoned at their deadline count until they return.
@@ -176,6 +184,20 @@ impl HostSettings {
     }
 }
 
+/// Reads `[host] lifecycle_timeout_ms`, refusing zero: a step of a
+/// plugin's life with no time at all could never succeed.
+fn lifecycle_timeout<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let millis = u64::deserialize(deserializer)?;
+    if millis == 0 {
+        return Err(serde::de::Error::custom(
+            "[host] lifecycle_timeout_ms must be at least 1: it is the deadline of on_load, \
+             on_unload, service start and stop and state export and import, and zero would \
+             fail every plugin",
+        ));
+    }
+    Ok(millis)
+}
+
 impl Default for HostSettings {
     fn default() -> Self {
         Self {
@@ -193,6 +215,7 @@ impl Default for HostSettings {
             service_timeout_ms: 10_000,
             event_timeout_ms: 5_000,
             timer_timeout_ms: 30_000,
+            lifecycle_timeout_ms: 10_000,
             max_calls_in_flight: 32,
             provider_backoff_after: 3,
             provider_backoff_max_ms: 60_000,
@@ -508,6 +531,20 @@ mod tests {
             },
             "required": ["api_key"],
         })
+    }
+
+    #[test]
+    fn the_lifecycle_deadline_has_a_default_and_zero_is_refused_by_name() {
+        assert_eq!(AgentConfig::default().host.lifecycle_timeout_ms, 10_000);
+        let set = AgentConfig::parse("[host]\nlifecycle_timeout_ms = 2500\n").expect("valid");
+        assert_eq!(set.host.lifecycle_timeout_ms, 2500);
+        let zero = AgentConfig::parse("[host]\nlifecycle_timeout_ms = 0\n")
+            .expect_err("zero is refused")
+            .to_string();
+        assert!(
+            zero.contains("[host] lifecycle_timeout_ms must be at least 1"),
+            "{zero}"
+        );
     }
 
     #[test]

@@ -444,9 +444,13 @@ impl<'a> Runtime<'a> {
     /// provider's [`timeout`](crate::Provider::timeout), else the host's
     /// defaults). Handlers, providers and service methods also get the
     /// deadline itself, and a service called from inside another call gets
-    /// at most what is left of its caller's. `validate`, event handlers,
-    /// timers and hooks run without a signal, and this returns `false`
-    /// there (the host still abandons them at their deadline). The host
+    /// at most what is left of its caller's. Event handlers, timers and, in
+    /// process, the hooks of a plugin's life (`on_load`, `on_unload`, a
+    /// service's start and stop, the state hooks) ask the host, which
+    /// answers with their deadline; `validate` runs without a signal, and
+    /// this returns `false` there (the host still abandons it at its
+    /// deadline). A plugin in a worker process that misses a hook's
+    /// deadline has its worker killed. The host
     /// does not stop a thread that ignores the signal: the call goes on
     /// until it returns, counted against the plugin's limit of calls in
     /// flight.

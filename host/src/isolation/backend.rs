@@ -49,6 +49,8 @@ pub(crate) struct WorkerSpec {
     pub manifest: Manifest,
     /// Restart and quarantine rules.
     pub settings: Arc<IsolationSettings>,
+    /// The deadline of each step that restores a restarted worker.
+    pub lifecycle_timeout: Duration,
 }
 
 /// Subscriptions and timers the plugin set up through the host, so that a
@@ -372,7 +374,6 @@ impl Inner {
         for timer in timers {
             let _ = self.host.clear_timer(timer);
         }
-        let never = || false;
         let what = || "restoring the plugin".to_string();
         let mut steps = vec![Call::OnLoad];
         steps.extend(
@@ -392,7 +393,11 @@ impl Inner {
                 }),
         );
         for step in &steps {
-            match process.call(step, &what, &never) {
+            // Each step has the lifecycle deadline: a restarted worker
+            // stuck in `on_load` is killed, which counts as another crash.
+            let deadline = Instant::now() + self.spec.lifecycle_timeout;
+            let late = || Instant::now() > deadline;
+            match process.call(step, &what, &late) {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => tracing::warn!(
                     plugin,
@@ -690,6 +695,13 @@ impl Backend for WorkerBackend {
 
     fn worker_status(&self) -> Option<WorkerStatus> {
         Some(self.status())
+    }
+
+    /// The worker is not restarted once the host gave up on the plugin
+    /// (a step of its life missed its deadline): the kill that follows
+    /// ends it for good.
+    fn give_up(&self) {
+        lock(&self.inner.supervision).retired = true;
     }
 
     fn begin_message(

@@ -234,6 +234,7 @@ impl PluginSource for ProbedFile {
             },
             manifest: manifest.clone(),
             settings: Arc::clone(&self.settings),
+            lifecycle_timeout: context.lifecycle_timeout,
         };
         let backend = WorkerBackend::start(spec, host, Arc::clone(&context.announce))
             .map_err(|e| Failure::msg(e.to_string()))?;

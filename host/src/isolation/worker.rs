@@ -153,6 +153,8 @@ fn create(library: &OpenedLibrary, index: u32) -> Result<Box<dyn Backend>, Failu
     let context = CreateContext {
         permissions: &[],
         announce: std::sync::Arc::new(|_: &str, _| {}),
+        // The host times every step of the plugin's life.
+        lifecycle_timeout: std::time::Duration::MAX,
     };
     library.create(index, Box::new(WorkerHost), &context)
 }

@@ -32,6 +32,7 @@ use crate::plugin::PluginInstance;
 use crate::plugin::{CreateContext, InstanceParts, PluginSource};
 use crate::registry::callbacks::PluginCallbacks;
 use crate::registry::lazy::{PendingPlugin, Starter};
+use crate::registry::lifecycle::{IfLate, Step};
 use crate::registry::{LivePlugin, Registry};
 use crate::trust::TrustPolicy;
 use agent_host_plugin_sdk::manifest::{Dependency, Manifest, ValidManifest};
@@ -231,6 +232,7 @@ pub(crate) fn instantiate(
     let context = CreateContext {
         permissions: permissions.patterns(),
         announce: core.announcer(),
+        lifecycle_timeout: std::time::Duration::from_millis(core.settings.lifecycle_timeout_ms),
     };
     let backend = p
         .source
@@ -277,19 +279,30 @@ fn warn_unenforceable(plugin: &str, permissions: &[String]) {
     }
 }
 
-/// Subscribes to every subscribable provider of a started plugin.
-pub(crate) fn subscribe_providers(live: &LivePlugin) {
+/// Subscribes to every subscribable provider of a started plugin, each
+/// within the lifecycle deadline; a failure is logged, and the plugin
+/// serves on.
+pub(crate) fn subscribe_providers(core: &Registry, live: &Arc<LivePlugin>) {
     for (index, provider) in live.instance.manifest.providers.iter().enumerate() {
         if provider.subscribable {
-            if let Err(error) = live.instance.set_subscribed(index as u32, true) {
+            let index = index as u32;
+            let subscribed = core.run_step(
+                live,
+                Step::Subscribe(index, true),
+                IfLate::ServeOn,
+                move |instance| instance.set_subscribed(index, true),
+            );
+            if let Err(error) = subscribed {
                 tracing::warn!("{error}");
             }
         }
     }
 }
 
-/// Creates, registers and starts one plugin. On failure everything it set up
-/// is undone and the plugin is unregistered.
+/// Creates, registers and starts one plugin, each step of its start within
+/// the lifecycle deadline. On failure everything it set up is undone and
+/// the plugin is unregistered; a plugin that missed a deadline is called no
+/// more.
 fn start(
     core: &Arc<Registry>,
     p: &Prepared,
@@ -299,29 +312,50 @@ fn start(
     let name = p.manifest.name.as_str();
     let live = instantiate(core, p, order, agent)?;
     core.register(Arc::clone(&live));
-    if let Err(error) = live.instance.on_load() {
+    let loaded = core.run_step(&live, Step::OnLoad, IfLate::GiveUp, |instance| {
+        instance.on_load()
+    });
+    if let Err(error) = loaded {
         core.unregister(name);
         return Err(p.failure(LoadError::OnLoad(error)));
     }
     let mut started = Vec::new();
     for (index, service) in p.manifest.services.iter().enumerate() {
         let index = index as u32;
-        let outcome = core
-            .add_service(&live, index)
-            .and_then(|()| live.instance.start_service(index).map_err(|e| e.message));
+        let outcome = core.add_service(&live, index).and_then(|()| {
+            core.run_step(
+                &live,
+                Step::StartService(index),
+                IfLate::GiveUp,
+                move |instance| instance.start_service(index),
+            )
+            .map_err(|e| e.message)
+        });
         match outcome {
             Ok(()) => {
                 core.set_service_running(&service.name, true);
                 started.push(index);
             }
             Err(cause) => {
-                for &index in started.iter().rev() {
-                    if let Err(error) = live.instance.stop_service(index) {
+                if !live.is_given_up() {
+                    for &index in started.iter().rev() {
+                        let stopped = core.run_step(
+                            &live,
+                            Step::StopService(index),
+                            IfLate::GiveUp,
+                            move |instance| instance.stop_service(index),
+                        );
+                        if let Err(error) = stopped {
+                            tracing::warn!("{error}");
+                        }
+                    }
+                    let unloaded =
+                        core.run_step(&live, Step::OnUnload, IfLate::GiveUp, |instance| {
+                            instance.on_unload()
+                        });
+                    if let Err(error) = unloaded {
                         tracing::warn!("{error}");
                     }
-                }
-                if let Err(error) = live.instance.on_unload() {
-                    tracing::warn!("{error}");
                 }
                 core.unregister(name);
                 return Err(p.failure(LoadError::StartService {
@@ -331,7 +365,7 @@ fn start(
             }
         }
     }
-    subscribe_providers(&live);
+    subscribe_providers(core, &live);
     core.metrics.plugins_loaded.inc();
     Ok(live)
 }

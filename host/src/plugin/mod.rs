@@ -156,6 +156,12 @@ pub(crate) trait Backend: Send + Sync {
         None
     }
 
+    /// The host gives up on this instance: a step of its life missed its
+    /// deadline while it was being started or stopped, and it will be
+    /// dropped. A place that would restart what runs it (a worker process)
+    /// restarts it no more. Nothing, by default.
+    fn give_up(&self) {}
+
     /// The state of the worker process that runs the plugin, for a place
     /// that runs it in one.
     fn worker_status(&self) -> Option<crate::isolation::WorkerStatus> {
@@ -259,6 +265,10 @@ pub(crate) struct CreateContext<'a> {
     pub permissions: &'a [String],
     /// Where the place reports the plugin's life.
     pub announce: Announce,
+    /// The deadline of each step of the plugin's life (`[host]
+    /// lifecycle_timeout_ms`), for the steps a place runs by itself (a
+    /// restarted worker's `on_load` and services).
+    pub lifecycle_timeout: std::time::Duration,
 }
 
 /// A plugin instance: its checked manifest and where it came from, and the
@@ -318,6 +328,11 @@ impl PluginInstance {
     /// The state of its worker process, when it runs in one.
     pub fn worker_status(&self) -> Option<crate::isolation::WorkerStatus> {
         self.backend.worker_status()
+    }
+
+    /// Gives up on the instance (see [`Backend::give_up`]).
+    pub(crate) fn give_up(&self) {
+        self.backend.give_up();
     }
 
     /// Whether a call costs about as much as a function call.

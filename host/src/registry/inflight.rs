@@ -5,7 +5,8 @@
 //! when its grace period expires.
 //!
 //! Tracked at the level of a top-level call into the plugin (an action's
-//! handler, a service call, an event delivery, a timer, a provider fetch).
+//! handler, a service call, an event delivery, a timer, a provider fetch,
+//! a step of its life).
 //! The brief per-message calls (`validate`, evaluators) are not entered one
 //! by one: they only look at the count, and are entered when the watchdog
 //! abandons one at its deadline, until it returns. Entering costs one short
@@ -36,6 +37,8 @@ pub enum Entry {
     Validate,
     /// An evaluator, by index.
     Evaluator(u32),
+    /// A step of the plugin's life (`on_load`, a service start...).
+    Lifecycle(crate::registry::lifecycle::Step),
 }
 
 impl Entry {
@@ -52,6 +55,7 @@ impl Entry {
             Entry::Providers => "providers' get".to_string(),
             Entry::Validate => "actions' validate".to_string(),
             Entry::Evaluator(i) => format!("evaluator '{}' evaluate", instance.evaluator_name(*i)),
+            Entry::Lifecycle(step) => step.describe(instance),
         }
     }
 }

@@ -111,6 +111,30 @@ impl Drop for StartGuard<'_> {
     }
 }
 
+/// Whether this thread holds `starting` (it is starting a lazy plugin).
+pub(crate) fn start_held_here() -> bool {
+    STARTING.with(Cell::get)
+}
+
+/// Runs `work` as part of the start that the thread it was handed over by
+/// holds, when `held`: a step of a lazy plugin's life runs on a thread of
+/// its own while its starter waits for it (`registry/lifecycle.rs`), and a
+/// lazy plugin that step needs starts on that thread as it would have on
+/// the starter's, without taking `starting` again.
+pub(crate) fn as_part_of_start<T>(held: bool, work: impl FnOnce() -> T) -> T {
+    if !held {
+        return work();
+    }
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STARTING.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(STARTING.with(|s| s.replace(true)));
+    work()
+}
+
 impl LazyPlugins {
     fn start_guard(&self) -> StartGuard<'_> {
         if STARTING.with(Cell::get) {

@@ -275,3 +275,38 @@ fn eager_plugins_are_untouched_by_an_empty_lazy_list() {
     assert_eq!(starts.of("eager"), 1);
     assert!(started(&host, "eager"));
 }
+
+#[test]
+fn an_on_load_that_calls_another_lazy_plugin_starts_it_on_the_way() {
+    // Each step of a start runs on a thread of its own while the starter
+    // holds the start lock: the step's own needs must start on that thread
+    // rather than wait for the lock until the step's deadline.
+    let starts = Starts::default();
+    let (s1, s2) = (starts.clone(), starts.clone());
+    let (host, report) = host_with(
+        "[host]\nlazy_plugins = [\"front\", \"back\"]\nlifecycle_timeout_ms = 5000\n",
+        vec![
+            source("front.so", move || {
+                s1.plugin("front")
+                    .permission("service:back")
+                    .action(answers("FRONT").keywords(["front"]))
+                    .on_load(|rt| {
+                        let ready: bool = rt.service("back").call("ready", &())?;
+                        if ready {
+                            Ok(())
+                        } else {
+                            Err(agent_host_plugin_sdk::Error::msg("back is not ready"))
+                        }
+                    })
+            }),
+            source("back.so", move || {
+                s2.plugin("back")
+                    .service(Service::new("back", ()).method("ready", |_, (): (), _rt| Ok(true)))
+            }),
+        ],
+    );
+    assert!(report.is_clean(), "{:?}", report.failures);
+    let reply = host.handle_message(message("front"));
+    assert_eq!(reply.text, "FRONT", "{:?}", reply.errors);
+    assert_eq!(starts.order(), ["front", "back"]);
+}

@@ -40,6 +40,9 @@ pub struct LivePlugin {
     /// The calls in flight into this generation.
     pub in_flight: Arc<crate::registry::inflight::InFlight>,
     pub(super) quarantined: AtomicBool,
+    /// A step of its life missed its deadline while it was being started
+    /// or stopped: the host calls no step of its life again.
+    pub(super) given_up: AtomicBool,
     pub(super) recent_panics: Mutex<VecDeque<Instant>>,
 }
 
@@ -87,6 +90,7 @@ impl LivePlugin {
             generation,
             in_flight: Arc::default(),
             quarantined: AtomicBool::new(false),
+            given_up: AtomicBool::new(false),
             recent_panics: Mutex::new(VecDeque::new()),
         }
     }
@@ -94,6 +98,13 @@ impl LivePlugin {
     /// The plugin's name.
     pub fn name(&self) -> &str {
         self.instance.name()
+    }
+
+    /// Whether the host gave up on this generation: a step of its life
+    /// missed its deadline while it was being started or stopped (see
+    /// `registry/lifecycle.rs`).
+    pub fn is_given_up(&self) -> bool {
+        self.given_up.load(Ordering::Acquire)
     }
 
     /// Whether the plugin panicked too often and is out of service.

@@ -15,6 +15,7 @@ pub(crate) mod events;
 mod images;
 pub(crate) mod inflight;
 pub(crate) mod lazy;
+pub(crate) mod lifecycle;
 mod live;
 pub(crate) mod log_limit;
 pub(crate) mod permissions;

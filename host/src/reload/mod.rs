@@ -41,6 +41,7 @@ use crate::load::{LoadError, OpenError};
 use crate::metrics::ReloadLabels;
 use crate::plugin::CallError;
 use crate::plugin::PluginSource;
+use crate::registry::lifecycle::{IfLate, Step};
 use crate::registry::{LivePlugin, Registry};
 use serde::Serialize;
 use serde_json::json;
@@ -148,19 +149,38 @@ fn micros(since: Instant) -> u64 {
 
 /// Stops a generation that is not (or no longer) serving: providers
 /// unsubscribed, services stopped in reverse, `on_unload`, its subscriptions
-/// and timers dropped. Returns the errors, which never stop the rest.
-pub fn retire(core: &Registry, plugin: &LivePlugin, services_started: usize) -> Vec<CallError> {
+/// and timers dropped. Each step has the lifecycle deadline; once one
+/// misses it, the host gives up on the generation and calls no further
+/// step. Returns the errors, which never stop the rest.
+pub fn retire(
+    core: &Registry,
+    plugin: &Arc<LivePlugin>,
+    services_started: usize,
+) -> Vec<CallError> {
     let mut errors = Vec::new();
     for (index, provider) in plugin.instance.manifest.providers.iter().enumerate() {
-        if provider.subscribable {
-            if let Err(error) = plugin.instance.set_subscribed(index as u32, false) {
-                errors.push(error);
-            }
+        if provider.subscribable && !plugin.is_given_up() {
+            let index = index as u32;
+            let ended = core.run_step(
+                plugin,
+                Step::Subscribe(index, false),
+                IfLate::GiveUp,
+                move |instance| instance.set_subscribed(index, false),
+            );
+            errors.extend(ended.err());
         }
     }
-    errors.extend(stop_services(plugin, services_started));
-    if let Err(error) = plugin.instance.on_unload() {
-        errors.push(error);
+    errors.extend(stop_services(
+        core,
+        plugin,
+        services_started,
+        IfLate::GiveUp,
+    ));
+    if !plugin.is_given_up() {
+        let unloaded = core.run_step(plugin, Step::OnUnload, IfLate::GiveUp, |instance| {
+            instance.on_unload()
+        });
+        errors.extend(unloaded.err());
     }
     core.drop_generation(plugin.name(), plugin.generation);
     errors
@@ -199,23 +219,48 @@ fn check_mapped_limit(
     Ok(())
 }
 
-/// Stops the first `started` services of a generation, in reverse order;
-/// returns the errors, which never stop the rest.
-fn stop_services(plugin: &LivePlugin, started: usize) -> Vec<CallError> {
-    (0..started)
-        .rev()
-        .filter_map(|index| plugin.instance.stop_service(index as u32).err())
-        .collect()
+/// Stops the first `started` services of a generation, in reverse order,
+/// each within the lifecycle deadline; returns the errors, which never stop
+/// the rest (none is called once the host gave up on the generation).
+fn stop_services(
+    core: &Registry,
+    plugin: &Arc<LivePlugin>,
+    started: usize,
+    if_late: IfLate,
+) -> Vec<CallError> {
+    let mut errors = Vec::new();
+    for index in (0..started as u32).rev() {
+        if plugin.is_given_up() {
+            break;
+        }
+        let stopped = core.run_step(plugin, Step::StopService(index), if_late, move |instance| {
+            instance.stop_service(index)
+        });
+        errors.extend(stopped.err());
+    }
+    errors
 }
 
-/// Starts a generation's services; on failure stops those it started.
-/// On failure, the service and why.
-fn start_services(new: &LivePlugin) -> Result<(), (String, String)> {
-    for (index, service) in new.instance.manifest.services.iter().enumerate() {
-        if let Err(error) = new.instance.start_service(index as u32) {
+/// Starts a generation's services, each within the lifecycle deadline; on
+/// failure stops those it started (unless the host gave up on the
+/// generation). On failure, the service and why.
+fn start_services(
+    core: &Registry,
+    plugin: &Arc<LivePlugin>,
+    if_late: IfLate,
+) -> Result<(), (String, String)> {
+    for (index, service) in plugin.instance.manifest.services.iter().enumerate() {
+        let index = index as u32;
+        let started = core.run_step(
+            plugin,
+            Step::StartService(index),
+            if_late,
+            move |instance| instance.start_service(index),
+        );
+        if let Err(error) = started {
             // Those it started are stopped; their own errors add nothing
             // to the one that failed the start.
-            drop(stop_services(new, index));
+            drop(stop_services(core, plugin, index as usize, if_late));
             return Err((service.name.clone(), error.message));
         }
     }
@@ -317,9 +362,10 @@ pub(crate) fn reload(
             })
         })?;
         let state = if old.instance.manifest.state_hooks {
-            old.instance
-                .export_state()
-                .map_err(|e| fail(ReloadError::ExportState(e)))?
+            core.run_step(&old, Step::ExportState, IfLate::ServeOn, |instance| {
+                instance.export_state()
+            })
+            .map_err(|e| fail(ReloadError::ExportState(e)))?
         } else {
             "null".to_string()
         };
@@ -328,9 +374,14 @@ pub(crate) fn reload(
         // held by two generations at once. The gate is closed: nothing can
         // call them in between. A reload that fails from here on starts them
         // again, and the old generation serves on as it was.
-        let stop_errors = stop_services(&old, old.instance.manifest.services.len());
+        let stop_errors = stop_services(
+            core,
+            &old,
+            old.instance.manifest.services.len(),
+            IfLate::ServeOn,
+        );
         let give_back = |error: ReloadError| {
-            if let Err((service, cause)) = start_services(&old) {
+            if let Err((service, cause)) = start_services(core, &old, IfLate::ServeOn) {
                 tracing::error!(
                     plugin = name,
                     service,
@@ -339,26 +390,34 @@ pub(crate) fn reload(
             }
             fail(error)
         };
-        let undo = |new: &LivePlugin, services: usize| {
+        let undo = |new: &Arc<LivePlugin>, services: usize| {
             for error in retire(core, new, services) {
                 tracing::warn!("{error}");
             }
         };
         if new.instance.manifest.state_hooks && state != "null" {
-            if let Err(error) = new.instance.import_state(&state) {
+            let handed = state.clone();
+            let imported =
+                core.run_step(&new, Step::ImportState, IfLate::GiveUp, move |instance| {
+                    instance.import_state(&handed)
+                });
+            if let Err(error) = imported {
                 core.drop_generation(name, new.generation);
                 return Err(give_back(ReloadError::ImportState(error)));
             }
         }
-        if let Err(error) = new.instance.on_load() {
+        let loaded = core.run_step(&new, Step::OnLoad, IfLate::GiveUp, |instance| {
+            instance.on_load()
+        });
+        if let Err(error) = loaded {
             core.drop_generation(name, new.generation);
             return Err(give_back(ReloadError::OnLoad(error)));
         }
-        if let Err((service, cause)) = start_services(&new) {
+        if let Err((service, cause)) = start_services(core, &new, IfLate::GiveUp) {
             undo(&new, 0);
             return Err(give_back(ReloadError::StartService { service, cause }));
         }
-        subscribe_providers(&new);
+        subscribe_providers(core, &new);
         core.swap(Arc::clone(&new));
         drop(closed);
         let paused_us = micros(paused);
