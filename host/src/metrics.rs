@@ -136,6 +136,10 @@ pub struct Metrics {
     pub files_refused: Family<RefusalLabels, Counter>,
     /// Hot reloads, by origin and outcome.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Private copies of plugin files on disk now.
+    pub private_copies: Gauge,
+    /// Their bytes.
+    pub private_copies_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -223,6 +227,18 @@ impl Metrics {
             "Plugins quarantined",
             plugins_quarantined.clone(),
         );
+        let private_copies = Gauge::default();
+        let private_copies_bytes = Gauge::default();
+        registry.register(
+            "private_copies",
+            "Private copies of plugin files on disk (an in-process copy is removed once mapped)",
+            private_copies.clone(),
+        );
+        registry.register(
+            "private_copies_bytes",
+            "Bytes of the private copies of plugin files on disk",
+            private_copies_bytes.clone(),
+        );
         Self {
             registry,
             messages,
@@ -239,6 +255,8 @@ impl Metrics {
             auth_failures,
             files_refused,
             reloads,
+            private_copies,
+            private_copies_bytes,
         }
     }
 

@@ -14,7 +14,7 @@ use super::policy::{ResourceLimits, SandboxPolicy};
 use super::process::{StartError, WorkerProcess};
 use super::protocol::{Hello, Job};
 use super::settings::{IsolationSettings, Placement};
-use crate::load::library::{self, OpenedLibrary, RunsIn};
+use crate::load::library::{self, OpenedLibrary, PrivateCopy, RunsIn};
 use crate::load::private_copy::ShadowDir;
 use crate::load::OpenError;
 use crate::plugin::{Backend, CreateContext, Failure, PluginSource};
@@ -27,8 +27,9 @@ use std::sync::{Arc, OnceLock};
 /// A plugin file whose manifests a probe worker read.
 pub(crate) struct ProbedFile {
     file: PathBuf,
-    copy: PathBuf,
-    sha256: String,
+    /// The private copy the probe, the workers and the host open; it stays
+    /// on disk while this value or a worker of the file needs it.
+    copy: PrivateCopy,
     manifests: Vec<Manifest>,
     max_bytes: u64,
     program: PathBuf,
@@ -66,8 +67,7 @@ pub(crate) fn open(
     settings: &Arc<IsolationSettings>,
     trust: &TrustPolicy,
 ) -> Result<ProbedFile, OpenError> {
-    let library::PrivateCopy { path: copy, sha256 } =
-        library::private_copy(file, shadow, max_bytes, trust)?;
+    let copy = library::private_copy(file, shadow, max_bytes, trust)?;
     let program = worker_program(settings)?;
     let probe = file
         .file_name()
@@ -75,7 +75,7 @@ pub(crate) fn open(
     let policy = SandboxPolicy::new(
         &probe,
         &[],
-        &copy,
+        &copy.path,
         limits(settings, &probe),
         settings.best_effort,
     )
@@ -84,7 +84,7 @@ pub(crate) fn open(
     })?;
     let hello = Hello {
         file: file.to_path_buf(),
-        copy: copy.clone(),
+        copy: copy.path.clone(),
         max_bytes,
         job: Job::Probe,
         policy,
@@ -100,7 +100,6 @@ pub(crate) fn open(
     Ok(ProbedFile {
         file: file.to_path_buf(),
         copy,
-        sha256,
         manifests,
         max_bytes,
         program,
@@ -119,7 +118,7 @@ impl PluginSource for ProbedFile {
     }
 
     fn sha256(&self) -> &str {
-        &self.sha256
+        &self.copy.sha256
     }
 
     fn image_bytes(&self) -> u64 {
@@ -144,7 +143,7 @@ impl PluginSource for ProbedFile {
             let library = self
                 .in_process
                 .get_or_init(|| {
-                    library::open_copy(&self.file, &self.copy, self.max_bytes, RunsIn::Host)
+                    library::open_copy(&self.file, &self.copy.path, self.max_bytes, RunsIn::Host)
                         .map_err(|e| e.to_string())
                 })
                 .as_ref()
@@ -154,7 +153,7 @@ impl PluginSource for ProbedFile {
         let policy = SandboxPolicy::new(
             name,
             context.permissions,
-            &self.copy,
+            &self.copy.path,
             limits(&self.settings, name),
             self.settings.best_effort,
         )
@@ -164,11 +163,12 @@ impl PluginSource for ProbedFile {
             plugin: name.to_string(),
             hello: Hello {
                 file: self.file.clone(),
-                copy: self.copy.clone(),
+                copy: self.copy.path.clone(),
                 max_bytes: self.max_bytes,
                 job: Job::Serve { index },
                 policy,
             },
+            _copy: self.copy.clone(),
             manifest: manifest.clone(),
             settings: Arc::clone(&self.settings),
         };

@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 /// The version of the lock file format this host reads and writes.
 pub const LOCK_VERSION: u32 = 1;
 
+/// The most bytes a lock file may hold: about 5,000 pinned files.
+pub const MAX_LOCK_BYTES: u64 = 1024 * 1024;
+
 /// The lock file's name in the plugin folder when none is given.
 pub const DEFAULT_LOCK_NAME: &str = "plugins.lock";
 
@@ -98,13 +101,16 @@ impl LockFile {
         }
     }
 
-    /// Reads and checks the lock file at `path`.
+    /// Reads and checks the lock file at `path`: a regular file of at most
+    /// [`MAX_LOCK_BYTES`] (a FIFO or a device is refused without waiting on
+    /// it or reading it).
     pub fn read(path: &Path) -> Result<Self, LockFileError> {
         let error = |cause: String| LockFileError {
             file: path.to_path_buf(),
             cause,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let text = crate::regular_file::read_to_string(path, MAX_LOCK_BYTES)
+            .map_err(|e| error(e.to_string()))?;
         Self::parse(&text).map_err(error)
     }
 
