@@ -7,8 +7,7 @@ mod common;
 
 use common::{request, Agent};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 use test_support::{add_as, fixture, EXT};
 
 fn agent_host(args: &[&str]) -> Output {
@@ -276,7 +275,10 @@ fn keygen_refuses_to_overwrite_a_key() {
 
 /// Runs `agent-host` with `args` and its stdin closed; killed if it has
 /// not ended within a minute. Its output, or `None` when it had to be killed.
+#[cfg(unix)]
 fn agent_host_ending(args: &[&str]) -> Option<Output> {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
     let mut child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
         .args(args)
         .env("RUST_LOG", "warn")
@@ -355,6 +357,7 @@ fn a_signature_that_is_a_fifo_or_a_device_is_refused_by_check_and_run_without_wa
 }
 
 /// `POST /v1/plugins/{name}/reload?force=true` on `agent`.
+#[cfg(unix)]
 fn force_reload(agent: &Agent, plugin: &str) -> common::Response {
     request(
         agent.address,
@@ -411,6 +414,7 @@ fn a_reload_whose_signature_is_a_fifo_is_refused_at_once_and_later_reloads_and_s
 
 /// The private copies on disk under `temp`: files in the agent's folders
 /// of copies (`agent-host-shadow-*`), their lock files aside.
+#[cfg(unix)]
 fn copies_under(temp: &Path) -> Vec<PathBuf> {
     let mut copies = Vec::new();
     for folder in std::fs::read_dir(temp)
@@ -434,6 +438,7 @@ fn copies_under(temp: &Path) -> Vec<PathBuf> {
 }
 
 /// The value of the metric `name` (no labels) in `metrics`.
+#[cfg(unix)]
 fn gauge(metrics: &str, name: &str) -> Option<u64> {
     metrics.lines().find_map(|l| {
         let (series, value) = l.split_once(' ')?;
@@ -444,6 +449,7 @@ fn gauge(metrics: &str, name: &str) -> Option<u64> {
 /// Reloads `plugin` `times` times in an agent on `file` with `config`,
 /// whose temporary folder is `temp`; returns the copies left on disk and
 /// the agent's gauges of them (count, bytes).
+#[cfg(unix)]
 fn copies_after_reloads(
     file: &Path,
     config: &str,
@@ -472,6 +478,8 @@ fn copies_after_reloads(
     )
 }
 
+// Windows cannot remove the file of a library in use.
+#[cfg(unix)]
 #[test]
 fn fifty_in_process_reloads_leave_no_copy_on_disk() {
     let (copies, count, bytes) = copies_after_reloads(&fixture("counter-v1"), "", "counter", 50);
@@ -482,6 +490,8 @@ fn fifty_in_process_reloads_leave_no_copy_on_disk() {
     assert_eq!((count, bytes), (Some(0), Some(0)));
 }
 
+// Windows cannot remove the file of a library in use.
+#[cfg(unix)]
 #[test]
 fn ten_isolated_reloads_leave_the_serving_copy_only() {
     let (copies, count, bytes) = copies_after_reloads(
@@ -502,4 +512,93 @@ fn ten_isolated_reloads_leave_the_serving_copy_only() {
         bytes.is_some_and(|b| b >= file_bytes && b <= 2 * file_bytes),
         "{bytes:?} for copies of {file_bytes} bytes"
     );
+}
+
+/// Runs `script` with `$1` = `path` as the user `nobody` (uid and gid
+/// 65534, no groups) through `setpriv`; whether it succeeded. `None` when
+/// this process cannot become that user (the reason is printed).
+#[cfg(unix)]
+fn as_nobody(script: &str, path: &Path) -> Option<bool> {
+    use std::process::Stdio;
+    let run = |script: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["sh", "-c", script, "sh"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    };
+    match run("true") {
+        Ok(status) if status.success() => run(script).ok().map(|s| s.success()),
+        outcome => {
+            eprintln!("skipped: cannot run a command as uid 65534 with setpriv: {outcome:?}");
+            None
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn another_local_user_can_neither_reach_nor_replace_a_copy_of_a_world_writable_file() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let staging = tempfile::tempdir().expect("tempdir");
+    let counter = add_as(staging.path(), &fixture("counter-v1"), &lib("counter"));
+    std::fs::set_permissions(&counter, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let temp = tempfile::tempdir().expect("tempdir");
+    let temp_path = s(temp.path()).to_string();
+    // Isolated, the plugin's copy stays on disk while its worker may start.
+    let agent = Agent::launch(
+        &[counter],
+        "[isolation]\nprocess = [\"counter\"]\n",
+        false,
+        &["--listen", "127.0.0.1:0"],
+        &[("TMPDIR", &temp_path)],
+    );
+    let source_mode = std::fs::metadata(agent.plugins_dir().join(lib("counter")))
+        .expect("the plugin file")
+        .mode();
+    assert_eq!(
+        source_mode & 0o777,
+        0o666,
+        "the plugin file is world-writable"
+    );
+    let copies = copies_under(temp.path());
+    let [copy] = copies.as_slice() else {
+        panic!("one copy: {copies:?}");
+    };
+    let folder = copy.parent().expect("its folder");
+    let mode = |p: &Path| std::fs::symlink_metadata(p).expect("metadata").mode() & 0o7777;
+    assert_eq!(mode(copy), 0o444, "{}", copy.display());
+    assert_eq!(mode(folder), 0o700, "{}", folder.display());
+    let before = std::fs::read(copy).expect("read");
+
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped the second user's attempts: they need root to become uid 65534");
+        return;
+    }
+    let Some(listed) = as_nobody("ls \"$1\"", folder) else {
+        return;
+    };
+    assert!(!listed, "another user lists the folder");
+    let attempts = [
+        ("reads the copy", "cat \"$1\" > /dev/null"),
+        ("writes into the copy", "echo rewritten > \"$1\""),
+        (
+            "replaces the copy",
+            "echo rewritten > \"$1.new\" && mv -f \"$1.new\" \"$1\"",
+        ),
+        ("removes the copy", "rm -f \"$1\""),
+    ];
+    for (what, script) in attempts {
+        assert_eq!(as_nobody(script, copy), Some(false), "another user {what}");
+    }
+    assert_eq!(
+        std::fs::read(copy).expect("read"),
+        before,
+        "the copy is unchanged"
+    );
+    let reply = agent.post_json("/v1/messages", &serde_json::json!({"text": "count"}));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.text().contains("v1: 1"), "{}", reply.text());
 }
