@@ -14,7 +14,7 @@ use super::policy::{ResourceLimits, SandboxPolicy};
 use super::process::{StartError, WorkerProcess};
 use super::protocol::{Hello, Job};
 use super::settings::{IsolationSettings, Placement};
-use crate::load::library::{self, OpenedLibrary, PrivateCopy, RunsIn};
+use crate::load::library::{self, OpenedLibrary, PrivateCopy};
 use crate::load::private_copy::ShadowDir;
 use crate::load::OpenError;
 use crate::plugin::{Backend, CreateContext, Failure, PluginSource};
@@ -143,7 +143,7 @@ impl PluginSource for ProbedFile {
             let library = self
                 .in_process
                 .get_or_init(|| {
-                    library::open_copy(&self.file, &self.copy.path, self.max_bytes, RunsIn::Host)
+                    library::open_in_host(&self.file, &self.copy, self.max_bytes)
                         .map_err(|e| e.to_string())
                 })
                 .as_ref()

@@ -78,6 +78,17 @@ pub fn open(
     trust: &TrustPolicy,
 ) -> Result<OpenedLibrary, OpenError> {
     let copy = private_copy(file, shadow, max_bytes, trust)?;
+    open_in_host(file, &copy, max_bytes)
+    // The copy is dropped here: removed from disk, unless a clone lives.
+}
+
+/// Opens `copy`, the private copy of `file`, in the host and checks it;
+/// the library's SHA-256 is the copy's.
+pub fn open_in_host(
+    file: &Path,
+    copy: &PrivateCopy,
+    max_bytes: u64,
+) -> Result<OpenedLibrary, OpenError> {
     // The path is in a folder only this user can open: nobody else can
     // have put another file there; checked all the same, since a wrong
     // file here would be mapped unchecked.
@@ -89,7 +100,6 @@ pub fn open(
     }
     let mut library = open_copy(file, &copy.path, max_bytes, RunsIn::Host)?;
     library.sha256 = copy.sha256.clone();
-    drop(copy);
     Ok(library)
 }
 

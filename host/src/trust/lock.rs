@@ -289,4 +289,28 @@ mod tests {
             .to_string()
             .starts_with("lock file /nonexistent/plugins.lock: "));
     }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_file_that_is_a_fifo_or_too_large_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join(DEFAULT_LOCK_NAME);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success());
+        let error = LockFile::read(&fifo).expect_err("a FIFO").to_string();
+        assert!(
+            error.starts_with(&format!("lock file {}: ", fifo.display())),
+            "{error}"
+        );
+        assert!(error.contains("not a regular file but a FIFO"), "{error}");
+
+        let large = dir.path().join("large.lock");
+        let comment = "#".repeat(MAX_LOCK_BYTES as usize);
+        std::fs::write(&large, format!("version = 1\n{comment}\n")).expect("write");
+        let error = LockFile::read(&large).expect_err("too large").to_string();
+        assert!(error.contains("larger than the 1048576 bytes"), "{error}");
+    }
 }
