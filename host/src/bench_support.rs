@@ -3,7 +3,7 @@
 //! hidden from the docs, and free to change with the code it measures.
 
 use crate::load::library;
-use crate::load::private_copy::ShadowDir;
+use crate::load::private_copy::{CopyGauges, ShadowDir};
 use crate::plugin::{MessageRef, PluginSource};
 use crate::registry::callbacks::PluginCallbacks;
 use crate::registry::permissions::Permissions;
@@ -24,7 +24,7 @@ impl LoadProbe {
         let runtime = tokio::runtime::Runtime::new()?;
         Ok(Self {
             registry: Registry::new(runtime.handle().clone(), Default::default()),
-            shadow: ShadowDir::create()?,
+            shadow: ShadowDir::create(CopyGauges::default())?,
             _runtime: runtime,
         })
     }

@@ -5,7 +5,7 @@
 
 use crate::config::AgentConfig;
 use crate::load;
-use crate::load::private_copy::ShadowDir;
+use crate::load::private_copy::{CopyGauges, ShadowDir};
 use crate::load::report::{LoadReport, ShutdownError};
 use crate::pipeline::{self, InboundMessage, Reply};
 use crate::registry::events::{BusEvent, DeliveryFailure, Listener};
@@ -80,9 +80,13 @@ impl PluginHost {
         }
         let core = Registry::new(handle, config.host.clone());
         let trust = trust.counting(core.metrics.files_refused.clone());
+        let shadow = ShadowDir::create(CopyGauges {
+            count: core.metrics.private_copies.clone(),
+            bytes: core.metrics.private_copies_bytes.clone(),
+        })?;
         Ok(Self {
             core,
-            shadow: ShadowDir::create()?,
+            shadow,
             config,
             trust,
             next_message: AtomicU64::new(1),

@@ -33,6 +33,7 @@ mod metrics;
 mod pipeline;
 mod plugin;
 mod registry;
+mod regular_file;
 mod reload;
 mod request;
 mod sys;

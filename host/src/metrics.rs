@@ -145,6 +145,10 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     /// Plugin log lines dropped by the log rate limit, by plugin.
     pub log_lines_dropped: Family<PluginLabels, Counter>,
+    /// Private copies of plugin files on disk now.
+    pub private_copies: Gauge,
+    /// Their bytes.
+    pub private_copies_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -238,6 +242,18 @@ impl Metrics {
             "Plugin log lines dropped by the log rate limit",
             log_lines_dropped.clone(),
         );
+        let private_copies = Gauge::default();
+        let private_copies_bytes = Gauge::default();
+        registry.register(
+            "private_copies",
+            "Private copies of plugin files on disk (an in-process copy is removed once mapped)",
+            private_copies.clone(),
+        );
+        registry.register(
+            "private_copies_bytes",
+            "Bytes of the private copies of plugin files on disk",
+            private_copies_bytes.clone(),
+        );
         Self {
             registry,
             messages,
@@ -255,6 +271,8 @@ impl Metrics {
             files_refused,
             reloads,
             log_lines_dropped,
+            private_copies,
+            private_copies_bytes,
         }
     }
 

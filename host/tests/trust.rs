@@ -3,6 +3,9 @@
 //! trusted key loads, anything else is refused with one line naming the
 //! file, its SHA-256 and the cause.
 
+mod common;
+
+use common::{request, Agent};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use test_support::{add_as, fixture, EXT};
@@ -268,4 +271,334 @@ fn keygen_refuses_to_overwrite_a_key() {
     ]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(text(&output).contains("--force"), "{}", text(&output));
+}
+
+/// Runs `agent-host` with `args` and its stdin closed; killed if it has
+/// not ended within a minute. Its output, or `None` when it had to be killed.
+#[cfg(unix)]
+fn agent_host_ending(args: &[&str]) -> Option<Output> {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("AGENT_HOST_SIGNING_PASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run agent-host");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().expect("output"))
+}
+
+/// Puts a FIFO (a named pipe nobody writes into) at `path`.
+#[cfg(unix)]
+fn make_fifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let status = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_signature_that_is_a_fifo_or_a_device_is_refused_by_check_and_run_without_waiting() {
+    let (plugins, operator, _) = folders();
+    let (secret, public) = keygen(operator.path(), "release");
+    let config = config_trusting(operator.path(), &public);
+    let counter = plugins.path().join(lib("counter"));
+    let fixture_file = plugins.path().join(lib("fixture"));
+    let output = agent_host(&["sign", "--key", s(&secret), s(&counter), s(&fixture_file)]);
+    assert!(output.status.success(), "{}", text(&output));
+    let fifo = plugins.path().join(format!("{}.minisig", lib("counter")));
+    make_fifo(&fifo);
+    // Read to its end, this one would fill the memory.
+    let zeros = plugins.path().join(format!("{}.minisig", lib("fixture")));
+    std::fs::remove_file(&zeros).expect("rm");
+    std::os::unix::fs::symlink("/dev/zero", &zeros).expect("symlink");
+
+    let output = agent_host_ending(&["check", "--config", s(&config), s(plugins.path())])
+        .expect("check ends: it neither waits for a writer nor reads without end");
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    let line = fail_line(&out, &lib("counter"));
+    assert!(line.contains(s(&fifo)), "names the signature file: {line}");
+    assert!(line.contains("not a regular file"), "{line}");
+    assert!(line.contains("FIFO"), "{line}");
+    let line = fail_line(&out, &lib("fixture"));
+    assert!(line.contains(s(&zeros)), "names the signature file: {line}");
+    assert!(line.contains("not a regular file"), "{line}");
+    assert!(line.contains("device"), "{line}");
+
+    let output = agent_host_ending(&[
+        "run",
+        "--config",
+        s(&config),
+        "--plugins",
+        s(plugins.path()),
+    ])
+    .expect("run starts, and ends with its closed stdin");
+    let out = text(&output);
+    assert!(
+        out.contains(s(&fifo)) && out.contains("FIFO"),
+        "the refusal is in the log: {out}"
+    );
+}
+
+/// `POST /v1/plugins/{name}/reload?force=true` on `agent`.
+#[cfg(unix)]
+fn force_reload(agent: &Agent, plugin: &str) -> common::Response {
+    request(
+        agent.address,
+        "POST",
+        &format!("/v1/plugins/{plugin}/reload?force=true"),
+        None,
+    )
+}
+
+#[cfg(unix)]
+#[test]
+fn a_reload_whose_signature_is_a_fifo_is_refused_at_once_and_later_reloads_and_sigterm_work() {
+    let staging = tempfile::tempdir().expect("tempdir");
+    let operator = tempfile::tempdir().expect("tempdir");
+    let counter = add_as(staging.path(), &fixture("counter-v1"), &lib("counter"));
+    let (secret, public) = keygen(operator.path(), "release");
+    let output = agent_host(&["sign", "--key", s(&secret), s(&counter)]);
+    assert!(output.status.success(), "{}", text(&output));
+    let signed = staging.path().join(format!("{}.minisig", lib("counter")));
+    let mut agent = Agent::launch(
+        &[counter, signed],
+        &format!("[trust]\npublic_keys = [\"{public}\"]\n"),
+        false,
+        &["--listen", "127.0.0.1:0"],
+        &[],
+    );
+    let signature = agent
+        .plugins_dir()
+        .join(format!("{}.minisig", lib("counter")));
+    let good = std::fs::read(&signature).expect("the signature");
+    make_fifo(&signature);
+
+    let refused = force_reload(&agent, "counter");
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let cause = refused.text();
+    assert!(cause.contains(s(&signature)), "names the file: {cause}");
+    assert!(cause.contains("FIFO"), "{cause}");
+
+    // A later reload is applied.
+    std::fs::remove_file(&signature).expect("rm");
+    std::fs::write(&signature, good).expect("the signature back");
+    let done = force_reload(&agent, "counter");
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(done.json()["generation"], 2, "{}", done.text());
+
+    agent.terminate();
+    assert_eq!(
+        agent.wait_for_exit(common::WAIT),
+        Some(0),
+        "{}",
+        agent.log()
+    );
+}
+
+/// The private copies on disk under `temp`: files in the agent's folders
+/// of copies (`agent-host-shadow-*`), their lock files aside.
+#[cfg(unix)]
+fn copies_under(temp: &Path) -> Vec<PathBuf> {
+    let mut copies = Vec::new();
+    for folder in std::fs::read_dir(temp)
+        .expect("read the temp folder")
+        .flatten()
+    {
+        if !folder
+            .file_name()
+            .to_string_lossy()
+            .contains("agent-host-shadow-")
+        {
+            continue;
+        }
+        for file in std::fs::read_dir(folder.path()).expect("read").flatten() {
+            if file.file_name() != ".lock" {
+                copies.push(file.path());
+            }
+        }
+    }
+    copies
+}
+
+/// The value of the metric `name` (no labels) in `metrics`.
+#[cfg(unix)]
+fn gauge(metrics: &str, name: &str) -> Option<u64> {
+    metrics.lines().find_map(|l| {
+        let (series, value) = l.split_once(' ')?;
+        (series == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Reloads `plugin` `times` times in an agent on `file` with `config`,
+/// whose temporary folder is `temp`; returns the copies left on disk and
+/// the agent's gauges of them (count, bytes).
+#[cfg(unix)]
+fn copies_after_reloads(
+    file: &Path,
+    config: &str,
+    plugin: &str,
+    times: usize,
+) -> (Vec<PathBuf>, Option<u64>, Option<u64>) {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let temp_path = s(temp.path()).to_string();
+    let agent = Agent::launch(
+        &[file.to_path_buf()],
+        config,
+        false,
+        &["--listen", "127.0.0.1:0"],
+        &[("TMPDIR", &temp_path)],
+    );
+    for _ in 0..times {
+        let done = force_reload(&agent, plugin);
+        assert_eq!(done.status, 200, "{}", done.text());
+    }
+    let copies = copies_under(temp.path());
+    let metrics = agent.get("/metrics").text();
+    (
+        copies,
+        gauge(&metrics, "agent_host_private_copies"),
+        gauge(&metrics, "agent_host_private_copies_bytes"),
+    )
+}
+
+// Windows cannot remove the file of a library in use.
+#[cfg(unix)]
+#[test]
+fn fifty_in_process_reloads_leave_no_copy_on_disk() {
+    let (copies, count, bytes) = copies_after_reloads(&fixture("counter-v1"), "", "counter", 50);
+    assert!(
+        copies.is_empty(),
+        "an in-process copy is removed once mapped: {copies:?}"
+    );
+    assert_eq!((count, bytes), (Some(0), Some(0)));
+}
+
+// Windows cannot remove the file of a library in use.
+#[cfg(unix)]
+#[test]
+fn ten_isolated_reloads_leave_the_serving_copy_only() {
+    let (copies, count, bytes) = copies_after_reloads(
+        &fixture("counter-v1"),
+        "[isolation]\nprocess = [\"counter\"]\n",
+        "counter",
+        10,
+    );
+    assert!(
+        copies.len() <= 2,
+        "the serving generation's copy, and at most one being let go: {copies:?}"
+    );
+    let file_bytes = std::fs::metadata(fixture("counter-v1"))
+        .expect("size")
+        .len();
+    assert!(count.is_some_and(|c| (1..=2).contains(&c)), "{count:?}");
+    assert!(
+        bytes.is_some_and(|b| b >= file_bytes && b <= 2 * file_bytes),
+        "{bytes:?} for copies of {file_bytes} bytes"
+    );
+}
+
+/// Runs `script` with `$1` = `path` as the user `nobody` (uid and gid
+/// 65534, no groups) through `setpriv`; whether it succeeded. `None` when
+/// this process cannot become that user (the reason is printed).
+#[cfg(unix)]
+fn as_nobody(script: &str, path: &Path) -> Option<bool> {
+    use std::process::Stdio;
+    let run = |script: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["sh", "-c", script, "sh"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    };
+    match run("true") {
+        Ok(status) if status.success() => run(script).ok().map(|s| s.success()),
+        outcome => {
+            eprintln!("skipped: cannot run a command as uid 65534 with setpriv: {outcome:?}");
+            None
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn another_local_user_can_neither_reach_nor_replace_a_copy_of_a_world_writable_file() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let staging = tempfile::tempdir().expect("tempdir");
+    let counter = add_as(staging.path(), &fixture("counter-v1"), &lib("counter"));
+    std::fs::set_permissions(&counter, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let temp = tempfile::tempdir().expect("tempdir");
+    let temp_path = s(temp.path()).to_string();
+    // Isolated, the plugin's copy stays on disk while its worker may start.
+    let agent = Agent::launch(
+        &[counter],
+        "[isolation]\nprocess = [\"counter\"]\n",
+        false,
+        &["--listen", "127.0.0.1:0"],
+        &[("TMPDIR", &temp_path)],
+    );
+    let source_mode = std::fs::metadata(agent.plugins_dir().join(lib("counter")))
+        .expect("the plugin file")
+        .mode();
+    assert_eq!(
+        source_mode & 0o777,
+        0o666,
+        "the plugin file is world-writable"
+    );
+    let copies = copies_under(temp.path());
+    let [copy] = copies.as_slice() else {
+        panic!("one copy: {copies:?}");
+    };
+    let folder = copy.parent().expect("its folder");
+    let mode = |p: &Path| std::fs::symlink_metadata(p).expect("metadata").mode() & 0o7777;
+    assert_eq!(mode(copy), 0o444, "{}", copy.display());
+    assert_eq!(mode(folder), 0o700, "{}", folder.display());
+    let before = std::fs::read(copy).expect("read");
+
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped the second user's attempts: they need root to become uid 65534");
+        return;
+    }
+    let Some(listed) = as_nobody("ls \"$1\"", folder) else {
+        return;
+    };
+    assert!(!listed, "another user lists the folder");
+    let attempts = [
+        ("reads the copy", "cat \"$1\" > /dev/null"),
+        ("writes into the copy", "echo rewritten > \"$1\""),
+        (
+            "replaces the copy",
+            "echo rewritten > \"$1.new\" && mv -f \"$1.new\" \"$1\"",
+        ),
+        ("removes the copy", "rm -f \"$1\""),
+    ];
+    for (what, script) in attempts {
+        assert_eq!(as_nobody(script, copy), Some(false), "another user {what}");
+    }
+    assert_eq!(
+        std::fs::read(copy).expect("read"),
+        before,
+        "the copy is unchanged"
+    );
+    let reply = agent.post_json("/v1/messages", &serde_json::json!({"text": "count"}));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.text().contains("v1: 1"), "{}", reply.text());
 }

@@ -279,6 +279,59 @@ fn a_signature_that_lands_after_its_library_gets_it_reloaded_by_the_watcher() {
     });
 }
 
+#[cfg(unix)]
+#[test]
+fn a_signature_swapped_for_a_fifo_is_refused_by_the_watcher_and_a_real_one_reloads() {
+    let dir = folder_with(&[]);
+    let counter = add_as(dir.path(), &fixture("counter-v1"), &lib("counter"));
+    let (_, secret, public) = signature::generate(None).expect("keys");
+    let secret = minisign_secret(&secret);
+    let signature_of = |bytes: &[u8]| signature::sign(bytes, &secret, "counter").expect("sign");
+    let signature_file = signature::signature_path(&counter);
+    let v1 = std::fs::read(&counter).expect("read");
+    std::fs::write(&signature_file, signature_of(&v1)).expect("write");
+    let mut config = AgentConfig::default();
+    config.trust.public_keys = vec![public];
+    let host = host_with(config);
+    assert!(host.load_dir(dir.path()).expect("load").is_clean());
+    let _watch = PluginHost::watch(&host, dir.path(), Duration::from_millis(100)).expect("watch");
+
+    // A new build, and a FIFO nobody writes into as its signature: the
+    // reload is refused at once, naming the file, and waits on nothing.
+    let v2 = std::fs::read(fixture("counter-v2")).expect("read");
+    std::fs::remove_file(&signature_file).expect("rm");
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(&signature_file)
+        .status()
+        .expect("run mkfifo");
+    assert!(fifo.success());
+    replace_with_bytes(&counter, &v2);
+    wait_until(
+        "the build with a FIFO for a signature to be refused",
+        || {
+            count(
+                &host,
+                "agent_host_files_refused_total{reason=\"unreadable_signature\"}",
+            ) >= 1
+        },
+    );
+    let failure = host.reload("counter").expect_err("refused");
+    let line = failure.to_string();
+    assert!(
+        line.contains(&signature_file.display().to_string()) && line.contains("FIFO"),
+        "{line}"
+    );
+    assert_eq!(host.handle_message(msg("count")).text, "v1: 1");
+
+    // Its real signature: the watcher reloads the library.
+    std::fs::remove_file(&signature_file).expect("rm the FIFO");
+    replace_with_bytes(&signature_file, signature_of(&v2).as_bytes());
+    wait_until("the signed build to load", || {
+        host.status("counter").map(|s| s.version).as_deref() == Some("2.0.0")
+    });
+    assert_eq!(host.handle_message(msg("count")).text, "v2: 2");
+}
+
 fn minisign_secret(text: &str) -> signature::SecretKey {
     signature::secret_key_from_text(text).expect("an unencrypted secret key")
 }

@@ -10,7 +10,7 @@
 
 use crate::config::AgentConfig;
 use crate::load::discovery::plugin_files;
-use crate::load::private_copy::ShadowDir;
+use crate::load::private_copy::{CopyGauges, ShadowDir};
 use crate::trust::lock::{LockFile, LockedFile, LockedPlugin, DEFAULT_LOCK_NAME};
 use crate::trust::{TrustPolicy, TrustSettings};
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ pub fn lock(
         lock: None,
         ..config.trust.clone()
     })?;
-    let shadow = ShadowDir::create()?;
+    let shadow = ShadowDir::create(CopyGauges::default())?;
     let files = plugin_files(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     let (mut lock, chosen) = match update {
         None => (LockFile::new(), files),

@@ -16,6 +16,7 @@ use super::process::{CallFault, Ending, Guards, PendingCall, StartError, WorkerP
 use super::protocol::{Answer, Call, Hello, WireMessage};
 use super::settings::IsolationSettings;
 use super::WorkerStatus;
+use crate::load::library::PrivateCopy;
 use crate::plugin::{Backend, Failure, MessageRef, MessageRound, RoundDeadlines};
 use crate::watchdog::unix_ms_now;
 use agent_host_plugin_abi::CallControl;
@@ -44,6 +45,9 @@ pub(crate) struct WorkerSpec {
     pub plugin: String,
     /// The handshake (a [`Job::Serve`]).
     pub hello: Hello,
+    /// The private copy the workers open: held so that it stays on disk
+    /// while a worker of the plugin may (re)start.
+    pub _copy: PrivateCopy,
     /// The plugin's manifest: which services to start and providers to
     /// subscribe after a restart.
     pub manifest: Manifest,

@@ -10,12 +10,14 @@
 //! or in process, from the same private copy, opened in the host only then.
 //!
 //! A probe that fails because of the worker program (it cannot be run, or
-//! fails its handshake), not the file, fails only the plugins placed in
-//! workers when the operator's default placement is in process: the file
-//! is then opened in the host, its in-process plugins load, and each
-//! plugin placed in a worker fails with the program's cause. Where the
-//! default is `process`, a plugin of any name not yet known would go to a
-//! worker, so the file fails whole.
+//! fails its handshake), not the file, must not fail plugins that no worker
+//! was ever meant to run. Yet opening the file in the host runs its code,
+//! which is only safe for a file none of whose plugins is isolated. The
+//! lock file says, without running the file, which plugins a pinned file
+//! exports: a file pinned with plugins all placed in process is then opened
+//! in the host and serves; any other file (one with an isolated plugin, or
+//! one the lock does not pin) fails whole with the program's cause, and no
+//! code of it runs in the host.
 
 use super::backend::{WorkerBackend, WorkerSpec};
 use super::identity::worker_identity;
@@ -23,7 +25,7 @@ use super::policy::{ResourceLimits, SandboxPolicy};
 use super::process::{Guards, StartError, WorkerProcess};
 use super::protocol::{Hello, Job};
 use super::settings::{IsolationSettings, Placement};
-use crate::load::library::{self, OpenedLibrary, RunsIn};
+use crate::load::library::{self, OpenedLibrary, PrivateCopy};
 use crate::load::private_copy::ShadowDir;
 use crate::load::OpenError;
 use crate::plugin::{Backend, CreateContext, Failure, PluginSource};
@@ -36,8 +38,9 @@ use std::sync::{Arc, OnceLock};
 /// A plugin file whose manifests a probe worker read.
 pub(crate) struct ProbedFile {
     file: PathBuf,
-    copy: PathBuf,
-    sha256: String,
+    /// The private copy the probe, the workers and the host open; it stays
+    /// on disk while this value or a worker of the file needs it.
+    copy: PrivateCopy,
     manifests: Vec<Manifest>,
     max_bytes: u64,
     program: PathBuf,
@@ -79,8 +82,7 @@ pub(crate) fn open(
     settings: &Arc<IsolationSettings>,
     trust: &TrustPolicy,
 ) -> Result<ProbedFile, OpenError> {
-    let library::PrivateCopy { path: copy, sha256 } =
-        library::private_copy(file, shadow, max_bytes, trust)?;
+    let copy = library::private_copy(file, shadow, max_bytes, trust)?;
     let program = worker_program(settings)?;
     let probe = file
         .file_name()
@@ -88,7 +90,7 @@ pub(crate) fn open(
     let mut policy = SandboxPolicy::new(
         &probe,
         &[],
-        &copy,
+        &copy.path,
         limits(settings, &probe),
         settings.best_effort,
     )
@@ -100,7 +102,7 @@ pub(crate) fn open(
     })?;
     let hello = Hello {
         file: file.to_path_buf(),
-        copy: copy.clone(),
+        copy: copy.path.clone(),
         max_bytes,
         job: Job::Probe,
         policy,
@@ -108,8 +110,26 @@ pub(crate) fn open(
     let guards = Guards::of(settings);
     let worker = match WorkerProcess::start(&program, &hello, &probe, None, None, guards) {
         Ok(worker) => worker,
-        Err(error) if error.is_the_programs() && settings.default == Placement::InProcess => {
-            return open_without_worker(file, copy, sha256, max_bytes, program, settings, error);
+        Err(error) if error.is_the_programs() => {
+            let pinned = trust.pinned_plugins(&copy.sha256);
+            let only_in_process = pinned.as_ref().is_some_and(|names| {
+                names
+                    .iter()
+                    .all(|name| settings.placement_of(name) == Placement::InProcess)
+            });
+            if only_in_process {
+                return open_without_worker(file, copy, max_bytes, program, settings, error);
+            }
+            let why = if pinned.is_some() {
+                "the lock file says it exports a plugin placed in a worker"
+            } else {
+                "no lock file names its plugins, which only running its code could tell"
+            };
+            return Err(OpenError::Worker {
+                cause: format!(
+                    "probe worker: {error}; the file is not opened in the host instead: {why}"
+                ),
+            });
         }
         Err(error) => {
             return Err(OpenError::Worker {
@@ -123,7 +143,6 @@ pub(crate) fn open(
     Ok(ProbedFile {
         file: file.to_path_buf(),
         copy,
-        sha256,
         manifests,
         max_bytes,
         program,
@@ -134,12 +153,12 @@ pub(crate) fn open(
 }
 
 /// Opens `file`'s private copy in the host because the worker program
-/// cannot serve (`error`): its in-process plugins load; each plugin placed
-/// in a worker fails, naming `error`.
+/// cannot serve (`error`) and the lock file says every plugin of the file
+/// is placed in process. A plugin of another name (the lock was wrong)
+/// that is placed in a worker fails, naming `error`.
 fn open_without_worker(
     file: &Path,
-    copy: PathBuf,
-    sha256: String,
+    copy: PrivateCopy,
     max_bytes: u64,
     program: PathBuf,
     settings: &Arc<IsolationSettings>,
@@ -148,13 +167,12 @@ fn open_without_worker(
     let cause = format!("the probe of its file could not run: {error}");
     tracing::warn!(
         file = %file.display(),
-        "{cause}; the file is opened in the host, and only its plugins placed in process load"
+        "{cause}; the lock file says all its plugins run in process: it is opened in the host"
     );
-    let library = library::open_copy(file, &copy, max_bytes, RunsIn::Host)?;
+    let library = library::open_in_host(file, &copy, max_bytes)?;
     Ok(ProbedFile {
         file: file.to_path_buf(),
         copy,
-        sha256,
         manifests: library.manifests.clone(),
         max_bytes,
         program,
@@ -174,7 +192,7 @@ impl PluginSource for ProbedFile {
     }
 
     fn sha256(&self) -> &str {
-        &self.sha256
+        &self.copy.sha256
     }
 
     fn image_bytes(&self) -> u64 {
@@ -199,7 +217,7 @@ impl PluginSource for ProbedFile {
             let library = self
                 .in_process
                 .get_or_init(|| {
-                    library::open_copy(&self.file, &self.copy, self.max_bytes, RunsIn::Host)
+                    library::open_in_host(&self.file, &self.copy, self.max_bytes)
                         .map_err(|e| e.to_string())
                 })
                 .as_ref()
@@ -215,7 +233,7 @@ impl PluginSource for ProbedFile {
         let mut policy = SandboxPolicy::new(
             name,
             context.permissions,
-            &self.copy,
+            &self.copy.path,
             limits(&self.settings, name),
             self.settings.best_effort,
         )
@@ -227,11 +245,12 @@ impl PluginSource for ProbedFile {
             plugin: name.to_string(),
             hello: Hello {
                 file: self.file.clone(),
-                copy: self.copy.clone(),
+                copy: self.copy.path.clone(),
                 max_bytes: self.max_bytes,
                 job: Job::Serve { index },
                 policy,
             },
+            _copy: self.copy.clone(),
             manifest: manifest.clone(),
             settings: Arc::clone(&self.settings),
             lifecycle_timeout: context.lifecycle_timeout,

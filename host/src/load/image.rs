@@ -15,10 +15,17 @@ use object::{Architecture, BinaryFormat, FileKind, Object, ObjectKind, ObjectSeg
 use std::fs::File;
 use std::path::Path;
 
-/// Checks the headers of `path`: an existing, non-empty file of at most
-/// `limit` bytes that is a complete shared library for this platform.
+/// Checks the headers of `path`: an existing, non-empty regular file of at
+/// most `limit` bytes that is a complete shared library for this platform.
 pub(crate) fn check(path: &Path, limit: u64) -> Result<(), OpenError> {
     checked(path, limit, |_| Ok(()))
+}
+
+/// [`check`] on a file already open (through [`crate::regular_file::open`]).
+/// Reading moves the file's position.
+pub(crate) fn check_open(file: &File, limit: u64) -> Result<(), OpenError> {
+    let file = file.try_clone().map_err(io("cannot read the file"))?;
+    checked_file(file, limit, |_| Ok(()))
 }
 
 /// [`check`], then the panic strategy the library recorded
@@ -30,19 +37,29 @@ pub(crate) fn check_with_panic_strategy(
     checked(path, limit, panic_strategy)
 }
 
+fn io(doing: &'static str) -> impl Fn(std::io::Error) -> OpenError {
+    move |e: std::io::Error| OpenError::Io {
+        doing,
+        cause: e.to_string(),
+    }
+}
+
 /// The checks of [`check`]; then `then` on the parsed file.
 fn checked<T>(
     path: &Path,
     limit: u64,
     then: impl for<'data> FnOnce(&object::File<'data, &'data ReadCache<File>>) -> Result<T, OpenError>,
 ) -> Result<T, OpenError> {
-    let io = |doing: &'static str| {
-        move |e: std::io::Error| OpenError::Io {
-            doing,
-            cause: e.to_string(),
-        }
-    };
-    let file = File::open(path).map_err(io("cannot read the file"))?;
+    let file = crate::regular_file::open(path).map_err(io("cannot read the file"))?;
+    checked_file(file, limit, then)
+}
+
+/// The checks of [`check`] on an open file; then `then` on the parsed file.
+fn checked_file<T>(
+    file: File,
+    limit: u64,
+    then: impl for<'data> FnOnce(&object::File<'data, &'data ReadCache<File>>) -> Result<T, OpenError>,
+) -> Result<T, OpenError> {
     let bytes = file.metadata().map_err(io("cannot read the file"))?.len();
     if bytes == 0 {
         return Err(OpenError::Empty);

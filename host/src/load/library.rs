@@ -9,13 +9,16 @@
 //! plugin file the first one's module.
 
 use super::{image, OpenError};
-use crate::load::private_copy::ShadowDir;
+use crate::load::private_copy::{ShadowCopy, ShadowDir};
+use crate::regular_file;
 use crate::sys;
 use crate::trust::TrustPolicy;
 use agent_host_plugin_abi::abi_stable::library::{AbiHeaderRef, LibraryError};
 use agent_host_plugin_abi::{PluginModuleRef, ROOT_MODULE_SYMBOL};
 use agent_host_plugin_sdk::manifest::{parse_manifests, Manifest, ManifestsError};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A plugin library that passed every check and whose manifests were read.
 pub struct OpenedLibrary {
@@ -32,13 +35,26 @@ pub struct OpenedLibrary {
     pub sha256: String,
 }
 
-/// A private copy the trust policy admitted.
+/// A private copy the trust policy admitted. Clones share the copy, which
+/// is removed from disk when the last of them is dropped (a library mapped
+/// from it stays mapped).
 #[derive(Debug, Clone)]
 pub struct PrivateCopy {
     /// The copy's path, in the host's private folder.
     pub path: PathBuf,
     /// The SHA-256 of its bytes.
     pub sha256: String,
+    copy: Arc<ShadowCopy>,
+}
+
+impl PrivateCopy {
+    /// The copy's file, open read-only; valid while this value or a clone
+    /// of it lives. Its mode lets another user read it through this
+    /// descriptor (`/proc/self/fd/N`), never by its path, which is in a
+    /// folder only the host's user can open.
+    pub fn file(&self) -> &std::fs::File {
+        self.copy.file()
+    }
 }
 
 /// The ABI major version this host accepts.
@@ -51,9 +67,10 @@ fn major_of(version: &str) -> Option<u64> {
 }
 
 /// Opens `file` from a fresh private copy and checks it. The file's
-/// headers are checked before it is copied (so a huge or foreign file is
-/// never copied whole), the copy's bytes by the trust policy, and the
-/// copy's headers again before it is mapped.
+/// headers are checked before it is read whole (so a huge or foreign file
+/// is never copied), its bytes by the trust policy, and the copy's headers
+/// again before it is mapped. The copy is removed once mapped (or refused):
+/// the mapping does not need the file.
 pub fn open(
     file: &Path,
     shadow: &ShadowDir,
@@ -61,8 +78,28 @@ pub fn open(
     trust: &TrustPolicy,
 ) -> Result<OpenedLibrary, OpenError> {
     let copy = private_copy(file, shadow, max_bytes, trust)?;
+    open_in_host(file, &copy, max_bytes)
+    // The copy is dropped here: removed from disk, unless a clone lives.
+}
+
+/// Opens `copy`, the private copy of `file`, in the host and checks it;
+/// the library's SHA-256 is the copy's.
+pub fn open_in_host(
+    file: &Path,
+    copy: &PrivateCopy,
+    max_bytes: u64,
+) -> Result<OpenedLibrary, OpenError> {
+    // The path is in a folder only this user can open: nobody else can
+    // have put another file there; checked all the same, since a wrong
+    // file here would be mapped unchecked.
+    if !sys::is_same_file(copy.file(), &copy.path) {
+        return Err(OpenError::Io {
+            doing: "cannot open the private copy",
+            cause: format!("{} is no longer the file written", copy.path.display()),
+        });
+    }
     let mut library = open_copy(file, &copy.path, max_bytes, RunsIn::Host)?;
-    library.sha256 = copy.sha256;
+    library.sha256 = copy.sha256.clone();
     Ok(library)
 }
 
@@ -76,32 +113,40 @@ pub enum RunsIn {
     Worker,
 }
 
-/// Checks `file`'s headers, makes its fresh private copy, and has `trust`
-/// check the copy's bytes: those are the bytes that will be mapped, in a
-/// folder only this process writes, so a file swapped after the check
-/// cannot slip through. Nothing is mapped or run.
+/// Checks `file`'s headers, reads it once into memory, has `trust` check
+/// those bytes, and writes them to a fresh private copy: the bytes checked
+/// are the bytes written, in a folder only this process's user can open,
+/// to a file nobody can write, so a file swapped after the check cannot
+/// slip through. Nothing is mapped or run. `file` must be a regular file:
+/// it is opened without blocking and never read past `max_bytes`.
 pub fn private_copy(
     file: &Path,
     shadow: &ShadowDir,
     max_bytes: u64,
     trust: &TrustPolicy,
 ) -> Result<PrivateCopy, OpenError> {
-    image::check(file, max_bytes)?;
-    let path = shadow.copy(file).map_err(|e| OpenError::Io {
-        doing: "cannot make a private copy",
-        cause: e.to_string(),
-    })?;
-    let bytes = std::fs::read(&path).map_err(|e| OpenError::Io {
-        doing: "cannot read the private copy",
-        cause: e.to_string(),
-    })?;
-    match trust.admit(file, &bytes) {
-        Ok(sha256) => Ok(PrivateCopy { path, sha256 }),
-        Err(refusal) => {
-            let _ = std::fs::remove_file(&path);
-            Err(OpenError::Refused(refusal))
+    let io = |doing: &'static str| {
+        move |e: std::io::Error| OpenError::Io {
+            doing,
+            cause: e.to_string(),
         }
-    }
+    };
+    let mut source = regular_file::open(file).map_err(io("cannot read the file"))?;
+    image::check_open(&source, max_bytes)?;
+    let bytes = source
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| regular_file::read_open(&mut source, max_bytes))
+        .map_err(io("cannot read the file"))?;
+    drop(source);
+    let sha256 = trust.admit(file, &bytes).map_err(OpenError::Refused)?;
+    let copy = shadow
+        .write_copy(file, &bytes)
+        .map_err(io("cannot make a private copy"))?;
+    Ok(PrivateCopy {
+        path: copy.path().to_path_buf(),
+        sha256,
+        copy: Arc::new(copy),
+    })
 }
 
 /// Opens `copy`, a private copy of `file` made by the host, and checks it.

@@ -187,10 +187,12 @@ pub fn retire(
 }
 
 /// Whether `file` holds exactly the bytes `plugin` was loaded from. A file
-/// that cannot be read is not unchanged: the reload then says why.
-fn is_unchanged(plugin: &LivePlugin, file: &Path) -> bool {
+/// that cannot be read (or is no regular file, or is over `max_bytes`: it
+/// is read without waiting, under the `reloading` lock) is not unchanged:
+/// the reload then says why.
+fn is_unchanged(plugin: &LivePlugin, file: &Path, max_bytes: u64) -> bool {
     !plugin.instance.sha256.is_empty()
-        && std::fs::read(file)
+        && crate::regular_file::read(file, max_bytes)
             .is_ok_and(|bytes| crate::trust::digest::sha256_hex(&bytes) == plugin.instance.sha256)
 }
 
@@ -294,7 +296,9 @@ pub(crate) fn reload(
         error: Box::new(error),
     };
     let outcome = (|| {
-        if when_unchanged == WhenUnchanged::Skip && is_unchanged(&old, &file) {
+        if when_unchanged == WhenUnchanged::Skip
+            && is_unchanged(&old, &file, config.host.max_plugin_bytes)
+        {
             return Ok(Reloaded {
                 plugin: name.to_string(),
                 from_version: old.instance.manifest.version.clone(),

@@ -1,8 +1,10 @@
 //! Everything that differs between operating systems, in one place: the
 //! object format and processor a plugin file must be built for, how a
 //! library is opened, which signals end the agent, how many files it may
-//! open, and the terminal's mode around the chat. Porting the host to
-//! a new platform means editing this module (and nothing else).
+//! open, the terminal's mode around the chat, how a file is opened without
+//! waiting, and the modes and owner of the private copies' folder and
+//! files. Porting the host to a new platform means editing this module
+//! (and nothing else).
 //!
 //! Private-copy folders are guarded by a lock file each (standard file
 //! locks work on every platform), so finding a folder left by a process that
@@ -11,12 +13,18 @@
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub(crate) use unix::{open_file_limit, open_library, shutdown_signal, TerminalMode};
+pub(crate) use unix::{
+    check_private_folder, create_private_folder, create_read_only_file, is_own, is_same_file,
+    open_file_limit, open_library, open_without_blocking, shutdown_signal, TerminalMode,
+};
 
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
-pub(crate) use windows::{open_file_limit, open_library, shutdown_signal, TerminalMode};
+pub(crate) use windows::{
+    check_private_folder, create_private_folder, create_read_only_file, is_own, is_same_file,
+    open_file_limit, open_library, open_without_blocking, shutdown_signal, TerminalMode,
+};
 
 use object::{Architecture, BinaryFormat};
 

@@ -1,6 +1,10 @@
 //! Unix: `dlopen` with eager binding, SIGTERM besides Ctrl-C, the limit
-//! of open files, and the terminal's mode.
+//! of open files, the terminal's mode, opening a file without blocking,
+//! and the modes and owner of the private copies' folder and files.
 
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Opens a library with `RTLD_NOW | RTLD_LOCAL`: every symbol is bound at
@@ -63,5 +67,85 @@ impl Drop for TerminalMode {
                 mode,
             );
         }
+    }
+}
+
+/// Opens `path` for reading with `O_NONBLOCK` (and `O_NOCTTY`): opening a
+/// FIFO does not wait for a writer, nor a device for its carrier, and a
+/// terminal never becomes the controlling one.
+pub(crate) fn open_without_blocking(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+}
+
+/// The mode of the folder of private copies: its user's alone.
+const PRIVATE_FOLDER_MODE: u32 = 0o700;
+
+/// The mode of a private copy: readable by anyone who can reach it (a
+/// sandboxed worker running as another user opens it through a file
+/// descriptor the host passes), writable by nobody. The folder's mode keeps
+/// everyone else from reaching it by path.
+const COPY_MODE: u32 = 0o444;
+
+/// Creates the folder `path`, which must not exist, with mode 0700 whatever
+/// the umask.
+pub(crate) fn create_private_folder(path: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .mode(PRIVATE_FOLDER_MODE)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_FOLDER_MODE))?;
+    check_private_folder(path)
+}
+
+/// Checks that `path` itself (not a link) is a folder of this process's
+/// user with mode 0700; the error says what it is instead.
+pub(crate) fn check_private_folder(path: &Path) -> io::Result<()> {
+    let found = std::fs::symlink_metadata(path)?;
+    let mode = found.mode() & 0o7777;
+    if found.file_type().is_dir() && is_own(&found) && mode == PRIVATE_FOLDER_MODE {
+        return Ok(());
+    }
+    let kind = if found.file_type().is_symlink() {
+        "a symbolic link"
+    } else if found.file_type().is_dir() {
+        "a folder"
+    } else {
+        "not a folder"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "is {kind} of uid {} with mode {mode:04o}, not a folder of uid {} with mode {PRIVATE_FOLDER_MODE:04o}",
+            found.uid(),
+            rustix::process::geteuid().as_raw()
+        ),
+    ))
+}
+
+/// Whether this process's user owns the file `metadata` describes.
+pub(crate) fn is_own(metadata: &Metadata) -> bool {
+    metadata.uid() == rustix::process::geteuid().as_raw()
+}
+
+/// Creates the file `path`, which must not exist, open for writing, with
+/// mode 0444 whatever the umask.
+pub(crate) fn create_read_only_file(path: &Path) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(COPY_MODE)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(COPY_MODE))?;
+    Ok(file)
+}
+
+/// Whether `path` names the file `file` is open on (the same device and
+/// inode).
+pub(crate) fn is_same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }

@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 /// The version of the lock file format this host reads and writes.
 pub const LOCK_VERSION: u32 = 1;
 
+/// The most bytes a lock file may hold: about 5,000 pinned files.
+pub const MAX_LOCK_BYTES: u64 = 1024 * 1024;
+
 /// The lock file's name in the plugin folder when none is given.
 pub const DEFAULT_LOCK_NAME: &str = "plugins.lock";
 
@@ -98,13 +101,16 @@ impl LockFile {
         }
     }
 
-    /// Reads and checks the lock file at `path`.
+    /// Reads and checks the lock file at `path`: a regular file of at most
+    /// [`MAX_LOCK_BYTES`] (a FIFO or a device is refused without waiting on
+    /// it or reading it).
     pub fn read(path: &Path) -> Result<Self, LockFileError> {
         let error = |cause: String| LockFileError {
             file: path.to_path_buf(),
             cause,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let text = crate::regular_file::read_to_string(path, MAX_LOCK_BYTES)
+            .map_err(|e| error(e.to_string()))?;
         Self::parse(&text).map_err(error)
     }
 
@@ -282,5 +288,29 @@ mod tests {
         assert!(missing
             .to_string()
             .starts_with("lock file /nonexistent/plugins.lock: "));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_file_that_is_a_fifo_or_too_large_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join(DEFAULT_LOCK_NAME);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success());
+        let error = LockFile::read(&fifo).expect_err("a FIFO").to_string();
+        assert!(
+            error.starts_with(&format!("lock file {}: ", fifo.display())),
+            "{error}"
+        );
+        assert!(error.contains("not a regular file but a FIFO"), "{error}");
+
+        let large = dir.path().join("large.lock");
+        let comment = "#".repeat(MAX_LOCK_BYTES as usize);
+        std::fs::write(&large, format!("version = 1\n{comment}\n")).expect("write");
+        let error = LockFile::read(&large).expect_err("too large").to_string();
+        assert!(error.contains("larger than the 1048576 bytes"), "{error}");
     }
 }

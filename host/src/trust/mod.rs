@@ -1,20 +1,25 @@
 //! Which plugin files become plugins: those pinned by the lock file, and
 //! those signed by a trusted key, as the operator's `[trust]` table asks.
 //!
-//! The check runs on the private copy the loader makes of a file
-//! (`load/library.rs::private_copy`), after it is made and before anything
-//! maps it, so a file swapped between the check and `dlopen` cannot slip
-//! through: the bytes checked are the bytes loaded, in a folder only this
-//! process writes. Every load goes through it: the start, a rescan, a
+//! The check runs on the bytes the loader read once into memory to make
+//! its private copy of a file (`load/library.rs::private_copy`), before it
+//! writes them to the copy and before anything maps it, so a file swapped
+//! between the check and `dlopen` cannot slip through: the bytes checked are
+//! the bytes written, read-only, in a folder only this process's user can
+//! open, and loaded. Every load goes through it: the start, a rescan, a
 //! reload from the watcher, the CLI or HTTP, and the probe of a file whose
 //! plugins may be isolated. A refusal is one log line (`event =
 //! "file_refused"`, with `file`, `sha256` and `reason`) and a count in
-//! `agent_host_files_refused_total{reason}`; it fails that file only.
+//! `agent_host_files_refused_total{reason}`; it fails that file only, and
+//! no copy of it is left on disk.
 //!
 //! `lock.rs` reads and writes the lock file, `signature.rs` verifies and
 //! makes minisign signatures, `digest.rs` is the SHA-256, `settings.rs` the
 //! `[trust]` table. The lock and the keys are read once, when the host
 //! starts: writing the lock file later changes nothing until a restart.
+//! Signatures, lock and key files must be regular files and are read with
+//! a cap (`crate::regular_file`): a FIFO or a device in their place is
+//! refused at once, naming the file, never waited on nor read to its end.
 
 pub mod digest;
 pub mod lock;
@@ -141,7 +146,7 @@ impl TrustPolicy {
             );
         }
         for path in &settings.public_key_files {
-            let text = std::fs::read_to_string(path)
+            let text = crate::regular_file::read_to_string(path, signature::MAX_SIGNATURE_BYTES)
                 .map_err(|e| TrustError(format!("public key file {}: {e}", path.display())))?;
             keys.push(
                 signature::parse_public_key(&text)
@@ -186,7 +191,17 @@ impl TrustPolicy {
         }
     }
 
-    /// Checks `bytes`, the private copy of `file` about to be loaded.
+    /// The plugins the lock file says a file with this SHA-256 exports
+    /// (its pin's list), when a lock is in force and pins such a file:
+    /// what a file holds, known without running any of its code.
+    pub(crate) fn pinned_plugins(&self, sha256: &str) -> Option<Vec<String>> {
+        let (_, lock) = self.lock.as_ref()?;
+        let pinned = lock.files.iter().find(|entry| entry.sha256 == sha256)?;
+        Some(pinned.plugins.iter().map(|p| p.name.clone()).collect())
+    }
+
+    /// Checks `bytes`, the contents of `file` about to be written to its
+    /// private copy and loaded.
     /// Returns their SHA-256, or the refusal, which is logged and counted.
     pub(crate) fn admit(&self, file: &Path, bytes: &[u8]) -> Result<String, Refusal> {
         let sha256 = digest::sha256_hex(bytes);

@@ -6,6 +6,7 @@
 //! file's BLAKE2b prehash, plus the signed trusted comment); this module
 //! only picks the key and words the outcome.
 
+use crate::regular_file;
 use minisign::{KeyPair, PublicKey, SignatureBox};
 
 pub use minisign::SecretKey;
@@ -19,6 +20,10 @@ pub const SIGNATURE_EXTENSION: &str = "minisig";
 /// secret key, for `agent-host sign`, `agent-host keygen` and
 /// `cargo xtask build-plugins --sign`.
 pub const PASSWORD_VARIABLE: &str = "AGENT_HOST_SIGNING_PASSWORD";
+
+/// The most bytes a signature file (or a key file) may hold: a `.minisig`
+/// is a few hundred bytes, a key file less.
+pub const MAX_SIGNATURE_BYTES: u64 = 4096;
 
 /// The signature file of `file`: `file` with `.minisig` appended.
 pub fn signature_path(file: &Path) -> PathBuf {
@@ -127,10 +132,12 @@ impl TrustedKeys {
 
     /// Checks that `file`'s signature file holds a valid signature of
     /// `bytes` (the bytes that will be loaded) by a trusted key; returns
-    /// that key's id.
+    /// that key's id. The signature file must be a regular file of at most
+    /// [`MAX_SIGNATURE_BYTES`]: a FIFO or a device is refused without
+    /// waiting on it or reading it.
     pub fn verify_file(&self, file: &Path, bytes: &[u8]) -> Result<String, SignatureProblem> {
         let signature = signature_path(file);
-        let text = match std::fs::read_to_string(&signature) {
+        let text = match regular_file::read_to_string(&signature, MAX_SIGNATURE_BYTES) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(SignatureProblem::Missing { signature })
@@ -175,8 +182,8 @@ impl TrustedKeys {
 /// Reads a minisign secret key file. An encrypted key is decrypted with the
 /// password in [`PASSWORD_VARIABLE`]; the password is never asked for.
 pub fn read_secret_key(path: &Path) -> Result<SecretKey, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("secret key {}: {e}", path.display()))?;
+    let text = regular_file::read_to_string(path, MAX_SIGNATURE_BYTES)
+        .map_err(|e| format!("secret key {}: {e}", path.display()))?;
     secret_key_from_text(&text).map_err(|e| format!("secret key {}: {e}", path.display()))
 }
 

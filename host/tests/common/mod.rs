@@ -206,6 +206,11 @@ impl Agent {
             Some(("application/json", body.to_string().as_bytes())),
         )
     }
+
+    /// The plugin folder the agent runs on.
+    pub fn plugins_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
 }
 
 impl Drop for Agent {
