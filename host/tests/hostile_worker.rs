@@ -233,36 +233,94 @@ fn a_handshake_that_never_ends_is_reported_as_timed_out() {
 
 /// With a worker program that cannot serve, the plugins placed in workers
 /// fail with its cause; the in-process plugins of every file load.
-fn only_isolated_plugins_fail(program: &Path, cause: &str) {
-    let agent = load(program, "", "", &[test_support::fixture("")]);
-    let error = load_failure(&agent, "faulty");
-    assert!(error.contains(cause), "{error}");
+/// The lock file of `files` (as staged, by file name), pinned with the
+/// plugins each exports, written to `dir`; the `[trust]` table naming it.
+fn lock_of(dir: &Path, files: &[(PathBuf, &[&str])]) -> String {
+    use agent_host::trust::digest::sha256_hex;
+    use agent_host::trust::lock::{LockFile, LockedFile, LockedPlugin};
+    let mut lock = LockFile::new();
+    for (file, plugins) in files {
+        lock.pin(LockedFile {
+            name: file
+                .file_name()
+                .expect("a file name")
+                .to_string_lossy()
+                .into_owned(),
+            sha256: sha256_hex(&std::fs::read(file).expect("the fixture")),
+            plugins: plugins
+                .iter()
+                .map(|name| LockedPlugin {
+                    name: name.to_string(),
+                    version: "1.0.0".to_string(),
+                })
+                .collect(),
+        });
+    }
+    let path = dir.join("plugins.lock");
+    lock.write(&path).expect("the lock file");
+    format!("[trust]\nlock = \"{}\"\n", path.display())
+}
+
+/// With a worker program that cannot serve (`cause` names why), the host
+/// opens in its own process only the files the lock file says hold no
+/// isolated plugin: their plugins serve. A file with an isolated plugin,
+/// or one no lock names, fails whole, and none of its code runs in the
+/// host.
+fn only_files_known_to_be_in_process_serve(program: &Path, cause: &str) {
+    let (isolated, plain) = (test_support::fixture("isolated"), test_support::fixture(""));
+    let without_lock = load(program, "", "", std::slice::from_ref(&plain));
     assert_eq!(
-        agent.report.failures.len(),
-        1,
+        without_lock.report.failures.len(),
+        2,
         "{:?}",
-        agent.report.failures
+        without_lock.report.failures
     );
+    for failure in &without_lock.report.failures {
+        let error = failure.error.to_string();
+        assert!(error.contains(cause), "{error}");
+        assert!(error.contains("no lock file names its plugins"), "{error}");
+    }
+
+    let dir = tempfile::tempdir().expect("temp folder");
+    let trust = lock_of(
+        dir.path(),
+        &[
+            (isolated, &["faulty", "neighbour"]),
+            (plain.clone(), &["fixture"]),
+        ],
+    );
+    let agent = load(program, "", &trust, &[plain]);
+    assert_eq!(agent.report.failures.len(), 1, "{:?}", agent.report.failures);
+    let error = agent.report.failures[0].error.to_string();
+    assert!(error.contains(cause), "{error}");
+    assert!(
+        error.contains("exports a plugin placed in a worker"),
+        "{error}"
+    );
+    assert!(agent.host.status("neighbour").is_none());
+    let reply = agent.host.handle_message(InboundMessage {
+        text: "hello".into(),
+        ..InboundMessage::default()
+    });
     assert!(
         agent.host.status("fixture").is_some(),
-        "another file's plugin"
+        "the file the lock names as in process serves: {reply:?}"
     );
-    neighbour_serves(&agent);
 }
 
 #[test]
-fn a_missing_worker_program_fails_only_the_isolated_plugins() {
-    only_isolated_plugins_fail(
+fn a_missing_worker_program_fails_only_the_files_that_need_it() {
+    only_files_known_to_be_in_process_serve(
         Path::new("/nonexistent/agent-host-worker"),
         "/nonexistent/agent-host-worker",
     );
 }
 
 #[test]
-fn a_worker_program_that_exits_at_once_fails_only_the_isolated_plugins() {
+fn a_worker_program_that_exits_at_once_fails_only_the_files_that_need_it() {
     let scripts = tempfile::tempdir().expect("temp folder");
     let program = hostile_program(scripts.path(), "exit-now:3");
-    only_isolated_plugins_fail(&program, "exited with code 3");
+    only_files_known_to_be_in_process_serve(&program, "exited with code 3");
 }
 
 /// The value of `agent_host_plugin_log_lines_dropped_total` for `plugin`.
