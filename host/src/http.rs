@@ -47,6 +47,7 @@
 //!   shutdown future resolves, so graceful shutdown does not wait on them.
 //!
 //! [`PluginStatus`]: crate::PluginStatus
+//! [`Reply`]: crate::Reply
 //!
 //! (One file of about 500 lines, a third of them tests: the routes, their
 //! error answers and the event stream read best side by side.)
@@ -57,7 +58,7 @@ mod server;
 
 pub use auth::{AccessError, ApiAccess, Identity};
 
-use crate::pipeline::Reply;
+use crate::pipeline::Answered;
 use crate::registry::events::BusEvent;
 use crate::request::{self, RequestError};
 use crate::PluginHost;
@@ -268,15 +269,22 @@ async fn post_messages(
             return Ok(refusal.answer(&state, &Method::POST, "/v1/messages", peer));
         }
     }
+    // The drain check let the request in, but the shutdown may have begun
+    // since: a message the host refuses unseen is a 503 like any other.
+    let shutting_down = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, crate::SHUTTING_DOWN);
     match messages.pop() {
-        Some(message) if one => {
-            let reply: Reply = host.answer(message).await;
-            Ok(Json(reply).into_response())
-        }
+        Some(message) if one => match host.answer_unless_shutting_down(message).await {
+            Answered::Served(reply) => Ok(Json(reply).into_response()),
+            Answered::ShuttingDown(_) => Err(shutting_down()),
+        },
         last => {
             messages.extend(last);
-            let replies: Vec<Reply> = host.answer_batch(messages).await;
-            Ok(Json(json!({ "replies": replies })).into_response())
+            match host.answer_batch_unless_shutting_down(messages).await {
+                Answered::Served(replies) => {
+                    Ok(Json(json!({ "replies": replies })).into_response())
+                }
+                Answered::ShuttingDown(_) => Err(shutting_down()),
+            }
         }
     }
 }
@@ -621,6 +629,56 @@ mod tests {
         stop.send(true).expect("send stop");
         let end = tokio::time::timeout(within, events.next()).await;
         assert!(matches!(end, Ok(None)), "the stream ends on stop");
+    }
+
+    /// A message that passed the drain check just before the shutdown began
+    /// reaches the host after it: the answer is a 503, never a 200 whose
+    /// reply says the agent is shutting down.
+    #[test]
+    fn a_message_the_host_refuses_while_shutting_down_is_answered_503() {
+        use crate::plugin::in_memory::{host_with, source};
+        use agent_host_plugin_sdk::{Action, ActionResult, Plugin};
+        let (host, _) = host_with(
+            "",
+            vec![source("echo.so", || {
+                Plugin::new("echo", "1.0.0")
+                    .action(Action::new("ECHO").handler(|_, _| Ok(ActionResult::text("echo"))))
+            })],
+        );
+        let host = Arc::new(host);
+        let (_stop, stopping) = watch::channel(false);
+        let state = ApiState {
+            host: Arc::clone(&host),
+            access: Arc::new(ApiAccess::open()),
+            stopping,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let post = |body: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, json_type());
+            runtime.block_on(post_messages(
+                State(state.clone()),
+                None,
+                None,
+                headers,
+                Ok(Bytes::from_static(body.as_bytes())),
+            ))
+        };
+        let served = post(r#"{"text": "hi"}"#).expect("served");
+        assert_eq!(served.status(), StatusCode::OK);
+
+        assert!(host.shutdown().is_empty());
+        for body in [
+            r#"{"text": "hi"}"#,
+            r#"{"messages": [{"text": "a"}, {"text": "b"}]}"#,
+        ] {
+            let refused = post(body).expect_err("refused");
+            assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(refused.message, crate::SHUTTING_DOWN, "{body}");
+        }
     }
 
     #[test]
