@@ -56,7 +56,7 @@ mod auth;
 mod connection_clock;
 mod server;
 
-pub use auth::{AccessError, ApiAccess, Identity};
+pub use auth::{AccessError, ApiAccess, Identity, WhitespacePlace, MIN_TOKEN_BYTES};
 
 use crate::pipeline::Answered;
 use crate::registry::events::BusEvent;
