@@ -22,15 +22,19 @@
 //! Once the host shuts down (Ctrl-C or SIGTERM) the server keeps answering
 //! while the calls in flight finish, but takes no new work: every request
 //! gets `503 Service Unavailable` with `{"error": "the agent is shutting
-//! down"}`, except `GET /healthz`, which answers 503 with
-//! `{"status": "draining", ..}`, and `GET /metrics`.
+//! down"}` (a message that reached the host as it began to shut down too),
+//! except `GET /healthz`, which answers 503 with `{"status": "draining",
+//! ..}`, and `GET /metrics`.
 //!
 //! Every request the API cannot serve (bad JSON, a wrong content type, a
 //! message without `text`, an unknown route or method, ...) gets a 4xx answer
 //! whose body is `{"error": "..."}` saying what is wrong; the server keeps
 //! serving. A message body is read as a stdin line is ([`crate::request`]):
-//! the same limit ([`MAX_REQUEST_BYTES`], beyond it a 413) and the same
-//! error texts.
+//! the same limit ([`MAX_REQUEST_BYTES`], beyond it a 413, before the body
+//! arrives when its `Content-Length` or a chunk size says so) and the same
+//! error texts; a body that does not all arrive within
+//! `http_body_timeout_ms` gets a 408. A refusal that ends the connection
+//! (401, 403, 408, 413, 503) says `Connection: close`.
 //!
 //! # What this module must never do
 //!
@@ -54,6 +58,8 @@
 
 mod auth;
 mod connection_clock;
+mod framing;
+mod request_body;
 mod server;
 
 pub use auth::{AccessError, ApiAccess, Identity, WhitespacePlace, MIN_TOKEN_BYTES};
@@ -65,7 +71,7 @@ use crate::PluginHost;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -73,6 +79,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
+use request_body::BodyRefused;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::future::{ready, Future};
@@ -106,10 +113,11 @@ struct ApiState {
 /// then stops accepting, ends the event streams, and returns once the
 /// requests in flight are answered. The caller shuts the host down.
 ///
-/// Each client gets the header and idle timeouts and the connection limit
-/// of the host's settings (`http_header_timeout_ms`,
-/// `http_idle_timeout_ms`, `http_max_connections`); `access` says which
-/// tokens it needs ([`ApiAccess::open`]: none).
+/// Each client gets the header, idle and body timeouts and the connection
+/// limits of the host's settings (`http_header_timeout_ms`,
+/// `http_idle_timeout_ms`, `http_body_timeout_ms`, `http_max_connections`,
+/// `http_max_connections_per_address`); `access` says which tokens it
+/// needs ([`ApiAccess::open`]: none).
 pub async fn serve(
     host: Arc<PluginHost>,
     listener: tokio::net::TcpListener,
@@ -150,6 +158,7 @@ fn router(state: ApiState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
+        .layer(axum::middleware::from_fn(refuse_oversized_body))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
 }
@@ -230,6 +239,17 @@ impl From<RequestError> for ApiError {
     }
 }
 
+/// A body refused before it was read: late (408) or too large (413).
+impl From<BodyRefused> for ApiError {
+    fn from(refused: BodyRefused) -> Self {
+        let status = match refused {
+            BodyRefused::TimedOut { .. } => StatusCode::REQUEST_TIMEOUT,
+            BodyRefused::TooLarge | BodyRefused::ChunkSizeTooLong => StatusCode::PAYLOAD_TOO_LARGE,
+        };
+        ApiError::new(status, refused.to_string())
+    }
+}
+
 /// Reads a `POST /v1/messages` body: checks the content type, then reads
 /// the request as every front-end does ([`request::parse`]).
 fn parse_request(
@@ -249,7 +269,9 @@ async fn post_messages(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(refused) = BodyRefused::cause_of(&rejection) {
+            ApiError::from(refused)
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::from(RequestError::TooLarge)
         } else {
             ApiError::new(
@@ -499,6 +521,35 @@ async fn unknown_route(request: Request) -> ApiError {
     )
 }
 
+/// Refuses a request whose `Content-Length` is over [`MAX_REQUEST_BYTES`]
+/// with `413` before any of its body is read.
+async fn refuse_oversized_body(request: Request, next: Next) -> Response {
+    let announced = http_body::Body::size_hint(request.body()).lower();
+    if announced > MAX_REQUEST_BYTES as u64 {
+        tracing::info!(
+            peer = auth::peer_of(&request).map(|p| p.to_string()),
+            announced,
+            "HTTP request refused: its Content-Length is over the limit"
+        );
+        return ApiError::from(RequestError::TooLarge).into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether an answer with `status` refuses the request and ends the
+/// connection: the client is told so (`Connection: close`), and a
+/// client that keeps connections alive never writes into a closed one.
+fn ends_the_connection(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::REQUEST_TIMEOUT
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::SERVICE_UNAVAILABLE
+    )
+}
+
 /// Whether a response already carries a JSON body.
 fn has_json_body(headers: &HeaderMap) -> bool {
     headers
@@ -512,9 +563,14 @@ fn has_json_body(headers: &HeaderMap) -> bool {
 async fn json_errors(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let status = response.status();
     tracing::debug!(%method, %path, status = status.as_u16(), "http request");
+    if ends_the_connection(status) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     if !(status.is_client_error() || status.is_server_error()) || has_json_body(response.headers())
     {
         return response;

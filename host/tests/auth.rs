@@ -770,3 +770,68 @@ fn a_short_or_padded_env_token_or_a_malformed_sha256_stops_the_agent_naming_the_
         );
     }
 }
+
+/// Sends a `POST /v1/messages` with `authorization` and a body far larger
+/// than the server reads before refusing, on a connection kept alive; the
+/// answer's status and headers, and whether the server then closed it.
+fn refused_post_keeping_alive(
+    agent: &Agent,
+    authorization: &str,
+) -> (u16, Vec<(String, String)>, bool) {
+    use std::io::{BufReader, Write};
+    let mut stream = connect(agent.address);
+    let body = format!("{{\"text\": \"{}\"}}", "a".repeat(256 * 1024));
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: agent\r\nAuthorization: {authorization}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("write the head");
+    let mut writer = stream.try_clone().expect("clone the stream");
+    // The server may answer and close before the body is all written.
+    let sending = std::thread::spawn(move || {
+        let _ = writer.write_all(body.as_bytes());
+    });
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader);
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("a Content-Length: {headers:?}"));
+    let mut answer = vec![0; length];
+    reader.read_exact(&mut answer).expect("the answer");
+    let mut rest = [0; 64];
+    let closed = matches!(reader.read(&mut rest), Ok(0) | Err(_));
+    sending.join().expect("the sending thread");
+    (status, headers, closed)
+}
+
+#[test]
+fn a_refusal_before_the_body_is_read_says_connection_close() {
+    let agent = Agent::launch(
+        &[fixture("runtime")],
+        &token_config(),
+        false,
+        &["--listen", "127.0.0.1:0"],
+        &[(BOT_VARIABLE, BOT)],
+    );
+    for (authorization, status) in [
+        (bearer("not-a-token-of-this-agent"), 401),
+        ("Basic b3BzOg==".to_string(), 401),
+        (bearer(WATCH), 403),
+    ] {
+        let (got, headers, closed) = refused_post_keeping_alive(&agent, &authorization);
+        assert_eq!(got, status, "{authorization}: {headers:?}");
+        let connection = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v.to_ascii_lowercase());
+        assert_eq!(
+            connection.as_deref(),
+            Some("close"),
+            "{authorization}: {headers:?}"
+        );
+        assert!(closed, "the connection is closed as announced");
+    }
+}
