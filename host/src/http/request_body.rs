@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// Why a body was refused before it was all read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +92,10 @@ impl BodyProgress {
 pub(super) struct RequestBody<B> {
     body: B,
     /// When the body must have arrived, from when its headers did.
-    deadline: Pin<Box<Sleep>>,
+    due: Instant,
+    /// The timer of `due`, made the first time the body waits (most
+    /// bodies never do).
+    deadline: Option<Pin<Box<Sleep>>>,
     timeout: Duration,
     signal: Arc<BodySignal>,
     progress: Arc<BodyProgress>,
@@ -117,7 +120,8 @@ impl<B: Body> RequestBody<B> {
         }
         Self {
             body,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            due: Instant::now() + timeout,
+            deadline: None,
             timeout,
             signal,
             progress,
@@ -169,7 +173,11 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if self.deadline.as_mut().poll(cx).is_ready() {
+                let due = self.due;
+                let deadline = self
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                if deadline.as_mut().poll(cx).is_ready() {
                     let after = self.timeout;
                     return self.refuse(BodyRefused::TimedOut { after });
                 }
