@@ -22,6 +22,8 @@
 //! http_header_timeout_ms = 10000 # an HTTP client that sends no complete headers by then is disconnected
 //! http_idle_timeout_ms = 60000   # an HTTP connection idle between requests is closed after this
 //! http_max_connections = 1024    # HTTP connections beyond it are answered 503
+//! http_max_connections_per_address = 64  # of them, from one client address
+//! http_body_timeout_ms = 10000   # a request body not all there by then is answered 408
 //! trust_claimed_permissions = false  # development only: honour the permissions a message claims
 //!
 //! [plugins.weather]              # merged over the plugin's default config,
@@ -169,6 +171,15 @@ pub struct HostSettings {
     /// The most HTTP connections open at once (0 counts as 1). A connection
     /// beyond it is answered `503 Service Unavailable` and closed.
     pub http_max_connections: usize,
+    /// The most HTTP connections open at once from one client IP address
+    /// (0 counts as 1), so that one address cannot take every connection.
+    /// A connection beyond it is answered `503 Service Unavailable` and
+    /// closed, while other addresses are still served.
+    pub http_max_connections_per_address: usize,
+    /// How long a request's body may take to arrive in full, in
+    /// milliseconds, from the moment its headers are in. A body slower than
+    /// that is answered `408 Request Timeout` and its connection closed.
+    pub http_body_timeout_ms: u64,
     /// Development only: a message's sender that `[senders]` does not list
     /// holds the `permissions` the message claims. Off by default (claims
     /// are ignored); the host warns at start when it is on.
@@ -223,6 +234,8 @@ impl Default for HostSettings {
             http_header_timeout_ms: 10_000,
             http_idle_timeout_ms: 60_000,
             http_max_connections: 1024,
+            http_max_connections_per_address: 64,
+            http_body_timeout_ms: 10_000,
             trust_claimed_permissions: false,
         }
     }
@@ -660,6 +673,8 @@ mod tests {
         .expect("parses");
         assert_eq!(parsed.host.action_timeout_ms, 5);
         assert_eq!(parsed.host.shutdown_grace_ms, 10_000, "the default");
+        assert_eq!(parsed.host.http_body_timeout_ms, 10_000, "the default");
+        assert_eq!(parsed.host.http_max_connections_per_address, 64);
         let grace = AgentConfig::parse("[host]\nshutdown_grace_ms = 250\n").expect("parses");
         assert_eq!(grace.host.shutdown_grace_ms, 250);
         let lazy = AgentConfig::parse("[host]\nlazy_plugins = [\"notes\", \"bench-*\"]\n")

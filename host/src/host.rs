@@ -159,6 +159,26 @@ impl PluginHost {
         pipeline::answer(&self.core, self.prepare(message)).await
     }
 
+    /// [`PluginHost::answer`], saying whether the message was refused
+    /// because the host is shutting down (a front-end answers that its own
+    /// way, an HTTP 503 say).
+    pub(crate) async fn answer_unless_shutting_down(
+        &self,
+        message: InboundMessage,
+    ) -> pipeline::Answered<Reply> {
+        pipeline::answer_unless_shutting_down(&self.core, self.prepare(message)).await
+    }
+
+    /// [`PluginHost::answer_batch`], saying whether the batch was refused
+    /// because the host is shutting down.
+    pub(crate) async fn answer_batch_unless_shutting_down(
+        &self,
+        messages: Vec<InboundMessage>,
+    ) -> pipeline::Answered<Vec<Reply>> {
+        let messages: Vec<InboundMessage> = messages.into_iter().map(|m| self.prepare(m)).collect();
+        pipeline::answer_batch_unless_shutting_down(&self.core, messages).await
+    }
+
     /// [`PluginHost::answer`] from a thread outside the runtime, for tests.
     #[cfg(test)]
     pub(crate) fn answer_blocking(&self, message: InboundMessage) -> Reply {

@@ -22,15 +22,19 @@
 //! Once the host shuts down (Ctrl-C or SIGTERM) the server keeps answering
 //! while the calls in flight finish, but takes no new work: every request
 //! gets `503 Service Unavailable` with `{"error": "the agent is shutting
-//! down"}`, except `GET /healthz`, which answers 503 with
-//! `{"status": "draining", ..}`, and `GET /metrics`.
+//! down"}` (a message that reached the host as it began to shut down too),
+//! except `GET /healthz`, which answers 503 with `{"status": "draining",
+//! ..}`, and `GET /metrics`.
 //!
 //! Every request the API cannot serve (bad JSON, a wrong content type, a
 //! message without `text`, an unknown route or method, ...) gets a 4xx answer
 //! whose body is `{"error": "..."}` saying what is wrong; the server keeps
 //! serving. A message body is read as a stdin line is ([`crate::request`]):
-//! the same limit ([`MAX_REQUEST_BYTES`], beyond it a 413) and the same
-//! error texts.
+//! the same limit ([`MAX_REQUEST_BYTES`], beyond it a 413, before the body
+//! arrives when its `Content-Length` or a chunk size says so) and the same
+//! error texts; a body that does not all arrive within
+//! `http_body_timeout_ms` gets a 408. A refusal that ends the connection
+//! (401, 403, 408, 413, 503) says `Connection: close`.
 //!
 //! # What this module must never do
 //!
@@ -47,24 +51,27 @@
 //!   shutdown future resolves, so graceful shutdown does not wait on them.
 //!
 //! [`PluginStatus`]: crate::PluginStatus
+//! [`Reply`]: crate::Reply
 //!
 //! (One file of about 500 lines, a third of them tests: the routes, their
 //! error answers and the event stream read best side by side.)
 
 mod auth;
 mod connection_clock;
+mod framing;
+mod request_body;
 mod server;
 
-pub use auth::{AccessError, ApiAccess, Identity};
+pub use auth::{AccessError, ApiAccess, Identity, WhitespacePlace, MIN_TOKEN_BYTES};
 
-use crate::pipeline::Reply;
+use crate::pipeline::Answered;
 use crate::registry::events::BusEvent;
 use crate::request::{self, RequestError};
 use crate::PluginHost;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -72,6 +79,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
+use request_body::BodyRefused;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use std::future::{ready, Future};
@@ -105,10 +113,11 @@ struct ApiState {
 /// then stops accepting, ends the event streams, and returns once the
 /// requests in flight are answered. The caller shuts the host down.
 ///
-/// Each client gets the header and idle timeouts and the connection limit
-/// of the host's settings (`http_header_timeout_ms`,
-/// `http_idle_timeout_ms`, `http_max_connections`); `access` says which
-/// tokens it needs ([`ApiAccess::open`]: none).
+/// Each client gets the header, idle and body timeouts and the connection
+/// limits of the host's settings (`http_header_timeout_ms`,
+/// `http_idle_timeout_ms`, `http_body_timeout_ms`, `http_max_connections`,
+/// `http_max_connections_per_address`); `access` says which tokens it
+/// needs ([`ApiAccess::open`]: none).
 pub async fn serve(
     host: Arc<PluginHost>,
     listener: tokio::net::TcpListener,
@@ -149,6 +158,7 @@ fn router(state: ApiState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
+        .layer(axum::middleware::from_fn(refuse_oversized_body))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
 }
@@ -229,6 +239,17 @@ impl From<RequestError> for ApiError {
     }
 }
 
+/// A body refused before it was read: late (408) or too large (413).
+impl From<BodyRefused> for ApiError {
+    fn from(refused: BodyRefused) -> Self {
+        let status = match refused {
+            BodyRefused::TimedOut { .. } => StatusCode::REQUEST_TIMEOUT,
+            BodyRefused::TooLarge | BodyRefused::ChunkSizeTooLong => StatusCode::PAYLOAD_TOO_LARGE,
+        };
+        ApiError::new(status, refused.to_string())
+    }
+}
+
 /// Reads a `POST /v1/messages` body: checks the content type, then reads
 /// the request as every front-end does ([`request::parse`]).
 fn parse_request(
@@ -248,7 +269,9 @@ async fn post_messages(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(refused) = BodyRefused::cause_of(&rejection) {
+            ApiError::from(refused)
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::from(RequestError::TooLarge)
         } else {
             ApiError::new(
@@ -268,15 +291,22 @@ async fn post_messages(
             return Ok(refusal.answer(&state, &Method::POST, "/v1/messages", peer));
         }
     }
+    // The drain check let the request in, but the shutdown may have begun
+    // since: a message the host refuses unseen is a 503 like any other.
+    let shutting_down = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, crate::SHUTTING_DOWN);
     match messages.pop() {
-        Some(message) if one => {
-            let reply: Reply = host.answer(message).await;
-            Ok(Json(reply).into_response())
-        }
+        Some(message) if one => match host.answer_unless_shutting_down(message).await {
+            Answered::Served(reply) => Ok(Json(reply).into_response()),
+            Answered::ShuttingDown(_) => Err(shutting_down()),
+        },
         last => {
             messages.extend(last);
-            let replies: Vec<Reply> = host.answer_batch(messages).await;
-            Ok(Json(json!({ "replies": replies })).into_response())
+            match host.answer_batch_unless_shutting_down(messages).await {
+                Answered::Served(replies) => {
+                    Ok(Json(json!({ "replies": replies })).into_response())
+                }
+                Answered::ShuttingDown(_) => Err(shutting_down()),
+            }
         }
     }
 }
@@ -491,6 +521,35 @@ async fn unknown_route(request: Request) -> ApiError {
     )
 }
 
+/// Refuses a request whose `Content-Length` is over [`MAX_REQUEST_BYTES`]
+/// with `413` before any of its body is read.
+async fn refuse_oversized_body(request: Request, next: Next) -> Response {
+    let announced = http_body::Body::size_hint(request.body()).lower();
+    if announced > MAX_REQUEST_BYTES as u64 {
+        tracing::info!(
+            peer = auth::peer_of(&request).map(|p| p.to_string()),
+            announced,
+            "HTTP request refused: its Content-Length is over the limit"
+        );
+        return ApiError::from(RequestError::TooLarge).into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether an answer with `status` refuses the request and ends the
+/// connection: the client is told so (`Connection: close`), and a
+/// client that keeps connections alive never writes into a closed one.
+fn ends_the_connection(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::REQUEST_TIMEOUT
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::SERVICE_UNAVAILABLE
+    )
+}
+
 /// Whether a response already carries a JSON body.
 fn has_json_body(headers: &HeaderMap) -> bool {
     headers
@@ -504,9 +563,14 @@ fn has_json_body(headers: &HeaderMap) -> bool {
 async fn json_errors(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     let status = response.status();
     tracing::debug!(%method, %path, status = status.as_u16(), "http request");
+    if ends_the_connection(status) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     if !(status.is_client_error() || status.is_server_error()) || has_json_body(response.headers())
     {
         return response;
@@ -621,6 +685,56 @@ mod tests {
         stop.send(true).expect("send stop");
         let end = tokio::time::timeout(within, events.next()).await;
         assert!(matches!(end, Ok(None)), "the stream ends on stop");
+    }
+
+    /// A message that passed the drain check just before the shutdown began
+    /// reaches the host after it: the answer is a 503, never a 200 whose
+    /// reply says the agent is shutting down.
+    #[test]
+    fn a_message_the_host_refuses_while_shutting_down_is_answered_503() {
+        use crate::plugin::in_memory::{host_with, source};
+        use agent_host_plugin_sdk::{Action, ActionResult, Plugin};
+        let (host, _) = host_with(
+            "",
+            vec![source("echo.so", || {
+                Plugin::new("echo", "1.0.0")
+                    .action(Action::new("ECHO").handler(|_, _| Ok(ActionResult::text("echo"))))
+            })],
+        );
+        let host = Arc::new(host);
+        let (_stop, stopping) = watch::channel(false);
+        let state = ApiState {
+            host: Arc::clone(&host),
+            access: Arc::new(ApiAccess::open()),
+            stopping,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let post = |body: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, json_type());
+            runtime.block_on(post_messages(
+                State(state.clone()),
+                None,
+                None,
+                headers,
+                Ok(Bytes::from_static(body.as_bytes())),
+            ))
+        };
+        let served = post(r#"{"text": "hi"}"#).expect("served");
+        assert_eq!(served.status(), StatusCode::OK);
+
+        assert!(host.shutdown().is_empty());
+        for body in [
+            r#"{"text": "hi"}"#,
+            r#"{"messages": [{"text": "a"}, {"text": "b"}]}"#,
+        ] {
+            let refused = post(body).expect_err("refused");
+            assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(refused.message, crate::SHUTTING_DOWN, "{body}");
+        }
     }
 
     #[test]

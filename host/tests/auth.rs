@@ -622,6 +622,11 @@ fn answer_line(agent: &mut Agent, request: &Value) -> Value {
 /// Runs `agent-host run` with `config` and `args`, expecting it to stop
 /// with an error before serving; its stderr.
 fn refused_run(config: &str, args: &[&str]) -> String {
+    refused_run_with(config, args, &[])
+}
+
+/// [`refused_run`] with `envs` in the agent's environment.
+fn refused_run_with(config: &str, args: &[&str], envs: &[(&str, &str)]) -> String {
     let dir = folder_with(&[fixture("runtime")]);
     let config_file = dir.path().join("agent.toml");
     std::fs::write(&config_file, config).expect("write the config");
@@ -633,6 +638,7 @@ fn refused_run(config: &str, args: &[&str]) -> String {
         .arg("--plugins")
         .arg(dir.path())
         .env_remove(BOT_VARIABLE)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -705,4 +711,127 @@ fn without_tokens_a_non_loopback_address_is_refused_unless_allowed_explicitly() 
     agent.wait_for_log("--allow-unauthenticated: anyone who reaches");
     assert_eq!(agent.get("/healthz").status, 200);
     assert_eq!(agent.get("/v1/plugins").status, 200);
+}
+
+#[test]
+fn a_short_or_padded_env_token_or_a_malformed_sha256_stops_the_agent_naming_the_entry_and_cause() {
+    let entry = |source: &str| {
+        format!("[[api.tokens]]\nname = \"bot\"\nsender = \"bot\"\nroles = [\"chat\"]\n{source}\n")
+    };
+    let listen = ["--listen", "127.0.0.1:0"];
+    let by_env = entry(&format!("env = \"{BOT_VARIABLE}\""));
+    for (token, cause) in [
+        ("x", "is 1 byte long; a token has at least 16 bytes"),
+        (
+            "short-token-15b",
+            "is 15 bytes long; a token has at least 16 bytes",
+        ),
+        (
+            "a-long-enough-token-from-a-file\n",
+            "ends with whitespace (a line break?)",
+        ),
+        (
+            " a-long-enough-token-after-a-space",
+            "starts with whitespace",
+        ),
+        ("a-long-enough token-with-a-space", "holds whitespace"),
+    ] {
+        let error = refused_run_with(&by_env, &listen, &[(BOT_VARIABLE, token)]);
+        assert!(
+            error.contains(&format!(
+                "[[api.tokens]] entry 'bot': the token in the environment variable {BOT_VARIABLE} {cause}"
+            )),
+            "{token:?}: {error}"
+        );
+        if token.trim().len() >= 16 {
+            assert!(
+                !error.contains(token.trim()),
+                "the token is not shown: {error}"
+            );
+        }
+    }
+    let digest = sha256_hex(BOT);
+    for (sha256, cause) in [
+        (format!("{digest}0"), "has 65 characters"),
+        (digest[1..].to_string(), "has 63 characters"),
+        (
+            format!("+{}", &digest[1..]),
+            "'+' at position 1, which is not a hex digit",
+        ),
+        (
+            format!(" {}", &digest[1..]),
+            "' ' at position 1, which is not a hex digit",
+        ),
+    ] {
+        let error = refused_run(&entry(&format!("sha256 = \"{sha256}\"")), &listen);
+        assert!(
+            error.contains("[[api.tokens]] entry 'bot': `sha256` must be") && error.contains(cause),
+            "{sha256:?}: {error}"
+        );
+    }
+}
+
+/// Sends a `POST /v1/messages` with `authorization` and a body far larger
+/// than the server reads before refusing, on a connection kept alive; the
+/// answer's status and headers, and whether the server then closed it.
+fn refused_post_keeping_alive(
+    agent: &Agent,
+    authorization: &str,
+) -> (u16, Vec<(String, String)>, bool) {
+    use std::io::{BufReader, Write};
+    let mut stream = connect(agent.address);
+    let body = format!("{{\"text\": \"{}\"}}", "a".repeat(256 * 1024));
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: agent\r\nAuthorization: {authorization}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("write the head");
+    let mut writer = stream.try_clone().expect("clone the stream");
+    // The server may answer and close before the body is all written.
+    let sending = std::thread::spawn(move || {
+        let _ = writer.write_all(body.as_bytes());
+    });
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader);
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("a Content-Length: {headers:?}"));
+    let mut answer = vec![0; length];
+    reader.read_exact(&mut answer).expect("the answer");
+    let mut rest = [0; 64];
+    let closed = matches!(reader.read(&mut rest), Ok(0) | Err(_));
+    sending.join().expect("the sending thread");
+    (status, headers, closed)
+}
+
+#[test]
+fn a_refusal_before_the_body_is_read_says_connection_close() {
+    let agent = Agent::launch(
+        &[fixture("runtime")],
+        &token_config(),
+        false,
+        &["--listen", "127.0.0.1:0"],
+        &[(BOT_VARIABLE, BOT)],
+    );
+    for (authorization, status) in [
+        (bearer("not-a-token-of-this-agent"), 401),
+        ("Basic b3BzOg==".to_string(), 401),
+        (bearer(WATCH), 403),
+    ] {
+        let (got, headers, closed) = refused_post_keeping_alive(&agent, &authorization);
+        assert_eq!(got, status, "{authorization}: {headers:?}");
+        let connection = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v.to_ascii_lowercase());
+        assert_eq!(
+            connection.as_deref(),
+            Some("close"),
+            "{authorization}: {headers:?}"
+        );
+        assert!(closed, "the connection is closed as announced");
+    }
 }

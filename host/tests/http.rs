@@ -331,6 +331,13 @@ fn on_sigterm_new_requests_get_503_and_the_agent_exits_within_the_grace_period_p
     let health = agent.get("/healthz");
     assert_eq!(health.status, 503, "{}", health.text());
     assert_eq!(health.json()["status"], "draining", "{}", health.text());
+    // A client keeping its connection alive is told it ends.
+    let mut kept = connect(agent.address);
+    kept.write_all(b"GET /v1/plugins HTTP/1.1\r\nHost: agent\r\n\r\n")
+        .expect("write a request");
+    let (status, headers, error) = answer_within(&kept, Duration::from_secs(5));
+    assert_eq!(status, 503, "{error}");
+    assert!(says_close(&headers), "{headers:?}");
 
     let code = agent.wait_for_exit(grace + Duration::from_secs(4));
     let took = signalled.elapsed();
@@ -609,4 +616,264 @@ fn on_sigterm_connections_without_a_request_in_progress_are_closed_at_once() {
     let log = agent.final_log();
     assert!(log.contains("HTTP server stopped"), "{log}");
     assert!(!log.contains("did not stop"), "{log}");
+}
+
+/// The status, headers and JSON error of the answer on `stream`, which must
+/// come within `limit` (read while the connection stays open for writing).
+fn answer_within(stream: &TcpStream, limit: Duration) -> (u16, Vec<(String, String)>, String) {
+    stream.set_read_timeout(Some(limit)).expect("read timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+    let mut line = String::new();
+    if let Err(error) = reader.read_line(&mut line) {
+        panic!("no answer within {} ms: {error}", limit.as_millis());
+    }
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("header line");
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        let (name, value) = trimmed.split_once(':').expect("a header");
+        headers.push((name.trim().to_lowercase(), value.trim().to_string()));
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("a Content-Length: {headers:?}"));
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("the body");
+    let body: Value = serde_json::from_slice(&body).expect("a JSON body");
+    let error = body["error"].as_str().unwrap_or_default().to_string();
+    (status, headers, error)
+}
+
+/// Whether `headers` say `Connection: close`.
+fn says_close(headers: &[(String, String)]) -> bool {
+    headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"))
+}
+
+/// The head of a `POST /v1/messages` kept alive, with `framing` (a
+/// `Content-Length` or `Transfer-Encoding` header line).
+fn message_head(framing: &str) -> String {
+    format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n\
+         {framing}\r\n\r\n"
+    )
+}
+
+/// Writes one byte every 100 ms on a clone of `stream` until a write fails
+/// or `limit` passes: a body that arrives far too slowly.
+fn trickle(stream: &TcpStream, limit: Duration) -> std::thread::JoinHandle<()> {
+    let mut writer = stream.try_clone().expect("clone the stream");
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+#[test]
+fn a_body_that_does_not_arrive_within_the_body_timeout_is_answered_408_and_its_slot_freed() {
+    let agent = Agent::start_with(
+        &[fixture("")],
+        "[host]\nhttp_body_timeout_ms = 1000\nhttp_max_connections = 3\n",
+        false,
+    );
+    // Every slot taken by a client sending a 1000-byte body a byte at a time.
+    let slow: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = connect(agent.address);
+            stream
+                .write_all(message_head("Content-Length: 1000").as_bytes())
+                .expect("write the head");
+            stream
+        })
+        .collect();
+    let trickles: Vec<_> = slow
+        .iter()
+        .map(|s| trickle(s, Duration::from_secs(8)))
+        .collect();
+    for stream in &slow {
+        let (status, headers, error) = answer_within(stream, Duration::from_secs(6));
+        assert_eq!(status, 408, "{error}");
+        assert!(says_close(&headers), "{headers:?}");
+        assert!(
+            error.contains("1000 ms") && error.contains("http_body_timeout_ms"),
+            "{error}"
+        );
+    }
+    // Their slots are free again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let health = agent.get("/healthz");
+        if health.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(slow);
+    for trickle in trickles {
+        trickle.join().expect("the trickling thread");
+    }
+    let log = agent.log();
+    assert!(log.contains("http_body_timeout_ms"), "{log}");
+}
+
+/// A connection to `address` from `local`, an address of 127.0.0.0/8 (all
+/// of it is loopback on Linux).
+#[cfg(target_os = "linux")]
+fn connect_from(local: [u8; 4], address: SocketAddr) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a runtime");
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(SocketAddr::from((local, 0)))
+            .expect("bind the client's address");
+        socket.connect(address).await.expect("connect")
+    });
+    let stream = stream.into_std().expect("a std stream");
+    stream.set_nonblocking(false).expect("blocking");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    stream.set_write_timeout(Some(WAIT)).expect("write timeout");
+    stream
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn one_address_cannot_take_every_connection_and_other_addresses_are_still_served() {
+    let agent = Agent::start_with(
+        &[fixture("")],
+        "[host]\nhttp_max_connections = 8\nhttp_max_connections_per_address = 3\n",
+        false,
+    );
+    let first = [127, 0, 0, 1];
+    // Three slow bodies from one address: all it may hold.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = connect_from(first, agent.address);
+            stream
+                .write_all(message_head("Content-Length: 1000").as_bytes())
+                .expect("write the head");
+            stream.write_all(b" ").expect("a byte of the body");
+            stream
+        })
+        .collect();
+    // Let the server count them before the next ones arrive.
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..2 {
+        let mut more = connect_from(first, agent.address);
+        more.write_all(message_head("Content-Length: 1000").as_bytes())
+            .expect("write the head");
+        let (status, headers, error) = answer_within(&more, Duration::from_secs(5));
+        assert_eq!(status, 503, "{error}");
+        assert!(says_close(&headers), "{headers:?}");
+        assert!(
+            error.contains("at most 3 connections from one address"),
+            "{error}"
+        );
+    }
+    // Another address is served all the same.
+    let mut other = connect_from([127, 0, 0, 2], agent.address);
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: agent\r\n\r\n")
+        .expect("write a request");
+    let (status, _, error) = answer_within(&other, Duration::from_secs(5));
+    assert_eq!(status, 200, "{error}");
+    agent.wait_for_log("http_max_connections_per_address");
+    drop(held);
+}
+
+#[test]
+fn an_over_limit_content_length_or_chunk_size_is_refused_with_413_before_the_body() {
+    let agent = Agent::start_with(&[fixture("")], "", false);
+    let chunked = "Transfer-Encoding: chunked";
+    let too_large = format!("{:x}", 2 * 1024 * 1024 + 1);
+    let cases = [
+        (
+            message_head("Content-Length: 3000000"),
+            "larger than 2 MiB",
+            "3 MB Content-Length",
+        ),
+        (
+            format!("{}ffffffffffffffff\r\n", message_head(chunked)),
+            "larger than 2 MiB",
+            "a chunk size of 16 hex digits",
+        ),
+        (
+            format!("{}{too_large}\r\n", message_head(chunked)),
+            "larger than 2 MiB",
+            "a chunk one byte over the limit",
+        ),
+        (
+            format!(
+                "{}10\r\n{{\"text\": \"hi\"}}  \r\n{too_large}\r\n",
+                message_head(chunked)
+            ),
+            "larger than 2 MiB",
+            "a second chunk that takes the body over the limit",
+        ),
+        (
+            format!("{}00000000000000001\r\n", message_head(chunked)),
+            "more than 16 hex digits",
+            "a chunk size of 17 hex digits",
+        ),
+    ];
+    for (head, expected, case) in cases {
+        let mut stream = connect(agent.address);
+        stream.write_all(head.as_bytes()).expect("write the head");
+        let (status, headers, error) = answer_within(&stream, Duration::from_secs(5));
+        assert_eq!(status, 413, "{case}: {error}");
+        assert!(says_close(&headers), "{case}: {headers:?}");
+        assert!(error.contains(expected), "{case}: {error}");
+    }
+    // A chunked body within the limit is served, and so is the next request
+    // on the same connection.
+    let mut stream = connect(agent.address);
+    let body = r#"{"text": "hi"}"#;
+    let request = format!(
+        "{}{:x}\r\n{body}\r\n0\r\nX-Trailer: yes\r\n\r\n",
+        message_head(chunked),
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .expect("write a request");
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader);
+    assert_eq!(status, 200, "{headers:?}");
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("a Content-Length");
+    let mut reply = vec![0; length];
+    reader.read_exact(&mut reply).expect("the reply");
+    let (status, body) = get_keeping_alive(&mut reader, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    let refused = format!("{}ffffffff\r\n", message_head(chunked));
+    reader
+        .get_mut()
+        .write_all(refused.as_bytes())
+        .expect("write the head");
+    let (status, headers, error) = answer_within(reader.get_ref(), Duration::from_secs(5));
+    assert_eq!(status, 413, "{error}");
+    assert!(says_close(&headers), "{headers:?}");
 }

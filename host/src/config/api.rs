@@ -16,7 +16,9 @@
 //!
 //! A token is never written in the file: an entry that holds one (`token`,
 //! `secret`) is refused with an error naming the entry, and so is a
-//! `sha256` that is not 64 hex digits.
+//! `sha256` that is not exactly 64 hex digits. A token given by `env` is
+//! checked when it is read (`http/auth.rs`): at least 16 bytes, no
+//! whitespace.
 
 use serde::Deserialize;
 use std::fmt;
@@ -123,10 +125,10 @@ impl TryFrom<RawToken> for ApiToken {
             ));
         }
         let source = match (raw.sha256, raw.env) {
-            (Some(hex), None) => TokenSource::Sha256(parse_digest(&hex).ok_or_else(|| {
+            (Some(hex), None) => TokenSource::Sha256(parse_digest(&hex).map_err(|cause| {
                 format!(
                     "{entry}: `sha256` must be the token's SHA-256 as 64 hex digits \
-                     (printf %s \"$TOKEN\" | sha256sum), not the token itself"
+                     (printf %s \"$TOKEN\" | sha256sum), not the token itself; this one {cause}"
                 )
             })?),
             (None, Some(variable)) if !variable.trim().is_empty() => TokenSource::Env(variable),
@@ -150,18 +152,39 @@ impl TryFrom<RawToken> for ApiToken {
     }
 }
 
-/// 64 hex digits as 32 bytes.
-fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim().as_bytes();
-    if hex.len() != 64 {
-        return None;
+/// Exactly 64 hex digits (nothing around them) as 32 bytes, or what is
+/// wrong with `hex`.
+fn parse_digest(hex: &str) -> Result<[u8; 32], String> {
+    let characters = hex.chars().count();
+    if characters != 64 {
+        return Err(format!("has {characters} characters"));
+    }
+    if let Some((position, wrong)) = hex
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_hexdigit())
+    {
+        return Err(format!(
+            "has '{wrong}' at position {}, which is not a hex digit",
+            position + 1
+        ));
     }
     let mut digest = [0u8; 32];
-    for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
-        let text = std::str::from_utf8(pair).ok()?;
-        *byte = u8::from_str_radix(text, 16).ok()?;
+    for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        *byte = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
     }
-    Some(digest)
+    Ok(digest)
+}
+
+/// The value of one ASCII hex digit (0 for any other byte, which
+/// [`parse_digest`] has refused before).
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        b'A'..=b'F' => digit - b'A' + 10,
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +228,14 @@ mod tests {
                 "entry 'ops' holds its token in plain text (`secret`)",
             ),
             ("sha256 = \"hunter2\"\n", "entry 'ops': `sha256` must be"),
+            (
+                &format!("sha256 = \"{DIGEST} \"\n"),
+                "not the token itself; this one has 65 characters",
+            ),
+            (
+                &format!("sha256 = \"+{}\"\n", &DIGEST[1..]),
+                "this one has '+' at position 1, which is not a hex digit",
+            ),
             ("", "entry 'ops' has neither `sha256` nor `env`"),
         ] {
             let error = parse(&format!("{base}{extra}")).expect_err(extra);

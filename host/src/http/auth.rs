@@ -68,6 +68,27 @@ pub enum AccessError {
         /// The variable.
         variable: String,
     },
+    /// An `env` token has whitespace in it: at its end (a line break
+    /// copied from a file), at its start, or inside. A client never sends
+    /// it so (a header value loses the whitespace around it), so it would
+    /// never match.
+    Whitespace {
+        /// The entry's name.
+        entry: String,
+        /// The variable.
+        variable: String,
+        /// Where the whitespace is.
+        place: WhitespacePlace,
+    },
+    /// An `env` token is shorter than [`MIN_TOKEN_BYTES`].
+    TooShort {
+        /// The entry's name.
+        entry: String,
+        /// The variable.
+        variable: String,
+        /// The token's length in bytes.
+        bytes: usize,
+    },
     /// Two entries have the same name.
     DuplicateName {
         /// The name.
@@ -82,6 +103,36 @@ pub enum AccessError {
     },
 }
 
+/// The fewest bytes an API token may have: a shorter one is guessed too
+/// easily.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// Where a token has whitespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhitespacePlace {
+    /// At its start.
+    Start,
+    /// At its end (a line break, often).
+    End,
+    /// Between other characters.
+    Inside,
+}
+
+impl WhitespacePlace {
+    /// Where `token` has whitespace, if it has any.
+    fn of(token: &str) -> Option<Self> {
+        if token.starts_with(char::is_whitespace) {
+            Some(Self::Start)
+        } else if token.ends_with(char::is_whitespace) {
+            Some(Self::End)
+        } else if token.contains(char::is_whitespace) {
+            Some(Self::Inside)
+        } else {
+            None
+        }
+    }
+}
+
 impl fmt::Display for AccessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -89,6 +140,34 @@ impl fmt::Display for AccessError {
                 f,
                 "[[api.tokens]] entry '{entry}' wants its token in the environment variable \
                  {variable}, which is not set or empty"
+            ),
+            AccessError::Whitespace {
+                entry,
+                variable,
+                place,
+            } => {
+                let place = match place {
+                    WhitespacePlace::Start => "starts with whitespace",
+                    WhitespacePlace::End => "ends with whitespace (a line break?)",
+                    WhitespacePlace::Inside => "holds whitespace",
+                };
+                write!(
+                    f,
+                    "[[api.tokens]] entry '{entry}': the token in the environment variable \
+                     {variable} {place}, which no client can send in a header; set the \
+                     variable to the token alone (printf %s, not echo)"
+                )
+            }
+            AccessError::TooShort {
+                entry,
+                variable,
+                bytes,
+            } => write!(
+                f,
+                "[[api.tokens]] entry '{entry}': the token in the environment variable \
+                 {variable} is {bytes} byte{} long; a token has at least {MIN_TOKEN_BYTES} \
+                 bytes (head -c 32 /dev/urandom | base64)",
+                if *bytes == 1 { "" } else { "s" }
             ),
             AccessError::DuplicateName { entry } => {
                 write!(f, "two [[api.tokens]] entries are named '{entry}'")
@@ -126,7 +205,10 @@ impl ApiAccess {
             let digest = match &entry.source {
                 TokenSource::Sha256(digest) => *digest,
                 TokenSource::Env(variable) => match lookup(variable) {
-                    Some(token) if !token.is_empty() => digest_of(&token),
+                    Some(token) if !token.is_empty() => {
+                        check_token(&entry.name, variable, &token)?;
+                        digest_of(&token)
+                    }
                     _ => {
                         return Err(AccessError::MissingVariable {
                             entry: entry.name.clone(),
@@ -227,6 +309,26 @@ impl ApiAccess {
             _ => Ok(identity),
         }
     }
+}
+
+/// Refuses a token read from `variable` for `entry` that no client could
+/// send as it is (whitespace), or that is too short.
+fn check_token(entry: &str, variable: &str, token: &str) -> Result<(), AccessError> {
+    if let Some(place) = WhitespacePlace::of(token) {
+        return Err(AccessError::Whitespace {
+            entry: entry.to_string(),
+            variable: variable.to_string(),
+            place,
+        });
+    }
+    if token.len() < MIN_TOKEN_BYTES {
+        return Err(AccessError::TooShort {
+            entry: entry.to_string(),
+            variable: variable.to_string(),
+            bytes: token.len(),
+        });
+    }
+    Ok(())
 }
 
 /// The SHA-256 of a token.
@@ -407,7 +509,7 @@ mod tests {
             ],
         };
         ApiAccess::resolve(&settings, |v| {
-            (v == "BOT_TOKEN").then(|| "bot-secret".into())
+            (v == "BOT_TOKEN").then(|| "bot-secret-from-env".into())
         })
         .expect("resolves")
     }
@@ -421,7 +523,7 @@ mod tests {
         let access = access();
         for (presented, name) in [
             ("ops-secret", "ops"),
-            ("bot-secret", "bot"),
+            ("bot-secret-from-env", "bot"),
             ("watch-secret", "watch"),
         ] {
             let identity = access.identify(presented).expect(presented);
@@ -471,18 +573,21 @@ mod tests {
             Ok("ops".into())
         );
         assert_eq!(
-            reason(Some("Bearer bot-secret"), Some(Role::Chat)),
+            reason(Some("Bearer bot-secret-from-env"), Some(Role::Chat)),
             Ok("bot".into())
         );
         assert_eq!(
-            reason(Some("Bearer bot-secret"), Some(Role::Admin)),
+            reason(Some("Bearer bot-secret-from-env"), Some(Role::Admin)),
             Err((403, "wrong_role"))
         );
         assert_eq!(
             reason(Some("Bearer watch-secret"), Some(Role::Chat)),
             Err((403, "wrong_role"))
         );
-        assert_eq!(reason(Some("Bearer bot-secret"), None), Ok("bot".into()));
+        assert_eq!(
+            reason(Some("Bearer bot-secret-from-env"), None),
+            Ok("bot".into())
+        );
     }
 
     #[test]
@@ -517,11 +622,16 @@ mod tests {
         );
         let settings = ApiSettings {
             tokens: vec![
-                token("a", &[Role::Chat], TokenSource::Sha256(digest_of("same"))),
+                token(
+                    "a",
+                    &[Role::Chat],
+                    TokenSource::Sha256(digest_of("same-token-0123456789")),
+                ),
                 token("b", &[Role::Chat], TokenSource::Env("SAME".into())),
             ],
         };
-        let error = ApiAccess::resolve(&settings, |_| Some("same".into())).expect_err("twice");
+        let error = ApiAccess::resolve(&settings, |_| Some("same-token-0123456789".into()))
+            .expect_err("twice");
         assert!(
             matches!(error, AccessError::DuplicateToken { .. }),
             "{error}"
@@ -529,8 +639,55 @@ mod tests {
     }
 
     #[test]
+    fn an_env_token_with_whitespace_or_under_16_bytes_is_refused_naming_the_entry() {
+        let settings = ApiSettings {
+            tokens: vec![token("bot", &[Role::Chat], TokenSource::Env("T".into()))],
+        };
+        let refused = |value: &str| ApiAccess::resolve(&settings, |_| Some(value.into())).err();
+        let place = |place| {
+            Some(AccessError::Whitespace {
+                entry: "bot".into(),
+                variable: "T".into(),
+                place,
+            })
+        };
+        assert_eq!(
+            refused("a-token-of-32-bytes-from-a-file\n"),
+            place(WhitespacePlace::End)
+        );
+        assert_eq!(
+            refused("\ta-token-of-32-bytes-after-a-tab"),
+            place(WhitespacePlace::Start)
+        );
+        assert_eq!(
+            refused("a-token-of-32 bytes-with-a-space"),
+            place(WhitespacePlace::Inside)
+        );
+        let short = refused("fifteen-bytes-!").expect("too short");
+        assert_eq!(
+            short,
+            AccessError::TooShort {
+                entry: "bot".into(),
+                variable: "T".into(),
+                bytes: 15
+            }
+        );
+        assert!(
+            short.to_string().starts_with(
+                "[[api.tokens]] entry 'bot': the token in the environment variable T is 15 \
+                 bytes long; a token has at least 16 bytes"
+            ),
+            "{short}"
+        );
+        assert_eq!(refused("sixteen-bytes-!!"), None);
+    }
+
+    #[test]
     fn messages_take_the_tokens_sender_and_naming_another_is_refused() {
-        let identity = access().identify("bot-secret").cloned().expect("bot");
+        let identity = access()
+            .identify("bot-secret-from-env")
+            .cloned()
+            .expect("bot");
         let mut messages = vec![
             InboundMessage {
                 text: "a".into(),

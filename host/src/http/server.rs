@@ -4,10 +4,16 @@
 //! * a client that does not send a request's headers within the header
 //!   timeout, or leaves a connection idle past the idle timeout, is
 //!   disconnected ([`ConnectionClock`]);
-//! * at most `max_connections` are served at once; a connection beyond
-//!   them is answered `503` with `{"error": "..."}` at once, without
+//! * a request's body must all arrive within the body timeout, and a body
+//!   announced or chunked past the size limit is refused as soon as its
+//!   size is known ([`RequestBody`], `http/framing.rs`);
+//! * at most `max_connections` are served at once, and at most
+//!   `max_per_address` from one client address; a connection beyond
+//!   either is answered `503` with `{"error": "..."}` at once, without
 //!   waiting for its request, and closed. The log says so once each time
-//!   the limit is reached, and once when connections are accepted again;
+//!   a limit is reached, and once when connections are accepted again;
+//! * a response sent before its request's body was read to the end says
+//!   `Connection: close`, since hyper then closes the connection;
 //! * on shutdown it stops accepting, lets each connection finish the
 //!   request it is serving, and returns once all are closed.
 //!
@@ -15,17 +21,22 @@
 //! as an extension, for the audit log.
 
 use super::connection_clock::{ConnectionClock, TimedBody, Watched};
+use super::framing::{BodyFraming, BodySignal, Framed, NextBody};
+use super::request_body::{BodyProgress, RequestBody};
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
+use axum::http::header::CONNECTION;
+use axum::http::HeaderValue;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,8 +62,13 @@ pub(super) struct ConnectionLimits {
     pub(super) header_timeout: Duration,
     /// How long a connection may stay idle between requests.
     pub(super) idle_timeout: Duration,
+    /// How long a request's body may take to arrive, from its headers.
+    pub(super) body_timeout: Duration,
     /// The most connections served at once (at least one).
     pub(super) max_connections: u32,
+    /// The most connections served at once from one IP address (at least
+    /// one).
+    pub(super) max_per_address: u32,
 }
 
 impl ConnectionLimits {
@@ -61,9 +77,13 @@ impl ConnectionLimits {
         Self {
             header_timeout: Duration::from_millis(settings.http_header_timeout_ms),
             idle_timeout: Duration::from_millis(settings.http_idle_timeout_ms),
+            body_timeout: Duration::from_millis(settings.http_body_timeout_ms),
             max_connections: u32::try_from(settings.http_max_connections)
                 .unwrap_or(u32::MAX)
                 .clamp(1, u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX)),
+            max_per_address: u32::try_from(settings.http_max_connections_per_address)
+                .unwrap_or(u32::MAX)
+                .max(1),
         }
     }
 }
@@ -89,6 +109,8 @@ pub(super) async fn serve(
     let open = Arc::new(Semaphore::new(limits.max_connections as usize));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSALS as usize));
     let refusal = refusal(limits.max_connections);
+    let address_refusal = address_refusal(limits.max_per_address);
+    let addresses = Arc::new(Addresses::default());
     let (close, closing) = watch::channel(false);
     let mut at_limit = AtLimit::default();
     let mut accept_failed = false;
@@ -119,28 +141,35 @@ pub(super) async fn serve(
                 }
             }
         };
-        match Arc::clone(&open).try_acquire_owned() {
+        let answer = match Arc::clone(&open).try_acquire_owned() {
             Ok(permit) => {
                 at_limit.left();
-                let app = app.clone();
-                tokio::spawn(serve_connection(
-                    stream,
-                    peer,
-                    app,
-                    limits,
-                    permit,
-                    closing.clone(),
-                ));
+                match Addresses::enter(&addresses, peer.ip(), limits.max_per_address) {
+                    Some(place) => {
+                        let app = app.clone();
+                        tokio::spawn(serve_connection(
+                            stream,
+                            peer,
+                            app,
+                            limits,
+                            (permit, place),
+                            closing.clone(),
+                        ));
+                        continue;
+                    }
+                    None => &address_refusal,
+                }
             }
             Err(_) => {
                 at_limit.refused(limits.max_connections);
-                match Arc::clone(&refusing).try_acquire_owned() {
-                    Ok(permit) => {
-                        tokio::spawn(refuse_connection(stream, refusal.clone(), permit));
-                    }
-                    Err(_) => refuse_at_once(&stream, &refusal),
-                }
+                &refusal
             }
+        };
+        match Arc::clone(&refusing).try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(refuse_connection(stream, answer.clone(), permit));
+            }
+            Err(_) => refuse_at_once(&stream, answer),
         }
     }
     drop(listener);
@@ -184,6 +213,84 @@ impl AtLimit {
     }
 }
 
+/// The connections open from each client address.
+#[derive(Debug, Default)]
+struct Addresses {
+    open: Mutex<HashMap<IpAddr, PerAddress>>,
+}
+
+/// One address's connections.
+#[derive(Debug, Default)]
+struct PerAddress {
+    /// How many are open.
+    open: u32,
+    /// How many were refused since it reached its limit, if it has.
+    refused: Option<u64>,
+}
+
+/// A connection's place among its address's; given back when dropped.
+#[derive(Debug)]
+struct AddressPlace {
+    addresses: Arc<Addresses>,
+    address: IpAddr,
+}
+
+impl Addresses {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, PerAddress>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for one more connection from `address`, unless it has
+    /// `max_per_address` open already (the first refusal of a run is
+    /// logged).
+    fn enter(this: &Arc<Self>, address: IpAddr, max_per_address: u32) -> Option<AddressPlace> {
+        // An IPv4 client of an IPv6 socket is the same client.
+        let address = address.to_canonical();
+        let mut open = this.lock();
+        let entry = open.entry(address).or_default();
+        if entry.open >= max_per_address {
+            match &mut entry.refused {
+                Some(count) => *count += 1,
+                None => {
+                    tracing::warn!(
+                        %address,
+                        "HTTP connections from {address} reached their limit \
+                         ({max_per_address} open, http_max_connections_per_address): its new \
+                         connections get 503 until some close"
+                    );
+                    entry.refused = Some(1);
+                }
+            }
+            return None;
+        }
+        entry.open += 1;
+        Some(AddressPlace {
+            addresses: Arc::clone(this),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut open = self.addresses.lock();
+        if let Some(entry) = open.get_mut(&self.address) {
+            entry.open = entry.open.saturating_sub(1);
+            if entry.open == 0 {
+                if let Some(count) = entry.refused {
+                    tracing::info!(
+                        address = %self.address,
+                        "HTTP connections from {} are accepted again; {count} refused while \
+                         at the limit",
+                        self.address
+                    );
+                }
+                open.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// Errors of one connection that was never accepted; the next one may be.
 fn is_connection_error(error: &io::Error) -> bool {
     matches!(
@@ -196,34 +303,60 @@ fn is_connection_error(error: &io::Error) -> bool {
 
 /// Serves one connection until the client closes it, a timeout of its
 /// [`ConnectionClock`] ends it, or the server shuts down (once the request
-/// being served, if any, is answered). Holds its place among the open
-/// connections until then.
+/// being served, if any, is answered). Holds its places among the open
+/// connections, and among its address's, until then.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
     limits: ConnectionLimits,
-    _open: OwnedSemaphorePermit,
+    _places: (OwnedSemaphorePermit, AddressPlace),
     mut closing: watch::Receiver<bool>,
 ) {
     let clock = ConnectionClock::start(limits.header_timeout, limits.idle_timeout);
     let requests = Arc::clone(&clock);
+    let next_body = Arc::new(NextBody::default());
+    let framed_bodies = Arc::clone(&next_body);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        // hyper calls this as soon as it has read the head, before it reads
+        // any of the body: the stream learns how the body is framed first.
         let responding = requests.request_started();
+        let signal = Arc::new(BodySignal::default());
+        framed_bodies.set(BodyFraming::of(request.body()), Arc::clone(&signal));
+        let progress = Arc::new(BodyProgress::default());
         request.extensions_mut().insert(ConnectInfo(peer));
+        let request = request.map(|body| {
+            Body::new(RequestBody::new(
+                body,
+                limits.body_timeout,
+                signal,
+                Arc::clone(&progress),
+                peer,
+            ))
+        });
         let mut app = app.clone().into_service::<Body>();
         async move {
             std::future::poll_fn(|cx| app.poll_ready(cx)).await?;
-            let response = app.call(request.map(Body::new)).await?;
+            let mut response = app.call(request).await?;
+            if !progress.has_ended() {
+                // hyper will not read the rest: the connection ends here.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(response.map(|body| TimedBody::new(body, responding)))
         }
     });
+    let limit = u64::try_from(super::MAX_REQUEST_BYTES).unwrap_or(u64::MAX);
     // The clock keeps the time; hyper's own header timeout would also end
     // idle connections at the header timeout.
     let connection = http1::Builder::new()
         .header_read_timeout(None)
         .serve_connection(
-            TokioIo::new(Watched::new(stream, Arc::clone(&clock))),
+            TokioIo::new(Watched::new(
+                Framed::new(stream, limit, next_body),
+                Arc::clone(&clock),
+            )),
             service,
         );
     tokio::pin!(connection);
@@ -256,12 +389,22 @@ async fn serve_connection(
 /// `{"error": "..."}`, sent without waiting for the request so that a
 /// client that sends nothing costs nothing.
 fn refusal(max_connections: u32) -> Bytes {
-    let body = serde_json::json!({
-        "error": format!(
-            "the agent serves at most {max_connections} connections at once; try again later"
-        )
-    })
-    .to_string();
+    service_unavailable(&format!(
+        "the agent serves at most {max_connections} connections at once; try again later"
+    ))
+}
+
+/// The answer to a connection beyond its address's limit, as [`refusal`].
+fn address_refusal(max_per_address: u32) -> Bytes {
+    service_unavailable(&format!(
+        "the agent serves at most {max_per_address} connections from one address at once; \
+         close one or try again later"
+    ))
+}
+
+/// A whole `503` answer with `{"error": error}` that closes the connection.
+fn service_unavailable(error: &str) -> Bytes {
+    let body = serde_json::json!({ "error": error }).to_string();
     Bytes::from(format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -12,7 +12,7 @@
 use super::context::view_of;
 use super::plan::ServingPlan;
 use super::run::{late, lock, MessageRun, ReplyTo, Seen};
-use super::{refused, Evaluations, InboundMessage, Reply};
+use super::{refused, Answered, Evaluations, InboundMessage, Reply};
 use crate::plugin::{CallError, MessageRef};
 use crate::registry::inflight::Entry;
 use crate::registry::Registry;
@@ -31,7 +31,7 @@ pub(crate) struct Batch {
     messages: Vec<InboundMessage>,
     /// One per message answered so far, with the context it saw.
     answered: Mutex<Vec<(Reply, Arc<str>)>>,
-    waiting: Mutex<Option<oneshot::Sender<Vec<Reply>>>>,
+    waiting: Mutex<Option<oneshot::Sender<Answered<Vec<Reply>>>>>,
 }
 
 /// The evaluators of a batch: one job per evaluator of the plan, each
@@ -53,11 +53,13 @@ struct BatchEvaluation {
 pub(super) fn start(
     core: &Arc<Registry>,
     messages: Vec<InboundMessage>,
-    waiting: oneshot::Sender<Vec<Reply>>,
+    waiting: oneshot::Sender<Answered<Vec<Reply>>>,
 ) -> Option<Arc<MessageRun>> {
     let first = messages.first()?.clone();
     if !core.admission.enter_detached() {
-        let _ = waiting.send(messages.iter().map(|m| refused(&m.id)).collect());
+        let _ = waiting.send(Answered::ShuttingDown(
+            messages.iter().map(|m| refused(&m.id)).collect(),
+        ));
         return None;
     }
     let batch = Arc::new(Batch {
@@ -95,7 +97,7 @@ impl Batch {
     fn send(&self, replies: Vec<Reply>) {
         if let Some(waiting) = lock(&self.waiting).take() {
             // Nobody waits any more (a client gone): the replies are dropped.
-            let _ = waiting.send(replies);
+            let _ = waiting.send(Answered::Served(replies));
         }
     }
 

@@ -74,6 +74,25 @@ fn refused(id: &str) -> Reply {
     }
 }
 
+/// What came of a message (or a batch): served, or refused unseen because
+/// the host is shutting down (`T` is then the refusal, [`SHUTTING_DOWN`]),
+/// so that a front-end can answer a refusal its own way.
+pub(crate) enum Answered<T> {
+    /// The pipeline ran it.
+    Served(T),
+    /// The host was shutting down: no plugin saw it.
+    ShuttingDown(T),
+}
+
+impl<T> Answered<T> {
+    /// The reply, served or refused.
+    fn into_reply(self) -> T {
+        match self {
+            Answered::Served(reply) | Answered::ShuttingDown(reply) => reply,
+        }
+    }
+}
+
 /// The reply when the work on a message was lost (it cannot happen unless
 /// a thread of the host died).
 fn lost(id: &str) -> Reply {
@@ -99,8 +118,10 @@ pub fn handle_message(core: &Arc<Registry>, message: InboundMessage) -> Reply {
         run.drive(0);
     }
     match receiver.try_recv() {
-        Ok(reply) => reply,
-        Err(_) => receiver.blocking_recv().unwrap_or_else(|_| lost(&id)),
+        Ok(answered) => answered.into_reply(),
+        Err(_) => receiver
+            .blocking_recv()
+            .map_or_else(|_| lost(&id), Answered::into_reply),
     }
 }
 
@@ -108,6 +129,17 @@ pub fn handle_message(core: &Arc<Registry>, message: InboundMessage) -> Reply {
 /// for its reply, which comes on time even when a plugin call hangs (the
 /// late call is abandoned and reported).
 pub async fn answer(core: &Arc<Registry>, message: InboundMessage) -> Reply {
+    answer_unless_shutting_down(core, message)
+        .await
+        .into_reply()
+}
+
+/// [`answer`], saying whether the message was refused because the host is
+/// shutting down.
+pub(crate) async fn answer_unless_shutting_down(
+    core: &Arc<Registry>,
+    message: InboundMessage,
+) -> Answered<Reply> {
     let id = message.id.clone();
     let (sender, receiver) = oneshot::channel();
     let core_bg = Arc::clone(core);
@@ -116,7 +148,9 @@ pub async fn answer(core: &Arc<Registry>, message: InboundMessage) -> Reply {
             run.drive(0);
         }
     });
-    receiver.await.unwrap_or_else(|_| lost(&id))
+    receiver
+        .await
+        .unwrap_or_else(|_| Answered::Served(lost(&id)))
 }
 
 /// Runs several messages on this thread: each is answered in turn, then
@@ -129,8 +163,11 @@ pub fn handle_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) -> Vec<
         run.drive(0);
     }
     match receiver.try_recv() {
-        Ok(replies) => replies,
-        Err(_) => receiver.blocking_recv().unwrap_or_default(),
+        Ok(answered) => answered.into_reply(),
+        Err(_) => receiver
+            .blocking_recv()
+            .map(Answered::into_reply)
+            .unwrap_or_default(),
     }
 }
 
@@ -138,6 +175,17 @@ pub fn handle_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) -> Vec<
 /// and returns the replies when they are ready: on time even when a plugin
 /// call hangs.
 pub async fn answer_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) -> Vec<Reply> {
+    answer_batch_unless_shutting_down(core, messages)
+        .await
+        .into_reply()
+}
+
+/// [`answer_batch`], saying whether the batch was refused because the host
+/// is shutting down.
+pub(crate) async fn answer_batch_unless_shutting_down(
+    core: &Arc<Registry>,
+    messages: Vec<InboundMessage>,
+) -> Answered<Vec<Reply>> {
     let (sender, receiver) = oneshot::channel();
     let core_bg = Arc::clone(core);
     core.runtime().spawn_blocking(move || {
@@ -145,5 +193,7 @@ pub async fn answer_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) -
             run.drive(0);
         }
     });
-    receiver.await.unwrap_or_default()
+    receiver
+        .await
+        .unwrap_or_else(|_| Answered::Served(Vec::new()))
 }

@@ -22,7 +22,7 @@
 use super::batch::Batch;
 use super::message::{InboundMessage, Reply};
 use super::plan::ServingPlan;
-use super::{action, choose, evaluate, state};
+use super::{action, choose, evaluate, state, Answered};
 use crate::registry::Registry;
 use crate::watchdog::relay::{Relay, Relayed};
 use crate::watchdog::Watched;
@@ -84,7 +84,7 @@ pub(crate) struct MessageRun {
 /// Where a message's reply goes.
 pub(crate) enum ReplyTo {
     /// To whoever waits on the channel.
-    Waiting(oneshot::Sender<Reply>),
+    Waiting(oneshot::Sender<Answered<Reply>>),
     /// Into message number `.1` of a batch, whose next message (or whose
     /// evaluation) the thread that finishes this one carries on with.
     Batch(Arc<Batch>, usize),
@@ -109,7 +109,7 @@ impl MessageRun {
         let admitted = matches!(reply_to, ReplyTo::Waiting(_));
         if admitted && !core.admission.enter_detached() {
             if let ReplyTo::Waiting(waiting) = reply_to {
-                let _ = waiting.send(super::refused(&message.id));
+                let _ = waiting.send(Answered::ShuttingDown(super::refused(&message.id)));
             }
             return None;
         }
@@ -203,7 +203,7 @@ impl MessageRun {
         match lock(&self.reply_to).take()? {
             ReplyTo::Waiting(waiting) => {
                 // Nobody waits any more (a client gone): the reply is dropped.
-                let _ = waiting.send(reply);
+                let _ = waiting.send(Answered::Served(reply));
                 None
             }
             ReplyTo::Batch(batch, index) => batch.answered(index, reply, self.context()),
