@@ -290,7 +290,12 @@ fn only_files_known_to_be_in_process_serve(program: &Path, cause: &str) {
         ],
     );
     let agent = load(program, "", &trust, &[plain]);
-    assert_eq!(agent.report.failures.len(), 1, "{:?}", agent.report.failures);
+    assert_eq!(
+        agent.report.failures.len(),
+        1,
+        "{:?}",
+        agent.report.failures
+    );
     let error = agent.report.failures[0].error.to_string();
     assert!(error.contains(cause), "{error}");
     assert!(
