@@ -623,29 +623,13 @@ fn on_sigterm_connections_without_a_request_in_progress_are_closed_at_once() {
 fn answer_within(stream: &TcpStream, limit: Duration) -> (u16, Vec<(String, String)>, String) {
     stream.set_read_timeout(Some(limit)).expect("read timeout");
     let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
-    let mut line = String::new();
-    if let Err(error) = reader.read_line(&mut line) {
+    if let Err(error) = reader.fill_buf() {
         panic!("no answer within {} ms: {error}", limit.as_millis());
     }
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).expect("header line");
-        let trimmed = line.trim_end();
-        if trimmed.is_empty() {
-            break;
-        }
-        let (name, value) = trimmed.split_once(':').expect("a header");
-        headers.push((name.trim().to_lowercase(), value.trim().to_string()));
-    }
+    let (status, headers) = read_head(&mut reader);
     let length: usize = headers
         .iter()
-        .find(|(n, _)| n == "content-length")
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or_else(|| panic!("a Content-Length: {headers:?}"));
     let mut body = vec![0; length];

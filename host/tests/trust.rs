@@ -514,30 +514,6 @@ fn ten_isolated_reloads_leave_the_serving_copy_only() {
     );
 }
 
-/// Runs `script` with `$1` = `path` as the user `nobody` (uid and gid
-/// 65534, no groups) through `setpriv`; whether it succeeded. `None` when
-/// this process cannot become that user (the reason is printed).
-#[cfg(unix)]
-fn as_nobody(script: &str, path: &Path) -> Option<bool> {
-    use std::process::Stdio;
-    let run = |script: &str| {
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .args(["sh", "-c", script, "sh"])
-            .arg(path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-    };
-    match run("true") {
-        Ok(status) if status.success() => run(script).ok().map(|s| s.success()),
-        outcome => {
-            eprintln!("skipped: cannot run a command as uid 65534 with setpriv: {outcome:?}");
-            None
-        }
-    }
-}
-
 #[cfg(unix)]
 #[test]
 fn another_local_user_can_neither_reach_nor_replace_a_copy_of_a_world_writable_file() {
@@ -577,7 +553,7 @@ fn another_local_user_can_neither_reach_nor_replace_a_copy_of_a_world_writable_f
         eprintln!("skipped the second user's attempts: they need root to become uid 65534");
         return;
     }
-    let Some(listed) = as_nobody("ls \"$1\"", folder) else {
+    let Some(listed) = test_support::as_nobody("ls \"$1\"", folder) else {
         return;
     };
     assert!(!listed, "another user lists the folder");
@@ -591,7 +567,11 @@ fn another_local_user_can_neither_reach_nor_replace_a_copy_of_a_world_writable_f
         ("removes the copy", "rm -f \"$1\""),
     ];
     for (what, script) in attempts {
-        assert_eq!(as_nobody(script, copy), Some(false), "another user {what}");
+        assert_eq!(
+            test_support::as_nobody(script, copy),
+            Some(false),
+            "another user {what}"
+        );
     }
     assert_eq!(
         std::fs::read(copy).expect("read"),

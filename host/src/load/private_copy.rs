@@ -348,30 +348,6 @@ mod tests {
         assert!(fresh.path().is_dir());
     }
 
-    /// Runs `script` (with `$1` = `path`) as the user `nobody` (uid and gid
-    /// 65534, no groups); whether it succeeded. `None` when this process
-    /// cannot become another user (the reason is printed).
-    #[cfg(unix)]
-    fn as_nobody(script: &str, path: &Path) -> Option<bool> {
-        use std::process::{Command, Stdio};
-        let run = |script: &str| {
-            Command::new("setpriv")
-                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-                .args(["sh", "-c", script, "sh"])
-                .arg(path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-        };
-        match run("true") {
-            Ok(status) if status.success() => run(script).ok().map(|s| s.success()),
-            outcome => {
-                eprintln!("skipped: cannot run a command as uid 65534 with setpriv: {outcome:?}");
-                None
-            }
-        }
-    }
-
     #[cfg(unix)]
     #[test]
     fn a_copy_is_read_only_in_a_folder_that_only_its_user_can_open() {
@@ -397,7 +373,7 @@ mod tests {
             return;
         }
         let folder = shadow.path().to_path_buf();
-        let Some(listed) = as_nobody("ls \"$1\"", &folder) else {
+        let Some(listed) = test_support::as_nobody("ls \"$1\"", &folder) else {
             return;
         };
         assert!(!listed, "another user lists the folder");
@@ -411,7 +387,11 @@ mod tests {
             ("removes the copy", "rm -f \"$1\""),
         ];
         for (what, script) in attempts {
-            assert_eq!(as_nobody(script, &copy), Some(false), "another user {what}");
+            assert_eq!(
+                test_support::as_nobody(script, &copy),
+                Some(false),
+                "another user {what}"
+            );
         }
         assert_eq!(std::fs::read(&copy).expect("read"), b"library bytes");
     }

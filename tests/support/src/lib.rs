@@ -314,3 +314,29 @@ pub fn add_as(dir: &Path, file: &Path, name: &str) -> PathBuf {
     std::fs::copy(file, &target).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
     target
 }
+
+/// Runs `script` (a `sh -c` script, with `$1` = `path`) as the user
+/// `nobody` (uid and gid 65534, no groups) through `setpriv`; whether it
+/// succeeded. `None` when this process cannot become that user, which needs
+/// root (the reason is printed): a test of what another local user can do
+/// then skips.
+#[cfg(unix)]
+pub fn as_nobody(script: &str, path: &Path) -> Option<bool> {
+    use std::process::{Command, Stdio};
+    let run = |script: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["sh", "-c", script, "sh"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    };
+    match run("true") {
+        Ok(status) if status.success() => run(script).ok().map(|s| s.success()),
+        outcome => {
+            eprintln!("skipped: cannot run a command as uid 65534 with setpriv: {outcome:?}");
+            None
+        }
+    }
+}
