@@ -123,10 +123,16 @@ fn restarts() {
     let serving = |old: u32| {
         let started = Instant::now();
         loop {
-            if let Some(pid) = pid_of(&host, "faulty").filter(|p| *p != old) {
-                if host.handle_message(message("fault ping")).text == format!("pong from {pid}") {
-                    return;
-                }
+            // A new worker, and an answer from it (it sees itself as
+            // process 2 of its own PID namespace, whatever its pid here).
+            let replaced = pid_of(&host, "faulty").is_some_and(|pid| pid != old);
+            if replaced
+                && host
+                    .handle_message(message("fault ping"))
+                    .text
+                    .starts_with("pong from ")
+            {
+                return;
             }
             assert!(started.elapsed() < Duration::from_secs(10), "never served");
             std::thread::sleep(Duration::from_micros(200));
@@ -189,24 +195,21 @@ fn rss_of(pid: u32) -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// Resident bytes of this process and its children (the workers).
+/// Resident bytes of this process and every process under it: each
+/// worker is a keeper, an init and the worker proper, one under the other,
+/// and workers are children of whichever host thread started them.
 fn rss_with_workers() -> u64 {
-    let me = std::process::id();
-    let children =
-        std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default();
-    let mut total = rss_of(me);
-    // Workers are started by a thread of their own, so they are children of
-    // that thread: look through every thread's list.
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{me}/task")) {
+    rss_of_tree(std::process::id())
+}
+
+fn rss_of_tree(pid: u32) -> u64 {
+    let mut total = rss_of(pid);
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
             let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for pid in list.split_whitespace().filter_map(|p| p.parse().ok()) {
-                total += rss_of(pid);
+            for child in list.split_whitespace().filter_map(|p| p.parse().ok()) {
+                total += rss_of_tree(child);
             }
-        }
-    } else {
-        for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
-            total += rss_of(pid);
         }
     }
     total
