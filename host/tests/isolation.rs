@@ -801,6 +801,53 @@ mod hostile {
         );
     }
 
+    #[test]
+    fn a_granted_path_swapped_for_a_link_widens_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inner = dir.path().join("inner");
+        std::fs::create_dir(&inner).expect("a folder");
+        open_to_the_worker_user(dir.path());
+        let grants = [
+            format!("filesystem:write:{}", dir.path().display()),
+            format!("filesystem:write:{}", inner.display()),
+        ];
+        let Some((agent, _folder)) = sandboxed(&grants) else {
+            return;
+        };
+        assert!(refused(&attempt(&agent, "read", json!("/etc/passwd"))));
+        let swapped = attempt(&agent, "swap_for_link", json!([inner, "/"]));
+        assert_eq!(swapped["ok"], json!(true), "{swapped}");
+        // A crash the plugin causes starts a new worker from the same
+        // grants, which now name a link to `/`.
+        let old = worker_pid(&agent).expect("a worker");
+        assert!(!say(&agent, "fault abort").ok);
+        let started = Instant::now();
+        loop {
+            let read = agent
+                .host
+                .call_service("faulty", "read", &json!("/etc/passwd"));
+            assert!(
+                read.as_ref().map_or(true, refused),
+                "the new worker read /etc/passwd through the link: {read:?}"
+            );
+            let refused_restart = agent
+                .host
+                .status("faulty")
+                .and_then(|s| s.worker)
+                .and_then(|w| w.last_crash)
+                .is_some_and(|crash| crash.contains("symbolic link"));
+            if refused_restart {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the restart was neither refused nor an escape"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_ne!(worker_pid(&agent), Some(old));
+    }
+
     /// Whether another process holds a lock on `path`.
     fn locked(path: &std::path::Path) -> bool {
         use std::os::fd::AsRawFd;

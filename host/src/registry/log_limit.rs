@@ -91,11 +91,18 @@ impl LogLimiter {
     }
 }
 
-/// `line`, cut to [`MAX_LINE_BYTES`] (at a character boundary) with a note
-/// of how many bytes were cut.
+/// `line` as one line of the host's log: its line breaks written as `\n`
+/// and `\r` (a plugin's text must not start a line that reads like the
+/// host's own), cut to [`MAX_LINE_BYTES`] (at a character boundary) with a
+/// note of how many bytes were cut.
 pub(crate) fn cut(line: &str) -> Cow<'_, str> {
+    let line: Cow<'_, str> = if line.contains(['\n', '\r']) {
+        Cow::Owned(line.replace('\n', "\\n").replace('\r', "\\r"))
+    } else {
+        Cow::Borrowed(line)
+    };
     if line.len() <= MAX_LINE_BYTES {
-        return Cow::Borrowed(line);
+        return line;
     }
     let mut end = MAX_LINE_BYTES;
     while !line.is_char_boundary(end) {
@@ -106,6 +113,21 @@ pub(crate) fn cut(line: &str) -> Cow<'_, str> {
         &line[..end],
         line.len() - end
     ))
+}
+
+#[cfg(test)]
+mod one_line {
+    use super::cut;
+
+    #[test]
+    fn a_plugin_line_cannot_start_another_line_of_the_log() {
+        let forged = "done\n2026-12-07T00:00:00Z ERROR agent_host: forged\r";
+        assert_eq!(
+            cut(forged),
+            "done\\n2026-12-07T00:00:00Z ERROR agent_host: forged\\r"
+        );
+        assert!(matches!(cut("plain"), std::borrow::Cow::Borrowed("plain")));
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@
 //!    connecting to each granted TCP port. UDP is not restricted by landlock.
 //!    The plugin's copy gets its rule from the open file the host passed,
 //!    when it did: the worker's user may not be able to reach its path.
+//!    A granted path is opened without following any symbolic link (a
+//!    plugin that may write above its grant could swap it for a link);
+//!    system paths may be links.
 //! 5. Seccomp, on every thread of the process: `EPERM` for the system calls
 //!    that debug other processes, change mounts or namespaces, load kernel
 //!    code, or reach kernel interfaces a plugin has no use for (io_uring
@@ -44,9 +47,9 @@ use super::confine;
 use super::{Protections, SandboxError};
 use crate::isolation::policy::{is_system_path, NetworkGrant, ResourceLimits, SandboxPolicy};
 use landlock::{
-    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus,
-    NetPort, PathBeneath, RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError,
-    RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, NetPort, PathBeneath,
+    RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
+    ABI,
 };
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use std::os::fd::{AsFd, OwnedFd};
@@ -69,8 +72,8 @@ pub(super) fn apply(
         policy,
         protections: Protections::default(),
     };
-    check_grants(policy, copy.is_none())?;
-    // Opened before the worker may lose the right to reach the path.
+    // Opened before the worker may lose the right to reach them.
+    let grants = open_grants(policy)?;
     let copy = match copy {
         Some(file) => file.as_fd().try_clone_to_owned(),
         None => std::fs::File::open(&policy.copy).map(OwnedFd::from),
@@ -107,7 +110,7 @@ pub(super) fn apply(
         run.check("no_new_privs", no_new_privs)?;
     }
 
-    match landlock(policy, &copy, threads) {
+    match landlock(policy, &copy, &grants, threads) {
         Ok(outcome) => {
             run.protections.landlock_filesystem = outcome.filesystem;
             run.protections.landlock_network = outcome.network;
@@ -181,27 +184,98 @@ impl Run<'_> {
     }
 }
 
-/// Every path the operator granted (the plugin's copy included, unless it
-/// came as an open file) must exist: a grant of nothing is a mistake to
-/// report, not a rule to skip. Missing system paths are skipped.
-fn check_grants(policy: &SandboxPolicy, with_copy: bool) -> Result<(), SandboxError> {
-    let copy = with_copy.then_some(&policy.copy);
-    let granted = copy
-        .into_iter()
-        .chain(&policy.read_exec)
-        .chain(&policy.read)
-        .chain(&policy.write)
-        .filter(|path| !is_system_path(path));
-    for path in granted {
-        if let Err(e) = std::fs::metadata(path) {
-            return Err(SandboxError::new(
-                &policy.plugin,
-                "filesystem grants",
-                format!("'{}': {e}", path.display()),
-            ));
+/// A path the policy grants, opened (`O_PATH`) for its landlock rule.
+struct OpenedPath {
+    fd: OwnedFd,
+    /// A file, not a folder: its rule takes only file rights.
+    file: bool,
+}
+
+/// The policy's paths, opened.
+struct OpenedGrants {
+    read_exec: Vec<OpenedPath>,
+    read: Vec<OpenedPath>,
+    write: Vec<OpenedPath>,
+}
+
+/// Opens every path the policy grants, for the landlock rules. A granted
+/// path that does not exist is an error (a grant of nothing is a mistake
+/// to report, not a rule to skip); a system path a system lacks is
+/// skipped.
+///
+/// A granted path is resolved without following any symbolic link, at
+/// any of its components: a plugin that may write in a folder above one of
+/// its grants could otherwise swap the granted path for a link to `/`, and
+/// the next worker (after a crash it caused, say) would be granted
+/// whatever the link names. The system paths, which only root can change,
+/// may be links (`/lib` on merged-`/usr` systems).
+fn open_grants(policy: &SandboxPolicy) -> Result<OpenedGrants, SandboxError> {
+    let open_all = |paths: &[std::path::PathBuf]| -> Result<Vec<OpenedPath>, SandboxError> {
+        let mut opened = Vec::new();
+        for path in paths {
+            let system = is_system_path(path);
+            match open_path(path, system) {
+                Ok(path) => opened.push(path),
+                Err(e) if system && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let cause = if e.raw_os_error() == Some(libc::ELOOP) {
+                        "a symbolic link is on the way, and the sandbox follows none in a \
+                         grant: grant the path the link leads to"
+                            .to_owned()
+                    } else {
+                        e.to_string()
+                    };
+                    return Err(SandboxError::new(
+                        &policy.plugin,
+                        "filesystem grants",
+                        format!("'{}': {cause}", path.display()),
+                    ));
+                }
+            }
         }
-    }
-    Ok(())
+        Ok(opened)
+    };
+    Ok(OpenedGrants {
+        read_exec: open_all(&policy.read_exec)?,
+        read: open_all(&policy.read)?,
+        write: open_all(&policy.write)?,
+    })
+}
+
+/// Opens `path` as a handle for a rule; without following symbolic links
+/// unless it is a system path.
+fn open_path(path: &std::path::Path, system: bool) -> std::io::Result<OpenedPath> {
+    use rustix::fs::{fstat, openat2, FileType, Mode, OFlags, ResolveFlags, CWD};
+    let resolve = if system {
+        ResolveFlags::empty()
+    } else {
+        ResolveFlags::NO_SYMLINKS
+    };
+    let fd = openat2(
+        CWD,
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        resolve,
+    )?;
+    let file = FileType::from_raw_mode(fstat(&fd)?.st_mode) != FileType::Directory;
+    Ok(OpenedPath { fd, file })
+}
+
+/// The rules of `paths`, each with `access` (its file rights only, for a
+/// file).
+fn rules(
+    paths: &[OpenedPath],
+    access: landlock::BitFlags<AccessFs>,
+) -> impl Iterator<Item = Result<PathBeneath<std::os::fd::BorrowedFd<'_>>, RulesetError>> {
+    paths.iter().map(move |path| {
+        let access = if path.file {
+            access & AccessFs::from_file(NEWEST_ABI)
+        } else {
+            access
+        };
+        Ok(PathBeneath::new(path.fd.as_fd(), access))
+    })
 }
 
 fn no_new_privs_set() -> Result<(), String> {
@@ -255,6 +329,7 @@ struct LandlockOutcome {
 fn landlock(
     policy: &SandboxPolicy,
     copy: &OwnedFd,
+    grants: &OpenedGrants,
     threads: Option<usize>,
 ) -> Result<LandlockOutcome, Shortfall> {
     const FILESYSTEM: &str = "landlock filesystem";
@@ -299,19 +374,9 @@ fn landlock(
         .map_err(|e| Shortfall::new(LANDLOCK, e))?
         .set_compatibility(CompatLevel::BestEffort)
         .add_rule(PathBeneath::new(copy, AccessFs::from_read(NEWEST_ABI)))
-        .and_then(|r| {
-            r.add_rules(path_beneath_rules(
-                &policy.read_exec,
-                AccessFs::from_read(NEWEST_ABI),
-            ))
-        })
-        .and_then(|r| r.add_rules(path_beneath_rules(&policy.read, read)))
-        .and_then(|r| {
-            r.add_rules(path_beneath_rules(
-                &policy.write,
-                AccessFs::from_all(NEWEST_ABI),
-            ))
-        })
+        .and_then(|r| r.add_rules(rules(&grants.read_exec, AccessFs::from_read(NEWEST_ABI))))
+        .and_then(|r| r.add_rules(rules(&grants.read, read)))
+        .and_then(|r| r.add_rules(rules(&grants.write, AccessFs::from_all(NEWEST_ABI))))
         .and_then(|r| {
             r.add_rules(
                 ports

@@ -74,6 +74,10 @@ mod filters {
         libc::SYS_io_uring_setup,
         libc::SYS_io_uring_enter,
         libc::SYS_io_uring_register,
+        // Memory in a memory file counts against no limit of the worker's
+        // until it is mapped: a plugin could fill the host's memory with it.
+        libc::SYS_memfd_create,
+        libc::SYS_memfd_secret,
         #[cfg(target_arch = "x86_64")]
         libc::SYS_iopl,
         #[cfg(target_arch = "x86_64")]

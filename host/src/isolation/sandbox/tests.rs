@@ -71,6 +71,8 @@ enum Attempt {
     LeaveADescendant(u32),
     /// Start this many threads (each sleeps a second); how many started.
     Threads(usize),
+    /// `memfd_create`.
+    Memfd,
     /// `unshare(CLONE_NEWUSER)`.
     Unshare,
     /// `clone(CLONE_NEWUSER | SIGCHLD)`: a child in a new user namespace.
@@ -205,6 +207,16 @@ fn attempt(attempt: &Attempt, protections: &Protections) -> String {
         },
         Attempt::ConnectNamed(path) => outcome(UnixStream::connect(path).map(drop)),
         Attempt::Identity => identity(),
+        Attempt::Memfd => {
+            // SAFETY: the name is a C string literal; the descriptor, if
+            // any, is closed at once.
+            let fd = unsafe { libc::memfd_create(c"probe".as_ptr(), libc::MFD_CLOEXEC) };
+            if fd >= 0 {
+                // SAFETY: `fd` is a new descriptor nothing else owns.
+                unsafe { libc::close(fd) };
+            }
+            os_result(fd.into())
+        }
         Attempt::LeaveADescendant(seconds) => leave_a_descendant(*seconds),
         Attempt::Threads(count) => {
             let mut started = Vec::new();
@@ -957,4 +969,35 @@ fn best_effort_reports_what_is_missing() {
             "{protections:?}"
         );
     }
+}
+
+#[test]
+fn a_granted_path_with_a_symbolic_link_on_the_way_is_refused() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).expect("a folder");
+    // A link to `/` where a granted folder was, as a plugin that may write
+    // beside its grant could make one between two workers.
+    let link = dir.path().join("granted");
+    std::os::unix::fs::symlink("/", &link).expect("a link");
+    for path in [link.clone(), link.join("etc")] {
+        let result = run_probe(&strict(&[grant("read", &path)]), Attempt::Protections);
+        assert!(result.starts_with("apply-error: "), "{result}");
+        assert!(result.contains("symbolic link"), "{result}");
+        assert!(result.contains(&*path.to_string_lossy()), "{result}");
+    }
+    // The real path is granted as usual.
+    std::fs::write(real.join("file"), "data").expect("a file");
+    assert_ok(&run_probe(
+        &strict(&[grant("read", &real)]),
+        Attempt::Read(real.join("file")),
+    ));
+}
+
+#[test]
+fn no_memory_file_can_hold_memory_outside_the_limit() {
+    if landlock_missing() {
+        return;
+    }
+    assert_errno(&run_probe(&strict(&[]), Attempt::Memfd), libc::EPERM);
 }
