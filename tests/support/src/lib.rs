@@ -340,3 +340,30 @@ pub fn as_nobody(script: &str, path: &Path) -> Option<bool> {
         }
     }
 }
+
+/// Asserts that another local user (`nobody`) can neither list `folder`
+/// nor read, write, replace or remove `copy` in it. Skips (with the reason
+/// printed) unless this process is root, which becoming that user needs.
+#[cfg(unix)]
+pub fn assert_another_user_cannot_touch(folder: &Path, copy: &Path) {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped the second user's attempts: they need root to become uid 65534");
+        return;
+    }
+    let Some(listed) = as_nobody("ls \"$1\"", folder) else {
+        return;
+    };
+    assert!(!listed, "another user lists the folder");
+    let attempts = [
+        ("reads the copy", "cat \"$1\" > /dev/null"),
+        ("writes into the copy", "echo rewritten > \"$1\""),
+        (
+            "replaces the copy",
+            "echo rewritten > \"$1.new\" && mv -f \"$1.new\" \"$1\"",
+        ),
+        ("removes the copy", "rm -f \"$1\""),
+    ];
+    for (what, script) in attempts {
+        assert_eq!(as_nobody(script, copy), Some(false), "another user {what}");
+    }
+}
