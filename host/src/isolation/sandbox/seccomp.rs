@@ -78,6 +78,22 @@ mod filters {
         // until it is mapped: a plugin could fill the host's memory with it.
         libc::SYS_memfd_create,
         libc::SYS_memfd_secret,
+        // System V shared memory, message queues and semaphores: a detached
+        // segment holds memory no limit of the worker counts either, and
+        // nothing a plugin needs is there. (POSIX message queues are held
+        // by `RLIMIT_MSGQUEUE`, in the worker's own IPC namespace.)
+        libc::SYS_shmget,
+        libc::SYS_shmat,
+        libc::SYS_shmdt,
+        libc::SYS_shmctl,
+        libc::SYS_msgget,
+        libc::SYS_msgsnd,
+        libc::SYS_msgrcv,
+        libc::SYS_msgctl,
+        libc::SYS_semget,
+        libc::SYS_semop,
+        libc::SYS_semtimedop,
+        libc::SYS_semctl,
         #[cfg(target_arch = "x86_64")]
         libc::SYS_iopl,
         #[cfg(target_arch = "x86_64")]

@@ -73,6 +73,8 @@ enum Attempt {
     Threads(usize),
     /// `memfd_create`.
     Memfd,
+    /// `shmget` of a private 16 MiB segment.
+    SharedMemory,
     /// `unshare(CLONE_NEWUSER)`.
     Unshare,
     /// `clone(CLONE_NEWUSER | SIGCHLD)`: a child in a new user namespace.
@@ -207,6 +209,12 @@ fn attempt(attempt: &Attempt, protections: &Protections) -> String {
         },
         Attempt::ConnectNamed(path) => outcome(UnixStream::connect(path).map(drop)),
         Attempt::Identity => identity(),
+        Attempt::SharedMemory => {
+            // SAFETY: `shmget` takes plain integers; a segment it makes is
+            // private to this probe, which ends right after.
+            let id = unsafe { libc::shmget(libc::IPC_PRIVATE, 16 << 20, libc::IPC_CREAT | 0o600) };
+            os_result(id.into())
+        }
         Attempt::Memfd => {
             // SAFETY: the name is a C string literal; the descriptor, if
             // any, is closed at once.
@@ -1000,4 +1008,5 @@ fn no_memory_file_can_hold_memory_outside_the_limit() {
         return;
     }
     assert_errno(&run_probe(&strict(&[]), Attempt::Memfd), libc::EPERM);
+    assert_errno(&run_probe(&strict(&[]), Attempt::SharedMemory), libc::EPERM);
 }
