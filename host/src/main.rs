@@ -11,6 +11,7 @@ fn main() -> ExitCode {
         let code = agent_host::isolation::run_worker();
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    agent_host::isolation::this_program_serves_workers();
     let cli = Cli::parse();
     cli::init_logging(&cli);
     match cli::run(cli) {

@@ -848,6 +848,36 @@ mod hostile {
         assert_ne!(worker_pid(&agent), Some(old));
     }
 
+    #[test]
+    fn a_broken_worker_program_fails_only_the_plugins_placed_in_workers() {
+        // The agent binary probes with itself when the configured worker
+        // program cannot run: the file's in-process plugin and another
+        // file's plugin serve, and no isolated plugin's code runs in it.
+        let config = "[isolation]\nprocess = [\"faulty\"]\n\
+                      worker_program = \"/nonexistent/agent-host-worker\"\n";
+        let agent = common::Agent::start_with(
+            &[test_support::fixture("isolated"), test_support::fixture("")],
+            config,
+            false,
+        );
+        let plugins = agent.get("/v1/plugins").json();
+        let mut names: Vec<&str> = plugins["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["fixture", "neighbour"], "{}", agent.log());
+        let log = agent.log();
+        assert!(
+            log.lines()
+                .any(|line| line.contains("faulty")
+                    && line.contains("/nonexistent/agent-host-worker")),
+            "{log}"
+        );
+    }
+
     /// Whether another process holds a lock on `path`.
     fn locked(path: &std::path::Path) -> bool {
         use std::os::fd::AsRawFd;

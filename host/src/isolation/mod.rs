@@ -43,6 +43,27 @@ pub use settings::{
     DEFAULT_OPEN_FILES, DEFAULT_WORKER_USER,
 };
 
+/// Set by a program that serves `PROGRAM worker` itself.
+static SERVES_WORKERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says that this program runs [`run_worker`] when its first argument is
+/// `worker` (the `agent-host` binary does, first thing in `main`). A host
+/// whose configured `worker_program` cannot run may then still probe plugin
+/// files in a sandboxed worker of this program, so that the in-process
+/// plugins of those files load; without it, such files fail whole, since
+/// only running a file's code tells which plugins it holds.
+pub fn this_program_serves_workers() {
+    SERVES_WORKERS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// This program, if it serves workers itself.
+pub(crate) fn own_worker_program() -> Option<std::path::PathBuf> {
+    if !SERVES_WORKERS.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    std::env::current_exe().ok()
+}
+
 /// Runs this process as a worker (the `agent-host worker` subcommand) and
 /// returns its exit code. A program that embeds the host and wants to be
 /// its own worker program calls this when its first argument is `worker`.

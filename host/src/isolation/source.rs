@@ -15,9 +15,10 @@
 //! which is only safe for a file none of whose plugins is isolated. The
 //! lock file says, without running the file, which plugins a pinned file
 //! exports: a file pinned with plugins all placed in process is then opened
-//! in the host and serves; any other file (one with an isolated plugin, or
-//! one the lock does not pin) fails whole with the program's cause, and no
-//! code of it runs in the host.
+//! in the host and serves. Otherwise, a program that serves workers itself
+//! (the `agent-host` binary) probes the file in the same sandbox instead,
+//! and only the plugins placed in workers fail. Any other file fails whole
+//! with the program's cause, and no code of it runs in the host.
 
 use super::backend::{WorkerBackend, WorkerSpec};
 use super::identity::worker_identity;
@@ -108,6 +109,7 @@ pub(crate) fn open(
         policy,
     };
     let guards = Guards::of(settings);
+    let mut no_worker = None;
     let worker = match WorkerProcess::start(&program, &hello, &probe, None, None, guards) {
         Ok(worker) => worker,
         Err(error) if error.is_the_programs() => {
@@ -119,6 +121,17 @@ pub(crate) fn open(
             });
             if only_in_process {
                 return open_without_worker(file, copy, max_bytes, program, settings, error);
+            }
+            // This program, when it serves workers itself, can still probe
+            // the file in the strictest sandbox: its in-process plugins
+            // then load, and its plugins placed in workers fail with the
+            // configured program's cause.
+            let own = super::own_worker_program().filter(|own| *own != program);
+            if let Some(own) = own {
+                if let Ok(worker) = WorkerProcess::start(&own, &hello, &probe, None, None, guards) {
+                    no_worker = Some(format!("the worker program cannot serve: {error}"));
+                    return probed(file, copy, &worker, max_bytes, program, settings, no_worker);
+                }
             }
             let why = if pinned.is_some() {
                 "the lock file says it exports a plugin placed in a worker"
@@ -137,6 +150,19 @@ pub(crate) fn open(
             })
         }
     };
+    probed(file, copy, &worker, max_bytes, program, settings, no_worker)
+}
+
+/// The file `worker` probed, with its manifests.
+fn probed(
+    file: &Path,
+    copy: PrivateCopy,
+    worker: &WorkerProcess,
+    max_bytes: u64,
+    program: PathBuf,
+    settings: &Arc<IsolationSettings>,
+    no_worker: Option<String>,
+) -> Result<ProbedFile, OpenError> {
     let manifests = parse_manifests(&worker.manifests_json).map_err(|e| OpenError::Manifest {
         cause: format!("{e:?}"),
     })?;
@@ -148,7 +174,7 @@ pub(crate) fn open(
         program,
         settings: Arc::clone(settings),
         in_process: OnceLock::new(),
-        no_worker: None,
+        no_worker,
     })
 }
 
