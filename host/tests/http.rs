@@ -59,13 +59,7 @@ fn the_http_api_serves_messages_plugins_events_health_and_metrics_then_stops_on_
     let plugins = agent.get("/v1/plugins");
     assert_eq!(plugins.status, 200);
     let plugins = plugins.json();
-    let mut names: Vec<&str> = plugins["plugins"]
-        .as_array()
-        .expect("plugins")
-        .iter()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
-    names.sort_unstable();
+    let names = plugin_names(&plugins);
     assert_eq!(names, ["fixture", "multi-one", "multi-two", "panicky"]);
 
     let two = agent.get("/v1/plugins/multi-two");
@@ -496,13 +490,7 @@ fn get_keeping_alive(reader: &mut BufReader<TcpStream>, path: &str) -> (u16, Str
         .write_all(head.as_bytes())
         .expect("write a request");
     let (status, headers) = read_head(reader);
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("a Content-Length: {headers:?}"));
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).expect("the body");
+    let body = read_sized_body(reader, &headers);
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -627,13 +615,7 @@ fn answer_within(stream: &TcpStream, limit: Duration) -> (u16, Vec<(String, Stri
         panic!("no answer within {} ms: {error}", limit.as_millis());
     }
     let (status, headers) = read_head(&mut reader);
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("a Content-Length: {headers:?}"));
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).expect("the body");
+    let body = read_sized_body(&mut reader, &headers);
     let body: Value = serde_json::from_slice(&body).expect("a JSON body");
     let error = body["error"].as_str().unwrap_or_default().to_string();
     (status, headers, error)

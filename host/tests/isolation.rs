@@ -861,13 +861,7 @@ mod hostile {
             false,
         );
         let plugins = agent.get("/v1/plugins").json();
-        let mut names: Vec<&str> = plugins["plugins"]
-            .as_array()
-            .expect("plugins")
-            .iter()
-            .filter_map(|p| p["name"].as_str())
-            .collect();
-        names.sort_unstable();
+        let names = common::plugin_names(&plugins);
         assert_eq!(names, ["fixture", "neighbour"], "{}", agent.log());
         let log = agent.log();
         assert!(

@@ -304,6 +304,31 @@ pub fn write_request_with(
     }
 }
 
+/// Reads the body of an answer whose head was `headers`: as many bytes as
+/// its `Content-Length` says, which it must have.
+pub fn read_sized_body(reader: &mut impl BufRead, headers: &[(String, String)]) -> Vec<u8> {
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("a Content-Length: {headers:?}"));
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("the body");
+    body
+}
+
+/// The names of the plugins a `GET /v1/plugins` answer lists, sorted.
+pub fn plugin_names(plugins: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = plugins["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
 /// Reads a status line and headers.
 pub fn read_head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
     let mut line = String::new();
