@@ -141,14 +141,6 @@ mod filters {
                 &[0, libc::IPPROTO_TCP, libc::IPPROTO_UDP],
             ),
         };
-        let arg = |index: u8, op: SeccompCmpOp, value: libc::c_int| {
-            SeccompCondition::new(
-                index,
-                SeccompCmpArgLen::Dword,
-                op,
-                u64::from(value.unsigned_abs()),
-            )
-        };
         let mut rules = vec![
             SeccompRule::new(vec![
                 arg(0, SeccompCmpOp::Ne, libc::AF_INET)?,
@@ -178,29 +170,36 @@ mod filters {
     /// The bits of `socket`'s type argument that hold the kind of socket.
     const SOCKET_KIND_MASK: libc::c_int = 0xf;
 
+    /// A condition on argument `index` of a system call, compared as its low
+    /// 32 bits: `clone` flags and socket domains, types and protocols are
+    /// `int`s to the kernel.
+    fn arg(
+        index: u8,
+        op: SeccompCmpOp,
+        value: libc::c_int,
+    ) -> Result<SeccompCondition, seccompiler::BackendError> {
+        SeccompCondition::new(
+            index,
+            SeccompCmpArgLen::Dword,
+            op,
+            u64::from(value.unsigned_abs()),
+        )
+    }
+
     /// The filters, one per action (a seccompiler filter has one).
     pub(super) fn programs(
         network: &NetworkGrant,
         arch: TargetArch,
     ) -> Result<Vec<BpfProgram>, seccompiler::Error> {
         let errno = |errno: libc::c_int| SeccompAction::Errno(errno.unsigned_abs());
-        // The low 32 bits: `clone` flags and socket domains are `int`s to the
-        // kernel.
-        let arg0 = |op: SeccompCmpOp, value: libc::c_int| {
-            SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Dword,
-                op,
-                u64::from(value.unsigned_abs()),
-            )
-        };
 
         let mut refused: BTreeMap<i64, Vec<SeccompRule>> =
             REFUSED.iter().map(|&call| (call, Vec::new())).collect();
         let namespace_rules = NAMESPACE_FLAGS
             .iter()
             .map(|&flag| {
-                SeccompRule::new(vec![arg0(
+                SeccompRule::new(vec![arg(
+                    0,
                     SeccompCmpOp::MaskedEq(u64::from(flag.unsigned_abs())),
                     flag,
                 )?])
