@@ -4,7 +4,7 @@
 //! has passed).
 
 use crate::config::AgentConfig;
-use crate::load;
+use crate::lifecycle;
 use crate::load::private_copy::{CopyGauges, ShadowDir};
 use crate::load::report::{LoadReport, ShutdownError};
 use crate::pipeline::{self, InboundMessage, Reply};
@@ -12,12 +12,12 @@ use crate::registry::events::{BusEvent, DeliveryFailure, Listener};
 use crate::registry::{HostError, Registry};
 use crate::reload::ReloadOrigin;
 use crate::trust::TrustPolicy;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Options for a [`PluginHost`].
 #[derive(Debug, Clone, Default)]
@@ -100,7 +100,7 @@ impl PluginHost {
     /// Loads every plugin in `dir`. Only an unreadable folder is an error;
     /// plugin failures are in the report.
     pub fn load_dir(&self, dir: &Path) -> std::io::Result<LoadReport> {
-        load::load_dir(&self.core, &self.shadow, dir, &self.config, &self.trust)
+        lifecycle::load_dir(&self.core, &self.shadow, dir, &self.config, &self.trust)
     }
 
     /// The host settings of the config (`[host]`).
@@ -216,7 +216,7 @@ impl PluginHost {
         sources: &[Arc<dyn crate::plugin::PluginSource>],
     ) -> LoadReport {
         let mut report = LoadReport::default();
-        crate::load::load_sources(&self.core, sources, &self.config, &mut report);
+        lifecycle::load_sources(&self.core, sources, &self.config, &mut report);
         report
     }
 
@@ -244,32 +244,8 @@ impl PluginHost {
     /// files, and files whose plugins failed or were stopped (for instance
     /// while waiting for a dependency that has now arrived).
     pub fn rescan(&self, dir: &Path) -> std::io::Result<LoadReport> {
-        let _one_at_a_time = self
-            .reloading
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut loaded: Vec<std::path::PathBuf> = self
-            .core
-            .plugins()
-            .iter()
-            .map(|p| p.instance.file.clone())
-            .collect();
-        loaded.extend(self.core.pending().iter().map(|p| p.file.clone()));
-        let files: Vec<std::path::PathBuf> = crate::load::discovery::plugin_files(dir)?
-            .into_iter()
-            .filter(|f| {
-                !loaded
-                    .iter()
-                    .any(|l| crate::load::discovery::same_place(l, f))
-            })
-            .collect();
-        Ok(load::load_files(
-            &self.core,
-            &self.shadow,
-            &files,
-            &self.config,
-            &self.trust,
-        ))
+        let _one_at_a_time = self.one_change_at_a_time();
+        lifecycle::rescan(&self.core, &self.shadow, dir, &self.config, &self.trust)
     }
 
     /// Stops the plugins loaded from `file`, after draining the calls in
@@ -277,77 +253,16 @@ impl PluginHost {
     /// work without it; a later `rescan` brings them back when the file
     /// returns). Returns the names stopped, dependents first.
     pub fn remove_file(&self, file: &Path) -> Vec<String> {
-        let _one_at_a_time = self
-            .reloading
+        let _one_at_a_time = self.one_change_at_a_time();
+        lifecycle::remove_file(&self.core, file)
+    }
+
+    /// The `reloading` lock: loads after the first, reloads and removals
+    /// run one at a time.
+    fn one_change_at_a_time(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.reloading
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let plugins = self.core.plugins();
-        let pending = self.core.pending();
-        let mut doomed: Vec<String> = plugins
-            .iter()
-            .filter(|p| crate::load::discovery::same_place(&p.instance.file, file))
-            .map(|p| p.name().to_string())
-            .collect();
-        doomed.extend(
-            pending
-                .iter()
-                .filter(|p| crate::load::discovery::same_place(&p.file, file))
-                .map(|p| p.name().to_string()),
-        );
-        doomed.extend(crate::dependencies::dependents(
-            &self.core.candidates(),
-            &doomed,
-        ));
-        if doomed.is_empty() {
-            return doomed;
-        }
-        let drain = std::time::Duration::from_millis(self.core.settings.reload_drain_timeout_ms);
-        let closed = self.core.admission.close(drain);
-        if let Err(still) = &closed {
-            tracing::warn!(
-                "{still} call(s) still in flight after the drain timeout; stopping anyway"
-            );
-        }
-        let mut stopped = Vec::new();
-        // Lazy plugins not started yet have nothing to stop; the others are
-        // read again now that no entry can start one.
-        for plugin in self.core.pending().iter().rev() {
-            if doomed.iter().any(|d| d == plugin.name())
-                && self.core.remove_pending(plugin.name()).is_some()
-            {
-                tracing::warn!(plugin = %plugin.name(), "dropped before it started: its file or a dependency was removed");
-                stopped.push(plugin.name().to_string());
-            }
-        }
-        let plugins = self.core.plugins();
-        for plugin in plugins
-            .iter()
-            .rev()
-            .filter(|p| doomed.iter().any(|d| d == p.name()))
-        {
-            let name = plugin.name().to_string();
-            for error in
-                crate::reload::retire(&self.core, plugin, plugin.instance.manifest.services.len())
-            {
-                tracing::warn!("{error}");
-            }
-            self.core.unregister(&name);
-            self.core.metrics.plugins_loaded.dec();
-            let reason = if crate::load::discovery::same_place(&plugin.instance.file, file) {
-                format!("its file {} was removed", file.display())
-            } else {
-                "a plugin it depends on was removed".to_string()
-            };
-            tracing::warn!(plugin = %name, "stopped: {reason}");
-            self.core.emit(
-                "host",
-                "plugin:unloaded",
-                json!({"plugin": name, "reason": reason}),
-            );
-            stopped.push(name);
-        }
-        drop(closed);
-        stopped
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reloads a plugin from its file, swapping the new generation in while
@@ -383,10 +298,7 @@ impl PluginHost {
         origin: ReloadOrigin,
         when_unchanged: crate::reload::WhenUnchanged,
     ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
-        let _one_at_a_time = self
-            .reloading
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_at_a_time = self.one_change_at_a_time();
         // A lazy plugin not started yet starts first, then is replaced like
         // any other (its state, if any, handed over).
         if self.core.pending_named(name).is_some() {
@@ -403,7 +315,7 @@ impl PluginHost {
             file,
             origin,
             when_unchanged,
-            |file| crate::load::open_source(file, &self.shadow, &self.config, &self.trust),
+            |file| lifecycle::open_source(file, &self.shadow, &self.config, &self.trust),
         )
     }
 
@@ -553,65 +465,7 @@ impl PluginHost {
         }
         self.begin_shutdown();
         let grace = Duration::from_millis(self.config.host.shutdown_grace_ms);
-        let deadline = Instant::now() + grace;
-        let admitted = self.core.admission.shut(deadline);
-        for plugin in self.core.pending() {
-            // Never started: nothing to stop.
-            self.core.remove_pending(plugin.name());
-        }
-        let plugins = self.core.plugins();
-        // A handler past its timeout still runs on its own thread, after its
-        // message has left the gate: wait for each plugin's own calls too.
-        while plugins.iter().any(|p| p.in_flight.count() > 0) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let stuck: usize = plugins.iter().map(|p| p.in_flight.count()).sum();
-        if admitted > 0 || stuck > 0 {
-            tracing::warn!(
-                "the shutdown grace period of {} ms expired with {stuck} plugin call(s) and \
-                 {admitted} message(s) or host call(s) still running; stopping the plugins anyway",
-                grace.as_millis()
-            );
-            for plugin in &plugins {
-                for (entry, running) in plugin.in_flight.calls() {
-                    let entry = entry.describe(&plugin.instance);
-                    tracing::warn!(
-                        plugin = %plugin.name(),
-                        entry = %entry,
-                        running_ms = running.as_millis(),
-                        "still in flight after the shutdown grace period: plugin '{}' {entry}, \
-                         running for {} ms",
-                        plugin.name(),
-                        running.as_millis()
-                    );
-                }
-            }
-        }
-        let mut errors = Vec::new();
-        for plugin in plugins.iter().rev() {
-            let name = plugin.name().to_string();
-            let still = plugin.in_flight.count();
-            if still > 0 {
-                tracing::warn!(
-                    plugin = %name,
-                    "plugin '{name}': on_unload runs with {still} call(s) still in it: \
-                     the shutdown grace period expired"
-                );
-            }
-            let services = &plugin.instance.manifest.services;
-            for service in services {
-                self.core.set_service_running(&service.name, false);
-            }
-            errors.extend(crate::reload::retire(&self.core, plugin, services.len()));
-            self.core.unregister(&name);
-            self.core
-                .emit("host", "plugin:unloaded", json!({"plugin": name}));
-            tracing::info!(plugin = %name, "unloaded");
-        }
-        for error in &errors {
-            tracing::warn!("{error}");
-        }
-        errors
+        lifecycle::stop_all(&self.core, grace)
     }
 }
 

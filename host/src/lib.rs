@@ -28,6 +28,7 @@ mod dependencies;
 mod host;
 pub mod http;
 pub mod isolation;
+mod lifecycle;
 mod load;
 mod metrics;
 mod pipeline;

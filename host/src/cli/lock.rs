@@ -90,7 +90,7 @@ fn pin(
     trust: &TrustPolicy,
 ) -> Result<LockedFile, String> {
     let source =
-        crate::load::open_source(file, shadow, config, trust).map_err(|e| e.to_string())?;
+        crate::lifecycle::open_source(file, shadow, config, trust).map_err(|e| e.to_string())?;
     Ok(LockedFile {
         name: file_name(file),
         sha256: source.sha256().to_string(),
@@ -130,7 +130,7 @@ fn choose(
         return Ok(file);
     }
     for file in files {
-        if let Ok(source) = crate::load::open_source(file, shadow, config, trust) {
+        if let Ok(source) = crate::lifecycle::open_source(file, shadow, config, trust) {
             if source.manifests().iter().any(|m| m.name == name) {
                 return Ok(file.clone());
             }

@@ -38,7 +38,7 @@ pub enum Entry {
     /// An evaluator, by index.
     Evaluator(u32),
     /// A step of the plugin's life (`on_load`, a service start...).
-    Lifecycle(crate::registry::lifecycle::Step),
+    Lifecycle(crate::registry::step::Step),
 }
 
 impl Entry {

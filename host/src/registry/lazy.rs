@@ -118,7 +118,7 @@ pub(crate) fn start_held_here() -> bool {
 
 /// Runs `work` as part of the start that the thread it was handed over by
 /// holds, when `held`: a step of a lazy plugin's life runs on a thread of
-/// its own while its starter waits for it (`registry/lifecycle.rs`), and a
+/// its own while its starter waits for it (`registry/step.rs`), and a
 /// lazy plugin that step needs starts on that thread as it would have on
 /// the starter's, without taking `starting` again.
 pub(crate) fn as_part_of_start<T>(held: bool, work: impl FnOnce() -> T) -> T {

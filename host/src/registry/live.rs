@@ -102,7 +102,7 @@ impl LivePlugin {
 
     /// Whether the host gave up on this generation: a step of its life
     /// missed its deadline while it was being started or stopped (see
-    /// `registry/lifecycle.rs`).
+    /// `registry/step.rs`).
     pub fn is_given_up(&self) -> bool {
         self.given_up.load(Ordering::Acquire)
     }

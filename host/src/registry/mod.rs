@@ -15,12 +15,12 @@ pub(crate) mod events;
 mod images;
 pub(crate) mod inflight;
 pub(crate) mod lazy;
-pub(crate) mod lifecycle;
 mod live;
 pub(crate) mod log_limit;
 pub(crate) mod permissions;
 mod quarantine;
 mod services;
+pub(crate) mod step;
 mod timers;
 
 pub use error::HostError;

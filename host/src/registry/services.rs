@@ -48,10 +48,17 @@ impl Registry {
         Ok(())
     }
 
-    /// Marks a service running or stopped.
-    pub fn set_service_running(&self, name: &str, running: bool) {
-        if let Some(slot) = write(&self.services).get_mut(name) {
-            slot.running = running;
+    /// Marks service `index` of `plugin` running or stopped, where the table
+    /// holds it for this generation (a new generation's services join the
+    /// table when it takes the old one's place).
+    pub fn mark_service(&self, plugin: &LivePlugin, index: u32, running: bool) {
+        let Some(spec) = plugin.instance.manifest.services.get(index as usize) else {
+            return;
+        };
+        if let Some(slot) = write(&self.services).get_mut(&spec.name) {
+            if slot.plugin.generation == plugin.generation {
+                slot.running = running;
+            }
         }
     }
 

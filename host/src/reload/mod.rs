@@ -36,12 +36,14 @@ pub use origin::ReloadOrigin;
 use crate::config::AgentConfig;
 use crate::dependencies::{check_replacement, Candidate};
 use crate::isolation::Placement;
-use crate::load::{check_manifest, instantiate, subscribe_providers, Prepared};
+use crate::lifecycle::check::Prepared;
+use crate::lifecycle::generation::{
+    create, leave_service, on_load, start_services, stop_services, subscribe_providers,
+};
 use crate::load::{LoadError, OpenError};
 use crate::metrics::ReloadLabels;
-use crate::plugin::CallError;
 use crate::plugin::PluginSource;
-use crate::registry::lifecycle::{IfLate, Step};
+use crate::registry::step::{IfLate, Step};
 use crate::registry::{LivePlugin, Registry};
 use serde::Serialize;
 use serde_json::json;
@@ -147,45 +149,6 @@ fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Stops a generation that is not (or no longer) serving: providers
-/// unsubscribed, services stopped in reverse, `on_unload`, its subscriptions
-/// and timers dropped. Each step has the lifecycle deadline; once one
-/// misses it, the host gives up on the generation and calls no further
-/// step. Returns the errors, which never stop the rest.
-pub fn retire(
-    core: &Registry,
-    plugin: &Arc<LivePlugin>,
-    services_started: usize,
-) -> Vec<CallError> {
-    let mut errors = Vec::new();
-    for (index, provider) in plugin.instance.manifest.providers.iter().enumerate() {
-        if provider.subscribable && !plugin.is_given_up() {
-            let index = index as u32;
-            let ended = core.run_step(
-                plugin,
-                Step::Subscribe(index, false),
-                IfLate::GiveUp,
-                move |instance| instance.set_subscribed(index, false),
-            );
-            errors.extend(ended.err());
-        }
-    }
-    errors.extend(stop_services(
-        core,
-        plugin,
-        services_started,
-        IfLate::GiveUp,
-    ));
-    if !plugin.is_given_up() {
-        let unloaded = core.run_step(plugin, Step::OnUnload, IfLate::GiveUp, |instance| {
-            instance.on_unload()
-        });
-        errors.extend(unloaded.err());
-    }
-    core.drop_generation(plugin.name(), plugin.generation);
-    errors
-}
-
 /// Whether `file` holds exactly the bytes `plugin` was loaded from. A file
 /// that cannot be read (or is no regular file, or is over `max_bytes`: it
 /// is read without waiting, under the `reloading` lock) is not unchanged:
@@ -221,57 +184,15 @@ fn check_mapped_limit(
     Ok(())
 }
 
-/// Stops the first `started` services of a generation, in reverse order,
-/// each within the lifecycle deadline; returns the errors, which never stop
-/// the rest (none is called once the host gave up on the generation).
-fn stop_services(
-    core: &Registry,
-    plugin: &Arc<LivePlugin>,
-    started: usize,
-    if_late: IfLate,
-) -> Vec<CallError> {
-    let mut errors = Vec::new();
-    for index in (0..started as u32).rev() {
-        if plugin.is_given_up() {
-            break;
-        }
-        let stopped = core.run_step(plugin, Step::StopService(index), if_late, move |instance| {
-            instance.stop_service(index)
-        });
-        errors.extend(stopped.err());
-    }
-    errors
-}
-
-/// Starts a generation's services, each within the lifecycle deadline; on
-/// failure stops those it started (unless the host gave up on the
-/// generation). On failure, the service and why.
-fn start_services(
-    core: &Registry,
-    plugin: &Arc<LivePlugin>,
-    if_late: IfLate,
-) -> Result<(), (String, String)> {
-    for (index, service) in plugin.instance.manifest.services.iter().enumerate() {
-        let index = index as u32;
-        let started = core.run_step(
-            plugin,
-            Step::StartService(index),
-            if_late,
-            move |instance| instance.start_service(index),
-        );
-        if let Err(error) = started {
-            // Those it started are stopped; their own errors add nothing
-            // to the one that failed the start.
-            drop(stop_services(core, plugin, index as usize, if_late));
-            return Err((service.name.clone(), error.message));
-        }
-    }
-    Ok(())
-}
-
 /// Reloads the plugin named `name` from its file (or `file`), which `open`
 /// turns into a source (a fresh private copy of a library, in the host),
 /// at the request of `origin`. Callers serialize reloads.
+///
+/// The steps: [`open_new_generation`] (open, check, create), then
+/// [`hand_over`] with the admission gate closed (the old generation's state
+/// and services to the new one, which enters service in its place), then
+/// the old generation leaves service; [`record`] puts the outcome in the
+/// audit trail.
 pub(crate) fn reload(
     core: &Arc<Registry>,
     config: &AgentConfig,
@@ -290,163 +211,217 @@ pub(crate) fn reload(
         });
     };
     let file = file.map_or_else(|| old.instance.file.clone(), Path::to_path_buf);
-    let fail = |error: ReloadError| ReloadFailure {
+    let outcome = if when_unchanged == WhenUnchanged::Skip
+        && is_unchanged(&old, &file, config.host.max_plugin_bytes)
+    {
+        Ok(Reloaded::unchanged(&old, &origin, started))
+    } else {
+        replace(core, config, &old, &file, &origin, open, started)
+    };
+    let outcome = outcome.map_err(|error| ReloadFailure {
         plugin: name.to_string(),
         file: file.clone(),
         error: Box::new(error),
+    });
+    record(core, name, &file, &origin, &outcome);
+    outcome
+}
+
+/// Puts a new generation from `file` in the place of `old`.
+fn replace(
+    core: &Arc<Registry>,
+    config: &AgentConfig,
+    old: &Arc<LivePlugin>,
+    file: &Path,
+    origin: &ReloadOrigin,
+    open: impl FnOnce(&Path) -> Result<Arc<dyn PluginSource>, OpenError>,
+    started: Instant,
+) -> Result<Reloaded, ReloadError> {
+    check_mapped_limit(core, config, old.name(), file)?;
+    let new = open_new_generation(core, config, old, file, open)?;
+    let handed = hand_over(core, old, &new)?;
+    let retire_errors = handed
+        .stop_errors
+        .iter()
+        .chain(&leave_service(core, old, 0))
+        .map(ToString::to_string)
+        .collect();
+    Ok(Reloaded {
+        plugin: old.name().to_string(),
+        from_version: old.instance.manifest.version.clone(),
+        to_version: new.instance.manifest.version.clone(),
+        from_sha256: old.instance.sha256.clone(),
+        to_sha256: new.instance.sha256.clone(),
+        origin: origin.clone(),
+        generation: new.generation,
+        state_bytes: handed.state_bytes,
+        paused_us: handed.paused_us,
+        total_us: micros(started),
+        retire_errors,
+        unchanged: false,
+    })
+}
+
+/// Opens `file`, checks the build (the same plugin in it, its manifest,
+/// its dependencies and its dependents' requirements) and creates its new
+/// generation, which runs no hook yet. A build refused after it was opened
+/// stays mapped all the same (libraries are never unloaded), and is counted.
+fn open_new_generation(
+    core: &Arc<Registry>,
+    config: &AgentConfig,
+    old: &LivePlugin,
+    file: &Path,
+    open: impl FnOnce(&Path) -> Result<Arc<dyn PluginSource>, OpenError>,
+) -> Result<Arc<LivePlugin>, ReloadError> {
+    let name = old.name();
+    let opened = open(file).map_err(ReloadError::Open)?;
+    let refuse_mapped = |error: ReloadError| {
+        core.count_mapped(name, opened.image_bytes());
+        error
     };
-    let outcome = (|| {
-        if when_unchanged == WhenUnchanged::Skip
-            && is_unchanged(&old, &file, config.host.max_plugin_bytes)
-        {
-            return Ok(Reloaded {
-                plugin: name.to_string(),
-                from_version: old.instance.manifest.version.clone(),
-                to_version: old.instance.manifest.version.clone(),
-                from_sha256: old.instance.sha256.clone(),
-                to_sha256: old.instance.sha256.clone(),
-                origin: origin.clone(),
-                generation: old.generation,
-                state_bytes: 0,
-                paused_us: 0,
-                total_us: micros(started),
-                retire_errors: Vec::new(),
-                unchanged: true,
-            });
-        }
-        check_mapped_limit(core, config, name, &file).map_err(fail)?;
-        let opened = open(&file).map_err(|e| fail(ReloadError::Open(e)))?;
-        // A build refused from here until its instance exists stays mapped
-        // all the same (libraries are never unloaded): count it.
-        let refuse_mapped = |error: ReloadError| {
-            core.count_mapped(name, opened.image_bytes());
-            fail(error)
-        };
-        let index = opened
-            .manifests()
-            .iter()
-            .position(|m| m.name == name)
-            .ok_or_else(|| {
-                refuse_mapped(ReloadError::NotInBuild {
-                    found: opened.manifests().iter().map(|m| m.name.clone()).collect(),
-                })
-            })?;
-        let manifest = opened.manifests()[index].clone();
-        let (valid, triggers) =
-            check_manifest(&manifest).map_err(|e| refuse_mapped(ReloadError::Manifest(e)))?;
-        let source = Arc::clone(&opened);
-        let prepared = Prepared {
-            source,
-            index: index as u32,
-            manifest: Arc::new(manifest),
-            version: valid.version,
-            dependencies: valid.dependencies,
-            triggers,
-        };
-        let candidate = Candidate {
-            name: prepared.manifest.name.clone(),
-            version: prepared.version.clone(),
-            dependencies: prepared.dependencies.clone(),
-        };
-        check_replacement(&core.candidates(), &candidate)
-            .map_err(|e| refuse_mapped(ReloadError::Dependencies(e)))?;
-        let new = instantiate(core, &prepared, old.load_order, config).map_err(|f| {
-            refuse_mapped(match *f.error {
-                LoadError::Config(error) => ReloadError::Config(error),
-                other => ReloadError::Create(other.to_string()),
+    let index = opened
+        .manifests()
+        .iter()
+        .position(|m| m.name == name)
+        .ok_or_else(|| {
+            refuse_mapped(ReloadError::NotInBuild {
+                found: opened.manifests().iter().map(|m| m.name.clone()).collect(),
             })
         })?;
-
-        let drain = Duration::from_millis(core.settings.reload_drain_timeout_ms);
-        let paused = Instant::now();
-        let closed = core.admission.close(drain).map_err(|in_flight| {
-            fail(ReloadError::Drain {
-                in_flight,
-                timeout_ms: core.settings.reload_drain_timeout_ms,
-            })
-        })?;
-        let state = if old.instance.manifest.state_hooks {
-            core.run_step(&old, Step::ExportState, IfLate::ServeOn, |instance| {
-                instance.export_state()
-            })
-            .map_err(|e| fail(ReloadError::ExportState(e)))?
-        } else {
-            "null".to_string()
-        };
-        // The old generation's services stop before the new one's start, so
-        // that a resource a service holds (a database file, a port) is never
-        // held by two generations at once. The gate is closed: nothing can
-        // call them in between. A reload that fails from here on starts them
-        // again, and the old generation serves on as it was.
-        let stop_errors = stop_services(
-            core,
-            &old,
-            old.instance.manifest.services.len(),
-            IfLate::ServeOn,
-        );
-        let give_back = |error: ReloadError| {
-            if let Err((service, cause)) = start_services(core, &old, IfLate::ServeOn) {
-                tracing::error!(
-                    plugin = name,
-                    service,
-                    "the serving generation's service did not start again after the failed reload: {cause}"
-                );
-            }
-            fail(error)
-        };
-        let undo = |new: &Arc<LivePlugin>, services: usize| {
-            for error in retire(core, new, services) {
-                tracing::warn!("{error}");
-            }
-        };
-        if new.instance.manifest.state_hooks && state != "null" {
-            let handed = state.clone();
-            let imported =
-                core.run_step(&new, Step::ImportState, IfLate::GiveUp, move |instance| {
-                    instance.import_state(&handed)
-                });
-            if let Err(error) = imported {
-                core.drop_generation(name, new.generation);
-                return Err(give_back(ReloadError::ImportState(error)));
-            }
-        }
-        let loaded = core.run_step(&new, Step::OnLoad, IfLate::GiveUp, |instance| {
-            instance.on_load()
-        });
-        if let Err(error) = loaded {
-            core.drop_generation(name, new.generation);
-            return Err(give_back(ReloadError::OnLoad(error)));
-        }
-        if let Err((service, cause)) = start_services(core, &new, IfLate::GiveUp) {
-            undo(&new, 0);
-            return Err(give_back(ReloadError::StartService { service, cause }));
-        }
-        subscribe_providers(core, &new);
-        core.swap(Arc::clone(&new));
-        drop(closed);
-        let paused_us = micros(paused);
-
-        let retire_errors = stop_errors
-            .iter()
-            .chain(&retire(core, &old, 0))
-            .map(ToString::to_string)
-            .collect();
-        Ok(Reloaded {
-            plugin: name.to_string(),
-            from_version: old.instance.manifest.version.clone(),
-            to_version: new.instance.manifest.version.clone(),
-            from_sha256: old.instance.sha256.clone(),
-            to_sha256: new.instance.sha256.clone(),
-            origin: origin.clone(),
-            generation: new.generation,
-            state_bytes: state.len(),
-            paused_us,
-            total_us: micros(started),
-            retire_errors,
-            unchanged: false,
+    let prepared =
+        Prepared::check(&opened, index).map_err(|e| refuse_mapped(ReloadError::Manifest(e)))?;
+    let candidate = Candidate {
+        name: prepared.manifest.name.clone(),
+        version: prepared.version.clone(),
+        dependencies: prepared.dependencies.clone(),
+    };
+    check_replacement(&core.candidates(), &candidate)
+        .map_err(|e| refuse_mapped(ReloadError::Dependencies(e)))?;
+    create(core, &prepared, old.load_order, config).map_err(|f| {
+        refuse_mapped(match *f.error {
+            LoadError::Config(error) => ReloadError::Config(error),
+            other => ReloadError::Create(other.to_string()),
         })
-    })();
-    let outcome_label = match &outcome {
+    })
+}
+
+/// What the hand-over measured.
+struct HandedOver {
+    state_bytes: usize,
+    paused_us: u64,
+    /// Errors stopping the old generation's services.
+    stop_errors: Vec<crate::plugin::CallError>,
+}
+
+/// With the admission gate closed (the calls in flight drained): the old
+/// generation's state exported, its services stopped (so that a resource
+/// a service holds is never held by two generations at once), the state
+/// imported into the new generation, which then runs `on_load`, starts its
+/// services and subscribes its providers, and takes the old one's place.
+/// A failure from the stop on starts the old services again: the old
+/// generation serves on as it was, and the new one is dropped.
+fn hand_over(
+    core: &Registry,
+    old: &Arc<LivePlugin>,
+    new: &Arc<LivePlugin>,
+) -> Result<HandedOver, ReloadError> {
+    let drain_ms = core.settings.reload_drain_timeout_ms;
+    let paused = Instant::now();
+    let closed = core
+        .admission
+        .close(Duration::from_millis(drain_ms))
+        .map_err(|in_flight| ReloadError::Drain {
+            in_flight,
+            timeout_ms: drain_ms,
+        })?;
+    let state = if old.instance.manifest.state_hooks {
+        core.run_step(old, Step::ExportState, IfLate::ServeOn, |instance| {
+            instance.export_state()
+        })
+        .map_err(ReloadError::ExportState)?
+    } else {
+        "null".to_string()
+    };
+    let services = old.instance.manifest.services.len();
+    let stop_errors = stop_services(core, old, services, IfLate::ServeOn);
+    if let Err(error) = enter_in_place(core, new, &state) {
+        if let Err((service, cause)) = start_services(core, old, IfLate::ServeOn) {
+            tracing::error!(
+                plugin = old.name(),
+                service,
+                "the serving generation's service did not start again after the failed reload: {cause}"
+            );
+        }
+        return Err(error);
+    }
+    core.swap(Arc::clone(new));
+    drop(closed);
+    Ok(HandedOver {
+        state_bytes: state.len(),
+        paused_us: micros(paused),
+        stop_errors,
+    })
+}
+
+/// The new generation enters service (not yet in the registry's list):
+/// the handed `state` imported, `on_load`, its services started, its
+/// providers subscribed. On failure what it set up is undone.
+fn enter_in_place(core: &Registry, new: &Arc<LivePlugin>, state: &str) -> Result<(), ReloadError> {
+    if new.instance.manifest.state_hooks && state != "null" {
+        let handed = state.to_string();
+        let imported = core.run_step(new, Step::ImportState, IfLate::GiveUp, move |instance| {
+            instance.import_state(&handed)
+        });
+        if let Err(error) = imported {
+            core.drop_generation(new.name(), new.generation);
+            return Err(ReloadError::ImportState(error));
+        }
+    }
+    if let Err(error) = on_load(core, new, IfLate::GiveUp) {
+        core.drop_generation(new.name(), new.generation);
+        return Err(ReloadError::OnLoad(error));
+    }
+    if let Err((service, cause)) = start_services(core, new, IfLate::GiveUp) {
+        for error in leave_service(core, new, 0) {
+            tracing::warn!("{error}");
+        }
+        return Err(ReloadError::StartService { service, cause });
+    }
+    subscribe_providers(core, new, true);
+    Ok(())
+}
+
+impl Reloaded {
+    /// The answer to a reload skipped because the file is byte-identical to
+    /// the serving generation's.
+    fn unchanged(old: &LivePlugin, origin: &ReloadOrigin, started: Instant) -> Self {
+        Reloaded {
+            plugin: old.name().to_string(),
+            from_version: old.instance.manifest.version.clone(),
+            to_version: old.instance.manifest.version.clone(),
+            from_sha256: old.instance.sha256.clone(),
+            to_sha256: old.instance.sha256.clone(),
+            origin: origin.clone(),
+            generation: old.generation,
+            state_bytes: 0,
+            paused_us: 0,
+            total_us: micros(started),
+            retire_errors: Vec::new(),
+            unchanged: true,
+        }
+    }
+}
+
+/// The audit trail of one reload: `agent_host_reloads_total{origin,
+/// outcome}`, one log event, and a bus event.
+fn record(
+    core: &Registry,
+    name: &str,
+    file: &Path,
+    origin: &ReloadOrigin,
+    outcome: &Result<Reloaded, ReloadFailure>,
+) {
+    let outcome_label = match outcome {
         Ok(done) if done.unchanged => "unchanged",
         Ok(_) => "reloaded",
         Err(_) => "refused",
@@ -458,7 +433,7 @@ pub(crate) fn reload(
             outcome: outcome_label.to_string(),
         })
         .inc();
-    match &outcome {
+    match outcome {
         Ok(done) if done.unchanged => {
             tracing::info!(
                 event = "plugin_reload_skipped",
@@ -525,5 +500,4 @@ pub(crate) fn reload(
             );
         }
     }
-    outcome
 }

@@ -212,5 +212,5 @@ impl Registry {
 }
 
 #[cfg(test)]
-#[path = "lifecycle_tests.rs"]
+#[path = "step_tests.rs"]
 mod tests;
