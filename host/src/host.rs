@@ -7,9 +7,10 @@ use crate::config::AgentConfig;
 use crate::lifecycle;
 use crate::load::private_copy::{CopyGauges, ShadowDir};
 use crate::load::report::{LoadReport, ShutdownError};
-use crate::pipeline::{self, InboundMessage, Reply};
+use crate::pipeline::{self, InboundMessage, Pipeline, Reply};
 use crate::registry::events::{BusEvent, DeliveryFailure, Listener};
 use crate::registry::{HostError, Registry};
+use crate::reload::watch::WatchedHost;
 use crate::reload::ReloadOrigin;
 use crate::trust::TrustPolicy;
 use serde_json::Value;
@@ -34,6 +35,7 @@ pub struct HostOptions {
 /// A running set of plugins.
 pub struct PluginHost {
     core: Arc<Registry>,
+    pipeline: Arc<Pipeline>,
     shadow: ShadowDir,
     config: AgentConfig,
     trust: TrustPolicy,
@@ -85,6 +87,7 @@ impl PluginHost {
             bytes: core.metrics.private_copies_bytes.clone(),
         })?;
         Ok(Self {
+            pipeline: Pipeline::new(Arc::clone(&core)),
             core,
             shadow,
             config,
@@ -148,7 +151,7 @@ impl PluginHost {
     /// lent to the late call until it returns. A front-end that must
     /// answer on time whatever plugins do uses [`PluginHost::answer`].
     pub fn handle_message(&self, message: InboundMessage) -> Reply {
-        pipeline::handle_message(&self.core, self.prepare(message))
+        pipeline::handle_message(&self.pipeline, self.prepare(message))
     }
 
     /// Runs a message through the pipeline on the blocking pool and
@@ -156,7 +159,7 @@ impl PluginHost {
     /// hangs (the call is abandoned at its deadline and reported in the
     /// reply's errors).
     pub async fn answer(&self, message: InboundMessage) -> Reply {
-        pipeline::answer(&self.core, self.prepare(message)).await
+        pipeline::answer(&self.pipeline, self.prepare(message)).await
     }
 
     /// [`PluginHost::answer`], saying whether the message was refused
@@ -166,7 +169,7 @@ impl PluginHost {
         &self,
         message: InboundMessage,
     ) -> pipeline::Answered<Reply> {
-        pipeline::answer_unless_shutting_down(&self.core, self.prepare(message)).await
+        pipeline::answer_unless_shutting_down(&self.pipeline, self.prepare(message)).await
     }
 
     /// [`PluginHost::answer_batch`], saying whether the batch was refused
@@ -176,7 +179,7 @@ impl PluginHost {
         messages: Vec<InboundMessage>,
     ) -> pipeline::Answered<Vec<Reply>> {
         let messages: Vec<InboundMessage> = messages.into_iter().map(|m| self.prepare(m)).collect();
-        pipeline::answer_batch_unless_shutting_down(&self.core, messages).await
+        pipeline::answer_batch_unless_shutting_down(&self.pipeline, messages).await
     }
 
     /// [`PluginHost::answer`] from a thread outside the runtime, for tests.
@@ -197,7 +200,7 @@ impl PluginHost {
     /// as [`PluginHost::handle_message`] does.
     pub fn handle_batch(&self, messages: Vec<InboundMessage>) -> Vec<Reply> {
         let messages: Vec<InboundMessage> = messages.into_iter().map(|m| self.prepare(m)).collect();
-        pipeline::handle_batch(&self.core, messages)
+        pipeline::handle_batch(&self.pipeline, messages)
     }
 
     /// Runs several messages as [`PluginHost::handle_batch`] does, on the
@@ -205,7 +208,7 @@ impl PluginHost {
     /// even when a plugin call hangs.
     pub async fn answer_batch(&self, messages: Vec<InboundMessage>) -> Vec<Reply> {
         let messages: Vec<InboundMessage> = messages.into_iter().map(|m| self.prepare(m)).collect();
-        pipeline::answer_batch(&self.core, messages).await
+        pipeline::answer_batch(&self.pipeline, messages).await
     }
 
     /// Loads plugins from sources that are already open (in unit tests:
@@ -328,7 +331,7 @@ impl PluginHost {
         dir: &Path,
         debounce: std::time::Duration,
     ) -> Result<crate::Watch, String> {
-        crate::reload::watch::watch(Arc::clone(self), dir, debounce)
+        crate::reload::watch::watch(Arc::clone(self) as Arc<dyn WatchedHost>, dir, debounce)
     }
 
     /// A probe that calls one plugin's `validate` directly, for the
@@ -466,6 +469,36 @@ impl PluginHost {
         self.begin_shutdown();
         let grace = Duration::from_millis(self.config.host.shutdown_grace_ms);
         lifecycle::stop_all(&self.core, grace)
+    }
+}
+
+impl WatchedHost for PluginHost {
+    fn plugins_from(&self, file: &Path) -> Vec<String> {
+        self.statuses()
+            .into_iter()
+            .filter(|s| crate::load::discovery::same_place(&s.file, file))
+            .map(|s| s.name)
+            .collect()
+    }
+
+    fn reload_changed(
+        &self,
+        plugin: &str,
+    ) -> Result<crate::reload::Reloaded, crate::reload::ReloadFailure> {
+        self.reload_as(
+            plugin,
+            None,
+            ReloadOrigin::Watcher,
+            crate::reload::WhenUnchanged::Skip,
+        )
+    }
+
+    fn remove_file(&self, file: &Path) -> Vec<String> {
+        PluginHost::remove_file(self, file)
+    }
+
+    fn rescan(&self, dir: &Path) -> std::io::Result<LoadReport> {
+        PluginHost::rescan(self, dir)
     }
 }
 

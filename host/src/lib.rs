@@ -39,6 +39,7 @@ mod reload;
 mod request;
 mod sys;
 pub mod testing;
+mod triggers;
 pub mod trust;
 mod watchdog;
 

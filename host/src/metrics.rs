@@ -343,18 +343,6 @@ impl Metrics {
             .inc();
     }
 
-    /// The counter of one provider's cache lookups with one result (`hit`,
-    /// `stale`, `miss`), to keep and increment without a lookup.
-    pub fn cache_counter(&self, plugin: &str, provider: &str, result: &str) -> Counter {
-        self.provider_cache
-            .get_or_create(&CacheLabels {
-                plugin: plugin.into(),
-                provider: provider.into(),
-                result: result.into(),
-            })
-            .clone()
-    }
-
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut text = String::new();

@@ -73,7 +73,6 @@ pub(crate) fn create(
         order,
         generation,
         &core.metrics,
-        &core.provider_version,
     ));
     core.count_mapped(name, p.source.image_bytes());
     Ok(live)

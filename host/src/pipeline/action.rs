@@ -113,9 +113,10 @@ fn begin(run: &MessageRun, driver: u32) -> HandlerPhase {
         return stopped(0);
     }
     if let Some(limit) = spec.rate_limit {
-        if let Err(wait) = core
-            .rate_limiter
-            .try_acquire(plugin_name, action, limit, Instant::now())
+        if let Err(wait) =
+            run.pipeline
+                .rate_limiter
+                .try_acquire(plugin_name, action, limit, Instant::now())
         {
             reply.text = format!(
                 "{action} is busy; try again in {:.1} s.",

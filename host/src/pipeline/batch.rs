@@ -12,7 +12,7 @@
 use super::context::view_of;
 use super::plan::ServingPlan;
 use super::run::{late, lock, MessageRun, ReplyTo, Seen};
-use super::{refused, Answered, Evaluations, InboundMessage, Reply};
+use super::{refused, Answered, Evaluations, InboundMessage, Pipeline, Reply};
 use crate::plugin::{CallError, MessageRef};
 use crate::registry::inflight::Entry;
 use crate::registry::Registry;
@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 /// them all. It holds one entry of the admission gate from its start until
 /// it is dropped (its messages run inside it, as one piece of work).
 pub(crate) struct Batch {
+    pipeline: Arc<Pipeline>,
     core: Arc<Registry>,
     messages: Vec<InboundMessage>,
     /// One per message answered so far, with the context it saw.
@@ -51,11 +52,12 @@ struct BatchEvaluation {
 /// drive: no message, or the host is shutting down, and the replies are
 /// already sent).
 pub(super) fn start(
-    core: &Arc<Registry>,
+    pipeline: &Arc<Pipeline>,
     messages: Vec<InboundMessage>,
     waiting: oneshot::Sender<Answered<Vec<Reply>>>,
 ) -> Option<Arc<MessageRun>> {
     let first = messages.first()?.clone();
+    let core = &pipeline.core;
     if !core.admission.enter_detached() {
         let _ = waiting.send(Answered::ShuttingDown(
             messages.iter().map(|m| refused(&m.id)).collect(),
@@ -63,12 +65,13 @@ pub(super) fn start(
         return None;
     }
     let batch = Arc::new(Batch {
+        pipeline: Arc::clone(pipeline),
         core: Arc::clone(core),
         answered: Mutex::new(Vec::with_capacity(messages.len())),
         messages,
         waiting: Mutex::new(Some(waiting)),
     });
-    MessageRun::start(core, first, ReplyTo::Batch(batch, 0))
+    MessageRun::start(pipeline, first, ReplyTo::Batch(batch, 0))
 }
 
 impl Batch {
@@ -83,7 +86,7 @@ impl Batch {
         lock(&self.answered).push((reply, context));
         match self.messages.get(index + 1) {
             Some(next) => MessageRun::start(
-                &self.core,
+                &self.pipeline,
                 next.clone(),
                 ReplyTo::Batch(Arc::clone(self), index + 1),
             ),
@@ -107,7 +110,7 @@ impl Batch {
             std::mem::take(&mut *lock(&self.answered))
                 .into_iter()
                 .unzip();
-        let plan = self.core.serving_plan();
+        let plan = self.pipeline.serving_plan();
         let evaluation = Arc::new(BatchEvaluation {
             batch: Arc::clone(self),
             relay: Relay::new(plan.evaluators.len(), 0),

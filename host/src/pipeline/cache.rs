@@ -1,11 +1,81 @@
-//! A provider's cache slot: its key in the state JSON, its cached (or
-//! pushed) value, and its counters. Each live plugin holds one per provider;
-//! only the pipeline reads and refreshes them, and pushed values are stored
-//! through the registry.
+//! The providers' cache slots: each provider's key in the state JSON, its
+//! cached (or pushed) value, and its counters. The pipeline keeps one set of
+//! slots per generation of a plugin ([`ProviderSlots`]); it reads and
+//! refreshes them, and the values providers push reach them from the
+//! registry through [`PushedValues`].
 
+use crate::metrics::CacheLabels;
+use crate::registry::{LivePlugin, PushedValues};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Instant;
+
+/// The provider slots of every generation that has them, by generation.
+pub(crate) struct ProviderSlots {
+    /// Bumped whenever any provider value is stored, so a composed state
+    /// can tell it is still current.
+    pub(crate) version: Arc<AtomicU64>,
+    /// `agent_host_provider_cache_total`, where the slots count.
+    counters: Family<CacheLabels, Counter>,
+    by_generation: RwLock<HashMap<u64, GenerationSlots>>,
+}
+
+/// One generation's slots, kept while the generation lives.
+struct GenerationSlots {
+    plugin: Weak<LivePlugin>,
+    slots: Arc<[ProviderSlot]>,
+}
+
+impl ProviderSlots {
+    /// No slots yet; they count in `counters`.
+    pub(crate) fn new(counters: Family<CacheLabels, Counter>) -> Self {
+        Self {
+            version: Arc::new(AtomicU64::new(0)),
+            counters,
+            by_generation: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The slots of `plugin`'s generation, one per provider by index, made
+    /// empty when first asked for.
+    pub(crate) fn of(&self, plugin: &Arc<LivePlugin>) -> Arc<[ProviderSlot]> {
+        if let Some(found) = read(&self.by_generation).get(&plugin.generation) {
+            return Arc::clone(&found.slots);
+        }
+        let mut by_generation = write(&self.by_generation);
+        let entry = by_generation
+            .entry(plugin.generation)
+            .or_insert_with(|| GenerationSlots {
+                plugin: Arc::downgrade(plugin),
+                slots: plugin
+                    .instance
+                    .manifest
+                    .providers
+                    .iter()
+                    .map(|spec| {
+                        ProviderSlot::new(plugin.name(), &spec.name, &self.version, &self.counters)
+                    })
+                    .collect(),
+            });
+        Arc::clone(&entry.slots)
+    }
+
+    /// Drops the slots of the generations that are gone.
+    pub(crate) fn forget_gone(&self) {
+        write(&self.by_generation).retain(|_, kept| kept.plugin.strong_count() > 0);
+    }
+}
+
+impl PushedValues for ProviderSlots {
+    fn store(&self, plugin: &Arc<LivePlugin>, provider: u32, json: Arc<str>) {
+        if let Some(slot) = self.of(plugin).get(provider as usize) {
+            slot.store(json);
+        }
+    }
+}
 
 /// A provider's place in the pipeline: its key in the state JSON, its
 /// cached value, and its cache counters (made once, so a lookup allocates
@@ -38,15 +108,24 @@ impl ProviderSlot {
         plugin: &str,
         provider: &str,
         version: &Arc<AtomicU64>,
-        metrics: &crate::metrics::Metrics,
+        counters: &Family<CacheLabels, Counter>,
     ) -> Self {
+        let counter = |result: &str| {
+            counters
+                .get_or_create(&CacheLabels {
+                    plugin: plugin.into(),
+                    provider: provider.into(),
+                    result: result.into(),
+                })
+                .clone()
+        };
         Self {
             state_key: format!("{}:", serde_json::Value::from(provider)),
             version: Arc::clone(version),
             cached: RwLock::new(None),
-            hits: metrics.cache_counter(plugin, provider, "hit"),
-            stale: metrics.cache_counter(plugin, provider, "stale"),
-            misses: metrics.cache_counter(plugin, provider, "miss"),
+            hits: counter("hit"),
+            stale: counter("stale"),
+            misses: counter("miss"),
             failures: AtomicU32::new(0),
             retry_at_ms: AtomicU64::new(0),
         }

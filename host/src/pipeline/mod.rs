@@ -47,17 +47,68 @@ mod run;
 mod state;
 #[cfg(test)]
 mod tests;
-pub(crate) mod triggers;
 
 pub use message::{
     ActionRef, EvaluationRecord, Evaluations, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,
 };
 
 use crate::registry::Registry;
+use cache::ProviderSlots;
+use plan::ServingPlan;
+use ratelimit::RateLimiter;
 use run::{MessageRun, ReplyTo};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use tokio::sync::oneshot;
+
+/// The pipeline's own state over the registry's plugins: the serving plan
+/// (worked out once per change of the plugin set), the providers' cache
+/// slots, and the actions' rate limits.
+pub(crate) struct Pipeline {
+    /// The plugins, services and settings the pipeline serves with.
+    pub(crate) core: Arc<Registry>,
+    /// The plan and the plugin set version it was worked out for.
+    plan: Mutex<Option<(u64, Arc<ServingPlan>)>>,
+    /// The providers' cached and pushed values.
+    pub(crate) provider_slots: Arc<ProviderSlots>,
+    /// Per-action rate limits.
+    pub(crate) rate_limiter: RateLimiter,
+}
+
+impl Pipeline {
+    /// The pipeline over `core`; the values its providers push come here.
+    pub(crate) fn new(core: Arc<Registry>) -> Arc<Self> {
+        let provider_slots = Arc::new(ProviderSlots::new(core.metrics.provider_cache.clone()));
+        core.send_pushed_values_to(Arc::clone(&provider_slots) as _);
+        Arc::new(Self {
+            core,
+            plan: Mutex::new(None),
+            provider_slots,
+            rate_limiter: RateLimiter::default(),
+        })
+    }
+
+    /// Who takes part in the pipeline now, worked out once per change of the
+    /// plugin set (a load, a reload, an unload, a quarantine) rather than per
+    /// message. A new plan forgets the slots and rate limits of the plugins
+    /// that are gone.
+    pub(crate) fn serving_plan(&self) -> Arc<ServingPlan> {
+        let version = self.core.plugin_set_version();
+        let mut plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((built_for, plan)) = plan.as_ref() {
+            if *built_for == version {
+                return Arc::clone(plan);
+            }
+        }
+        let plugins = self.core.plugins();
+        self.provider_slots.forget_gone();
+        self.rate_limiter
+            .retain(|name| plugins.iter().any(|p| p.name() == name));
+        let fresh = Arc::new(ServingPlan::new(plugins, &self.provider_slots));
+        *plan = Some((version, Arc::clone(&fresh)));
+        fresh
+    }
+}
 
 fn micros(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
@@ -111,10 +162,10 @@ fn lost(id: &str) -> Reply {
 /// When a call overruns its deadline, the watchdog has another thread
 /// finish the message on time, but this thread returns only once the late
 /// call has returned: a front-end that must answer on time uses [`answer`].
-pub fn handle_message(core: &Arc<Registry>, message: InboundMessage) -> Reply {
+pub fn handle_message(pipeline: &Arc<Pipeline>, message: InboundMessage) -> Reply {
     let id = message.id.clone();
     let (sender, mut receiver) = oneshot::channel();
-    if let Some(run) = MessageRun::start(core, message, ReplyTo::Waiting(sender)) {
+    if let Some(run) = MessageRun::start(pipeline, message, ReplyTo::Waiting(sender)) {
         run.drive(0);
     }
     match receiver.try_recv() {
@@ -128,8 +179,8 @@ pub fn handle_message(core: &Arc<Registry>, message: InboundMessage) -> Reply {
 /// Runs one message through the pipeline on the blocking pool and waits
 /// for its reply, which comes on time even when a plugin call hangs (the
 /// late call is abandoned and reported).
-pub async fn answer(core: &Arc<Registry>, message: InboundMessage) -> Reply {
-    answer_unless_shutting_down(core, message)
+pub async fn answer(pipeline: &Arc<Pipeline>, message: InboundMessage) -> Reply {
+    answer_unless_shutting_down(pipeline, message)
         .await
         .into_reply()
 }
@@ -137,14 +188,14 @@ pub async fn answer(core: &Arc<Registry>, message: InboundMessage) -> Reply {
 /// [`answer`], saying whether the message was refused because the host is
 /// shutting down.
 pub(crate) async fn answer_unless_shutting_down(
-    core: &Arc<Registry>,
+    pipeline: &Arc<Pipeline>,
     message: InboundMessage,
 ) -> Answered<Reply> {
     let id = message.id.clone();
     let (sender, receiver) = oneshot::channel();
-    let core_bg = Arc::clone(core);
-    core.runtime().spawn_blocking(move || {
-        if let Some(run) = MessageRun::start(&core_bg, message, ReplyTo::Waiting(sender)) {
+    let pipeline_bg = Arc::clone(pipeline);
+    pipeline.core.runtime().spawn_blocking(move || {
+        if let Some(run) = MessageRun::start(&pipeline_bg, message, ReplyTo::Waiting(sender)) {
             run.drive(0);
         }
     });
@@ -157,9 +208,9 @@ pub(crate) async fn answer_unless_shutting_down(
 /// every evaluator scores all of them at once through its batch form. Like
 /// [`handle_message`], this thread is lent to a late call until it returns;
 /// [`answer_batch`] returns the replies on time.
-pub fn handle_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) -> Vec<Reply> {
+pub fn handle_batch(pipeline: &Arc<Pipeline>, messages: Vec<InboundMessage>) -> Vec<Reply> {
     let (sender, mut receiver) = oneshot::channel();
-    if let Some(run) = batch::start(core, messages, sender) {
+    if let Some(run) = batch::start(pipeline, messages, sender) {
         run.drive(0);
     }
     match receiver.try_recv() {
@@ -174,8 +225,8 @@ pub fn handle_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) -> Vec<
 /// Runs several messages as [`handle_batch`] does, on the blocking pool,
 /// and returns the replies when they are ready: on time even when a plugin
 /// call hangs.
-pub async fn answer_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) -> Vec<Reply> {
-    answer_batch_unless_shutting_down(core, messages)
+pub async fn answer_batch(pipeline: &Arc<Pipeline>, messages: Vec<InboundMessage>) -> Vec<Reply> {
+    answer_batch_unless_shutting_down(pipeline, messages)
         .await
         .into_reply()
 }
@@ -183,13 +234,13 @@ pub async fn answer_batch(core: &Arc<Registry>, messages: Vec<InboundMessage>) -
 /// [`answer_batch`], saying whether the batch was refused because the host
 /// is shutting down.
 pub(crate) async fn answer_batch_unless_shutting_down(
-    core: &Arc<Registry>,
+    pipeline: &Arc<Pipeline>,
     messages: Vec<InboundMessage>,
 ) -> Answered<Vec<Reply>> {
     let (sender, receiver) = oneshot::channel();
-    let core_bg = Arc::clone(core);
-    core.runtime().spawn_blocking(move || {
-        if let Some(run) = batch::start(&core_bg, messages, sender) {
+    let pipeline_bg = Arc::clone(pipeline);
+    pipeline.core.runtime().spawn_blocking(move || {
+        if let Some(run) = batch::start(&pipeline_bg, messages, sender) {
             run.drive(0);
         }
     });

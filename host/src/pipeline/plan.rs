@@ -1,10 +1,11 @@
 //! The serving plan: who takes part in the pipeline now (loaded plugins,
 //! not quarantined) and whose providers compose the state. Worked out once
-//! per change of the plugin set, and cached by the registry.
+//! per change of the plugin set, and cached by the [`Pipeline`](super::Pipeline).
 
+use crate::pipeline::cache::{ProviderSlot, ProviderSlots};
 use crate::pipeline::message::EvaluatorNames;
-use crate::pipeline::triggers::TriggerIndex;
 use crate::registry::LivePlugin;
+use crate::triggers::TriggerIndex;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -13,6 +14,8 @@ use std::time::Instant;
 pub struct ServingPlan {
     /// Serving plugins in load order.
     pub plugins: Vec<Arc<LivePlugin>>,
+    /// Their provider slots, one set per plugin of `plugins`.
+    pub slots: Vec<Arc<[ProviderSlot]>>,
     /// Their action triggers, one slot per plugin of `plugins`.
     pub triggers: TriggerIndex,
     /// (plugin index in `plugins`, provider index) of every provider in the
@@ -42,7 +45,7 @@ pub struct ServingPlan {
 /// A composed state and what it depends on.
 #[derive(Debug, Clone)]
 pub struct StateSnapshot {
-    /// `Registry::provider_version` when it was composed.
+    /// `ProviderSlots::version` when it was composed.
     pub version: u64,
     /// When its earliest cached value expires (`None`: never).
     pub fresh_until: Option<Instant>,
@@ -51,8 +54,9 @@ pub struct StateSnapshot {
 }
 
 impl ServingPlan {
-    pub(crate) fn new(mut plugins: Vec<Arc<LivePlugin>>) -> Self {
+    pub(crate) fn new(mut plugins: Vec<Arc<LivePlugin>>, provider_slots: &ProviderSlots) -> Self {
         plugins.retain(|p| !p.is_quarantined());
+        let slots = plugins.iter().map(|p| provider_slots.of(p)).collect();
         let mut names = std::collections::HashSet::new();
         let mut providers = Vec::new();
         let mut shadowed = Vec::new();
@@ -92,6 +96,7 @@ impl ServingPlan {
             .collect();
         Self {
             plugins,
+            slots,
             triggers,
             providers,
             evaluators,

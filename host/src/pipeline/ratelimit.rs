@@ -41,12 +41,13 @@ impl RateLimiter {
         Ok(())
     }
 
-    /// Forgets a plugin's logs (when it is unloaded).
-    pub fn forget(&self, plugin: &str) {
+    /// Keeps the logs of the plugins `keep` says yes to, and forgets the
+    /// others (a plugin no longer loaded starts afresh when it returns).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.logs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(p, _), _| p != plugin);
+            .retain(|(plugin, _), _| keep(plugin));
     }
 }
 

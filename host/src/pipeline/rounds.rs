@@ -7,8 +7,8 @@
 //! they would otherwise have made the call.
 
 use super::run::{lock, MessageRun};
-use super::triggers::Matched;
 use crate::plugin::{MessageRef, MessageRound, RoundDeadlines};
+use crate::triggers::Matched;
 use crate::watchdog::unix_ms_now;
 use std::sync::Mutex;
 

@@ -22,7 +22,7 @@
 use super::batch::Batch;
 use super::message::{InboundMessage, Reply};
 use super::plan::ServingPlan;
-use super::{action, choose, evaluate, state, Answered};
+use super::{action, choose, evaluate, state, Answered, Pipeline};
 use crate::registry::Registry;
 use crate::watchdog::relay::{Relay, Relayed};
 use crate::watchdog::Watched;
@@ -58,6 +58,7 @@ impl Default for Seen {
 
 /// One message on its way through the pipeline.
 pub(crate) struct MessageRun {
+    pub(super) pipeline: Arc<Pipeline>,
     pub(super) core: Arc<Registry>,
     pub(super) plan: Arc<ServingPlan>,
     pub(super) message: InboundMessage,
@@ -101,10 +102,11 @@ impl MessageRun {
     /// delivered) when the host is shutting down. Runs plugin code (a lazy
     /// plugin's start): call it from a thread that may block.
     pub(crate) fn start(
-        core: &Arc<Registry>,
+        pipeline: &Arc<Pipeline>,
         message: InboundMessage,
         reply_to: ReplyTo,
     ) -> Option<Arc<Self>> {
+        let core = &pipeline.core;
         // A message of a batch is inside the batch's admitted entry.
         let admitted = matches!(reply_to, ReplyTo::Waiting(_));
         if admitted && !core.admission.enter_detached() {
@@ -121,8 +123,9 @@ impl MessageRun {
             ..Reply::default()
         };
         let run = Arc::new(Self {
+            pipeline: Arc::clone(pipeline),
             core: Arc::clone(core),
-            plan: core.serving_plan(),
+            plan: pipeline.serving_plan(),
             message,
             started: Instant::now(),
             admitted,

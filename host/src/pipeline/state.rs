@@ -8,6 +8,7 @@
 //! `provider_backoff_after` failures in a row a provider is backed off: not
 //! asked for a while (its cached value served stale meanwhile).
 
+use super::cache::ProviderSlot;
 use super::context::{context_json, view_of, OwnedMessage};
 use super::plan::StateSnapshot;
 use super::run::{lock, MessageRun};
@@ -94,8 +95,10 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
 fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
     let (core, plan, message) = (&run.core, &run.plan, &run.message);
     let started = Instant::now();
-    let version = core
-        .provider_version
+    let version = run
+        .pipeline
+        .provider_slots
+        .version
         .load(std::sync::atomic::Ordering::Acquire);
     let empty = |reused: Option<Arc<str>>, composing: Composing| ProvidersPhase {
         started,
@@ -141,7 +144,7 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
     for &(p, index) in &plan.providers {
         let plugin = &plan.plugins[p];
         let spec = &plugin.instance.manifest.providers[index as usize];
-        let slot = &plugin.providers[index as usize];
+        let slot = &plan.slots[p][index as usize];
         let position = composing.values.len();
         if let Some((failures, retry_in)) = slot.backed_off(now_ms) {
             composing.reusable = false;
@@ -179,7 +182,14 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
                     composing.reusable = false;
                     composing.stale.push(position);
                     if slot.start_refresh() {
-                        refresh_in_background(core, plugin, index, message, &bare_context);
+                        refresh_in_background(
+                            core,
+                            plugin,
+                            &plan.slots[p],
+                            index,
+                            message,
+                            &bare_context,
+                        );
                     }
                 }
                 composing.values.push(Some(json));
@@ -221,11 +231,7 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
 
 /// The cached value of a provider that cannot answer now, marked stale;
 /// `None` (left out) when it has none.
-fn serve_stale(
-    slot: &super::cache::ProviderSlot,
-    stale: &mut Vec<usize>,
-    position: usize,
-) -> Value {
+fn serve_stale(slot: &ProviderSlot, stale: &mut Vec<usize>, position: usize) -> Value {
     let cached = slot.with_cached(|cached| cached.map(|c| Arc::clone(&c.json)))?;
     stale.push(position);
     Some(cached)
@@ -258,10 +264,11 @@ fn ask(run: &MessageRun, phase: &ProvidersPhase, job: usize, control: &CallContr
 }
 
 /// Records a provider's failure (or timeout) against its backoff.
-fn failed(run: &MessageRun, plugin: &LivePlugin, index: u32, error: &CallError) {
+fn failed(run: &MessageRun, p: usize, index: u32, error: &CallError) {
+    let plugin = &run.plan.plugins[p];
     run.core.record_error(plugin, error);
     let settings = &run.core.settings;
-    let slot = &plugin.providers[index as usize];
+    let slot = &run.plan.slots[p][index as usize];
     if let Some(pause) = slot.failed(
         run.now_ms(),
         settings.provider_backoff_after,
@@ -279,7 +286,7 @@ fn failed(run: &MessageRun, plugin: &LivePlugin, index: u32, error: &CallError) 
 /// The host code after the calls: every answer stored and checked, the
 /// state and the context composed.
 fn finish(run: &MessageRun, phase: &ProvidersPhase) {
-    let (core, plan) = (&run.core, &run.plan);
+    let plan = &run.plan;
     let mut reply = lock(&run.reply);
     reply.errors.extend(plan.shadowed.iter().cloned());
     if let Some(state) = &phase.reused {
@@ -303,9 +310,9 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
             for (&index, &position) in ask.indices.iter().zip(&ask.positions) {
                 let entry = Entry::Provider(index).describe(&plugin.instance);
                 let error = plugin.instance.timed_out(entry, ask.timeout_ms);
-                failed(run, plugin, index, &error);
+                failed(run, ask.plugin, index, &error);
                 composing.errors.push(error.to_string());
-                let slot = &plugin.providers[index as usize];
+                let slot = &plan.slots[ask.plugin][index as usize];
                 composing.values[position] = serve_stale(slot, &mut composing.stale, position);
             }
             return;
@@ -314,7 +321,7 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
             let Some(position) = position_of(index) else {
                 continue;
             };
-            let slot = &plugin.providers[index as usize];
+            let slot = &plan.slots[ask.plugin][index as usize];
             match outcome {
                 Ok(json) => {
                     slot.answered();
@@ -329,7 +336,7 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
                     composing.values[position] = Some(json);
                 }
                 Err(error) => {
-                    failed(run, plugin, index, &error);
+                    failed(run, ask.plugin, index, &error);
                     composing.errors.push(error.to_string());
                     composing.values[position] = serve_stale(slot, &mut composing.stale, position);
                 }
@@ -345,7 +352,7 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
                 if state.len() > 1 {
                     state.push(',');
                 }
-                state.push_str(&plan.plugins[p].providers[index as usize].state_key);
+                state.push_str(&plan.slots[p][index as usize].state_key);
                 state.push_str(json);
             }
             None => reusable = false,
@@ -354,8 +361,10 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
     state.push('}');
     let state: Arc<str> = state.into();
     if reusable && composing.stale.is_empty() && composing.errors.is_empty() {
-        let version = core
-            .provider_version
+        let version = run
+            .pipeline
+            .provider_slots
+            .version
             .load(std::sync::atomic::Ordering::Acquire);
         *plan.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = Some(StateSnapshot {
             version,
@@ -387,16 +396,17 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
 fn refresh_in_background(
     core: &Arc<Registry>,
     plugin: &Arc<LivePlugin>,
+    slots: &Arc<[ProviderSlot]>,
     index: u32,
     message: &InboundMessage,
     context: &str,
 ) {
-    let (core_bg, plugin_bg) = (Arc::clone(core), Arc::clone(plugin));
+    let (core_bg, plugin_bg, slots) = (Arc::clone(core), Arc::clone(plugin), Arc::clone(slots));
     let owned = OwnedMessage::of(message, context);
     let timeout = timeout_ms(core, plugin, index);
     core.runtime().spawn_blocking(move || {
         let view = owned.view();
-        let slot = &plugin_bg.providers[index as usize];
+        let slot = &slots[index as usize];
         // A host shutting down refreshes nothing.
         let Some(_admitted) = core_bg.admission.enter() else {
             slot.end_refresh();

@@ -15,8 +15,8 @@
 
 use super::{LivePlugin, Registry};
 use crate::load::report::LoadFailure;
-use crate::pipeline::triggers::{PluginTriggers, TriggerIndex};
 use crate::registry::permissions::matches;
+use crate::triggers::{PluginTriggers, TriggerIndex};
 use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
 use semver::Version;
 use std::cell::Cell;

@@ -1,14 +1,13 @@
 //! A plugin that is loaded and registered: its instance, permissions, place
-//! in the load order and generation, its provider cache slots and metrics,
+//! in the load order and generation, its metrics,
 //! its quarantine state, and its calls in flight.
 
 use crate::metrics::Metrics;
-use crate::pipeline::cache::ProviderSlot;
-use crate::pipeline::triggers::PluginTriggers;
 use crate::plugin::PluginInstance;
 use crate::registry::permissions::Permissions;
+use crate::triggers::PluginTriggers;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -33,8 +32,6 @@ pub struct LivePlugin {
     pub evaluator_indices: Vec<u32>,
     /// Its evaluators' names, by index.
     pub evaluator_names: Vec<Arc<str>>,
-    /// One slot per provider, by index: its cached value and counters.
-    pub providers: Vec<ProviderSlot>,
     /// Each action's counters, by index.
     pub action_metrics: Vec<crate::metrics::ActionMetrics>,
     /// The calls in flight into this generation.
@@ -55,15 +52,8 @@ impl LivePlugin {
         load_order: usize,
         generation: u64,
         metrics: &Metrics,
-        provider_version: &Arc<AtomicU64>,
     ) -> Self {
         let name = instance.name().to_string();
-        let providers = instance
-            .manifest
-            .providers
-            .iter()
-            .map(|spec| ProviderSlot::new(&name, &spec.name, provider_version, metrics))
-            .collect();
         let action_metrics = instance
             .manifest
             .actions
@@ -82,7 +72,6 @@ impl LivePlugin {
             shared_name: Arc::from(name.as_str()),
             triggers,
             evaluator_names,
-            providers,
             action_metrics,
             instance,
             permissions,

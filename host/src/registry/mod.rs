@@ -29,8 +29,6 @@ pub use live::LivePlugin;
 
 use crate::config::HostSettings;
 use crate::metrics::Metrics;
-use crate::pipeline::plan::ServingPlan;
-use crate::pipeline::ratelimit::RateLimiter;
 use crate::registry::events::{BusEvent, DeliveryFailure, EventBus};
 use crate::registry::permissions::Permissions;
 use agent_host_plugin_sdk::ErrorKind;
@@ -60,16 +58,17 @@ pub struct Registry {
     mapped: Mutex<HashMap<String, MappedImages>>,
     /// The gate every top-level entry into plugin code passes.
     pub admission: crate::registry::admission::Admission,
-    plan: Mutex<Option<Arc<ServingPlan>>>,
-    /// Bumped whenever any provider value is stored, so a composed state
-    /// can tell it is still current.
-    pub provider_version: Arc<AtomicU64>,
+    /// Bumped whenever the set of serving plugins changes (a plugin
+    /// registered, swapped, unregistered or quarantined), so that what is
+    /// worked out from it (the pipeline's serving plan) can tell it is
+    /// current with one atomic load.
+    plugin_set: AtomicU64,
+    /// Where the values providers push go (the pipeline's provider slots).
+    pushed_values: std::sync::OnceLock<Arc<dyn PushedValues>>,
     /// Host settings from the config file.
     pub settings: HostSettings,
     /// Metrics.
     pub metrics: Metrics,
-    /// Per-action rate limits.
-    pub rate_limiter: RateLimiter,
     /// The clock and thread that bound calls into plugins.
     pub(crate) watchdog: crate::watchdog::Watchdog,
     /// The lazy plugins not started yet (`lazy.rs`).
@@ -91,11 +90,10 @@ impl Registry {
             next_generation: AtomicU64::new(1),
             mapped: Mutex::new(HashMap::new()),
             admission: crate::registry::admission::Admission::default(),
-            plan: Mutex::new(None),
-            provider_version: Arc::new(AtomicU64::new(0)),
+            plugin_set: AtomicU64::new(0),
+            pushed_values: std::sync::OnceLock::new(),
             settings,
             metrics: Metrics::new(),
-            rate_limiter: RateLimiter::default(),
             watchdog: crate::watchdog::Watchdog::start(),
             lazy: lazy::LazyPlugins::default(),
             me: me.clone(),
@@ -153,23 +151,17 @@ impl Registry {
         plugins.push(plugin);
         plugins.sort_by_key(|p| p.load_order);
         drop(plugins);
-        self.invalidate_plan();
+        self.plugin_set_changed();
     }
 
-    fn invalidate_plan(&self) {
-        *self.plan.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    pub(super) fn plugin_set_changed(&self) {
+        self.plugin_set.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Who takes part in the pipeline now, worked out once per change of the
-    /// plugin set (a load, an unload, a quarantine) rather than per message.
-    pub fn serving_plan(&self) -> Arc<ServingPlan> {
-        let mut plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(plan) = plan.as_ref() {
-            return Arc::clone(plan);
-        }
-        let fresh = Arc::new(ServingPlan::new(self.plugins()));
-        *plan = Some(Arc::clone(&fresh));
-        fresh
+    /// The version of the set of serving plugins: it changes with every
+    /// load, swap, unload and quarantine.
+    pub fn plugin_set_version(&self) -> u64 {
+        self.plugin_set.load(Ordering::Acquire)
     }
 
     /// Removes a plugin with its services, subscriptions, timers and cached values.
@@ -182,7 +174,6 @@ impl Registry {
         }
         plugins.retain(|p| p.name() != name);
         drop(plugins);
-        self.rate_limiter.forget(name);
         write(&self.services).retain(|_, slot| slot.plugin.name() != name);
         self.bus.unsubscribe_plugin(name);
         let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -195,7 +186,7 @@ impl Registry {
             }
         });
         drop(timers);
-        self.invalidate_plan();
+        self.plugin_set_changed();
     }
 
     /// A new generation number.
@@ -225,7 +216,7 @@ impl Registry {
             );
         }
         drop(services);
-        self.invalidate_plan();
+        self.plugin_set_changed();
     }
 
     /// Removes what one retired generation set up: its subscriptions and timers.
@@ -356,6 +347,12 @@ impl Registry {
         }
     }
 
+    /// Says where the values that providers push go; the first caller
+    /// wins (the pipeline, when the host is made).
+    pub(crate) fn send_pushed_values_to(&self, sink: Arc<dyn PushedValues>) {
+        let _ = self.pushed_values.set(sink);
+    }
+
     /// Stores a value pushed by one of a plugin's providers. A value pushed
     /// by a generation that is not (or not yet) serving is dropped: the next
     /// message asks the serving generation's provider instead.
@@ -380,18 +377,35 @@ impl Registry {
             );
             return Ok(());
         }
-        let slot = plugin.providers.get(provider as usize).ok_or_else(|| {
-            HostError::new(
+        if plugin
+            .instance
+            .manifest
+            .providers
+            .get(provider as usize)
+            .is_none()
+        {
+            return Err(HostError::new(
                 ErrorKind::NotFound,
                 format!(
                     "plugin '{}' has no provider number {provider}",
                     plugin.name()
                 ),
-            )
-        })?;
-        slot.store(json);
+            ));
+        }
+        if let Some(sink) = self.pushed_values.get() {
+            sink.store(&plugin, provider, json);
+        }
         Ok(())
     }
+}
+
+/// Where the values a plugin's providers push are kept: the pipeline's
+/// provider slots, which the registry reaches through this trait without
+/// naming the pipeline.
+pub(crate) trait PushedValues: Send + Sync {
+    /// Stores the value pushed by provider `provider` (an index that
+    /// exists) of the serving generation `plugin`.
+    fn store(&self, plugin: &Arc<LivePlugin>, provider: u32, json: Arc<str>);
 }
 
 /// The identity of a plugin calling back into the host.

@@ -37,7 +37,7 @@ impl Registry {
             && !plugin.quarantined.swap(true, Ordering::AcqRel)
         {
             self.metrics.plugins_quarantined.inc();
-            self.invalidate_plan();
+            self.plugin_set_changed();
             tracing::error!(
                 plugin = plugin.name(),
                 "quarantined: {count} panics within {} ms; its actions, providers, evaluators and services are out of service until it is reloaded",

@@ -12,8 +12,9 @@
 //! library it signs, so a signature that lands after its library still
 //! gets the library loaded.
 
-use crate::host::PluginHost;
 use crate::load::discovery::is_plugin_file;
+use crate::load::report::LoadReport;
+use crate::reload::{ReloadFailure, Reloaded};
 use notify_debouncer_full::notify::event::ModifyKind;
 use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
@@ -73,8 +74,26 @@ fn plugin_file_of(path: &Path) -> Option<PathBuf> {
     is_plugin_file(&library).then_some(library)
 }
 
+/// What a watch asks of the host whose folder it watches. The facade
+/// implements it, so that the watcher reports up without naming it.
+pub(crate) trait WatchedHost: Send + Sync + 'static {
+    /// The plugins (started or pending) loaded from `file`.
+    fn plugins_from(&self, file: &Path) -> Vec<String>;
+    /// Reloads `plugin` from its changed file, as the watcher's reload: a
+    /// byte-identical file is skipped.
+    fn reload_changed(&self, plugin: &str) -> Result<Reloaded, ReloadFailure>;
+    /// Stops the plugins of a removed file and their dependents.
+    fn remove_file(&self, file: &Path) -> Vec<String>;
+    /// Loads the files of `dir` that no loaded plugin came from.
+    fn rescan(&self, dir: &Path) -> std::io::Result<LoadReport>;
+}
+
 /// Starts watching `dir` for `host`.
-pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Watch, String> {
+pub(crate) fn watch(
+    host: Arc<dyn WatchedHost>,
+    dir: &Path,
+    debounce: Duration,
+) -> Result<Watch, String> {
     let dir = dir
         .canonicalize()
         .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
@@ -125,22 +144,12 @@ pub fn watch(host: Arc<PluginHost>, dir: &Path, debounce: Duration) -> Result<Wa
                         }
                         continue;
                     }
-                    let names: Vec<String> = host
-                        .statuses()
-                        .into_iter()
-                                                .filter(|s| crate::load::discovery::same_place(&s.file, path))
-                        .map(|s| s.name)
-                        .collect();
+                    let names = host.plugins_from(path);
                     if names.is_empty() {
                         rescan = true;
                     }
                     for name in names {
-                        if let Err(failure) = host.reload_as(
-                            &name,
-                            None,
-                            crate::reload::ReloadOrigin::Watcher,
-                            crate::reload::WhenUnchanged::Skip,
-                        ) {
+                        if let Err(failure) = host.reload_changed(&name) {
                             if failure.error.is_transient() && attempt < RETRIES {
                                 retries.insert(path.clone(), (attempt, Instant::now() + RETRY_AFTER));
                             }
