@@ -81,7 +81,7 @@ mod api;
 
 pub use api::{ApiSettings, ApiToken, Role, TokenSource};
 
-use crate::registry::permissions::{matches, Permissions};
+use crate::permissions::{matches, Permissions};
 use agent_host_plugin_sdk::manifest::Manifest;
 use serde::Deserialize;
 use serde_json::Value;

@@ -24,13 +24,16 @@
 pub mod bench_support;
 pub mod cli;
 pub mod config;
+mod current_call;
 mod dependencies;
 mod host;
 pub mod http;
 pub mod isolation;
 mod lifecycle;
 mod load;
+mod log_limit;
 mod metrics;
+mod permissions;
 mod pipeline;
 mod plugin;
 mod registry;

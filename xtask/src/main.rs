@@ -20,6 +20,8 @@
 //!   macOS and Windows (or the targets named), from Linux (see [`cross`]).
 //! * `cargo xtask wine-check`: builds the host and plugins for Windows and
 //!   runs isolated plugins and their faults under Wine (see [`wine`]).
+//! * `cargo xtask tidy`: lists the imports of the host that break its layers
+//!   (see [`tidy`]); `cargo test` fails on any.
 //!
 //! It must never write into a plugin folder except by rename (staged
 //! libraries and scaffolded plugins alike), never overwrite or delete a
@@ -32,6 +34,7 @@ mod dev;
 mod scaffold;
 mod signals;
 mod template;
+mod tidy;
 mod wine;
 
 use std::path::{Path, PathBuf};
@@ -43,7 +46,8 @@ const USAGE: &str = "usage:
   cargo xtask new-plugin NAME [--actions] [--providers] [--evaluators] [--services] [--all]
   cargo xtask dev [--plugins-dir DIR] [-- agent-host run options...]
   cargo xtask cross-check [TARGET...]
-  cargo xtask wine-check";
+  cargo xtask wine-check
+  cargo xtask tidy";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Some("dev") => dev::dev_command(&args[1..]),
         Some("cross-check") => cross::cross_check_command(&args[1..]),
         Some("wine-check") => wine::wine_check_command(&args[1..]),
+        Some("tidy") => tidy::tidy_command(),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

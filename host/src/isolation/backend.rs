@@ -206,7 +206,7 @@ impl WorkerBackend {
         let cancelled = || {
             let (deadline, cancelled) = match control {
                 Some(control) => (control.deadline_unix_ms(), control.is_cancelled()),
-                None => crate::registry::current_call::inherited().unwrap_or((0, false)),
+                None => crate::current_call::inherited().unwrap_or((0, false)),
             };
             cancelled || (deadline != 0 && unix_ms_now() > deadline + DEADLINE_GRACE_MS)
         };
@@ -515,7 +515,7 @@ impl Backend for WorkerBackend {
         let call = Call::Validate {
             actions: actions.to_vec(),
             message: wire(message),
-            deadline_ms: crate::registry::current_call::inherited().map_or(0, |(d, _)| d),
+            deadline_ms: crate::current_call::inherited().map_or(0, |(d, _)| d),
         };
         match self.call(call, None) {
             Ok(Answer::Validated(answers)) if answers.len() == actions.len() => {
@@ -670,8 +670,8 @@ impl Backend for WorkerBackend {
             subscription,
             event: event.to_string(),
             payload_json: payload_json.to_string(),
-            source: crate::registry::events::current_source().unwrap_or_default(),
-            deadline_ms: crate::registry::current_call::inherited().map_or(0, |(d, _)| d),
+            source: crate::current_call::current_source().unwrap_or_default(),
+            deadline_ms: crate::current_call::inherited().map_or(0, |(d, _)| d),
         };
         done(self.call(call, None)?)
     }
@@ -679,7 +679,7 @@ impl Backend for WorkerBackend {
     fn on_timer(&self, timer: u64) -> Result<(), Failure> {
         let call = Call::OnTimer {
             timer,
-            deadline_ms: crate::registry::current_call::inherited().map_or(0, |(d, _)| d),
+            deadline_ms: crate::current_call::inherited().map_or(0, |(d, _)| d),
         };
         done(self.call(call, None)?)
     }

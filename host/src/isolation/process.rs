@@ -32,7 +32,7 @@ use super::protocol::{
 use super::sandbox::Protections;
 use super::settings::IsolationSettings;
 use super::spawn;
-use crate::registry::log_limit::{self, LogLimiter};
+use crate::log_limit::{self, LogLimiter};
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;

@@ -26,7 +26,7 @@
 //! write_timeout_ms = 10000        # a worker that stops reading is killed after this (or the call's deadline)
 //! ```
 
-use crate::registry::permissions::matches;
+use crate::permissions::matches;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -10,8 +10,8 @@
 //! A plugin's log lines pass its rate limit first (`log_limit`), in process
 //! and in a worker alike: a worker's log lines arrive here too.
 
-use crate::registry::log_limit::{self, LogLimiter};
-use crate::registry::permissions::Permissions;
+use crate::log_limit::{self, LogLimiter};
+use crate::permissions::Permissions;
 use crate::registry::{HostError, LiveCaller, Registry};
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
 use prometheus_client::metrics::counter::Counter;
@@ -180,7 +180,7 @@ impl Host for PluginCallbacks {
     }
 
     fn event_source(&self) -> Option<String> {
-        super::events::current_source()
+        crate::current_call::current_source()
     }
 
     fn resolve(&self, host: &str, port: u16) -> HostResult<Vec<std::net::SocketAddr>> {

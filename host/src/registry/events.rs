@@ -10,7 +10,7 @@
 //! per delivery cannot multiply its events without end. A cut is logged,
 //! counted, and reported to the emitter that crossed the bound.
 
-use crate::registry::permissions::matches;
+use crate::permissions::matches;
 use serde::Serialize;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -78,24 +78,6 @@ impl Default for EventBus {
     fn default() -> Self {
         Self::new()
     }
-}
-
-thread_local! {
-    static SOURCE: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Runs `handle` (a plugin's event handler) with `source` as the emitter of
-/// the event it handles, which the plugin may ask for.
-pub(crate) fn delivering<T>(source: &str, handle: impl FnOnce() -> T) -> T {
-    let previous = SOURCE.with(|s| s.replace(Some(source.to_string())));
-    let result = handle();
-    SOURCE.with(|s| *s.borrow_mut() = previous);
-    result
-}
-
-/// Who emitted the event whose handler this thread runs.
-pub(crate) fn current_source() -> Option<String> {
-    SOURCE.with(|s| s.borrow().clone())
 }
 
 /// The prefixes of the events the host emits (`action:completed`,

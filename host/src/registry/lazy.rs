@@ -15,7 +15,7 @@
 
 use super::{LivePlugin, Registry};
 use crate::load::report::LoadFailure;
-use crate::registry::permissions::matches;
+use crate::permissions::matches;
 use crate::triggers::{PluginTriggers, TriggerIndex};
 use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
 use semver::Version;

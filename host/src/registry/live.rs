@@ -4,7 +4,7 @@
 
 use crate::metrics::Metrics;
 use crate::plugin::PluginInstance;
-use crate::registry::permissions::Permissions;
+use crate::permissions::Permissions;
 use crate::triggers::PluginTriggers;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

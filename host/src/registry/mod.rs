@@ -9,15 +9,12 @@
 pub(crate) mod admission;
 pub(crate) mod call_chain;
 pub(crate) mod callbacks;
-pub(crate) mod current_call;
 mod error;
 pub(crate) mod events;
 mod images;
 pub(crate) mod inflight;
 pub(crate) mod lazy;
 mod live;
-pub(crate) mod log_limit;
-pub(crate) mod permissions;
 mod quarantine;
 mod services;
 pub(crate) mod step;
@@ -28,9 +25,10 @@ pub use images::MappedImages;
 pub use live::LivePlugin;
 
 use crate::config::HostSettings;
+use crate::current_call;
 use crate::metrics::Metrics;
 use crate::registry::events::{BusEvent, DeliveryFailure, EventBus};
-use crate::registry::permissions::Permissions;
+use crate::permissions::Permissions;
 use agent_host_plugin_sdk::ErrorKind;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -325,7 +323,7 @@ impl Registry {
             let _call = call;
             let outcome = current_call::within(&control_bg, || {
                 events::nested(nesting, || {
-                    events::delivering(&source, || {
+                    current_call::delivering(&source, || {
                         plugin.instance.on_event(subscription, &name, &payload)
                     })
                 })

@@ -4,7 +4,8 @@
 //! calls from inside another call, else `service_timeout_ms`).
 
 use super::call_chain;
-use super::{current_call, read, write, HostError, LiveCaller, LivePlugin, Registry};
+use super::{read, write, HostError, LiveCaller, LivePlugin, Registry};
+use crate::current_call;
 use crate::watchdog::{unix_ms_after, unix_ms_now};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::ErrorKind;

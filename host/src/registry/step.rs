@@ -29,7 +29,8 @@
 //! message that names the deadline and what became of the call.
 
 use super::inflight::Entry;
-use super::{current_call, lazy, LivePlugin, Registry};
+use super::{lazy, LivePlugin, Registry};
+use crate::current_call;
 use crate::plugin::{CallError, PluginInstance};
 use crate::watchdog::{deadline_passed, unix_ms_after};
 use agent_host_plugin_abi::CallControl;

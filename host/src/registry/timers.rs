@@ -53,7 +53,7 @@ impl Registry {
                     else {
                         return Err(target.instance.refused(format!("timer {timer}"), limit));
                     };
-                    super::current_call::within(&control_bg, || target.instance.on_timer(timer))
+                    crate::current_call::within(&control_bg, || target.instance.on_timer(timer))
                 });
                 // A timer handler past its deadline is abandoned: the next
                 // tick does not wait for it (its bulkhead bounds the pile).

@@ -122,7 +122,7 @@ impl<R: Send, G> Relay<R, G> {
             if job >= self.slots.len() {
                 return Relayed::Finished;
             }
-            let result = crate::registry::current_call::within(control, || run(job, control));
+            let result = crate::current_call::within(control, || run(job, control));
             let slot = self.slots[job].0.get();
             // SAFETY: job `job` is ours (our number is in the word and `job`
             // jobs are done), so no other thread writes this slot, and no

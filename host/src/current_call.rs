@@ -4,10 +4,12 @@
 //! service calls can never outlive the message that started it.
 //!
 //! Set by whoever calls into a plugin on this thread, for the length of
-//! the call; nested calls stack (each restores the one before).
+//! the call; nested calls stack (each restores the one before). Likewise
+//! the emitter of the event whose handler this thread runs, which the
+//! plugin may ask for.
 
 use agent_host_plugin_abi::CallControl;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 thread_local! {
     static CURRENT: Cell<*const CallControl> = const { Cell::new(std::ptr::null()) };
@@ -38,6 +40,24 @@ pub(crate) fn inherited() -> Option<(u64, bool)> {
         // caller holds.
         unsafe { control.as_ref() }.map(|c| (c.deadline_unix_ms(), c.is_cancelled()))
     })
+}
+
+thread_local! {
+    static SOURCE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `handle` (a plugin's event handler) with `source` as the emitter of
+/// the event it handles, which the plugin may ask for.
+pub(crate) fn delivering<T>(source: &str, handle: impl FnOnce() -> T) -> T {
+    let previous = SOURCE.with(|s| s.replace(Some(source.to_string())));
+    let result = handle();
+    SOURCE.with(|s| *s.borrow_mut() = previous);
+    result
+}
+
+/// Who emitted the event whose handler this thread runs.
+pub(crate) fn current_source() -> Option<String> {
+    SOURCE.with(|s| s.borrow().clone())
 }
 
 #[cfg(test)]
