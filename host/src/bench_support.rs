@@ -4,9 +4,9 @@
 
 use crate::load::library;
 use crate::load::private_copy::{CopyGauges, ShadowDir};
+use crate::permissions::Permissions;
 use crate::plugin::{MessageRef, PluginSource};
 use crate::registry::callbacks::PluginCallbacks;
-use crate::permissions::Permissions;
 use crate::registry::{LivePlugin, Registry};
 use std::path::Path;
 use std::sync::Arc;

@@ -5,8 +5,8 @@
 
 use crate::config::AgentConfig;
 use crate::lifecycle;
+use crate::lifecycle::report::{LoadReport, ShutdownError};
 use crate::load::private_copy::{CopyGauges, ShadowDir};
-use crate::load::report::{LoadReport, ShutdownError};
 use crate::pipeline::{self, InboundMessage, Pipeline, Reply};
 use crate::registry::events::{BusEvent, DeliveryFailure, Listener};
 use crate::registry::{HostError, Registry};

@@ -50,8 +50,9 @@ pub use crate::config::AgentConfig;
 pub use crate::config::ConfigError;
 pub use crate::dependencies::{Misfit, Unresolved};
 pub use crate::host::{HostOptions, PluginHost, PluginStatus, ServiceStatus};
-pub use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
-pub use crate::load::{LoadError, OpenError};
+pub use crate::lifecycle::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
+pub use crate::lifecycle::LoadError;
+pub use crate::load::OpenError;
 pub use crate::pipeline::{
     EvaluationRecord, Evaluations, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,
 };

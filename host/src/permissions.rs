@@ -1,25 +1,9 @@
-//! Permission checks on host callbacks.
+//! Permissions: the patterns a plugin holds, and how one matches a name.
 //!
 //! A permission is a string such as `service:weather` or
 //! `event:emit:weather:updated`; a trailing `*` matches any suffix
 //! (`event:emit:weather:*`, `service:*`). A plugin holds a permission only if
 //! its manifest requested it; the operator's grants narrow that further.
-
-use super::{HostError, Registry};
-use agent_host_plugin_sdk::ErrorKind;
-
-impl Registry {
-    /// Refuses a plugin a permission it lacks: a warning in the log, a
-    /// count in the metrics, and the error the plugin gets.
-    pub fn deny(&self, plugin: &str, permission: &str) -> HostError {
-        tracing::warn!(plugin, %permission, "permission denied");
-        self.metrics.denied(plugin, permission);
-        HostError::new(
-            ErrorKind::PermissionDenied,
-            format!("plugin '{plugin}' lacks permission '{permission}'"),
-        )
-    }
-}
 
 /// The permissions a plugin holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

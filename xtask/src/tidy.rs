@@ -297,12 +297,7 @@ fn reexports(lib: &str) -> BTreeMap<String, String> {
         let Some(path) = statement.strip_prefix("pub use crate::") else {
             continue;
         };
-        let module = path
-            .split("::")
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let module = path.split("::").next().unwrap_or("").trim().to_string();
         let names = match (path.find('{'), path.rfind('}')) {
             (Some(open), Some(close)) => path[open + 1..close].to_string(),
             _ => path.rsplit("::").next().unwrap_or("").to_string(),
@@ -355,7 +350,11 @@ mod tests {
                 .to_string();
             let is_module = path.is_dir() || path.extension().is_some_and(|e| e == "rs");
             let test_file = name == "tests" || name.ends_with("_tests");
-            if is_module && !test_file && name != "lib" && name != "main" && layer_of(&name).is_none()
+            if is_module
+                && !test_file
+                && name != "lib"
+                && name != "main"
+                && layer_of(&name).is_none()
             {
                 missing.push(name);
             }
@@ -381,7 +380,10 @@ mod tests {
             .iter()
             .map(|v| format!("{} {}->{}", v.file, v.from, v.to))
             .collect();
-        assert_eq!(found, vec!["load.rs load->plugin", "plugin.rs plugin->host"]);
+        assert_eq!(
+            found,
+            vec!["load.rs load->plugin", "plugin.rs plugin->host"]
+        );
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 

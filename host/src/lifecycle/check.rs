@@ -2,10 +2,11 @@
 //! copy (its ABI checked), and check each manifest it holds.
 
 use super::parallel::parallel_map;
+use super::report::{LoadFailure, LoadReport};
+use super::LoadError;
 use crate::config::AgentConfig;
 use crate::load::private_copy::ShadowDir;
-use crate::load::report::{LoadFailure, LoadReport};
-use crate::load::{library, LoadError, OpenError};
+use crate::load::{library, OpenError};
 use crate::plugin::PluginSource;
 use crate::triggers::PluginTriggers;
 use crate::trust::TrustPolicy;

@@ -5,9 +5,9 @@
 //! is called.
 
 use super::check::Prepared;
+use super::report::LoadFailure;
+use super::LoadError;
 use crate::config::{effective_config, AgentConfig};
-use crate::load::report::LoadFailure;
-use crate::load::LoadError;
 use crate::plugin::{CallError, CreateContext, InstanceParts, PluginInstance};
 use crate::registry::callbacks::PluginCallbacks;
 use crate::registry::step::{IfLate, Step};

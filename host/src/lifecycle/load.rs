@@ -9,12 +9,13 @@
 use super::check::{check_all, open_files, reject_duplicates, Prepared};
 use super::generation::enter_service;
 use super::parallel::parallel_map;
+use super::report::{LoadFailure, LoadReport, LoadedPlugin};
+use super::LoadError;
 use crate::config::AgentConfig;
 use crate::dependencies::{resolve, Candidate, Unresolved};
 use crate::load::discovery::{discover, plugin_files, same_place};
 use crate::load::private_copy::ShadowDir;
-use crate::load::report::{LoadFailure, LoadReport, LoadedPlugin};
-use crate::load::{LoadError, OpenError};
+use crate::load::OpenError;
 use crate::plugin::PluginSource;
 use crate::registry::lazy::{PendingPlugin, Starter};
 use crate::registry::Registry;

@@ -30,15 +30,18 @@
 //! the plugin and the cause; it never touches another plugin.
 
 pub(crate) mod check;
+mod error;
 pub(crate) mod generation;
 mod load;
 mod parallel;
 mod remove;
+pub(crate) mod report;
 mod shutdown;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use check::open_source;
+pub use error::LoadError;
 #[cfg(test)]
 pub(crate) use load::load_sources;
 pub(crate) use load::{load_dir, rescan};

@@ -2,7 +2,7 @@
 //! flight have finished or the grace period has run out.
 
 use super::generation::leave_service;
-use crate::load::report::ShutdownError;
+use super::report::ShutdownError;
 use crate::registry::Registry;
 use serde_json::json;
 use std::time::{Duration, Instant};

@@ -7,14 +7,12 @@
 //! * `private_copy`: the private folder and the read-only copies loaded;
 //! * `image`: reading a library's image before it is mapped;
 //! * `library`: `dlopen` of a private copy, the ABI checks, the manifests;
-//! * `report`: what a load reports, file by file and plugin by plugin;
-//! * `error`: why a file or a plugin failed to load.
+//! * `error`: why a file could not be opened.
 
 pub(crate) mod discovery;
 mod error;
 mod image;
 pub(crate) mod library;
 pub(crate) mod private_copy;
-pub(crate) mod report;
 
-pub use error::{LoadError, OpenError};
+pub use error::OpenError;

@@ -1,5 +1,6 @@
-//! The error of a host-side operation.
+//! The error of a host-side operation, and the refusal of a permission.
 
+use super::Registry;
 use crate::plugin::CallError;
 use agent_host_plugin_sdk::ErrorKind;
 
@@ -35,3 +36,16 @@ impl std::fmt::Display for HostError {
 }
 
 impl std::error::Error for HostError {}
+
+impl Registry {
+    /// Refuses a plugin a permission it lacks: a warning in the log, a
+    /// count in the metrics, and the error the plugin gets.
+    pub fn deny(&self, plugin: &str, permission: &str) -> HostError {
+        tracing::warn!(plugin, %permission, "permission denied");
+        self.metrics.denied(plugin, permission);
+        HostError::new(
+            ErrorKind::PermissionDenied,
+            format!("plugin '{plugin}' lacks permission '{permission}'"),
+        )
+    }
+}

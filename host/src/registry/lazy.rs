@@ -14,7 +14,6 @@
 //! eager one and leaves the other plugins as they were.
 
 use super::{LivePlugin, Registry};
-use crate::load::report::LoadFailure;
 use crate::permissions::matches;
 use crate::triggers::{PluginTriggers, TriggerIndex};
 use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
@@ -24,9 +23,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-/// Starts a pending plugin: everything an eager start does.
-pub(crate) type Starter =
-    Box<dyn Fn(&Arc<Registry>) -> Result<Arc<LivePlugin>, LoadFailure> + Send + Sync>;
+/// Starts a pending plugin: everything an eager start does (the lifecycle
+/// makes it). On failure, the error that names the file, the plugin and
+/// the cause.
+pub(crate) type Starter = Box<
+    dyn Fn(&Arc<Registry>) -> Result<Arc<LivePlugin>, Box<dyn std::error::Error + Send + Sync>>
+        + Send
+        + Sync,
+>;
 
 /// A plugin checked and waiting to be started.
 pub(crate) struct PendingPlugin {

@@ -3,8 +3,8 @@
 //! its quarantine state, and its calls in flight.
 
 use crate::metrics::Metrics;
-use crate::plugin::PluginInstance;
 use crate::permissions::Permissions;
+use crate::plugin::PluginInstance;
 use crate::triggers::PluginTriggers;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -40,7 +40,8 @@ use crate::lifecycle::check::Prepared;
 use crate::lifecycle::generation::{
     create, leave_service, on_load, start_services, stop_services, subscribe_providers,
 };
-use crate::load::{LoadError, OpenError};
+use crate::lifecycle::LoadError;
+use crate::load::OpenError;
 use crate::metrics::ReloadLabels;
 use crate::plugin::PluginSource;
 use crate::registry::step::{IfLate, Step};

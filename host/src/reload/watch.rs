@@ -12,8 +12,8 @@
 //! library it signs, so a signature that lands after its library still
 //! gets the library loaded.
 
+use crate::lifecycle::report::LoadReport;
 use crate::load::discovery::is_plugin_file;
-use crate::load::report::LoadReport;
 use crate::reload::{ReloadFailure, Reloaded};
 use notify_debouncer_full::notify::event::ModifyKind;
 use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
