@@ -36,6 +36,7 @@ mod registry;
 mod regular_file;
 mod reload;
 mod request;
+mod shared_cause;
 mod sys;
 pub mod testing;
 pub mod trust;
