@@ -8,6 +8,7 @@
 use crate::config::ConfigError;
 use crate::dependencies::Unresolved;
 use crate::plugin::CallError;
+use crate::shared_cause::SharedCause;
 use agent_host_plugin_sdk::manifest::UnknownFields;
 use std::fmt;
 use std::path::PathBuf;
@@ -24,7 +25,12 @@ pub enum OpenError {
         /// What was being done, such as "cannot make a private copy".
         doing: &'static str,
         /// The operating system's error.
-        cause: String,
+        cause: SharedCause<std::io::Error>,
+    },
+    /// The private copy's path no longer leads to the file written there.
+    CopyReplaced {
+        /// The copy's path.
+        copy: PathBuf,
     },
     /// The file is empty: a build that has only just created it.
     Empty,
@@ -133,6 +139,11 @@ impl fmt::Display for OpenError {
         const REBUILD: &str = "rebuild the plugin against this host's agent-host-plugin-sdk";
         match self {
             OpenError::Io { doing, cause } => write!(f, "{doing}: {cause}"),
+            OpenError::CopyReplaced { copy } => write!(
+                f,
+                "cannot open the private copy: {} is no longer the file written",
+                copy.display()
+            ),
             OpenError::Empty => f.write_str("the file is empty (a build still writing it?)"),
             OpenError::TooLarge { bytes, limit } => write!(
                 f,
@@ -176,7 +187,16 @@ impl fmt::Display for OpenError {
     }
 }
 
-impl std::error::Error for OpenError {}
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Io { cause, .. } => Some(cause),
+            OpenError::NewerManifest(unknown) => Some(unknown),
+            OpenError::Refused(refusal) => Some(refusal),
+            _ => None,
+        }
+    }
+}
 
 /// Why a plugin (or a whole file) did not load.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -477,7 +477,7 @@ pub fn load_dir(
             plugin: None,
             error: Box::new(LoadError::Open(OpenError::Io {
                 doing: "cannot follow the link",
-                cause,
+                cause: cause.into(),
             })),
         });
     }
