@@ -415,7 +415,7 @@ impl PluginHost {
         self: &Arc<Self>,
         dir: &Path,
         debounce: std::time::Duration,
-    ) -> Result<crate::Watch, String> {
+    ) -> Result<crate::Watch, crate::WatchError> {
         crate::reload::watch::watch(Arc::clone(self), dir, debounce)
     }
 

@@ -52,5 +52,5 @@ pub use crate::pipeline::{
     EvaluationRecord, Evaluations, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,
 };
 pub use crate::plugin::CallError;
-pub use crate::reload::watch::{Watch, DEFAULT_DEBOUNCE};
+pub use crate::reload::watch::{Watch, WatchError, DEFAULT_DEBOUNCE};
 pub use crate::reload::{ReloadError, ReloadFailure, ReloadOrigin, Reloaded, WhenUnchanged};
