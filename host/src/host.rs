@@ -517,7 +517,10 @@ impl PluginHost {
     pub fn on(
         &self,
         pattern: &str,
-        handler: impl Fn(&BusEvent) -> Result<(), String> + Send + Sync + 'static,
+        handler: impl Fn(&BusEvent) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+            + Send
+            + Sync
+            + 'static,
     ) -> u64 {
         self.core
             .bus
