@@ -4,6 +4,7 @@
 
 use crate::load::library;
 use crate::load::private_copy::{CopyGauges, ShadowDir};
+use crate::load::OpenError;
 use crate::permissions::Permissions;
 use crate::plugin::{MessageRef, PluginSource};
 use crate::registry::callbacks::PluginCallbacks;
@@ -31,19 +32,18 @@ impl LoadProbe {
 
     /// Private copy, `dlopen`, ABI and layout check, manifests, and the
     /// creation of the file's first plugin; returns that plugin's name.
-    pub fn open_and_create(&self, file: &Path) -> Result<String, String> {
+    pub fn open_and_create(&self, file: &Path) -> Result<String, ProbeError> {
         let opened = library::open(
             file,
             &self.shadow,
             u64::MAX,
             &crate::trust::TrustPolicy::open(),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let name = opened
             .manifests()
             .first()
             .map(|m| m.name.clone())
-            .ok_or("the library exports no plugin")?;
+            .ok_or(ProbeError::NoPlugin)?;
         let callbacks = PluginCallbacks::boxed(
             &name,
             self.registry.next_generation(),
@@ -60,9 +60,23 @@ impl LoadProbe {
         };
         opened
             .create(0, callbacks, &context)
-            .map_err(|e| e.message().to_string())?;
+            .map_err(|e| ProbeError::Create(e.message().to_string()))?;
         Ok(name)
     }
+}
+
+/// Why [`LoadProbe::open_and_create`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The file could not be opened as a plugin library.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The library exports no plugin.
+    #[error("the library exports no plugin")]
+    NoPlugin,
+    /// The plugin's constructor failed, with the plugin's own message.
+    #[error("create: {0}")]
+    Create(String),
 }
 
 /// Calls one loaded plugin's `validate` directly, as the pipeline does.

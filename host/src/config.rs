@@ -82,6 +82,7 @@ mod api;
 pub use api::{ApiSettings, ApiToken, Role, TokenSource};
 
 use crate::permissions::{matches, Permissions};
+use crate::shared_cause::SharedCause;
 use agent_host_plugin_sdk::manifest::Manifest;
 use serde::Deserialize;
 use serde_json::Value;
@@ -270,25 +271,31 @@ pub struct AgentConfig {
 
 /// A config problem. Errors about one plugin's config name the field, not
 /// the plugin: the load report's line names the plugin once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
+    #[error("{}: {cause}", file.display())]
     Read {
         /// The file.
         file: std::path::PathBuf,
         /// The operating system's error.
-        cause: String,
+        #[source]
+        cause: SharedCause<std::io::Error>,
     },
     /// The config text is not valid TOML, or has unknown keys.
+    #[error("{}", parse_message(file.as_deref(), cause.get()))]
     Parse {
         /// The file, when the text came from one.
         file: Option<std::path::PathBuf>,
-        /// The parser's message, on one line.
-        cause: String,
+        /// The parser's error (printed on one line).
+        #[source]
+        cause: SharedCause<toml::de::Error>,
     },
     /// A plugin's config section is not a table.
+    #[error("its config section must be a table")]
     NotATable,
     /// A `{ env = "NAME" }` secret names an unset environment variable.
+    #[error("config field `{field}` wants the environment variable {variable}, which is not set")]
     MissingSecret {
         /// The field, as a JSON pointer such as `/api_key`.
         field: String,
@@ -296,51 +303,43 @@ pub enum ConfigError {
         variable: String,
     },
     /// The plugin's own config schema is not a valid JSON Schema.
+    #[error("its config schema is invalid: {cause}")]
     InvalidSchema {
         /// Why.
-        cause: String,
+        #[source]
+        cause: SharedCause<jsonschema::ValidationError<'static>>,
     },
     /// A config value does not match the plugin's schema.
+    #[error("config field `{field}`: {cause}")]
     Invalid {
         /// The field, as a JSON pointer (`/` for the whole config).
         field: String,
         /// What is wrong with it.
-        cause: String,
+        #[source]
+        cause: SharedCause<jsonschema::ValidationError<'static>>,
     },
 }
 
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConfigError::Read { file, cause } => write!(f, "{}: {cause}", file.display()),
-            ConfigError::Parse {
-                file: Some(file),
-                cause,
-            } => write!(f, "{}: {cause}", file.display()),
-            ConfigError::Parse { file: None, cause } => f.write_str(cause),
-            ConfigError::NotATable => f.write_str("its config section must be a table"),
-            ConfigError::MissingSecret { field, variable } => write!(
-                f,
-                "config field `{field}` wants the environment variable {variable}, which is not set"
-            ),
-            ConfigError::InvalidSchema { cause } => {
-                write!(f, "its config schema is invalid: {cause}")
-            }
-            ConfigError::Invalid { field, cause } => {
-                write!(f, "config field `{field}`: {cause}")
-            }
-        }
-    }
+/// The TOML parser's message (several lines, with a caret) on one line.
+pub(crate) fn toml_one_line(error: &toml::de::Error) -> String {
+    error.to_string().trim().replace('\n', " ")
 }
 
-impl std::error::Error for ConfigError {}
+/// [`ConfigError::Parse`]'s line: the file, when there is one, and the
+/// parser's message.
+fn parse_message(file: Option<&Path>, cause: &toml::de::Error) -> String {
+    match file {
+        Some(file) => format!("{}: {}", file.display(), toml_one_line(cause)),
+        None => toml_one_line(cause),
+    }
+}
 
 impl AgentConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             file: path.to_path_buf(),
-            cause: e.to_string(),
+            cause: e.into(),
         })?;
         let mut config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { cause, .. } => ConfigError::Parse {
@@ -361,7 +360,7 @@ impl AgentConfig {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: None,
-            cause: e.to_string().trim().replace('\n', " "),
+            cause: e.into(),
         })
     }
 
@@ -498,10 +497,8 @@ pub fn effective_config(
     }
     let config = Value::Object(config);
     if let Some(schema) = &manifest.config_schema {
-        let validator =
-            jsonschema::validator_for(schema).map_err(|e| ConfigError::InvalidSchema {
-                cause: e.to_string(),
-            })?;
+        let validator = jsonschema::validator_for(schema)
+            .map_err(|e| ConfigError::InvalidSchema { cause: e.into() })?;
         let first_error = validator.iter_errors(&config).next().map(|error| {
             let field = error.instance_path().to_string();
             let field = if field.is_empty() {
@@ -511,7 +508,7 @@ pub fn effective_config(
             };
             ConfigError::Invalid {
                 field,
-                cause: error.to_string(),
+                cause: error.to_owned().into(),
             }
         });
         if let Some(error) = first_error {

@@ -330,7 +330,7 @@ impl PluginHost {
         self: &Arc<Self>,
         dir: &Path,
         debounce: std::time::Duration,
-    ) -> Result<crate::Watch, String> {
+    ) -> Result<crate::Watch, crate::WatchError> {
         crate::reload::watch::watch(Arc::clone(self) as Arc<dyn WatchedHost>, dir, debounce)
     }
 
@@ -432,7 +432,10 @@ impl PluginHost {
     pub fn on(
         &self,
         pattern: &str,
-        handler: impl Fn(&BusEvent) -> Result<(), String> + Send + Sync + 'static,
+        handler: impl Fn(&BusEvent) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+            + Send
+            + Sync
+            + 'static,
     ) -> u64 {
         self.core
             .bus

@@ -40,6 +40,7 @@ mod registry;
 mod regular_file;
 mod reload;
 mod request;
+mod shared_cause;
 mod sys;
 pub mod testing;
 mod triggers;
@@ -57,5 +58,5 @@ pub use crate::pipeline::{
     EvaluationRecord, Evaluations, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,
 };
 pub use crate::plugin::CallError;
-pub use crate::reload::watch::{Watch, DEFAULT_DEBOUNCE};
+pub use crate::reload::watch::{Watch, WatchError, DEFAULT_DEBOUNCE};
 pub use crate::reload::{ReloadError, ReloadFailure, ReloadOrigin, Reloaded, WhenUnchanged};

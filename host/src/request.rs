@@ -7,6 +7,7 @@
 //! [`MAX_REQUEST_BYTES`] of one request.
 
 use crate::pipeline::InboundMessage;
+use crate::shared_cause::SharedCause;
 use serde_json::Value;
 use std::fmt;
 
@@ -37,12 +38,12 @@ pub enum RequestError {
     /// The request is not UTF-8 text.
     NotUtf8 {
         /// What the decoder says, such as where the first bad byte is.
-        cause: String,
+        cause: std::str::Utf8Error,
     },
     /// The request is not JSON.
     NotJson {
         /// What the JSON parser says.
-        cause: String,
+        cause: SharedCause<serde_json::Error>,
     },
     /// The request is JSON, but not an object.
     NotAnObject {
@@ -88,7 +89,7 @@ pub enum MessageProblem {
     /// Another field has the wrong type.
     Invalid {
         /// What the JSON decoder says.
-        cause: String,
+        cause: SharedCause<serde_json::Error>,
     },
 }
 
@@ -155,7 +156,25 @@ impl fmt::Display for MessageProblem {
     }
 }
 
-impl std::error::Error for RequestError {}
+impl std::error::Error for RequestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RequestError::NotUtf8 { cause } => Some(cause),
+            RequestError::NotJson { cause } => Some(cause),
+            RequestError::Message { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+impl std::error::Error for MessageProblem {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MessageProblem::Invalid { cause } => Some(cause),
+            _ => None,
+        }
+    }
+}
 
 /// Reads one request: UTF-8 text of at most [`MAX_REQUEST_BYTES`], one JSON
 /// object, either a message or a batch of messages, each with a `text`.
@@ -163,15 +182,12 @@ pub fn parse(bytes: &[u8]) -> Result<Request, RequestError> {
     if bytes.len() > MAX_REQUEST_BYTES {
         return Err(RequestError::TooLarge);
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| RequestError::NotUtf8 {
-        cause: e.to_string(),
-    })?;
+    let text = std::str::from_utf8(bytes).map_err(|cause| RequestError::NotUtf8 { cause })?;
     if text.trim().is_empty() {
         return Err(RequestError::Empty);
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| RequestError::NotJson {
-        cause: e.to_string(),
-    })?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| RequestError::NotJson { cause: e.into() })?;
     let Value::Object(mut fields) = value else {
         return Err(RequestError::NotAnObject {
             got: kind_of(&value),
@@ -218,11 +234,8 @@ fn parse_message(value: Value, place: Option<usize>) -> Result<InboundMessage, R
         }
         None => return Err(refuse(MessageProblem::NoText)),
     }
-    serde_json::from_value(Value::Object(fields)).map_err(|e| {
-        refuse(MessageProblem::Invalid {
-            cause: e.to_string(),
-        })
-    })
+    serde_json::from_value(Value::Object(fields))
+        .map_err(|e| refuse(MessageProblem::Invalid { cause: e.into() }))
 }
 
 /// A JSON value's kind, for error messages.

@@ -29,6 +29,7 @@ pub const HOST_LAYERS: &[(&str, &[&str])] = &[
             "metrics",
             "permissions",
             "regular_file",
+            "shared_cause",
             "sys",
             "triggers",
             "trust",

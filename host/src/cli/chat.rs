@@ -47,7 +47,7 @@ enum Typed {
         answer: oneshot::Sender<String>,
     },
     /// The end of the chat, or why the terminal cannot be read.
-    End(Result<ChatEnd, String>),
+    End(Result<ChatEnd, TerminalUnreadable>),
 }
 
 /// Runs the chat until Ctrl-D or Ctrl-C.
@@ -148,11 +148,16 @@ fn read_lines(mut editor: DefaultEditor, typed: &mpsc::Sender<Typed>) {
             }
             Err(ReadlineError::Eof) => break Ok(ChatEnd::Closed),
             Err(ReadlineError::Interrupted) => break Ok(ChatEnd::Interrupted),
-            Err(error) => break Err(format!("the chat cannot read the terminal: {error}")),
+            Err(error) => break Err(TerminalUnreadable(error)),
         }
     };
     let _ = typed.blocking_send(Typed::End(end));
 }
+
+/// The line editor failed to read the terminal: the chat ends.
+#[derive(Debug, thiserror::Error)]
+#[error("the chat cannot read the terminal: {0}")]
+pub(super) struct TerminalUnreadable(#[source] ReadlineError);
 
 /// The answer to one line typed.
 async fn respond(host: &Arc<PluginHost>, line: &str) -> Result<String, tokio::task::JoinError> {

@@ -11,6 +11,7 @@
 use crate::config::AgentConfig;
 use crate::load::discovery::plugin_files;
 use crate::load::private_copy::{CopyGauges, ShadowDir};
+use crate::load::OpenError;
 use crate::trust::lock::{LockFile, LockedFile, LockedPlugin, DEFAULT_LOCK_NAME};
 use crate::trust::{TrustPolicy, TrustSettings};
 use std::path::{Path, PathBuf};
@@ -88,9 +89,8 @@ fn pin(
     shadow: &ShadowDir,
     config: &AgentConfig,
     trust: &TrustPolicy,
-) -> Result<LockedFile, String> {
-    let source =
-        crate::lifecycle::open_source(file, shadow, config, trust).map_err(|e| e.to_string())?;
+) -> Result<LockedFile, OpenError> {
+    let source = crate::lifecycle::open_source(file, shadow, config, trust)?;
     Ok(LockedFile {
         name: file_name(file),
         sha256: source.sha256().to_string(),
@@ -121,7 +121,7 @@ fn choose(
     shadow: &ShadowDir,
     config: &AgentConfig,
     trust: &TrustPolicy,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, NothingNamed> {
     let by_name = |wanted: &str| files.iter().find(|f| file_name(f) == wanted).cloned();
     if let Some(file) = by_name(name) {
         return Ok(file);
@@ -136,7 +136,10 @@ fn choose(
             }
         }
     }
-    Err(format!(
-        "no plugin file named '{name}' and no file exporting a plugin '{name}' in the folder"
-    ))
+    Err(NothingNamed(name.to_string()))
 }
+
+/// `--update NAME` names no file of the folder and no plugin one exports.
+#[derive(Debug, thiserror::Error)]
+#[error("no plugin file named '{0}' and no file exporting a plugin '{0}' in the folder")]
+struct NothingNamed(String);

@@ -95,53 +95,76 @@ struct RawToken {
     secret: Option<toml::Value>,
 }
 
-impl TryFrom<RawToken> for ApiToken {
-    type Error = String;
+/// Why an `[[api.tokens]]` entry is refused; serde shows it, naming the
+/// entry, as the config's error.
+#[derive(Debug, thiserror::Error)]
+enum TokenEntryError {
+    #[error("an [[api.tokens]] entry has no `name`")]
+    NoName,
+    #[error(
+        "[[api.tokens]] entry '{0}' holds its token in plain text (`{1}`); a token is never \
+         written in the config: give `sha256 = \"<SHA-256 of the token in hex>\"` \
+         (printf %s \"$TOKEN\" | sha256sum) or `env = \"VARIABLE\"` instead"
+    )]
+    PlainText(String, &'static str),
+    #[error("[[api.tokens]] entry '{0}' has no `sender`: the sender its messages come from")]
+    NoSender(String),
+    #[error("[[api.tokens]] entry '{0}' has no `roles`: give \"chat\", \"admin\" or both")]
+    NoRoles(String),
+    #[error(
+        "[[api.tokens]] entry '{0}': `sha256` must be the token's SHA-256 as 64 hex digits \
+         (printf %s \"$TOKEN\" | sha256sum), not the token itself; this one {1}"
+    )]
+    NotADigest(String, #[source] DigestProblem),
+    #[error("[[api.tokens]] entry '{0}': `env` names no variable")]
+    EmptyVariable(String),
+    #[error("[[api.tokens]] entry '{0}' has both `sha256` and `env`; give one")]
+    BothSources(String),
+    #[error(
+        "[[api.tokens]] entry '{0}' has neither `sha256` nor `env`: give the token's SHA-256 \
+         in hex, or the environment variable that holds it"
+    )]
+    NoSource(String),
+}
 
-    fn try_from(raw: RawToken) -> Result<Self, String> {
+/// What keeps a `sha256` value from being 64 hex digits.
+#[derive(Debug, thiserror::Error)]
+enum DigestProblem {
+    #[error("has {0} characters")]
+    Length(usize),
+    #[error("has '{wrong}' at position {position}, which is not a hex digit")]
+    NotHex { wrong: char, position: usize },
+}
+
+impl TryFrom<RawToken> for ApiToken {
+    type Error = TokenEntryError;
+
+    fn try_from(raw: RawToken) -> Result<Self, TokenEntryError> {
         let Some(name) = raw.name.filter(|n| !n.trim().is_empty()) else {
-            return Err("an [[api.tokens]] entry has no `name`".into());
+            return Err(TokenEntryError::NoName);
         };
-        let entry = format!("[[api.tokens]] entry '{name}'");
         if let Some(key) = [("token", &raw.token), ("secret", &raw.secret)]
             .iter()
             .find_map(|(key, value)| value.as_ref().map(|_| *key))
         {
-            return Err(format!(
-                "{entry} holds its token in plain text (`{key}`); a token is never written \
-                 in the config: give `sha256 = \"<SHA-256 of the token in hex>\"` \
-                 (printf %s \"$TOKEN\" | sha256sum) or `env = \"VARIABLE\"` instead"
-            ));
+            return Err(TokenEntryError::PlainText(name, key));
         }
         let Some(sender) = raw.sender.filter(|s| !s.is_empty()) else {
-            return Err(format!(
-                "{entry} has no `sender`: the sender its messages come from"
-            ));
+            return Err(TokenEntryError::NoSender(name));
         };
         let roles = raw.roles.unwrap_or_default();
         if roles.is_empty() {
-            return Err(format!(
-                "{entry} has no `roles`: give \"chat\", \"admin\" or both"
-            ));
+            return Err(TokenEntryError::NoRoles(name));
         }
         let source = match (raw.sha256, raw.env) {
-            (Some(hex), None) => TokenSource::Sha256(parse_digest(&hex).map_err(|cause| {
-                format!(
-                    "{entry}: `sha256` must be the token's SHA-256 as 64 hex digits \
-                     (printf %s \"$TOKEN\" | sha256sum), not the token itself; this one {cause}"
-                )
-            })?),
+            (Some(hex), None) => match parse_digest(&hex) {
+                Ok(digest) => TokenSource::Sha256(digest),
+                Err(problem) => return Err(TokenEntryError::NotADigest(name, problem)),
+            },
             (None, Some(variable)) if !variable.trim().is_empty() => TokenSource::Env(variable),
-            (None, Some(_)) => return Err(format!("{entry}: `env` names no variable")),
-            (Some(_), Some(_)) => {
-                return Err(format!("{entry} has both `sha256` and `env`; give one"))
-            }
-            (None, None) => {
-                return Err(format!(
-                    "{entry} has neither `sha256` nor `env`: give the token's SHA-256 in hex, \
-                     or the environment variable that holds it"
-                ))
-            }
+            (None, Some(_)) => return Err(TokenEntryError::EmptyVariable(name)),
+            (Some(_), Some(_)) => return Err(TokenEntryError::BothSources(name)),
+            (None, None) => return Err(TokenEntryError::NoSource(name)),
         };
         Ok(ApiToken {
             name,
@@ -154,20 +177,20 @@ impl TryFrom<RawToken> for ApiToken {
 
 /// Exactly 64 hex digits (nothing around them) as 32 bytes, or what is
 /// wrong with `hex`.
-fn parse_digest(hex: &str) -> Result<[u8; 32], String> {
+fn parse_digest(hex: &str) -> Result<[u8; 32], DigestProblem> {
     let characters = hex.chars().count();
     if characters != 64 {
-        return Err(format!("has {characters} characters"));
+        return Err(DigestProblem::Length(characters));
     }
     if let Some((position, wrong)) = hex
         .chars()
         .enumerate()
         .find(|(_, c)| !c.is_ascii_hexdigit())
     {
-        return Err(format!(
-            "has '{wrong}' at position {}, which is not a hex digit",
-            position + 1
-        ));
+        return Err(DigestProblem::NotHex {
+            wrong,
+            position: position + 1,
+        });
     }
     let mut digest = [0u8; 32];
     for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {

@@ -133,7 +133,7 @@ pub(crate) fn load_dir(
             plugin: None,
             error: Box::new(LoadError::Open(OpenError::Io {
                 doing: "cannot follow the link",
-                cause,
+                cause: cause.into(),
             })),
         });
     }

@@ -5,8 +5,10 @@
 //! is named once, by the report that carries the error, and the error says
 //! what is wrong and what to do.
 
+use crate::shared_cause::SharedCause;
 use agent_host_plugin_sdk::manifest::UnknownFields;
 use std::fmt;
+use std::path::PathBuf;
 
 /// Why a file could not be opened as a plugin library. Nothing of the
 /// plugin's code has run when any of these is returned (a refused file is
@@ -20,7 +22,12 @@ pub enum OpenError {
         /// What was being done, such as "cannot make a private copy".
         doing: &'static str,
         /// The operating system's error.
-        cause: String,
+        cause: SharedCause<std::io::Error>,
+    },
+    /// The private copy's path no longer leads to the file written there.
+    CopyReplaced {
+        /// The copy's path.
+        copy: PathBuf,
     },
     /// The file is empty: a build that has only just created it.
     Empty,
@@ -129,6 +136,11 @@ impl fmt::Display for OpenError {
         const REBUILD: &str = "rebuild the plugin against this host's agent-host-plugin-sdk";
         match self {
             OpenError::Io { doing, cause } => write!(f, "{doing}: {cause}"),
+            OpenError::CopyReplaced { copy } => write!(
+                f,
+                "cannot open the private copy: {} is no longer the file written",
+                copy.display()
+            ),
             OpenError::Empty => f.write_str("the file is empty (a build still writing it?)"),
             OpenError::TooLarge { bytes, limit } => write!(
                 f,
@@ -172,4 +184,13 @@ impl fmt::Display for OpenError {
     }
 }
 
-impl std::error::Error for OpenError {}
+impl std::error::Error for OpenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpenError::Io { cause, .. } => Some(cause),
+            OpenError::NewerManifest(unknown) => Some(unknown),
+            OpenError::Refused(refusal) => Some(refusal),
+            _ => None,
+        }
+    }
+}

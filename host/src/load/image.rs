@@ -40,7 +40,7 @@ pub(crate) fn check_with_panic_strategy(
 fn io(doing: &'static str) -> impl Fn(std::io::Error) -> OpenError {
     move |e: std::io::Error| OpenError::Io {
         doing,
-        cause: e.to_string(),
+        cause: e.into(),
     }
 }
 

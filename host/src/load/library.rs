@@ -93,9 +93,8 @@ pub fn open_in_host(
     // have put another file there; checked all the same, since a wrong
     // file here would be mapped unchecked.
     if !sys::is_same_file(copy.file(), &copy.path) {
-        return Err(OpenError::Io {
-            doing: "cannot open the private copy",
-            cause: format!("{} is no longer the file written", copy.path.display()),
+        return Err(OpenError::CopyReplaced {
+            copy: copy.path.clone(),
         });
     }
     let mut library = open_copy(file, &copy.path, max_bytes, RunsIn::Host)?;
@@ -128,7 +127,7 @@ pub fn private_copy(
     let io = |doing: &'static str| {
         move |e: std::io::Error| OpenError::Io {
             doing,
-            cause: e.to_string(),
+            cause: e.into(),
         }
     };
     let mut source = regular_file::open(file).map_err(io("cannot read the file"))?;
@@ -167,8 +166,8 @@ pub fn open_copy(
         RunsIn::Worker => image::check(copy, max_bytes)?,
     }
     let image_bytes = std::fs::metadata(copy).map(|m| m.len()).unwrap_or(0);
-    let library = sys::open_library(copy).map_err(|reason| OpenError::Dlopen {
-        reason: last_clause(&reason),
+    let library = sys::open_library(copy).map_err(|error| OpenError::Dlopen {
+        reason: last_clause(&error.to_string()),
     })?;
     let symbol = format!("{ROOT_MODULE_SYMBOL}\0");
     // SAFETY: the symbol is the one `export_plugin!` defines: a `LibHeader`

@@ -22,17 +22,27 @@ impl Drop for Link {
     }
 }
 
+/// A service call refused because the chain it would join is
+/// [`MAX_DEPTH`] calls deep already.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "not called: service calls nested more than {MAX_DEPTH} deep (a cycle of services \
+     calling each other?): {chain}"
+)]
+pub(crate) struct TooDeep {
+    /// The chain in one line, ending with the call refused.
+    chain: String,
+}
+
 /// Enters `link` (such as `weather.forecast`) into this thread's chain, or
 /// says why not: the chain is [`MAX_DEPTH`] calls deep already.
-pub(crate) fn enter(link: &str) -> Result<Link, String> {
+pub(crate) fn enter(link: &str) -> Result<Link, TooDeep> {
     CHAIN.with(|chain| {
         let mut chain = chain.borrow_mut();
         if chain.len() >= MAX_DEPTH {
-            return Err(format!(
-                "not called: service calls nested more than {MAX_DEPTH} deep (a cycle of services \
-                 calling each other?): {}",
-                describe(&chain, link)
-            ));
+            return Err(TooDeep {
+                chain: describe(&chain, link),
+            });
         }
         chain.push(link.to_string());
         Ok(Link(()))
@@ -69,7 +79,7 @@ mod tests {
             };
             links.push(enter(name).expect("within the bound"));
         }
-        let error = enter("ping.hit").err().expect("over the bound");
+        let error = enter("ping.hit").err().expect("over the bound").to_string();
         assert!(error.contains("nested more than 32 deep"), "{error}");
         assert!(
             error.contains("ping.hit -> pong.hit -> ping.hit -> pong.hit -> ... -> "),

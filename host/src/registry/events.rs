@@ -11,6 +11,7 @@
 //! counted, and reported to the emitter that crossed the bound.
 
 use crate::permissions::matches;
+use crate::plugin::CallError;
 use serde::Serialize;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -35,8 +36,11 @@ pub struct BusEvent {
     pub payload: Value,
 }
 
+/// Why a handler registered by the host failed: whatever error it returns.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A handler registered by the host itself.
-pub type HostHandler = Arc<dyn Fn(&BusEvent) -> Result<(), String> + Send + Sync>;
+pub type HostHandler = Arc<dyn Fn(&BusEvent) -> Result<(), HandlerError> + Send + Sync>;
 
 /// Who receives an event.
 #[derive(Clone)]
@@ -202,7 +206,7 @@ impl EventBus {
     pub fn emit(
         &self,
         event: &BusEvent,
-        deliver_to_plugin: impl Fn(&str, u64, u64, &BusEvent) -> Result<(), String>,
+        deliver_to_plugin: impl Fn(&str, u64, u64, &BusEvent) -> Result<(), CallError>,
     ) -> Vec<DeliveryFailure> {
         let outer = nesting();
         if outer.depth >= MAX_NESTING {
@@ -243,7 +247,7 @@ impl EventBus {
         for subscriber in targets {
             let outcome = match &subscriber.listener {
                 Listener::Plugin(plugin, generation) => {
-                    deliver_to_plugin(plugin, *generation, subscriber.id, event)
+                    deliver_to_plugin(plugin, *generation, subscriber.id, event).map_err(Into::into)
                 }
                 Listener::Host(handler) => handler(event),
             };
@@ -251,7 +255,7 @@ impl EventBus {
                 tracing::warn!(event = %event.name, subscription = subscriber.id, "event handler failed: {error}");
                 failures.push(DeliveryFailure {
                     subscription: subscriber.id,
-                    error,
+                    error: error.to_string(),
                     cut: false,
                 });
             }
@@ -339,7 +343,7 @@ mod tests {
                 if failures.is_empty() {
                     Ok(())
                 } else {
-                    Err(failures[0].error.clone())
+                    Err(failures[0].error.clone().into())
                 }
             })),
         );

@@ -28,6 +28,7 @@ use crate::config::HostSettings;
 use crate::current_call;
 use crate::metrics::Metrics;
 use crate::permissions::Permissions;
+use crate::plugin::CallError;
 use crate::registry::events::{BusEvent, DeliveryFailure, EventBus};
 use agent_host_plugin_sdk::ErrorKind;
 use serde_json::Value;
@@ -295,7 +296,7 @@ impl Registry {
         subscription: u64,
         event: &BusEvent,
         payload_json: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), CallError> {
         let limit = self.settings.max_calls_in_flight;
         let (source, event) = (event.source.clone(), event.name.as_str());
         let entry = format!("event handler for '{event}'");
@@ -303,7 +304,7 @@ impl Registry {
             .in_flight
             .try_enter(inflight::Entry::Event(event.to_string()), limit)
         else {
-            return Err(target.instance.refused(entry, limit).to_string());
+            return Err(target.instance.refused(entry, limit));
         };
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
         let (plugin, name, payload) = (
@@ -334,13 +335,13 @@ impl Registry {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
                 self.record_error(target, &error);
-                Err(error.to_string())
+                Err(error)
             }
             Err(_) => {
                 control.cancel();
                 let error = target.instance.timed_out(entry, timeout_ms);
                 self.record_error(target, &error);
-                Err(error.to_string())
+                Err(error)
             }
         }
     }

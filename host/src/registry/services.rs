@@ -133,10 +133,10 @@ impl Registry {
         }
         let entry = || format!("service '{service}' method '{method}'",);
         let _link = call_chain::enter(&format!("{service}.{method}")).map_err(|why| {
-            let error = slot
-                .plugin
-                .instance
-                .host_error(entry(), ErrorKind::Unavailable, why);
+            let error =
+                slot.plugin
+                    .instance
+                    .host_error(entry(), ErrorKind::Unavailable, why.to_string());
             self.record_error(&slot.plugin, &error);
             HostError::from(error)
         })?;

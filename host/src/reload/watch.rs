@@ -74,6 +74,32 @@ fn plugin_file_of(path: &Path) -> Option<PathBuf> {
     is_plugin_file(&library).then_some(library)
 }
 
+/// Why a folder cannot be watched.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The folder cannot be found (or its path resolved).
+    #[error("cannot watch {}: {cause}", dir.display())]
+    Folder {
+        /// The folder.
+        dir: PathBuf,
+        /// The operating system's error.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// The system's file watcher refused it.
+    #[error("cannot watch {}: {cause}", dir.display())]
+    Watcher {
+        /// The folder.
+        dir: PathBuf,
+        /// The watcher's error.
+        #[source]
+        cause: notify_debouncer_full::notify::Error,
+    },
+    /// The thread that acts on the changes could not be started.
+    #[error("cannot start the watch thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 /// What a watch asks of the host whose folder it watches. The facade
 /// implements it, so that the watcher reports up without naming it.
 pub(crate) trait WatchedHost: Send + Sync + 'static {
@@ -93,16 +119,20 @@ pub(crate) fn watch(
     host: Arc<dyn WatchedHost>,
     dir: &Path,
     debounce: Duration,
-) -> Result<Watch, String> {
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+) -> Result<Watch, WatchError> {
+    let dir = dir.canonicalize().map_err(|cause| WatchError::Folder {
+        dir: dir.to_path_buf(),
+        cause,
+    })?;
+    let watcher_error = |cause| WatchError::Watcher {
+        dir: dir.clone(),
+        cause,
+    };
     let (sender, receiver) = channel::<DebounceEventResult>();
-    let mut debouncer = new_debouncer(debounce, None, sender)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    let mut debouncer = new_debouncer(debounce, None, sender).map_err(watcher_error)?;
     debouncer
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        .map_err(watcher_error)?;
     tracing::info!(dir = %dir.display(), debounce_ms = debounce.as_millis() as u64, "watching for plugin changes");
     let worker = std::thread::Builder::new()
         .name("agent-host-watch".into())
@@ -168,7 +198,7 @@ pub(crate) fn watch(
                 }
             }
         })
-        .map_err(|e| format!("cannot start the watch thread: {e}"))?;
+        .map_err(WatchError::Thread)?;
     Ok(Watch {
         debouncer: Some(debouncer),
         worker: Some(worker),

@@ -9,18 +9,16 @@ use std::path::Path;
 
 /// Opens a library with `RTLD_NOW | RTLD_LOCAL`: every symbol is bound at
 /// load time (a missing one is an error now, not a crash later), and none
-/// of the plugin's symbols leak into other libraries' lookups. The error is
-/// the loader's own text.
-pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, String> {
+/// of the plugin's symbols leak into other libraries' lookups. The error
+/// holds the loader's own text.
+pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
     // SAFETY: opening a library runs its initialisers. The caller has
     // checked the file's object header (a shared library for this
     // platform, complete on disk) and loads a private copy that nothing
     // else writes; what the plugin's initialisers do is the trust the
     // operator places in an in-process plugin.
-    unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
-        .map(libloading::Library::from)
-        .map_err(|e| e.to_string())
+    unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map(libloading::Library::from)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -6,13 +6,13 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::path::Path;
 
-/// Opens a library; the error is the loader's own text.
-pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, String> {
+/// Opens a library; the error holds the loader's own text.
+pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
     // SAFETY: opening a library runs its initialisers (`DllMain`). The
     // caller has checked the file's object header and loads a private copy
     // that nothing else writes; what the plugin's initialisers do is the
     // trust the operator places in an in-process plugin.
-    unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())
+    unsafe { libloading::Library::new(path) }
 }
 
 /// Resolves on Ctrl-C.

@@ -76,21 +76,40 @@ pub enum LockMismatch {
 }
 
 /// A lock file that cannot be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
+#[error("lock file {}: {cause}", file.display())]
 pub struct LockFileError {
     /// The lock file.
     pub file: PathBuf,
     /// Why.
-    pub cause: String,
+    #[source]
+    pub cause: LockProblem,
 }
 
-impl std::fmt::Display for LockFileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "lock file {}: {}", self.file.display(), self.cause)
-    }
+/// What is wrong with a lock file, or its text.
+#[derive(Debug, thiserror::Error)]
+pub enum LockProblem {
+    /// It cannot be read (or is not a regular file, or too large).
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    /// Its text is not TOML of the lock's shape.
+    #[error("{}", crate::config::toml_one_line(.0))]
+    Syntax(#[from] toml::de::Error),
+    /// It is of another format version.
+    #[error("format version {0} is not the version {LOCK_VERSION} this host reads")]
+    Version(u32),
+    /// A pinned hash is not written as a SHA-256.
+    #[error("file '{name}': sha256 '{sha256}' is not 64 lowercase hexadecimal digits")]
+    NotASha256 {
+        /// The pinned file's name.
+        name: String,
+        /// What stands for its hash.
+        sha256: String,
+    },
+    /// A file name is pinned twice.
+    #[error("file '{0}' is pinned twice")]
+    PinnedTwice(String),
 }
-
-impl std::error::Error for LockFileError {}
 
 impl LockFile {
     /// An empty lock of the current format.
@@ -105,35 +124,31 @@ impl LockFile {
     /// [`MAX_LOCK_BYTES`] (a FIFO or a device is refused without waiting on
     /// it or reading it).
     pub fn read(path: &Path) -> Result<Self, LockFileError> {
-        let error = |cause: String| LockFileError {
+        let error = |cause: LockProblem| LockFileError {
             file: path.to_path_buf(),
             cause,
         };
         let text = crate::regular_file::read_to_string(path, MAX_LOCK_BYTES)
-            .map_err(|e| error(e.to_string()))?;
+            .map_err(|e| error(e.into()))?;
         Self::parse(&text).map_err(error)
     }
 
     /// Parses and checks lock file text: the format version, each hash
     /// written as a SHA-256, no file name twice.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let lock: LockFile =
-            toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+    pub fn parse(text: &str) -> Result<Self, LockProblem> {
+        let lock: LockFile = toml::from_str(text)?;
         if lock.version != LOCK_VERSION {
-            return Err(format!(
-                "format version {} is not the version {LOCK_VERSION} this host reads",
-                lock.version
-            ));
+            return Err(LockProblem::Version(lock.version));
         }
         for (i, entry) in lock.files.iter().enumerate() {
             if !is_sha256_hex(&entry.sha256) {
-                return Err(format!(
-                    "file '{}': sha256 '{}' is not 64 lowercase hexadecimal digits",
-                    entry.name, entry.sha256
-                ));
+                return Err(LockProblem::NotASha256 {
+                    name: entry.name.clone(),
+                    sha256: entry.sha256.clone(),
+                });
             }
             if lock.files[..i].iter().any(|e| e.name == entry.name) {
-                return Err(format!("file '{}' is pinned twice", entry.name));
+                return Err(LockProblem::PinnedTwice(entry.name.clone()));
             }
         }
         Ok(lock)
@@ -270,24 +285,32 @@ mod tests {
         let bad_hash = "version = 1\n[[file]]\nname = \"a.so\"\nsha256 = \"XYZ\"\n";
         assert!(LockFile::parse(bad_hash)
             .expect_err("bad hash")
+            .to_string()
             .contains("file 'a.so': sha256 'XYZ' is not 64 lowercase"));
         let twice = format!(
             "version = 1\n[[file]]\nname = \"a.so\"\nsha256 = \"{0}\"\n[[file]]\nname = \"a.so\"\nsha256 = \"{0}\"\n",
             "a".repeat(64)
         );
-        assert!(LockFile::parse(&twice)
-            .expect_err("twice")
-            .contains("pinned twice"));
+        assert!(matches!(
+            LockFile::parse(&twice).expect_err("twice"),
+            LockProblem::PinnedTwice(name) if name == "a.so"
+        ));
         assert!(LockFile::parse("version = 2\n")
             .expect_err("version")
+            .to_string()
             .contains("format version 2"));
-        assert!(LockFile::parse("version = 1\nextra = 1\n")
-            .expect_err("unknown key")
-            .contains("extra"));
+        let unknown = LockFile::parse("version = 1\nextra = 1\n").expect_err("unknown key");
+        assert!(matches!(unknown, LockProblem::Syntax(_)), "{unknown}");
+        assert!(unknown.to_string().contains("extra"), "{unknown}");
+        assert!(!unknown.to_string().contains('\n'), "{unknown}");
         let missing = LockFile::read(Path::new("/nonexistent/plugins.lock")).expect_err("missing");
         assert!(missing
             .to_string()
             .starts_with("lock file /nonexistent/plugins.lock: "));
+        assert!(
+            matches!(&missing.cause, LockProblem::Read(e) if e.kind() == std::io::ErrorKind::NotFound)
+        );
+        assert!(std::error::Error::source(&missing).is_some());
     }
 
     #[cfg(unix)]

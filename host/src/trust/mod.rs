@@ -62,7 +62,9 @@ impl RefusalReason {
             RefusalReason::NotInLock { .. } => "not_in_lock",
             RefusalReason::HashDiffers { .. } => "hash_differs",
             RefusalReason::Signature(SignatureProblem::Missing { .. }) => "unsigned",
-            RefusalReason::Signature(SignatureProblem::Unreadable { .. }) => "unreadable_signature",
+            RefusalReason::Signature(
+                SignatureProblem::Unreadable { .. } | SignatureProblem::Malformed { .. },
+            ) => "unreadable_signature",
             RefusalReason::Signature(SignatureProblem::UntrustedKey { .. }) => "untrusted_key",
             RefusalReason::Signature(SignatureProblem::Invalid { .. }) => "bad_signature",
         }
@@ -103,17 +105,55 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// A lock file or trusted key that cannot be read: the host does not start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrustError(pub String);
-
-impl std::fmt::Display for TrustError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[trust]: {}", self.0)
+impl std::error::Error for Refusal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.reason)
     }
 }
 
-impl std::error::Error for TrustError {}
+impl std::error::Error for RefusalReason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RefusalReason::Signature(problem) => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+/// A lock file or trusted key that cannot be read: the host does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The lock file cannot be read or is not a lock file.
+    #[error("[trust]: {0}")]
+    Lock(#[from] lock::LockFileError),
+    /// A key of `public_keys` is not a public key.
+    #[error("[trust]: public_keys[{index}]: {cause}")]
+    PublicKey {
+        /// Its place in the list.
+        index: usize,
+        /// Why.
+        #[source]
+        cause: signature::KeyError,
+    },
+    /// A file of `public_key_files` cannot be read.
+    #[error("[trust]: public key file {}: {cause}", file.display())]
+    ReadPublicKeyFile {
+        /// The file.
+        file: PathBuf,
+        /// The operating system's error.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// A file of `public_key_files` holds no public key.
+    #[error("[trust]: public key file {}: {cause}", file.display())]
+    PublicKeyFile {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        cause: signature::KeyError,
+    },
+}
 
 /// What the host checks of every plugin file before it maps it.
 #[derive(Debug, Clone, Default)]
@@ -132,26 +172,28 @@ impl TrustPolicy {
     /// Reads the lock file and the keys the settings name.
     pub fn load(settings: &TrustSettings) -> Result<Self, TrustError> {
         let lock = match &settings.lock {
-            Some(path) => Some((
-                path.clone(),
-                LockFile::read(path).map_err(|e| TrustError(e.to_string()))?,
-            )),
+            Some(path) => Some((path.clone(), LockFile::read(path)?)),
             None => None,
         };
         let mut keys = Vec::new();
         for (i, text) in settings.public_keys.iter().enumerate() {
             keys.push(
                 signature::parse_public_key(text)
-                    .map_err(|e| TrustError(format!("public_keys[{i}]: {e}")))?,
+                    .map_err(|cause| TrustError::PublicKey { index: i, cause })?,
             );
         }
         for path in &settings.public_key_files {
             let text = crate::regular_file::read_to_string(path, signature::MAX_SIGNATURE_BYTES)
-                .map_err(|e| TrustError(format!("public key file {}: {e}", path.display())))?;
-            keys.push(
-                signature::parse_public_key(&text)
-                    .map_err(|e| TrustError(format!("public key file {}: {e}", path.display())))?,
-            );
+                .map_err(|cause| TrustError::ReadPublicKeyFile {
+                    file: path.clone(),
+                    cause,
+                })?;
+            keys.push(signature::parse_public_key(&text).map_err(|cause| {
+                TrustError::PublicKeyFile {
+                    file: path.clone(),
+                    cause,
+                }
+            })?);
         }
         Ok(Self {
             lock,
@@ -354,11 +396,16 @@ mod tests {
         })
         .expect_err("missing lock");
         assert!(missing.to_string().contains("/nonexistent/plugins.lock"));
+        assert!(matches!(missing, TrustError::Lock(_)), "{missing}");
         let bad_key = TrustPolicy::load(&TrustSettings {
             public_keys: vec!["RWQ".into()],
             ..TrustSettings::default()
         })
         .expect_err("bad key");
         assert!(bad_key.to_string().starts_with("[trust]: public_keys[0]: "));
+        assert!(
+            matches!(bad_key, TrustError::PublicKey { index: 0, .. }),
+            "{bad_key}"
+        );
     }
 }

@@ -7,10 +7,11 @@
 //! only picks the key and words the outcome.
 
 use crate::regular_file;
-use minisign::{KeyPair, PublicKey, SignatureBox};
+use crate::shared_cause::SharedCause;
+use minisign::{KeyPair, PError, PublicKey, SignatureBox};
 
 pub use minisign::SecretKey;
-use std::io::Cursor;
+use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
 
 /// The extension of a detached signature, after the file's own name.
@@ -50,16 +51,54 @@ pub struct TrustedKey {
     key: PublicKey,
 }
 
+/// Why a key cannot be read, or a signature or key pair not made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The text holds no line but comments.
+    #[error("no public key in it")]
+    NoPublicKey,
+    /// The key line is not a minisign public key.
+    #[error("not a minisign public key: {0}")]
+    NotAPublicKey(#[source] PError),
+    /// The secret key file cannot be read.
+    #[error("secret key {}: {cause}", file.display())]
+    ReadSecretKey {
+        /// The key file.
+        file: PathBuf,
+        /// The operating system's error.
+        #[source]
+        cause: io::Error,
+    },
+    /// The secret key file holds no secret key this host can use.
+    #[error("secret key {}: {cause}", file.display())]
+    SecretKeyFile {
+        /// The key file.
+        file: PathBuf,
+        /// What is wrong with its text.
+        #[source]
+        cause: Box<KeyError>,
+    },
+    /// The text is not an unencrypted secret key, and no password is set
+    /// to decrypt an encrypted one.
+    #[error(
+        "not an unencrypted minisign secret key ({0}); for an encrypted one \
+         set {PASSWORD_VARIABLE} to its password"
+    )]
+    NeedsPassword(#[source] PError),
+    /// minisign could not decrypt the key, sign, or make a key pair.
+    #[error(transparent)]
+    Minisign(#[from] PError),
+}
+
 /// Reads a public key from its base64 form (`RWQ...`, as in the config) or
 /// from the text of a minisign `.pub` file (a comment line, then the key).
-pub fn parse_public_key(text: &str) -> Result<TrustedKey, String> {
+pub fn parse_public_key(text: &str) -> Result<TrustedKey, KeyError> {
     let line = text
         .lines()
         .map(str::trim)
         .rfind(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
-        .ok_or("no public key in it")?;
-    let key =
-        PublicKey::from_base64(line).map_err(|e| format!("not a minisign public key: {e}"))?;
+        .ok_or(KeyError::NoPublicKey)?;
+    let key = PublicKey::from_base64(line).map_err(KeyError::NotAPublicKey)?;
     Ok(TrustedKey {
         id: key_id(key.keynum()),
         key,
@@ -67,50 +106,48 @@ pub fn parse_public_key(text: &str) -> Result<TrustedKey, String> {
 }
 
 /// Why a signature does not admit a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureProblem {
     /// There is no signature file.
+    #[error(
+        "unsigned: no signature {} (sign it with `agent-host sign`)",
+        signature.display()
+    )]
     Missing {
         /// Where it was looked for.
         signature: PathBuf,
     },
-    /// The signature file cannot be read or is not a minisign signature.
+    /// The signature file cannot be read.
+    #[error("unreadable signature: {}: {cause}", signature.display())]
     Unreadable {
-        /// Why.
-        cause: String,
+        /// The signature file.
+        signature: PathBuf,
+        /// The operating system's error.
+        #[source]
+        cause: SharedCause<io::Error>,
+    },
+    /// The signature file's text is not a minisign signature.
+    #[error("unreadable signature: {cause}")]
+    Malformed {
+        /// minisign's error.
+        #[source]
+        cause: SharedCause<PError>,
     },
     /// The signature was made with a key the operator does not trust.
+    #[error("signed by key {key_id}, which is not among [trust] public_keys")]
     UntrustedKey {
         /// The signing key's id.
         key_id: String,
     },
     /// The signature does not match the file's bytes (or its trusted
     /// comment): the file was changed after it was signed.
+    #[error(
+        "bad signature: the file does not match its signature by key {key_id} (changed after signing?)"
+    )]
     Invalid {
         /// The signing key's id.
         key_id: String,
     },
-}
-
-impl std::fmt::Display for SignatureProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SignatureProblem::Missing { signature } => write!(
-                f,
-                "unsigned: no signature {} (sign it with `agent-host sign`)",
-                signature.display()
-            ),
-            SignatureProblem::Unreadable { cause } => write!(f, "unreadable signature: {cause}"),
-            SignatureProblem::UntrustedKey { key_id } => write!(
-                f,
-                "signed by key {key_id}, which is not among [trust] public_keys"
-            ),
-            SignatureProblem::Invalid { key_id } => write!(
-                f,
-                "bad signature: the file does not match its signature by key {key_id} (changed after signing?)"
-            ),
-        }
-    }
 }
 
 /// The public keys the operator trusts.
@@ -142,9 +179,10 @@ impl TrustedKeys {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(SignatureProblem::Missing { signature })
             }
-            Err(e) => {
+            Err(cause) => {
                 return Err(SignatureProblem::Unreadable {
-                    cause: format!("{}: {e}", signature.display()),
+                    signature,
+                    cause: cause.into(),
                 })
             }
         };
@@ -155,8 +193,8 @@ impl TrustedKeys {
     /// signature of `bytes` by a trusted key; returns that key's id.
     pub fn verify(&self, bytes: &[u8], signature: &str) -> Result<String, SignatureProblem> {
         let signature =
-            SignatureBox::from_string(signature).map_err(|e| SignatureProblem::Unreadable {
-                cause: e.to_string(),
+            SignatureBox::from_string(signature).map_err(|cause| SignatureProblem::Malformed {
+                cause: cause.into(),
             })?;
         let id = key_id(signature.keynum());
         let trusted = self
@@ -181,31 +219,37 @@ impl TrustedKeys {
 
 /// Reads a minisign secret key file. An encrypted key is decrypted with the
 /// password in [`PASSWORD_VARIABLE`]; the password is never asked for.
-pub fn read_secret_key(path: &Path) -> Result<SecretKey, String> {
-    let text = regular_file::read_to_string(path, MAX_SIGNATURE_BYTES)
-        .map_err(|e| format!("secret key {}: {e}", path.display()))?;
-    secret_key_from_text(&text).map_err(|e| format!("secret key {}: {e}", path.display()))
+pub fn read_secret_key(path: &Path) -> Result<SecretKey, KeyError> {
+    let text = regular_file::read_to_string(path, MAX_SIGNATURE_BYTES).map_err(|cause| {
+        KeyError::ReadSecretKey {
+            file: path.to_path_buf(),
+            cause,
+        }
+    })?;
+    secret_key_from_text(&text).map_err(|cause| KeyError::SecretKeyFile {
+        file: path.to_path_buf(),
+        cause: Box::new(cause),
+    })
 }
 
 /// Reads a minisign secret key from its file's text, decrypting an
 /// encrypted one with the password in [`PASSWORD_VARIABLE`].
-pub fn secret_key_from_text(text: &str) -> Result<SecretKey, String> {
+pub fn secret_key_from_text(text: &str) -> Result<SecretKey, KeyError> {
     match SecretKey::from_unencrypted_box(text.to_string().into()) {
         Ok(key) => Ok(key),
         Err(unencrypted) => match std::env::var(PASSWORD_VARIABLE) {
-            Ok(password) => SecretKey::from_box(text.to_string().into(), Some(password))
-                .map_err(|e| e.to_string()),
-            Err(_) => Err(format!(
-                "not an unencrypted minisign secret key ({unencrypted}); for an encrypted one \
-                 set {PASSWORD_VARIABLE} to its password"
-            )),
+            Ok(password) => Ok(SecretKey::from_box(
+                text.to_string().into(),
+                Some(password),
+            )?),
+            Err(_) => Err(KeyError::NeedsPassword(unencrypted)),
         },
     }
 }
 
 /// Signs `bytes` with `key`; returns the text of the `.minisig` file. The
 /// trusted comment names `file_name`, as minisign's does.
-pub fn sign(bytes: &[u8], key: &SecretKey, file_name: &str) -> Result<String, String> {
+pub fn sign(bytes: &[u8], key: &SecretKey, file_name: &str) -> Result<String, KeyError> {
     let trusted = format!(
         "timestamp:{}\tfile:{file_name}",
         std::time::SystemTime::now()
@@ -219,26 +263,20 @@ pub fn sign(bytes: &[u8], key: &SecretKey, file_name: &str) -> Result<String, St
         Cursor::new(bytes),
         Some(&trusted),
         Some("signature from agent-host secret key"),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(signature.into_string())
 }
 
 /// A new key pair: the public key file's text, the secret key file's text,
 /// and the public key in base64 (for `[trust] public_keys`). The secret key
 /// is encrypted with `password` when one is given.
-pub fn generate(password: Option<String>) -> Result<(String, String, String), String> {
+pub fn generate(password: Option<String>) -> Result<(String, String, String), KeyError> {
     let pair = match password {
         Some(password) => KeyPair::generate_encrypted_keypair(Some(password)),
         None => KeyPair::generate_unencrypted_keypair(),
-    }
-    .map_err(|e| e.to_string())?;
-    let public = pair.pk.to_box().map_err(|e| e.to_string())?.into_string();
-    let secret = pair
-        .sk
-        .to_box(None)
-        .map_err(|e| e.to_string())?
-        .into_string();
+    }?;
+    let public = pair.pk.to_box()?.into_string();
+    let secret = pair.sk.to_box(None)?.into_string();
     Ok((public, secret, pair.pk.to_base64()))
 }
 
@@ -297,9 +335,13 @@ mod tests {
         std::fs::write(signature_path(&file), "not a signature").expect("write");
         assert!(matches!(
             keys.verify_file(&file, b"bytes"),
-            Err(SignatureProblem::Unreadable { .. })
+            Err(SignatureProblem::Malformed { .. })
         ));
-        assert!(parse_public_key("RWQnot-a-key").is_err());
+        assert!(matches!(
+            parse_public_key("RWQnot-a-key"),
+            Err(KeyError::NotAPublicKey(_))
+        ));
+        assert!(matches!(parse_public_key(""), Err(KeyError::NoPublicKey)));
     }
 
     #[test]
@@ -310,7 +352,12 @@ mod tests {
         std::fs::write(&path, secret).expect("write");
         if std::env::var(PASSWORD_VARIABLE).is_err() {
             let error = read_secret_key(&path).expect_err("no password");
-            assert!(error.contains(PASSWORD_VARIABLE), "{error}");
+            assert!(
+                matches!(&error, KeyError::SecretKeyFile { cause, .. }
+                    if matches!(**cause, KeyError::NeedsPassword(_))),
+                "{error}"
+            );
+            assert!(error.to_string().contains(PASSWORD_VARIABLE), "{error}");
         }
     }
 }
