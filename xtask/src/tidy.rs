@@ -52,6 +52,13 @@ pub fn tidy_command() -> Result<(), String> {
     }
 }
 
+/// The parts of `isolation`, and what each may import of the crate beyond
+/// itself: the wire format knows neither side nor the host (only the
+/// leaves); the worker's side and the engine (the host's side) never import
+/// each other.
+pub const ISOLATION_PARTS: &[(&str, &[&str])] =
+    &[("wire", &[]), ("worker", &["wire"]), ("engine", &["wire"])];
+
 /// One import that breaks the layering.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Violation {
@@ -165,6 +172,111 @@ pub fn violations(src: &Path) -> std::io::Result<Vec<Violation>> {
     violations.sort();
     violations.dedup();
     Ok(violations)
+}
+
+/// The imports between the parts of `isolation` that [`ISOLATION_PARTS`]
+/// forbids, and the wire's imports of anything above the leaves: (file,
+/// the import).
+pub fn isolation_violations(src: &Path) -> std::io::Result<Vec<(String, String)>> {
+    let leaves = HOST_LAYERS.last().map_or(&[][..], |(_, modules)| *modules);
+    let mut found = Vec::new();
+    for file in rust_files(&src.join("isolation"))? {
+        let rel = file
+            .strip_prefix(src)
+            .unwrap_or(&file)
+            .to_string_lossy()
+            .replace('\\', "/");
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == "tests.rs" || name.ends_with("_tests.rs") {
+            continue;
+        }
+        let segments: Vec<&str> = rel.trim_end_matches(".rs").split('/').collect();
+        let Some(&part) = segments.get(1) else {
+            continue;
+        };
+        let Some((_, may)) = ISOLATION_PARTS.iter().find(|(p, _)| *p == part) else {
+            continue;
+        };
+        // The module path of the file, for `super::` paths.
+        let mut module: Vec<&str> = segments.clone();
+        if module.last() == Some(&"mod") {
+            module.pop();
+        }
+        let code = code_of(&std::fs::read_to_string(&file)?);
+        for path in module_paths(&code, &module) {
+            let target_part = match path.as_slice() {
+                [first, second, ..] if first == "isolation" => second.as_str(),
+                [first, ..] if first == "isolation" => continue,
+                [first, ..] => {
+                    if part == "wire" && !leaves.contains(&first.as_str()) {
+                        found.push((rel.clone(), path.join("::")));
+                    }
+                    continue;
+                }
+                [] => continue,
+            };
+            let allowed = target_part == part
+                || may.contains(&target_part)
+                || !ISOLATION_PARTS.iter().any(|(p, _)| *p == target_part);
+            if !allowed {
+                found.push((rel.clone(), path.join("::")));
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+/// Every `crate::` or `super::` path in `code` of a file whose module path
+/// is `module`, resolved to a path from the crate root (the first two
+/// segments at most).
+fn module_paths(code: &str, module: &[&str]) -> Vec<Vec<String>> {
+    let mut found = Vec::new();
+    let bytes = code.as_bytes();
+    let mut at = 0;
+    while at < code.len() {
+        let rest = &code[at..];
+        let (start, mut base): (usize, Vec<String>) =
+            match (rest.find("crate::"), rest.find("super::")) {
+                (None, None) => break,
+                (Some(c), Some(s)) if s < c => (s, module.iter().map(|m| m.to_string()).collect()),
+                (None, Some(s)) => (s, module.iter().map(|m| m.to_string()).collect()),
+                (Some(c), _) => (c, Vec::new()),
+            };
+        let begin = at + start;
+        at = begin + 1;
+        if begin > 0
+            && (bytes[begin - 1].is_ascii_alphanumeric()
+                || bytes[begin - 1] == b'_'
+                || bytes[begin - 1] == b':')
+        {
+            continue;
+        }
+        let mut path = &code[begin..];
+        if let Some(after) = path.strip_prefix("crate::") {
+            path = after;
+        } else {
+            while let Some(after) = path.strip_prefix("super::") {
+                base.pop();
+                path = after;
+            }
+        }
+        let segments: Vec<String> = path
+            .split("::")
+            .take(2)
+            .map(|s| {
+                s.chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .take_while(|s| !s.is_empty() && s.starts_with(|c: char| c.is_ascii_lowercase()))
+            .collect();
+        base.extend(segments);
+        base.truncate(2);
+        found.push(base);
+    }
+    found
 }
 
 /// Whether `to` is reachable from `from` in `graph`.
@@ -335,6 +447,41 @@ mod tests {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("\n")
+        );
+    }
+
+    #[test]
+    fn the_parts_of_isolation_keep_to_themselves() {
+        let found = isolation_violations(&host_src()).expect("read host/src/isolation");
+        assert!(
+            found.is_empty(),
+            "imports between the parts of isolation that xtask/src/tidy.rs ISOLATION_PARTS \
+             forbids:\n{}",
+            found
+                .iter()
+                .map(|(file, path)| format!("{file}: {path}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    #[test]
+    fn the_isolation_rule_reads_super_paths() {
+        let paths = module_paths(
+            "use super::super::engine::spawn;\nuse crate::isolation::wire::x;\nuse super::y;\nuse crate::plugin::Backend;",
+            &["isolation", "worker", "sandbox"],
+        );
+        assert_eq!(
+            paths,
+            vec![
+                vec!["isolation".to_string(), "engine".to_string()],
+                vec!["isolation".to_string(), "wire".to_string()],
+                vec!["isolation".to_string(), "worker".to_string()],
+                vec!["plugin".to_string(), "Backend".to_string()]
+                    .into_iter()
+                    .take(1)
+                    .collect(),
+            ]
         );
     }
 
