@@ -92,8 +92,9 @@ pub enum LockProblem {
     /// It cannot be read (or is not a regular file, or too large).
     #[error(transparent)]
     Read(#[from] std::io::Error),
-    /// Its text is not TOML of the lock's shape.
-    #[error("{}", crate::config::toml_one_line(.0))]
+    /// Its text is not TOML of the lock's shape (the parser's message on
+    /// one line).
+    #[error("{}", .0.to_string().trim().replace('\n', " "))]
     Syntax(#[from] toml::de::Error),
     /// It is of another format version.
     #[error("format version {0} is not the version {LOCK_VERSION} this host reads")]
