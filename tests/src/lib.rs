@@ -53,3 +53,8 @@ pub struct PluginGuide;
 #[cfg(doctest)]
 #[doc = include_str!("../../plugin-api/README.md")]
 pub struct SdkReadme;
+
+/// The front page, `README.md`, as a doctest: its first plugin compiles.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct Readme;
