@@ -1,4 +1,8 @@
-//! What more than one benchmark reads from a reply.
+//! The host's benchmarks (`benches/`), a package of their own so that
+//! building the host's tests never builds criterion; and what more than one
+//! benchmark reads from a reply.
+
+#![warn(missing_docs)]
 
 use agent_host::Reply;
 

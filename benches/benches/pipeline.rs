@@ -20,10 +20,8 @@
 //! core's cache. `AGENT_HOST_BENCH_REPEAT=30` sends 30 times as many
 //! messages, for a profiler to see the message path rather than the load.
 
-mod common;
-
 use agent_host::{HostOptions, InboundMessage, PluginHost};
-use common::Phases;
+use agent_host_benches::Phases;
 use std::time::{Duration, Instant};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -17,15 +17,13 @@
 //! Run: `cargo bench -p agent-host --bench isolation` (add `message`,
 //! `floor`, `restart` or `memory` to run one part).
 
-mod common;
-
 use agent_host::{AgentConfig, HostOptions, InboundMessage, PluginHost};
-use common::Phases;
+use agent_host_benches::Phases;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_agent-host");
+const WORKER: &str = env!("CARGO_BIN_EXE_bench-worker");
 
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
