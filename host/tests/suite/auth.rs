@@ -9,9 +9,7 @@
 
 #![cfg(unix)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::io::Read;

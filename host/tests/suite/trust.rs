@@ -3,9 +3,7 @@
 //! trusted key loads, anything else is refused with one line naming the
 //! file, its SHA-256 and the cause.
 
-mod common;
-
-use common::{request, Agent};
+use crate::common::{request, Agent};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use test_support::{add_as, fixture, EXT};
@@ -358,7 +356,7 @@ fn a_signature_that_is_a_fifo_or_a_device_is_refused_by_check_and_run_without_wa
 
 /// `POST /v1/plugins/{name}/reload?force=true` on `agent`.
 #[cfg(unix)]
-fn force_reload(agent: &Agent, plugin: &str) -> common::Response {
+fn force_reload(agent: &Agent, plugin: &str) -> crate::common::Response {
     request(
         agent.address,
         "POST",
@@ -405,7 +403,7 @@ fn a_reload_whose_signature_is_a_fifo_is_refused_at_once_and_later_reloads_and_s
 
     agent.terminate();
     assert_eq!(
-        agent.wait_for_exit(common::WAIT),
+        agent.wait_for_exit(crate::common::WAIT),
         Some(0),
         "{}",
         agent.log()

@@ -8,11 +8,9 @@
 //! Every wait is bounded, so a host that waits for ever fails the test
 //! instead of hanging the suite.
 
-mod common;
-
+use crate::common::*;
 use agent_host::testing::TestAgent;
 use agent_host::{AgentConfig, HostOptions, InboundMessage, PluginHost};
-use common::*;
 use serde_json::json;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

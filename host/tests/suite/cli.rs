@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use test_support::{fixture, folder_with, EXT};
 
-mod common;
-use common::run_with_stdin;
+use crate::common::run_with_stdin;
 
 fn agent_host(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_agent-host"))
@@ -142,7 +141,7 @@ fn list_shows_order_dependencies_components_and_files() {
 #[test]
 fn run_answers_json_lines_and_shuts_down_in_reverse_order_on_sigterm() {
     let dir = folder_with(&[fixture("multi"), fixture("")]);
-    let mut child = common::spawn_run(dir.path(), "info");
+    let mut child = crate::common::spawn_run(dir.path(), "info");
     let mut stdin = child.stdin.take().expect("stdin");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
 

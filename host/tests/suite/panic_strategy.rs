@@ -13,8 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use test_support::{fixture, folder_with};
 
-mod common;
-use common::run_with_stdin;
+use crate::common::run_with_stdin;
 
 const AGENT_HOST: &str = env!("CARGO_BIN_EXE_agent-host");
 

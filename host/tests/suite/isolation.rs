@@ -5,8 +5,6 @@
 //! cause, and the worker is restarted. Services and events cross between
 //! the two places both ways.
 
-mod common;
-
 use agent_host::testing::TestAgent;
 use agent_host::{AgentConfig, HostOptions, InboundMessage, Reply};
 use serde_json::{json, Value};
@@ -855,13 +853,13 @@ mod hostile {
         // file's plugin serve, and no isolated plugin's code runs in it.
         let config = "[isolation]\nprocess = [\"faulty\"]\n\
                       worker_program = \"/nonexistent/agent-host-worker\"\n";
-        let agent = common::Agent::start_with(
+        let agent = crate::common::Agent::start_with(
             &[test_support::fixture("isolated"), test_support::fixture("")],
             config,
             false,
         );
         let plugins = agent.get("/v1/plugins").json();
-        let names = common::plugin_names(&plugins);
+        let names = crate::common::plugin_names(&plugins);
         assert_eq!(names, ["fixture", "neighbour"], "{}", agent.log());
         let log = agent.log();
         assert!(
@@ -892,8 +890,11 @@ mod hostile {
                  [grants]\nfaulty = [\"filesystem:write:{}\"]\n",
                 dir.path().display()
             );
-            let mut agent =
-                common::Agent::start_with(&[test_support::fixture("isolated")], &config, false);
+            let mut agent = crate::common::Agent::start_with(
+                &[test_support::fixture("isolated")],
+                &config,
+                false,
+            );
             let reply = agent
                 .post_json(
                     "/v1/messages",

@@ -5,9 +5,7 @@
 
 #![cfg(unix)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
