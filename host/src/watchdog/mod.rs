@@ -21,6 +21,8 @@
 //! test calling [`Watchdog::tick`] itself instead of waiting for the thread.
 
 pub(crate) mod relay;
+#[cfg(test)]
+pub(crate) mod test_clock;
 
 use agent_host_plugin_abi::CallControl;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -104,9 +106,15 @@ pub(crate) struct Watchdog {
 
 impl Watchdog {
     /// Starts the watchdog thread, which ticks every [`TICK`] on the
-    /// monotonic clock. It ends when the watchdog is dropped.
+    /// monotonic clock (in tests, on a clock installed with
+    /// `test_clock::install`, if any). It ends when the watchdog is
+    /// dropped.
     pub(crate) fn start() -> Self {
-        let watchdog = Self::with_clock(Box::new(MonotonicClock::new()));
+        #[cfg(test)]
+        let clock = test_clock::take().unwrap_or_else(|| Box::new(MonotonicClock::new()));
+        #[cfg(not(test))]
+        let clock = Box::new(MonotonicClock::new());
+        let watchdog = Self::with_clock(clock);
         let thread_shared = Arc::clone(&watchdog.shared);
         let spawned = std::thread::Builder::new()
             .name("agent-host-watchdog".into())

@@ -2,6 +2,10 @@
 //! is abandoned at its deadline and the message is answered on time, a
 //! service chain cannot outlive the call that started it, and a plugin at
 //! its limit of calls in flight is refused at once while another serves.
+//!
+//! The `laggard` fixture holds its late calls until told `release`, and
+//! counts them once they return: that the host answered on time is shown by
+//! its answering while no late call had returned, never by a duration.
 
 use agent_host::testing::TestAgent;
 use agent_host::{AgentConfig, HostOptions, InboundMessage, Reply};
@@ -29,15 +33,24 @@ fn message(text: &str) -> InboundMessage {
     }
 }
 
-/// Answers through the path front-ends use, and times it.
-fn answer(agent: &TestAgent, text: &str) -> (Reply, Duration) {
+/// Answers through the path front-ends use.
+fn answer(agent: &TestAgent, text: &str) -> Reply {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let started = Instant::now();
-    let reply = runtime.block_on(agent.host.answer(message(text)));
-    (reply, started.elapsed())
+    runtime.block_on(agent.host.answer(message(text)))
+}
+
+/// Asserts that none of the laggard's late calls has returned yet (so the
+/// host did not wait for them), then lets them go.
+fn assert_answered_before_the_late_calls_returned(agent: &TestAgent) {
+    assert_eq!(
+        answer(agent, "late-returns").text,
+        "late calls returned: 0",
+        "the host waited for a late call"
+    );
+    assert_eq!(answer(agent, "release").text, "released");
 }
 
 fn has_error(reply: &Reply, expected: &str) -> bool {
@@ -47,15 +60,16 @@ fn has_error(reply: &Reply, expected: &str) -> bool {
 #[test]
 fn a_hung_provider_is_left_out_and_its_cached_value_served_stale() {
     let agent = agent("[host]\nprovider_backoff_after = 10\n");
-    let (fresh, _) = answer(&agent, "weather?");
+    let fresh = answer(&agent, "weather?");
     assert_eq!(
         fresh.text, r#"weather="fresh" stale=false"#,
         "{:?}",
         fresh.errors
     );
+    // The cached value (1 ms, on the host's monotonic clock) expires.
     std::thread::sleep(Duration::from_millis(5));
-    let (late, took) = answer(&agent, "weather? hang-provider");
-    assert!(took < Duration::from_secs(2), "answered on time: {took:?}");
+    let late = answer(&agent, "weather? hang-provider");
+    assert_answered_before_the_late_calls_returned(&agent);
     assert_eq!(
         late.text, r#"weather="fresh" stale=true"#,
         "{:?}",
@@ -74,8 +88,8 @@ fn a_hung_provider_is_left_out_and_its_cached_value_served_stale() {
 #[test]
 fn a_slow_validate_is_abandoned_and_the_message_answered() {
     let agent = agent("[host]\nvalidate_timeout_ms = 200\n");
-    let (reply, took) = answer(&agent, "slow-validate");
-    assert!(took < Duration::from_secs(2), "answered on time: {took:?}");
+    let reply = answer(&agent, "slow-validate");
+    assert_answered_before_the_late_calls_returned(&agent);
     assert!(
         has_error(
             &reply,
@@ -89,8 +103,8 @@ fn a_slow_validate_is_abandoned_and_the_message_answered() {
 #[test]
 fn a_hung_evaluator_is_abandoned_and_sees_the_cancellation() {
     let agent = agent("[host]\nevaluator_timeout_ms = 200\n");
-    let (reply, took) = answer(&agent, "hang-evaluator");
-    assert!(took < Duration::from_secs(2), "answered on time: {took:?}");
+    let reply = answer(&agent, "hang-evaluator");
+    assert_answered_before_the_late_calls_returned(&agent);
     assert!(reply.ok, "the action still answered: {:?}", reply.errors);
     assert!(
         has_error(
@@ -105,8 +119,7 @@ fn a_hung_evaluator_is_abandoned_and_sees_the_cancellation() {
 #[test]
 fn a_service_chain_cannot_outlive_the_handler_that_started_it() {
     let agent = agent("");
-    let (reply, took) = answer(&agent, "chain");
-    assert!(took < Duration::from_secs(2), "answered on time: {took:?}");
+    let reply = answer(&agent, "chain");
     assert!(
         has_error(
             &reply,
@@ -116,52 +129,56 @@ fn a_service_chain_cannot_outlive_the_handler_that_started_it() {
         reply.errors
     );
     // The service the handler called had at most what was left of the
-    // handler's deadline: it ended then, not after its own 10 s.
-    let until = Instant::now() + Duration::from_secs(5);
-    let waited = loop {
-        let (status, _) = answer(&agent, "chain-status");
-        let waited: Option<u64> = status
-            .text
-            .strip_prefix("last wait ")
-            .and_then(|t| t.strip_suffix(" ms"))
-            .and_then(|t| t.parse().ok())
-            .filter(|&ms| ms != u64::MAX);
-        if let Some(waited) = waited {
-            break waited;
+    // handler's deadline: it was cancelled then, not left to its own 10 s.
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = answer(&agent, "chain-status").text;
+        if status != "no wait ended yet" {
+            break status;
         }
         assert!(Instant::now() < until, "the service call never ended");
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(waited <= 1_000, "the service waited {waited} ms");
+    assert_eq!(status, "the last wait ended by its cancellation");
 }
 
 #[test]
 fn a_plugin_at_its_limit_is_refused_at_once_while_another_plugin_serves() {
     let agent = Arc::new(agent("[host]\nmax_calls_in_flight = 2\n"));
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&started);
+    agent.host.on("action:started", move |event| {
+        if event.payload["action"] == "HANG" {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    });
     let stuck: Vec<_> = (0..2)
         .map(|_| {
             let agent = Arc::clone(&agent);
             std::thread::spawn(move || agent.host.handle_message(message("hang-handler")))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let (refused, took) = answer(&agent, "hang-handler");
-    assert!(
-        took < Duration::from_millis(500),
-        "refused at once: {took:?}"
-    );
+    let until = Instant::now() + Duration::from_secs(20);
+    while started.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < until, "the two calls never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Each stuck call sleeps 5 s: a refusal naming the limit, and the
+    // other plugin's answer, come while both are still running.
+    let refused = answer(&agent, "hang-handler");
     assert!(
         has_error(&refused, "plugin 'laggard'")
             && has_error(&refused, "2 calls in flight (its limit)"),
         "{:?}",
         refused.errors
     );
-    let (counted, took) = answer(&agent, "count");
-    assert!(
-        took < Duration::from_millis(500),
-        "the other plugin serves: {took:?}"
-    );
+    let counted = answer(&agent, "count");
     assert!(counted.ok, "{:?}", counted.errors);
+    assert!(
+        stuck.iter().all(|call| !call.is_finished()),
+        "served while the stuck calls ran"
+    );
     for call in stuck {
         assert_eq!(call.join().expect("joins").text, "woke up");
     }
@@ -170,13 +187,8 @@ fn a_plugin_at_its_limit_is_refused_at_once_while_another_plugin_serves() {
 #[test]
 fn a_late_event_handler_is_abandoned_and_sees_the_cancellation() {
     let agent = agent("[host]\nevent_timeout_ms = 200\n");
-    let started = Instant::now();
     let failures = agent.host.emit("laggard:tick", serde_json::Value::Null);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_answered_before_the_late_calls_returned(&agent);
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
         failures[0]
@@ -185,9 +197,9 @@ fn a_late_event_handler_is_abandoned_and_sees_the_cancellation() {
         "{failures:?}"
     );
     // The handler's FFI entry has no cancellation signal: it asked the host.
-    let until = Instant::now() + Duration::from_secs(5);
+    let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, _) = answer(&agent, "tick-status");
+        let status = answer(&agent, "tick-status");
         if status.text == "ticks that saw their cancellation: 1" {
             break;
         }

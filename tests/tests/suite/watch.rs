@@ -41,12 +41,24 @@ fn the_folder_drives_the_plugins() {
         version(&host, "counter").as_deref() == Some("2.0.0")
     });
     // The host reading the file for its private copy is not a change: one
-    // rename, one reload.
+    // rename, one reload. A later event on another file, once handled,
+    // shows the watcher has handled what came before it.
     let generation = host.status("counter").expect("status").generation;
-    std::thread::sleep(Duration::from_millis(800));
+    let reloaded = reloads(&host, "watcher", "reloaded");
+    let unchanged = reloads(&host, "watcher", "unchanged");
+    let user_file = dir.path().join(format!("counter-user.{EXT}"));
+    replace(&user_file, &fixture("counter-user"));
+    wait_until("the watcher to handle a later event", || {
+        reloads(&host, "watcher", "unchanged") > unchanged
+    });
     assert_eq!(
         host.status("counter").expect("status").generation,
         generation,
+        "no reload loop"
+    );
+    assert_eq!(
+        reloads(&host, "watcher", "reloaded"),
+        reloaded,
         "no reload loop"
     );
     assert_eq!(host.handle_message(msg("count")).text, "v2: 2");
@@ -54,8 +66,11 @@ fn the_folder_drives_the_plugins() {
 
     // A file caught half-written is retried until it is whole.
     let whole = std::fs::read(fixture("counter-v1")).expect("read");
+    let refused = reloads(&host, "watcher", "refused");
     std::fs::write(&file, &whole[..whole.len() / 2]).expect("write half");
-    std::thread::sleep(Duration::from_millis(400));
+    wait_until("the watcher to try the half-written file", || {
+        reloads(&host, "watcher", "refused") > refused
+    });
     assert_eq!(
         version(&host, "counter").as_deref(),
         Some("2.0.0"),
