@@ -30,11 +30,11 @@
 //! It must never build into the main target folder, and never hand a test a
 //! file that another test may still overwrite.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// The platform's library extension.
 pub const EXT: &str = std::env::consts::DLL_EXTENSION;
@@ -193,8 +193,22 @@ fn out(file_name: &str) -> PathBuf {
     fixture_target().join("out").join(file_name)
 }
 
-/// The names of what this process has built (and copied out).
-static BUILT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+/// What this process has built (and copied out), by build: each is made
+/// once, and a test waits only for the builds it needs, not for others'.
+static BUILT: OnceLock<Mutex<HashMap<String, Arc<OnceLock<()>>>>> = OnceLock::new();
+
+/// Runs `build` once per process under the name `key`; later callers, and
+/// callers while it runs, wait for that one run.
+fn once(key: &str, build: impl FnOnce()) {
+    let done = {
+        let mut built = BUILT
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(built.entry(key.to_string()).or_default())
+    };
+    done.get_or_init(build);
+}
 
 /// What the shared build is recorded as in [`BUILT`].
 const SHARED_BUILD: &str = "the shared build";
@@ -202,41 +216,32 @@ const SHARED_BUILD: &str = "the shared build";
 /// Builds, once per process, everything [`Build::Shared`] in one `cargo
 /// build`: the fixtures, the example plugins, the library that is not a
 /// plugin and the hostile worker; and copies each out.
-fn build_shared(built: &mut HashSet<String>) {
-    if built.contains(SHARED_BUILD) {
-        return;
-    }
-    let _lock = build_lock();
-    let fixtures: Vec<String> = fixture_names()
-        .into_iter()
-        .filter(|name| build_of(name) == Build::Shared)
-        .collect();
-    let mut packages: Vec<String> = fixtures.iter().map(|name| fixture_package(name)).collect();
-    packages.extend(EXAMPLES.iter().map(|name| name.to_string()));
-    packages.extend(["not-a-plugin".to_string(), "hostile-worker".to_string()]);
-    let release = cargo_build(&packages, None);
-    for name in &fixtures {
-        copy_atomically(
-            &release.join(library_file_name(&fixture_package(name))),
-            &out(&format!("{name}.{EXT}")),
-        );
-    }
-    for name in EXAMPLES.iter().copied().chain(["not-a-plugin"]) {
-        copy_atomically(
-            &release.join(library_file_name(name)),
-            &out(&format!("{name}.{EXT}")),
-        );
-    }
-    let worker = format!("hostile-worker{}", std::env::consts::EXE_SUFFIX);
-    copy_atomically(&release.join(&worker), &out(&worker));
-    built.insert(SHARED_BUILD.to_string());
-}
-
-fn built() -> std::sync::MutexGuard<'static, HashSet<String>> {
-    BUILT
-        .get_or_init(|| Mutex::new(HashSet::new()))
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+fn build_shared() {
+    once(SHARED_BUILD, || {
+        let _lock = build_lock();
+        let fixtures: Vec<String> = fixture_names()
+            .into_iter()
+            .filter(|name| build_of(name) == Build::Shared)
+            .collect();
+        let mut packages: Vec<String> = fixtures.iter().map(|name| fixture_package(name)).collect();
+        packages.extend(EXAMPLES.iter().map(|name| name.to_string()));
+        packages.extend(["not-a-plugin".to_string(), "hostile-worker".to_string()]);
+        let release = cargo_build(&packages, None);
+        for name in &fixtures {
+            copy_atomically(
+                &release.join(library_file_name(&fixture_package(name))),
+                &out(&format!("{name}.{EXT}")),
+            );
+        }
+        for name in EXAMPLES.iter().copied().chain(["not-a-plugin"]) {
+            copy_atomically(
+                &release.join(library_file_name(name)),
+                &out(&format!("{name}.{EXT}")),
+            );
+        }
+        let worker = format!("hostile-worker{}", std::env::consts::EXE_SUFFIX);
+        copy_atomically(&release.join(&worker), &out(&worker));
+    });
 }
 
 /// Builds the fixture plugin `name` (empty for the default, a well-behaved
@@ -245,12 +250,10 @@ fn built() -> std::sync::MutexGuard<'static, HashSet<String>> {
 pub fn fixture(name: &str) -> PathBuf {
     let name = if name.is_empty() { "fixture" } else { name };
     let file = out(&format!("{name}.{EXT}"));
-    let mut built = built();
     let package = fixture_package(name);
     match build_of(name) {
-        Build::Shared => build_shared(&mut built),
-        _ if built.contains(name) => {}
-        build => {
+        Build::Shared => build_shared(),
+        build => once(name, || {
             let _lock = build_lock();
             let flags = match build {
                 Build::Flagged(flags) => Some(flags),
@@ -258,8 +261,7 @@ pub fn fixture(name: &str) -> PathBuf {
             };
             let release = cargo_build(std::slice::from_ref(&package), flags);
             copy_atomically(&release.join(library_file_name(&package)), &file);
-            built.insert(name.to_string());
-        }
+        }),
     }
     assert!(
         file.exists(),
@@ -270,7 +272,7 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// Builds the library that is not a plugin.
 pub fn not_a_plugin() -> PathBuf {
-    build_shared(&mut built());
+    build_shared();
     out(&format!("not-a-plugin.{EXT}"))
 }
 
@@ -278,7 +280,7 @@ pub fn not_a_plugin() -> PathBuf {
 /// protocol badly on purpose, see its crate) and returns it,
 /// `target/fixtures/out/hostile-worker`.
 pub fn hostile_worker() -> PathBuf {
-    build_shared(&mut built());
+    build_shared();
     out(&format!("hostile-worker{}", std::env::consts::EXE_SUFFIX))
 }
 
@@ -294,7 +296,7 @@ pub const EXAMPLES: [&str; 5] = [
 /// Builds the example plugins and returns their library files, in the
 /// order of [`EXAMPLES`].
 pub fn examples() -> Vec<PathBuf> {
-    build_shared(&mut built());
+    build_shared();
     EXAMPLES
         .iter()
         .map(|name| out(&format!("{name}.{EXT}")))
