@@ -14,18 +14,20 @@
 //! the library that is not a plugin and the hostile worker; the benchmarks'
 //! large fixtures (`bench-*`) are built only when asked for.
 //!
-//! Three fixtures need their whole dependency tree built differently, so they
+//! Two fixtures need their whole dependency tree built differently, so they
 //! are built one by one, with a rustflag, for the host's target triple (so
 //! that the flag reaches only the plugin and its dependencies, never the
 //! proc macros and build scripts), under `target/fixtures/<triple>`:
-//! `foreign-abi` and `foreign-layout` need `agent-host-plugin-abi` itself
-//! built differently (another ABI version, another `MessageView` layout).
-//! That crate offers no feature for it, so that no dependent can ever publish
-//! such a plugin: they are built with a `--cfg agent_host_abi_fixture="..."`
-//! rustflag instead. `hand-export-aborts` is built with `-C panic=abort` (a
-//! profile cannot set a panic strategy for one crate), which every crate of
-//! the library must share, since the ABI crate records the strategy the
-//! library was built with.
+//! `foreign-layout` needs `agent-host-plugin-abi` itself built with another
+//! `MessageView` layout, deep in the types the host checks. That crate offers
+//! no feature for it, so that no dependent can ever publish such a plugin: it
+//! is built with a `--cfg agent_host_abi_fixture="foreign_layout"` rustflag
+//! instead. `hand-export-aborts` is built with `-C panic=abort` (a profile
+//! cannot set a panic strategy for one crate), which every crate of the
+//! library must share, since the ABI crate records the strategy the library
+//! was built with. (`foreign-abi` needs no such build: the version a library
+//! was built against is one value of its header, which that fixture's own
+//! root module declares.)
 //!
 //! It must never build into the main target folder, and never hand a test a
 //! file that another test may still overwrite.
@@ -83,7 +85,6 @@ enum Build {
 /// How the fixture named `name` is built.
 fn build_of(name: &str) -> Build {
     match name {
-        "foreign-abi" => Build::Flagged("--cfg\x1fagent_host_abi_fixture=\"foreign_version\""),
         "foreign-layout" => Build::Flagged("--cfg\x1fagent_host_abi_fixture=\"foreign_layout\""),
         "hand-export-aborts" => Build::Flagged("-Cpanic=abort"),
         _ if name.starts_with("bench-") => Build::OnDemand,
