@@ -220,9 +220,21 @@ fn a_worker_killed_from_outside_while_serving_is_replaced() {
     let agent = agent("");
     let old = worker_pid(&agent).expect("a worker");
     let mut events = agent.host.events();
+    let mut looping = agent.host.events();
     let reply = std::thread::scope(|scope| {
         let slow = scope.spawn(|| say(&agent, "fault loop"));
-        std::thread::sleep(Duration::from_millis(100));
+        // Killed once the call runs in the worker: the plugin says so.
+        let give_up = Instant::now() + Duration::from_secs(20);
+        loop {
+            match looping.try_recv() {
+                Ok(event) if event.name == "faulty:looping" => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => {
+                    assert!(Instant::now() < give_up, "the call never began");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
         let killed = std::process::Command::new("kill")
             .args(["-KILL", &old.to_string()])
             .status()
