@@ -1,6 +1,7 @@
-//! Entry points for the benchmarks in `host/benches`, which time single steps
-//! that the public API only offers as part of a bigger one. Not a public API:
-//! hidden from the docs, and free to change with the code it measures.
+//! Entry points for the benchmarks (the `agent-host-benches` package in
+//! `benches/`), which time single steps that the public API only offers as
+//! part of a bigger one. Not a public API: hidden from the docs, and free to
+//! change with the code it measures.
 
 use crate::load::library;
 use crate::load::private_copy::{CopyGauges, ShadowDir};

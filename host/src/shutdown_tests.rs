@@ -4,18 +4,38 @@
 use crate::plugin::in_memory::{host_with, message, source};
 use agent_host_plugin_sdk::{Action, ActionResult, Plugin};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// A plugin whose `sleep` handler sleeps `millis` (ignoring
-/// cancellation) and whose hooks write down what happened, in order.
+/// A gate that calls wait at until the test opens it.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        changed.notify_all();
+    }
+
+    fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let mut open = open.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*open {
+            open = changed.wait(open).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// A plugin whose `sleep` handler waits at `gate` (ignoring cancellation)
+/// and whose hooks write down what happened, in order.
 fn sleeper(
-    millis: u64,
+    gate: &Gate,
     events: &Arc<Mutex<Vec<&'static str>>>,
     started: &Arc<AtomicBool>,
 ) -> Plugin {
     let (in_handler, in_unload) = (Arc::clone(events), Arc::clone(events));
-    let started = Arc::clone(started);
+    let (started, gate) = (Arc::clone(started), gate.clone());
     Plugin::new("sleeper", "1.0.0")
         .action(
             Action::new("SLEEP")
@@ -23,7 +43,7 @@ fn sleeper(
                 .validate(|m| m.text() == "sleep")
                 .handler(move |_, _| {
                     started.store(true, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(millis));
+                    gate.wait();
                     in_handler
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -40,10 +60,12 @@ fn sleeper(
         })
 }
 
-fn wait_for(flag: &AtomicBool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !flag.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "the handler started");
+/// Waits until `done` holds; the bound only keeps a broken host from
+/// hanging the test.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < give_up, "never: {what}");
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -52,15 +74,26 @@ fn wait_for(flag: &AtomicBool) {
 fn on_unload_waits_for_a_call_in_flight_that_ends_within_the_grace_period() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let started = Arc::new(AtomicBool::new(false));
-    let (e, s) = (Arc::clone(&events), Arc::clone(&started));
+    let gate = Gate::default();
+    let (e, s, g) = (Arc::clone(&events), Arc::clone(&started), gate.clone());
     let (host, _) = host_with(
-        "[host]\nshutdown_grace_ms = 5000\n",
-        vec![source("sleeper.so", move || sleeper(300, &e, &s))],
+        "[host]\nshutdown_grace_ms = 600000\n",
+        vec![source("sleeper.so", move || sleeper(&g, &e, &s))],
     );
     std::thread::scope(|scope| {
         let call = scope.spawn(|| host.handle_message(message("sleep")));
-        wait_for(&started);
-        assert!(host.shutdown().is_empty());
+        wait_until("the handler started", || started.load(Ordering::SeqCst));
+        let shutdown = scope.spawn(|| host.shutdown());
+        wait_until("the shutdown began", || host.is_shutting_down());
+        assert!(
+            events
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty(),
+            "on_unload waits for the call"
+        );
+        gate.open();
+        assert!(shutdown.join().expect("the shutdown thread").is_empty());
         let reply = call.join().expect("the message thread");
         assert_eq!(reply.text, "slept", "{reply:?}");
     });
@@ -77,24 +110,24 @@ fn on_unload_waits_for_a_call_in_flight_that_ends_within_the_grace_period() {
 fn a_call_stuck_past_the_grace_period_does_not_hold_the_shutdown() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let started = Arc::new(AtomicBool::new(false));
-    let (e, s) = (Arc::clone(&events), Arc::clone(&started));
+    let gate = Gate::default();
+    let (e, s, g) = (Arc::clone(&events), Arc::clone(&started), gate.clone());
     let (host, _) = host_with(
         "[host]\nshutdown_grace_ms = 100\n",
-        vec![source("sleeper.so", move || sleeper(1500, &e, &s))],
+        vec![source("sleeper.so", move || sleeper(&g, &e, &s))],
     );
     std::thread::scope(|scope| {
         let _call = scope.spawn(|| host.handle_message(message("sleep")));
-        wait_for(&started);
-        let stopping = Instant::now();
+        wait_until("the handler started", || started.load(Ordering::SeqCst));
+        // The call stays stuck until the shutdown is over: that the
+        // shutdown returns at all shows it did not wait for the call.
         host.shutdown();
-        assert!(
-            stopping.elapsed() < Duration::from_millis(1000),
-            "stopped after the grace period, not after the call"
-        );
         assert_eq!(
             *events.lock().unwrap_or_else(PoisonError::into_inner),
-            ["on_unload"]
+            ["on_unload"],
+            "unloaded while the call was still stuck"
         );
+        gate.open();
     });
 }
 
@@ -102,19 +135,22 @@ fn a_call_stuck_past_the_grace_period_does_not_hold_the_shutdown() {
 fn a_batch_holds_the_shutdown_as_one_entry_and_one_after_it_is_refused_whole() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let started = Arc::new(AtomicBool::new(false));
-    let (plugin_events, plugin_started) = (Arc::clone(&events), Arc::clone(&started));
+    let gate = Gate::default();
+    let (plugin_events, plugin_started, plugin_gate) =
+        (Arc::clone(&events), Arc::clone(&started), gate.clone());
     let (host, _) = host_with(
-        "[host]\nshutdown_grace_ms = 5000\n",
+        "[host]\nshutdown_grace_ms = 600000\n",
         vec![source("sleeper.so", move || {
-            sleeper(200, &plugin_events, &plugin_started)
+            sleeper(&plugin_gate, &plugin_events, &plugin_started)
         })],
     );
     std::thread::scope(|scope| {
         let batch = scope.spawn(|| host.handle_batch(vec![message("sleep"), message("sleep")]));
-        while !started.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        host.shutdown();
+        wait_until("the first call started", || started.load(Ordering::SeqCst));
+        let shutdown = scope.spawn(|| host.shutdown());
+        wait_until("the shutdown began", || host.is_shutting_down());
+        gate.open();
+        shutdown.join().expect("the shutdown thread");
         let replies = batch.join().expect("the batch");
         assert_eq!(replies.len(), 2);
         assert!(

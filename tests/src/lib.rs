@@ -1,4 +1,4 @@
-//! Shared helpers for the integration tests in `tests/tests/`.
+//! Shared helpers for the integration tests in `tests/tests/suite/`.
 //!
 //! The tests load real plugin files (built by `test-support`) into a real
 //! [`agent_host::PluginHost`]. This crate must never fake a plugin: anything

@@ -87,7 +87,7 @@ pub(crate) fn wine_check_command(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&plugins)
         .map_err(|e| format!("cannot create {}: {e}", plugins.display()))?;
     copy(
-        &programs.join("fixture_plugin.dll"),
+        &programs.join("fixture_isolated.dll"),
         &plugins.join("faulty.dll"),
     )?;
     copy(&programs.join("notes.dll"), &plugins.join("notes.dll"))?;
@@ -165,23 +165,19 @@ fn build(root: &Path) -> Result<PathBuf> {
         "CARGO_TARGET_{}_LINKER",
         TARGET.to_uppercase().replace('-', "_")
     );
-    for packages in [
-        &["-p", "agent-host", "-p", "notes"][..],
-        &["-p", "fixture-plugin", "--features", "isolated"][..],
-    ] {
-        eprintln!("xtask: building {} for {TARGET}", packages.join(" "));
-        let status = cargo()
-            .args(["build", "--release", "--target", TARGET])
-            .args(packages)
-            .env("CARGO_TARGET_DIR", root)
-            .env(&linker, MINGW_CC)
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() {
-            return Err(format!(
-                "the build for {TARGET} failed (it needs MinGW-w64's {MINGW_CC}: install Debian's mingw-w64 package)"
-            ));
-        }
+    let packages = ["-p", "agent-host", "-p", "notes", "-p", "fixture-isolated"];
+    eprintln!("xtask: building {} for {TARGET}", packages.join(" "));
+    let status = cargo()
+        .args(["build", "--release", "--target", TARGET])
+        .args(packages)
+        .env("CARGO_TARGET_DIR", root)
+        .env(&linker, MINGW_CC)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "the build for {TARGET} failed (it needs MinGW-w64's {MINGW_CC}: install Debian's mingw-w64 package)"
+        ));
     }
     Ok(root.join(TARGET).join("release"))
 }

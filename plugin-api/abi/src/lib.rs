@@ -37,15 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub use abi_stable;
 
 /// The version of this ABI, as written into every plugin's library header.
-#[cfg(not(agent_host_abi_fixture = "foreign_version"))]
 pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// A deliberately foreign ABI version, for the host's rejection tests.
-///
-/// Only a build with `--cfg agent_host_abi_fixture="foreign_version"` in its
-/// rustflags has it; the test support crate passes that flag for one fixture
-/// plugin only. No Cargo feature can turn it on.
-#[cfg(agent_host_abi_fixture = "foreign_version")]
-pub const ABI_VERSION: &str = "2.0.0";
 
 /// Error codes carried by [`FfiError::code`].
 ///
@@ -127,7 +119,8 @@ pub struct MessageView<'a> {
     pub context_json: RStr<'a>,
     /// A deliberately foreign field, for the host's rejection tests: only a
     /// build with `--cfg agent_host_abi_fixture="foreign_layout"` in its
-    /// rustflags has it (see [`ABI_VERSION`]).
+    /// rustflags has it; the test support crate passes that flag for one
+    /// fixture plugin only. No Cargo feature can turn it on.
     #[cfg(agent_host_abi_fixture = "foreign_layout")]
     pub fixture_foreign_field: u64,
 }

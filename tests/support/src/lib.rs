@@ -3,31 +3,40 @@
 //! Plugins are built in release mode (stripped, as operators run them) into
 //! their own target folder, `target/fixtures`, because the outer `cargo test`
 //! holds the lock of the main target folder while tests run. A file lock
-//! serializes builds across test processes; each build's library is copied
-//! out under a name of its own before the next build can overwrite it.
+//! serializes builds across test processes; each build's libraries are
+//! copied out under names of their own before the next build can overwrite
+//! them.
 //!
-//! Two fixtures, `foreign-abi` and `foreign-layout`, need
-//! `agent-host-plugin-abi` itself built differently (another ABI version,
-//! another `MessageView` layout). That crate offers no feature for it, so
-//! that no dependent can ever publish such a plugin: they are built with a
-//! `--cfg agent_host_abi_fixture="..."` rustflag instead, into a target folder
-//! of their own, `target/fixtures-foreign`, so that the flag never
-//! invalidates the other fixture builds. Those builds name the host's target
-//! triple, so the flag reaches only the plugin's own code and its
-//! dependencies, and the two builds share their proc macros and build scripts.
+//! Every fixture plugin is a package of its own in `tests/fixtures/variants/`
+//! (`fixture-<name>`, and `fixture-default` for the plugin named `fixture`)
+//! over one shared library, `fixture-plugin`. The first plugin a test process
+//! asks for builds them all in one `cargo build`, with the example plugins,
+//! the library that is not a plugin and the hostile worker; the benchmarks'
+//! large fixtures (`bench-*`) are built only when asked for.
 //!
-//! One fixture, `hand-export-aborts`, is built with `-C panic=abort` (a
-//! profile cannot set a panic strategy for one crate), the same way, into
-//! `target/fixtures-abort`.
+//! Two fixtures need their whole dependency tree built differently, so they
+//! are built one by one, with a rustflag, for the host's target triple (so
+//! that the flag reaches only the plugin and its dependencies, never the
+//! proc macros and build scripts), under `target/fixtures/<triple>`:
+//! `foreign-layout` needs `agent-host-plugin-abi` itself built with another
+//! `MessageView` layout, deep in the types the host checks. That crate offers
+//! no feature for it, so that no dependent can ever publish such a plugin: it
+//! is built with a `--cfg agent_host_abi_fixture="foreign_layout"` rustflag
+//! instead. `hand-export-aborts` is built with `-C panic=abort` (a profile
+//! cannot set a panic strategy for one crate), which every crate of the
+//! library must share, since the ABI crate records the strategy the library
+//! was built with. (`foreign-abi` needs no such build: the version a library
+//! was built against is one value of its header, which that fixture's own
+//! root module declares.)
 //!
 //! It must never build into the main target folder, and never hand a test a
 //! file that another test may still overwrite.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// The platform's library extension.
 pub const EXT: &str = std::env::consts::DLL_EXTENSION;
@@ -46,24 +55,59 @@ pub fn fixture_target() -> PathBuf {
     workspace_root().join("target").join("fixtures")
 }
 
-/// The target folder used for the fixtures built with a foreign ABI.
-fn foreign_target() -> PathBuf {
-    workspace_root().join("target").join("fixtures-foreign")
+/// The folder of the fixture packages, one per fixture plugin.
+fn variants_dir() -> PathBuf {
+    workspace_root()
+        .join("tests")
+        .join("fixtures")
+        .join("variants")
 }
 
-/// The target folder used for the fixtures built with `-C panic=abort`.
-fn aborting_target() -> PathBuf {
-    workspace_root().join("target").join("fixtures-abort")
-}
-
-/// The `agent_host_abi_fixture` value that `agent-host-plugin-abi` needs for
-/// a fixture feature, if it needs one.
-fn abi_fixture_cfg(feature: &str) -> Option<&'static str> {
-    match feature {
-        "foreign-abi" => Some("foreign_version"),
-        "foreign-layout" => Some("foreign_layout"),
-        _ => None,
+/// The package of the fixture named `name` (`fixture` is the default one).
+fn fixture_package(name: &str) -> String {
+    match name {
+        "fixture" => "fixture-default".to_string(),
+        _ => format!("fixture-{name}"),
     }
+}
+
+/// How a fixture is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// With all the others, in the one shared build.
+    Shared,
+    /// Alone, only when asked for (the benchmarks' large fixtures).
+    OnDemand,
+    /// Alone, with these rustflags (`\x1f`-separated), for the host triple.
+    Flagged(&'static str),
+}
+
+/// How the fixture named `name` is built.
+fn build_of(name: &str) -> Build {
+    match name {
+        "foreign-layout" => Build::Flagged("--cfg\x1fagent_host_abi_fixture=\"foreign_layout\""),
+        "hand-export-aborts" => Build::Flagged("-Cpanic=abort"),
+        _ if name.starts_with("bench-") => Build::OnDemand,
+        _ => Build::Shared,
+    }
+}
+
+/// The names of all fixtures: the folders of `tests/fixtures/variants`,
+/// with `default` named `fixture`.
+fn fixture_names() -> Vec<String> {
+    let entries = std::fs::read_dir(variants_dir()).expect("read tests/fixtures/variants");
+    let mut names: Vec<String> = entries
+        .map(|entry| {
+            let name = entry.expect("a fixture folder").file_name();
+            let name = name.to_string_lossy();
+            match name.as_ref() {
+                "default" => "fixture".to_string(),
+                other => other.to_string(),
+            }
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 /// The target triple of the toolchain that runs the tests.
@@ -78,11 +122,6 @@ fn host_triple() -> String {
         .expect("the host triple is text")
         .trim()
         .to_string()
-}
-
-/// Whether the fixture with `feature` is built with `-C panic=abort`.
-fn builds_with_panic_abort(feature: &str) -> bool {
-    feature == "hand-export-aborts"
 }
 
 fn library_file_name(crate_name: &str) -> String {
@@ -105,72 +144,37 @@ fn build_lock() -> BuildLock {
     BuildLock(file)
 }
 
-fn cargo_build(args: &[&str]) {
-    let status = cargo_command(&fixture_target())
-        .args(args)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "cargo build {args:?} failed");
-}
-
-/// `cargo build --release` into `target_dir`, with no rustflags from the
-/// environment of the outer `cargo test`.
-fn cargo_command(target_dir: &Path) -> Command {
+/// `cargo build --release` into `target/fixtures` of the packages
+/// `packages`, with `rustflags` (none from the environment of the outer
+/// `cargo test`); with rustflags, for the host triple, whose release folder
+/// it returns.
+fn cargo_build(packages: &[String], rustflags: Option<&str>) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace_root())
         .args(["build", "--release", "--quiet", "--target-dir"])
-        .arg(target_dir)
+        .arg(fixture_target())
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
-    command
-}
-
-/// Builds the fixture plugin with `feature` and `--cfg
-/// agent_host_abi_fixture="<cfg>"`; returns the library it built.
-fn cargo_build_foreign(feature: &str, cfg: &str) -> PathBuf {
-    let triple = host_triple();
-    let status = cargo_command(&foreign_target())
-        .args(["-p", "fixture-plugin", "--features", feature, "--target"])
-        .arg(&triple)
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            format!("--cfg\x1fagent_host_abi_fixture=\"{cfg}\""),
-        )
-        .status()
-        .expect("run cargo");
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    let mut release = fixture_target();
+    if let Some(flags) = rustflags {
+        let triple = host_triple();
+        command
+            .args(["--target", &triple])
+            .env("CARGO_ENCODED_RUSTFLAGS", flags);
+        release.push(triple);
+    }
+    let status = command.status().expect("run cargo");
     assert!(
         status.success(),
-        "cargo build of fixture {feature} with agent_host_abi_fixture={cfg} failed"
+        "cargo build of {packages:?} with rustflags {rustflags:?} failed"
     );
-    foreign_target()
-        .join(triple)
-        .join("release")
-        .join(library_file_name("fixture-plugin"))
-}
-
-/// Builds the fixture plugin with `feature` and `-C panic=abort`; returns
-/// the library it built. Like the foreign builds, it names the host's
-/// target triple so that the flag reaches only the plugin and its
-/// dependencies, never the proc macros.
-fn cargo_build_aborting(feature: &str) -> PathBuf {
-    let triple = host_triple();
-    let status = cargo_command(&aborting_target())
-        .args(["-p", "fixture-plugin", "--features", feature, "--target"])
-        .arg(&triple)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cpanic=abort")
-        .status()
-        .expect("run cargo");
-    assert!(
-        status.success(),
-        "cargo build of fixture {feature} with -C panic=abort failed"
-    );
-    aborting_target()
-        .join(triple)
-        .join("release")
-        .join(library_file_name("fixture-plugin"))
+    release.join("release")
 }
 
 fn copy_atomically(from: &Path, to: &Path) {
@@ -185,81 +189,100 @@ fn copy_atomically(from: &Path, to: &Path) {
     std::fs::rename(&temp, to).expect("rename into place");
 }
 
-static BUILT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+/// Where a built file is handed to tests: `target/fixtures/out/<file_name>`.
+fn out(file_name: &str) -> PathBuf {
+    fixture_target().join("out").join(file_name)
+}
 
-/// Builds the fixture plugin with `feature` (empty for the default, a
-/// well-behaved plugin named `fixture`) and returns its library file,
-/// `target/fixtures/out/<feature>.<ext>`.
-pub fn fixture(feature: &str) -> PathBuf {
-    let name = if feature.is_empty() {
-        "fixture"
-    } else {
-        feature
+/// What this process has built (and copied out), by build: each is made
+/// once, and a test waits only for the builds it needs, not for others'.
+static BUILT: OnceLock<Mutex<HashMap<String, Arc<OnceLock<()>>>>> = OnceLock::new();
+
+/// Runs `build` once per process under the name `key`; later callers, and
+/// callers while it runs, wait for that one run.
+fn once(key: &str, build: impl FnOnce()) {
+    let done = {
+        let mut built = BUILT
+            .get_or_init(|| Mutex::new(HashMap::new()))
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(built.entry(key.to_string()).or_default())
     };
-    let out = fixture_target().join("out").join(format!("{name}.{EXT}"));
-    let built = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
-    let mut built = built.lock().unwrap_or_else(PoisonError::into_inner);
-    if built.contains(name) {
-        return out;
-    }
-    let _lock = build_lock();
-    let artifact = match abi_fixture_cfg(feature) {
-        Some(cfg) => cargo_build_foreign(feature, cfg),
-        None if builds_with_panic_abort(feature) => cargo_build_aborting(feature),
-        None => {
-            let mut args = vec!["-p", "fixture-plugin"];
-            if !feature.is_empty() {
-                args.extend(["--features", feature]);
-            }
-            cargo_build(&args);
-            fixture_target()
-                .join("release")
-                .join(library_file_name("fixture-plugin"))
+    done.get_or_init(build);
+}
+
+/// What the shared build is recorded as in [`BUILT`].
+const SHARED_BUILD: &str = "the shared build";
+
+/// Builds, once per process, everything [`Build::Shared`] in one `cargo
+/// build`: the fixtures, the example plugins, the library that is not a
+/// plugin and the hostile worker; and copies each out.
+fn build_shared() {
+    once(SHARED_BUILD, || {
+        let _lock = build_lock();
+        let fixtures: Vec<String> = fixture_names()
+            .into_iter()
+            .filter(|name| build_of(name) == Build::Shared)
+            .collect();
+        let mut packages: Vec<String> = fixtures.iter().map(|name| fixture_package(name)).collect();
+        packages.extend(EXAMPLES.iter().map(|name| name.to_string()));
+        packages.extend(["not-a-plugin".to_string(), "hostile-worker".to_string()]);
+        let release = cargo_build(&packages, None);
+        for name in &fixtures {
+            copy_atomically(
+                &release.join(library_file_name(&fixture_package(name))),
+                &out(&format!("{name}.{EXT}")),
+            );
         }
-    };
-    copy_atomically(&artifact, &out);
-    built.insert(name.to_string());
-    out
+        for name in EXAMPLES.iter().copied().chain(["not-a-plugin"]) {
+            copy_atomically(
+                &release.join(library_file_name(name)),
+                &out(&format!("{name}.{EXT}")),
+            );
+        }
+        let worker = format!("hostile-worker{}", std::env::consts::EXE_SUFFIX);
+        copy_atomically(&release.join(&worker), &out(&worker));
+    });
+}
+
+/// Builds the fixture plugin `name` (empty for the default, a well-behaved
+/// plugin named `fixture`; otherwise a folder of `tests/fixtures/variants`)
+/// and returns its library file, `target/fixtures/out/<name>.<ext>`.
+pub fn fixture(name: &str) -> PathBuf {
+    let name = if name.is_empty() { "fixture" } else { name };
+    let file = out(&format!("{name}.{EXT}"));
+    let package = fixture_package(name);
+    match build_of(name) {
+        Build::Shared => build_shared(),
+        build => once(name, || {
+            let _lock = build_lock();
+            let flags = match build {
+                Build::Flagged(flags) => Some(flags),
+                _ => None,
+            };
+            let release = cargo_build(std::slice::from_ref(&package), flags);
+            copy_atomically(&release.join(library_file_name(&package)), &file);
+        }),
+    }
+    assert!(
+        file.exists(),
+        "no fixture {name}: tests/fixtures/variants has no package {package}"
+    );
+    file
 }
 
 /// Builds the library that is not a plugin.
 pub fn not_a_plugin() -> PathBuf {
-    let out = fixture_target()
-        .join("out")
-        .join(format!("not-a-plugin.{EXT}"));
-    let built = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
-    let mut built = built.lock().unwrap_or_else(PoisonError::into_inner);
-    if built.contains("not-a-plugin") {
-        return out;
-    }
-    let _lock = build_lock();
-    cargo_build(&["-p", "not-a-plugin"]);
-    copy_atomically(
-        &fixture_target()
-            .join("release")
-            .join(library_file_name("not-a-plugin")),
-        &out,
-    );
-    built.insert("not-a-plugin".into());
-    out
+    build_shared();
+    out(&format!("not-a-plugin.{EXT}"))
 }
 
 /// Builds the `hostile-worker` program (a worker that speaks the worker
 /// protocol badly on purpose, see its crate) and returns it,
 /// `target/fixtures/out/hostile-worker`.
 pub fn hostile_worker() -> PathBuf {
-    let name = format!("hostile-worker{}", std::env::consts::EXE_SUFFIX);
-    let out = fixture_target().join("out").join(&name);
-    let built = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
-    let mut built = built.lock().unwrap_or_else(PoisonError::into_inner);
-    if built.contains("hostile-worker") {
-        return out;
-    }
-    let _lock = build_lock();
-    cargo_build(&["-p", "hostile-worker"]);
-    copy_atomically(&fixture_target().join("release").join(&name), &out);
-    built.insert("hostile-worker".into());
-    out
+    build_shared();
+    out(&format!("hostile-worker{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// The example plugins shipped in `plugins/`.
@@ -274,27 +297,11 @@ pub const EXAMPLES: [&str; 5] = [
 /// Builds the example plugins and returns their library files, in the
 /// order of [`EXAMPLES`].
 pub fn examples() -> Vec<PathBuf> {
-    let built = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
-    let mut built = built.lock().unwrap_or_else(PoisonError::into_inner);
-    let out = |name: &str| fixture_target().join("out").join(format!("{name}.{EXT}"));
-    if !built.contains("examples") {
-        let _lock = build_lock();
-        let mut args = Vec::new();
-        for name in EXAMPLES {
-            args.extend(["-p", name]);
-        }
-        cargo_build(&args);
-        for name in EXAMPLES {
-            copy_atomically(
-                &fixture_target()
-                    .join("release")
-                    .join(library_file_name(name)),
-                &out(name),
-            );
-        }
-        built.insert("examples".into());
-    }
-    EXAMPLES.iter().map(|name| out(name)).collect()
+    build_shared();
+    EXAMPLES
+        .iter()
+        .map(|name| out(&format!("{name}.{EXT}")))
+        .collect()
 }
 
 /// A fresh folder holding copies of `files`, each under its own file name.
