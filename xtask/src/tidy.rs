@@ -39,14 +39,19 @@ pub const HOST_LAYERS: &[(&str, &[&str])] = &[
 ];
 
 /// `cargo xtask tidy`: prints the imports of `host/src` that break the
-/// layers; an error when there is one.
+/// layers or the parts of `isolation`; an error when there is one.
 pub fn tidy_command() -> Result<(), String> {
     let src = crate::workspace_root().join("host").join("src");
-    let found = violations(&src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
-    for violation in &found {
+    let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", src.display());
+    let layers = violations(&src).map_err(cannot_read)?;
+    let parts = isolation_violations(&src).map_err(cannot_read)?;
+    for violation in &layers {
         println!("{violation}");
     }
-    match found.len() {
+    for (file, path) in &parts {
+        println!("{file}: imports `{path}`, which ISOLATION_PARTS forbids this part of isolation");
+    }
+    match layers.len() + parts.len() {
         0 => Ok(()),
         n => Err(format!("{n} import(s) break the layers of the host")),
     }
