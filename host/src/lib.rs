@@ -40,6 +40,7 @@ mod sys;
 pub mod testing;
 pub mod trust;
 mod watchdog;
+mod worker_status;
 
 pub use crate::config::AgentConfig;
 pub use crate::config::ConfigError;

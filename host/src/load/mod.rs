@@ -117,7 +117,7 @@ pub(crate) fn open_source(
     let max_bytes = config.host.max_plugin_bytes;
     if config.isolation.any_process() {
         let settings = Arc::new(config.isolation.clone());
-        return crate::isolation::source::open(file, shadow, max_bytes, &settings, trust)
+        return crate::plugin::probed::open(file, shadow, max_bytes, &settings, trust)
             .map(|probed| Arc::new(probed) as Arc<dyn PluginSource>);
     }
     library::open(file, shadow, max_bytes, trust)
@@ -249,7 +249,7 @@ pub(crate) fn instantiate(
         },
         backend,
     );
-    if instance.worker_status().is_none() {
+    if instance.placement().is_in_process() {
         warn_unenforceable(name, permissions.patterns());
     }
     let live = Arc::new(LivePlugin::new(
@@ -268,7 +268,7 @@ pub(crate) fn instantiate(
 /// Warns, once per load, that an in-process plugin holds `filesystem:` or
 /// `network:` permissions, which only a worker's sandbox can enforce.
 fn warn_unenforceable(plugin: &str, permissions: &[String]) {
-    let words = crate::isolation::policy::unenforceable_in_process(permissions);
+    let words = crate::isolation::unenforceable_in_process(permissions);
     if !words.is_empty() {
         tracing::warn!(
             plugin,

@@ -74,10 +74,6 @@ fn json(value: &serde_json::Value) -> String {
 }
 
 impl Backend for InMemory {
-    fn calls_are_cheap(&self) -> bool {
-        true
-    }
-
     fn on_load(&self) -> Result<(), Failure> {
         self.0.on_load()
     }

@@ -78,10 +78,6 @@ fn evaluation(view: EvaluationView) -> Result<Evaluation, Failure> {
 }
 
 impl Backend for InProcess {
-    fn calls_are_cheap(&self) -> bool {
-        true
-    }
-
     fn on_load(&self) -> Result<(), Failure> {
         self.object.on_load().into_result().map_err(from_ffi)
     }

@@ -30,8 +30,12 @@ mod error;
 #[cfg(test)]
 pub(crate) mod in_memory;
 pub(crate) mod in_process;
+mod isolated;
+mod placement;
+pub(crate) mod probed;
 
 pub use error::CallError;
+pub(crate) use placement::{Placement, Worker};
 
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
@@ -119,15 +123,6 @@ pub(crate) trait Backend: Send + Sync {
     /// Imports state exported by an earlier generation.
     fn import_state(&self, state_json: &str) -> Result<(), Failure>;
 
-    /// Whether a call costs about as much as a function call (the plugin
-    /// runs in this process): the pipeline then calls `validate` action by
-    /// action rather than through [`Backend::validate_each`], which a place
-    /// whose calls cross to another process overrides to answer a batch in
-    /// one round trip.
-    fn calls_are_cheap(&self) -> bool {
-        false
-    }
-
     /// Asks several actions about one message, answering each through
     /// `answer`. One call per action unless the place can do better.
     fn validate_each(
@@ -141,31 +136,10 @@ pub(crate) trait Backend: Send + Sync {
         }
     }
 
-    /// Starts the plugin's part of one message in one request, for a place
-    /// whose calls cross to another process: the `validate` of `actions`
-    /// and the `evaluators`, whose answers the phases read later through
-    /// the returned round. `None` (the default): the phases call each entry
-    /// point when they come to it.
-    fn begin_message(
-        &self,
-        _actions: &[u32],
-        _evaluators: &[u32],
-        _message: MessageRef<'_>,
-        _deadlines: RoundDeadlines,
-    ) -> Option<Box<dyn MessageRound>> {
-        None
-    }
-
-    /// The host gives up on this instance: a step of its life missed its
-    /// deadline while it was being started or stopped, and it will be
-    /// dropped. A place that would restart what runs it (a worker process)
-    /// restarts it no more. Nothing, by default.
-    fn give_up(&self) {}
-
-    /// The state of the worker process that runs the plugin, for a place
-    /// that runs it in one.
-    fn worker_status(&self) -> Option<crate::isolation::WorkerStatus> {
-        None
+    /// Where the instance runs: in this process (the default), or in a
+    /// worker process it reports on.
+    fn placement(&self) -> Placement<'_> {
+        Placement::InProcess
     }
 
     /// Asks several providers about one message.
@@ -218,7 +192,7 @@ pub(crate) struct RoundDeadlines {
 }
 
 /// A plugin's part of one message, sent ahead in one request
-/// ([`Backend::begin_message`]). Each answer is read once, when its phase
+/// ([`Worker::begin_message`]). Each answer is read once, when its phase
 /// asks; `cancelled` is asked while waiting, and a yes abandons the round.
 pub(crate) trait MessageRound: Send {
     /// The validates' answers, in the order the actions were given.
@@ -325,23 +299,32 @@ impl PluginInstance {
         &self.manifest.name
     }
 
-    /// The state of its worker process, when it runs in one.
-    pub fn worker_status(&self) -> Option<crate::isolation::WorkerStatus> {
-        self.backend.worker_status()
+    /// Where it runs: in this process, or in a worker process (whose
+    /// state the value reports). The one source of truth about a live
+    /// instance's placement.
+    pub(crate) fn placement(&self) -> Placement<'_> {
+        self.backend.placement()
     }
 
-    /// Gives up on the instance (see [`Backend::give_up`]).
+    /// Gives up on the instance: a step of its life missed its deadline
+    /// while it was being started or stopped, and it will be dropped. A
+    /// worker that runs it is restarted no more.
     pub(crate) fn give_up(&self) {
-        self.backend.give_up();
+        if let Placement::Worker(worker) = self.placement() {
+            worker.give_up();
+        }
     }
 
-    /// Whether a call costs about as much as a function call.
+    /// Whether a call costs about as much as a function call: the plugin
+    /// runs in this process.
+    #[inline]
     pub(crate) fn calls_are_cheap(&self) -> bool {
-        self.backend.calls_are_cheap()
+        matches!(self.placement(), Placement::InProcess)
     }
 
-    /// Starts its part of one message ahead, when its calls are costly
-    /// (see [`Backend::begin_message`]).
+    /// Starts its part of one message ahead in one request, when it runs
+    /// in a worker (see [`Worker::begin_message`]); `None` in process,
+    /// where each phase calls each entry point when it comes to it.
     pub(crate) fn begin_message(
         &self,
         actions: &[u32],
@@ -349,11 +332,12 @@ impl PluginInstance {
         message: MessageRef<'_>,
         deadlines: RoundDeadlines,
     ) -> Option<Box<dyn MessageRound>> {
-        if self.backend.calls_are_cheap() {
-            return None;
+        match self.placement() {
+            Placement::InProcess => None,
+            Placement::Worker(worker) => {
+                Some(worker.begin_message(actions, evaluators, message, deadlines))
+            }
         }
-        self.backend
-            .begin_message(actions, evaluators, message, deadlines)
     }
 
     /// The validates of a round, each error naming the plugin and action.
@@ -493,7 +477,7 @@ impl PluginInstance {
         message: MessageRef<'_>,
         mut answer: impl FnMut(u32, Result<bool, CallError>),
     ) {
-        if self.backend.calls_are_cheap() {
+        if self.calls_are_cheap() {
             for &action in actions {
                 answer(action, self.validate(action, message));
             }

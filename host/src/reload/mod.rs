@@ -35,7 +35,6 @@ pub use origin::ReloadOrigin;
 
 use crate::config::AgentConfig;
 use crate::dependencies::{check_replacement, Candidate};
-use crate::isolation::Placement;
 use crate::load::{check_manifest, instantiate, subscribe_providers, Prepared};
 use crate::load::{LoadError, OpenError};
 use crate::metrics::ReloadLabels;
@@ -196,17 +195,18 @@ fn is_unchanged(plugin: &LivePlugin, file: &Path, max_bytes: u64) -> bool {
             .is_ok_and(|bytes| crate::trust::digest::sha256_hex(&bytes) == plugin.instance.sha256)
 }
 
-/// Refuses an in-process reload of `name` that would take the library
-/// images it keeps mapped past `host.mapped_bytes_limit` (0: no limit),
-/// counting `file` at its size, before anything is opened.
+/// Refuses a reload of `old`, running in process, that would take the
+/// library images it keeps mapped past `host.mapped_bytes_limit` (0: no
+/// limit), counting `file` at its size, before anything is opened.
 fn check_mapped_limit(
     core: &Registry,
     config: &AgentConfig,
-    name: &str,
+    old: &LivePlugin,
     file: &Path,
 ) -> Result<(), ReloadError> {
+    let name = old.name();
     let limit = config.host.mapped_bytes_limit;
-    if limit == 0 || config.isolation.placement_of(name) != Placement::InProcess {
+    if limit == 0 || !old.instance.placement().is_in_process() {
         return Ok(());
     }
     let mapped = core.mapped(name).bytes;
@@ -314,7 +314,7 @@ pub(crate) fn reload(
                 unchanged: true,
             });
         }
-        check_mapped_limit(core, config, name, &file).map_err(fail)?;
+        check_mapped_limit(core, config, &old, &file).map_err(fail)?;
         let opened = open(&file).map_err(|e| fail(ReloadError::Open(e)))?;
         // A build refused from here until its instance exists stays mapped
         // all the same (libraries are never unloaded): count it.

@@ -26,7 +26,7 @@
 //! other's frames. Compatibility rule: the versions must be equal.
 
 use super::policy::SandboxPolicy;
-use super::sandbox::Protections;
+use crate::worker_status::Protections;
 use agent_host_plugin_sdk::{ErrorKind, Evaluation};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};

@@ -10,13 +10,15 @@
 //! would. The plugin's host callbacks go back over the connection of the
 //! call that made them. When the control socket closes, the worker exits.
 
-use super::link::{self, Stream, WorkerLink};
-use super::protocol::{
+mod lifetime;
+pub(crate) mod sandbox;
+
+use crate::isolation::wire::link::{self, Stream, WorkerLink};
+use crate::isolation::wire::protocol::{
     read_frame, read_preamble, write_frame, write_preamble, Answer, Call, Callback, CallbackAnswer,
     FrameReader, FrameWriter, FromWorker, Hello, Job, Ready, ToWorker, WireError, WireEvaluation,
     WireMessage,
 };
-use super::sandbox;
 use crate::load::library::{self, OpenedLibrary, RunsIn};
 use crate::plugin::{Backend, CreateContext, Failure, MessageRef, PluginSource};
 use agent_host_plugin_abi::CallControl;
@@ -26,12 +28,12 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// Runs the worker; returns the process's exit code.
-pub fn run() -> i32 {
+pub(crate) fn run() -> i32 {
     // A worker outlives nothing: once its host is gone it is killed.
-    if super::spawn::die_with_parent().is_err() {
+    if lifetime::die_with_parent().is_err() {
         return 70;
     }
-    super::spawn::end_at_once_on_crash();
+    lifetime::end_at_once_on_crash();
     std::panic::set_hook(Box::new(|info| {
         eprintln!("agent-host worker: internal error: {info}");
         std::process::abort();

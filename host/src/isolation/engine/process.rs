@@ -24,15 +24,15 @@
 //! first, so the process id cannot be reused while anyone may still signal
 //! it.
 
-use super::link::{self, HostLink, Stream};
-use super::protocol::{
+use super::settings::IsolationSettings;
+use super::spawn;
+use crate::isolation::wire::link::{self, HostLink, Stream};
+use crate::isolation::wire::protocol::{
     read_frame_within, read_preamble, write_frame, write_preamble, Answer, Call, Callback,
     CallbackAnswer, FrameReader, FrameWriter, FromWorker, Hello, Ready, ToWorker, WireError,
 };
-use super::sandbox::Protections;
-use super::settings::IsolationSettings;
-use super::spawn;
 use crate::registry::log_limit::{self, LogLimiter};
+use crate::worker_status::Protections;
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;
@@ -787,8 +787,9 @@ fn answer_callback(
         Callback::Resolve { host: name, port } => host
             .resolve(&name, port)
             .and_then(|addresses| {
-                serde_json::to_string(&addresses)
-                    .map_err(|e| crate::plugin::Failure::new(ErrorKind::Failed, e.to_string()))
+                serde_json::to_string(&addresses).map_err(|e| {
+                    agent_host_plugin_sdk::Error::new(ErrorKind::Failed, e.to_string())
+                })
             })
             .map(CallbackAnswer::Text),
     };

@@ -149,7 +149,7 @@ pub const DEFAULT_MAX_FRAME_BYTES: u64 = 16 * 1024 * 1024;
 /// much below a plugin's replies would fail every call.
 fn frame_limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     let bytes = u64::deserialize(deserializer)?;
-    let ceiling = super::protocol::FRAME_BYTES_CEILING as u64;
+    let ceiling = crate::isolation::wire::protocol::FRAME_BYTES_CEILING as u64;
     if !(64 * 1024..=ceiling).contains(&bytes) {
         return Err(serde::de::Error::custom(format!(
             "max_frame_bytes = {bytes}: must be from 65536 (64 KiB) to {ceiling} (64 MiB)"
