@@ -22,6 +22,7 @@
 
 #[doc(hidden)]
 pub mod bench_support;
+mod call;
 pub mod cli;
 pub mod config;
 mod dependencies;

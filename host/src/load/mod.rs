@@ -12,7 +12,9 @@
 //! unrelated plugins.
 
 pub(crate) mod discovery;
+pub(crate) mod dispatch;
 mod error;
+mod ffi_host;
 mod image;
 pub(crate) mod library;
 pub(crate) mod private_copy;

@@ -28,8 +28,8 @@ use super::settings::IsolationSettings;
 use super::spawn;
 use crate::isolation::wire::link::{self, HostLink, Stream};
 use crate::isolation::wire::protocol::{
-    read_frame_within, read_preamble, write_frame, write_preamble, Answer, Call, Callback,
-    CallbackAnswer, FrameReader, FrameWriter, FromWorker, Hello, Ready, ToWorker, WireError,
+    read_frame_within, read_preamble, write_frame, write_preamble, Callback, CallbackAnswer,
+    FrameReader, FrameWriter, FromWorker, Hello, Ready, Request, ToWorker, WireAnswer, WireError,
 };
 use crate::registry::log_limit::{self, LogLimiter};
 use crate::worker_status::Protections;
@@ -546,19 +546,19 @@ impl WorkerProcess {
     /// in the cause) and the call ends with [`CallFault::Abandoned`].
     pub(crate) fn call(
         &self,
-        call: &Call,
+        request: &Request<'_>,
         what: &dyn Fn() -> String,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Result<Answer, WireError>, CallFault> {
-        let mut pending = self.send(call, what, cancelled)?;
+    ) -> Result<Result<WireAnswer, WireError>, CallFault> {
+        let mut pending = self.send(request, what, cancelled)?;
         let reply = self.reply(&mut pending, what, cancelled)?;
         if let Ok(answer) = &reply {
-            if !call.is_answered_by(answer) {
+            if !request.is_answered_by(answer) {
                 // The connection goes with `pending`.
                 return Err(self.violation(format!(
                     "{} was answered with {}",
                     what(),
-                    answer.kind()
+                    answer.kind().describe()
                 )));
             }
         }
@@ -572,7 +572,7 @@ impl WorkerProcess {
     /// `write_timeout_ms` has passed.
     pub(crate) fn send(
         &self,
-        call: &Call,
+        request: &Request<'_>,
         what: &dyn Fn() -> String,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<PendingCall, CallFault> {
@@ -586,7 +586,7 @@ impl WorkerProcess {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let frame = ToWorker::Call {
             id,
-            call: call.clone(),
+            request: request.clone(),
         };
         let request = || format!("the request of {}", what());
         self.write(&mut connection, &frame, &request, cancelled)?;
@@ -652,7 +652,7 @@ impl WorkerProcess {
         pending: &mut PendingCall,
         what: &dyn Fn() -> String,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Result<Answer, WireError>, CallFault> {
+    ) -> Result<Result<WireAnswer, WireError>, CallFault> {
         let expected = pending.id;
         let connection = &mut pending.connection;
         loop {

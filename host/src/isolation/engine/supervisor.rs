@@ -13,7 +13,8 @@
 
 use super::process::{CallFault, Ending, Guards, PendingCall, StartError, WorkerProcess};
 use super::settings::IsolationSettings;
-use crate::isolation::wire::protocol::{Answer, Call, Hello};
+use crate::call::{Answer, Call};
+use crate::isolation::wire::protocol::{Hello, Request, WireAnswer};
 use crate::worker_status::WorkerStatus;
 use agent_host_plugin_sdk::manifest::Manifest;
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
@@ -197,20 +198,20 @@ impl Supervisor {
     /// once `cancelled` says so.
     pub(crate) fn call(
         &self,
-        call: &Call,
+        request: &Request<'_>,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Answer, Failure> {
         let process = self.serving()?;
-        let what = || describe(call);
-        match process.call(call, &what, cancelled) {
-            Ok(reply) => reply.map_err(Failure::from),
-            Err(fault) => Err(self.inner.failure(&describe(call), &process, fault)),
+        let what = || request.describe();
+        match process.call(request, &what, cancelled) {
+            Ok(reply) => reply.map_err(Failure::from)?.into_answer(),
+            Err(fault) => Err(self.inner.failure(&what(), &process, fault)),
         }
     }
 
     /// Sends a call answered more than once (a message round) without
     /// waiting: its answers are read from the round, in order.
-    pub(crate) fn begin(&self, call: &Call, late: &dyn Fn() -> bool) -> PendingRound {
+    pub(crate) fn begin(&self, request: &Request<'_>, late: &dyn Fn() -> bool) -> PendingRound {
         let failed = |error: Failure| PendingRound {
             inner: Arc::clone(&self.inner),
             process: None,
@@ -221,15 +222,15 @@ impl Supervisor {
             Ok(process) => process,
             Err(error) => return failed(error),
         };
-        let what = || describe(call);
-        match process.send(call, &what, late) {
+        let what = || request.describe();
+        match process.send(request, &what, late) {
             Ok(pending) => PendingRound {
                 inner: Arc::clone(&self.inner),
                 process: Some(process),
                 pending: Some(pending),
                 error: None,
             },
-            Err(fault) => failed(self.inner.failure(&describe(call), &process, fault)),
+            Err(fault) => failed(self.inner.failure(&what(), &process, fault)),
         }
     }
 
@@ -252,7 +253,7 @@ pub(crate) struct PendingRound {
 
 impl PendingRound {
     /// Reads the next answer; a fault ends the round with its error.
-    pub(crate) fn next(&mut self, what: &str, cancelled: &dyn Fn() -> bool) -> Option<Answer> {
+    pub(crate) fn next(&mut self, what: &str, cancelled: &dyn Fn() -> bool) -> Option<WireAnswer> {
         let (Some(process), Some(pending)) = (&self.process, &mut self.pending) else {
             return None;
         };
@@ -467,10 +468,10 @@ impl Inner {
             let _ = self.host.clear_timer(timer);
         }
         let what = || "restoring the plugin".to_string();
-        let mut steps = vec![Call::OnLoad];
+        let mut steps = vec![Request::of(Call::OnLoad)];
         steps.extend(
             (0..self.spec.manifest.services.len() as u32)
-                .map(|service| Call::StartService { service }),
+                .map(|service| Request::of(Call::StartService { service })),
         );
         steps.extend(
             self.spec
@@ -479,9 +480,11 @@ impl Inner {
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| p.subscribable)
-                .map(|(i, _)| Call::SetSubscribed {
-                    provider: i as u32,
-                    subscribed: true,
+                .map(|(i, _)| {
+                    Request::of(Call::SetSubscribed {
+                        provider: i as u32,
+                        subscribed: true,
+                    })
                 }),
         );
         for step in &steps {
@@ -494,7 +497,7 @@ impl Inner {
                 Ok(Err(error)) => tracing::warn!(
                     plugin,
                     "after a restart, {}: {}",
-                    describe(step),
+                    step.describe(),
                     error.message
                 ),
                 Err(fault) => {
@@ -520,28 +523,5 @@ impl Inner {
             json!({"plugin": plugin, "pid": process.pid, "restarts": restarts,
                    "took_ms": started.elapsed().as_millis() as u64}),
         );
-    }
-}
-
-/// A call's name in messages.
-pub(crate) fn describe(call: &Call) -> String {
-    match call {
-        Call::OnLoad => "on_load".into(),
-        Call::OnUnload => "on_unload".into(),
-        Call::Validate { .. } => "validate".into(),
-        Call::Message { .. } => "validate and evaluators".into(),
-        Call::Handle { action, .. } => format!("the handler of action {action}"),
-        Call::Provide { .. } => "a provider's get".into(),
-        Call::SetSubscribed { provider, .. } => format!("the subscription of provider {provider}"),
-        Call::Evaluate { evaluator, .. } | Call::EvaluateBatch { evaluator, .. } => {
-            format!("evaluator {evaluator}")
-        }
-        Call::StartService { service } => format!("starting service {service}"),
-        Call::StopService { service } => format!("stopping service {service}"),
-        Call::ServiceMethod { method, .. } => format!("the service method '{method}'"),
-        Call::OnEvent { event, .. } => format!("the handler of event '{event}'"),
-        Call::OnTimer { timer, .. } => format!("timer {timer}"),
-        Call::ExportState => "export_state".into(),
-        Call::ImportState { .. } => "import_state".into(),
     }
 }
