@@ -15,7 +15,7 @@ use crate::call::{evaluation_from, Answer, Call, Failure, MessageRef};
 use agent_host_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
 use agent_host_plugin_abi::abi_stable::std_types::{RResult, RSlice, RStr, RString};
 use agent_host_plugin_abi::{CallControl, FfiError, HostApi_TO, MessageView, PluginBox};
-use agent_host_plugin_sdk::{ErrorKind, Host};
+use agent_host_plugin_sdk::{ErrorKind, Evaluation, Host};
 
 impl OpenedLibrary {
     /// Creates plugin number `index` of the library, whose callbacks go to
@@ -74,17 +74,7 @@ pub(crate) fn dispatch(
             validate(object, action, message).map(Answer::Accepted)
         }
         Call::Evaluate { evaluator, message } => {
-            // Read in place: moving the verdict out of the FFI result first
-            // cost a store-forwarding stall per move on the hot path.
-            match &object.evaluate(evaluator, &view(message), control) {
-                RResult::ROk(verdict) => evaluation_from(
-                    verdict.score,
-                    verdict.passed,
-                    verdict.metadata_json.as_str(),
-                )
-                .map(Answer::Evaluated),
-                RResult::RErr(error) => Err(failure_of(error)),
-            }
+            evaluate(object, evaluator, message, control).map(Answer::Evaluated)
         }
         Call::Provide { provider, message } => {
             provide(object, provider, message, control).map(Answer::Provided)
@@ -162,10 +152,36 @@ pub(crate) fn dispatch(
     }
 }
 
+/// An action's `validate` on `object` (the hot path of every message,
+/// also reached without a [`Call`]).
 #[inline]
-fn validate(object: &PluginBox, action: u32, message: MessageRef<'_>) -> Result<bool, Failure> {
+pub(crate) fn validate(
+    object: &PluginBox,
+    action: u32,
+    message: MessageRef<'_>,
+) -> Result<bool, Failure> {
     match &object.validate(action, &view(message)) {
         RResult::ROk(accepted) => Ok(*accepted),
+        RResult::RErr(error) => Err(failure_of(error)),
+    }
+}
+
+/// An evaluator's verdict on `object` (also reached without a [`Call`]).
+#[inline]
+pub(crate) fn evaluate(
+    object: &PluginBox,
+    evaluator: u32,
+    message: MessageRef<'_>,
+    control: &CallControl,
+) -> Result<Evaluation, Failure> {
+    // Read in place: moving the verdict out of the FFI result first cost a
+    // store-forwarding stall per move on the hot path.
+    match &object.evaluate(evaluator, &view(message), control) {
+        RResult::ROk(verdict) => evaluation_from(
+            verdict.score,
+            verdict.passed,
+            verdict.metadata_json.as_str(),
+        ),
         RResult::RErr(error) => Err(failure_of(error)),
     }
 }

@@ -8,13 +8,13 @@
 //! What it cannot: an abort, a segfault, a stack overflow or a call that
 //! never returns, which all happen inside this process.
 
-use super::{Backend, CreateContext, Failure, PluginSource};
+use super::{Backend, CreateContext, Failure, MessageRef, PluginSource};
 use crate::call::{Answer, Call};
-use crate::load::dispatch::dispatch;
+use crate::load::dispatch::{self, dispatch};
 use crate::load::library::OpenedLibrary;
 use agent_host_plugin_abi::{CallControl, PluginBox};
 use agent_host_plugin_sdk::manifest::Manifest;
-use agent_host_plugin_sdk::Host;
+use agent_host_plugin_sdk::{Evaluation, Host};
 use std::path::Path;
 
 impl PluginSource for OpenedLibrary {
@@ -54,5 +54,20 @@ impl Backend for InProcess {
     #[inline]
     fn call(&self, call: Call<'_>, control: Option<&CallControl>) -> Result<Answer, Failure> {
         dispatch(&self.object, call, control)
+    }
+
+    #[inline]
+    fn validate(&self, action: u32, message: MessageRef<'_>) -> Result<bool, Failure> {
+        dispatch::validate(&self.object, action, message)
+    }
+
+    #[inline]
+    fn evaluate(
+        &self,
+        evaluator: u32,
+        message: MessageRef<'_>,
+        control: &CallControl,
+    ) -> Result<Evaluation, Failure> {
+        dispatch::evaluate(&self.object, evaluator, message, control)
     }
 }

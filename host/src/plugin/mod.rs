@@ -57,6 +57,29 @@ pub(crate) trait Backend: Send + Sync {
     /// thread is in (a validate inside a message) decides.
     fn call(&self, call: Call<'_>, control: Option<&CallControl>) -> Result<Answer, Failure>;
 
+    /// An action's `validate`, typed: [`Backend::call`] unless the place
+    /// answers it without building an [`Answer`]. The in-process backend
+    /// does: `validate` and `evaluate` are the calls of every message,
+    /// and the general call measured 10 to 15 ns slower per call there.
+    #[inline]
+    fn validate(&self, action: u32, message: MessageRef<'_>) -> Result<bool, Failure> {
+        self.call(Call::Validate { action, message }, None)?
+            .accepted()
+    }
+
+    /// An evaluator's verdict on one message, typed, as
+    /// [`Backend::validate`].
+    #[inline]
+    fn evaluate(
+        &self,
+        evaluator: u32,
+        message: MessageRef<'_>,
+        control: &CallControl,
+    ) -> Result<Evaluation, Failure> {
+        self.call(Call::Evaluate { evaluator, message }, Some(control))?
+            .evaluated()
+    }
+
     /// Where the instance runs: in this process (the default), or in a
     /// worker process it reports on.
     fn placement(&self) -> Placement<'_> {
@@ -350,8 +373,7 @@ impl PluginInstance {
     #[inline]
     pub fn validate(&self, action: u32, message: MessageRef<'_>) -> Result<bool, CallError> {
         self.backend
-            .call(Call::Validate { action, message }, None)
-            .and_then(Answer::accepted)
+            .validate(action, message)
             .map_err(|e| self.validate_error(action, e))
     }
 
@@ -432,8 +454,8 @@ impl PluginInstance {
         }
     }
 
-    /// Runs the `get` of several providers for one message, in one call;
-    /// each value is checked as [`PluginInstance::provide`] checks it.
+    /// Runs the `get` of several providers for one message (in one call
+    /// when calls are costly); each value is checked as [`PluginInstance::provide`] checks it.
     pub fn provide_each(
         &self,
         providers: &[u32],
@@ -441,6 +463,12 @@ impl PluginInstance {
         control: &CallControl,
         answer: &mut dyn FnMut(u32, Result<String, CallError>),
     ) {
+        if self.calls_are_cheap() {
+            for &provider in providers {
+                answer(provider, self.provide(provider, message, control));
+            }
+            return;
+        }
         let call = Call::ProvideEach {
             providers: Cow::Borrowed(providers),
             message,
@@ -479,10 +507,7 @@ impl PluginInstance {
         message: MessageRef<'_>,
         control: &CallControl,
     ) -> Result<Evaluation, CallError> {
-        let outcome = self
-            .backend
-            .call(Call::Evaluate { evaluator, message }, Some(control))
-            .and_then(Answer::evaluated);
+        let outcome = self.backend.evaluate(evaluator, message, control);
         self.checked_evaluation(evaluator, outcome)
     }
 
