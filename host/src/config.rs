@@ -78,6 +78,7 @@
 //! only, unless given `--allow-unauthenticated`.
 
 mod api;
+pub(crate) mod isolation;
 
 pub use api::{ApiSettings, ApiToken, Role, TokenSource};
 
@@ -263,7 +264,7 @@ pub struct AgentConfig {
     pub api: ApiSettings,
     /// Which plugins run in sandboxed worker processes, and their limits.
     #[serde(default)]
-    pub isolation: crate::isolation::IsolationSettings,
+    pub isolation: isolation::IsolationSettings,
     /// Which plugin files may load: the lock file, trusted signing keys.
     #[serde(default)]
     pub trust: crate::trust::TrustSettings,

@@ -580,6 +580,7 @@ impl PluginStatus {
         mapped: crate::registry::MappedImages,
     ) -> Self {
         let m = &plugin.instance.manifest;
+        let worker = plugin.instance.placement().worker_status();
         Self {
             name: m.name.clone(),
             version: m.version.clone(),
@@ -602,12 +603,12 @@ impl PluginStatus {
             generation: plugin.generation,
             mapped,
             started: true,
-            placement: if plugin.instance.worker_status().is_some() {
+            placement: if worker.is_some() {
                 crate::isolation::Placement::Process
             } else {
                 crate::isolation::Placement::InProcess
             },
-            worker: plugin.instance.worker_status(),
+            worker,
         }
     }
 

@@ -22,6 +22,7 @@
 
 #[doc(hidden)]
 pub mod bench_support;
+mod call;
 pub mod cli;
 pub mod config;
 mod current_call;
@@ -46,6 +47,7 @@ pub mod testing;
 mod triggers;
 pub mod trust;
 mod watchdog;
+mod worker_status;
 
 pub use crate::config::AgentConfig;
 pub use crate::config::ConfigError;

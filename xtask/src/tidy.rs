@@ -22,6 +22,7 @@ pub const HOST_LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
         &[
+            "call",
             "config",
             "current_call",
             "dependencies",
@@ -34,6 +35,7 @@ pub const HOST_LAYERS: &[(&str, &[&str])] = &[
             "triggers",
             "trust",
             "watchdog",
+            "worker_status",
         ],
     ),
 ];

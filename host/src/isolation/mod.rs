@@ -1,47 +1,32 @@
-//! Running a plugin in a sandboxed worker process of its own.
+//! Running a plugin in a sandboxed worker process of its own: the
+//! isolation engine, below the plugin seam.
 //!
 //! The operator chooses, per plugin, where it runs ([`IsolationSettings`]):
 //! in the host's process (calls are function calls, and a crash is the
 //! host's crash), or in a worker: the same plugin file, loaded by the
 //! `agent-host worker` subcommand of the same program, which puts itself in
 //! a kernel sandbox before it opens the file. The plugin cannot tell the
-//! difference through the SDK; the host reaches it through the same
-//! [`Backend`](crate::plugin::Backend) seam.
+//! difference through the SDK; the host reaches it through the plugin seam,
+//! whose isolated backend and probing source use this engine.
 //!
-//! * `settings`: the `[isolation]` table of the config file;
-//! * `policy`: what one plugin's sandbox allows, from its granted
-//!   permissions and its limits;
-//! * `identity`: the unprivileged user the workers of a root agent become;
-//! * `sandbox`: putting a policy in force inside the worker (landlock,
-//!   seccomp, resource limits on Linux);
-//! * `protocol`: the frames between host and worker, and the handshake;
-//! * `link`: the connections between host and worker, and how each
-//!   reaches the worker (passed as a descriptor on Unix, dialled on
-//!   loopback with a token on Windows);
-//! * `spawn`: starting a worker, dying with the host, naming how it ended;
-//! * `worker`: the worker's side: sandbox, open, serve;
-//! * `process`: the host's side of one worker process;
-//! * `backend`: an isolated plugin as the registry sees it, and its
-//!   restarts;
-//! * `source`: opening a plugin file when some of its plugins are isolated.
+//! Three parts, each knowing only the one below it:
+//!
+//! * `wire`: what crosses between host and worker (frames, protocol types,
+//!   the handshake, the sandbox policy, the connections); no host types;
+//! * `worker`: the worker's side: its life, its sandbox, serving calls;
+//! * `engine`: the host's side: settings, the policy the host computes,
+//!   starting and holding a worker process, restarts.
 
-mod backend;
-mod identity;
-mod link;
-pub(crate) mod policy;
-mod process;
-pub(crate) mod protocol;
-pub(crate) mod sandbox;
-mod settings;
-pub(crate) mod source;
-mod spawn;
+pub(crate) mod engine;
+pub(crate) mod wire;
 mod worker;
 
-pub use sandbox::Protections;
-pub use settings::{
+pub use crate::config::isolation::{
     IsolationSettings, Limits, Placement, DEFAULT_MAX_PROCESSES, DEFAULT_MEMORY_MB,
     DEFAULT_OPEN_FILES, DEFAULT_WORKER_USER,
 };
+pub use crate::worker_status::{Protections, WorkerStatus};
+pub(crate) use engine::policy::unenforceable_in_process;
 
 /// Set by a program that serves `PROGRAM worker` itself.
 static SERVES_WORKERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -69,35 +54,4 @@ pub(crate) fn own_worker_program() -> Option<std::path::PathBuf> {
 /// its own worker program calls this when its first argument is `worker`.
 pub fn run_worker() -> i32 {
     worker::run()
-}
-
-/// What the operator sees of an isolated plugin.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct WorkerStatus {
-    /// The worker's process id, while one runs.
-    pub pid: Option<u32>,
-    /// Restarts since the plugin was loaded.
-    pub restarts: u32,
-    /// Why the plugin is quarantined, if it is.
-    pub quarantined: Option<String>,
-    /// How the last worker that crashed ended.
-    pub last_crash: Option<String>,
-    /// The protections in force in the worker.
-    pub protections: Protections,
-}
-
-impl WorkerStatus {
-    /// One line for people: the pid, restarts, quarantine and protections.
-    pub fn describe(&self) -> String {
-        let mut line = match self.pid {
-            Some(pid) => format!("in worker process {pid}"),
-            None => "in a worker process (not running now)".to_string(),
-        };
-        line.push_str(&format!(", {} restart(s)", self.restarts));
-        if let Some(why) = &self.quarantined {
-            line.push_str(&format!(", QUARANTINED: {why}"));
-        }
-        line.push_str(&format!("; sandbox: {}", self.protections));
-        line
-    }
 }

@@ -77,7 +77,7 @@ pub(crate) fn open_source(
     let max_bytes = config.host.max_plugin_bytes;
     if config.isolation.any_process() {
         let settings = Arc::new(config.isolation.clone());
-        return crate::isolation::source::open(file, shadow, max_bytes, &settings, trust)
+        return crate::plugin::probed::open(file, shadow, max_bytes, &settings, trust)
             .map(|probed| Arc::new(probed) as Arc<dyn PluginSource>);
     }
     library::open(file, shadow, max_bytes, trust)

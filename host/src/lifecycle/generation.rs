@@ -63,7 +63,7 @@ pub(crate) fn create(
         },
         backend,
     );
-    if instance.worker_status().is_none() {
+    if instance.placement().is_in_process() {
         warn_unenforceable(name, permissions.patterns());
     }
     let live = Arc::new(LivePlugin::new(
@@ -81,7 +81,7 @@ pub(crate) fn create(
 /// Warns, once per load, that an in-process plugin holds `filesystem:` or
 /// `network:` permissions, which only a worker's sandbox can enforce.
 fn warn_unenforceable(plugin: &str, permissions: &[String]) {
-    let words = crate::isolation::policy::unenforceable_in_process(permissions);
+    let words = crate::isolation::unenforceable_in_process(permissions);
     if !words.is_empty() {
         tracing::warn!(
             plugin,

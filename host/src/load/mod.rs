@@ -7,10 +7,14 @@
 //! * `private_copy`: the private folder and the read-only copies loaded;
 //! * `image`: reading a library's image before it is mapped;
 //! * `library`: `dlopen` of a private copy, the ABI checks, the manifests;
+//! * `dispatch`: a described call run on a loaded plugin through the FFI,
+//!   and `ffi_host`, the host's callbacks as the FFI carries them;
 //! * `error`: why a file could not be opened.
 
 pub(crate) mod discovery;
+pub(crate) mod dispatch;
 mod error;
+mod ffi_host;
 mod image;
 pub(crate) mod library;
 pub(crate) mod private_copy;

@@ -4,10 +4,11 @@
 //! tested in milliseconds with plugins written inline in the test.
 
 use super::{Backend, Failure, MessageRef, PluginSource};
+use crate::call::{Answer, Call};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::__private::PluginObject;
 use agent_host_plugin_sdk::manifest::Manifest;
-use agent_host_plugin_sdk::{ActionResult, Evaluation, Host, Message, Plugin};
+use agent_host_plugin_sdk::{Host, Message, Plugin};
 use std::path::{Path, PathBuf};
 
 /// A plugin builder, as an in-memory source holds it.
@@ -74,99 +75,79 @@ fn json(value: &serde_json::Value) -> String {
 }
 
 impl Backend for InMemory {
-    fn calls_are_cheap(&self) -> bool {
-        true
-    }
-
-    fn on_load(&self) -> Result<(), Failure> {
-        self.0.on_load()
-    }
-
-    fn on_unload(&self) -> Result<(), Failure> {
-        self.0.on_unload()
-    }
-
-    fn validate(&self, action: u32, m: MessageRef<'_>) -> Result<bool, Failure> {
-        self.0.validate(action, &sdk_message(m))
-    }
-
-    fn handle(
-        &self,
-        action: u32,
-        m: MessageRef<'_>,
-        control: &CallControl,
-    ) -> Result<ActionResult, Failure> {
-        self.0.handle(action, &sdk_message(m), control)
-    }
-
-    fn provide(
-        &self,
-        provider: u32,
-        m: MessageRef<'_>,
-        control: &CallControl,
-    ) -> Result<String, Failure> {
-        self.0
-            .provide(provider, &sdk_message(m), control)
-            .map(|value| json(&value))
-    }
-
-    fn set_subscribed(&self, provider: u32, subscribed: bool) -> Result<(), Failure> {
-        self.0.set_subscribed(provider, subscribed)
-    }
-
-    fn evaluate(
-        &self,
-        evaluator: u32,
-        m: MessageRef<'_>,
-        control: &CallControl,
-    ) -> Result<Evaluation, Failure> {
-        self.0.evaluate(evaluator, &sdk_message(m), control)
-    }
-
-    fn evaluate_batch(
-        &self,
-        evaluator: u32,
-        messages: &[MessageRef<'_>],
-        control: &CallControl,
-    ) -> Result<Vec<Evaluation>, Failure> {
-        let messages: Vec<Message<'_>> = messages.iter().map(|m| sdk_message(*m)).collect();
-        self.0.evaluate_batch(evaluator, &messages, control)
-    }
-
-    fn start_service(&self, service: u32) -> Result<(), Failure> {
-        self.0.start_service(service)
-    }
-
-    fn stop_service(&self, service: u32) -> Result<(), Failure> {
-        self.0.stop_service(service)
-    }
-
-    fn call_service(
-        &self,
-        service: u32,
-        method: &str,
-        args_json: &str,
-        control: &CallControl,
-    ) -> Result<String, Failure> {
-        self.0.call_service(service, method, args_json, control)
-    }
-
-    fn on_event(&self, subscription: u64, event: &str, payload_json: &str) -> Result<(), Failure> {
-        self.0.on_event(subscription, event, payload_json)
-    }
-
-    fn on_timer(&self, timer: u64) -> Result<(), Failure> {
-        self.0.on_timer(timer)
-    }
-
-    fn export_state(&self) -> Result<String, Failure> {
-        self.0.export_state().map(|value| json(&value))
-    }
-
-    fn import_state(&self, state_json: &str) -> Result<(), Failure> {
-        let state = serde_json::from_str(state_json)
-            .map_err(|e| Failure::msg(format!("state is not valid JSON: {e}")))?;
-        self.0.import_state(state)
+    fn call(&self, call: Call<'_>, control: Option<&CallControl>) -> Result<Answer, Failure> {
+        let unbounded = CallControl::with_deadline(0);
+        let control = control.unwrap_or(&unbounded);
+        let p = &self.0;
+        Ok(match call {
+            Call::OnLoad => p.on_load().map(|()| Answer::Done)?,
+            Call::OnUnload => p.on_unload().map(|()| Answer::Done)?,
+            Call::Validate { action, message } => {
+                Answer::Accepted(p.validate(action, &sdk_message(message))?)
+            }
+            Call::ValidateEach { actions, message } => Answer::Validated(
+                actions
+                    .iter()
+                    .map(|&action| p.validate(action, &sdk_message(message)))
+                    .collect(),
+            ),
+            Call::Handle { action, message } => Answer::Handled(Box::new(p.handle(
+                action,
+                &sdk_message(message),
+                control,
+            )?)),
+            Call::Provide { provider, message } => Answer::Provided(json(&p.provide(
+                provider,
+                &sdk_message(message),
+                control,
+            )?)),
+            Call::ProvideEach { providers, message } => Answer::ProvidedEach(
+                providers
+                    .iter()
+                    .map(|&provider| {
+                        p.provide(provider, &sdk_message(message), control)
+                            .map(|value| json(&value))
+                    })
+                    .collect(),
+            ),
+            Call::SetSubscribed {
+                provider,
+                subscribed,
+            } => p
+                .set_subscribed(provider, subscribed)
+                .map(|()| Answer::Done)?,
+            Call::Evaluate { evaluator, message } => {
+                Answer::Evaluated(p.evaluate(evaluator, &sdk_message(message), control)?)
+            }
+            Call::EvaluateBatch {
+                evaluator,
+                messages,
+            } => {
+                let messages: Vec<Message<'_>> = messages.iter().map(|m| sdk_message(*m)).collect();
+                Answer::EvaluatedBatch(p.evaluate_batch(evaluator, &messages, control)?)
+            }
+            Call::StartService { service } => p.start_service(service).map(|()| Answer::Done)?,
+            Call::StopService { service } => p.stop_service(service).map(|()| Answer::Done)?,
+            Call::ServiceMethod {
+                service,
+                method,
+                args_json,
+            } => Answer::Text(p.call_service(service, method, args_json, control)?),
+            Call::OnEvent {
+                subscription,
+                event,
+                payload_json,
+            } => p
+                .on_event(subscription, event, payload_json)
+                .map(|()| Answer::Done)?,
+            Call::OnTimer { timer } => p.on_timer(timer).map(|()| Answer::Done)?,
+            Call::ExportState => Answer::Text(json(&p.export_state()?)),
+            Call::ImportState { state_json } => {
+                let state = serde_json::from_str(state_json)
+                    .map_err(|e| Failure::msg(format!("state is not valid JSON: {e}")))?;
+                p.import_state(state).map(|()| Answer::Done)?
+            }
+        })
     }
 }
 

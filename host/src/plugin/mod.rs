@@ -2,209 +2,89 @@
 //!
 //! The registry and the pipeline reach a plugin only through a
 //! [`PluginInstance`], whatever runs its code. An instance holds the
-//! plugin's checked manifest and a [`Backend`]: the calls a plugin offers,
-//! answered by some place that runs it. Each place implements [`Backend`]
-//! (the instance) and [`PluginSource`] (an opened file: its manifests, and
-//! the creation of an instance):
+//! plugin's checked manifest and a [`Backend`]: some place that runs the
+//! plugin and answers a [`Call`], the one description of the entry points
+//! (`crate::call`). Each place implements [`Backend`] (the instance) and
+//! [`PluginSource`] (an opened file: its manifests, and the creation of an
+//! instance):
 //!
 //! * [`in_process`]: the plugin's library, loaded into this process; a call
-//!   is a function call through the frozen FFI surface;
-//! * [`crate::isolation`]: the plugin's library, loaded by a sandboxed
-//!   worker process of its own; a call is a round trip over a socket, and
-//!   a crash, a hang or a leak ends the worker, never the host;
+//!   goes to the loader's in-process dispatch, a function call through the
+//!   frozen FFI surface;
+//! * `isolated` and `probed`: the plugin's library, loaded by a sandboxed
+//!   worker process of its own (the isolation engine); a call crosses a
+//!   socket as it is described, and the worker hands it to the same
+//!   in-process dispatch; a crash, a hang or a leak ends the worker, never
+//!   the host;
 //! * `in_memory` (unit tests only): a plugin value built with the SDK and
 //!   called directly, so the host's decisions can be tested in milliseconds
 //!   without building or loading any library.
 //!
 //! A backend answers with the SDK's [`Failure`] (a kind and a message);
 //! [`PluginInstance`] adds the plugin's name and the entry point, and checks
-//! what came back (an evaluation's score, a handler's JSON), so every place
-//! reports errors the same way.
-//!
-//! The per-message calls come in batched forms (`validate_each`,
-//! `provide_each`) that default to one call per component:
-//! a place whose calls are expensive (another process) answers a batch in
-//! one round trip.
+//! what came back (an evaluation's score, a provider's JSON), so every place
+//! reports errors the same way. Where an instance runs is one value of it,
+//! its [`Placement`]: in process, or in a [`Worker`] that also offers a
+//! message's calls sent ahead in one request ([`MessageRound`]).
 
 mod error;
 #[cfg(test)]
 pub(crate) mod in_memory;
 pub(crate) mod in_process;
+mod isolated;
+mod placement;
+pub(crate) mod probed;
 
 pub use error::CallError;
+pub(crate) use placement::{Placement, Worker};
 
+pub(crate) use crate::call::{Failure, MessageRef};
+
+use crate::call::{Answer, Call};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
 use agent_host_plugin_sdk::{ActionResult, ErrorKind, Evaluation, Host};
 use semver::Version;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-/// What went wrong in a plugin call, as the plugin (or the place that runs
-/// it) reported it: a kind and a message. The SDK's error type, so a plugin
-/// value called directly needs no conversion.
-pub(crate) type Failure = agent_host_plugin_sdk::Error;
-
-/// One message as a plugin sees it, borrowed for one call: the text and a
-/// JSON object with the rest of its context (sender, permissions, metadata,
-/// the composed state).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct MessageRef<'a> {
-    /// The message id.
-    pub id: &'a str,
-    /// The text.
-    pub text: &'a str,
-    /// The context, a JSON object.
-    pub context_json: &'a str,
-}
-
-/// The calls one plugin instance offers, whatever runs it. Components are
-/// addressed by their index in the plugin's manifest. An implementation
-/// never panics into the host: plugin panics come back as
-/// [`ErrorKind::Panicked`] failures.
+/// One plugin instance, wherever it runs: it answers the calls of the
+/// description. An implementation never panics into the host: plugin
+/// panics come back as [`ErrorKind::Panicked`] failures.
 pub(crate) trait Backend: Send + Sync {
-    /// Runs the plugin's `on_load` hook.
-    fn on_load(&self) -> Result<(), Failure>;
-    /// Runs the plugin's `on_unload` hook.
-    fn on_unload(&self) -> Result<(), Failure>;
-    /// Asks an action whether it accepts the message.
-    fn validate(&self, action: u32, message: MessageRef<'_>) -> Result<bool, Failure>;
-    /// Runs an action's handler.
-    fn handle(
-        &self,
-        action: u32,
-        message: MessageRef<'_>,
-        control: &CallControl,
-    ) -> Result<ActionResult, Failure>;
-    /// Runs a provider's `get`; returns its value as JSON text.
-    fn provide(
-        &self,
-        provider: u32,
-        message: MessageRef<'_>,
-        control: &CallControl,
-    ) -> Result<String, Failure>;
-    /// Starts or ends a provider's subscription.
-    fn set_subscribed(&self, provider: u32, subscribed: bool) -> Result<(), Failure>;
-    /// Runs an evaluator on one message.
+    /// Runs `call`. `control` is the call's deadline and cancellation for
+    /// the entry points that take one; without one, the host call this
+    /// thread is in (a validate inside a message) decides.
+    fn call(&self, call: Call<'_>, control: Option<&CallControl>) -> Result<Answer, Failure>;
+
+    /// An action's `validate`, typed: [`Backend::call`] unless the place
+    /// answers it without building an [`Answer`]. The in-process backend
+    /// does: `validate` and `evaluate` are the calls of every message,
+    /// and the general call measured 10 to 15 ns slower per call there.
+    #[inline]
+    fn validate(&self, action: u32, message: MessageRef<'_>) -> Result<bool, Failure> {
+        self.call(Call::Validate { action, message }, None)?
+            .accepted()
+    }
+
+    /// An evaluator's verdict on one message, typed, as
+    /// [`Backend::validate`].
+    #[inline]
     fn evaluate(
         &self,
         evaluator: u32,
         message: MessageRef<'_>,
         control: &CallControl,
-    ) -> Result<Evaluation, Failure>;
-    /// Runs an evaluator on many messages; one result per message.
-    fn evaluate_batch(
-        &self,
-        evaluator: u32,
-        messages: &[MessageRef<'_>],
-        control: &CallControl,
-    ) -> Result<Vec<Evaluation>, Failure>;
-    /// Starts a service.
-    fn start_service(&self, service: u32) -> Result<(), Failure>;
-    /// Stops a service.
-    fn stop_service(&self, service: u32) -> Result<(), Failure>;
-    /// Calls a service method with JSON arguments; returns JSON text.
-    fn call_service(
-        &self,
-        service: u32,
-        method: &str,
-        args_json: &str,
-        control: &CallControl,
-    ) -> Result<String, Failure>;
-    /// Delivers an event to one of the plugin's subscriptions.
-    fn on_event(&self, subscription: u64, event: &str, payload_json: &str) -> Result<(), Failure>;
-    /// Fires one of the plugin's timers.
-    fn on_timer(&self, timer: u64) -> Result<(), Failure>;
-    /// The plugin's state as JSON text, for a new generation.
-    fn export_state(&self) -> Result<String, Failure>;
-    /// Imports state exported by an earlier generation.
-    fn import_state(&self, state_json: &str) -> Result<(), Failure>;
-
-    /// Whether a call costs about as much as a function call (the plugin
-    /// runs in this process): the pipeline then calls `validate` action by
-    /// action rather than through [`Backend::validate_each`], which a place
-    /// whose calls cross to another process overrides to answer a batch in
-    /// one round trip.
-    fn calls_are_cheap(&self) -> bool {
-        false
+    ) -> Result<Evaluation, Failure> {
+        self.call(Call::Evaluate { evaluator, message }, Some(control))?
+            .evaluated()
     }
 
-    /// Asks several actions about one message, answering each through
-    /// `answer`. One call per action unless the place can do better.
-    fn validate_each(
-        &self,
-        actions: &[u32],
-        message: MessageRef<'_>,
-        answer: &mut dyn FnMut(u32, Result<bool, Failure>),
-    ) {
-        for &action in actions {
-            answer(action, self.validate(action, message));
-        }
+    /// Where the instance runs: in this process (the default), or in a
+    /// worker process it reports on.
+    fn placement(&self) -> Placement<'_> {
+        Placement::InProcess
     }
-
-    /// Starts the plugin's part of one message in one request, for a place
-    /// whose calls cross to another process: the `validate` of `actions`
-    /// and the `evaluators`, whose answers the phases read later through
-    /// the returned round. `None` (the default): the phases call each entry
-    /// point when they come to it.
-    fn begin_message(
-        &self,
-        _actions: &[u32],
-        _evaluators: &[u32],
-        _message: MessageRef<'_>,
-        _deadlines: RoundDeadlines,
-    ) -> Option<Box<dyn MessageRound>> {
-        None
-    }
-
-    /// The host gives up on this instance: a step of its life missed its
-    /// deadline while it was being started or stopped, and it will be
-    /// dropped. A place that would restart what runs it (a worker process)
-    /// restarts it no more. Nothing, by default.
-    fn give_up(&self) {}
-
-    /// The state of the worker process that runs the plugin, for a place
-    /// that runs it in one.
-    fn worker_status(&self) -> Option<crate::isolation::WorkerStatus> {
-        None
-    }
-
-    /// Asks several providers about one message.
-    fn provide_each(
-        &self,
-        providers: &[u32],
-        message: MessageRef<'_>,
-        control: &CallControl,
-        answer: &mut dyn FnMut(u32, Result<String, Failure>),
-    ) {
-        for &provider in providers {
-            answer(provider, self.provide(provider, message, control));
-        }
-    }
-}
-
-/// An evaluator's verdict as it crossed a boundary (metadata as JSON text,
-/// empty for none), read back; metadata that is not JSON is the plugin's
-/// error.
-pub(crate) fn evaluation_from(
-    score: f64,
-    passed: bool,
-    metadata_json: &str,
-) -> Result<Evaluation, Failure> {
-    let metadata = if metadata_json.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(metadata_json).map_err(|e| {
-            Failure::new(
-                ErrorKind::InvalidInput,
-                format!("metadata is not valid JSON: {e}"),
-            )
-        })?
-    };
-    Ok(Evaluation {
-        score,
-        passed,
-        metadata,
-    })
 }
 
 /// The deadlines of a message round, in milliseconds since the Unix epoch.
@@ -218,7 +98,7 @@ pub(crate) struct RoundDeadlines {
 }
 
 /// A plugin's part of one message, sent ahead in one request
-/// ([`Backend::begin_message`]). Each answer is read once, when its phase
+/// ([`Worker::begin_message`]). Each answer is read once, when its phase
 /// asks; `cancelled` is asked while waiting, and a yes abandons the round.
 pub(crate) trait MessageRound: Send {
     /// The validates' answers, in the order the actions were given.
@@ -325,23 +205,32 @@ impl PluginInstance {
         &self.manifest.name
     }
 
-    /// The state of its worker process, when it runs in one.
-    pub fn worker_status(&self) -> Option<crate::isolation::WorkerStatus> {
-        self.backend.worker_status()
+    /// Where it runs: in this process, or in a worker process (whose
+    /// state the value reports). The one source of truth about a live
+    /// instance's placement.
+    pub(crate) fn placement(&self) -> Placement<'_> {
+        self.backend.placement()
     }
 
-    /// Gives up on the instance (see [`Backend::give_up`]).
+    /// Gives up on the instance: a step of its life missed its deadline
+    /// while it was being started or stopped, and it will be dropped. A
+    /// worker that runs it is restarted no more.
     pub(crate) fn give_up(&self) {
-        self.backend.give_up();
+        if let Placement::Worker(worker) = self.placement() {
+            worker.give_up();
+        }
     }
 
-    /// Whether a call costs about as much as a function call.
+    /// Whether a call costs about as much as a function call: the plugin
+    /// runs in this process.
+    #[inline]
     pub(crate) fn calls_are_cheap(&self) -> bool {
-        self.backend.calls_are_cheap()
+        matches!(self.placement(), Placement::InProcess)
     }
 
-    /// Starts its part of one message ahead, when its calls are costly
-    /// (see [`Backend::begin_message`]).
+    /// Starts its part of one message ahead in one request, when it runs
+    /// in a worker (see [`Worker::begin_message`]); `None` in process,
+    /// where each phase calls each entry point when it comes to it.
     pub(crate) fn begin_message(
         &self,
         actions: &[u32],
@@ -349,11 +238,12 @@ impl PluginInstance {
         message: MessageRef<'_>,
         deadlines: RoundDeadlines,
     ) -> Option<Box<dyn MessageRound>> {
-        if self.backend.calls_are_cheap() {
-            return None;
+        match self.placement() {
+            Placement::InProcess => None,
+            Placement::Worker(worker) => {
+                Some(worker.begin_message(actions, evaluators, message, deadlines))
+            }
         }
-        self.backend
-            .begin_message(actions, evaluators, message, deadlines)
     }
 
     /// The validates of a round, each error naming the plugin and action.
@@ -458,13 +348,17 @@ impl PluginInstance {
 
     /// Runs `on_load`.
     pub fn on_load(&self) -> Result<(), CallError> {
-        self.backend.on_load().map_err(|e| self.fail("on_load", e))
+        self.backend
+            .call(Call::OnLoad, None)
+            .and_then(Answer::done)
+            .map_err(|e| self.fail("on_load", e))
     }
 
     /// Runs `on_unload`.
     pub fn on_unload(&self) -> Result<(), CallError> {
         self.backend
-            .on_unload()
+            .call(Call::OnUnload, None)
+            .and_then(Answer::done)
             .map_err(|e| self.fail("on_unload", e))
     }
 
@@ -493,7 +387,7 @@ impl PluginInstance {
         message: MessageRef<'_>,
         mut answer: impl FnMut(u32, Result<bool, CallError>),
     ) {
-        if self.backend.calls_are_cheap() {
+        if self.calls_are_cheap() {
             for &action in actions {
                 answer(action, self.validate(action, message));
             }
@@ -502,17 +396,21 @@ impl PluginInstance {
         }
     }
 
-    /// Runs the `validate` of several actions on one message.
+    /// Runs the `validate` of several actions on one message, in one call.
     pub fn validate_each(
         &self,
         actions: &[u32],
         message: MessageRef<'_>,
         answer: &mut dyn FnMut(u32, Result<bool, CallError>),
     ) {
-        self.backend
-            .validate_each(actions, message, &mut |action, outcome| {
-                answer(action, outcome.map_err(|e| self.validate_error(action, e)))
-            });
+        let call = Call::ValidateEach {
+            actions: Cow::Borrowed(actions),
+            message,
+        };
+        let outcome = self.backend.call(call, None).and_then(Answer::validated);
+        spread(actions, outcome, &mut |action, outcome| {
+            answer(action, outcome.map_err(|e| self.validate_error(action, e)))
+        });
     }
 
     /// Runs an action's handler.
@@ -523,7 +421,8 @@ impl PluginInstance {
         control: &CallControl,
     ) -> Result<ActionResult, CallError> {
         self.backend
-            .handle(action, message, control)
+            .call(Call::Handle { action, message }, Some(control))
+            .and_then(Answer::handled)
             .map_err(|e| self.fail(format!("action '{}' handler", self.action_name(action)), e))
     }
 
@@ -534,7 +433,11 @@ impl PluginInstance {
         message: MessageRef<'_>,
         control: &CallControl,
     ) -> Result<String, CallError> {
-        self.checked_json(provider, self.backend.provide(provider, message, control))
+        let outcome = self
+            .backend
+            .call(Call::Provide { provider, message }, Some(control))
+            .and_then(Answer::text);
+        self.checked_json(provider, outcome)
     }
 
     fn checked_json(
@@ -551,8 +454,8 @@ impl PluginInstance {
         }
     }
 
-    /// Runs the `get` of several providers for one message; each value is
-    /// checked as [`PluginInstance::provide`] checks it.
+    /// Runs the `get` of several providers for one message (in one call
+    /// when calls are costly); each value is checked as [`PluginInstance::provide`] checks it.
     pub fn provide_each(
         &self,
         providers: &[u32],
@@ -560,16 +463,34 @@ impl PluginInstance {
         control: &CallControl,
         answer: &mut dyn FnMut(u32, Result<String, CallError>),
     ) {
-        self.backend
-            .provide_each(providers, message, control, &mut |provider, outcome| {
-                answer(provider, self.checked_json(provider, outcome))
-            });
+        if self.calls_are_cheap() {
+            for &provider in providers {
+                answer(provider, self.provide(provider, message, control));
+            }
+            return;
+        }
+        let call = Call::ProvideEach {
+            providers: Cow::Borrowed(providers),
+            message,
+        };
+        let outcome = self
+            .backend
+            .call(call, Some(control))
+            .and_then(Answer::provided_each);
+        spread(providers, outcome, &mut |provider, outcome| {
+            answer(provider, self.checked_json(provider, outcome))
+        });
     }
 
     /// Starts or ends a provider's subscription.
     pub fn set_subscribed(&self, provider: u32, subscribed: bool) -> Result<(), CallError> {
+        let call = Call::SetSubscribed {
+            provider,
+            subscribed,
+        };
         self.backend
-            .set_subscribed(provider, subscribed)
+            .call(call, None)
+            .and_then(Answer::done)
             .map_err(|e| {
                 self.fail(
                     format!("provider '{}' subscribe", self.provider_name(provider)),
@@ -614,9 +535,14 @@ impl PluginInstance {
                 self.evaluator_name(evaluator)
             )
         };
+        let call = Call::EvaluateBatch {
+            evaluator,
+            messages: Cow::Borrowed(messages),
+        };
         let evaluations = self
             .backend
-            .evaluate_batch(evaluator, messages, control)
+            .call(call, Some(control))
+            .and_then(Answer::evaluated_batch)
             .map_err(|e| self.fail(entry(), e))?;
         if evaluations.len() != messages.len() {
             return Err(self.invalid(
@@ -652,14 +578,16 @@ impl PluginInstance {
     /// Starts a service.
     pub fn start_service(&self, service: u32) -> Result<(), CallError> {
         self.backend
-            .start_service(service)
+            .call(Call::StartService { service }, None)
+            .and_then(Answer::done)
             .map_err(|e| self.fail(format!("service '{}' start", self.service_name(service)), e))
     }
 
     /// Stops a service.
     pub fn stop_service(&self, service: u32) -> Result<(), CallError> {
         self.backend
-            .stop_service(service)
+            .call(Call::StopService { service }, None)
+            .and_then(Answer::done)
             .map_err(|e| self.fail(format!("service '{}' stop", self.service_name(service)), e))
     }
 
@@ -671,8 +599,14 @@ impl PluginInstance {
         args_json: &str,
         control: &CallControl,
     ) -> Result<String, CallError> {
+        let call = Call::ServiceMethod {
+            service,
+            method,
+            args_json,
+        };
         self.backend
-            .call_service(service, method, args_json, control)
+            .call(call, Some(control))
+            .and_then(Answer::text)
             .map_err(|e| {
                 self.fail(
                     format!("service '{}' method '{method}'", self.service_name(service)),
@@ -688,30 +622,69 @@ impl PluginInstance {
         event: &str,
         payload_json: &str,
     ) -> Result<(), CallError> {
+        let call = Call::OnEvent {
+            subscription,
+            event,
+            payload_json,
+        };
         self.backend
-            .on_event(subscription, event, payload_json)
+            .call(call, None)
+            .and_then(Answer::done)
             .map_err(|e| self.fail(format!("event handler for '{event}'"), e))
     }
 
     /// Fires one of the plugin's timers.
     pub fn on_timer(&self, timer: u64) -> Result<(), CallError> {
         self.backend
-            .on_timer(timer)
+            .call(Call::OnTimer { timer }, None)
+            .and_then(Answer::done)
             .map_err(|e| self.fail(format!("timer {timer}"), e))
     }
 
     /// Exports the plugin's state as JSON.
     pub fn export_state(&self) -> Result<String, CallError> {
         self.backend
-            .export_state()
+            .call(Call::ExportState, None)
+            .and_then(Answer::text)
             .map_err(|e| self.fail("export_state", e))
     }
 
     /// Imports state exported by an earlier generation.
     pub fn import_state(&self, state_json: &str) -> Result<(), CallError> {
         self.backend
-            .import_state(state_json)
+            .call(Call::ImportState { state_json }, None)
+            .and_then(Answer::done)
             .map_err(|e| self.fail("import_state", e))
+    }
+}
+
+/// Hands each of `indices` its answer from a batched call: the answer at
+/// its position, or, when the call failed or answered a different number
+/// of components, the call's error.
+fn spread<T>(
+    indices: &[u32],
+    outcome: Result<Vec<Result<T, Failure>>, Failure>,
+    answer: &mut dyn FnMut(u32, Result<T, Failure>),
+) {
+    let error = match outcome {
+        Ok(answers) if answers.len() == indices.len() => {
+            for (&index, outcome) in indices.iter().zip(answers) {
+                answer(index, outcome);
+            }
+            return;
+        }
+        Ok(answers) => Failure::new(
+            ErrorKind::Failed,
+            format!(
+                "protocol error: {} answers for {} components",
+                answers.len(),
+                indices.len()
+            ),
+        ),
+        Err(error) => error,
+    };
+    for &index in indices {
+        answer(index, Err(error.clone()));
     }
 }
 

@@ -129,7 +129,7 @@ impl Registry {
         let limit_ms = self.settings.lifecycle_timeout_ms;
         let limit = Duration::from_millis(limit_ms);
         let control = Arc::new(CallControl::with_deadline(unix_ms_after(limit)));
-        let worker = instance.worker_status().and_then(|w| w.pid);
+        let worker = instance.placement().worker_status().and_then(|w| w.pid);
         let (sender, receiver) = sync_channel(1);
         let held = lazy::start_held_here();
         let in_flight = plugin.in_flight.enter(Entry::Lifecycle(step));

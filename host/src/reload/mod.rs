@@ -35,7 +35,6 @@ pub use origin::ReloadOrigin;
 
 use crate::config::AgentConfig;
 use crate::dependencies::{check_replacement, Candidate};
-use crate::isolation::Placement;
 use crate::lifecycle::check::Prepared;
 use crate::lifecycle::generation::{
     create, leave_service, on_load, start_services, stop_services, subscribe_providers,
@@ -160,17 +159,21 @@ fn is_unchanged(plugin: &LivePlugin, file: &Path, max_bytes: u64) -> bool {
             .is_ok_and(|bytes| crate::trust::digest::sha256_hex(&bytes) == plugin.instance.sha256)
 }
 
-/// Refuses an in-process reload of `name` that would take the library
-/// images it keeps mapped past `host.mapped_bytes_limit` (0: no limit),
-/// counting `file` at its size, before anything is opened.
+/// Refuses a reload of `old`, running in process, that would take the
+/// library images it keeps mapped past `host.mapped_bytes_limit` (0: no
+/// limit), counting `file` at its size, before anything is opened. The
+/// placement read is the serving generation's, the one live value (the
+/// config, read once when the host is made, puts the new one in the same
+/// place).
 fn check_mapped_limit(
     core: &Registry,
     config: &AgentConfig,
-    name: &str,
+    old: &LivePlugin,
     file: &Path,
 ) -> Result<(), ReloadError> {
+    let name = old.name();
     let limit = config.host.mapped_bytes_limit;
-    if limit == 0 || config.isolation.placement_of(name) != Placement::InProcess {
+    if limit == 0 || !old.instance.placement().is_in_process() {
         return Ok(());
     }
     let mapped = core.mapped(name).bytes;
@@ -238,7 +241,7 @@ fn replace(
     open: impl FnOnce(&Path) -> Result<Arc<dyn PluginSource>, OpenError>,
     started: Instant,
 ) -> Result<Reloaded, ReloadError> {
-    check_mapped_limit(core, config, old.name(), file)?;
+    check_mapped_limit(core, config, old, file)?;
     let new = open_new_generation(core, config, old, file, open)?;
     let handed = hand_over(core, old, &new)?;
     let retire_errors = handed

@@ -2,8 +2,9 @@
 //! plugin still runs in a worker of its own (its crashes, hangs and memory
 //! stay there), and its status says that no sandbox is in force.
 
-use super::{Protections, SandboxError};
-use crate::isolation::policy::SandboxPolicy;
+use super::SandboxError;
+use crate::isolation::wire::policy::SandboxPolicy;
+use crate::worker_status::Protections;
 
 const MISSING: &str = "process sandbox: not available on this operating system";
 
@@ -21,7 +22,7 @@ pub(super) fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isolation::policy::ResourceLimits;
+    use crate::isolation::wire::policy::ResourceLimits;
     use std::path::Path;
 
     #[test]

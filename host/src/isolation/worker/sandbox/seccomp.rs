@@ -3,7 +3,7 @@
 //! processors it supports that the host is tested on; elsewhere the filter
 //! is missing.
 
-use crate::isolation::policy::NetworkGrant;
+use crate::isolation::wire::policy::NetworkGrant;
 
 /// No filter for this processor: seccomp is missing.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -29,7 +29,7 @@ pub(super) fn install(network: &NetworkGrant) -> Result<(), String> {
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod filters {
-    use crate::isolation::policy::NetworkGrant;
+    use crate::isolation::wire::policy::NetworkGrant;
     use seccompiler::{
         BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
         SeccompRule, TargetArch,

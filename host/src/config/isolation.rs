@@ -144,12 +144,16 @@ impl Default for IsolationSettings {
 /// request body is at most a few MiB), far below a worker's memory.
 pub const DEFAULT_MAX_FRAME_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The longest frame either side of a worker's connection accepts, whatever
+/// the config says: the ceiling of `max_frame_bytes`.
+pub(crate) const FRAME_BYTES_CEILING: usize = 64 * 1024 * 1024;
+
 /// `max_frame_bytes`, refused outside 64 KiB..=64 MiB: a frame over the
 /// ceiling is refused on both sides whatever the config says, and a limit
 /// much below a plugin's replies would fail every call.
 fn frame_limit<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     let bytes = u64::deserialize(deserializer)?;
-    let ceiling = super::protocol::FRAME_BYTES_CEILING as u64;
+    let ceiling = FRAME_BYTES_CEILING as u64;
     if !(64 * 1024..=ceiling).contains(&bytes) {
         return Err(serde::de::Error::custom(format!(
             "max_frame_bytes = {bytes}: must be from 65536 (64 KiB) to {ceiling} (64 MiB)"

@@ -24,15 +24,15 @@
 //! first, so the process id cannot be reused while anyone may still signal
 //! it.
 
-use super::link::{self, HostLink, Stream};
-use super::protocol::{
-    read_frame_within, read_preamble, write_frame, write_preamble, Answer, Call, Callback,
-    CallbackAnswer, FrameReader, FrameWriter, FromWorker, Hello, Ready, ToWorker, WireError,
-};
-use super::sandbox::Protections;
-use super::settings::IsolationSettings;
 use super::spawn;
+use crate::config::isolation::IsolationSettings;
+use crate::isolation::wire::link::{self, HostLink, Stream};
+use crate::isolation::wire::protocol::{
+    read_frame_within, read_preamble, write_frame, write_preamble, Callback, CallbackAnswer,
+    FrameReader, FrameWriter, FromWorker, Hello, Ready, Request, ToWorker, WireAnswer, WireError,
+};
 use crate::log_limit::{self, LogLimiter};
+use crate::worker_status::Protections;
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;
@@ -546,19 +546,19 @@ impl WorkerProcess {
     /// in the cause) and the call ends with [`CallFault::Abandoned`].
     pub(crate) fn call(
         &self,
-        call: &Call,
+        request: &Request<'_>,
         what: &dyn Fn() -> String,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Result<Answer, WireError>, CallFault> {
-        let mut pending = self.send(call, what, cancelled)?;
+    ) -> Result<Result<WireAnswer, WireError>, CallFault> {
+        let mut pending = self.send(request, what, cancelled)?;
         let reply = self.reply(&mut pending, what, cancelled)?;
         if let Ok(answer) = &reply {
-            if !call.is_answered_by(answer) {
+            if !request.is_answered_by(answer) {
                 // The connection goes with `pending`.
                 return Err(self.violation(format!(
                     "{} was answered with {}",
                     what(),
-                    answer.kind()
+                    answer.kind().describe()
                 )));
             }
         }
@@ -572,7 +572,7 @@ impl WorkerProcess {
     /// `write_timeout_ms` has passed.
     pub(crate) fn send(
         &self,
-        call: &Call,
+        request: &Request<'_>,
         what: &dyn Fn() -> String,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<PendingCall, CallFault> {
@@ -586,7 +586,7 @@ impl WorkerProcess {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let frame = ToWorker::Call {
             id,
-            call: call.clone(),
+            request: request.clone(),
         };
         let request = || format!("the request of {}", what());
         self.write(&mut connection, &frame, &request, cancelled)?;
@@ -652,7 +652,7 @@ impl WorkerProcess {
         pending: &mut PendingCall,
         what: &dyn Fn() -> String,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Result<Answer, WireError>, CallFault> {
+    ) -> Result<Result<WireAnswer, WireError>, CallFault> {
         let expected = pending.id;
         let connection = &mut pending.connection;
         loop {
@@ -787,8 +787,9 @@ fn answer_callback(
         Callback::Resolve { host: name, port } => host
             .resolve(&name, port)
             .and_then(|addresses| {
-                serde_json::to_string(&addresses)
-                    .map_err(|e| crate::plugin::Failure::new(ErrorKind::Failed, e.to_string()))
+                serde_json::to_string(&addresses).map_err(|e| {
+                    agent_host_plugin_sdk::Error::new(ErrorKind::Failed, e.to_string())
+                })
             })
             .map(CallbackAnswer::Text),
     };

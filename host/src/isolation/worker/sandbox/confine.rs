@@ -26,8 +26,8 @@
 //!
 //! The keeper and the init run no plugin code: they only wait.
 
-use super::linux::Shortfall;
-use crate::isolation::policy::{NetworkGrant, SandboxPolicy};
+use super::shortfall::Shortfall;
+use crate::isolation::wire::policy::{NetworkGrant, SandboxPolicy};
 use std::io;
 
 /// What the confinement put in force.

@@ -6,32 +6,41 @@
 //! private copy (opening runs the library's constructors, plugin code) with
 //! the same checks as the host; create the plugin; and serve it. Each call
 //! connection the host passes over the control socket gets a thread that
-//! runs one call at a time on the plugin, in process, exactly as the host
-//! would. The plugin's host callbacks go back over the connection of the
-//! call that made them. When the control socket closes, the worker exits.
+//! runs one call at a time on the plugin: it decodes the call as the host
+//! described it and hands it to the loader's in-process dispatch, exactly
+//! as the host runs an in-process plugin. The plugin's host callbacks go
+//! back over the connection of the call that made them. When the control
+//! socket closes, the worker exits.
+//!
+//! * `lifetime`: dying with the host, and ending at once on a crash;
+//! * `sandbox`: putting the host's policy in force.
 
-use super::link::{self, Stream, WorkerLink};
-use super::protocol::{
-    read_frame, read_preamble, write_frame, write_preamble, Answer, Call, Callback, CallbackAnswer,
-    FrameReader, FrameWriter, FromWorker, Hello, Job, Ready, ToWorker, WireError, WireEvaluation,
-    WireMessage,
+mod lifetime;
+pub(crate) mod sandbox;
+
+use crate::call::{Call, Failure, MessageRef};
+use crate::isolation::wire::link::{self, Stream, WorkerLink};
+use crate::isolation::wire::protocol::{
+    decode, read_frame, read_preamble, write_frame, write_preamble, Callback, CallbackAnswer,
+    FrameReader, FrameWriter, FromWorker, Hello, Job, Ready, Request, ToWorker, WireAnswer,
+    WireError, WireEvaluation,
 };
-use super::sandbox;
-use crate::load::library::{self, OpenedLibrary, RunsIn};
-use crate::plugin::{Backend, CreateContext, Failure, MessageRef, PluginSource};
-use agent_host_plugin_abi::CallControl;
+use crate::load::dispatch::dispatch;
+use crate::load::library::{self, RunsIn};
+use agent_host_plugin_abi::{CallControl, PluginBox};
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// Runs the worker; returns the process's exit code.
-pub fn run() -> i32 {
+pub(crate) fn run() -> i32 {
     // A worker outlives nothing: once its host is gone it is killed.
-    if super::spawn::die_with_parent().is_err() {
+    if lifetime::die_with_parent().is_err() {
         return 70;
     }
-    super::spawn::end_at_once_on_crash();
+    lifetime::end_at_once_on_crash();
     std::panic::set_hook(Box::new(|info| {
         eprintln!("agent-host worker: internal error: {info}");
         std::process::abort();
@@ -93,8 +102,10 @@ fn serve(link: &WorkerLink, control: Stream) -> std::io::Result<()> {
         }
         Job::Serve { index } => index,
     };
-    let backend = match create(&library, index) {
-        Ok(backend) => backend,
+    // The worker's sandbox is already in force and it has no registry to
+    // announce to: the host does both.
+    let object = match library.instantiate(index, Box::new(WorkerHost)) {
+        Ok(object) => object,
         Err(error) => return refuse(format!("create: {}", error.message())),
     };
     write_frame(
@@ -105,7 +116,7 @@ fn serve(link: &WorkerLink, control: Stream) -> std::io::Result<()> {
             protections,
         },
     )?;
-    let backend: Arc<dyn Backend> = Arc::from(backend);
+    let object = Arc::new(object);
     // The first connection is this worker's own, for callbacks made outside
     // any call; the rest each carry calls.
     let mut first = true;
@@ -121,12 +132,12 @@ fn serve(link: &WorkerLink, control: Stream) -> std::io::Result<()> {
             let _ = OWN_CONNECTION.set(Mutex::new(Connection::new(stream)));
             continue;
         }
-        let backend = Arc::clone(&backend);
+        let object = Arc::clone(&object);
         // Past `max_processes` no thread starts: the connection is dropped,
         // which fails that one call, and the worker goes on.
         if let Err(error) = std::thread::Builder::new()
             .name("plugin-call".into())
-            .spawn(move || serve_connection(stream, &*backend))
+            .spawn(move || serve_connection(stream, &object))
         {
             eprintln!("agent-host worker: cannot serve another connection: {error}");
         }
@@ -147,18 +158,6 @@ fn opened_path(_file: &std::fs::File, path: &std::path::Path) -> std::path::Path
     path.to_path_buf()
 }
 
-fn create(library: &OpenedLibrary, index: u32) -> Result<Box<dyn Backend>, Failure> {
-    // The worker's sandbox is already in force and it has no registry to
-    // announce to: the host does both.
-    let context = CreateContext {
-        permissions: &[],
-        announce: std::sync::Arc::new(|_: &str, _| {}),
-        // The host times every step of the plugin's life.
-        lifecycle_timeout: std::time::Duration::MAX,
-    };
-    library.create(index, Box::new(WorkerHost), &context)
-}
-
 /// One call connection, as the worker sees it.
 struct Connection {
     stream: Stream,
@@ -175,11 +174,11 @@ impl Connection {
         }
     }
 
-    /// The next frame from the host; an error once it is gone.
-    fn receive(&mut self) -> std::io::Result<ToWorker> {
+    /// The next frame's body from the host; an error once it is gone.
+    fn receive(&mut self) -> std::io::Result<Vec<u8>> {
         loop {
-            if let Some(frame) = link::next_frame(&mut self.reader, &self.stream)? {
-                return Ok(frame);
+            if let Some(body) = link::next_body(&mut self.reader, &self.stream)? {
+                return Ok(body);
             }
         }
     }
@@ -196,7 +195,8 @@ impl Connection {
         if log {
             return Ok(CallbackAnswer::Done);
         }
-        match self.receive().map_err(host_gone)? {
+        let body = self.receive().map_err(host_gone)?;
+        match decode::<ToWorker<'_>>(&body).map_err(host_gone)? {
             ToWorker::CallbackReply(answer) => answer.map_err(Failure::from),
             ToWorker::Call { .. } => Err(Failure::new(
                 ErrorKind::Failed,
@@ -225,45 +225,65 @@ thread_local! {
     static EVENT_SOURCE: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-fn serve_connection(stream: Stream, backend: &dyn Backend) {
+fn serve_connection(stream: Stream, object: &PluginBox) {
     let connection = Connection::new(stream);
     let connection = Rc::new(RefCell::new(connection));
     loop {
-        let frame = connection.borrow_mut().receive();
-        let (id, call) = match frame {
-            Ok(ToWorker::Call { id, call }) => (id, call),
+        let body = match connection.borrow_mut().receive() {
+            Ok(body) => body,
+            // The host closed the connection.
+            Err(_) => return,
+        };
+        let (id, request) = match decode::<ToWorker<'_>>(&body) {
+            Ok(ToWorker::Call { id, request }) => (id, request),
             Ok(ToWorker::CallbackReply(_)) => {
                 eprintln!("agent-host worker: protocol error: a callback reply with no callback");
                 return;
             }
-            // The host closed the connection.
-            Err(_) => return,
+            Err(error) => {
+                eprintln!("agent-host worker: protocol error: {error}");
+                return;
+            }
         };
-        let control = Rc::new(CallControl::with_deadline(deadline_of(&call)));
-        IN_CALL.with(|slot| {
-            *slot.borrow_mut() = Some((Rc::clone(&connection), Rc::clone(&control)));
-        });
-        let sent = match call {
-            Call::Message {
-                actions,
-                evaluators,
-                message,
-                evaluate_deadline_ms,
-                ..
-            } => run_message(
-                backend,
-                &connection,
-                id,
-                &actions,
-                &evaluators,
-                &message,
-                evaluate_deadline_ms,
-            ),
-            call => {
-                let result = run_call(backend, call, &control).map_err(WireError::from);
+        let sent = match request {
+            Request::Call {
+                call,
+                deadline_ms,
+                source,
+            } => {
+                let control = Rc::new(CallControl::with_deadline(deadline_ms));
+                IN_CALL.with(|slot| {
+                    *slot.borrow_mut() = Some((Rc::clone(&connection), Rc::clone(&control)));
+                });
+                let previous = EVENT_SOURCE.with(|s| s.replace(source.map(Cow::into_owned)));
+                let result = dispatch(object, call, Some(&control))
+                    .and_then(WireAnswer::from_answer)
+                    .map_err(WireError::from);
+                EVENT_SOURCE.with(|s| *s.borrow_mut() = previous);
                 connection
                     .borrow_mut()
                     .send(&FromWorker::Reply { id, result })
+            }
+            Request::Round {
+                actions,
+                evaluators,
+                message,
+                deadline_ms,
+                evaluate_deadline_ms,
+            } => {
+                let control = Rc::new(CallControl::with_deadline(deadline_ms));
+                IN_CALL.with(|slot| {
+                    *slot.borrow_mut() = Some((Rc::clone(&connection), Rc::clone(&control)));
+                });
+                run_message(
+                    object,
+                    &connection,
+                    id,
+                    actions,
+                    &evaluators,
+                    message,
+                    evaluate_deadline_ms,
+                )
             }
         };
         IN_CALL.with(|slot| slot.borrow_mut().take());
@@ -276,149 +296,38 @@ fn serve_connection(stream: Stream, backend: &dyn Backend) {
 /// A plugin's part of one message: the validates, answered at once, then
 /// the evaluators, answered in a second reply.
 fn run_message(
-    backend: &dyn Backend,
+    object: &PluginBox,
     connection: &RefCell<Connection>,
     id: u64,
-    actions: &[u32],
+    actions: Cow<'_, [u32]>,
     evaluators: &[u32],
-    message: &WireMessage,
+    message: MessageRef<'_>,
     evaluate_deadline_ms: u64,
 ) -> std::io::Result<()> {
-    let view = message_ref(message);
-    let mut validated = Vec::with_capacity(actions.len());
-    backend.validate_each(actions, view, &mut |_, outcome| {
-        validated.push(outcome.map_err(WireError::from));
-    });
+    let validated = dispatch(object, Call::ValidateEach { actions, message }, None)
+        .and_then(WireAnswer::from_answer)
+        .map_err(WireError::from);
     connection.borrow_mut().send(&FromWorker::Reply {
         id,
-        result: Ok(Answer::Validated(validated)),
+        result: validated,
     })?;
     let control = CallControl::with_deadline(evaluate_deadline_ms);
     let evaluated = evaluators
         .iter()
         .map(|&evaluator| {
-            backend
-                .evaluate(evaluator, view, &control)
-                .map(|e| WireEvaluation::from(&e))
-                .map_err(WireError::from)
+            dispatch(
+                object,
+                Call::Evaluate { evaluator, message },
+                Some(&control),
+            )
+            .and_then(|answer| answer.evaluated())
+            .map(|e| WireEvaluation::from(&e))
+            .map_err(WireError::from)
         })
         .collect();
     connection.borrow_mut().send(&FromWorker::Reply {
         id,
-        result: Ok(Answer::EvaluatedEach(evaluated)),
-    })
-}
-
-fn deadline_of(call: &Call) -> u64 {
-    match call {
-        Call::Message { deadline_ms, .. }
-        | Call::Validate { deadline_ms, .. }
-        | Call::Handle { deadline_ms, .. }
-        | Call::Provide { deadline_ms, .. }
-        | Call::Evaluate { deadline_ms, .. }
-        | Call::EvaluateBatch { deadline_ms, .. }
-        | Call::ServiceMethod { deadline_ms, .. }
-        | Call::OnEvent { deadline_ms, .. }
-        | Call::OnTimer { deadline_ms, .. } => *deadline_ms,
-        _ => 0,
-    }
-}
-
-fn message_ref(message: &WireMessage) -> MessageRef<'_> {
-    MessageRef {
-        id: &message.id,
-        text: &message.text,
-        context_json: &message.context_json,
-    }
-}
-
-/// Runs one call on the plugin, exactly as the host would in process.
-fn run_call(backend: &dyn Backend, call: Call, control: &CallControl) -> Result<Answer, Failure> {
-    Ok(match call {
-        Call::Message { .. } => {
-            return Err(Failure::new(
-                ErrorKind::InvalidInput,
-                "protocol error: a message round on the wrong path",
-            ))
-        }
-        Call::OnLoad => backend.on_load().map(|()| Answer::Done)?,
-        Call::OnUnload => backend.on_unload().map(|()| Answer::Done)?,
-        Call::Validate {
-            actions, message, ..
-        } => {
-            let mut answers = Vec::with_capacity(actions.len());
-            backend.validate_each(&actions, message_ref(&message), &mut |_, outcome| {
-                answers.push(outcome.map_err(WireError::from));
-            });
-            Answer::Validated(answers)
-        }
-        Call::Handle {
-            action, message, ..
-        } => {
-            let result = backend.handle(action, message_ref(&message), control)?;
-            let json = serde_json::to_string(&result).map_err(|e| {
-                Failure::new(
-                    ErrorKind::InvalidInput,
-                    format!("its result cannot be written as JSON: {e}"),
-                )
-            })?;
-            Answer::Handled(json)
-        }
-        Call::Provide {
-            providers, message, ..
-        } => {
-            let mut answers = Vec::with_capacity(providers.len());
-            backend.provide_each(&providers, message_ref(&message), control, &mut |_, v| {
-                answers.push(v.map_err(WireError::from));
-            });
-            Answer::Provided(answers)
-        }
-        Call::SetSubscribed {
-            provider,
-            subscribed,
-        } => backend
-            .set_subscribed(provider, subscribed)
-            .map(|()| Answer::Done)?,
-        Call::Evaluate {
-            evaluator, message, ..
-        } => {
-            let evaluation = backend.evaluate(evaluator, message_ref(&message), control)?;
-            Answer::Evaluated(WireEvaluation::from(&evaluation))
-        }
-        Call::EvaluateBatch {
-            evaluator,
-            messages,
-            ..
-        } => {
-            let refs: Vec<MessageRef<'_>> = messages.iter().map(message_ref).collect();
-            let evaluations = backend.evaluate_batch(evaluator, &refs, control)?;
-            Answer::EvaluatedBatch(evaluations.iter().map(WireEvaluation::from).collect())
-        }
-        Call::StartService { service } => backend.start_service(service).map(|()| Answer::Done)?,
-        Call::StopService { service } => backend.stop_service(service).map(|()| Answer::Done)?,
-        Call::ServiceMethod {
-            service,
-            method,
-            args_json,
-            ..
-        } => Answer::Text(backend.call_service(service, &method, &args_json, control)?),
-        Call::OnEvent {
-            subscription,
-            event,
-            payload_json,
-            source,
-            ..
-        } => {
-            let previous = EVENT_SOURCE.with(|s| s.replace(Some(source)));
-            let outcome = backend.on_event(subscription, &event, &payload_json);
-            EVENT_SOURCE.with(|s| *s.borrow_mut() = previous);
-            outcome.map(|()| Answer::Done)?
-        }
-        Call::OnTimer { timer, .. } => backend.on_timer(timer).map(|()| Answer::Done)?,
-        Call::ExportState => Answer::Text(backend.export_state()?),
-        Call::ImportState { state_json } => {
-            backend.import_state(&state_json).map(|()| Answer::Done)?
-        }
+        result: Ok(WireAnswer::EvaluatedEach(evaluated)),
     })
 }
 

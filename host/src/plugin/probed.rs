@@ -20,16 +20,16 @@
 //! and only the plugins placed in workers fail. Any other file fails whole
 //! with the program's cause, and no code of it runs in the host.
 
-use super::backend::{WorkerBackend, WorkerSpec};
-use super::identity::worker_identity;
-use super::policy::{ResourceLimits, SandboxPolicy};
-use super::process::{Guards, StartError, WorkerProcess};
-use super::protocol::{Hello, Job};
-use super::settings::{IsolationSettings, Placement};
+use super::isolated::WorkerBackend;
+use super::{Backend, CreateContext, Failure, PluginSource};
+use crate::isolation::engine::probe::{sandbox_policy, worker_program};
+use crate::isolation::engine::process::{Guards, StartError, WorkerProcess};
+use crate::isolation::engine::supervisor::{Supervisor, WorkerSpec};
+use crate::isolation::wire::protocol::{Hello, Job};
+use crate::isolation::{IsolationSettings, Placement};
 use crate::load::library::{self, OpenedLibrary, PrivateCopy};
 use crate::load::private_copy::ShadowDir;
 use crate::load::OpenError;
-use crate::plugin::{Backend, CreateContext, Failure, PluginSource};
 use crate::trust::TrustPolicy;
 use agent_host_plugin_sdk::manifest::{parse_manifests, Manifest};
 use agent_host_plugin_sdk::{ErrorKind, Host};
@@ -53,26 +53,6 @@ pub(crate) struct ProbedFile {
     no_worker: Option<String>,
 }
 
-/// The worker program: the configured one, else this executable.
-pub(crate) fn worker_program(settings: &IsolationSettings) -> Result<PathBuf, OpenError> {
-    match &settings.worker_program {
-        Some(program) => Ok(program.clone()),
-        None => std::env::current_exe().map_err(|e| OpenError::Worker {
-            cause: format!("cannot find this program to run as a worker: {e}"),
-        }),
-    }
-}
-
-fn limits(settings: &IsolationSettings, plugin: &str) -> ResourceLimits {
-    let limits = settings.limits_of(plugin);
-    ResourceLimits {
-        memory_bytes: limits.memory_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
-        open_files: limits.open_files,
-        cpu_seconds: limits.cpu_seconds,
-        processes: limits.max_processes,
-    }
-}
-
 /// Opens `file` through a probe worker, from a private copy `trust`
 /// admitted: the probe, every worker and an in-process plugin of the file
 /// all open that same copy.
@@ -84,23 +64,12 @@ pub(crate) fn open(
     trust: &TrustPolicy,
 ) -> Result<ProbedFile, OpenError> {
     let copy = library::private_copy(file, shadow, max_bytes, trust)?;
-    let program = worker_program(settings)?;
+    let program = worker_program(settings).map_err(|cause| OpenError::Worker { cause })?;
     let probe = file
         .file_name()
         .map_or_else(|| "probe".to_string(), |n| n.to_string_lossy().into_owned());
-    let mut policy = SandboxPolicy::new(
-        &probe,
-        &[],
-        &copy.path,
-        limits(settings, &probe),
-        settings.best_effort,
-    )
-    .map_err(|e| OpenError::Worker {
-        cause: e.to_string(),
-    })?;
-    policy.identity = worker_identity(settings).map_err(|e| OpenError::Worker {
-        cause: e.to_string(),
-    })?;
+    let policy = sandbox_policy(settings, &probe, &[], &copy.path)
+        .map_err(|cause| OpenError::Worker { cause })?;
     let hello = Hello {
         file: file.to_path_buf(),
         copy: copy.path.clone(),
@@ -126,7 +95,7 @@ pub(crate) fn open(
             // the file in the strictest sandbox: its in-process plugins
             // then load, and its plugins placed in workers fail with the
             // configured program's cause.
-            let own = super::own_worker_program().filter(|own| *own != program);
+            let own = crate::isolation::own_worker_program().filter(|own| *own != program);
             if let Some(own) = own {
                 if let Ok(worker) = WorkerProcess::start(&own, &hello, &probe, None, None, guards) {
                     no_worker = Some(format!("the worker program cannot serve: {error}"));
@@ -256,16 +225,8 @@ impl PluginSource for ProbedFile {
                 format!("it is placed in a worker process, but {cause}"),
             ));
         }
-        let mut policy = SandboxPolicy::new(
-            name,
-            context.permissions,
-            &self.copy.path,
-            limits(&self.settings, name),
-            self.settings.best_effort,
-        )
-        .map_err(|e| Failure::new(ErrorKind::InvalidInput, e.to_string()))?;
-        policy.identity = worker_identity(&self.settings)
-            .map_err(|e| Failure::new(ErrorKind::InvalidInput, e.to_string()))?;
+        let policy = sandbox_policy(&self.settings, name, context.permissions, &self.copy.path)
+            .map_err(|e| Failure::new(ErrorKind::InvalidInput, e))?;
         let spec = WorkerSpec {
             program: self.program.clone(),
             plugin: name.to_string(),
@@ -276,13 +237,12 @@ impl PluginSource for ProbedFile {
                 job: Job::Serve { index },
                 policy,
             },
-            _copy: self.copy.clone(),
             manifest: manifest.clone(),
             settings: Arc::clone(&self.settings),
             lifecycle_timeout: context.lifecycle_timeout,
         };
-        let backend = WorkerBackend::start(spec, host, Arc::clone(&context.announce))
+        let supervisor = Supervisor::start(spec, host, Arc::clone(&context.announce))
             .map_err(|e| Failure::msg(e.to_string()))?;
-        Ok(Box::new(backend))
+        Ok(Box::new(WorkerBackend::new(supervisor, self.copy.clone())))
     }
 }

@@ -13,8 +13,9 @@
 //! Results: `ok`, `ok: DETAIL`, `errno N: TEXT`, `refused: TEXT` (a failure
 //! without an OS error) or `apply-error: TEXT`.
 
-use super::{apply, Protections};
-use crate::isolation::policy::{ResourceLimits, SandboxPolicy};
+use super::apply;
+use crate::isolation::wire::policy::{ResourceLimits, SandboxPolicy};
+use crate::worker_status::Protections;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -29,7 +30,7 @@ const PROBE: &str = "AGENT_HOST_SANDBOX_PROBE";
 const RESULT: &str = "PROBE-RESULT: ";
 /// The test a child runs (when the probe is for the test thread), or would
 /// run if the probe before `main` did not exit first.
-const CHILD_TEST: &str = "isolation::sandbox::tests::probe_in_test_thread";
+const CHILD_TEST: &str = "isolation::worker::sandbox::tests::probe_in_test_thread";
 
 /// What a child does: apply `policy` where `entry` says, then `attempt`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -736,7 +737,7 @@ fn a_worker_started_by_root_runs_as_its_worker_user() {
         return;
     }
     let mut policy = strict(&[]);
-    policy.identity = Some(crate::isolation::policy::WorkerIdentity {
+    policy.identity = Some(crate::isolation::wire::policy::WorkerIdentity {
         user: "65534".to_owned(),
         uid: 65534,
         gid: 65534,
@@ -782,7 +783,7 @@ fn max_processes_bounds_the_threads_of_a_worker() {
     // The kernel does not hold root to the limit: a root agent's workers
     // run as their worker user.
     if rustix::process::geteuid().is_root() {
-        policy.identity = Some(crate::isolation::policy::WorkerIdentity {
+        policy.identity = Some(crate::isolation::wire::policy::WorkerIdentity {
             user: "65534".to_owned(),
             uid: 65534,
             gid: 65534,

@@ -1,34 +1,40 @@
-//! Putting a [`SandboxPolicy`] in force inside the worker process, before it
-//! opens the plugin. A sandbox cannot be lifted: everything the worker runs
-//! afterwards, the plugin included, stays inside it.
-//!
-//! On Linux the worker lowers its resource limits, sets `no_new_privs`,
-//! restricts itself with landlock (files, TCP ports, abstract UNIX sockets
-//! and signals) and installs a seccomp filter against the system calls a
-//! plugin has no use for. Other systems have no sandbox: [`apply`] reports
-//! every protection missing.
-//!
-//! Unless the policy is best-effort, a protection that cannot be put in
-//! force is an error, and the worker must refuse to load the plugin.
+//! What the operator sees of a plugin that runs in a worker process: the
+//! worker's state, and the protections its sandbox put in force. Plain
+//! data, filled by the isolation engine (the worker reports its
+//! protections in the handshake) and shown through the plugin seam.
 
-#[cfg(target_os = "linux")]
-mod confine;
-#[cfg(not(target_os = "linux"))]
-mod fallback;
-#[cfg(target_os = "linux")]
-mod linux;
-#[cfg(target_os = "linux")]
-mod seccomp;
-#[cfg(all(test, target_os = "linux"))]
-mod tests;
-
-#[cfg(not(target_os = "linux"))]
-use fallback as platform;
-#[cfg(target_os = "linux")]
-use linux as platform;
-
-use super::policy::SandboxPolicy;
 use std::fmt;
+
+/// What the operator sees of an isolated plugin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerStatus {
+    /// The worker's process id, while one runs.
+    pub pid: Option<u32>,
+    /// Restarts since the plugin was loaded.
+    pub restarts: u32,
+    /// Why the plugin is quarantined, if it is.
+    pub quarantined: Option<String>,
+    /// How the last worker that crashed ended.
+    pub last_crash: Option<String>,
+    /// The protections in force in the worker.
+    pub protections: Protections,
+}
+
+impl WorkerStatus {
+    /// One line for people: the pid, restarts, quarantine and protections.
+    pub fn describe(&self) -> String {
+        let mut line = match self.pid {
+            Some(pid) => format!("in worker process {pid}"),
+            None => "in a worker process (not running now)".to_string(),
+        };
+        line.push_str(&format!(", {} restart(s)", self.restarts));
+        if let Some(why) = &self.quarantined {
+            line.push_str(&format!(", QUARANTINED: {why}"));
+        }
+        line.push_str(&format!("; sandbox: {}", self.protections));
+        line
+    }
+}
 
 /// Which protections are in force in a worker, for status displays.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -107,61 +113,6 @@ impl fmt::Display for Protections {
         }
         Ok(())
     }
-}
-
-/// A protection the policy requires could not be put in force, or the
-/// policy cannot be applied at all; the worker must not load the plugin.
-// (Built by the Linux sandbox only.)
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SandboxError {
-    plugin: String,
-    protection: String,
-    cause: String,
-}
-
-impl SandboxError {
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // only Linux sandboxes
-    fn new(plugin: &str, protection: &str, cause: impl Into<String>) -> Self {
-        Self {
-            plugin: plugin.to_owned(),
-            protection: protection.to_owned(),
-            cause: cause.into(),
-        }
-    }
-}
-
-impl fmt::Display for SandboxError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "plugin '{}': cannot sandbox its worker: {}: {}",
-            self.plugin, self.protection, self.cause
-        )
-    }
-}
-
-impl std::error::Error for SandboxError {}
-
-/// Puts `policy` in force in the calling process, for good, and tells which
-/// protections are in force. Call it on the worker's main thread before the
-/// worker starts any other thread, opens the plugin, or needs anything the
-/// policy does not grant (see the Linux notes in the module documentation).
-/// `copy` is the plugin's private copy as an open file, when the host
-/// passed one; without it the copy is reached by the policy's path.
-///
-/// On Linux this may split the process (see `confine.rs`): it returns in
-/// the process that goes on as the worker, and the process that called it
-/// ends when that one ends, as it ends.
-///
-/// When a protection cannot be put in force, the error names it, unless the
-/// policy is best-effort: then the result lists it in
-/// [`Protections::missing`]. A granted path that does not exist is an error
-/// either way.
-pub(crate) fn apply(
-    policy: &SandboxPolicy,
-    copy: Option<&std::fs::File>,
-) -> Result<Protections, SandboxError> {
-    platform::apply(policy, copy)
 }
 
 #[cfg(test)]

@@ -51,6 +51,19 @@ pub(crate) fn next_frame<T: for<'de> serde::Deserialize<'de>>(
     reader.poll(stream)
 }
 
+/// Reads the next frame's body from `stream`, undecoded, as
+/// [`next_frame`] reads a frame: for a frame that borrows from its bytes.
+pub(crate) fn next_body(reader: &mut FrameReader, stream: &Stream) -> io::Result<Option<Vec<u8>>> {
+    let started = Instant::now();
+    while started.elapsed() < SPIN {
+        if let Some(body) = reader.poll_body(NoWait(stream))? {
+            return Ok(Some(body));
+        }
+        std::thread::yield_now();
+    }
+    reader.poll_body(stream)
+}
+
 /// A stream read with [`read_now`]: a read with nothing to read fails with
 /// `WouldBlock` at once, whatever the stream's own mode.
 struct NoWait<'a>(&'a Stream);

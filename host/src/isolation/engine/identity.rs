@@ -8,8 +8,8 @@
 //! capabilities), and naming a `worker_user` is then an error rather than a
 //! promise the kernel would not keep.
 
-use super::policy::WorkerIdentity;
-use super::settings::{IsolationSettings, DEFAULT_WORKER_USER};
+use crate::config::isolation::{IsolationSettings, DEFAULT_WORKER_USER};
+use crate::isolation::wire::policy::WorkerIdentity;
 use std::fmt;
 
 /// `worker_user` cannot be honoured.

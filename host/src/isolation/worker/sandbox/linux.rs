@@ -44,8 +44,10 @@
 //!   `/usr/lib`, or running programs: none of it is granted.
 
 use super::confine;
-use super::{Protections, SandboxError};
-use crate::isolation::policy::{is_system_path, NetworkGrant, ResourceLimits, SandboxPolicy};
+use super::shortfall::Shortfall;
+use super::SandboxError;
+use crate::isolation::wire::policy::{is_system_path, NetworkGrant, ResourceLimits, SandboxPolicy};
+use crate::worker_status::Protections;
 use landlock::{
     Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, NetPort, PathBeneath,
     RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
@@ -128,22 +130,6 @@ pub(super) fn apply(
     // Landlock and seccomp set it too: report what holds now.
     run.protections.no_new_privs = run.check("no_new_privs", no_new_privs_set())?;
     Ok(run.protections)
-}
-
-/// A protection not in force, and why.
-#[derive(Debug)]
-pub(super) struct Shortfall {
-    protection: &'static str,
-    cause: String,
-}
-
-impl Shortfall {
-    pub(super) fn new(protection: &'static str, cause: impl ToString) -> Self {
-        Self {
-            protection,
-            cause: cause.to_string(),
-        }
-    }
 }
 
 /// One application of a policy: what is in force so far.

@@ -4,7 +4,8 @@
 //! of **call** connections, each a Unix socketpair whose worker end the host
 //! passes over the control socket. A call connection carries one call at a
 //! time, like a call stack that crosses the process boundary: the host
-//! writes a [`ToWorker::Call`]; the worker answers with one
+//! writes a [`ToWorker::Call`], which carries the plugin call as the host
+//! describes it (`crate::call`), unchanged; the worker answers with one
 //! [`FromWorker::Reply`], and before it may make host callbacks
 //! ([`FromWorker::Callback`]) that the waiting host thread answers inline
 //! ([`ToWorker::CallbackReply`]). A callback that calls back into the same
@@ -26,9 +27,11 @@
 //! other's frames. Compatibility rule: the versions must be equal.
 
 use super::policy::SandboxPolicy;
-use super::sandbox::Protections;
+use crate::call::{evaluation_from, Answer, AnswerKind, Call, Failure, MessageRef};
+use crate::worker_status::Protections;
 use agent_host_plugin_sdk::{ErrorKind, Evaluation};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
@@ -36,11 +39,11 @@ use std::path::PathBuf;
 pub(crate) const PREAMBLE: &[u8; 8] = b"AHWORKER";
 
 /// The protocol version; a host and a worker must speak the same one.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame either side ever accepts or sends. The host accepts
 /// less from a worker: `[isolation] max_frame_bytes`.
-pub(crate) const FRAME_BYTES_CEILING: usize = 64 * 1024 * 1024;
+pub(crate) use crate::config::isolation::FRAME_BYTES_CEILING;
 
 /// A frame reader's buffer when it holds no partial frame: it is cut back
 /// to this after a larger frame.
@@ -93,143 +96,73 @@ pub(crate) enum Ready {
     },
 }
 
-/// One message as a plugin sees it, owned for the trip.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct WireMessage {
-    /// The message id.
-    pub id: String,
-    /// The text.
-    pub text: String,
-    /// The rest of its context, a JSON object.
-    pub context_json: String,
-}
-
-/// A call into the plugin. `deadline_ms` is milliseconds since the Unix
-/// epoch, 0 for none; the plugin's runtime sees it.
+/// What the host asks of a worker on a call connection: one call of the
+/// description, or a plugin's part of one message. `deadline_ms` is
+/// milliseconds since the Unix epoch, 0 for none; the plugin's runtime
+/// sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum Call {
-    /// `on_load`.
-    OnLoad,
-    /// `on_unload`.
-    OnUnload,
-    /// `validate` of several actions on one message.
-    Validate {
-        /// The actions.
-        actions: Vec<u32>,
-        /// The message.
-        message: WireMessage,
-        /// The deadline.
+pub(crate) enum Request<'a> {
+    /// One call, answered once with the answer the call takes.
+    Call {
+        /// The call.
+        #[serde(borrow)]
+        call: Call<'a>,
+        /// Its deadline.
         deadline_ms: u64,
+        /// Who emitted the event an `OnEvent` call delivers.
+        #[serde(borrow)]
+        source: Option<Cow<'a, str>>,
     },
     /// A plugin's part of one message in one request: the `validate` of
-    /// `actions`, answered at once ([`Answer::Validated`]), then the
+    /// `actions`, answered at once ([`WireAnswer::Validated`]), then the
     /// `evaluators`, answered in a second reply
-    /// ([`Answer::EvaluatedEach`]) that the host reads when its evaluators
-    /// phase comes. The evaluators thus run alongside the rest of the
-    /// message, on the same message and state.
-    Message {
+    /// ([`WireAnswer::EvaluatedEach`]) that the host reads when its
+    /// evaluators phase comes. The evaluators thus run alongside the rest
+    /// of the message, on the same message and state.
+    Round {
         /// The actions to validate.
-        actions: Vec<u32>,
+        actions: Cow<'a, [u32]>,
         /// The evaluators to run.
-        evaluators: Vec<u32>,
+        evaluators: Cow<'a, [u32]>,
         /// The message.
-        message: WireMessage,
+        #[serde(borrow)]
+        message: MessageRef<'a>,
         /// The validates' deadline.
         deadline_ms: u64,
         /// The evaluators' deadline.
         evaluate_deadline_ms: u64,
     },
-    /// An action's handler.
-    Handle {
-        /// The action.
-        action: u32,
-        /// The message.
-        message: WireMessage,
-        /// The deadline.
-        deadline_ms: u64,
-    },
-    /// Several providers' `get`.
-    Provide {
-        /// The providers.
-        providers: Vec<u32>,
-        /// The message.
-        message: WireMessage,
-        /// The deadline.
-        deadline_ms: u64,
-    },
-    /// A provider's subscription on or off.
-    SetSubscribed {
-        /// The provider.
-        provider: u32,
-        /// On or off.
-        subscribed: bool,
-    },
-    /// One evaluator on one message.
-    Evaluate {
-        /// The evaluator.
-        evaluator: u32,
-        /// The message.
-        message: WireMessage,
-        /// The deadline.
-        deadline_ms: u64,
-    },
-    /// One evaluator on many messages.
-    EvaluateBatch {
-        /// The evaluator.
-        evaluator: u32,
-        /// The messages.
-        messages: Vec<WireMessage>,
-        /// The deadline.
-        deadline_ms: u64,
-    },
-    /// Starts a service.
-    StartService {
-        /// The service.
-        service: u32,
-    },
-    /// Stops a service.
-    StopService {
-        /// The service.
-        service: u32,
-    },
-    /// A service method.
-    ServiceMethod {
-        /// The service.
-        service: u32,
-        /// The method.
-        method: String,
-        /// Its arguments, JSON.
-        args_json: String,
-        /// The deadline.
-        deadline_ms: u64,
-    },
-    /// An event for one of the plugin's subscriptions.
-    OnEvent {
-        /// The subscription.
-        subscription: u64,
-        /// The event's name.
-        event: String,
-        /// Its payload, JSON.
-        payload_json: String,
-        /// Who emitted it.
-        source: String,
-        /// The deadline.
-        deadline_ms: u64,
-    },
-    /// One of the plugin's timers.
-    OnTimer {
-        /// The timer.
-        timer: u64,
-        /// The deadline.
-        deadline_ms: u64,
-    },
-    /// The plugin's state, for a new generation.
-    ExportState,
-    /// State from an earlier generation.
-    ImportState {
-        /// The state, JSON.
-        state_json: String,
-    },
+}
+
+impl<'a> Request<'a> {
+    /// `call`, with no deadline.
+    pub(crate) fn of(call: Call<'a>) -> Self {
+        Request::Call {
+            call,
+            deadline_ms: 0,
+            source: None,
+        }
+    }
+
+    /// The request's name in messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Request::Call { call, .. } => call.describe(),
+            Request::Round { .. } => "validate and evaluators".into(),
+        }
+    }
+
+    /// Whether `answer` is of the kind this request is answered with. A
+    /// message round is answered twice: validates, then evaluators.
+    pub(crate) fn is_answered_by(&self, answer: &WireAnswer) -> bool {
+        match self {
+            Request::Call { call, .. } => call.answered_by() == answer.kind(),
+            Request::Round { .. } => matches!(
+                answer,
+                WireAnswer::Validated(_) | WireAnswer::EvaluatedEach(_)
+            ),
+        }
+    }
 }
 
 /// An error as it crosses the boundary: the SDK's kind (as its code) and
@@ -269,6 +202,14 @@ pub(crate) struct WireEvaluation {
     pub metadata_json: String,
 }
 
+impl WireEvaluation {
+    /// The verdict read back; metadata that is not JSON is the plugin's
+    /// error.
+    pub(crate) fn read(self) -> Result<Evaluation, Failure> {
+        evaluation_from(self.score, self.passed, &self.metadata_json)
+    }
+}
+
 impl From<&Evaluation> for WireEvaluation {
     fn from(evaluation: &Evaluation) -> Self {
         Self {
@@ -283,25 +224,117 @@ impl From<&Evaluation> for WireEvaluation {
     }
 }
 
-/// What a call returned.
+/// What a call returned, as it crosses: an [`Answer`] with its errors and
+/// verdicts in their wire forms, and the verdicts of a message round.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum Answer {
-    /// Nothing (hooks, services started).
+pub(crate) enum WireAnswer {
+    /// [`Answer::Done`].
     Done,
-    /// One answer per action asked, in order.
+    /// [`Answer::Accepted`].
+    Accepted(bool),
+    /// [`Answer::Validated`].
     Validated(Vec<Result<bool, WireError>>),
-    /// A handler's result, as the SDK's JSON.
+    /// [`Answer::Handled`], as the SDK's JSON.
     Handled(String),
-    /// One value (JSON) per provider asked, in order.
-    Provided(Vec<Result<String, WireError>>),
-    /// One verdict.
+    /// [`Answer::Provided`].
+    Provided(String),
+    /// [`Answer::ProvidedEach`].
+    ProvidedEach(Vec<Result<String, WireError>>),
+    /// [`Answer::Evaluated`].
     Evaluated(WireEvaluation),
-    /// One verdict per message.
+    /// [`Answer::EvaluatedBatch`].
     EvaluatedBatch(Vec<WireEvaluation>),
-    /// One verdict (or error) per evaluator asked, in order.
+    /// One verdict (or error) per evaluator of a message round, in order.
     EvaluatedEach(Vec<Result<WireEvaluation, WireError>>),
-    /// Text: a service's JSON reply, or exported state.
+    /// [`Answer::Text`].
     Text(String),
+}
+
+impl WireAnswer {
+    /// The answer's kind.
+    pub(crate) fn kind(&self) -> AnswerKind {
+        match self {
+            WireAnswer::Done => AnswerKind::Done,
+            WireAnswer::Accepted(_) => AnswerKind::Accepted,
+            WireAnswer::Validated(_) => AnswerKind::Validated,
+            WireAnswer::Handled(_) => AnswerKind::Handled,
+            WireAnswer::Provided(_) => AnswerKind::Provided,
+            WireAnswer::ProvidedEach(_) => AnswerKind::ProvidedEach,
+            WireAnswer::Evaluated(_) => AnswerKind::Evaluated,
+            WireAnswer::EvaluatedBatch(_) => AnswerKind::EvaluatedBatch,
+            WireAnswer::EvaluatedEach(_) => AnswerKind::EvaluatedEach,
+            WireAnswer::Text(_) => AnswerKind::Text,
+        }
+    }
+
+    /// `answer` as it crosses; a handler's result that cannot be written
+    /// as JSON is the plugin's error.
+    pub(crate) fn from_answer(answer: Answer) -> Result<Self, Failure> {
+        let errors = |e: Failure| WireError::from(e);
+        Ok(match answer {
+            Answer::Done => WireAnswer::Done,
+            Answer::Accepted(accepted) => WireAnswer::Accepted(accepted),
+            Answer::Validated(answers) => {
+                WireAnswer::Validated(answers.into_iter().map(|a| a.map_err(errors)).collect())
+            }
+            Answer::Handled(result) => {
+                WireAnswer::Handled(serde_json::to_string(&result).map_err(|e| {
+                    Failure::new(
+                        ErrorKind::InvalidInput,
+                        format!("its result cannot be written as JSON: {e}"),
+                    )
+                })?)
+            }
+            Answer::Provided(value) => WireAnswer::Provided(value),
+            Answer::ProvidedEach(values) => {
+                WireAnswer::ProvidedEach(values.into_iter().map(|v| v.map_err(errors)).collect())
+            }
+            Answer::Evaluated(evaluation) => WireAnswer::Evaluated((&evaluation).into()),
+            Answer::EvaluatedBatch(evaluations) => {
+                WireAnswer::EvaluatedBatch(evaluations.iter().map(WireEvaluation::from).collect())
+            }
+            Answer::Text(text) => WireAnswer::Text(text),
+        })
+    }
+
+    /// The answer read back: a handler's result or a verdict's metadata
+    /// that is not JSON is the plugin's error.
+    pub(crate) fn into_answer(self) -> Result<Answer, Failure> {
+        let errors = |e: WireError| Failure::from(e);
+        Ok(match self {
+            WireAnswer::Done => Answer::Done,
+            WireAnswer::Accepted(accepted) => Answer::Accepted(accepted),
+            WireAnswer::Validated(answers) => {
+                Answer::Validated(answers.into_iter().map(|a| a.map_err(errors)).collect())
+            }
+            WireAnswer::Handled(json) => {
+                Answer::Handled(Box::new(serde_json::from_str(&json).map_err(|e| {
+                    Failure::new(
+                        ErrorKind::InvalidInput,
+                        format!("returned invalid JSON: {e}"),
+                    )
+                })?))
+            }
+            WireAnswer::Provided(value) => Answer::Provided(value),
+            WireAnswer::ProvidedEach(values) => {
+                Answer::ProvidedEach(values.into_iter().map(|v| v.map_err(errors)).collect())
+            }
+            WireAnswer::Evaluated(wire) => Answer::Evaluated(wire.read()?),
+            WireAnswer::EvaluatedBatch(wires) => Answer::EvaluatedBatch(
+                wires
+                    .into_iter()
+                    .map(WireEvaluation::read)
+                    .collect::<Result<_, _>>()?,
+            ),
+            WireAnswer::EvaluatedEach(_) => {
+                return Err(Failure::new(
+                    ErrorKind::Failed,
+                    "protocol error: a message round's verdicts answered a call",
+                ))
+            }
+            WireAnswer::Text(text) => Answer::Text(text),
+        })
+    }
 }
 
 /// A host callback, made by plugin code in the worker.
@@ -388,13 +421,14 @@ pub(crate) enum CallbackAnswer {
 
 /// A frame from the host on a call connection.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum ToWorker {
+pub(crate) enum ToWorker<'a> {
     /// A call, and its number.
     Call {
         /// The call's number, unique in the worker; its replies repeat it.
         id: u64,
-        /// The call.
-        call: Call,
+        /// What is asked.
+        #[serde(borrow)]
+        request: Request<'a>,
     },
     /// The answer to the worker's callback.
     CallbackReply(Result<CallbackAnswer, WireError>),
@@ -408,52 +442,10 @@ pub(crate) enum FromWorker {
         /// The number of the call answered.
         id: u64,
         /// Its result.
-        result: Result<Answer, WireError>,
+        result: Result<WireAnswer, WireError>,
     },
     /// A host callback the call (or a plugin thread) makes.
     Callback(Callback),
-}
-
-impl Call {
-    /// Whether `answer` is of the kind this call is answered with. A
-    /// message round is answered twice: validates, then evaluators.
-    pub(crate) fn is_answered_by(&self, answer: &Answer) -> bool {
-        match self {
-            Call::OnLoad
-            | Call::OnUnload
-            | Call::SetSubscribed { .. }
-            | Call::StartService { .. }
-            | Call::StopService { .. }
-            | Call::OnEvent { .. }
-            | Call::OnTimer { .. }
-            | Call::ImportState { .. } => matches!(answer, Answer::Done),
-            Call::Validate { .. } => matches!(answer, Answer::Validated(_)),
-            Call::Message { .. } => {
-                matches!(answer, Answer::Validated(_) | Answer::EvaluatedEach(_))
-            }
-            Call::Handle { .. } => matches!(answer, Answer::Handled(_)),
-            Call::Provide { .. } => matches!(answer, Answer::Provided(_)),
-            Call::Evaluate { .. } => matches!(answer, Answer::Evaluated(_)),
-            Call::EvaluateBatch { .. } => matches!(answer, Answer::EvaluatedBatch(_)),
-            Call::ServiceMethod { .. } | Call::ExportState => matches!(answer, Answer::Text(_)),
-        }
-    }
-}
-
-impl Answer {
-    /// The answer's kind, for messages.
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Answer::Done => "done",
-            Answer::Validated(_) => "validates",
-            Answer::Handled(_) => "a handler's result",
-            Answer::Provided(_) => "provider values",
-            Answer::Evaluated(_) => "a verdict",
-            Answer::EvaluatedBatch(_) => "verdicts on messages",
-            Answer::EvaluatedEach(_) => "evaluators' verdicts",
-            Answer::Text(_) => "text",
-        }
-    }
 }
 
 /// Writes the handshake preamble.
@@ -609,8 +601,9 @@ fn too_long(length: usize, limit: usize) -> io::Error {
     )
 }
 
-/// Decodes one frame's body.
-pub(crate) fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> io::Result<T> {
+/// Decodes one frame's body; the frame may borrow from it (a call's
+/// strings do).
+pub(crate) fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> io::Result<T> {
     postcard::from_bytes(body).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -656,10 +649,24 @@ impl FrameReader {
     /// frame arrived; an `UnexpectedEof` error when the other side is gone.
     pub(crate) fn poll<T: for<'de> Deserialize<'de>>(
         &mut self,
-        mut input: impl Read,
+        input: impl Read,
     ) -> io::Result<Option<T>> {
+        self.poll_with(input, |body| decode(body))
+    }
+
+    /// The next frame's body, undecoded, for a frame that borrows from it
+    /// (a call): as [`FrameReader::poll`] otherwise.
+    pub(crate) fn poll_body(&mut self, input: impl Read) -> io::Result<Option<Vec<u8>>> {
+        self.poll_with(input, |body| Ok(body.to_vec()))
+    }
+
+    fn poll_with<R>(
+        &mut self,
+        mut input: impl Read,
+        read: impl Fn(&[u8]) -> io::Result<R>,
+    ) -> io::Result<Option<R>> {
         loop {
-            if let Some(frame) = self.take()? {
+            if let Some(frame) = self.take(&read)? {
                 return Ok(Some(frame));
             }
             if self.filled == self.buffer.len() {
@@ -695,7 +702,7 @@ impl FrameReader {
         (self.filled >= 4).then(|| 4 + u32::from_le_bytes(length) as usize)
     }
 
-    fn take<T: for<'de> Deserialize<'de>>(&mut self) -> io::Result<Option<T>> {
+    fn take<R>(&mut self, read: &impl Fn(&[u8]) -> io::Result<R>) -> io::Result<Option<R>> {
         let Some(end) = self.frame_end() else {
             return Ok(None);
         };
@@ -705,7 +712,7 @@ impl FrameReader {
         if self.filled < end {
             return Ok(None);
         }
-        let frame = decode(&self.buffer[4..end]);
+        let frame = read(&self.buffer[4..end]);
         self.buffer.copy_within(end..self.filled, 0);
         self.filled -= end;
         if self.filled == 0 && self.buffer.len() > IDLE_BUFFER_BYTES {
@@ -724,21 +731,24 @@ mod tests {
         let mut bytes = Vec::new();
         let call = ToWorker::Call {
             id: 1,
-            call: Call::Validate {
-                actions: vec![0, 2],
-                message: WireMessage {
-                    id: "m1".into(),
-                    text: "hello".into(),
-                    context_json: "{}".into(),
+            request: Request::Call {
+                call: Call::ValidateEach {
+                    actions: Cow::Borrowed(&[0, 2]),
+                    message: MessageRef {
+                        id: "m1",
+                        text: "hello",
+                        context_json: "{}",
+                    },
                 },
                 deadline_ms: 5,
+                source: None,
             },
         };
         encode(&call, &mut bytes).unwrap();
         encode(
             &ToWorker::Call {
                 id: 2,
-                call: Call::OnLoad,
+                request: Request::of(Call::OnLoad),
             },
             &mut bytes,
         )
@@ -761,33 +771,39 @@ mod tests {
         }
         let mut input = Trickle(&bytes, false);
         let mut reader = FrameReader::default();
-        let mut frames = Vec::new();
+        let mut bodies = Vec::new();
         let error = loop {
-            match reader.poll::<ToWorker>(&mut input) {
-                Ok(Some(frame)) => frames.push(frame),
+            match reader.poll_body(&mut input) {
+                Ok(Some(body)) => bodies.push(body),
                 Ok(None) => {}
                 Err(e) => break e,
             }
         };
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
-        assert_eq!(frames.len(), 2);
-        match &frames[0] {
+        assert_eq!(bodies.len(), 2);
+        match decode::<ToWorker<'_>>(&bodies[0]).unwrap() {
             ToWorker::Call {
                 id: 1,
-                call: Call::Validate {
-                    actions, message, ..
-                },
+                request:
+                    Request::Call {
+                        call: Call::ValidateEach { actions, message },
+                        deadline_ms: 5,
+                        ..
+                    },
             } => {
-                assert_eq!(actions, &[0, 2]);
+                assert_eq!(&*actions, &[0, 2]);
                 assert_eq!(message.text, "hello");
             }
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(
-            frames[1],
+            decode::<ToWorker<'_>>(&bodies[1]).unwrap(),
             ToWorker::Call {
                 id: 2,
-                call: Call::OnLoad
+                request: Request::Call {
+                    call: Call::OnLoad,
+                    ..
+                }
             }
         ));
     }
@@ -815,12 +831,12 @@ mod tests {
     #[test]
     fn an_oversized_length_is_an_error_not_an_allocation() {
         let bytes = u32::MAX.to_le_bytes();
-        let error = read_frame::<ToWorker>(&bytes[..]).unwrap_err();
+        let error = read_frame::<FromWorker>(&bytes[..]).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         assert!(error.to_string().contains("over the limit"), "{error}");
         let mut reader = FrameReader::with_limit(1000);
         let error = reader
-            .poll::<ToWorker>(&1001u32.to_le_bytes()[..])
+            .poll::<FromWorker>(&1001u32.to_le_bytes()[..])
             .unwrap_err()
             .to_string();
         assert!(
@@ -857,12 +873,12 @@ mod tests {
             bytes: &bytes,
             chunk: 1 << 20,
         };
-        assert!(reader.poll::<ToWorker>(&mut input).unwrap().is_none());
+        assert!(reader.poll::<FromWorker>(&mut input).unwrap().is_none());
         assert!(reader.holds_bytes());
         assert!(reader.buffer.len() <= 8192, "{}", reader.buffer.len());
         // A whole frame of 3 MiB, read in 64 KiB pieces: the buffer never
         // holds more than twice what has arrived, and shrinks after.
-        let frame = Answer::Text("x".repeat(3 << 20));
+        let frame = WireAnswer::Text("x".repeat(3 << 20));
         let mut bytes = Vec::new();
         encode(&frame, &mut bytes).unwrap();
         let mut reader = FrameReader::with_limit(16 << 20);
@@ -872,13 +888,13 @@ mod tests {
         };
         let mut largest = 0;
         let answer = loop {
-            if let Some(answer) = reader.poll::<Answer>(&mut input).unwrap() {
+            if let Some(answer) = reader.poll::<WireAnswer>(&mut input).unwrap() {
                 break answer;
             }
             largest = largest.max(reader.buffer.len());
             assert!(reader.buffer.len() <= 2 * reader.filled.max(4096));
         };
-        assert!(matches!(answer, Answer::Text(text) if text.len() == 3 << 20));
+        assert!(matches!(answer, WireAnswer::Text(text) if text.len() == 3 << 20));
         assert!(largest <= bytes.len(), "{largest}");
         assert!(!reader.holds_bytes());
         assert_eq!(reader.buffer.len(), IDLE_BUFFER_BYTES);
@@ -903,7 +919,7 @@ mod tests {
         }
         let mut asked = 0;
         let error = FrameWriter::default()
-            .send_until(Full(0), &Answer::Text("x".repeat(100)), &mut || {
+            .send_until(Full(0), &WireAnswer::Text("x".repeat(100)), &mut || {
                 asked += 1;
                 asked == 3
             })
@@ -914,10 +930,41 @@ mod tests {
     }
 
     #[test]
-    fn each_call_names_the_answers_it_takes() {
-        assert!(Call::ExportState.is_answered_by(&Answer::Text(String::new())));
-        assert!(!Call::ExportState.is_answered_by(&Answer::Done));
-        assert!(Call::OnLoad.is_answered_by(&Answer::Done));
-        assert!(!Call::OnLoad.is_answered_by(&Answer::Validated(Vec::new())));
+    fn each_request_names_the_answers_it_takes() {
+        let export = Request::of(Call::ExportState);
+        assert!(export.is_answered_by(&WireAnswer::Text(String::new())));
+        assert!(!export.is_answered_by(&WireAnswer::Done));
+        let load = Request::of(Call::OnLoad);
+        assert!(load.is_answered_by(&WireAnswer::Done));
+        assert!(!load.is_answered_by(&WireAnswer::Validated(Vec::new())));
+        let round = Request::Round {
+            actions: Cow::Borrowed(&[0]),
+            evaluators: Cow::Borrowed(&[0]),
+            message: MessageRef {
+                id: "m",
+                text: "t",
+                context_json: "{}",
+            },
+            deadline_ms: 0,
+            evaluate_deadline_ms: 0,
+        };
+        assert!(round.is_answered_by(&WireAnswer::EvaluatedEach(Vec::new())));
+        assert!(!round.is_answered_by(&WireAnswer::Done));
+    }
+
+    #[test]
+    fn an_answer_crosses_and_reads_back_the_same() {
+        let answer = Answer::Validated(vec![Ok(true), Err(Failure::msg("no"))]);
+        let wire = WireAnswer::from_answer(answer).unwrap();
+        let mut bytes = Vec::new();
+        encode(&wire, &mut bytes).unwrap();
+        let read: WireAnswer = decode(&bytes[4..]).unwrap();
+        match read.into_answer().unwrap() {
+            Answer::Validated(answers) => {
+                assert!(matches!(answers[0], Ok(true)));
+                assert_eq!(answers[1].as_ref().unwrap_err().message(), "no");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }
