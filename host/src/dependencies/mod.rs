@@ -327,6 +327,40 @@ fn cycle_through(start: usize, members: &[usize], edges: &[Vec<usize>]) -> Vec<u
 /// Resolves `candidates`, given the names of plugins already known to have
 /// failed before resolution (their dependents are skipped, not reported missing).
 pub fn resolve(candidates: &[Candidate], failed_names: &BTreeSet<String>) -> Resolution {
+    let Links {
+        mut edges,
+        mut failed,
+        ignored_optional,
+    } = link(candidates, failed_names);
+    fail_cycles(candidates, &edges, &mut failed);
+    skip_dependents_of_failed(candidates, &mut edges, &mut failed);
+    let levels = into_levels(candidates, &edges, &mut failed);
+    Resolution {
+        levels,
+        failed: failed
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.map(|f| (i, f)))
+            .collect(),
+        ignored_optional,
+        edges,
+    }
+}
+
+/// The candidates linked to their dependencies.
+struct Links {
+    /// `edges[i]`: the candidates `i` depends on, present at a fitting version.
+    edges: Vec<Vec<usize>>,
+    /// The first reason each candidate that cannot load fails (missing,
+    /// unmet, failed).
+    failed: Vec<Option<Unresolved>>,
+    /// The optional dependencies ignored because the version present does
+    /// not fit.
+    ignored_optional: Vec<(usize, String)>,
+}
+
+/// Links each candidate to its dependencies.
+fn link(candidates: &[Candidate], failed_names: &BTreeSet<String>) -> Links {
     let index: HashMap<&str, usize> = candidates
         .iter()
         .enumerate()
@@ -335,7 +369,6 @@ pub fn resolve(candidates: &[Candidate], failed_names: &BTreeSet<String>) -> Res
     let mut failed: Vec<Option<Unresolved>> = vec![None; candidates.len()];
     let mut ignored_optional = Vec::new();
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); candidates.len()];
-
     for (i, candidate) in candidates.iter().enumerate() {
         for dependency in &candidate.dependencies {
             let written = dependency.to_string();
@@ -372,7 +405,16 @@ pub fn resolve(candidates: &[Candidate], failed_names: &BTreeSet<String>) -> Res
             }
         }
     }
+    Links {
+        edges,
+        failed,
+        ignored_optional,
+    }
+}
 
+/// Fails every plugin in a cycle: the first of each cycle by name gets the
+/// cycle's path, the others point to it.
+fn fail_cycles(candidates: &[Candidate], edges: &[Vec<usize>], failed: &mut [Option<Unresolved>]) {
     // Vertex 0 is a virtual root with an edge to every plugin; plugin i is
     // vertex i + 1, and an edge runs from a dependency to its dependent.
     let mut graph = IndexGraph::with_vertices(candidates.len() + 1);
@@ -382,31 +424,38 @@ pub fn resolve(candidates: &[Candidate], failed_names: &BTreeSet<String>) -> Res
             graph.add_edge(d + 1, i + 1);
         }
     }
-    if let Err(components) = graph.toposort_or_scc() {
-        for component in components {
-            let members: Vec<usize> = component
-                .into_iter()
-                .filter(|&v| v != 0)
-                .map(|v| v - 1)
-                .collect();
-            let Some(&first) = members.iter().min_by_key(|&&m| &candidates[m].name) else {
-                continue;
-            };
-            let path = cycle_through(first, &members, &edges)
-                .into_iter()
-                .map(|m| candidates[m].name.clone())
-                .collect();
-            for &m in &members {
-                failed[m] = Some(Unresolved::InCycle {
-                    reported_for: candidates[first].name.clone(),
-                });
-            }
-            failed[first] = Some(Unresolved::Cycle { path });
+    let Err(components) = graph.toposort_or_scc() else {
+        return;
+    };
+    for component in components {
+        let members: Vec<usize> = component
+            .into_iter()
+            .filter(|&v| v != 0)
+            .map(|v| v - 1)
+            .collect();
+        let Some(&first) = members.iter().min_by_key(|&&m| &candidates[m].name) else {
+            continue;
+        };
+        let path = cycle_through(first, &members, edges)
+            .into_iter()
+            .map(|m| candidates[m].name.clone())
+            .collect();
+        for &m in &members {
+            failed[m] = Some(Unresolved::InCycle {
+                reported_for: candidates[first].name.clone(),
+            });
         }
+        failed[first] = Some(Unresolved::Cycle { path });
     }
+}
 
-    // Skip the dependents of failed plugins, to a fixed point. Optional
-    // dependencies that failed are simply dropped.
+/// Skips the dependents of failed plugins, to a fixed point. Optional
+/// dependencies that failed are simply dropped from the edges.
+fn skip_dependents_of_failed(
+    candidates: &[Candidate],
+    edges: &mut [Vec<usize>],
+    failed: &mut [Option<Unresolved>],
+) {
     loop {
         let mut changed = false;
         for (i, candidate) in candidates.iter().enumerate() {
@@ -439,8 +488,15 @@ pub fn resolve(candidates: &[Candidate], failed_names: &BTreeSet<String>) -> Res
             break;
         }
     }
+}
 
-    // Levels: a plugin's level is one more than its deepest dependency's.
+/// The levels of the plugins that did not fail: a plugin's level is one
+/// more than its deepest dependency's.
+fn into_levels(
+    candidates: &[Candidate],
+    edges: &[Vec<usize>],
+    failed: &mut [Option<Unresolved>],
+) -> Vec<Vec<usize>> {
     let mut level: Vec<Option<usize>> = vec![None; candidates.len()];
     let mut levels: Vec<Vec<usize>> = Vec::new();
     let mut remaining: Vec<usize> = (0..candidates.len())
@@ -465,15 +521,5 @@ pub fn resolve(candidates: &[Candidate], failed_names: &BTreeSet<String>) -> Res
         levels.push(ready);
         remaining = waiting;
     }
-
-    Resolution {
-        levels,
-        failed: failed
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, f)| f.map(|f| (i, f)))
-            .collect(),
-        ignored_optional,
-        edges,
-    }
+    levels
 }

@@ -95,40 +95,21 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
 fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
     let (core, plan, message) = (&run.core, &run.plan, &run.message);
     let started = Instant::now();
-    let version = run
-        .pipeline
-        .provider_slots
-        .version
-        .load(std::sync::atomic::Ordering::Acquire);
-    let empty = |reused: Option<Arc<str>>, composing: Composing| ProvidersPhase {
-        started,
-        reused,
-        asks: Vec::new(),
-        bare_context: String::new(),
-        relay: Relay::new(0, driver),
-        composing: Mutex::new(composing),
-    };
-    let nothing = Composing {
-        values: Vec::new(),
-        stale: Vec::new(),
-        errors: Vec::new(),
-        reusable: false,
-        fresh_until: None,
-    };
-    if !plan.calls_every_message {
-        let snapshot = plan
-            .snapshot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(snapshot) = snapshot {
-            if snapshot.version == version && snapshot.fresh_until.is_none_or(|t| started < t) {
-                // Counted once for the whole state, not per provider: a
-                // thousand providers would cost a thousand increments.
-                core.metrics.states_reused.inc();
-                return empty(Some(snapshot.json), nothing);
-            }
-        }
+    if let Some(state) = reusable_state(run, started) {
+        return ProvidersPhase {
+            started,
+            reused: Some(state),
+            asks: Vec::new(),
+            bare_context: String::new(),
+            relay: Relay::new(0, driver),
+            composing: Mutex::new(Composing {
+                values: Vec::new(),
+                stale: Vec::new(),
+                errors: Vec::new(),
+                reusable: false,
+                fresh_until: None,
+            }),
+        };
     }
 
     let bare_context = context_json(message, None, &[]);
@@ -227,6 +208,33 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
         bare_context,
         composing: Mutex::new(composing),
     }
+}
+
+/// The state composed for an earlier message, when it may serve this one
+/// whole: no provider must be asked for every message, no value stored
+/// since (the provider slots' version), no cached value in it expired.
+fn reusable_state(run: &MessageRun, started: Instant) -> Option<Arc<str>> {
+    let plan = &run.plan;
+    if plan.calls_every_message {
+        return None;
+    }
+    let version = run
+        .pipeline
+        .provider_slots
+        .version
+        .load(std::sync::atomic::Ordering::Acquire);
+    let snapshot = plan
+        .snapshot
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()?;
+    if snapshot.version != version || snapshot.fresh_until.is_some_and(|t| started >= t) {
+        return None;
+    }
+    // Counted once for the whole state, not per provider: a thousand
+    // providers would cost a thousand increments.
+    run.core.metrics.states_reused.inc();
+    Some(snapshot.json)
 }
 
 /// The cached value of a provider that cannot answer now, marked stale;

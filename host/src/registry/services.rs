@@ -4,8 +4,10 @@
 //! calls from inside another call, else `service_timeout_ms`).
 
 use super::call_chain;
+use super::inflight::InFlightCall;
 use super::{read, write, HostError, LiveCaller, LivePlugin, Registry};
 use crate::current_call;
+use crate::plugin::CallError;
 use crate::watchdog::{unix_ms_after, unix_ms_now};
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::ErrorKind;
@@ -82,8 +84,47 @@ impl Registry {
         method: &str,
         args_json: &str,
     ) -> Result<String, HostError> {
+        let slot = self.serving_slot(caller, service)?;
+        let entry = || format!("service '{service}' method '{method}'",);
+        let _link = call_chain::enter(&format!("{service}.{method}")).map_err(|why| {
+            let error =
+                slot.plugin
+                    .instance
+                    .host_error(entry(), ErrorKind::Unavailable, why.to_string());
+            self.record_error(&slot.plugin, &error);
+            HostError::from(error)
+        })?;
+        let limit = self.settings.max_calls_in_flight;
+        let Some(call) = slot.plugin.in_flight.try_enter(
+            super::inflight::Entry::Service(slot.index, method.to_string()),
+            limit,
+        ) else {
+            return Err(HostError::from(
+                slot.plugin.instance.refused(entry(), limit),
+            ));
+        };
+        let outcome = match current_call::inherited() {
+            Some(caller) => {
+                self.call_within_caller(&slot, caller, service, method, args_json, call)
+            }
+            None => Ok(self.call_on_pool(&slot, method, args_json, call)),
+        };
+        outcome?.map_err(|error| {
+            self.record_error(&slot.plugin, &error);
+            HostError::from(error)
+        })
+    }
+
+    /// The slot of `service`, when `caller` may call it (a plugin may always
+    /// call its own services; any other needs `service:NAME`) and it serves:
+    /// started (a lazy plugin that provides it starts now), running, not
+    /// quarantined.
+    fn serving_slot(
+        &self,
+        caller: Option<&LiveCaller<'_>>,
+        service: &str,
+    ) -> Result<ServiceSlot, HostError> {
         let slot = read(&self.services).get(service).cloned();
-        // A plugin may always call its own services; any other needs `service:NAME`.
         if let Some(caller) = caller {
             let own = slot
                 .as_ref()
@@ -93,7 +134,6 @@ impl Registry {
                 return Err(self.deny(caller.name, &permission));
             }
         }
-        // A lazy plugin that provides the service starts on its first call.
         let slot = slot.or_else(|| {
             self.start_pending_for_service(service)
                 .then(|| read(&self.services).get(service).cloned())
@@ -131,87 +171,80 @@ impl Registry {
                 ),
             ));
         }
-        let entry = || format!("service '{service}' method '{method}'",);
-        let _link = call_chain::enter(&format!("{service}.{method}")).map_err(|why| {
-            let error =
-                slot.plugin
-                    .instance
-                    .host_error(entry(), ErrorKind::Unavailable, why.to_string());
-            self.record_error(&slot.plugin, &error);
-            HostError::from(error)
-        })?;
-        let limit = self.settings.max_calls_in_flight;
-        let timeout = Duration::from_millis(self.settings.service_timeout_ms);
-        let own_deadline = unix_ms_after(timeout);
-        let Some(call) = slot.plugin.in_flight.try_enter(
-            super::inflight::Entry::Service(slot.index, method.to_string()),
-            limit,
-        ) else {
-            return Err(HostError::from(
-                slot.plugin.instance.refused(entry(), limit),
-            ));
+        Ok(slot)
+    }
+
+    /// A service call from inside another call (`caller`: its deadline and
+    /// whether it was cancelled): run on this thread, with at most what is
+    /// left of the caller's deadline, which so bounds the whole chain. Not
+    /// called at all (the outer error) once that deadline has passed.
+    fn call_within_caller(
+        &self,
+        slot: &ServiceSlot,
+        (caller_deadline, cancelled): (u64, bool),
+        service: &str,
+        method: &str,
+        args_json: &str,
+        call: InFlightCall,
+    ) -> Result<Result<String, CallError>, HostError> {
+        let own_deadline = unix_ms_after(Duration::from_millis(self.settings.service_timeout_ms));
+        let deadline = match caller_deadline {
+            0 => own_deadline,
+            caller => caller.min(own_deadline),
         };
-        match current_call::inherited() {
-            // Inside another call: at most what is left of the caller's
-            // deadline, run here (the caller's deadline bounds the chain).
-            Some((caller_deadline, cancelled)) => {
-                let deadline = match caller_deadline {
-                    0 => own_deadline,
-                    caller => caller.min(own_deadline),
-                };
-                if cancelled || unix_ms_now() >= deadline {
-                    return Err(HostError::new(
-                        ErrorKind::Cancelled,
-                        format!(
-                            "service '{service}' method '{method}' not called: the calling call's deadline has passed"
-                        ),
-                    ));
-                }
-                let control = CallControl::with_deadline(deadline);
-                let outcome = current_call::within(&control, || {
-                    slot.plugin
-                        .instance
-                        .call_service(slot.index, method, args_json, &control)
-                });
-                drop(call);
-                outcome.map_err(|error| {
-                    self.record_error(&slot.plugin, &error);
-                    HostError::from(error)
-                })
-            }
-            // From a plugin's own thread or the host: on the blocking pool,
-            // abandoned at the service timeout.
-            None => {
-                let control = Arc::new(CallControl::with_deadline(own_deadline));
-                let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-                let (plugin, index) = (Arc::clone(&slot.plugin), slot.index);
-                let (method_owned, args) = (method.to_string(), args_json.to_string());
-                let control_bg = Arc::clone(&control);
-                self.runtime().spawn_blocking(move || {
-                    let _call = call;
-                    let outcome = current_call::within(&control_bg, || {
-                        plugin
-                            .instance
-                            .call_service(index, &method_owned, &args, &control_bg)
-                    });
-                    let _ = sender.send(outcome);
-                });
-                match receiver.recv_timeout(timeout) {
-                    Ok(outcome) => outcome.map_err(|error| {
-                        self.record_error(&slot.plugin, &error);
-                        HostError::from(error)
-                    }),
-                    Err(_) => {
-                        control.cancel();
-                        let error = slot
-                            .plugin
-                            .instance
-                            .timed_out(entry(), self.settings.service_timeout_ms);
-                        self.record_error(&slot.plugin, &error);
-                        Err(HostError::from(error))
-                    }
-                }
-            }
+        if cancelled || unix_ms_now() >= deadline {
+            return Err(HostError::new(
+                ErrorKind::Cancelled,
+                format!(
+                    "service '{service}' method '{method}' not called: the calling call's deadline has passed"
+                ),
+            ));
         }
+        let control = CallControl::with_deadline(deadline);
+        let outcome = current_call::within(&control, || {
+            slot.plugin
+                .instance
+                .call_service(slot.index, method, args_json, &control)
+        });
+        drop(call);
+        Ok(outcome)
+    }
+
+    /// A service call from a plugin's own thread or from the host: run on
+    /// the blocking pool, and abandoned (cancelled, reported) at the
+    /// service timeout.
+    fn call_on_pool(
+        &self,
+        slot: &ServiceSlot,
+        method: &str,
+        args_json: &str,
+        call: InFlightCall,
+    ) -> Result<String, CallError> {
+        let timeout = Duration::from_millis(self.settings.service_timeout_ms);
+        let control = Arc::new(CallControl::with_deadline(unix_ms_after(timeout)));
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let (plugin, index) = (Arc::clone(&slot.plugin), slot.index);
+        let (method_owned, args) = (method.to_string(), args_json.to_string());
+        let control_bg = Arc::clone(&control);
+        self.runtime().spawn_blocking(move || {
+            let _call = call;
+            let outcome = current_call::within(&control_bg, || {
+                plugin
+                    .instance
+                    .call_service(index, &method_owned, &args, &control_bg)
+            });
+            let _ = sender.send(outcome);
+        });
+        receiver.recv_timeout(timeout).unwrap_or_else(|_| {
+            control.cancel();
+            let entry = format!(
+                "service '{}' method '{method}'",
+                slot.plugin.instance.service_name(slot.index)
+            );
+            Err(slot
+                .plugin
+                .instance
+                .timed_out(entry, self.settings.service_timeout_ms))
+        })
     }
 }
