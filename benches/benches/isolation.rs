@@ -14,7 +14,7 @@
 //! * resident memory of the host plus its workers over 200 reloads of the
 //!   `counter` fixture, isolated and in process.
 //!
-//! Run: `cargo bench -p agent-host --bench isolation` (add `message`,
+//! Run: `cargo bench -p agent-host-benches --bench isolation` (add `message`,
 //! `floor`, `restart` or `memory` to run one part).
 
 use agent_host::{AgentConfig, HostOptions, InboundMessage, PluginHost};

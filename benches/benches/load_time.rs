@@ -6,7 +6,7 @@
 //! that is never unmapped (abi_stable libraries stay loaded until the process
 //! exits), so the number of loads must stay bounded. Prints the median and p95 over `LOADS` loads of each plugin.
 //!
-//! Run: `cargo bench -p agent-host --bench load_time`
+//! Run: `cargo bench -p agent-host-benches --bench load_time`
 
 use agent_host::bench_support::LoadProbe;
 use std::time::{Duration, Instant};

@@ -13,7 +13,7 @@
 //! recommends: the host then asks only the one `validate` whose word the
 //! message holds, and every evaluator still scores.
 //!
-//! Run: `cargo bench -p agent-host --bench pipeline` (add `-- 100` to run
+//! Run: `cargo bench -p agent-host-benches --bench pipeline` (add `-- 100` to run
 //! one size only). Sizes 250 and 500 run only when named (`-- 250 500`):
 //! with 100 and 1000 they show where the cost per plugin turns from that of
 //! instructions into that of memory, as a message's plugins outgrow a

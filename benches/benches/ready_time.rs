@@ -15,7 +15,7 @@
 //! unmapped, so the number of runs stays small. Prints the median and the
 //! range over `RUNS` runs of each.
 //!
-//! Run: `cargo bench -p agent-host --bench ready_time`
+//! Run: `cargo bench -p agent-host-benches --bench ready_time`
 
 use agent_host::{AgentConfig, HostOptions, InboundMessage, PluginHost};
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //! * the whole rename-to-serving latency with the default debounce, through
 //!   the real file watcher.
 //!
-//! Run: `cargo bench -p agent-host --bench reload`
+//! Run: `cargo bench -p agent-host-benches --bench reload`
 
 use agent_host::{HostOptions, PluginHost};
 use std::path::Path;

@@ -9,7 +9,7 @@
 //! while those calls are still stuck. Target: the storm median at most twice
 //! the idle one.
 //!
-//! Run: `cargo bench -p agent-host --bench storm`.
+//! Run: `cargo bench -p agent-host-benches --bench storm`.
 
 use agent_host::{HostOptions, PluginHost};
 use std::io::{BufRead, BufReader, Read, Write};

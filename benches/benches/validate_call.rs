@@ -1,7 +1,7 @@
 //! One `validate` call through the SDK and the FFI boundary, against the same
 //! check as a direct `#[inline(never)]` Rust call. Target: within 3 ns.
 //!
-//! Run: `cargo bench -p agent-host --bench validate_call`
+//! Run: `cargo bench -p agent-host-benches --bench validate_call`
 
 use agent_host::{HostOptions, PluginHost};
 use criterion::{criterion_group, criterion_main, Criterion};
