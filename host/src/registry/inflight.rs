@@ -38,7 +38,7 @@ pub enum Entry {
     /// An evaluator, by index.
     Evaluator(u32),
     /// A step of the plugin's life (`on_load`, a service start...).
-    Lifecycle(crate::registry::step::Step),
+    Lifecycle(Step),
 }
 
 impl Entry {
@@ -137,6 +137,40 @@ impl Drop for InFlightCall {
         }
         drop(calls);
         self.calls.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One step of a plugin's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `on_load`.
+    OnLoad,
+    /// `on_unload`.
+    OnUnload,
+    /// The start of a service, by index.
+    StartService(u32),
+    /// The stop of a service, by index.
+    StopService(u32),
+    /// A provider's subscription started (`true`) or ended, by index.
+    Subscribe(u32, bool),
+    /// `export_state`.
+    ExportState,
+    /// `import_state`.
+    ImportState,
+}
+
+impl Step {
+    /// The step's entry point, as errors name it.
+    pub fn describe(&self, instance: &PluginInstance) -> String {
+        match self {
+            Step::OnLoad => "on_load".to_string(),
+            Step::OnUnload => "on_unload".to_string(),
+            Step::StartService(i) => format!("service '{}' start", instance.service_name(*i)),
+            Step::StopService(i) => format!("service '{}' stop", instance.service_name(*i)),
+            Step::Subscribe(i, _) => format!("provider '{}' subscribe", instance.provider_name(*i)),
+            Step::ExportState => "export_state".to_string(),
+            Step::ImportState => "import_state".to_string(),
+        }
     }
 }
 

@@ -29,6 +29,7 @@
 //! message that names the deadline and what became of the call.
 
 use super::inflight::Entry;
+pub use super::inflight::Step;
 use super::{lazy, LivePlugin, Registry};
 use crate::current_call;
 use crate::plugin::{CallError, PluginInstance};
@@ -45,40 +46,6 @@ use std::time::{Duration, Instant};
 /// plugin that watches its cancellation returns; one that does not has a
 /// thread left in it.
 pub(crate) const AFTER_CANCEL: Duration = Duration::from_millis(500);
-
-/// One step of a plugin's life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// `on_load`.
-    OnLoad,
-    /// `on_unload`.
-    OnUnload,
-    /// The start of a service, by index.
-    StartService(u32),
-    /// The stop of a service, by index.
-    StopService(u32),
-    /// A provider's subscription started (`true`) or ended, by index.
-    Subscribe(u32, bool),
-    /// `export_state`.
-    ExportState,
-    /// `import_state`.
-    ImportState,
-}
-
-impl Step {
-    /// The step's entry point, as errors name it.
-    pub fn describe(&self, instance: &PluginInstance) -> String {
-        match self {
-            Step::OnLoad => "on_load".to_string(),
-            Step::OnUnload => "on_unload".to_string(),
-            Step::StartService(i) => format!("service '{}' start", instance.service_name(*i)),
-            Step::StopService(i) => format!("service '{}' stop", instance.service_name(*i)),
-            Step::Subscribe(i, _) => format!("provider '{}' subscribe", instance.provider_name(*i)),
-            Step::ExportState => "export_state".to_string(),
-            Step::ImportState => "import_state".to_string(),
-        }
-    }
-}
 
 /// What a missed deadline means for the generation whose step it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
