@@ -11,7 +11,6 @@ use prometheus_client::metrics::family::Family;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
-use std::time::Instant;
 
 /// The provider slots of every generation that has them, by generation.
 pub(crate) struct ProviderSlots {
@@ -70,9 +69,9 @@ impl ProviderSlots {
 }
 
 impl PushedValues for ProviderSlots {
-    fn store(&self, plugin: &Arc<LivePlugin>, provider: u32, json: Arc<str>) {
+    fn store(&self, plugin: &Arc<LivePlugin>, provider: u32, json: Arc<str>, now_ms: u64) {
         if let Some(slot) = self.of(plugin).get(provider as usize) {
-            slot.store(json);
+            slot.store(json, now_ms);
         }
     }
 }
@@ -165,11 +164,12 @@ impl ProviderSlot {
         Some(pause)
     }
 
-    /// Stores a value (fetched or pushed) as fresh.
-    pub fn store(&self, json: Arc<str>) {
+    /// Stores a value (fetched or pushed) as fresh at `now_ms` (the
+    /// watchdog's clock).
+    pub fn store(&self, json: Arc<str>, now_ms: u64) {
         *write(&self.cached) = Some(CachedValue {
             json,
-            at: Instant::now(),
+            at_ms: now_ms,
             refreshing: false,
         });
         self.version.fetch_add(1, Ordering::AcqRel);
@@ -205,8 +205,9 @@ impl ProviderSlot {
 pub struct CachedValue {
     /// The value as JSON text.
     pub json: Arc<str>,
-    /// When it was fetched or pushed.
-    pub at: Instant,
+    /// When it was fetched or pushed, on the watchdog's clock (ms): the
+    /// clock a test moves on to expire it.
+    pub at_ms: u64,
     /// Whether a background refresh is running.
     pub refreshing: bool,
 }

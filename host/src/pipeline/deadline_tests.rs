@@ -53,6 +53,7 @@ fn answer(host: &crate::PluginHost, text: &str) -> crate::Reply {
 
 #[test]
 fn a_hung_provider_is_left_out_on_time_and_its_cached_value_served_stale() {
+    let clock = test_clock::install();
     let gate = Gate::default();
     let hang = Arc::new(AtomicBool::new(false));
     let asked = Arc::new(AtomicUsize::new(0));
@@ -89,8 +90,8 @@ fn a_hung_provider_is_left_out_on_time_and_its_cached_value_served_stale() {
     let first = answer(&host, "count");
     assert!(first.errors.is_empty(), "{:?}", first.errors);
     hang.store(true, Ordering::SeqCst);
-    // The cached value (1 ms, on the monotonic clock) expires.
-    std::thread::sleep(Duration::from_millis(5));
+    // The cached value (1 ms on the watchdog's clock) expires.
+    clock.skip(5);
 
     let late = answer(&host, "count");
     assert_eq!(late.text, "COUNT", "the message is answered without it");
@@ -123,6 +124,7 @@ fn a_hung_provider_is_left_out_on_time_and_its_cached_value_served_stale() {
 
 #[test]
 fn the_context_marks_a_stale_value() {
+    let clock = test_clock::install();
     let gate = Gate::default();
     let hang = Arc::new(AtomicBool::new(false));
     let (plugin_gate, plugin_hang) = (gate.clone(), Arc::clone(&hang));
@@ -154,8 +156,8 @@ fn the_context_marks_a_stale_value() {
     let fresh = answer(&host, "x");
     assert_eq!(fresh.text, r#""sunny" stale=false"#);
     hang.store(true, Ordering::SeqCst);
-    // The cached value (1 ms, on the monotonic clock) expires.
-    std::thread::sleep(Duration::from_millis(5));
+    // The cached value (1 ms on the watchdog's clock) expires.
+    clock.skip(5);
     let stale = answer(&host, "x");
     assert_eq!(stale.text, r#""sunny" stale=true"#, "{:?}", stale.errors);
     gate.open();

@@ -7,7 +7,6 @@ use crate::pipeline::message::EvaluatorNames;
 use crate::registry::LivePlugin;
 use crate::triggers::TriggerIndex;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 /// The plugins taking part in the pipeline (loaded, not quarantined), and
 /// the providers whose values compose the state.
@@ -47,8 +46,9 @@ pub struct ServingPlan {
 pub struct StateSnapshot {
     /// `ProviderSlots::version` when it was composed.
     pub version: u64,
-    /// When its earliest cached value expires (`None`: never).
-    pub fresh_until: Option<Instant>,
+    /// When its earliest cached value expires, on the watchdog's clock
+    /// (ms; `None`: never).
+    pub fresh_until: Option<u64>,
     /// The state object as JSON text.
     pub json: Arc<str>,
 }

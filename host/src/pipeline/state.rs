@@ -48,7 +48,8 @@ struct Composing {
     stale: Vec<usize>,
     errors: Vec<String>,
     reusable: bool,
-    fresh_until: Option<Instant>,
+    /// When the earliest cached value used expires (the watchdog's ms).
+    fresh_until: Option<u64>,
 }
 
 /// The providers phase of one message.
@@ -95,7 +96,7 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
 fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
     let (core, plan, message) = (&run.core, &run.plan, &run.message);
     let started = Instant::now();
-    if let Some(state) = reusable_state(run, started) {
+    if let Some(state) = reusable_state(run, run.now_ms()) {
         return ProvidersPhase {
             started,
             reused: Some(state),
@@ -141,8 +142,8 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
         }
         let served = slot.with_cached(|cached| match (spec.cache, cached) {
             (Some(cache), Some(cached)) => {
-                let expires = cached.at + Duration::from_millis(cache.ttl_ms);
-                if started < expires {
+                let expires = cached.at_ms.saturating_add(cache.ttl_ms);
+                if now_ms < expires {
                     slot.hits.inc();
                     composing.fresh_until =
                         Some(composing.fresh_until.map_or(expires, |t| t.min(expires)));
@@ -213,7 +214,7 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
 /// The state composed for an earlier message, when it may serve this one
 /// whole: no provider must be asked for every message, no value stored
 /// since (the provider slots' version), no cached value in it expired.
-fn reusable_state(run: &MessageRun, started: Instant) -> Option<Arc<str>> {
+fn reusable_state(run: &MessageRun, now_ms: u64) -> Option<Arc<str>> {
     let plan = &run.plan;
     if plan.calls_every_message {
         return None;
@@ -228,7 +229,7 @@ fn reusable_state(run: &MessageRun, started: Instant) -> Option<Arc<str>> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone()?;
-    if snapshot.version != version || snapshot.fresh_until.is_some_and(|t| started >= t) {
+    if snapshot.version != version || snapshot.fresh_until.is_some_and(|t| now_ms >= t) {
         return None;
     }
     // Counted once for the whole state, not per provider: a thousand
@@ -339,7 +340,7 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
                         .is_some()
                     {
                         slot.misses.inc();
-                        slot.store(Arc::clone(&json));
+                        slot.store(Arc::clone(&json), run.now_ms());
                     }
                     composing.values[position] = Some(json);
                 }
@@ -429,7 +430,7 @@ fn refresh_in_background(
         match plugin_bg.instance.provide(index, view, &control) {
             Ok(json) => {
                 slot.answered();
-                slot.store(Arc::from(json));
+                slot.store(Arc::from(json), core_bg.watchdog.now_ms());
             }
             Err(error) => {
                 core_bg.record_error(&plugin_bg, &error);

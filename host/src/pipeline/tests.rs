@@ -2,6 +2,7 @@
 //! is built or loaded, so each test takes milliseconds.
 
 use crate::plugin::in_memory::{host_with, message, source};
+use crate::watchdog::test_clock;
 use agent_host_plugin_sdk::{json, Action, ActionResult, Evaluation, Evaluator, Plugin, Provider};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -132,6 +133,7 @@ fn a_provider_without_cache_is_asked_for_every_message() {
 
 #[test]
 fn a_cached_provider_is_asked_once_per_ttl() {
+    let clock = test_clock::install();
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&calls);
     let (host, _) = host_with(
@@ -147,7 +149,7 @@ fn a_cached_provider_is_asked_once_per_ttl() {
         "served from the cache"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    std::thread::sleep(Duration::from_millis(120));
+    clock.skip(120);
     assert_eq!(
         host.handle_message(message("c")).text,
         "2",
@@ -157,6 +159,7 @@ fn a_cached_provider_is_asked_once_per_ttl() {
 
 #[test]
 fn a_stale_value_is_served_at_once_while_one_refresh_runs() {
+    let clock = test_clock::install();
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&calls);
     let (host, _) = host_with(
@@ -166,7 +169,7 @@ fn a_stale_value_is_served_at_once_while_one_refresh_runs() {
         })],
     );
     assert_eq!(host.handle_message(message("a")).text, "1");
-    std::thread::sleep(Duration::from_millis(60));
+    clock.skip(60);
     assert_eq!(
         host.handle_message(message("b")).text,
         "1",

@@ -392,7 +392,7 @@ impl Registry {
             ));
         }
         if let Some(sink) = self.pushed_values.get() {
-            sink.store(&plugin, provider, json);
+            sink.store(&plugin, provider, json, self.watchdog.now_ms());
         }
         Ok(())
     }
@@ -403,8 +403,9 @@ impl Registry {
 /// naming the pipeline.
 pub(crate) trait PushedValues: Send + Sync {
     /// Stores the value pushed by provider `provider` (an index that
-    /// exists) of the serving generation `plugin`.
-    fn store(&self, plugin: &Arc<LivePlugin>, provider: u32, json: Arc<str>);
+    /// exists) of the serving generation `plugin`, at `now_ms` on the
+    /// watchdog's clock.
+    fn store(&self, plugin: &Arc<LivePlugin>, provider: u32, json: Arc<str>, now_ms: u64);
 }
 
 /// The identity of a plugin calling back into the host.
