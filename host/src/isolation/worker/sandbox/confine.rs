@@ -26,7 +26,7 @@
 //!
 //! The keeper and the init run no plugin code: they only wait.
 
-use super::shortfall::Shortfall;
+use super::shortfall::{SandboxCause, Shortfall};
 use crate::isolation::wire::policy::{NetworkGrant, SandboxPolicy};
 use std::io;
 
@@ -66,16 +66,18 @@ pub(super) fn confine(policy: &SandboxPolicy, threads: Option<usize>) -> Confine
     match &policy.identity {
         Some(identity) if !single_threaded => done.shortfalls.push(Shortfall::new(
             IDENTITY,
-            format!(
-                "cannot become '{}' in a process with other threads",
-                identity.user
-            ),
+            SandboxCause::UserWithThreads {
+                user: identity.user.clone(),
+            },
         )),
         Some(identity) => {
-            if let Err(error) = become_user(identity.uid, identity.gid) {
+            if let Err(source) = become_user(identity.uid, identity.gid) {
                 done.shortfalls.push(Shortfall::new(
                     IDENTITY,
-                    format!("cannot become '{}': {error}", identity.user),
+                    SandboxCause::BecomeUser {
+                        user: identity.user.clone(),
+                        source,
+                    },
                 ));
             }
         }
@@ -87,7 +89,7 @@ pub(super) fn confine(policy: &SandboxPolicy, threads: Option<usize>) -> Confine
     if !done.unprivileged_user && policy.identity.is_some() {
         // `worker_user = "root"`: the operator's choice, said in the status.
         done.shortfalls
-            .push(Shortfall::new(IDENTITY, "the worker runs as root"));
+            .push(Shortfall::new(IDENTITY, SandboxCause::RunsAsRoot));
     }
 
     let mut entered_pid_namespace = false;
@@ -100,36 +102,29 @@ pub(super) fn confine(policy: &SandboxPolicy, threads: Option<usize>) -> Confine
                 done.network_namespace = new_network;
                 entered_pid_namespace = true;
             }
-            Err(error) => done
-                .shortfalls
-                .push(Shortfall::new(NAMESPACES, error.to_string())),
+            Err(error) => done.shortfalls.push(Shortfall::new(NAMESPACES, error)),
         }
     } else {
         done.shortfalls.push(Shortfall::new(
             NAMESPACES,
-            "cannot enter new namespaces in a process with other threads",
+            SandboxCause::NamespacesWithThreads,
         ));
     }
 
     match drop_capabilities() {
         Ok(()) => done.no_capabilities = true,
-        Err(error) => done
-            .shortfalls
-            .push(Shortfall::new(CAPABILITIES, error.to_string())),
+        Err(error) => done.shortfalls.push(Shortfall::new(CAPABILITIES, error)),
     }
 
     // Changing credentials disarms the parent-death signal: arm it again,
     // and leave if the host died in between.
     if let Err(error) = die_with_parent(parent) {
-        done.shortfalls
-            .push(Shortfall::new(PROCESS_TREE, error.to_string()));
+        done.shortfalls.push(Shortfall::new(PROCESS_TREE, error));
     }
     if entered_pid_namespace {
         match split_process_tree() {
             Ok(()) => done.pid_namespace = true,
-            Err(error) => done
-                .shortfalls
-                .push(Shortfall::new(PROCESS_TREE, error.to_string())),
+            Err(error) => done.shortfalls.push(Shortfall::new(PROCESS_TREE, error)),
         }
     }
     done

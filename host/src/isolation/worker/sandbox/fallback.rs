@@ -6,6 +6,19 @@ use super::SandboxError;
 use crate::isolation::wire::policy::SandboxPolicy;
 use crate::worker_status::Protections;
 
+/// Why a protection is not in force: never built here, as there is no
+/// protection to put in force.
+#[derive(Debug)]
+pub(crate) enum SandboxCause {}
+
+impl std::fmt::Display for SandboxCause {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {}
+    }
+}
+
+impl std::error::Error for SandboxCause {}
+
 const MISSING: &str = "process sandbox: not available on this operating system";
 
 /// Reports every protection missing.

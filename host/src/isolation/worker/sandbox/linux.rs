@@ -44,7 +44,7 @@
 //!   `/usr/lib`, or running programs: none of it is granted.
 
 use super::confine;
-use super::shortfall::Shortfall;
+use super::shortfall::{SandboxCause, Shortfall};
 use super::SandboxError;
 use crate::isolation::wire::policy::{is_system_path, NetworkGrant, ResourceLimits, SandboxPolicy};
 use crate::worker_status::Protections;
@@ -80,11 +80,14 @@ pub(super) fn apply(
         Some(file) => file.as_fd().try_clone_to_owned(),
         None => std::fs::File::open(&policy.copy).map(OwnedFd::from),
     }
-    .map_err(|e| {
+    .map_err(|source| {
         SandboxError::new(
             &policy.plugin,
             "filesystem grants",
-            format!("the plugin's copy '{}': {e}", policy.copy.display()),
+            SandboxCause::Copy {
+                path: policy.copy.clone(),
+                source,
+            },
         )
     })?;
 
@@ -105,7 +108,7 @@ pub(super) fn apply(
     run.protections.resource_limits = run.check("resource limits", limits)?;
 
     let no_new_privs = rustix::thread::set_no_new_privs(true)
-        .map_err(|e| e.to_string())
+        .map_err(SandboxCause::from)
         .and_then(|()| no_new_privs_set());
     // Best-effort policies record it once, at the end.
     if !policy.best_effort {
@@ -144,7 +147,7 @@ impl Run<'_> {
     fn check(
         &mut self,
         protection: &'static str,
-        step: Result<(), String>,
+        step: Result<(), SandboxCause>,
     ) -> Result<bool, SandboxError> {
         match step {
             Ok(()) => Ok(true),
@@ -203,18 +206,17 @@ fn open_grants(policy: &SandboxPolicy) -> Result<OpenedGrants, SandboxError> {
             match open_path(path, system) {
                 Ok(path) => opened.push(path),
                 Err(e) if system && e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    let cause = if e.raw_os_error() == Some(libc::ELOOP) {
-                        "a symbolic link is on the way, and the sandbox follows none in a \
-                         grant: grant the path the link leads to"
-                            .to_owned()
+                Err(source) => {
+                    let path = path.clone();
+                    let cause = if source.raw_os_error() == Some(libc::ELOOP) {
+                        SandboxCause::GrantThroughLink { path, source }
                     } else {
-                        e.to_string()
+                        SandboxCause::Grant { path, source }
                     };
                     return Err(SandboxError::new(
                         &policy.plugin,
                         "filesystem grants",
-                        format!("'{}': {cause}", path.display()),
+                        cause,
                     ));
                 }
             }
@@ -264,15 +266,15 @@ fn rules(
     })
 }
 
-fn no_new_privs_set() -> Result<(), String> {
+fn no_new_privs_set() -> Result<(), SandboxCause> {
     match rustix::thread::no_new_privs() {
         Ok(true) => Ok(()),
-        Ok(false) => Err("the kernel did not keep it set".to_owned()),
-        Err(e) => Err(e.to_string()),
+        Ok(false) => Err(SandboxCause::NotKept),
+        Err(errno) => Err(errno.into()),
     }
 }
 
-fn lower_limits(limits: &ResourceLimits) -> Result<(), String> {
+fn lower_limits(limits: &ResourceLimits) -> Result<(), SandboxCause> {
     let wanted = [
         (Resource::As, "RLIMIT_AS", limits.memory_bytes),
         (Resource::Nofile, "RLIMIT_NOFILE", limits.open_files),
@@ -291,7 +293,10 @@ fn lower_limits(limits: &ResourceLimits) -> Result<(), String> {
             current: Some(value),
             maximum: Some(value),
         };
-        setrlimit(resource, limit).map_err(|e| format!("{name}: {e}"))?;
+        setrlimit(resource, limit).map_err(|errno| SandboxCause::Limit {
+            limit: name,
+            source: errno.into(),
+        })?;
     }
     Ok(())
 }
@@ -376,7 +381,7 @@ fn landlock(
     if !only_thread {
         created = created
             .all_threads(true)
-            .map_err(|_| Shortfall::new(LANDLOCK, other_threads(threads)))?;
+            .map_err(|_| Shortfall::new(LANDLOCK, SandboxCause::OtherThreads { threads }))?;
     }
     let status = created
         .restrict_self()
@@ -386,35 +391,39 @@ fn landlock(
     let abi = match status.landlock {
         LandlockStatus::Available { effective_abi, .. } => effective_abi,
         LandlockStatus::NotEnabled => {
-            outcome.shortfalls.push(Shortfall::new(
-                LANDLOCK,
-                "disabled in this kernel (not in its lsm= list)",
-            ));
+            outcome
+                .shortfalls
+                .push(Shortfall::new(LANDLOCK, SandboxCause::LandlockDisabled));
             return Ok(outcome);
         }
         LandlockStatus::NotImplemented => {
             outcome
                 .shortfalls
-                .push(Shortfall::new(LANDLOCK, "not supported by this kernel"));
+                .push(Shortfall::new(LANDLOCK, SandboxCause::LandlockUnsupported));
             return Ok(outcome);
         }
     };
     if status.ruleset == RulesetStatus::NotEnforced {
         outcome
             .shortfalls
-            .push(Shortfall::new(LANDLOCK, "the kernel enforced no rule"));
+            .push(Shortfall::new(LANDLOCK, SandboxCause::NothingEnforced));
         return Ok(outcome);
     }
     if !only_thread && !status.all_threads {
-        outcome
-            .shortfalls
-            .push(Shortfall::new(LANDLOCK, other_threads(threads)));
+        outcome.shortfalls.push(Shortfall::new(
+            LANDLOCK,
+            SandboxCause::OtherThreads { threads },
+        ));
         return Ok(outcome);
     }
     let needs = |feature: &'static str, protection: &'static str, required: ABI| {
         Shortfall::new(
             protection,
-            format!("{feature} needs landlock ABI {required}, the kernel has ABI {abi}"),
+            SandboxCause::OldAbi {
+                feature,
+                required,
+                found: abi,
+            },
         )
     };
     outcome.filesystem = abi >= ABI::V5;
@@ -440,16 +449,4 @@ fn landlock(
         ));
     }
     Ok(outcome)
-}
-
-fn other_threads(threads: Option<usize>) -> String {
-    let count = match threads.map(|n| n.saturating_sub(1)) {
-        Some(1) => "1 other thread".to_owned(),
-        Some(n) => format!("{n} other threads"),
-        None => "other threads (unknown: /proc/self/task is unreadable)".to_owned(),
-    };
-    format!(
-        "{count} of the worker would stay unrestricted: restricting them needs landlock \
-         ABI 8; apply the sandbox before starting threads"
-    )
 }

@@ -31,40 +31,33 @@ use linux as platform;
 
 use crate::isolation::wire::policy::SandboxPolicy;
 use crate::worker_status::Protections;
-use std::fmt;
+#[cfg(not(target_os = "linux"))]
+use fallback::SandboxCause;
+#[cfg(target_os = "linux")]
+use shortfall::SandboxCause;
 
 /// A protection the policy requires could not be put in force, or the
 /// policy cannot be applied at all; the worker must not load the plugin.
 // (Built by the Linux sandbox only.)
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
+#[error("plugin '{plugin}': cannot sandbox its worker: {protection}: {cause}")]
 pub(crate) struct SandboxError {
     plugin: String,
-    protection: String,
-    cause: String,
+    protection: &'static str,
+    #[source]
+    cause: SandboxCause,
 }
 
 impl SandboxError {
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // only Linux sandboxes
-    fn new(plugin: &str, protection: &str, cause: impl Into<String>) -> Self {
+    fn new(plugin: &str, protection: &'static str, cause: SandboxCause) -> Self {
         Self {
             plugin: plugin.to_owned(),
-            protection: protection.to_owned(),
-            cause: cause.into(),
+            protection,
+            cause,
         }
     }
 }
-
-impl fmt::Display for SandboxError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "plugin '{}': cannot sandbox its worker: {}: {}",
-            self.plugin, self.protection, self.cause
-        )
-    }
-}
-
-impl std::error::Error for SandboxError {}
 
 /// Puts `policy` in force in the calling process, for good, and tells which
 /// protections are in force. Call it on the worker's main thread before the

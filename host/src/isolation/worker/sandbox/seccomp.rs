@@ -3,26 +3,26 @@
 //! processors it supports that the host is tested on; elsewhere the filter
 //! is missing.
 
+use super::shortfall::SandboxCause;
 use crate::isolation::wire::policy::NetworkGrant;
 
 /// No filter for this processor: seccomp is missing.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-pub(super) fn install(_network: &NetworkGrant) -> Result<(), String> {
-    Err(format!(
-        "not available on this processor ({})",
-        std::env::consts::ARCH
-    ))
+pub(super) fn install(_network: &NetworkGrant) -> Result<(), SandboxCause> {
+    Err(SandboxCause::NoFilter {
+        arch: std::env::consts::ARCH,
+    })
 }
 
 /// Installs the filters on every thread of the process (seccomp's TSYNC):
 /// threads that already run are covered too.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(super) fn install(network: &NetworkGrant) -> Result<(), String> {
+pub(super) fn install(network: &NetworkGrant) -> Result<(), SandboxCause> {
     use seccompiler::{apply_filter_all_threads, TargetArch};
-    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
-    let programs = filters::programs(network, arch).map_err(|e| e.to_string())?;
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(seccompiler::Error::from)?;
+    let programs = filters::programs(network, arch)?;
     for program in &programs {
-        apply_filter_all_threads(program).map_err(|e| e.to_string())?;
+        apply_filter_all_threads(program)?;
     }
     Ok(())
 }
