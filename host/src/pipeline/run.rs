@@ -119,7 +119,7 @@ impl MessageRun {
         let start_failures = core.start_pending_for_message(&message.text);
         let reply = Reply {
             id: message.id.clone(),
-            errors: start_failures,
+            errors: start_failures.iter().map(ToString::to_string).collect(),
             ..Reply::default()
         };
         let run = Arc::new(Self {

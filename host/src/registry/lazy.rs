@@ -32,6 +32,27 @@ pub(crate) type Starter = Box<
         + Sync,
 >;
 
+/// Why a pending plugin did not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LazyStartError {
+    /// Asked again by its own start (its `on_load` calling its own service,
+    /// or an event it emits).
+    #[error("plugin '{plugin}' is still starting")]
+    StillStarting {
+        /// The plugin.
+        plugin: String,
+    },
+    /// The host is shutting down.
+    #[error("plugin '{plugin}' not started: the host is shutting down")]
+    ShuttingDown {
+        /// The plugin.
+        plugin: String,
+    },
+    /// Its start failed: the line naming the file, the plugin and the cause.
+    #[error("{0}")]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// A plugin checked and waiting to be started.
 pub(crate) struct PendingPlugin {
     /// Its checked manifest.
@@ -230,9 +251,8 @@ impl Registry {
     /// Starts the pending plugin `name`, exactly once: a caller that finds
     /// it started already (or failed already) returns at once, one that
     /// finds it starting on another thread waits for the end of that start.
-    /// On failure, the line that names the file, the plugin and the cause,
-    /// also logged. Callers are inside an admitted entry.
-    pub(crate) fn start_pending(&self, name: &str) -> Result<(), String> {
+    /// A failed start is also logged. Callers are inside an admitted entry.
+    pub(crate) fn start_pending(&self, name: &str) -> Result<(), LazyStartError> {
         let _one_at_a_time = self.lazy.start_guard();
         let Some(plugin) = self.pending_named(name) else {
             return Ok(());
@@ -246,19 +266,21 @@ impl Registry {
             if in_progress.iter().any(|n| n == name) {
                 // Asked again by its own start (its `on_load` calling its
                 // own service, or an event it emits): not started yet.
-                return Err(format!("plugin '{name}' is still starting"));
+                return Err(LazyStartError::StillStarting {
+                    plugin: name.to_string(),
+                });
             }
             in_progress.push(name.to_string());
         }
         let outcome = match self.me.upgrade() {
-            None => Err(format!(
-                "plugin '{name}' not started: the host is shutting down"
-            )),
+            None => Err(LazyStartError::ShuttingDown {
+                plugin: name.to_string(),
+            }),
             Some(core) => {
                 tracing::info!(plugin = name, "starting lazy plugin");
                 (plugin.start)(&core).map(drop).map_err(|failure| {
                     tracing::error!("{failure}");
-                    failure.to_string()
+                    LazyStartError::Failed(failure)
                 })
             }
         };
@@ -275,7 +297,7 @@ impl Registry {
     /// whose action triggers match it, or with an action that declares
     /// none. Returns the start failures. Costs one atomic load when no
     /// plugin is pending.
-    pub(crate) fn start_pending_for_message(&self, text: &str) -> Vec<String> {
+    pub(crate) fn start_pending_for_message(&self, text: &str) -> Vec<LazyStartError> {
         if !self.lazy.any() {
             return Vec::new();
         }
