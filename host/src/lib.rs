@@ -54,7 +54,7 @@ pub use crate::config::ConfigError;
 pub use crate::dependencies::{Misfit, Unresolved};
 pub use crate::host::{HostOptions, PluginHost, PluginStatus, ServiceStatus};
 pub use crate::lifecycle::report::{LoadFailure, LoadReport, LoadedPlugin, Stage};
-pub use crate::lifecycle::LoadError;
+pub use crate::lifecycle::{LoadError, ManifestCheckError};
 pub use crate::load::OpenError;
 pub use crate::pipeline::{
     EvaluationRecord, Evaluations, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,

@@ -15,7 +15,8 @@
 //! keywords, so a message is scanned once for keywords whatever the number
 //! of plugins, then each pattern.
 
-use agent_host_plugin_sdk::manifest::{Manifest, ManifestError};
+use crate::shared_cause::SharedCause;
+use agent_host_plugin_sdk::manifest::Manifest;
 use aho_corasick::AhoCorasick;
 use regex::Regex;
 use std::borrow::Cow;
@@ -40,7 +41,7 @@ impl PluginTriggers {
     /// Compiles the triggers of every action of `manifest` (already
     /// validated). A pattern that does not compile is an error naming the
     /// action, the field and the cause.
-    pub(crate) fn compile(manifest: &Manifest) -> Result<Self, ManifestError> {
+    pub(crate) fn compile(manifest: &Manifest) -> Result<Self, PatternError> {
         let mut actions = Vec::with_capacity(manifest.actions.len());
         for (index, action) in manifest.actions.iter().enumerate() {
             let Some(triggers) = &action.triggers else {
@@ -49,13 +50,10 @@ impl PluginTriggers {
             };
             let pattern = match &triggers.pattern {
                 None => None,
-                Some(pattern) => Some(Regex::new(pattern).map_err(|e| ManifestError {
-                    field: format!("actions[{index}].triggers.pattern"),
-                    reason: format!(
-                        "action '{}': the pattern does not compile: {}",
-                        action.name,
-                        one_line(&e.to_string())
-                    ),
+                Some(pattern) => Some(Regex::new(pattern).map_err(|e| PatternError {
+                    index,
+                    action: action.name.clone(),
+                    source: SharedCause::from(e),
                 })?),
             };
             actions.push(Some(ActionTrigger {
@@ -70,6 +68,23 @@ impl PluginTriggers {
     pub(crate) fn any(&self) -> bool {
         self.actions.iter().any(Option::is_some)
     }
+}
+
+/// An action's pattern that does not compile: a manifest error, naming the
+/// field and the action, with the regular expression's error as its cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "manifest field `actions[{index}].triggers.pattern`: action '{action}': the pattern does not compile: {}",
+    one_line(&.source.to_string())
+)]
+pub struct PatternError {
+    /// The action's index in the manifest.
+    pub index: usize,
+    /// The action's name.
+    pub action: String,
+    /// Why the pattern does not compile.
+    #[source]
+    pub source: SharedCause<regex::Error>,
 }
 
 /// The regex crate reports a syntax error over several lines, with a caret
@@ -380,14 +395,16 @@ mod tests {
             .action(action("BROKEN").pattern("(unclosed"))
             .manifest();
         let error = PluginTriggers::compile(&manifest).expect_err("refused");
-        assert_eq!(error.field, "actions[1].triggers.pattern");
+        assert_eq!((error.index, error.action.as_str()), (1, "BROKEN"));
         assert!(
-            error
-                .reason
-                .starts_with("action 'BROKEN': the pattern does not compile: "),
-            "{}",
-            error.reason
+            error.to_string().starts_with(
+                "manifest field `actions[1].triggers.pattern`: action 'BROKEN': \
+                 the pattern does not compile: "
+            ),
+            "{error}"
         );
         assert!(!error.to_string().contains('\n'), "{error}");
+        let cause = std::error::Error::source(&error).expect("the regex error");
+        assert!(cause.downcast_ref::<SharedCause<regex::Error>>().is_some());
     }
 }

@@ -292,6 +292,8 @@ impl fmt::Display for ManifestError {
     }
 }
 
+impl std::error::Error for ManifestError {}
+
 /// What validation derives from a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidManifest {

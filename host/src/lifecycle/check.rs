@@ -8,9 +8,9 @@ use crate::config::AgentConfig;
 use crate::load::private_copy::ShadowDir;
 use crate::load::{library, OpenError};
 use crate::plugin::PluginSource;
-use crate::triggers::PluginTriggers;
+use crate::triggers::{PatternError, PluginTriggers};
 use crate::trust::TrustPolicy;
-use agent_host_plugin_sdk::manifest::{Dependency, Manifest, ValidManifest};
+use agent_host_plugin_sdk::manifest::{Dependency, Manifest, ManifestError, ValidManifest};
 use semver::Version;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,10 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     /// Checks plugin number `index` of `source` ([`check_manifest`]).
-    pub(crate) fn check(source: &Arc<dyn PluginSource>, index: usize) -> Result<Self, String> {
+    pub(crate) fn check(
+        source: &Arc<dyn PluginSource>,
+        index: usize,
+    ) -> Result<Self, ManifestCheckError> {
         let manifest = &source.manifests()[index];
         let (valid, triggers) = check_manifest(manifest)?;
         Ok(Prepared {
@@ -53,14 +56,25 @@ impl Prepared {
     }
 }
 
+/// Why a manifest was refused before any code of its plugin ran. It prints
+/// as one line naming the field and the cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestCheckError {
+    /// A field failed [`Manifest::validate`].
+    #[error("{0}")]
+    Invalid(#[source] ManifestError),
+    /// An action's trigger pattern does not compile.
+    #[error("{0}")]
+    Pattern(#[source] PatternError),
+}
+
 /// The manifest checks the host makes before it runs any code of a plugin:
-/// [`Manifest::validate`], then the compilation of its action triggers. The
-/// error is one line naming the field and the cause.
+/// [`Manifest::validate`], then the compilation of its action triggers.
 pub(crate) fn check_manifest(
     manifest: &Manifest,
-) -> Result<(ValidManifest, Arc<PluginTriggers>), String> {
-    let valid = manifest.validate().map_err(|e| e.to_string())?;
-    let triggers = PluginTriggers::compile(manifest).map_err(|e| e.to_string())?;
+) -> Result<(ValidManifest, Arc<PluginTriggers>), ManifestCheckError> {
+    let valid = manifest.validate().map_err(ManifestCheckError::Invalid)?;
+    let triggers = PluginTriggers::compile(manifest).map_err(ManifestCheckError::Pattern)?;
     Ok((valid, Arc::new(triggers)))
 }
 

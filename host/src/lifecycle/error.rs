@@ -3,6 +3,7 @@
 //! named once, by [`LoadFailure`](super::report::LoadFailure); the error
 //! says what is wrong and what to do.
 
+use super::check::ManifestCheckError;
 use crate::config::ConfigError;
 use crate::dependencies::Unresolved;
 use crate::load::OpenError;
@@ -16,7 +17,7 @@ pub enum LoadError {
     /// The file could not be opened.
     Open(OpenError),
     /// The manifest failed validation.
-    Manifest(String),
+    Manifest(ManifestCheckError),
     /// Several files hold a plugin of this name; none of them loads.
     Duplicate {
         /// Every file that holds it.
@@ -48,7 +49,7 @@ impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LoadError::Open(error) => error.fmt(f),
-            LoadError::Manifest(cause) => f.write_str(cause),
+            LoadError::Manifest(error) => error.fmt(f),
             LoadError::Duplicate { files } => {
                 let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
                 write!(
@@ -77,6 +78,7 @@ impl std::error::Error for LoadError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             LoadError::Open(error) => Some(error),
+            LoadError::Manifest(error) => Some(error),
             LoadError::Config(error) => Some(error),
             LoadError::OnLoad(error) => Some(error),
             _ => None,

@@ -41,6 +41,7 @@ mod shutdown;
 mod tests;
 
 pub(crate) use check::open_source;
+pub use check::ManifestCheckError;
 pub use error::LoadError;
 #[cfg(test)]
 pub(crate) use load::load_sources;

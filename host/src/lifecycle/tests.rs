@@ -2,8 +2,10 @@
 //! in which order, and the one line each failure gets.
 
 use crate::plugin::in_memory::{host_with, source};
-use crate::Stage;
-use agent_host_plugin_sdk::{Plugin, Service};
+use crate::shared_cause::SharedCause;
+use crate::{LoadError, ManifestCheckError, Stage};
+use agent_host_plugin_sdk::{Action, ActionResult, Plugin, Service};
+use std::error::Error;
 use std::sync::{Arc, Mutex};
 
 #[test]
@@ -102,4 +104,46 @@ fn two_sources_with_one_name_are_both_refused() {
         && f.cause()
             .starts_with("duplicate plugin name (found in one.so, two.so)")));
     assert!(report.loaded.is_empty());
+}
+
+#[test]
+fn a_refused_manifest_keeps_the_field_and_the_pattern_error_as_causes() {
+    let (_host, report) = host_with(
+        "",
+        vec![
+            source("old.so", || Plugin::new("old", "one")),
+            source("greedy.so", || {
+                Plugin::new("greedy", "1.0.0").action(
+                    Action::new("GRAB")
+                        .pattern("(unclosed")
+                        .validate(|_| true)
+                        .handler(|_, _| Ok(ActionResult::default())),
+                )
+            }),
+        ],
+    );
+    let old = report.failure_of("old").expect("old is refused");
+    assert_eq!(old.stage(), Stage::Manifest);
+    let LoadError::Manifest(ManifestCheckError::Invalid(invalid)) = &*old.error else {
+        panic!("not a field error: {:?}", old.error);
+    };
+    assert_eq!(invalid.field, "version");
+
+    let greedy = report.failure_of("greedy").expect("greedy is refused");
+    assert_eq!(greedy.stage(), Stage::Manifest);
+    assert!(
+        greedy.cause().starts_with(
+            "manifest field `actions[0].triggers.pattern`: action 'GRAB': \
+             the pattern does not compile: "
+        ),
+        "{}",
+        greedy.cause()
+    );
+    let check = Error::source(&*greedy.error).expect("the check error");
+    let pattern = check.source().expect("the pattern error");
+    let regex = pattern.source().expect("the regular expression's error");
+    assert!(
+        regex.downcast_ref::<SharedCause<regex::Error>>().is_some(),
+        "{regex:?}"
+    );
 }

@@ -3,6 +3,7 @@
 
 use crate::config::ConfigError;
 use crate::dependencies::Misfit;
+use crate::lifecycle::check::ManifestCheckError;
 use crate::load::OpenError;
 use crate::plugin::CallError;
 use std::fmt;
@@ -20,7 +21,7 @@ pub enum ReloadError {
         found: Vec<String>,
     },
     /// The new build's manifest failed validation.
-    Manifest(String),
+    Manifest(ManifestCheckError),
     /// The new build does not fit among the loaded plugins.
     Dependencies(Misfit),
     /// The plugin's config is invalid for the new build.
@@ -76,7 +77,7 @@ impl fmt::Display for ReloadError {
                 "the new build holds no plugin of that name (it holds: {})",
                 found.join(", ")
             ),
-            ReloadError::Manifest(cause) => f.write_str(cause),
+            ReloadError::Manifest(error) => error.fmt(f),
             ReloadError::Dependencies(misfit) => misfit.fmt(f),
             ReloadError::Config(error) => error.fmt(f),
             ReloadError::Create(cause) => write!(f, "create: {cause}"),
@@ -109,6 +110,7 @@ impl std::error::Error for ReloadError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ReloadError::Open(error) => Some(error),
+            ReloadError::Manifest(error) => Some(error),
             ReloadError::Dependencies(error) => Some(error),
             ReloadError::Config(error) => Some(error),
             ReloadError::ExportState(error)
