@@ -60,5 +60,6 @@ pub use crate::pipeline::{
     EvaluationRecord, Evaluations, InboundMessage, Reply, NO_ACTION_TEXT, SHUTTING_DOWN,
 };
 pub use crate::plugin::CallError;
+pub use crate::registry::ServiceStartError;
 pub use crate::reload::watch::{Watch, WatchError, DEFAULT_DEBOUNCE};
 pub use crate::reload::{ReloadError, ReloadFailure, ReloadOrigin, Reloaded, WhenUnchanged};

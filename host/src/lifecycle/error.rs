@@ -8,6 +8,7 @@ use crate::config::ConfigError;
 use crate::dependencies::Unresolved;
 use crate::load::OpenError;
 use crate::plugin::CallError;
+use crate::registry::ServiceStartError;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -41,7 +42,7 @@ pub enum LoadError {
         /// The service.
         service: String,
         /// Why.
-        cause: String,
+        cause: ServiceStartError,
     },
 }
 
@@ -81,6 +82,7 @@ impl std::error::Error for LoadError {
             LoadError::Manifest(error) => Some(error),
             LoadError::Config(error) => Some(error),
             LoadError::OnLoad(error) => Some(error),
+            LoadError::StartService { cause, .. } => Some(cause),
             _ => None,
         }
     }

@@ -11,7 +11,7 @@ use crate::config::{effective_config, AgentConfig};
 use crate::plugin::{CallError, CreateContext, InstanceParts, PluginInstance};
 use crate::registry::callbacks::PluginCallbacks;
 use crate::registry::step::{IfLate, Step};
-use crate::registry::{LivePlugin, Registry};
+use crate::registry::{LivePlugin, Registry, ServiceStartError};
 use std::sync::Arc;
 
 /// Creates a new generation of one plugin: its config (validated), its
@@ -163,8 +163,11 @@ fn on_unload(core: &Registry, plugin: &Arc<LivePlugin>) -> Result<(), CallError>
     })
 }
 
+/// A service that did not enter service, and why.
+pub(crate) type ServiceFailure = (String, ServiceStartError);
+
 /// Registers every service of a generation in the service table, stopped.
-fn register_services(core: &Registry, plugin: &Arc<LivePlugin>) -> Result<(), (String, String)> {
+fn register_services(core: &Registry, plugin: &Arc<LivePlugin>) -> Result<(), ServiceFailure> {
     for (index, service) in plugin.instance.manifest.services.iter().enumerate() {
         core.add_service(plugin, index as u32)
             .map_err(|cause| (service.name.clone(), cause))?;
@@ -180,7 +183,7 @@ pub(crate) fn start_services(
     core: &Registry,
     plugin: &Arc<LivePlugin>,
     if_late: IfLate,
-) -> Result<(), (String, String)> {
+) -> Result<(), ServiceFailure> {
     for (index, service) in plugin.instance.manifest.services.iter().enumerate() {
         let index = index as u32;
         let started = core.run_step(
@@ -194,7 +197,7 @@ pub(crate) fn start_services(
             for stop_error in stop_services(core, plugin, index as usize, if_late) {
                 tracing::warn!("{stop_error}");
             }
-            return Err((service.name.clone(), error.message));
+            return Err((service.name.clone(), ServiceStartError::Start(error)));
         }
         core.mark_service(plugin, index, true);
     }

@@ -3,7 +3,7 @@
 
 use crate::plugin::in_memory::{host_with, source};
 use crate::shared_cause::SharedCause;
-use crate::{LoadError, ManifestCheckError, Stage};
+use crate::{CallError, LoadError, ManifestCheckError, ServiceStartError, Stage};
 use agent_host_plugin_sdk::{Action, ActionResult, Plugin, Service};
 use std::error::Error;
 use std::sync::{Arc, Mutex};
@@ -146,4 +146,58 @@ fn a_refused_manifest_keeps_the_field_and_the_pattern_error_as_causes() {
         regex.downcast_ref::<SharedCause<regex::Error>>().is_some(),
         "{regex:?}"
     );
+}
+
+#[test]
+fn a_service_name_already_taken_names_the_plugin_that_provides_it() {
+    let (host, report) = host_with(
+        "",
+        vec![
+            source("first.so", || {
+                Plugin::new("first", "1.0.0").service(Service::new("store", ()))
+            }),
+            source("second.so", || {
+                Plugin::new("second", "1.0.0").service(Service::new("store", ()))
+            }),
+        ],
+    );
+    // The two enter service side by side: either may come first.
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    let failed = &report.failures[0];
+    let loser = failed.plugin.clone().expect("a plugin");
+    let winner = if loser == "first" { "second" } else { "first" };
+    assert_eq!(failed.stage(), Stage::StartService);
+    assert_eq!(
+        *failed.error,
+        LoadError::StartService {
+            service: "store".to_string(),
+            cause: ServiceStartError::Taken {
+                service: "store".to_string(),
+                provider: winner.to_string(),
+            },
+        }
+    );
+    assert_eq!(
+        failed.cause(),
+        format!("service 'store' failed to start: service 'store' is already provided by plugin '{winner}'")
+    );
+    assert_eq!(host.plugin_names(), vec![winner]);
+}
+
+#[test]
+fn a_service_whose_start_fails_keeps_the_plugin_error_as_its_cause() {
+    let (_host, report) = host_with(
+        "",
+        vec![source("store.so", || {
+            Plugin::new("store", "1.0.0").service(
+                Service::new("disk", ()).on_start(|_, _| agent_host_plugin_sdk::bail!("no disk")),
+            )
+        })],
+    );
+    let store = report.failure_of("store").expect("store fails");
+    assert_eq!(store.cause(), "service 'disk' failed to start: no disk");
+    let cause = Error::source(&*store.error).expect("the service's error");
+    let call = cause.source().expect("the plugin's error");
+    let call = call.downcast_ref::<CallError>().expect("a call error");
+    assert_eq!(call.message, "no disk");
 }

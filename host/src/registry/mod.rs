@@ -23,6 +23,7 @@ mod timers;
 pub use error::HostError;
 pub use images::MappedImages;
 pub use live::LivePlugin;
+pub use services::ServiceStartError;
 
 use crate::config::HostSettings;
 use crate::current_call;

@@ -22,23 +22,49 @@ pub(super) struct ServiceSlot {
     pub(super) running: bool,
 }
 
+/// Why a plugin's service did not enter service.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceStartError {
+    /// Another plugin already provides a service of that name.
+    #[error("service '{service}' is already provided by plugin '{provider}'")]
+    Taken {
+        /// The service.
+        service: String,
+        /// The plugin that provides it.
+        provider: String,
+    },
+    /// The plugin's manifest has no service of that number.
+    #[error("no service number {index}")]
+    Unknown {
+        /// The number asked for.
+        index: u32,
+    },
+    /// The plugin's `start_service` failed.
+    #[error("{}", .0.message)]
+    Start(#[source] CallError),
+}
+
 impl Registry {
     /// Registers a plugin's service, stopped. Fails if another plugin already
     /// provides a service of that name.
-    pub fn add_service(&self, plugin: &Arc<LivePlugin>, index: u32) -> Result<(), String> {
+    pub fn add_service(
+        &self,
+        plugin: &Arc<LivePlugin>,
+        index: u32,
+    ) -> Result<(), ServiceStartError> {
         let name = plugin
             .instance
             .manifest
             .services
             .get(index as usize)
             .map(|s| s.name.clone())
-            .ok_or_else(|| format!("no service number {index}"))?;
+            .ok_or(ServiceStartError::Unknown { index })?;
         let mut services = write(&self.services);
         if let Some(existing) = services.get(&name) {
-            return Err(format!(
-                "service '{name}' is already provided by plugin '{}'",
-                existing.plugin.name()
-            ));
+            return Err(ServiceStartError::Taken {
+                service: name,
+                provider: existing.plugin.name().to_string(),
+            });
         }
         services.insert(
             name,

@@ -6,6 +6,7 @@ use crate::dependencies::Misfit;
 use crate::lifecycle::check::ManifestCheckError;
 use crate::load::OpenError;
 use crate::plugin::CallError;
+use crate::registry::ServiceStartError;
 use std::fmt;
 
 /// Why a new build of a plugin was refused.
@@ -46,7 +47,7 @@ pub enum ReloadError {
         /// The service.
         service: String,
         /// Why.
-        cause: String,
+        cause: ServiceStartError,
     },
     /// The new build would take the library images the plugin keeps
     /// mapped in the host past `host.mapped_bytes_limit`.
@@ -116,6 +117,7 @@ impl std::error::Error for ReloadError {
             ReloadError::ExportState(error)
             | ReloadError::ImportState(error)
             | ReloadError::OnLoad(error) => Some(error),
+            ReloadError::StartService { cause, .. } => Some(cause),
             _ => None,
         }
     }
