@@ -50,8 +50,8 @@ use crate::isolation::wire::policy::{is_system_path, NetworkGrant, ResourceLimit
 use crate::worker_status::Protections;
 use landlock::{
     Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, NetPort, PathBeneath,
-    RestrictSelfAttr, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
-    ABI,
+    RestrictSelfAttr, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError,
+    RulesetStatus, Scope, ABI,
 };
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use std::os::fd::{AsFd, OwnedFd};
@@ -309,6 +309,11 @@ fn thread_count() -> Option<usize> {
 }
 
 /// What landlock put in force.
+const FILESYSTEM: &str = "landlock filesystem";
+const NETWORK: &str = "landlock network";
+const SCOPES: &str = "landlock scopes";
+const LANDLOCK: &str = "landlock";
+
 #[derive(Debug, Default)]
 struct LandlockOutcome {
     filesystem: bool,
@@ -323,11 +328,6 @@ fn landlock(
     grants: &OpenedGrants,
     threads: Option<usize>,
 ) -> Result<LandlockOutcome, Shortfall> {
-    const FILESYSTEM: &str = "landlock filesystem";
-    const NETWORK: &str = "landlock network";
-    const SCOPES: &str = "landlock scopes";
-    const LANDLOCK: &str = "landlock";
-
     let level = if policy.best_effort {
         CompatLevel::BestEffort
     } else {
@@ -387,6 +387,18 @@ fn landlock(
         .restrict_self()
         .map_err(|e| Shortfall::new(LANDLOCK, e))?;
 
+    Ok(outcome_of(&status, restrict_network, only_thread, threads))
+}
+
+/// What a landlock restriction put in force, read from its status: each
+/// protection the kernel's landlock version allows, and a shortfall for
+/// each it does not.
+fn outcome_of(
+    status: &RestrictionStatus,
+    restrict_network: bool,
+    only_thread: bool,
+    threads: Option<usize>,
+) -> LandlockOutcome {
     let mut outcome = LandlockOutcome::default();
     let abi = match status.landlock {
         LandlockStatus::Available { effective_abi, .. } => effective_abi,
@@ -394,27 +406,27 @@ fn landlock(
             outcome
                 .shortfalls
                 .push(Shortfall::new(LANDLOCK, SandboxCause::LandlockDisabled));
-            return Ok(outcome);
+            return outcome;
         }
         LandlockStatus::NotImplemented => {
             outcome
                 .shortfalls
                 .push(Shortfall::new(LANDLOCK, SandboxCause::LandlockUnsupported));
-            return Ok(outcome);
+            return outcome;
         }
     };
     if status.ruleset == RulesetStatus::NotEnforced {
         outcome
             .shortfalls
             .push(Shortfall::new(LANDLOCK, SandboxCause::NothingEnforced));
-        return Ok(outcome);
+        return outcome;
     }
     if !only_thread && !status.all_threads {
         outcome.shortfalls.push(Shortfall::new(
             LANDLOCK,
             SandboxCause::OtherThreads { threads },
         ));
-        return Ok(outcome);
+        return outcome;
     }
     let needs = |feature: &'static str, protection: &'static str, required: ABI| {
         Shortfall::new(
@@ -448,5 +460,5 @@ fn landlock(
             ABI::V6,
         ));
     }
-    Ok(outcome)
+    outcome
 }
