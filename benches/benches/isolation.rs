@@ -277,7 +277,7 @@ mod floor {
     const REQUEST: usize = 1500;
     const REPLY: usize = 40;
     /// As long as the host's and the workers' reads try without waiting:
-    /// a copy of `SPIN` in `host/src/isolation/link/unix.rs`, which is
+    /// a copy of `SPIN` in `host/src/isolation/wire/link/unix.rs`, which is
     /// private to the crate; change both together.
     const SPIN: Duration = Duration::from_micros(100);
 

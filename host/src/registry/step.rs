@@ -13,7 +13,7 @@
 //! * is cancelled: its control's flag is raised. An in-process plugin sees
 //!   it when it asks (`Runtime::is_cancelled`); an isolated plugin's call
 //!   sees it within a few milliseconds, and the host kills its worker
-//!   process (`isolation/process.rs`), as for any call past its deadline;
+//!   process (`isolation/engine/process.rs`), as for any call past its deadline;
 //! * when the generation was being started or stopped ([`IfLate::GiveUp`]),
 //!   ends that generation: the host gives up on it (an isolated plugin's
 //!   worker is not restarted) and calls no step of its life again. When it
