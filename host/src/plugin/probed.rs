@@ -22,7 +22,7 @@
 
 use super::isolated::WorkerBackend;
 use super::{Backend, CreateContext, Failure, PluginSource};
-use crate::isolation::engine::probe::{sandbox_policy, worker_program};
+use crate::isolation::engine::probe::{sandbox_policy, worker_program, WorkerSetupError};
 use crate::isolation::engine::process::{Guards, StartError, WorkerProcess};
 use crate::isolation::engine::supervisor::{Supervisor, WorkerSpec};
 use crate::isolation::wire::protocol::{Hello, Job};
@@ -47,7 +47,7 @@ pub(crate) struct ProbedFile {
     program: PathBuf,
     settings: Arc<IsolationSettings>,
     /// The library, opened in the host for the file's in-process plugins.
-    in_process: OnceLock<Result<OpenedLibrary, String>>,
+    in_process: OnceLock<Result<OpenedLibrary, OpenError>>,
     /// Why no worker can serve this file's plugins (its probe could not run
     /// the worker program), when it was opened in the host instead.
     no_worker: Option<String>,
@@ -64,12 +64,16 @@ pub(crate) fn open(
     trust: &TrustPolicy,
 ) -> Result<ProbedFile, OpenError> {
     let copy = library::private_copy(file, shadow, max_bytes, trust)?;
-    let program = worker_program(settings).map_err(|cause| OpenError::Worker { cause })?;
+    // The worker's side of a probe reports text; so does this side, in
+    // the same place.
+    let worker_error = |error: WorkerSetupError| OpenError::Worker {
+        cause: error.to_string(),
+    };
+    let program = worker_program(settings).map_err(worker_error)?;
     let probe = file
         .file_name()
         .map_or_else(|| "probe".to_string(), |n| n.to_string_lossy().into_owned());
-    let policy = sandbox_policy(settings, &probe, &[], &copy.path)
-        .map_err(|cause| OpenError::Worker { cause })?;
+    let policy = sandbox_policy(settings, &probe, &[], &copy.path).map_err(worker_error)?;
     let hello = Hello {
         file: file.to_path_buf(),
         copy: copy.path.clone(),
@@ -211,12 +215,9 @@ impl PluginSource for ProbedFile {
         if self.settings.placement_of(name) == Placement::InProcess {
             let library = self
                 .in_process
-                .get_or_init(|| {
-                    library::open_in_host(&self.file, &self.copy, self.max_bytes)
-                        .map_err(|e| e.to_string())
-                })
+                .get_or_init(|| library::open_in_host(&self.file, &self.copy, self.max_bytes))
                 .as_ref()
-                .map_err(|e| Failure::msg(e.clone()))?;
+                .map_err(|e| Failure::msg(e.to_string()))?;
             return library.create(index, host, context);
         }
         if let Some(cause) = &self.no_worker {
@@ -226,7 +227,7 @@ impl PluginSource for ProbedFile {
             ));
         }
         let policy = sandbox_policy(&self.settings, name, context.permissions, &self.copy.path)
-            .map_err(|e| Failure::new(ErrorKind::InvalidInput, e))?;
+            .map_err(|e| Failure::new(ErrorKind::InvalidInput, e.to_string()))?;
         let spec = WorkerSpec {
             program: self.program.clone(),
             plugin: name.to_string(),

@@ -2,18 +2,31 @@
 //! program, and the sandbox policy of a plugin (or of a probe, which holds
 //! no grant at all).
 
-use super::identity::worker_identity;
+use super::identity::{worker_identity, IdentityError};
+use super::policy::PolicyError;
 use crate::config::isolation::IsolationSettings;
 use crate::isolation::wire::policy::{ResourceLimits, SandboxPolicy};
 use std::path::{Path, PathBuf};
 
-/// The worker program: the configured one, else this executable. The
-/// error says why there is none.
-pub(crate) fn worker_program(settings: &IsolationSettings) -> Result<PathBuf, String> {
+/// Why a worker cannot be started for a plugin file.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WorkerSetupError {
+    /// No worker program is configured, and this program cannot be found.
+    #[error("cannot find this program to run as a worker: {0}")]
+    NoProgram(#[source] std::io::Error),
+    /// A permission cannot be turned into a rule of the sandbox.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// `worker_user` cannot be honoured.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// The worker program: the configured one, else this executable.
+pub(crate) fn worker_program(settings: &IsolationSettings) -> Result<PathBuf, WorkerSetupError> {
     match &settings.worker_program {
         Some(program) => Ok(program.clone()),
-        None => std::env::current_exe()
-            .map_err(|e| format!("cannot find this program to run as a worker: {e}")),
+        None => std::env::current_exe().map_err(WorkerSetupError::NoProgram),
     }
 }
 
@@ -36,15 +49,14 @@ pub(crate) fn sandbox_policy(
     plugin: &str,
     permissions: &[String],
     copy: &Path,
-) -> Result<SandboxPolicy, String> {
+) -> Result<SandboxPolicy, WorkerSetupError> {
     let mut policy = SandboxPolicy::new(
         plugin,
         permissions,
         copy,
         limits(settings, plugin),
         settings.best_effort,
-    )
-    .map_err(|e| e.to_string())?;
-    policy.identity = worker_identity(settings).map_err(|e| e.to_string())?;
+    )?;
+    policy.identity = worker_identity(settings)?;
     Ok(policy)
 }
