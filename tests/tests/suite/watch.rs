@@ -37,8 +37,12 @@ fn the_folder_drives_the_plugins() {
 
     // A changed file reloads, with its state.
     replace(&file, &fixture("counter-v2"));
-    wait_until("the v2 reload", || {
+    // The new generation serves before its reload is counted (the old one
+    // leaves service, then the audit record): wait for both, so that what
+    // is read below is the finished reload.
+    wait_until("the v2 reload, served and recorded", || {
         version(&host, "counter").as_deref() == Some("2.0.0")
+            && reloads(&host, "watcher", "reloaded") >= 1
     });
     // The host reading the file for its private copy is not a change: one
     // rename, one reload. A later event on another file, once handled,
