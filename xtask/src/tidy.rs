@@ -443,32 +443,29 @@ mod tests {
             .join("src")
     }
 
+    /// Fails with every finding, one a line, under `what`.
+    fn assert_none(findings: Vec<String>, what: &str) {
+        assert!(findings.is_empty(), "{what}:\n{}", findings.join("\n"));
+    }
+
     #[test]
     fn host_imports_only_look_down_and_close_no_circle() {
         let violations = violations(&host_src()).expect("read host/src");
-        assert!(
-            violations.is_empty(),
-            "imports that break the layers of xtask/src/tidy.rs HOST_LAYERS:\n{}",
-            violations
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
+        assert_none(
+            violations.iter().map(ToString::to_string).collect(),
+            "imports that break the layers of xtask/src/tidy.rs HOST_LAYERS",
         );
     }
 
     #[test]
     fn the_parts_of_isolation_keep_to_themselves() {
         let found = isolation_violations(&host_src()).expect("read host/src/isolation");
-        assert!(
-            found.is_empty(),
-            "imports between the parts of isolation that xtask/src/tidy.rs ISOLATION_PARTS \
-             forbids:\n{}",
+        assert_none(
             found
                 .iter()
                 .map(|(file, path)| format!("{file}: {path}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+                .collect(),
+            "imports between the parts of isolation that xtask/src/tidy.rs ISOLATION_PARTS forbids",
         );
     }
 

@@ -46,6 +46,15 @@ impl Prepared {
         })
     }
 
+    /// This plugin as the dependency rules see it.
+    pub(crate) fn candidate(&self) -> crate::dependencies::Candidate {
+        crate::dependencies::Candidate {
+            name: self.manifest.name.clone(),
+            version: self.version.clone(),
+            dependencies: self.dependencies.clone(),
+        }
+    }
+
     /// A failure of this plugin, naming its file.
     pub(crate) fn failure(&self, error: LoadError) -> LoadFailure {
         LoadFailure {

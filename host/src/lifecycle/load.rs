@@ -283,11 +283,7 @@ impl Levels {
                 dependencies: Vec::new(),
             })
             .collect();
-        candidates.extend(prepared.iter().map(|p| Candidate {
-            name: p.manifest.name.clone(),
-            version: p.version.clone(),
-            dependencies: p.dependencies.clone(),
-        }));
+        candidates.extend(prepared.iter().map(Prepared::candidate));
         let resolution = resolve(&candidates, &failed_names);
         for (i, reason) in resolution.failed.iter().filter(|(i, _)| *i >= k) {
             report

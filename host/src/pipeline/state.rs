@@ -96,7 +96,8 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
 fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
     let (core, plan, message) = (&run.core, &run.plan, &run.message);
     let started = Instant::now();
-    if let Some(state) = reusable_state(run, run.now_ms()) {
+    let now_ms = run.now_ms();
+    if let Some(state) = reusable_state(run, now_ms) {
         return ProvidersPhase {
             started,
             reused: Some(state),
@@ -114,7 +115,6 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
     }
 
     let bare_context = context_json(message, None, &[]);
-    let now_ms = run.now_ms();
     let mut composing = Composing {
         values: Vec::with_capacity(plan.providers.len()),
         stale: Vec::new(),

@@ -34,7 +34,7 @@ pub use error::ReloadError;
 pub use origin::ReloadOrigin;
 
 use crate::config::AgentConfig;
-use crate::dependencies::{check_replacement, Candidate};
+use crate::dependencies::check_replacement;
 use crate::lifecycle::check::Prepared;
 use crate::lifecycle::generation::{
     create, leave_service, on_load, start_services, stop_services, subscribe_providers,
@@ -294,12 +294,7 @@ fn open_new_generation(
         })?;
     let prepared =
         Prepared::check(&opened, index).map_err(|e| refuse_mapped(ReloadError::Manifest(e)))?;
-    let candidate = Candidate {
-        name: prepared.manifest.name.clone(),
-        version: prepared.version.clone(),
-        dependencies: prepared.dependencies.clone(),
-    };
-    check_replacement(&core.candidates(), &candidate)
+    check_replacement(&core.candidates(), &prepared.candidate())
         .map_err(|e| refuse_mapped(ReloadError::Dependencies(e)))?;
     create(core, &prepared, old.load_order, config).map_err(|f| {
         refuse_mapped(match *f.error {
