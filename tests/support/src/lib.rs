@@ -32,6 +32,8 @@
 //! It must never build into the main target folder, and never hand a test a
 //! file that another test may still overwrite.
 
+pub mod servers;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
