@@ -78,9 +78,11 @@
 //! only, unless given `--allow-unauthenticated`.
 
 mod api;
+pub(crate) mod cluster;
 pub(crate) mod isolation;
 
 pub use api::{ApiSettings, ApiToken, Role, TokenSource};
+pub use cluster::{ClusterSettings, ClusterSettingsError};
 
 use crate::permissions::{matches, Permissions};
 use crate::shared_cause::SharedCause;
@@ -268,6 +270,10 @@ pub struct AgentConfig {
     /// Which plugin files may load: the lock file, trusted signing keys.
     #[serde(default)]
     pub trust: crate::trust::TrustSettings,
+    /// One agent on several hosts through NATS JetStream; `None` (no
+    /// `[cluster]` table): one process.
+    #[serde(default)]
+    pub cluster: Option<cluster::ClusterSettings>,
 }
 
 /// A config problem. Errors about one plugin's config name the field, not
@@ -310,6 +316,9 @@ pub enum ConfigError {
         #[source]
         cause: SharedCause<jsonschema::ValidationError<'static>>,
     },
+    /// The `[cluster]` table cannot work.
+    #[error(transparent)]
+    Cluster(#[from] ClusterSettingsError),
     /// A config value does not match the plugin's schema.
     #[error("config field `{field}`: {cause}")]
     Invalid {
@@ -354,15 +363,22 @@ impl AgentConfig {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         config.trust.resolve_paths(folder);
+        if let Some(cluster) = &mut config.cluster {
+            cluster.credentials_file = cluster.credentials_file.take().map(|f| folder.join(f));
+        }
         Ok(config)
     }
 
     /// Parses config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: None,
             cause: e.into(),
-        })
+        })?;
+        if let Some(cluster) = &config.cluster {
+            cluster.validate()?;
+        }
+        Ok(config)
     }
 
     /// The permissions a plugin gets: those it requested that the operator

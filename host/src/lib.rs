@@ -24,6 +24,7 @@
 pub mod bench_support;
 mod call;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 mod current_call;
 mod dependencies;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 /// of its own layer or of the layers below it, never of a layer above.
 pub const HOST_LAYERS: &[(&str, &[&str])] = &[
     ("front ends", &["cli", "http", "request"]),
+    ("cluster", &["cluster"]),
     ("facade", &["host", "testing", "bench_support"]),
     ("flows", &["lifecycle", "reload", "pipeline"]),
     ("registry", &["registry"]),

@@ -131,6 +131,7 @@ async fn serve(
         Some(address) => Some(bind(address, &access, listen.allow_unauthenticated).await?),
         None => None,
     };
+    let cluster_settings = config.cluster.clone();
     let host = Arc::new(PluginHost::new(HostOptions {
         runtime: Some(tokio::runtime::Handle::current()),
         config,
@@ -147,6 +148,21 @@ async fn serve(
         "agent ready with plugins: {}",
         host.plugin_names().join(", ")
     );
+    // Cluster mode starts once the plugins are loaded: a host takes
+    // messages only with its plugins known.
+    let cluster = match &cluster_settings {
+        Some(settings) => {
+            let cluster = crate::cluster::start(Arc::clone(&host), settings).await?;
+            tracing::info!(
+                "serving agent '{}' as host '{}' of its cluster at {}",
+                settings.agent,
+                cluster.node().host_name,
+                settings.url
+            );
+            Some(cluster)
+        }
+        None => None,
+    };
     let watching = if watch {
         Some(host.watch(dir, crate::reload::watch::DEFAULT_DEBOUNCE)?)
     } else {
@@ -195,6 +211,11 @@ async fn serve(
         "shutting down: taking no new work, waiting at most {} ms for the calls in flight",
         host.settings().shutdown_grace_ms
     );
+    // A host leaving its cluster takes no more messages; the ones it has
+    // not acknowledged go to another host.
+    if let Some(cluster) = cluster {
+        cluster.stop().await;
+    }
     host.begin_shutdown();
     // Stop watching before the plugins stop, so no reload races the shutdown.
     drop(watching);

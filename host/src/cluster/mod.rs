@@ -1,0 +1,133 @@
+//! One agent on several hosts, through NATS JetStream: the front ends of
+//! every host publish their messages to the agent's stream, every host
+//! takes them from one shared consumer, and the reply goes back to the
+//! front end that took the request.
+//!
+//! The parts, each in its file:
+//! - [`names`]: the subjects, stream, consumer and buckets of one agent;
+//! - `connection.rs`: connecting with the configured credentials;
+//! - `route.rs`: a front end's message to the stream, its reply back;
+//! - `consumer.rs`: the shared consumer feeding this host's pipeline;
+//! - `replies.rs`: replies kept by message id, for retried ids;
+//! - `members.rs`: heartbeats, lock hashes, and the gate that keeps a host
+//!   whose plugins differ from taking messages;
+//! - `events.rs`: plugin events crossing hosts;
+//! - `control.rs`: requests from operators to one host (a rolling reload);
+//! - [`status`]: what `/v1/cluster` and `agent-host cluster status` show.
+//!
+//! Without a `[cluster]` table none of this runs and no server is needed.
+//!
+//! This module must never acknowledge a message before its reply is
+//! published, nor let a host whose plugins differ from the cluster's take
+//! messages unless the operator said so.
+
+mod connection;
+mod consumer;
+mod control;
+mod events;
+mod members;
+pub mod names;
+mod replies;
+mod route;
+pub mod status;
+
+pub use connection::ConnectError;
+pub use names::Names;
+
+use crate::config::ClusterSettings;
+use crate::PluginHost;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// This host's place in the cluster: its settings, names, the server
+/// connection, and whether it takes messages.
+pub struct ClusterNode {
+    /// The `[cluster]` table.
+    pub settings: ClusterSettings,
+    /// This host's name in the cluster.
+    pub host_name: String,
+    /// The agent's subjects, stream and buckets.
+    pub names: Names,
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// JetStream over that connection.
+    pub jetstream: async_nats::jetstream::Context,
+    /// Whether this host takes messages from the shared consumer: false
+    /// until its plugins are known to match the cluster's.
+    pub taking_messages: watch::Sender<bool>,
+}
+
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The server could not be reached or refused the credentials.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// JetStream refused to create or open one of the agent's streams,
+    /// consumers or buckets.
+    #[error("NATS JetStream at {url}: cannot set up {what}: {cause}")]
+    Setup {
+        /// The server.
+        url: String,
+        /// The stream, consumer or bucket.
+        what: String,
+        /// The server's or client's error.
+        cause: String,
+    },
+}
+
+/// Cluster mode while it runs: its node and the tasks serving it.
+pub struct Cluster {
+    node: Arc<ClusterNode>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// This host's node.
+    pub fn node(&self) -> &Arc<ClusterNode> {
+        &self.node
+    }
+
+    /// Stops taking messages and announcing this host, and ends the tasks.
+    pub async fn stop(self) {
+        self.node.taking_messages.send_replace(false);
+        for task in self.tasks {
+            task.abort();
+        }
+        // Whatever is buffered (a last reply, a last event) goes out.
+        let _ = self.node.client.flush().await;
+    }
+}
+
+/// Connects to the cluster and starts serving this host's part of it:
+/// its announcements, the events it relays, operators' requests, and the
+/// shared consumer (once its plugins match), and sends the front ends'
+/// messages through the cluster.
+pub async fn start(
+    host: Arc<PluginHost>,
+    settings: &ClusterSettings,
+) -> Result<Cluster, ClusterError> {
+    let host_name = settings
+        .host
+        .clone()
+        .unwrap_or_else(connection::default_host_name);
+    let names = Names::new(&settings.agent);
+    let client = connection::connect(settings, &host_name).await?;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let (taking_messages, _) = watch::channel(false);
+    let node = Arc::new(ClusterNode {
+        settings: settings.clone(),
+        host_name,
+        names,
+        client,
+        jetstream,
+        taking_messages,
+    });
+    let mut tasks = Vec::new();
+    tasks.push(members::start(&node, &host).await?);
+    tasks.push(events::start(&node, &host).await?);
+    tasks.push(control::start(&node, &host).await?);
+    tasks.push(consumer::start(&node, &host).await?);
+    route::install(&node, &host).await?;
+    Ok(Cluster { node, tasks })
+}
