@@ -5,9 +5,10 @@ use crate::error::DatabaseError;
 use agent_host_plugin_sdk::{Runtime, Value};
 use std::time::Duration;
 
-/// The database used when the config names none: a SQLite file in the
-/// host's working directory.
-pub const DEFAULT_URL: &str = "sqlite://agent.sqlite3";
+/// The database used when the config names none: SQLite in memory, so that
+/// nothing is written where the operator did not ask (the shipped
+/// `agent.toml` names a file).
+pub const DEFAULT_URL: &str = "sqlite::memory:";
 
 /// The pool's size when the config gives none.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
