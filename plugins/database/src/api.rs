@@ -61,7 +61,8 @@ pub struct TransactionRequest {
 /// What one statement of a transaction did.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StatementResult {
-    /// How many rows it inserted, changed or deleted.
+    /// How many rows it inserted, changed or deleted, as the database
+    /// counts them (PostgreSQL also counts the rows a `SELECT` returned).
     pub rows_affected: u64,
     /// The rows it returned (a `SELECT`, a `RETURNING` clause); absent when
     /// it returned none.

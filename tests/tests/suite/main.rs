@@ -6,6 +6,7 @@
 //! the plugin log, collects every module's plugin lines, and `notes` reads
 //! only the lines naming its own database file.
 
+mod database;
 mod deadlines;
 mod examples;
 mod failure_isolation;
