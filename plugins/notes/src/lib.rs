@@ -1,78 +1,63 @@
-//! `notes`: remembers what each sender asks it to, in an embedded SQLite
-//! database, and tells it back on request.
+//! `notes`: remembers what each sender asks it to, in the agent's database
+//! (the `database` plugin's service), and tells it back on request.
 //!
 //! The plugin offers
 //!
 //! * the `REMEMBER` action, for messages that start with "remember " or
 //!   "note that " (any case). It stores the rest of the message as a note of
-//!   the message's sender and answers "Noted: <the note>";
+//!   the message's sender, keyed by the message's id, and answers "Noted:
+//!   <the note>". A message handled twice (a cluster hands a message on when
+//!   the host that had it died) stores its note once: the second run finds
+//!   the note of that message id and answers "Noted" without writing again;
 //! * the `RECALL` action, for messages that start with "recall" or that
 //!   contain "what did I tell you" or "my notes". It answers with the
 //!   sender's notes as a numbered list, oldest first, or "You have no notes
 //!   yet.". "recall <words>" lists only the notes that contain those words
 //!   (see [`recall_query`]);
-//! * the `notes` service, which owns the database: `remember {sender, text}
-//!   -> {id}`, `recall {sender, query?, limit?} -> [{id, text, created_at}]`,
+//! * the `notes` service: `remember {sender, text, message_id?} -> {id,
+//!   stored}`, `recall {sender, query?, limit?} -> [{id, text, created_at}]`,
 //!   `forget {sender, id} -> bool` and `count {sender} -> u64`. Every method
 //!   works on one sender's notes only. `remember` emits `notes:remembered`
-//!   with `{sender, id}` once the note is stored;
+//!   with `{sender, id}` once a note is stored (not when its message id
+//!   was already stored: then `stored` is false);
 //! * the `notes-count` provider: `{"count": n}`, how many notes the message's
 //!   sender has (0 for a message without a sender).
 //!
 //! # The database
 //!
-//! The config key `database` names the SQLite file (default `notes.sqlite3`;
-//! a relative path is relative to the host process's working directory). The
-//! special value `":memory:"` keeps the notes in memory, so they last only as
-//! long as the service runs. The service opens the database when it starts,
-//! creates its table if it is missing, and closes it when it stops; the
-//! notes of a file database survive a restart of the host.
-//!
-//! Every statement is parameterized. `recall`'s `query` is a substring
-//! filter through SQL `LIKE`, with `%`, `_` and the escape character itself
-//! escaped, so a query matches only its own characters. Like SQLite's `LIKE`,
-//! it ignores the case of ASCII letters only.
-//!
-//! Each loaded copy of this plugin carries its own copy of SQLite. Two copies
-//! of SQLite in one process do not see each other's file locks, so two
-//! copies in one process must never have the same file open at the same
-//! time. A hot reload keeps to that on its own: the host stops the serving
-//! generation's services (this one closes the file) before it starts the new
-//! generation's (which opens it again), with every call held at the gate in
-//! between. Two hosts in one process must give each its own file or
-//! `":memory:"`.
+//! The notes live in the table `notes` of the database the `database`
+//! plugin serves (the dependency `database@^1`; grant `service:database`).
+//! The service creates the table when it starts, with the DDL of the
+//! database's dialect (SQLite or PostgreSQL). The notes outlive a reload of
+//! either plugin and a restart of the host, and every host pointed at the
+//! same database shares them. Every statement binds its values to `$N`
+//! placeholders. `recall`'s `query` is a substring filter through `LIKE`
+//! (`ILIKE` on PostgreSQL), with `%`, `_` and the escape character itself
+//! escaped, so a query matches only its own characters; it ignores case
+//! (ASCII letters only, on SQLite).
 
 use agent_host_plugin_sdk::{
     json, Action, ActionResult, Error, ErrorKind, Message, Plugin, Provider, Result, Runtime,
     Service, Value,
 };
-use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The service's name.
 pub const SERVICE: &str = "notes";
 
+/// The service the notes are stored through.
+pub const DATABASE_SERVICE: &str = "database";
+
 /// The event emitted after a note is stored, with `{sender, id}` as payload.
 pub const REMEMBERED_EVENT: &str = "notes:remembered";
-
-/// The database used when the config does not name one: in memory, so that
-/// nothing is written where the operator did not ask (the shipped
-/// `agent.toml` names a file).
-pub const DEFAULT_DATABASE: &str = IN_MEMORY;
-
-/// The `database` value that keeps the notes in memory.
-pub const IN_MEMORY: &str = ":memory:";
 
 /// The longest note the service stores, in characters.
 pub const MAX_NOTE_CHARS: usize = 10_000;
 
 /// How many notes the `RECALL` action lists at most (the most recent ones).
 pub const RECALL_LIST_LIMIT: u32 = 20;
-
-/// How long a statement waits for a lock another connection holds on the file.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The reply of `RECALL` for a sender without notes.
 pub const NO_NOTES_TEXT: &str = "You have no notes yet.";
@@ -83,15 +68,36 @@ pub const REMEMBER_PREFIXES: [&str; 2] = ["remember ", "note that "];
 /// The phrases that make `RECALL` apply anywhere in a message (in lowercase).
 pub const RECALL_PHRASES: [&str; 2] = ["what did i tell you", "my notes"];
 
-const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS notes (
+/// The table and its index on SQLite.
+const SQLITE_SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS notes (
         id         INTEGER PRIMARY KEY AUTOINCREMENT,
         sender     TEXT    NOT NULL,
         text       TEXT    NOT NULL,
-        created_at INTEGER NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS notes_by_sender ON notes (sender, id);
-";
+        created_at INTEGER NOT NULL,
+        message_id TEXT    UNIQUE
+    )",
+    "CREATE INDEX IF NOT EXISTS notes_by_sender ON notes (sender, id)",
+];
+
+/// The table and its index on PostgreSQL.
+const POSTGRES_SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS notes (
+        id         BIGSERIAL PRIMARY KEY,
+        sender     TEXT   NOT NULL,
+        text       TEXT   NOT NULL,
+        created_at BIGINT NOT NULL,
+        message_id TEXT   UNIQUE
+    )",
+    "CREATE INDEX IF NOT EXISTS notes_by_sender ON notes (sender, id)",
+];
+
+/// Stores a note unless its message id already has one; returns its id.
+const INSERT_NOTE: &str = "INSERT INTO notes (sender, text, created_at, message_id) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (message_id) DO NOTHING RETURNING id";
+
+/// The note already stored for a message id.
+const NOTE_OF_MESSAGE: &str = "SELECT id FROM notes WHERE message_id = $1";
 
 /// One stored note.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,13 +118,24 @@ pub struct RememberRequest {
     pub sender: String,
     /// The note (not empty, at most [`MAX_NOTE_CHARS`] characters).
     pub text: String,
+    /// The id of the message that asked for it: a message id stores one
+    /// note, however often it is handled. Absent stores a note each time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }
 
 /// What `remember` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Remembered {
-    /// The new note's id.
+    /// The note's id.
     pub id: i64,
+    /// Whether this call stored it (false: its message id had stored it before).
+    #[serde(default = "stored_by_default")]
+    pub stored: bool,
+}
+
+fn stored_by_default() -> bool {
+    true
 }
 
 /// The arguments of `recall`.
@@ -127,8 +144,8 @@ pub struct Remembered {
 pub struct RecallRequest {
     /// Whose notes to list.
     pub sender: String,
-    /// Lists only notes that contain this text (ASCII case ignored); absent
-    /// or empty lists all.
+    /// Lists only notes that contain this text (case ignored); absent or
+    /// empty lists all.
     #[serde(default)]
     pub query: Option<String>,
     /// Lists at most this many notes, the most recent ones; absent lists all.
@@ -154,12 +171,18 @@ pub struct CountRequest {
     pub sender: String,
 }
 
-fn invalid(message: impl Into<String>) -> Error {
-    Error::new(ErrorKind::InvalidInput, message)
+/// The SQL dialect of the database the notes live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
 }
 
-fn db_error(error: rusqlite::Error) -> Error {
-    Error::msg(format!("notes database: {error}"))
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidInput, message)
 }
 
 fn check_sender(method: &str, sender: &str) -> Result<()> {
@@ -188,88 +211,96 @@ fn now_unix_seconds() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// The `database` config value: a file path or [`IN_MEMORY`].
-fn database_path(rt: &Runtime<'_>) -> Result<String> {
-    match rt.config_value("database")? {
-        Value::Null => Ok(DEFAULT_DATABASE.to_string()),
-        Value::String(path) if !path.trim().is_empty() => Ok(path),
-        other => Err(invalid(format!(
-            "config `database` must be a file path or \":memory:\", not {other}"
-        ))),
+/// The rows a `query` of the database service returns.
+#[derive(Deserialize)]
+struct Rows {
+    rows: Vec<Vec<Value>>,
+}
+
+/// The answer of an `execute` of the database service.
+#[derive(Deserialize)]
+struct Executed {
+    rows_affected: u64,
+}
+
+fn query(rt: &Runtime<'_>, sql: &str, params: Value) -> Result<Vec<Vec<Value>>> {
+    let rows: Rows = rt
+        .service(DATABASE_SERVICE)
+        .call("query", &json!({ "sql": sql, "params": params }))?;
+    Ok(rows.rows)
+}
+
+fn execute(rt: &Runtime<'_>, sql: &str, params: Value) -> Result<u64> {
+    let executed: Executed = rt
+        .service(DATABASE_SERVICE)
+        .call("execute", &json!({ "sql": sql, "params": params }))?;
+    Ok(executed.rows_affected)
+}
+
+/// The integer in the first column of `row`.
+fn integer(method: &str, row: Option<&Vec<Value>>) -> Result<i64> {
+    row.and_then(|row| row.first())
+        .and_then(Value::as_i64)
+        .ok_or_else(|| Error::msg(format!("notes.{method}: the database answered no id")))
+}
+
+/// The SQL of `recall`: the sender's latest notes (at most `$3` when
+/// `limited`), those matching the pattern `$2` when it is not null, oldest
+/// first.
+fn recall_sql(dialect: Dialect, limited: bool) -> &'static str {
+    match (dialect, limited) {
+        (Dialect::Sqlite, false) => "SELECT id, text, created_at FROM (SELECT id, text, created_at FROM notes WHERE sender = $1 AND ($2 IS NULL OR text LIKE $2 ESCAPE '\\') ORDER BY id DESC) AS latest ORDER BY id ASC",
+        (Dialect::Sqlite, true) => "SELECT id, text, created_at FROM (SELECT id, text, created_at FROM notes WHERE sender = $1 AND ($2 IS NULL OR text LIKE $2 ESCAPE '\\') ORDER BY id DESC LIMIT $3) AS latest ORDER BY id ASC",
+        (Dialect::Postgres, false) => "SELECT id, text, created_at FROM (SELECT id, text, created_at FROM notes WHERE sender = $1 AND ($2::text IS NULL OR text ILIKE $2 ESCAPE '\\') ORDER BY id DESC) AS latest ORDER BY id ASC",
+        (Dialect::Postgres, true) => "SELECT id, text, created_at FROM (SELECT id, text, created_at FROM notes WHERE sender = $1 AND ($2::text IS NULL OR text ILIKE $2 ESCAPE '\\') ORDER BY id DESC LIMIT $3) AS latest ORDER BY id ASC",
     }
 }
 
-/// Opens (creating if needed) the database at `path` and its table.
-fn open(path: &str) -> Result<Connection> {
-    let connection = if path == IN_MEMORY {
-        Connection::open_in_memory()
-    } else {
-        Connection::open(path)
-    }
-    .map_err(|e| Error::msg(format!("cannot open notes database {path}: {e}")))?;
-    connection.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
-    connection
-        .execute_batch(SCHEMA)
-        .map_err(|e| Error::msg(format!("cannot create the notes table in {path}: {e}")))?;
-    Ok(connection)
-}
-
-/// An open database and the path it was opened from.
-struct OpenDatabase {
-    connection: Connection,
-    path: String,
-}
-
-/// The `notes` service's state: the open database, while the service runs.
+/// The `notes` service's state: the database's dialect, while the service runs.
 #[derive(Default)]
 pub struct NotesService {
-    database: Mutex<Option<OpenDatabase>>,
+    dialect: Mutex<Option<Dialect>>,
 }
 
 impl NotesService {
-    fn lock(&self) -> MutexGuard<'_, Option<OpenDatabase>> {
-        // Each critical section runs single statements, which SQLite applies
-        // whole or not at all: a poisoned lock hides no half-made change.
-        self.database.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Option<Dialect>> {
+        // A plain value, replaced whole: a poisoned lock hides nothing.
+        self.dialect.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `work` on the open database; fails when the service is stopped.
-    fn with_db<T>(&self, work: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-        match self.lock().as_ref() {
-            Some(open) => work(&open.connection).map_err(db_error),
-            None => Err(Error::new(
-                ErrorKind::Unavailable,
-                "the notes database is not open (the service is stopped)",
-            )),
-        }
+    /// The dialect; fails when the service is stopped.
+    fn dialect(&self) -> Result<Dialect> {
+        (*self.lock())
+            .ok_or_else(|| Error::new(ErrorKind::Unavailable, "the notes service is stopped"))
     }
 
     fn start(&self, rt: &Runtime<'_>) -> Result<()> {
-        let path = database_path(rt)?;
-        let connection = open(&path)?;
-        rt.info(format!("notes database open: {path}"));
-        let previous = self.lock().replace(OpenDatabase { connection, path });
-        if let Some(previous) = previous {
-            if let Err((_, error)) = previous.connection.close() {
-                rt.warn(format!("closing the previous notes database: {error}"));
-            }
+        let dialect: Dialect = rt.service(DATABASE_SERVICE).call("dialect", &())?;
+        let schema = match dialect {
+            Dialect::Sqlite => SQLITE_SCHEMA,
+            Dialect::Postgres => POSTGRES_SCHEMA,
+        };
+        for sql in schema {
+            execute(rt, sql, json!([])).map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    format!("cannot create the notes table: {}", e.message()),
+                )
+            })?;
         }
+        *self.lock() = Some(dialect);
+        rt.info(format!("notes table ready ({dialect:?})"));
         Ok(())
     }
 
-    fn stop(&self, rt: &Runtime<'_>) -> Result<()> {
-        let database = self.lock().take();
-        if let Some(OpenDatabase { connection, path }) = database {
-            connection
-                .close()
-                .map_err(|(_, e)| Error::msg(format!("closing the notes database {path}: {e}")))?;
-            rt.info(format!("notes database closed: {path}"));
-        }
+    fn stop(&self, _rt: &Runtime<'_>) -> Result<()> {
+        *self.lock() = None;
         Ok(())
     }
 
     fn remember(&self, request: RememberRequest, rt: &Runtime<'_>) -> Result<Remembered> {
         check_sender("remember", &request.sender)?;
+        self.dialect()?;
         let text = request.text.trim();
         if text.is_empty() {
             return Err(invalid("notes.remember: `text` is empty"));
@@ -280,70 +311,76 @@ impl NotesService {
                 "notes.remember: the note has {chars} characters, more than {MAX_NOTE_CHARS}"
             )));
         }
-        let id = self.with_db(|db| {
-            db.execute(
-                "INSERT INTO notes (sender, text, created_at) VALUES (?1, ?2, ?3)",
-                params![request.sender, text, now_unix_seconds()],
-            )?;
-            Ok(db.last_insert_rowid())
-        })?;
-        // Emitted after the lock is released: a handler may call back into
-        // this service.
+        let message_id = request.message_id.as_deref().filter(|id| !id.is_empty());
+        let inserted = query(
+            rt,
+            INSERT_NOTE,
+            json!([request.sender, text, now_unix_seconds(), message_id]),
+        )?;
+        if inserted.is_empty() {
+            // The message id has its note already: answer with it.
+            let existing = query(rt, NOTE_OF_MESSAGE, json!([message_id]))?;
+            let id = integer("remember", existing.first())?;
+            return Ok(Remembered { id, stored: false });
+        }
+        let id = integer("remember", inserted.first())?;
         rt.emit(
             REMEMBERED_EVENT,
             &json!({ "sender": request.sender, "id": id }),
         )?;
-        Ok(Remembered { id })
+        Ok(Remembered { id, stored: true })
     }
 
-    fn recall(&self, request: RecallRequest, _rt: &Runtime<'_>) -> Result<Vec<Note>> {
+    fn recall(&self, request: RecallRequest, rt: &Runtime<'_>) -> Result<Vec<Note>> {
         check_sender("recall", &request.sender)?;
+        let dialect = self.dialect()?;
         let pattern = request
             .query
             .as_deref()
             .filter(|q| !q.is_empty())
             .map(|q| format!("%{}%", escape_like(q)));
-        let limit = request.limit.map_or(-1, i64::from);
-        self.with_db(|db| {
-            let mut statement = db.prepare_cached(
-                "SELECT id, text, created_at FROM (
-                     SELECT id, text, created_at FROM notes
-                     WHERE sender = ?1 AND (?2 IS NULL OR text LIKE ?2 ESCAPE '\\')
-                     ORDER BY id DESC LIMIT ?3
-                 ) ORDER BY id ASC",
-            )?;
-            let notes = statement.query_map(params![request.sender, pattern, limit], |row| {
-                Ok(Note {
-                    id: row.get(0)?,
-                    text: row.get(1)?,
-                    created_at: row.get(2)?,
-                })
-            })?;
-            notes.collect()
-        })
+        let (sql, params) = match request.limit {
+            Some(limit) => (
+                recall_sql(dialect, true),
+                json!([request.sender, pattern, limit]),
+            ),
+            None => (recall_sql(dialect, false), json!([request.sender, pattern])),
+        };
+        query(rt, sql, params)?
+            .into_iter()
+            .map(|row| match row.as_slice() {
+                [Value::Number(id), Value::String(text), Value::Number(created_at)] => Ok(Note {
+                    id: id.as_i64().unwrap_or_default(),
+                    text: text.clone(),
+                    created_at: created_at.as_i64().unwrap_or_default(),
+                }),
+                other => Err(Error::msg(format!(
+                    "notes.recall: the database answered an unexpected row {other:?}"
+                ))),
+            })
+            .collect()
     }
 
-    fn forget(&self, request: ForgetRequest, _rt: &Runtime<'_>) -> Result<bool> {
+    fn forget(&self, request: ForgetRequest, rt: &Runtime<'_>) -> Result<bool> {
         check_sender("forget", &request.sender)?;
-        let deleted = self.with_db(|db| {
-            db.execute(
-                "DELETE FROM notes WHERE id = ?1 AND sender = ?2",
-                params![request.id, request.sender],
-            )
-        })?;
+        self.dialect()?;
+        let deleted = execute(
+            rt,
+            "DELETE FROM notes WHERE id = $1 AND sender = $2",
+            json!([request.id, request.sender]),
+        )?;
         Ok(deleted > 0)
     }
 
-    fn count(&self, request: CountRequest, _rt: &Runtime<'_>) -> Result<u64> {
+    fn count(&self, request: CountRequest, rt: &Runtime<'_>) -> Result<u64> {
         check_sender("count", &request.sender)?;
-        let count: i64 = self.with_db(|db| {
-            db.query_row(
-                "SELECT COUNT(*) FROM notes WHERE sender = ?1",
-                params![request.sender],
-                |row| row.get(0),
-            )
-        })?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        self.dialect()?;
+        let rows = query(
+            rt,
+            "SELECT COUNT(*) FROM notes WHERE sender = $1",
+            json!([request.sender]),
+        )?;
+        Ok(u64::try_from(integer("count", rows.first())?).unwrap_or(0))
     }
 }
 
@@ -451,14 +488,23 @@ fn handle_remember(message: &Message<'_>, rt: &Runtime<'_>) -> Result<ActionResu
             "What should I remember? Say \"remember <something>\".",
         ));
     }
+    let message_id = message.id();
     let remembered: Remembered = rt.service(SERVICE).call(
         "remember",
         &RememberRequest {
             sender: sender.to_string(),
             text: note.to_string(),
+            message_id: (!message_id.is_empty()).then(|| message_id.to_string()),
         },
     )?;
-    rt.info(format!("stored note {} for {sender}", remembered.id));
+    if remembered.stored {
+        rt.info(format!("stored note {} for {sender}", remembered.id));
+    } else {
+        rt.info(format!(
+            "note {} of message {message_id} was stored before",
+            remembered.id
+        ));
+    }
     ActionResult::text(format!("Noted: {note}"))
         .with_data(json!({ "id": remembered.id, "text": note }))
 }
@@ -500,37 +546,30 @@ fn provide_count(message: &Message<'_>, rt: &Runtime<'_>) -> Result<Value> {
     Ok(json!({ "count": count }))
 }
 
-/// The JSON Schema of the plugin's config.
+/// The JSON Schema of the plugin's config: it has none (the `database`
+/// plugin's config says where the notes are kept).
 pub fn config_schema() -> Value {
     json!({
         "type": "object",
-        "properties": {
-            "database": {
-                "type": "string",
-                "minLength": 1,
-                "default": DEFAULT_DATABASE,
-                "description": "Path of the SQLite file that holds the notes (relative to the host's working directory), or \":memory:\" for notes that last only while the service runs."
-            }
-        },
+        "properties": {},
         "additionalProperties": false
     })
 }
 
 /// Builds the `notes` plugin.
 pub fn plugin() -> Plugin {
-    Plugin::new("notes", "1.0.0")
-        .description("Keeps notes per sender in a SQLite database and tells them back")
+    Plugin::new("notes", "1.1.0")
+        .description("Keeps notes per sender in the agent's database and tells them back")
         .author("agent-host examples")
         .license("MIT OR Apache-2.0")
+        .dependency("database@^1")
         .permission("event:emit:notes:*")
-        // Reading its own config is a permission like any other.
-        .permission("config:*")
+        .permission("service:database")
         .config_schema(config_schema())
-        .default_config(json!({ "database": DEFAULT_DATABASE }))
         .service(
             Service::new(SERVICE, NotesService::default())
                 .description(
-                    "remember {sender, text} -> {id}; recall {sender, query?, limit?} -> \
+                    "remember {sender, text, message_id?} -> {id, stored}; recall {sender, query?, limit?} -> \
                      [{id, text, created_at}]; forget {sender, id} -> bool; count {sender} -> n",
                 )
                 .on_start(NotesService::start)
@@ -575,42 +614,88 @@ agent_host_plugin_sdk::export_plugin!(plugin);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_host_plugin_sdk::testing::TestHost;
+    use agent_host_plugin_sdk::testing::{LoadedPlugin, TestHost};
+    use std::sync::Arc;
 
-    fn memory_host() -> TestHost {
-        TestHost::new("notes").with_config(json!({"database": IN_MEMORY}))
+    /// The notes table of a fake `database` service: (id, sender, text,
+    /// message id). It understands only the statements this plugin sends;
+    /// the SQL itself runs against real databases in the integration tests.
+    #[derive(Default)]
+    struct FakeTable {
+        notes: Vec<(i64, String, String, Option<String>)>,
+        statements: Vec<String>,
     }
 
-    fn remember(
-        loaded: &agent_host_plugin_sdk::testing::LoadedPlugin<'_>,
-        sender: &str,
-        text: &str,
-    ) -> i64 {
-        loaded
-            .call_service("notes", "remember", json!({"sender": sender, "text": text}))
-            .unwrap()["id"]
-            .as_i64()
-            .unwrap()
+    fn fake_database(table: Arc<Mutex<FakeTable>>) -> impl Fn(&str, Value) -> Result<Value> {
+        move |method, args| {
+            let mut table = table.lock().unwrap();
+            if method == "dialect" {
+                return Ok(json!("sqlite"));
+            }
+            let sql = args["sql"].as_str().unwrap().to_string();
+            let params = args["params"].as_array().cloned().unwrap_or_default();
+            table.statements.push(sql.clone());
+            let text = |i: usize| params[i].as_str().map(str::to_string);
+            if sql.starts_with("CREATE") {
+                Ok(json!({"rows_affected": 0}))
+            } else if sql == INSERT_NOTE {
+                let message_id = text(3);
+                if message_id.is_some() && table.notes.iter().any(|n| n.3 == message_id) {
+                    return Ok(json!({"columns": [], "rows": []}));
+                }
+                let id = table.notes.len() as i64 + 1;
+                table
+                    .notes
+                    .push((id, text(0).unwrap(), text(1).unwrap(), message_id));
+                Ok(json!({"columns": ["id"], "rows": [[id]]}))
+            } else if sql == NOTE_OF_MESSAGE {
+                let ids: Vec<Value> = table
+                    .notes
+                    .iter()
+                    .filter(|n| n.3 == text(0))
+                    .map(|n| json!([n.0]))
+                    .collect();
+                Ok(json!({"columns": ["id"], "rows": ids}))
+            } else if sql.starts_with("SELECT COUNT(*)") {
+                let count = table
+                    .notes
+                    .iter()
+                    .filter(|n| Some(&n.1) == text(0).as_ref())
+                    .count();
+                Ok(json!({"columns": ["count"], "rows": [[count]]}))
+            } else if sql.starts_with("SELECT id, text, created_at") {
+                let rows: Vec<Value> = table
+                    .notes
+                    .iter()
+                    .filter(|n| Some(&n.1) == text(0).as_ref())
+                    .map(|n| json!([n.0, n.2, 1_700_000_000]))
+                    .collect();
+                Ok(json!({"columns": ["id", "text", "created_at"], "rows": rows}))
+            } else {
+                Err(Error::msg(format!("the fake does not know {sql}")))
+            }
+        }
     }
 
-    fn recall_texts(
-        loaded: &agent_host_plugin_sdk::testing::LoadedPlugin<'_>,
-        sender: &str,
-        query: Option<&str>,
-    ) -> Vec<String> {
-        let notes = loaded
-            .call_service("notes", "recall", json!({"sender": sender, "query": query}))
-            .unwrap();
-        notes
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["text"].as_str().unwrap().to_string())
-            .collect()
+    fn host() -> (TestHost, Arc<Mutex<FakeTable>>) {
+        let table = Arc::new(Mutex::new(FakeTable::default()));
+        let host =
+            TestHost::new("notes").with_service("database", fake_database(Arc::clone(&table)));
+        (host, table)
     }
 
+    /// A message from `sender`, its id its text (a message of another
+    /// text is another message).
     fn from(sender: &str, text: &'static str) -> Message<'static> {
-        Message::new(text).with_sender(sender)
+        Message::new(text).with_sender(sender).with_id(text)
+    }
+
+    fn recall_texts(loaded: &LoadedPlugin<'_>, sender: &str) -> Vec<String> {
+        let notes = loaded
+            .call_service("notes", "recall", json!({"sender": sender}))
+            .unwrap();
+        let notes: Vec<Note> = serde_json::from_value(notes).unwrap();
+        notes.into_iter().map(|n| n.text).collect()
     }
 
     #[test]
@@ -629,122 +714,61 @@ mod tests {
             .collect();
         assert_eq!(actions, [("REMEMBER", 5), ("RECALL", 5)]);
         assert_eq!(manifest.providers[0].name, "notes-count");
-        assert!(manifest.providers[0].cache.is_none());
-        assert_eq!(manifest.permissions, ["event:emit:notes:*", "config:*"]);
+        assert_eq!(manifest.dependencies, ["database@^1"]);
         assert_eq!(
-            manifest.default_config,
-            Some(json!({"database": ":memory:"}))
+            manifest.permissions,
+            ["event:emit:notes:*", "service:database"]
         );
     }
 
     #[test]
-    fn remember_recall_forget_count() {
-        let host = memory_host();
-        let loaded = host.load(plugin()).unwrap();
-        let first = remember(&loaded, "alice", "buy milk");
-        let second = remember(&loaded, "alice", "  call Bob  ");
-        remember(&loaded, "bob", "bob's secret");
-        assert!(second > first);
-
-        assert_eq!(
-            recall_texts(&loaded, "alice", None),
-            ["buy milk", "call Bob"]
-        );
-        assert_eq!(recall_texts(&loaded, "bob", None), ["bob's secret"]);
-        assert!(recall_texts(&loaded, "carol", None).is_empty());
-
-        let notes = loaded
-            .call_service("notes", "recall", json!({"sender": "alice"}))
-            .unwrap();
-        let notes: Vec<Note> = serde_json::from_value(notes).unwrap();
-        assert_eq!(notes[0].id, first);
-        assert!(notes[0].created_at > 1_600_000_000, "{notes:?}");
-
-        let count = |sender: &str| {
-            loaded
-                .call_service("notes", "count", json!({"sender": sender}))
-                .unwrap()
-        };
-        assert_eq!(count("alice"), json!(2));
-        assert_eq!(count("carol"), json!(0));
-
-        // Only the owner can forget a note, and only once.
-        let forget = |sender: &str, id: i64| {
-            loaded
-                .call_service("notes", "forget", json!({"sender": sender, "id": id}))
-                .unwrap()
-        };
-        assert_eq!(forget("bob", first), json!(false));
-        assert_eq!(forget("alice", first), json!(true));
-        assert_eq!(forget("alice", first), json!(false));
-        assert_eq!(forget("alice", -7), json!(false));
-        assert_eq!(count("alice"), json!(1));
-        assert_eq!(recall_texts(&loaded, "alice", None), ["call Bob"]);
-
-        // Ids are never reused after a note is forgotten.
-        assert!(remember(&loaded, "alice", "again") > second);
-
-        let events = host.emitted();
-        assert_eq!(events.len(), 4);
-        assert_eq!(events[0].name, "notes:remembered");
-        assert_eq!(events[0].payload, json!({"sender": "alice", "id": first}));
+    fn the_table_is_created_with_the_dialects_ddl_when_the_service_starts() {
+        let (host, table) = host();
+        let _loaded = host.load(plugin()).unwrap();
+        let statements = table.lock().unwrap().statements.clone();
+        assert_eq!(statements, SQLITE_SCHEMA);
+        assert!(POSTGRES_SCHEMA[0].contains("BIGSERIAL"));
+        assert!(recall_sql(Dialect::Postgres, true).contains("ILIKE $2"));
+        assert!(recall_sql(Dialect::Sqlite, false).contains("LIKE $2"));
     }
 
     #[test]
-    fn recall_filters_case_insensitively_and_limits_to_the_latest() {
-        let host = memory_host();
+    fn a_message_handled_twice_stores_one_note() {
+        let (host, table) = host();
         let loaded = host.load(plugin()).unwrap();
-        for text in ["Buy MILK", "walk the dog", "milkshake recipe", "call mum"] {
-            remember(&loaded, "alice", text);
-        }
+        let message = Message::new("remember buy milk")
+            .with_sender("alice")
+            .with_id("m-1");
+        let first = loaded.handle_message("REMEMBER", &message).unwrap();
+        assert_eq!(first.text, "Noted: buy milk");
+        let again = loaded.handle_message("REMEMBER", &message).unwrap();
+        assert_eq!(again.text, "Noted: buy milk");
+        assert_eq!(again.data["id"], first.data["id"]);
+        assert_eq!(table.lock().unwrap().notes.len(), 1);
+        assert_eq!(host.emitted().len(), 1, "one note, one event");
         assert_eq!(
-            recall_texts(&loaded, "alice", Some("milk")),
-            ["Buy MILK", "milkshake recipe"]
+            host.emitted()[0].payload,
+            json!({"sender": "alice", "id": first.data["id"]})
         );
-        assert_eq!(recall_texts(&loaded, "alice", Some("")).len(), 4);
-        assert!(recall_texts(&loaded, "alice", Some("cheese")).is_empty());
-        assert!(recall_texts(&loaded, "bob", Some("milk")).is_empty());
-
-        let latest = loaded
-            .call_service("notes", "recall", json!({"sender": "alice", "limit": 2}))
+        // Without a message id, each call stores a note.
+        loaded
+            .call_service("notes", "remember", json!({"sender": "alice", "text": "x"}))
             .unwrap();
-        let texts: Vec<&str> = latest
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["text"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            texts,
-            ["milkshake recipe", "call mum"],
-            "latest two, oldest first"
-        );
-        let none = loaded
-            .call_service("notes", "recall", json!({"sender": "alice", "limit": 0}))
+        let answer = loaded
+            .call_service("notes", "remember", json!({"sender": "alice", "text": "x"}))
             .unwrap();
-        assert_eq!(none, json!([]));
+        assert_eq!(answer, json!({"id": 3, "stored": true}));
+        assert_eq!(recall_texts(&loaded, "alice"), ["buy milk", "x", "x"]);
     }
 
     #[test]
-    fn like_wildcards_in_a_query_match_only_themselves() {
-        let host = memory_host();
-        let loaded = host.load(plugin()).unwrap();
-        for text in ["plain note", "50% off", "snake_case", "back\\slash", "xyz"] {
-            remember(&loaded, "alice", text);
-        }
-        assert_eq!(recall_texts(&loaded, "alice", Some("%")), ["50% off"]);
-        assert_eq!(recall_texts(&loaded, "alice", Some("_")), ["snake_case"]);
-        assert_eq!(recall_texts(&loaded, "alice", Some("\\")), ["back\\slash"]);
-        assert!(recall_texts(&loaded, "alice", Some("x_z")).is_empty());
-        assert!(recall_texts(&loaded, "alice", Some("%%")).is_empty());
-        // Quotes are data, not SQL.
-        assert!(recall_texts(&loaded, "alice", Some("' OR 1=1 --")).is_empty());
+    fn like_patterns_are_escaped() {
         assert_eq!(escape_like("a%b_c\\d"), "a\\%b\\_c\\\\d");
     }
 
     #[test]
     fn the_service_checks_its_arguments() {
-        let host = memory_host();
+        let (host, _table) = host();
         let loaded = host.load(plugin()).unwrap();
         for (method, args) in [
             ("remember", json!({"sender": "", "text": "x"})),
@@ -777,7 +801,7 @@ mod tests {
 
     #[test]
     fn remember_action() {
-        let host = memory_host();
+        let (host, _table) = host();
         let loaded = host.load(plugin()).unwrap();
         for text in [
             "remember buy milk",
@@ -797,26 +821,10 @@ mod tests {
         ] {
             assert!(!loaded.validate("REMEMBER", text).unwrap(), "{text}");
         }
-
-        let result = loaded
-            .handle_message("REMEMBER", &from("alice", "remember buy milk"))
-            .unwrap();
-        assert_eq!(result.text, "Noted: buy milk");
-        let id = result.data["id"].as_i64().unwrap();
         let result = loaded
             .handle_message("REMEMBER", &from("alice", "Note that the café opens at 8"))
             .unwrap();
         assert_eq!(result.text, "Noted: the café opens at 8");
-        assert_eq!(
-            recall_texts(&loaded, "alice", None),
-            ["buy milk", "the café opens at 8"]
-        );
-        assert_eq!(
-            host.emitted()[0].payload,
-            json!({"sender": "alice", "id": id})
-        );
-
-        // Nothing to store, or nobody to store it for.
         let result = loaded
             .handle_message("REMEMBER", &from("alice", "remember   "))
             .unwrap();
@@ -827,12 +835,12 @@ mod tests {
         );
         let result = loaded.handle("REMEMBER", "remember buy milk").unwrap();
         assert_eq!(result.text, NO_SENDER_TEXT);
-        assert_eq!(host.emitted().len(), 2);
+        assert_eq!(host.emitted().len(), 1);
     }
 
     #[test]
-    fn recall_action() {
-        let host = memory_host();
+    fn recall_action_and_provider() {
+        let (host, _table) = host();
         let loaded = host.load(plugin()).unwrap();
         for text in [
             "recall",
@@ -846,63 +854,49 @@ mod tests {
         for text in ["remember buy milk", "what did you say", "notes", ""] {
             assert!(!loaded.validate("RECALL", text).unwrap(), "{text}");
         }
-
         let recall = |sender: &str, text: &'static str| {
             loaded
                 .handle_message("RECALL", &from(sender, text))
                 .unwrap()
         };
         assert_eq!(recall("alice", "recall").text, NO_NOTES_TEXT);
-        loaded
-            .handle_message("REMEMBER", &from("alice", "remember buy milk"))
-            .unwrap();
-        loaded
-            .handle_message("REMEMBER", &from("alice", "remember call Bob"))
-            .unwrap();
-
+        for text in ["remember buy milk", "remember call Bob"] {
+            loaded
+                .handle_message("REMEMBER", &from("alice", text))
+                .unwrap();
+        }
         let result = recall("alice", "recall");
         assert_eq!(result.text, "Your notes:\n1. buy milk\n2. call Bob");
         assert_eq!(result.data["notes"][1]["text"], "call Bob");
-        assert_eq!(result.data["query"], Value::Null);
-        assert_eq!(recall("alice", "What did I tell you?").text, result.text);
-        assert_eq!(recall("alice", "recall my notes").text, result.text);
-
-        let result = recall("alice", "recall MILK?");
-        assert_eq!(result.text, "Your notes containing \"MILK\":\n1. buy milk");
-        assert_eq!(result.data["query"], "MILK");
-        assert_eq!(
-            recall("alice", "recall notes about bob").text,
-            "Your notes containing \"bob\":\n1. call Bob"
-        );
-        assert_eq!(
-            recall("alice", "recall %").text,
-            "You have no notes containing \"%\"."
-        );
         assert_eq!(recall("bob", "recall").text, NO_NOTES_TEXT);
         assert_eq!(
             loaded.handle("RECALL", "recall").unwrap().text,
             NO_SENDER_TEXT
         );
+
+        let provider = &loaded.plugin().providers()[0];
+        let count = |message: &Message<'_>| provider.fetch(message, &host.runtime()).unwrap();
+        assert_eq!(count(&from("alice", "hi")), json!({"count": 2}));
+        assert_eq!(count(&from("bob", "hi")), json!({"count": 0}));
+        assert_eq!(count(&Message::new("hi")), json!({"count": 0}));
     }
 
     #[test]
-    fn recall_action_lists_the_latest_notes() {
-        let host = memory_host();
-        let loaded = host.load(plugin()).unwrap();
-        let total = RECALL_LIST_LIMIT + 3;
-        for n in 1..=total {
-            remember(&loaded, "alice", &format!("note {n}"));
-        }
-        let result = loaded
-            .handle_message("RECALL", &from("alice", "recall"))
-            .unwrap();
-        let lines: Vec<&str> = result.text.lines().collect();
-        assert_eq!(lines[0], format!("Your latest {RECALL_LIST_LIMIT} notes:"));
-        assert_eq!(lines.len(), RECALL_LIST_LIMIT as usize + 1);
-        assert_eq!(lines[1], "1. note 4");
+    fn describe_notes_marks_a_cut_list() {
+        let notes: Vec<Note> = (1..=2)
+            .map(|id| Note {
+                id,
+                text: format!("note {id}"),
+                created_at: 0,
+            })
+            .collect();
         assert_eq!(
-            lines.last().copied(),
-            Some(format!("20. note {total}").as_str())
+            describe_notes(&notes, None, true),
+            "Your latest 2 notes:\n1. note 1\n2. note 2"
+        );
+        assert_eq!(
+            describe_notes(&[], Some("%"), false),
+            "You have no notes containing \"%\"."
         );
     }
 
@@ -924,46 +918,8 @@ mod tests {
     }
 
     #[test]
-    fn provider_counts_the_senders_notes() {
-        let host = memory_host();
-        let loaded = host.load(plugin()).unwrap();
-        remember(&loaded, "alice", "one");
-        remember(&loaded, "alice", "two");
-        let provider = &loaded.plugin().providers()[0];
-        let count = |message: &Message<'_>| provider.fetch(message, &host.runtime()).unwrap();
-        assert_eq!(count(&from("alice", "hi")), json!({"count": 2}));
-        assert_eq!(count(&from("bob", "hi")), json!({"count": 0}));
-        assert_eq!(count(&Message::new("hi")), json!({"count": 0}));
-        assert_eq!(
-            loaded.provide("notes-count", "hi").unwrap(),
-            json!({"count": 0})
-        );
-    }
-
-    #[test]
-    fn notes_persist_in_a_database_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notes.sqlite3");
-        let config = json!({"database": path.to_str().unwrap()});
-        {
-            let host = TestHost::new("notes").with_config(config.clone());
-            let loaded = host.load(plugin()).unwrap();
-            remember(&loaded, "alice", "buy milk");
-            loaded.unload().unwrap();
-            assert!(host
-                .logs()
-                .iter()
-                .any(|(_, line)| line.starts_with("notes database closed: ")));
-        }
-        assert!(path.exists());
-        let host = TestHost::new("notes").with_config(config);
-        let loaded = host.load(plugin()).unwrap();
-        assert_eq!(recall_texts(&loaded, "alice", None), ["buy milk"]);
-    }
-
-    #[test]
-    fn a_stopped_service_or_a_bad_database_is_an_error() {
-        let host = memory_host();
+    fn a_stopped_service_or_a_missing_database_is_an_error() {
+        let (host, _table) = host();
         let loaded = host.load(plugin()).unwrap();
         let service = loaded.plugin().service_named("notes").unwrap();
         service.stop(&host.runtime()).unwrap();
@@ -972,20 +928,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Unavailable);
 
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("no-such-folder").join("notes.sqlite3");
-        let host = TestHost::new("notes").with_config(json!({"database": missing.to_str()}));
-        let error = host.load(plugin()).err().unwrap();
-        assert!(
-            error.message().contains("cannot open notes database"),
-            "{error:?}"
-        );
-
-        for database in [json!(7), json!("  ")] {
-            let host = TestHost::new("notes").with_config(json!({"database": database}));
-            let error = host.load(plugin()).err().unwrap();
-            assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error:?}");
-            assert!(error.message().contains("database"), "{error:?}");
-        }
+        let error = TestHost::new("notes").load(plugin()).err().unwrap();
+        assert_eq!(error.kind(), ErrorKind::NotFound, "{error:?}");
     }
 }

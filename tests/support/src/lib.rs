@@ -288,11 +288,12 @@ pub fn hostile_worker() -> PathBuf {
 }
 
 /// The example plugins shipped in `plugins/`.
-pub const EXAMPLES: [&str; 5] = [
+pub const EXAMPLES: [&str; 6] = [
     "http-client",
     "geolocation",
     "weather",
     "sentiment",
+    "database",
     "notes",
 ];
 

@@ -58,6 +58,7 @@ fn every_bad_file_fails_alone_and_every_good_plugin_loads() {
         "geolocation",
         "weather",
         "sentiment",
+        "database",
         "notes",
     ] {
         assert!(
@@ -65,7 +66,7 @@ fn every_bad_file_fails_alone_and_every_good_plugin_loads() {
             "{good} should load despite the bad files:\n{all}"
         );
     }
-    assert_eq!(report.loaded.len(), 5, "only the good plugins load:\n{all}");
+    assert_eq!(report.loaded.len(), 6, "only the good plugins load:\n{all}");
 
     let expect = |file: &str, plugin: Option<&str>, stage: Stage, cause: &str| {
         let failure = report

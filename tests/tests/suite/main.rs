@@ -4,8 +4,9 @@
 //! `agent_host_tests`. No test needs a process of its own: the one
 //! process-wide setting, the tracing subscriber that `notes` installs to read
 //! the plugin log, collects every module's plugin lines, and `notes` reads
-//! only the lines naming its own database file.
+//! only the lines naming its own database URL.
 
+mod database;
 mod deadlines;
 mod examples;
 mod failure_isolation;

@@ -1,6 +1,7 @@
 //! The `notes` example plugin, loaded from its real release file next to the
-//! other examples: notes are kept per sender in a real SQLite file, and they
-//! survive a shutdown of the host and a new host on the same file.
+//! other examples: notes are kept per sender in a real SQLite file served by
+//! the `database` plugin, and they survive a shutdown of the host, a new
+//! host on the same file and reloads of either plugin.
 
 use agent_host::{HostOptions, InboundMessage, PluginHost};
 use agent_host_tests::*;
@@ -16,10 +17,19 @@ fn from(sender: &str, text: &str) -> InboundMessage {
     }
 }
 
+/// The `database` plugin's URL of the SQLite file at `path`.
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
 /// A host with the plugins of `plugins` loaded, the notes kept in `database`.
 fn host_on(database: &Path, plugins: &Path) -> PluginHost {
     let host = PluginHost::new(HostOptions {
-        configs: [("notes".to_string(), json!({ "database": database }))].into(),
+        configs: [(
+            "database".to_string(),
+            json!({ "url": sqlite_url(database) }),
+        )]
+        .into(),
         ..Default::default()
     })
     .expect("host");
@@ -195,9 +205,11 @@ fn reloads_hand_the_database_over_and_lose_no_acknowledged_note() {
                 })
             })
             .collect();
-        for _ in 0..RELOADS {
+        for reload in 0..RELOADS {
+            // Every other reload is of the pool under the notes.
+            let plugin = if reload % 2 == 0 { "notes" } else { "database" };
             host.reload_as(
-                "notes",
+                plugin,
                 None,
                 agent_host::ReloadOrigin::Api,
                 agent_host::WhenUnchanged::Reload,
@@ -233,44 +245,50 @@ fn reloads_hand_the_database_over_and_lose_no_acknowledged_note() {
     }
     assert!(host.shutdown().is_empty());
 
-    // Each generation opened the file only after the one before closed it.
+    // Each generation of the pool opened only after the one before closed.
     let log = String::from_utf8_lossy(&log.lock().expect("lock")).into_owned();
-    let opened = format!("notes database open: {}", database.display());
-    let closed = format!("notes database closed: {}", database.display());
+    let url = sqlite_url(&database);
+    let opened = format!("database pool open: sqlite at {url} ");
+    let closed = format!("database pool closed: {url}");
     let mut open = 0;
     let mut opens = 0;
     for line in log.lines() {
         if line.contains(&opened) {
             open += 1;
             opens += 1;
-            assert_eq!(open, 1, "the database was opened twice at once:\n{log}");
+            assert_eq!(open, 1, "the pool was opened twice at once:\n{log}");
         } else if line.contains(&closed) {
             open -= 1;
         }
     }
-    assert_eq!(opens, RELOADS + 1, "{log}");
+    assert_eq!(opens, RELOADS / 2 + 1, "{log}");
     assert_eq!(open, 0, "{log}");
 }
 
 #[test]
-fn a_database_that_cannot_be_opened_fails_only_the_notes_plugin() {
+fn a_database_that_cannot_be_opened_fails_only_the_pool_and_the_notes() {
     let plugins = folder_with(&examples());
     let data = tempfile::tempdir().expect("temp folder");
     let database = data.path().join("no-such-folder").join("notes.sqlite3");
     let host = PluginHost::new(HostOptions {
-        configs: [("notes".to_string(), json!({ "database": database }))].into(),
+        configs: [(
+            "database".to_string(),
+            json!({ "url": sqlite_url(&database) }),
+        )]
+        .into(),
         ..Default::default()
     })
     .expect("host");
     let report = host.load_dir(plugins.path()).expect("load");
+    assert!(!report.loaded("database"));
     assert!(!report.loaded("notes"));
     let failure = report
         .failures
         .iter()
-        .find(|f| f.plugin.as_deref() == Some("notes"))
-        .unwrap_or_else(|| panic!("no failure for notes: {:?}", report.failures));
+        .find(|f| f.plugin.as_deref() == Some("database"))
+        .unwrap_or_else(|| panic!("no failure for database: {:?}", report.failures));
     assert!(
-        failure.cause().contains("cannot open notes database"),
+        failure.cause().contains("cannot connect to sqlite://"),
         "{failure}"
     );
     for other in ["http-client", "geolocation", "weather", "sentiment"] {

@@ -139,7 +139,7 @@ fn host_with_weather_api(base_url: &str, plugins: &std::path::Path) -> PluginHos
         configs: [
             ("weather".to_string(), json!({ "base_url": base_url })),
             // Keep the notes example off the disk.
-            ("notes".to_string(), json!({ "database": ":memory:" })),
+            ("database".to_string(), json!({ "url": "sqlite::memory:" })),
         ]
         .into(),
         ..Default::default()
