@@ -107,24 +107,29 @@ async fn operate(
             }
         }
         Operation::Reload { plugin, force } => {
-            let steps = rolling_reload(&operator, &plugin, force, print_step).await?;
-            println!("reloaded {plugin} on {} host(s), one at a time", steps.len());
+            let steps =
+                rolling_reload(&operator, &plugin, force, |step| print_step(&plugin, step)).await?;
+            println!(
+                "reloaded {plugin} on {} host(s), one at a time",
+                steps.len()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// One line per host a rolling reload is done with.
-fn print_step(step: &RollStep) {
+fn print_step(plugin: &str, step: &RollStep) {
     let answer = &step.answer;
     if answer.unchanged {
         println!(
-            "{}: not reloaded, its file is byte-identical (--force reloads it anyway); healthy after {} ms",
+            "{}: {plugin} not reloaded, its file is byte-identical (--force reloads it anyway); \
+             healthy after {} ms",
             answer.host, step.took_ms
         );
     } else {
         println!(
-            "{}: reloaded {} -> {} (generation {}); healthy after {} ms",
+            "{}: reloaded {plugin} {} -> {} (generation {}); healthy after {} ms",
             answer.host, answer.from_version, answer.to_version, answer.generation, step.took_ms
         );
     }

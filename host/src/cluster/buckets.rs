@@ -5,7 +5,7 @@
 use super::{ClusterError, Names};
 use crate::config::ClusterSettings;
 use async_nats::jetstream::kv::{Config, Store};
-use async_nats::jetstream::Context;
+use async_nats::jetstream::{stream, Context};
 use std::time::Duration;
 
 /// How many heartbeat timeouts an announcement outlives its host's last
@@ -54,6 +54,11 @@ pub(crate) async fn cluster(
 
 /// Opens a bucket, creating it when it is missing (two hosts creating it
 /// at once both end with the one bucket).
+///
+/// The bucket's stream is created as the client's `create_key_value`
+/// would make it, but without its first step, reading the account's
+/// limits: NATS 2.9 answers that request without fields this client
+/// expects.
 async fn open_or_create(
     jetstream: &Context,
     settings: &ClusterSettings,
@@ -63,15 +68,33 @@ async fn open_or_create(
         return Ok(store);
     }
     let bucket = config.bucket.clone();
-    match jetstream.create_key_value(config).await {
+    let stream = stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(config.description),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: config.history.max(1),
+        max_bytes: -1,
+        max_age: config.max_age,
+        max_message_size: -1,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: stream::DiscardPolicy::New,
+        ..stream::Config::default()
+    };
+    let created = jetstream.get_or_create_stream(stream).await;
+    match jetstream.get_key_value(bucket.clone()).await {
         Ok(store) => Ok(store),
-        Err(create) => jetstream
-            .get_key_value(bucket.clone())
-            .await
-            .map_err(|_| ClusterError::Setup {
-                url: settings.url.clone(),
-                what: format!("the key-value bucket {bucket}"),
-                cause: create.to_string(),
-            }),
+        Err(open) => Err(ClusterError::Setup {
+            url: settings.url.clone(),
+            what: format!("the key-value bucket {bucket}"),
+            cause: match created {
+                Err(create) => create.to_string(),
+                Ok(_) => open.to_string(),
+            },
+        }),
     }
 }

@@ -79,15 +79,15 @@ pub(super) async fn start(
     host: &Arc<PluginHost>,
 ) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
     let subject = node.names.control_subject(&node.host_name);
-    let mut requests =
-        node.client
-            .subscribe(subject.clone())
-            .await
-            .map_err(|cause| ClusterError::Setup {
-                url: node.settings.url.clone(),
-                what: format!("a subscription to {subject}"),
-                cause: cause.to_string(),
-            })?;
+    let mut requests = node
+        .client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|cause| ClusterError::Setup {
+            url: node.settings.url.clone(),
+            what: format!("a subscription to {subject}"),
+            cause: cause.to_string(),
+        })?;
     let (node, host) = (Arc::clone(node), Arc::clone(host));
     Ok(tokio::spawn(async move {
         while let Some(message) = requests.next().await {
@@ -110,7 +110,11 @@ pub(super) async fn start(
 }
 
 /// Carries out one request (a reload runs on the blocking pool).
-async fn carry_out(host: &Arc<PluginHost>, host_name: &str, request: ControlRequest) -> ControlAnswer {
+async fn carry_out(
+    host: &Arc<PluginHost>,
+    host_name: &str,
+    request: ControlRequest,
+) -> ControlAnswer {
     let ControlRequest::Reload { plugin, force } = request;
     if host.status(&plugin).is_none() {
         return ControlAnswer::refused(
@@ -118,7 +122,11 @@ async fn carry_out(host: &Arc<PluginHost>, host_name: &str, request: ControlRequ
             format!("no plugin named '{plugin}' is loaded on host {host_name}"),
         );
     }
-    tracing::info!(plugin, force, "reload asked by a rolling reload of the cluster");
+    tracing::info!(
+        plugin,
+        force,
+        "reload asked by a rolling reload of the cluster"
+    );
     let when_unchanged = if force {
         WhenUnchanged::Reload
     } else {
@@ -367,7 +375,10 @@ mod tests {
             reloaded: vec!["web-1".into()],
         };
         let text = error.to_string();
-        assert!(text.contains("host web-2 refused the reload of weather: bad build"), "{text}");
+        assert!(
+            text.contains("host web-2 refused the reload of weather: bad build"),
+            "{text}"
+        );
         assert!(text.contains("keep the new build: web-1"), "{text}");
     }
 }

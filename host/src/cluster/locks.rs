@@ -29,7 +29,12 @@ async fn read(store: &Store, url: &str) -> Result<(Vec<String>, Option<u64>), Cl
     match entry {
         Some(entry) if entry.operation == Operation::Put => {
             let value: Accepted = serde_json::from_slice(&entry.value).map_err(|cause| {
-                failure(store, url, "reading", format!("not a list of hashes: {cause}"))
+                failure(
+                    store,
+                    url,
+                    "reading",
+                    format!("not a list of hashes: {cause}"),
+                )
             })?;
             Ok((value.accepted, Some(entry.revision)))
         }
@@ -108,7 +113,12 @@ async fn change(
                 .update(LOCKS_KEY, encode(&list).into(), revision)
                 .await
                 .map(|_| ())
-                .map_err(|e| (e.kind() == UpdateErrorKind::WrongLastRevision, e.to_string())),
+                .map_err(|e| {
+                    (
+                        e.kind() == UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                }),
             None => store
                 .create(LOCKS_KEY, encode(&list).into())
                 .await

@@ -149,7 +149,8 @@ pub(super) async fn start(
     };
     // The first heartbeat before `start` returns: the gate is decided
     // before the consumer starts.
-    if let Err(error) = heartbeat(node, host, &hosts, &cluster, &last_seen, started, &mut gate).await
+    if let Err(error) =
+        heartbeat(node, host, &hosts, &cluster, &last_seen, started, &mut gate).await
     {
         tracing::warn!("cluster heartbeat: {error}");
     }
@@ -160,8 +161,10 @@ pub(super) async fn start(
         every.tick().await;
         loop {
             every.tick().await;
-            if let Err(error) =
-                heartbeat(&node, &host, &hosts, &cluster, &last_seen, started, &mut gate).await
+            if let Err(error) = heartbeat(
+                &node, &host, &hosts, &cluster, &last_seen, started, &mut gate,
+            )
+            .await
             {
                 tracing::warn!("cluster heartbeat: {error}");
             }
@@ -217,7 +220,10 @@ async fn heartbeat(
             cause: cause.to_string(),
         })?;
     let found = announcements(hosts, url).await?;
-    *last_seen.seen.lock().unwrap_or_else(PoisonError::into_inner) = (accepted, found);
+    *last_seen
+        .seen
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = (accepted, found);
     Ok(())
 }
 

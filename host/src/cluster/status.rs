@@ -186,14 +186,26 @@ mod tests {
         assert!(status.hosts[0].lock_accepted);
         assert!(!status.hosts[1].lock_accepted);
         assert_eq!(status.hosts[1].heartbeat_age_ms, 1_000);
-        let gone = ClusterStatus::of("bot", vec![], vec![announcement("x", "a", 1)], 10_000, 5_000);
+        let gone = ClusterStatus::of(
+            "bot",
+            vec![],
+            vec![announcement("x", "a", 1)],
+            10_000,
+            5_000,
+        );
         assert!(!gone.hosts[0].alive);
         assert_eq!(gone.alive().count(), 0);
     }
 
     #[test]
     fn the_json_form_reads_back() {
-        let status = ClusterStatus::of("bot", vec!["a".into()], vec![announcement("h", "a", 1)], 2, 5);
+        let status = ClusterStatus::of(
+            "bot",
+            vec!["a".into()],
+            vec![announcement("h", "a", 1)],
+            2,
+            5,
+        );
         let json = serde_json::to_string(&status).expect("serializes");
         let back: ClusterStatus = serde_json::from_str(&json).expect("reads back");
         assert_eq!(back, status);
