@@ -372,6 +372,43 @@ mod tests {
         assert_eq!(*delivered.lock().unwrap(), 1);
     }
 
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<(String, u32)>>);
+
+    impl EventRelay for Recorded {
+        fn relay(&self, event: &BusEvent, depth: u32) {
+            self.0.lock().unwrap().push((event.name.clone(), depth));
+        }
+    }
+
+    #[test]
+    fn only_plugin_events_are_relayed_and_their_depth_travels_with_them() {
+        let bus = EventBus::new();
+        let relay = Arc::new(Recorded::default());
+        bus.relay_to(Arc::clone(&relay) as Arc<dyn EventRelay>);
+        let from = |source: &str, name: &str| BusEvent {
+            name: name.into(),
+            source: source.into(),
+            payload: Value::Null,
+        };
+        bus.relay_out(&from("host", "custom:thing"));
+        bus.relay_out(&from("weather", "plugin:loaded"));
+        bus.relay_out(&from("weather", "weather:reported"));
+        nested(Nesting::from_elsewhere(3), || {
+            bus.relay_out(&from("notes", "notes:remembered"))
+        });
+        nested(Nesting::from_elsewhere(MAX_NESTING), || {
+            bus.relay_out(&from("notes", "notes:too-deep"))
+        });
+        assert_eq!(
+            *relay.0.lock().unwrap(),
+            vec![
+                ("weather:reported".to_string(), 0),
+                ("notes:remembered".to_string(), 3)
+            ]
+        );
+    }
+
     #[test]
     fn a_handler_that_emits_does_not_deadlock_and_loops_are_bounded() {
         let bus = Arc::new(EventBus::new());

@@ -233,7 +233,7 @@ fn an_event_emitted_on_one_host_reaches_the_subscribers_of_the_others_in_order()
         );
     }
     // A hears its own events once, locally, and never back from the others.
-    assert!(heard_from(&a.log(), "relay").len() > 0);
+    assert!(!heard_from(&a.log(), "relay").is_empty());
     assert!(!a.log().contains(" from relay@"), "{}", a.log());
     let mut latencies: Vec<u64> = heard_from(&b.log(), "relay@a")
         .into_iter()
