@@ -88,7 +88,9 @@ impl EventRelay for Relay {
                     tracing::info!("events reach the other hosts again");
                 }
             }
-            Err(_) => {
+            // The cluster stopped: this host leaves, nothing to say.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.dropping.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         event = event.name,
