@@ -5,7 +5,7 @@
 //! host while messages keep being answered.
 
 use crate::common::cluster::{
-    config_of, delete_agent, host_in, operator, start_host, wait_for_status,
+    agent_gone, config_of, delete_agent, host_in, operator, start_host, wait_for_status,
 };
 use crate::common::{Agent, WAIT};
 use serde_json::{json, Value};
@@ -135,6 +135,8 @@ fn hosts_announce_their_lock_hash_and_a_host_with_other_plugins_waits_until_acce
     assert_eq!(second.wait_for_exit(WAIT), Some(0));
     wait_for_status(&config, "h2 gone", |s| host_in(s, "h2").is_none());
     drop((first, second, third));
+    delete_agent(&url, &agent);
+    assert!(agent_gone(&url, &agent), "the agent's buckets are left");
 }
 
 #[test]

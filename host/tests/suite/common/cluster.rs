@@ -113,3 +113,22 @@ pub fn delete_agent(nats_url: &str, agent: &str) {
         }
     });
 }
+
+/// Whether the server holds none of `agent`'s buckets of members.
+pub fn agent_gone(nats_url: &str, agent: &str) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(nats_url).await.expect("connect");
+        let jetstream = async_nats::jetstream::new(client);
+        let names = agent_host::cluster::Names::new(agent);
+        for bucket in [&names.hosts_bucket, &names.cluster_bucket] {
+            if jetstream.get_key_value(bucket).await.is_ok() {
+                return false;
+            }
+        }
+        true
+    })
+}
