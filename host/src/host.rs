@@ -8,7 +8,7 @@ use crate::lifecycle;
 use crate::lifecycle::report::{LoadReport, ShutdownError};
 use crate::load::private_copy::{CopyGauges, ShadowDir};
 use crate::pipeline::{self, InboundMessage, Pipeline, Reply};
-use crate::registry::events::{BusEvent, DeliveryFailure, Listener};
+use crate::registry::events::{BusEvent, DeliveryFailure, EventRelay, Listener, Nesting};
 use crate::registry::{HostError, Registry};
 use crate::reload::watch::WatchedHost;
 use crate::reload::ReloadOrigin;
@@ -19,6 +19,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What cluster mode says of the cluster, for `GET /v1/cluster`:
+/// implemented above the facade (cluster mode), which never names it.
+pub(crate) trait ClusterReport: Send + Sync {
+    /// The cluster's hosts and accepted lock hashes, as JSON.
+    fn status(&self) -> serde_json::Value;
+}
 
 /// Options for a [`PluginHost`].
 #[derive(Debug, Clone, Default)]
@@ -43,6 +50,8 @@ pub struct PluginHost {
     reloading: std::sync::Mutex<()>,
     shutting_down: AtomicBool,
     shut_down: AtomicBool,
+    /// What the cluster says of itself, in cluster mode (`GET /v1/cluster`).
+    cluster_report: std::sync::OnceLock<Arc<dyn ClusterReport>>,
     // Declared last: dropped after everything that may still hold a handle to it.
     _own_runtime: Option<tokio::runtime::Runtime>,
 }
@@ -96,6 +105,7 @@ impl PluginHost {
             reloading: std::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
+            cluster_report: std::sync::OnceLock::new(),
             _own_runtime: own,
         })
     }
@@ -426,6 +436,45 @@ impl PluginHost {
             return Vec::new();
         };
         self.core.emit("host", event, payload)
+    }
+
+    /// Sends the events this host's plugins emit to `relay` as well (the
+    /// other hosts of its cluster). Host events are never relayed.
+    pub(crate) fn relay_events_to(&self, relay: Arc<dyn EventRelay>) {
+        self.core.bus.relay_to(relay);
+    }
+
+    /// Delivers an event another host's plugin emitted (`depth` events deep
+    /// in its cascade there) to this host's subscribers, without relaying
+    /// it again. Once the host shuts down, no plugin receives it.
+    pub(crate) fn deliver_from_elsewhere(&self, event: BusEvent, depth: u32) {
+        let Some(_admitted) = self.core.admission.enter() else {
+            return;
+        };
+        crate::registry::events::nested(Nesting::from_elsewhere(depth), || {
+            self.core.emit_here(event)
+        });
+    }
+
+    /// The `[trust] lock` file, when the config sets one.
+    pub(crate) fn trust_lock_file(&self) -> Option<&Path> {
+        self.config.trust.lock.as_deref()
+    }
+
+    /// The entries into plugin code in flight now (messages, host service
+    /// calls and events, timers): the host's load.
+    pub(crate) fn entries_in_flight(&self) -> usize {
+        self.core.admission.active()
+    }
+
+    /// Says what `GET /v1/cluster` answers (the first caller wins).
+    pub(crate) fn report_cluster_with(&self, report: Arc<dyn ClusterReport>) {
+        let _ = self.cluster_report.set(report);
+    }
+
+    /// The cluster's status, in cluster mode.
+    pub(crate) fn cluster_report(&self) -> Option<serde_json::Value> {
+        self.cluster_report.get().map(|report| report.status())
     }
 
     /// Calls `handler` for every event matching `pattern`; returns the subscription id.

@@ -11,6 +11,9 @@
 //! * `GET /v1/events`: the event bus as server-sent events (`event: <name>`,
 //!   `data: <BusEvent JSON>`); a subscriber that falls behind skips the
 //!   events it missed;
+//! * `GET /v1/cluster`: in cluster mode, the cluster's hosts and accepted
+//!   lock hashes as of this host's last heartbeat (what `agent-host
+//!   cluster status --json` prints); 404 when the host is not in one;
 //! * `GET /healthz` and `GET /metrics` (Prometheus text format).
 //!
 //! With `[[api.tokens]]` in the config ([`ApiAccess`], `http/auth.rs`),
@@ -96,8 +99,8 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// The routes, for the answer to an unknown one.
 const ROUTES: &str = "POST /v1/messages, GET /v1/plugins, GET /v1/plugins/{name}, \
-                      POST /v1/plugins/{name}/reload, GET /v1/events, GET /healthz, \
-                      GET /metrics";
+                      POST /v1/plugins/{name}/reload, GET /v1/events, GET /v1/cluster, \
+                      GET /healthz, GET /metrics";
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -146,6 +149,7 @@ fn router(state: ApiState) -> Router {
         .route("/v1/plugins/{name}", get(one_plugin))
         .route("/v1/plugins/{name}/reload", post(reload_plugin))
         .route("/v1/events", get(events))
+        .route("/v1/cluster", get(cluster_status))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(unknown_route)
@@ -465,6 +469,17 @@ fn event_stream(
         // An error means the server is gone: end the stream as well.
         let _ = stopping.wait_for(|stop| *stop).await;
     })
+}
+
+/// `GET /v1/cluster`: the cluster's status, or 404 outside cluster mode.
+async fn cluster_status(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    match state.host.cluster_report() {
+        Some(status) => Ok(Json(status).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this host is not in cluster mode (its config has no [cluster] table)",
+        )),
+    }
 }
 
 /// `GET /healthz`: 200 while serving, 503 while shutting down.

@@ -2,12 +2,15 @@
 //!
 //! `check` and `list` load the folder, report, and shut the plugins down;
 //! `run` serves until Ctrl-C or SIGTERM; `reload` asks a running agent to
-//! reload one plugin from its file; `lock` pins a folder's files, `sign`
+//! reload one plugin from its file (or, with `--cluster`, every host of
+//! its cluster, one at a time); `cluster` shows and decides the cluster's
+//! hosts and lock hashes; `lock` pins a folder's files, `sign`
 //! and `keygen` sign them. `--version` names the plugin ABI and SDK
 //! versions this host speaks besides its own.
 
 mod chat;
 mod check;
+mod cluster;
 mod json_lines;
 mod lock;
 mod log_output;
@@ -35,8 +38,8 @@ pub fn version() -> &'static str {
     })
 }
 
-/// The `agent-host` command line: `check`, `list`, `run`, `reload`, `lock`,
-/// `sign` and `keygen`.
+/// The `agent-host` command line: `check`, `list`, `run`, `reload`,
+/// `cluster`, `lock`, `sign` and `keygen`.
 #[derive(Debug, Parser)]
 #[command(
     name = "agent-host",
@@ -52,7 +55,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The commands: `check`, `list`, `run`, `reload`, `lock`, `sign`, `keygen`.
+/// The commands: `check`, `list`, `run`, `reload`, `cluster`, `lock`,
+/// `sign`, `keygen`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Verify every plugin file in a folder: load, check, start and stop them.
@@ -168,6 +172,49 @@ pub enum Command {
         /// generation's (a restart of the plugin, its state handed over).
         #[arg(long)]
         force: bool,
+        /// Reload it on every live host of the cluster that `--config`'s
+        /// [cluster] names, one at a time: each host answers and takes
+        /// messages again before the next is asked. A refusal stops the
+        /// roll (the hosts already reloaded keep the new build).
+        #[arg(long, requires = "config", conflicts_with = "url")]
+        cluster: bool,
+        /// The agent's config file, for `--cluster`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show or decide an agent's cluster (its config's [cluster] table):
+    /// its hosts, their lock hashes, and the hashes it accepts.
+    Cluster {
+        /// The agent's config file.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+/// The `cluster` commands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The hosts (lock hash, plugins, load, last heartbeat, whether each
+    /// takes messages or why not) and the accepted lock hashes.
+    Status {
+        /// Print JSON (what `GET /v1/cluster` answers).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept a lock hash: hosts with it take messages (a new build
+    /// joining a rolling upgrade).
+    AcceptLock {
+        /// The hash (64 hex digits, or the start of one a host announces).
+        hash: String,
+    },
+    /// Retire a lock hash: hosts with it stop taking messages (the old
+    /// build, once a rolling upgrade is done).
+    RetireLock {
+        /// The hash (64 hex digits, or the start of one a host announces).
+        hash: String,
     },
 }
 
@@ -180,6 +227,7 @@ impl Command {
             Command::Check { .. }
                 | Command::List { .. }
                 | Command::Reload { .. }
+                | Command::Cluster { .. }
                 | Command::Lock { .. }
                 | Command::Sign { .. }
                 | Command::Keygen { .. }
@@ -231,7 +279,30 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::List { dir, config, json } => {
             check::list(&dir, &load_config(config.as_deref())?, json)
         }
-        Command::Reload { plugin, url, force } => reload_remote(&url, &plugin, force),
+        Command::Reload {
+            plugin,
+            url,
+            force,
+            cluster: false,
+            ..
+        } => reload_remote(&url, &plugin, force),
+        Command::Reload {
+            plugin,
+            force,
+            config,
+            ..
+        } => Ok(cluster::run(
+            &config_for_cluster(config)?,
+            cluster::Operation::Reload { plugin, force },
+        )?),
+        Command::Cluster { config, command } => {
+            let operation = match command {
+                ClusterCommand::Status { json } => cluster::Operation::Status { json },
+                ClusterCommand::AcceptLock { hash } => cluster::Operation::AcceptLock(hash),
+                ClusterCommand::RetireLock { hash } => cluster::Operation::RetireLock(hash),
+            };
+            Ok(cluster::run(&config_for_cluster(config)?, operation)?)
+        }
         Command::Run {
             plugins,
             config,
@@ -354,6 +425,14 @@ fn reload_remote(
         }
         Err(error) => Err(format!("cannot reach the agent at {url}: {error}").into()),
     }
+}
+
+/// The config file a cluster command reads `[cluster]` from.
+fn config_for_cluster(config: Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    config.ok_or_else(|| {
+        "give the agent's config file with --config: cluster commands read its [cluster] table"
+            .into()
+    })
 }
 
 /// Reads the config file, or the empty config when there is none.

@@ -10,9 +10,11 @@
 //! - `consumer.rs`: the shared consumer feeding this host's pipeline;
 //! - `replies.rs`: replies kept by message id, for retried ids;
 //! - `members.rs`: heartbeats, lock hashes, and the gate that keeps a host
-//!   whose plugins differ from taking messages;
+//!   whose plugins differ from taking messages (`buckets.rs` opens the
+//!   buckets, `locks.rs` keeps the accepted lock hashes);
 //! - `events.rs`: plugin events crossing hosts;
-//! - `control.rs`: requests from operators to one host (a rolling reload);
+//! - [`control`]: requests from operators to one host (a rolling reload);
+//! - [`operator`]: the operator's connection (`agent-host cluster ...`);
 //! - [`status`]: what `/v1/cluster` and `agent-host cluster status` show.
 //!
 //! Without a `[cluster]` table none of this runs and no server is needed.
@@ -21,18 +23,22 @@
 //! published, nor let a host whose plugins differ from the cluster's take
 //! messages unless the operator said so.
 
+mod buckets;
 mod connection;
 mod consumer;
-mod control;
+pub mod control;
 mod events;
+mod locks;
 mod members;
 pub mod names;
+pub mod operator;
 mod replies;
 mod route;
 pub mod status;
 
 pub use connection::ConnectError;
 pub use names::Names;
+pub use operator::Operator;
 
 use crate::config::ClusterSettings;
 use crate::PluginHost;
@@ -74,6 +80,16 @@ pub enum ClusterError {
         /// The server's or client's error.
         cause: String,
     },
+    /// Reading or writing a key of one of the agent's buckets failed.
+    #[error("NATS JetStream at {url}: {what}: {cause}")]
+    Store {
+        /// The server.
+        url: String,
+        /// What was read or written.
+        what: String,
+        /// The server's or client's error.
+        cause: String,
+    },
 }
 
 /// Cluster mode while it runs: its node and the tasks serving it.
@@ -94,6 +110,7 @@ impl Cluster {
         for task in self.tasks {
             task.abort();
         }
+        members::leave(&self.node).await;
         // Whatever is buffered (a last reply, a last event) goes out.
         let _ = self.node.client.flush().await;
     }

@@ -9,8 +9,9 @@
 //!   match: the time a check takes says nothing about how close a guess was
 //!   or which token it matched.
 //! * A route needs a role: `POST /v1/messages` needs `chat`; `/v1/plugins*`
-//!   (reload included), `/v1/events` and `/metrics` need `admin`; any other
-//!   path needs a valid token of any role (and then gets its 404).
+//!   (reload included), `/v1/events`, `/v1/cluster` and `/metrics` need
+//!   `admin`; any other path needs a valid token of any role (and then
+//!   gets its 404).
 //! * A refusal is `401` (no token, a malformed header, a token that is not
 //!   configured; with `WWW-Authenticate: Bearer`) or `403` (a role the token
 //!   lacks, a message naming another sender), with `{"error": ".."}`, a log
@@ -350,7 +351,7 @@ fn bearer_token(value: &HeaderValue) -> Option<&str> {
 fn needed_role(path: &str) -> Option<Role> {
     match path {
         "/v1/messages" => Some(Role::Chat),
-        "/v1/plugins" | "/v1/events" | "/metrics" => Some(Role::Admin),
+        "/v1/plugins" | "/v1/events" | "/v1/cluster" | "/metrics" => Some(Role::Admin),
         _ if path.starts_with("/v1/plugins/") => Some(Role::Admin),
         _ => None,
     }

@@ -135,7 +135,6 @@ impl Admission {
     }
 
     /// How many entries are admitted now.
-    #[cfg(test)]
     pub fn active(&self) -> usize {
         self.lock().active
     }

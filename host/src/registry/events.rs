@@ -71,11 +71,22 @@ pub struct DeliveryFailure {
     pub cut: bool,
 }
 
+/// Where the events plugins emit here also go: the other hosts of a
+/// cluster. Implemented above the registry (cluster mode), which never
+/// names it. `relay` is called on the emitting thread and must not block.
+pub trait EventRelay: Send + Sync {
+    /// Sends `event`, emitted by a plugin of this host `depth` events deep
+    /// in its cascade, to the other hosts.
+    fn relay(&self, event: &BusEvent, depth: u32);
+}
+
 /// The bus.
 pub struct EventBus {
     next_id: AtomicU64,
     subscribers: RwLock<Vec<Subscriber>>,
     tap: broadcast::Sender<BusEvent>,
+    /// The other hosts, in cluster mode.
+    relay: std::sync::OnceLock<Arc<dyn EventRelay>>,
 }
 
 impl Default for EventBus {
@@ -108,6 +119,17 @@ thread_local! {
     static NESTING: RefCell<Nesting> = RefCell::new(Nesting::default());
 }
 
+impl Nesting {
+    /// A cascade another host began, `depth` events deep there: events
+    /// crossing hosts stay bounded in depth as they would on one host.
+    pub(crate) fn from_elsewhere(depth: u32) -> Self {
+        Self {
+            depth,
+            deliveries: None,
+        }
+    }
+}
+
 /// Where this thread is in a cascade now.
 pub(crate) fn nesting() -> Nesting {
     NESTING.with(|n| n.borrow().clone())
@@ -130,7 +152,28 @@ impl EventBus {
             next_id: AtomicU64::new(1),
             subscribers: RwLock::new(Vec::new()),
             tap: broadcast::channel(1024).0,
+            relay: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sends the events plugins emit to `relay` too (the first caller
+    /// wins: a host joins one cluster).
+    pub fn relay_to(&self, relay: Arc<dyn EventRelay>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Hands `event` to the relay, if there is one, unless it is the
+    /// host's own (emitted by `host`, or a reserved name: those describe
+    /// this host only) or its cascade is already too deep to deliver.
+    pub fn relay_out(&self, event: &BusEvent) {
+        let Some(relay) = self.relay.get() else {
+            return;
+        };
+        let depth = nesting().depth;
+        if event.source == "host" || is_reserved(&event.name) || depth >= MAX_NESTING {
+            return;
+        }
+        relay.relay(event, depth);
     }
 
     /// Subscribes to events whose name matches `pattern` (exact, or a prefix
@@ -327,6 +370,43 @@ mod tests {
             Ok(())
         });
         assert_eq!(*delivered.lock().unwrap(), 1);
+    }
+
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<(String, u32)>>);
+
+    impl EventRelay for Recorded {
+        fn relay(&self, event: &BusEvent, depth: u32) {
+            self.0.lock().unwrap().push((event.name.clone(), depth));
+        }
+    }
+
+    #[test]
+    fn only_plugin_events_are_relayed_and_their_depth_travels_with_them() {
+        let bus = EventBus::new();
+        let relay = Arc::new(Recorded::default());
+        bus.relay_to(Arc::clone(&relay) as Arc<dyn EventRelay>);
+        let from = |source: &str, name: &str| BusEvent {
+            name: name.into(),
+            source: source.into(),
+            payload: Value::Null,
+        };
+        bus.relay_out(&from("host", "custom:thing"));
+        bus.relay_out(&from("weather", "plugin:loaded"));
+        bus.relay_out(&from("weather", "weather:reported"));
+        nested(Nesting::from_elsewhere(3), || {
+            bus.relay_out(&from("notes", "notes:remembered"))
+        });
+        nested(Nesting::from_elsewhere(MAX_NESTING), || {
+            bus.relay_out(&from("notes", "notes:too-deep"))
+        });
+        assert_eq!(
+            *relay.0.lock().unwrap(),
+            vec![
+                ("weather:reported".to_string(), 0),
+                ("notes:remembered".to_string(), 3)
+            ]
+        );
     }
 
     #[test]

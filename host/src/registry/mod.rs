@@ -266,12 +266,20 @@ impl Registry {
     /// plugins whose manifest subscribes to it (their `on_load` makes the
     /// subscriptions that then receive it).
     pub fn emit(&self, source: &str, name: &str, payload: Value) -> Vec<DeliveryFailure> {
-        self.start_pending_for_event(name);
         let event = BusEvent {
             name: name.to_string(),
             source: source.to_string(),
             payload,
         };
+        // The other hosts first: sending does not wait for them.
+        self.bus.relay_out(&event);
+        self.emit_here(event)
+    }
+
+    /// Delivers an event to this host's subscribers only (an event from
+    /// another host of the cluster, which is not relayed again).
+    pub fn emit_here(&self, event: BusEvent) -> Vec<DeliveryFailure> {
+        self.start_pending_for_event(&event.name);
         let payload_json = event.payload.to_string();
         let failures = self
             .bus

@@ -7,6 +7,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod cluster_members;
 mod database_pool;
 mod hostile_worker;
 mod http;
