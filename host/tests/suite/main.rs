@@ -7,6 +7,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod cluster_messages;
 mod hostile_worker;
 mod http;
 mod isolation;

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use test_support::{fixture, folder_with};
 
+pub mod cluster;
+
 /// Starts `agent-host run` on `dir` with `RUST_LOG` at `log_level`, its
 /// stdin, stdout and stderr piped to the test.
 pub fn spawn_run(dir: &std::path::Path, log_level: &str) -> Child {
