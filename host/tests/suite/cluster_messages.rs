@@ -244,3 +244,76 @@ fn an_id_sent_again_gets_the_same_reply_and_runs_once() {
     assert_ne!(one["id"], two["id"]);
     assert_ne!(one["text"], two["text"]);
 }
+
+#[test]
+fn a_late_reply_is_a_504_naming_the_id_and_a_retry_gets_it_without_a_second_run() {
+    let Some(nats) = require(Server::Nats, "a_late_reply_is_a_504") else {
+        return;
+    };
+    let agent = unique_name("late");
+    let _cleanup = AgentOnServer {
+        nats_url: nats.clone(),
+        agent: agent.clone(),
+    };
+    let scratch = tempfile::tempdir().expect("a scratch folder");
+    let runs = scratch.path().join("runs");
+    let rest = recording_runs_in(&runs);
+    let a = start_host(
+        &nats,
+        &agent,
+        "a",
+        &plugins(),
+        "reply_timeout_ms = 300\n",
+        &rest,
+    );
+
+    let message = json!({ "id": "slow-1", "text": "work 1500 slow" });
+    let late = a.post_json("/v1/messages", &message);
+    let error = late.error(504);
+    assert!(
+        error.contains("'slow-1'") && error.contains("same id"),
+        "{error}"
+    );
+    // The message runs on; once it is done, the retry gets its reply.
+    let deadline = Instant::now() + crate::common::WAIT;
+    while runs_of(&runs).is_empty() {
+        assert!(Instant::now() < deadline, "slow-1 never ran:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.wait_for_log("acknowledged message 'slow-1'");
+    let reply = send(&a, &message);
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(reply["text"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("worked slow,")));
+    assert_eq!(runs_of(&runs), ["slow-1"]);
+}
+
+#[test]
+fn a_host_stopping_finishes_the_messages_it_holds() {
+    let Some(nats) = require(Server::Nats, "a_host_stopping_finishes") else {
+        return;
+    };
+    let agent = unique_name("stopping");
+    let _cleanup = AgentOnServer {
+        nats_url: nats.clone(),
+        agent: agent.clone(),
+    };
+    let scratch = tempfile::tempdir().expect("a scratch folder");
+    let runs = scratch.path().join("runs");
+    let rest = recording_runs_in(&runs);
+    let mut a = start_host(&nats, &agent, "a", &plugins(), "", &rest);
+
+    std::thread::scope(|scope| {
+        let sender = scope.spawn(|| send(&a, &json!({ "id": "last", "text": "work 800 last" })));
+        a.wait_for_log("took message 'last'");
+        a.terminate();
+        let reply = sender.join().expect("the sender");
+        assert_eq!(reply["ok"], true, "{reply}");
+        assert_eq!(reply["host"], "a");
+    });
+    assert_eq!(a.wait_for_exit(crate::common::WAIT), Some(0));
+    let log = a.final_log();
+    assert!(log.contains("acknowledged message 'last'"), "{log}");
+    assert_eq!(runs_of(&runs), ["last"]);
+}
