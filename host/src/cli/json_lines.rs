@@ -7,7 +7,8 @@
 //! [`MAX_REQUEST_BYTES`]) gets `{"error": "..."}` saying why, while the
 //! lines after it are served. Blank lines are skipped. A line is never held
 //! in memory past the limit: the rest of a line too long is skipped as it
-//! arrives.
+//! arrives. In cluster mode a message whose reply does not come in time
+//! gets `{"error": "...", "id": "..."}` naming its id.
 
 use crate::request::{self, Request, RequestError, MAX_REQUEST_BYTES};
 use crate::PluginHost;
