@@ -143,8 +143,8 @@ async fn open(node: &ClusterNode) -> Result<PullConsumer, ClusterError> {
     Ok(consumer)
 }
 
-/// Pulls messages while the gate is open, until stopped; then waits for
-/// the messages in flight.
+/// Pulls messages while the gate is open, until stopped (or the
+/// [`Consumer`] is dropped); then waits for the messages in flight.
 async fn take_messages(
     node: Arc<ClusterNode>,
     host: Arc<PluginHost>,
@@ -160,12 +160,17 @@ async fn take_messages(
         if !*gate.borrow_and_update() {
             tokio::select! {
                 changed = gate.changed() => if changed.is_err() { break },
-                _ = stopping.changed() => {}
+                changed = stopping.changed() => if changed.is_err() { break },
             }
             continue;
         }
-        let Ok(first) = Arc::clone(&slots).acquire_owned().await else {
-            break;
+        // Every slot busy: wait for one, or for the stop.
+        let first = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            changed = stopping.changed() => if changed.is_err() { break } else { continue },
         };
         let mut free = vec![first];
         while let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
