@@ -36,6 +36,11 @@
 //! `http_body_timeout_ms` gets a 408. A refusal that ends the connection
 //! (401, 403, 408, 413, 503) says `Connection: close`.
 //!
+//! In cluster mode a message goes through the agent's cluster: a reply
+//! that does not come within `reply_timeout_ms` is a `504` naming the
+//! message's id (the client may send it again with that id: it does not
+//! run twice), a server that cannot be reached a `503`.
+//!
 //! # What this module must never do
 //!
 //! * Run plugin code on an async worker thread: plugin calls block (a handler
