@@ -3,6 +3,10 @@
 //! reverse load order once the calls in flight are done (or a grace period
 //! has passed).
 
+mod message_route;
+
+pub(crate) use message_route::{MessageRoute, RouteError, RoutedReply};
+
 use crate::config::AgentConfig;
 use crate::lifecycle;
 use crate::lifecycle::report::{LoadReport, ShutdownError};
@@ -17,7 +21,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// What cluster mode says of the cluster, for `GET /v1/cluster`:
@@ -52,6 +56,9 @@ pub struct PluginHost {
     shut_down: AtomicBool,
     /// What the cluster says of itself, in cluster mode (`GET /v1/cluster`).
     cluster_report: std::sync::OnceLock<Arc<dyn ClusterReport>>,
+    /// Where front ends' messages go instead of this host's pipeline
+    /// (cluster mode), once installed.
+    route: OnceLock<Arc<dyn MessageRoute>>,
     // Declared last: dropped after everything that may still hold a handle to it.
     _own_runtime: Option<tokio::runtime::Runtime>,
 }
@@ -106,6 +113,7 @@ impl PluginHost {
             shutting_down: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
             cluster_report: std::sync::OnceLock::new(),
+            route: OnceLock::new(),
             _own_runtime: own,
         })
     }
@@ -172,24 +180,81 @@ impl PluginHost {
         pipeline::answer(&self.pipeline, self.prepare(message)).await
     }
 
-    /// [`PluginHost::answer`], saying whether the message was refused
+    /// Sends the front ends' messages through `route` from now on (cluster
+    /// mode) instead of this host's pipeline; [`PluginHost::answer`] still
+    /// runs them here. A second route is refused (logged).
+    pub(crate) fn route_messages(&self, route: Arc<dyn MessageRoute>) {
+        if self.route.set(route).is_err() {
+            tracing::warn!("a message route is already installed; the new one is ignored");
+        }
+    }
+
+    /// A front end's message: through the route when one is installed,
+    /// else [`PluginHost::answer`], saying whether the message was refused
     /// because the host is shutting down (a front-end answers that its own
-    /// way, an HTTP 503 say).
+    /// way, an HTTP 503 say). Only a routed message can fail.
     pub(crate) async fn answer_unless_shutting_down(
         &self,
         message: InboundMessage,
-    ) -> pipeline::Answered<Reply> {
+    ) -> Result<pipeline::Answered<Reply>, RouteError> {
+        let Some(route) = self.route.get() else {
+            return Ok(self.answer_here(message).await);
+        };
+        if self.is_shutting_down() {
+            return Ok(pipeline::Answered::ShuttingDown(pipeline::refused(
+                &message.id,
+            )));
+        }
+        route.answer(message).await.map(pipeline::Answered::Served)
+    }
+
+    /// [`PluginHost::answer`], saying whether the message was refused
+    /// because the host is shutting down: this host's pipeline, whatever
+    /// the route (the cluster's consumer runs messages with it).
+    pub(crate) async fn answer_here(&self, message: InboundMessage) -> pipeline::Answered<Reply> {
         pipeline::answer_unless_shutting_down(&self.pipeline, self.prepare(message)).await
     }
 
-    /// [`PluginHost::answer_batch`], saying whether the batch was refused
-    /// because the host is shutting down.
+    /// A front end's batch: through the route when one is installed (each
+    /// message on its own, at once; a message without a reply gets an
+    /// error reply), else [`PluginHost::answer_batch`], saying whether the
+    /// batch was refused because the host is shutting down.
     pub(crate) async fn answer_batch_unless_shutting_down(
         &self,
         messages: Vec<InboundMessage>,
     ) -> pipeline::Answered<Vec<Reply>> {
-        let messages: Vec<InboundMessage> = messages.into_iter().map(|m| self.prepare(m)).collect();
-        pipeline::answer_batch_unless_shutting_down(&self.pipeline, messages).await
+        let Some(route) = self.route.get() else {
+            let messages: Vec<InboundMessage> =
+                messages.into_iter().map(|m| self.prepare(m)).collect();
+            return pipeline::answer_batch_unless_shutting_down(&self.pipeline, messages).await;
+        };
+        if self.is_shutting_down() {
+            return pipeline::Answered::ShuttingDown(
+                messages.iter().map(|m| pipeline::refused(&m.id)).collect(),
+            );
+        }
+        let waiting: Vec<(String, tokio::task::JoinHandle<Result<Reply, RouteError>>)> = messages
+            .into_iter()
+            .map(|message| {
+                let route = Arc::clone(route);
+                let id = message.id.clone();
+                (
+                    id,
+                    self.core
+                        .runtime()
+                        .spawn(async move { route.answer(message).await }),
+                )
+            })
+            .collect();
+        let mut replies = Vec::with_capacity(waiting.len());
+        for (id, task) in waiting {
+            replies.push(match task.await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(error)) => error.into_reply(),
+                Err(_) => pipeline::lost(&id),
+            });
+        }
+        pipeline::Answered::Served(replies)
     }
 
     /// [`PluginHost::answer`] from a thread outside the runtime, for tests.

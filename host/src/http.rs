@@ -39,6 +39,11 @@
 //! `http_body_timeout_ms` gets a 408. A refusal that ends the connection
 //! (401, 403, 408, 413, 503) says `Connection: close`.
 //!
+//! In cluster mode a message goes through the agent's cluster: a reply
+//! that does not come within `reply_timeout_ms` is a `504` naming the
+//! message's id (the client may send it again with that id: it does not
+//! run twice), a server that cannot be reached a `503`.
+//!
 //! # What this module must never do
 //!
 //! * Run plugin code on an async worker thread: plugin calls block (a handler
@@ -243,6 +248,19 @@ impl From<RequestError> for ApiError {
     }
 }
 
+/// A message the cluster did not answer (cluster mode): its reply late
+/// (504, the client may retry with the same id), or the server unreachable
+/// (503).
+impl From<crate::host::RouteError> for ApiError {
+    fn from(error: crate::host::RouteError) -> Self {
+        let status = match &error {
+            crate::host::RouteError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
+            crate::host::RouteError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
 /// A body refused before it was read: late (408) or too large (413).
 impl From<BodyRefused> for ApiError {
     fn from(refused: BodyRefused) -> Self {
@@ -300,8 +318,9 @@ async fn post_messages(
     let shutting_down = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, crate::SHUTTING_DOWN);
     match messages.pop() {
         Some(message) if one => match host.answer_unless_shutting_down(message).await {
-            Answered::Served(reply) => Ok(Json(reply).into_response()),
-            Answered::ShuttingDown(_) => Err(shutting_down()),
+            Ok(Answered::Served(reply)) => Ok(Json(reply).into_response()),
+            Ok(Answered::ShuttingDown(_)) => Err(shutting_down()),
+            Err(error) => Err(ApiError::from(error)),
         },
         last => {
             messages.extend(last);

@@ -172,7 +172,10 @@ async fn respond(host: &Arc<PluginHost>, line: &str) -> Result<String, tokio::ta
                 text: line.to_string(),
                 ..InboundMessage::default()
             };
-            Ok(reply_text(&host.answer(message).await))
+            Ok(match host.answer_unless_shutting_down(message).await {
+                Ok(answered) => reply_text(&answered.into_reply()),
+                Err(error) => error.to_string(),
+            })
         }
     }
 }

@@ -7,7 +7,8 @@
 //! [`MAX_REQUEST_BYTES`]) gets `{"error": "..."}` saying why, while the
 //! lines after it are served. Blank lines are skipped. A line is never held
 //! in memory past the limit: the rest of a line too long is skipped as it
-//! arrives.
+//! arrives. In cluster mode a message whose reply does not come in time
+//! gets `{"error": "...", "id": "..."}` naming its id.
 
 use crate::request::{self, Request, RequestError, MAX_REQUEST_BYTES};
 use crate::PluginHost;
@@ -33,10 +34,20 @@ pub(super) async fn answer_lines(host: Arc<PluginHost>) -> Result<(), Box<dyn st
                 RequestLine::TooLong => error_answer(&RequestError::TooLarge),
                 RequestLine::Complete(bytes) => match request::parse(&bytes) {
                     Ok(Request::One(message)) => {
-                        serde_json::to_string(&host.answer(message).await)?
+                        match host.answer_unless_shutting_down(message).await {
+                            Ok(answered) => serde_json::to_string(&answered.into_reply())?,
+                            Err(error) => serde_json::json!({
+                                "error": error.to_string(),
+                                "id": error.id(),
+                            })
+                            .to_string(),
+                        }
                     }
                     Ok(Request::Batch(messages)) => {
-                        let replies = host.answer_batch(messages).await;
+                        let replies = host
+                            .answer_batch_unless_shutting_down(messages)
+                            .await
+                            .into_reply();
                         serde_json::json!({ "replies": replies }).to_string()
                     }
                     Err(error) => error_answer(&error),

@@ -1,6 +1,6 @@
-//! Opening the agent's key-value buckets of members: the hosts'
-//! announcements and the cluster's decisions. Each is created by the
-//! first host or operator that needs it.
+//! Opening the agent's key-value buckets: the replies kept by message id,
+//! the hosts' announcements and the cluster's decisions. Each is created by
+//! the first host or operator that needs it.
 
 use super::{ClusterError, Names};
 use crate::config::ClusterSettings;
@@ -11,6 +11,27 @@ use std::time::Duration;
 /// How many heartbeat timeouts an announcement outlives its host's last
 /// heartbeat before the server forgets it.
 const ANNOUNCEMENT_LIFETIMES: u32 = 3;
+
+/// The replies bucket: one reply per message key, kept
+/// `reply_retention_s`.
+pub(crate) async fn replies(
+    jetstream: &Context,
+    names: &Names,
+    settings: &ClusterSettings,
+) -> Result<Store, ClusterError> {
+    open_or_create(
+        jetstream,
+        settings,
+        Config {
+            bucket: names.replies_bucket.clone(),
+            description: format!("agent {}: the replies by message id", names.agent),
+            history: 1,
+            max_age: Duration::from_secs(settings.reply_retention_s),
+            ..Config::default()
+        },
+    )
+    .await
+}
 
 /// The hosts bucket: one key per host, forgotten a few `host_timeout_ms`
 /// after its last heartbeat.

@@ -96,6 +96,7 @@ pub enum ClusterError {
 pub struct Cluster {
     node: Arc<ClusterNode>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    consumer: consumer::Consumer,
 }
 
 impl Cluster {
@@ -104,9 +105,12 @@ impl Cluster {
         &self.node
     }
 
-    /// Stops taking messages and announcing this host, and ends the tasks.
+    /// Stops taking messages, waits for the ones in flight to be answered
+    /// and acknowledged (at most the host's `shutdown_grace_ms`), stops
+    /// announcing this host, and ends the tasks.
     pub async fn stop(self) {
         self.node.taking_messages.send_replace(false);
+        self.consumer.stop().await;
         for task in self.tasks {
             task.abort();
         }
@@ -144,7 +148,11 @@ pub async fn start(
     tasks.push(members::start(&node, &host).await?);
     tasks.push(events::start(&node, &host).await?);
     tasks.push(control::start(&node, &host).await?);
-    tasks.push(consumer::start(&node, &host).await?);
+    let consumer = consumer::start(&node, &host).await?;
     route::install(&node, &host).await?;
-    Ok(Cluster { node, tasks })
+    Ok(Cluster {
+        node,
+        tasks,
+        consumer,
+    })
 }

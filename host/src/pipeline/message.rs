@@ -22,7 +22,7 @@ pub struct InboundMessage {
 }
 
 /// Which action answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionRef {
     /// The plugin.
     pub plugin: String,
@@ -141,8 +141,43 @@ impl Serialize for Evaluations {
     }
 }
 
+/// One verdict as it is serialized, owned: what [`Evaluations`] reads back.
+#[derive(Deserialize)]
+struct OwnedRecord {
+    plugin: String,
+    evaluator: String,
+    #[serde(flatten)]
+    evaluation: Evaluation,
+}
+
+/// Reads the list [`Evaluations`] serializes to (a reply that crossed the
+/// wire from another host): each verdict's names join the reply's table.
+impl<'de> Deserialize<'de> for Evaluations {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let records = Vec::<OwnedRecord>::deserialize(deserializer)?;
+        let names: EvaluatorNames = records
+            .iter()
+            .map(|r| {
+                (
+                    Arc::from(r.plugin.as_str()),
+                    Arc::from(r.evaluator.as_str()),
+                )
+            })
+            .collect();
+        let verdicts = records
+            .into_iter()
+            .enumerate()
+            .map(|(position, record)| (position as u32, record.evaluation))
+            .collect();
+        Ok(Self {
+            names: Some(names),
+            verdicts,
+        })
+    }
+}
+
 /// How long each step took, in microseconds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timings {
     /// Composing the state.
     pub providers_us: u64,
@@ -156,8 +191,10 @@ pub struct Timings {
     pub total_us: u64,
 }
 
-/// The answer to one message.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// The answer to one message. It reads back from the JSON it writes, so
+/// that a reply crosses from the host that ran the message to the one
+/// whose client waits (cluster mode).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     /// The message's id.
     pub id: String,
@@ -178,6 +215,10 @@ pub struct Reply {
     pub errors: Vec<String>,
     /// Step timings.
     pub timings: Timings,
+    /// The host of the cluster that ran the message (cluster mode only;
+    /// left out of the JSON when `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// The reply text when no action accepts a message.
@@ -185,3 +226,62 @@ pub const NO_ACTION_TEXT: &str = "Sorry, I don't know how to help with that.";
 
 /// What a host that is shutting down answers instead of running a message.
 pub const SHUTTING_DOWN: &str = "the agent is shutting down";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_reply_reads_back_from_its_json() {
+        let mut reply = Reply {
+            id: "m7".into(),
+            text: "It is mild.".into(),
+            data: json!({"celsius": 18}),
+            action: Some(ActionRef {
+                plugin: "weather".into(),
+                action: "NOW".into(),
+            }),
+            ok: true,
+            errors: vec!["plugin 'geo': provider 'here' timed out".into()],
+            timings: Timings {
+                providers_us: 1,
+                validate_us: 2,
+                handler_us: 3,
+                evaluators_us: 4,
+                total_us: 10,
+            },
+            host: Some("web-1".into()),
+            ..Reply::default()
+        };
+        reply.metadata.insert("source".into(), json!("cache"));
+        reply
+            .evaluations
+            .push("sentiment", "tone", Evaluation::new(0.25, false));
+        reply.evaluations.push(
+            "sentiment",
+            "length",
+            Evaluation {
+                score: 1.0,
+                passed: true,
+                metadata: json!({"words": 3}),
+            },
+        );
+        let text = serde_json::to_string(&reply).expect("serialize");
+        let back: Reply = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back, reply);
+        assert_eq!(back.evaluations.get(1).map(|r| r.evaluator), Some("length"));
+    }
+
+    #[test]
+    fn a_reply_without_a_host_leaves_it_out() {
+        let reply = Reply {
+            id: "m1".into(),
+            ..Reply::default()
+        };
+        let value = serde_json::to_value(&reply).expect("serialize");
+        assert!(value.get("host").is_none(), "{value}");
+        let back: Reply = serde_json::from_value(value).expect("deserialize");
+        assert_eq!(back, reply);
+    }
+}

@@ -116,7 +116,7 @@ fn micros(since: Instant) -> u64 {
 
 /// The reply to a message that arrives while the host shuts down: no plugin
 /// sees it.
-fn refused(id: &str) -> Reply {
+pub(crate) fn refused(id: &str) -> Reply {
     Reply {
         id: id.to_string(),
         text: SHUTTING_DOWN.to_string(),
@@ -137,7 +137,7 @@ pub(crate) enum Answered<T> {
 
 impl<T> Answered<T> {
     /// The reply, served or refused.
-    fn into_reply(self) -> T {
+    pub(crate) fn into_reply(self) -> T {
         match self {
             Answered::Served(reply) | Answered::ShuttingDown(reply) => reply,
         }
@@ -146,7 +146,7 @@ impl<T> Answered<T> {
 
 /// The reply when the work on a message was lost (it cannot happen unless
 /// a thread of the host died).
-fn lost(id: &str) -> Reply {
+pub(crate) fn lost(id: &str) -> Reply {
     Reply {
         id: id.to_string(),
         text: "Sorry, something went wrong.".to_string(),

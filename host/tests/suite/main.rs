@@ -8,6 +8,7 @@ mod common;
 mod auth;
 mod cli;
 mod cluster_members;
+mod cluster_messages;
 mod database_pool;
 mod hostile_worker;
 mod http;

@@ -132,3 +132,41 @@ pub fn agent_gone(nats_url: &str, agent: &str) -> bool {
         true
     })
 }
+
+/// Removes the agent's streams and buckets when dropped, so a failing test
+/// leaves nothing behind either.
+pub struct AgentOnServer {
+    pub nats_url: String,
+    pub agent: String,
+}
+
+impl Drop for AgentOnServer {
+    fn drop(&mut self) {
+        delete_agent(&self.nats_url, &self.agent);
+    }
+}
+
+/// Starts host `host` of agent `agent` on `plugins` without waiting for
+/// it to join, with `cluster` (lines
+/// of the `[cluster]` table besides `url`, `agent` and `host`) and `rest`
+/// (more of the config file, after the table). Its log shows the cluster's
+/// debug lines.
+pub fn launch_host(
+    nats_url: &str,
+    agent: &str,
+    host: &str,
+    plugins: &[PathBuf],
+    cluster: &str,
+    rest: &str,
+) -> Agent {
+    let config = format!(
+        "[cluster]\nurl = \"{nats_url}\"\nagent = \"{agent}\"\nhost = \"{host}\"\n{cluster}\n{rest}"
+    );
+    Agent::launch(
+        plugins,
+        &config,
+        false,
+        &["--listen", "127.0.0.1:0"],
+        &[("RUST_LOG", "info,agent_host::cluster=debug")],
+    )
+}
