@@ -150,10 +150,11 @@ fn copy_log(stderr: impl std::io::Read, file: &Path, found: mpsc::Sender<String>
 /// shared consumer serves every front end).
 pub fn wait_until_serving(hosts: &[Host]) -> Result<(), String> {
     let deadline = Instant::now() + START_WAIT;
+    let http = crate::load::http_client(Duration::from_secs(10));
     for host in hosts {
         loop {
             let probe = serde_json::json!({"sender": "probe", "text": "hello"});
-            if crate::load::post(host.address, &probe, Duration::from_secs(10)).is_ok() {
+            if crate::load::post(&http, host.address, &probe).is_ok() {
                 break;
             }
             if Instant::now() > deadline {

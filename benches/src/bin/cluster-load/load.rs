@@ -22,13 +22,18 @@ pub enum PostError {
     Status(u16, String),
 }
 
-/// Posts one message and reads its reply.
-pub fn post(address: SocketAddr, message: &Value, wait: Duration) -> Result<Value, PostError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+/// An HTTP client that keeps its connections alive between requests, as
+/// a client sending many messages does.
+pub fn http_client(wait: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
         .timeout_global(Some(wait))
         .http_status_as_error(false)
         .build()
-        .into();
+        .into()
+}
+
+/// Posts one message and reads its reply.
+pub fn post(agent: &ureq::Agent, address: SocketAddr, message: &Value) -> Result<Value, PostError> {
     let mut response = agent
         .post(format!("http://{address}/v1/messages"))
         .send_json(message)
@@ -68,7 +73,8 @@ pub struct Outcome {
 pub struct Load<'a> {
     /// The hosts' addresses; clients spread their messages over them.
     pub hosts: Vec<SocketAddr>,
-    /// Hosts known dead: clients no longer try them.
+    /// Hosts known dead: clients no longer try them (a client marks a host
+    /// that refuses its connection).
     pub dead: &'a [AtomicBool],
     /// How many clients send at once.
     pub clients: usize,
@@ -103,6 +109,7 @@ impl Load<'_> {
 
     /// One client's messages, one after the other.
     fn client(&self, client: usize, start: Instant) -> Vec<Outcome> {
+        let http = http_client(REPLY_WAIT);
         let mine = (client..self.messages).step_by(self.clients);
         let mut outcomes = Vec::new();
         for (k, number) in mine.enumerate() {
@@ -129,7 +136,7 @@ impl Load<'_> {
                     target = (target + 1) % self.hosts.len();
                 }
                 attempts += 1;
-                match post(self.hosts[target], &message, REPLY_WAIT) {
+                match post(&http, self.hosts[target], &message) {
                     Ok(reply) => {
                         outcome.ok = reply["ok"].as_bool() == Some(true);
                         outcome.host = reply["host"].as_str().map(str::to_string);
@@ -143,6 +150,12 @@ impl Load<'_> {
                         }
                     }
                     Err(PostError::Transport(cause)) => {
+                        // A host that refuses connections is down: this
+                        // client stops trying it, as a client with a
+                        // health check would.
+                        if cause.contains("refused") {
+                            self.dead[target].store(true, Ordering::Relaxed);
+                        }
                         outcome.error = Some(cause);
                     }
                 }

@@ -19,7 +19,7 @@
 //!   rolls a reload over the 3 hosts: every request must succeed.
 //! - `overhead`: one client's messages one at a time on a single-process
 //!   host, a 1-host cluster and a 3-host cluster (median and p99 per
-//!   message), then 4 clients' throughput on 1 host against 3.
+//!   message), then 4 clients' throughput on each.
 //!
 //! Options: `--messages N`, `--clients N`, `--ack-wait-ms N`, `--binary
 //! PATH` (default `target/release/agent-host`), `--plugins DIR` (default
@@ -166,7 +166,6 @@ fn kill(setup: &Setup, options: &Options) -> Result<bool, String> {
         }
         hosts[1].kill();
         let killed_at = start.elapsed();
-        dead[1].store(true, Ordering::Relaxed);
         (running.join().unwrap_or_default(), killed_at)
     });
     let elapsed = start.elapsed();
@@ -257,6 +256,7 @@ fn overhead(setup: &Setup, options: &Options) -> Result<bool, String> {
     let single = setup.start("single", false)?;
     hosts::wait_until_serving(std::slice::from_ref(&single))?;
     rows.push(("single process", latencies(&[&single], 1, sequential)?));
+    let single_throughput = throughput(&[&single], options.clients, options.messages)?;
     drop(single);
     let one = start_cluster(setup, 1)?;
     rows.push(("cluster, 1 host", latencies(&[&one[0]], 1, sequential)?));
@@ -282,6 +282,7 @@ fn overhead(setup: &Setup, options: &Options) -> Result<bool, String> {
         options.clients, options.messages
     );
     println!("|---|---|");
+    println!("| single process | {single_throughput:.0} |");
     println!("| cluster, 1 host | {one_throughput:.0} |");
     println!("| cluster, 3 hosts | {three_throughput:.0} |");
     Ok(true)
