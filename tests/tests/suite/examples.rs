@@ -174,3 +174,20 @@ fn test_agent_loads_real_files_for_plugin_authors() {
         "the staging folder is removed with the agent"
     );
 }
+
+#[test]
+fn the_shipped_configs_parse_and_only_the_cluster_one_needs_servers() {
+    let root = test_support::workspace_root();
+    let single = agent_host::AgentConfig::load(&root.join("agent.toml")).expect("agent.toml");
+    assert!(single.cluster.is_none(), "cargo xtask run needs no server");
+    let cluster =
+        agent_host::AgentConfig::load(&root.join("docs/cluster.toml")).expect("docs/cluster.toml");
+    let table = cluster.cluster.expect("docs/cluster.toml has [cluster]");
+    assert_eq!(table.url, "nats://127.0.0.1:4222");
+    assert_eq!(
+        cluster.plugins["database"]["url"],
+        "postgres://postgres@127.0.0.1:5432/test"
+    );
+    // The same plugins are granted the same permissions in both.
+    assert_eq!(single.grants, cluster.grants);
+}
