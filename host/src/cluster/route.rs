@@ -4,12 +4,18 @@
 //! For each message ([`ClusterRoute`]'s `answer`): an id when it has none
 //! (this host's name, the time it started and a counter, so unique across
 //! hosts and restarts); a subscription to the reply subject, taken FIRST,
-//! so a reply published from now on is not missed; a look in the replies
-//! bucket (a reply already kept, for a retried id, is returned at once);
-//! the message published to the inbox through JetStream with a
-//! `Nats-Msg-Id` header (the server drops a second publish of the same id
-//! within the stream's duplicate window) and its publish acknowledgement
-//! awaited; then the reply, awaited at most `reply_timeout_ms`.
+//! so a reply published from now on is not missed; the message published
+//! to the inbox through JetStream with a `Nats-Msg-Id` header (the server
+//! drops a second publish of the same id within the stream's duplicate
+//! window) and its publish acknowledgement awaited; then the reply,
+//! awaited at most `reply_timeout_ms`.
+//!
+//! Only a publish the server calls a duplicate looks in the replies
+//! bucket: the first run of that id may be over (its reply is kept there)
+//! or still running (its reply comes to the subscription). A retry after
+//! the duplicate window is a new publish, and the host that takes it finds
+//! the kept reply before running anything. A new message thus costs no
+//! look in the bucket on its way in.
 
 use super::names::message_key;
 use super::replies::Replies;
@@ -75,13 +81,6 @@ impl ClusterRoute {
             .subscribe(names.reply_subject(&key))
             .await
             .map_err(|e| unavailable(Box::new(e)))?;
-        match self.replies.get(&key).await {
-            Ok(Some(reply)) => return Ok(reply),
-            Ok(None) => {}
-            // The message is sent all the same: the host that takes it
-            // looks again before running it.
-            Err(error) => tracing::warn!("{error}"),
-        }
         let payload = serde_json::to_vec(&message).map_err(|e| unavailable(Box::new(e)))?;
         let mut headers = async_nats::HeaderMap::new();
         // The key, not the id: an id is the client's and may hold any
@@ -98,8 +97,14 @@ impl ClusterRoute {
         if acknowledged.duplicate {
             tracing::debug!(
                 id,
-                "sent again within the duplicate window; awaiting its reply"
+                "sent again within the duplicate window; its reply is kept or coming"
             );
+            match self.replies.get(&key).await {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                // The first run's reply still comes to the subscription.
+                Err(error) => tracing::warn!("{error}"),
+            }
         }
         let waited_ms = self.node.settings.reply_timeout_ms;
         let timed_out = || RouteError::TimedOut {
