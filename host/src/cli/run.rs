@@ -12,6 +12,11 @@
 //! talk to the agent); another address is refused with an error naming it,
 //! unless `--allow-unauthenticated` says the operator means it.
 //!
+//! With `[cluster]` it connects to the cluster's server before it loads
+//! any plugin (a server that cannot be reached ends the run at once with an
+//! error naming its URL), and joins the cluster once the plugins are
+//! loaded, announcing the address its HTTP API listens on.
+//!
 //! On Ctrl-C or SIGTERM it stops taking work but keeps answering: a request
 //! line gets `{"error": "the agent is shutting down"}`, an HTTP request a
 //! 503 with that body. It waits for the calls in flight (at most the
@@ -131,7 +136,16 @@ async fn serve(
         Some(address) => Some(bind(address, &access, listen.allow_unauthenticated).await?),
         None => None,
     };
-    let cluster_settings = config.cluster.clone();
+    // The cluster's server too: one that cannot be reached fails the start
+    // before any plugin is loaded.
+    let connected = match &config.cluster {
+        Some(settings) => Some(crate::cluster::connect(settings).await?),
+        None => None,
+    };
+    let http_address = listener
+        .as_ref()
+        .map(tokio::net::TcpListener::local_addr)
+        .transpose()?;
     let host = Arc::new(PluginHost::new(HostOptions {
         runtime: Some(tokio::runtime::Handle::current()),
         config,
@@ -150,14 +164,28 @@ async fn serve(
     );
     // Cluster mode starts once the plugins are loaded: a host takes
     // messages only with its plugins known.
-    let cluster = match &cluster_settings {
-        Some(settings) => {
-            let cluster = crate::cluster::start(Arc::clone(&host), settings).await?;
+    let cluster = match connected {
+        Some(connected) => {
+            let cluster = match crate::cluster::start(Arc::clone(&host), connected, http_address)
+                .await
+            {
+                Ok(cluster) => cluster,
+                Err(error) => {
+                    // The loaded plugins stop as on any shutdown.
+                    host.begin_shutdown();
+                    let stopper = Arc::clone(&host);
+                    for problem in tokio::task::spawn_blocking(move || stopper.shutdown()).await? {
+                        tracing::warn!("{problem}");
+                    }
+                    return Err(error.into());
+                }
+            };
+            let node = cluster.node();
             tracing::info!(
                 "serving agent '{}' as host '{}' of its cluster at {}",
-                settings.agent,
-                cluster.node().host_name,
-                settings.url
+                node.settings.agent,
+                node.host_name,
+                node.settings.url
             );
             Some(cluster)
         }

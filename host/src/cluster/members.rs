@@ -205,7 +205,7 @@ async fn heartbeat(
                 format!("lock hash {} not accepted", short_hash(&hash))
             }
         }),
-        http_address: None,
+        http_address: node.http_address.map(|address| address.to_string()),
     };
     let value = serde_json::to_vec(&announcement).unwrap_or_default();
     hosts

@@ -42,6 +42,7 @@ pub use operator::Operator;
 
 use crate::config::ClusterSettings;
 use crate::PluginHost;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -58,6 +59,9 @@ pub struct ClusterNode {
     pub client: async_nats::Client,
     /// JetStream over that connection.
     pub jetstream: async_nats::jetstream::Context,
+    /// The address this host's HTTP API is bound to, when it serves one:
+    /// announced to the other hosts and the operators.
+    pub http_address: Option<SocketAddr>,
     /// Whether this host takes messages from the shared consumer: false
     /// until its plugins are known to match the cluster's.
     pub taking_messages: watch::Sender<bool>,
@@ -120,28 +124,63 @@ impl Cluster {
     }
 }
 
-/// Connects to the cluster and starts serving this host's part of it:
-/// its announcements, the events it relays, operators' requests, and the
-/// shared consumer (once its plugins match), and sends the front ends'
-/// messages through the cluster.
-pub async fn start(
-    host: Arc<PluginHost>,
-    settings: &ClusterSettings,
-) -> Result<Cluster, ClusterError> {
+/// This host connected to the cluster's server, not serving in it yet:
+/// `agent-host run` connects before it loads any plugin, so a server that
+/// cannot be reached fails the start at once.
+pub struct Connected {
+    settings: ClusterSettings,
+    host_name: String,
+    client: async_nats::Client,
+}
+
+impl Connected {
+    /// This host's name in the cluster.
+    pub fn host_name(&self) -> &str {
+        &self.host_name
+    }
+}
+
+/// Connects this host to the cluster's server with the configured
+/// credentials, under its name (`[cluster] host`, else the machine's name
+/// and the process id).
+pub async fn connect(settings: &ClusterSettings) -> Result<Connected, ClusterError> {
     let host_name = settings
         .host
         .clone()
         .unwrap_or_else(connection::default_host_name);
-    let names = Names::new(&settings.agent);
     let client = connection::connect(settings, &host_name).await?;
+    Ok(Connected {
+        settings: settings.clone(),
+        host_name,
+        client,
+    })
+}
+
+/// Starts serving this host's part of the cluster once its plugins are
+/// loaded: its announcements (with `http_address`, where its HTTP API
+/// listens, when it serves one), the events it relays, operators'
+/// requests, and the shared consumer (once its plugins match), and sends
+/// the front ends' messages through the cluster.
+pub async fn start(
+    host: Arc<PluginHost>,
+    connected: Connected,
+    http_address: Option<SocketAddr>,
+) -> Result<Cluster, ClusterError> {
+    let Connected {
+        settings,
+        host_name,
+        client,
+    } = connected;
+    let names = Names::new(&settings.agent);
     let jetstream = async_nats::jetstream::new(client.clone());
     let (taking_messages, _) = watch::channel(false);
     let node = Arc::new(ClusterNode {
-        settings: settings.clone(),
+        settings,
         host_name,
         names,
         client,
         jetstream,
+        http_address,
         taking_messages,
     });
     let mut tasks = Vec::new();

@@ -27,7 +27,9 @@ pub struct Announcement {
     /// Why it takes none, when it takes none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_taking_because: Option<String>,
-    /// Its HTTP API's address, when it serves one.
+    /// The address its HTTP API is bound to (`ip:port`, as bound: a host
+    /// listening on every interface announces `0.0.0.0:port`), when it
+    /// serves one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_address: Option<String>,
 }

@@ -33,6 +33,34 @@ fn alive_hosts(status: &Value) -> usize {
     })
 }
 
+/// Sends `relay?` `per_front` times to each front end's HTTP API, all at
+/// once; the host each reply says ran it, after checking every reply.
+fn relay_messages(fronts: &[&Agent], per_front: usize) -> Vec<String> {
+    std::thread::scope(|scope| {
+        let senders: Vec<_> = fronts
+            .iter()
+            .map(|front| {
+                scope.spawn(move || {
+                    (0..per_front)
+                        .map(|_| {
+                            let answer =
+                                front.post_json("/v1/messages", &json!({ "text": "relay?" }));
+                            assert_eq!(answer.status, 200, "{}", answer.text());
+                            let reply = answer.json();
+                            assert_eq!(reply["text"], "relay here", "{reply}");
+                            reply["host"].as_str().expect("the host").to_string()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        senders
+            .into_iter()
+            .flat_map(|sender| sender.join().expect("a sender thread"))
+            .collect()
+    })
+}
+
 #[test]
 fn hosts_announce_their_lock_hash_and_a_host_with_other_plugins_waits_until_accepted() {
     let Some(url) = require(
@@ -82,6 +110,24 @@ fn hosts_announce_their_lock_hash_and_a_host_with_other_plugins_waits_until_acce
     );
     let h3_hash = h3["lock_hash"].as_str().expect("a hash").to_string();
     third.wait_for_log(&format!("cluster accept-lock {h3_hash}"));
+    // Each host announces where its HTTP API listens.
+    for (name, host) in [("h1", &first), ("h2", &second), ("h3", &third)] {
+        let announced = host_in(&waiting, name).expect("the host");
+        assert_eq!(
+            announced["http_address"],
+            host.address.to_string(),
+            "{announced}"
+        );
+    }
+
+    // Messages sent to every host's front end, the waiting host's too, are
+    // all answered by the hosts whose plugins match.
+    let fronts = [&first, &second, &third];
+    let ran_on = relay_messages(&fronts, 8);
+    assert!(
+        ran_on.iter().all(|host| host == "h1" || host == "h2"),
+        "only h1 and h2 take messages before h3's hash is accepted: {ran_on:?}"
+    );
 
     // The text form names the hosts and the short hashes.
     let text = operator(&config, &["cluster", "status"]);
@@ -118,6 +164,16 @@ fn hosts_announce_their_lock_hash_and_a_host_with_other_plugins_waits_until_acce
         host_in(s, "h3").is_some_and(|h| h["taking_messages"] == true && h["lock_accepted"] == true)
     });
     third.wait_for_log("lock hash accepted: taking messages");
+    // Now h3 runs some of them too.
+    let deadline = Instant::now() + WAIT;
+    let mut ran_on = Vec::new();
+    while !ran_on.iter().any(|host| host == "h3") {
+        assert!(
+            Instant::now() < deadline,
+            "h3 ran none of the messages after its hash was accepted: {ran_on:?}"
+        );
+        ran_on.extend(relay_messages(&fronts, 4));
+    }
 
     // Retiring it stops it again; the others serve on.
     let retired = operator(&config, &["cluster", "retire-lock", &h3_hash]);
@@ -164,6 +220,64 @@ fn cluster_commands_and_the_route_say_what_is_missing() {
     assert!(
         stderr.contains("cannot connect to NATS at nats://127.0.0.1:1"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn run_with_an_unreachable_server_stops_at_once_with_one_line_naming_its_url() {
+    // No server needed: nothing listens on port 1.
+    let dir = test_support::folder_with(&[fixture("relay")]);
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "[cluster]\nurl = \"nats://127.0.0.1:1\"\nagent = \"nobody\"\n",
+    )
+    .expect("write the config");
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agent-host"))
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--plugins")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start agent-host run");
+    let deadline = started + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "agent-host run still runs {} s after its start",
+                WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stopped_after = started.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let naming: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("nats://127.0.0.1:1"))
+        .collect();
+    assert_eq!(naming.len(), 1, "one line names the server: {stderr}");
+    assert!(
+        naming[0].starts_with("error: cannot connect to NATS at nats://127.0.0.1:1: "),
+        "{stderr}"
+    );
+    // It stopped before loading any plugin.
+    assert!(!stderr.contains("agent ready"), "{stderr}");
+    println!(
+        "agent-host run with an unreachable server stopped after {} ms",
+        stopped_after.as_millis()
     );
 }
 

@@ -7,6 +7,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod cluster_front_ends;
 mod cluster_members;
 mod cluster_messages;
 mod database_pool;

@@ -146,6 +146,15 @@ impl Drop for AgentOnServer {
     }
 }
 
+/// The config of host `host` of agent `agent`: `cluster` (lines of the
+/// `[cluster]` table besides `url`, `agent` and `host`), then `rest` (more
+/// of the config file, after the table).
+fn host_config(nats_url: &str, agent: &str, host: &str, cluster: &str, rest: &str) -> String {
+    format!(
+        "[cluster]\nurl = \"{nats_url}\"\nagent = \"{agent}\"\nhost = \"{host}\"\n{cluster}\n{rest}"
+    )
+}
+
 /// Starts host `host` of agent `agent` on `plugins` without waiting for
 /// it to join, with `cluster` (lines
 /// of the `[cluster]` table besides `url`, `agent` and `host`) and `rest`
@@ -159,13 +168,29 @@ pub fn launch_host(
     cluster: &str,
     rest: &str,
 ) -> Agent {
-    let config = format!(
-        "[cluster]\nurl = \"{nats_url}\"\nagent = \"{agent}\"\nhost = \"{host}\"\n{cluster}\n{rest}"
-    );
     Agent::launch(
         plugins,
-        &config,
+        &host_config(nats_url, agent, host, cluster, rest),
         false,
+        &["--listen", "127.0.0.1:0"],
+        &[("RUST_LOG", "info,agent_host::cluster=debug")],
+    )
+}
+
+/// As [`launch_host`], with the host's stdin and stdout piped (JSON
+/// lines, [`Agent::lines`]) besides its HTTP API.
+pub fn launch_piped_host(
+    nats_url: &str,
+    agent: &str,
+    host: &str,
+    plugins: &[PathBuf],
+    cluster: &str,
+    rest: &str,
+) -> Agent {
+    Agent::launch(
+        plugins,
+        &host_config(nats_url, agent, host, cluster, rest),
+        true,
         &["--listen", "127.0.0.1:0"],
         &[("RUST_LOG", "info,agent_host::cluster=debug")],
     )
