@@ -79,15 +79,7 @@ pub(super) async fn start(
     host: &Arc<PluginHost>,
 ) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
     let subject = node.names.control_subject(&node.host_name);
-    let mut requests = node
-        .client
-        .subscribe(subject.clone())
-        .await
-        .map_err(|cause| ClusterError::Setup {
-            url: node.settings.url.clone(),
-            what: format!("a subscription to {subject}"),
-            cause: cause.to_string(),
-        })?;
+    let mut requests = node.subscribe(&subject).await?;
     let (node, host) = (Arc::clone(node), Arc::clone(host));
     Ok(tokio::spawn(async move {
         while let Some(message) = requests.next().await {

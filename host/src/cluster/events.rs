@@ -109,15 +109,7 @@ pub(super) async fn start(
     host: &Arc<PluginHost>,
 ) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
     let subject = node.names.events_subject.clone();
-    let mut incoming = node
-        .client
-        .subscribe(subject.clone())
-        .await
-        .map_err(|cause| ClusterError::Setup {
-            url: node.settings.url.clone(),
-            what: format!("a subscription to {subject}"),
-            cause: cause.to_string(),
-        })?;
+    let mut incoming = node.subscribe(&subject).await?;
     let (queue, mut outgoing) = mpsc::channel::<Vec<u8>>(QUEUE);
     host.relay_events_to(Arc::new(Relay {
         host_name: node.host_name.clone(),

@@ -67,6 +67,23 @@ pub struct ClusterNode {
     pub taking_messages: watch::Sender<bool>,
 }
 
+impl ClusterNode {
+    /// Subscribes to `subject` on this host's connection.
+    pub(crate) async fn subscribe(
+        &self,
+        subject: &str,
+    ) -> Result<async_nats::Subscriber, ClusterError> {
+        self.client
+            .subscribe(subject.to_string())
+            .await
+            .map_err(|cause| ClusterError::Setup {
+                url: self.settings.url.clone(),
+                what: format!("a subscription to {subject}"),
+                cause: cause.to_string(),
+            })
+    }
+}
+
 /// Why cluster mode could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

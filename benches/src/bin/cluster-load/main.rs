@@ -144,31 +144,47 @@ fn weather(_: &str) -> String {
     "what's the weather in Tokyo".to_string()
 }
 
-fn kill(setup: &Setup, options: &Options) -> Result<bool, String> {
-    let mut hosts = start_cluster(setup, 3)?;
+/// Runs `options`' load of notes on `hosts` and, once `1/part` of its
+/// messages are answered, `midway`. Returns the outcomes, what `midway`
+/// gave, when it began and how long the load took (both from the load's
+/// start).
+fn notes_load_with<T: Send>(
+    hosts: &[std::net::SocketAddr],
+    options: &Options,
+    retry_statuses: bool,
+    part: usize,
+    midway: impl FnOnce() -> T + Send,
+) -> (Vec<Outcome>, T, Duration, Duration) {
     let dead: Vec<AtomicBool> = hosts.iter().map(|_| AtomicBool::new(false)).collect();
     let answered = AtomicUsize::new(0);
     let load = Load {
-        hosts: hosts.iter().map(|h| h.address).collect(),
+        hosts: hosts.to_vec(),
         dead: &dead,
         clients: options.clients,
         messages: options.messages,
         run: unique_name("m"),
         text: remember,
         answered: &answered,
-        retry_statuses: true,
+        retry_statuses,
     };
     let start = Instant::now();
-    let (outcomes, killed_at) = std::thread::scope(|scope| {
+    let (outcomes, given, began) = std::thread::scope(|scope| {
         let running = scope.spawn(|| load.run(start));
-        while answered.load(Ordering::Relaxed) < options.messages / 2 && !running.is_finished() {
+        while answered.load(Ordering::Relaxed) < options.messages / part && !running.is_finished() {
             std::thread::sleep(Duration::from_millis(5));
         }
-        hosts[1].kill();
-        let killed_at = start.elapsed();
-        (running.join().unwrap_or_default(), killed_at)
+        let began = start.elapsed();
+        let given = midway();
+        (running.join().unwrap_or_default(), given, began)
     });
-    let elapsed = start.elapsed();
+    (outcomes, given, began, start.elapsed())
+}
+
+fn kill(setup: &Setup, options: &Options) -> Result<bool, String> {
+    let mut hosts = start_cluster(setup, 3)?;
+    let addresses: Vec<_> = hosts.iter().map(|h| h.address).collect();
+    let (outcomes, (), killed_at, elapsed) =
+        notes_load_with(&addresses, options, true, 2, || hosts[1].kill());
     let (rows, distinct) = hosts::count_notes(setup)?;
     let held: Vec<&Outcome> = outcomes
         .iter()
@@ -208,31 +224,14 @@ fn kill(setup: &Setup, options: &Options) -> Result<bool, String> {
 
 fn reload(setup: &Setup, options: &Options) -> Result<bool, String> {
     let hosts = start_cluster(setup, 3)?;
-    let dead: Vec<AtomicBool> = hosts.iter().map(|_| AtomicBool::new(false)).collect();
-    let answered = AtomicUsize::new(0);
-    let load = Load {
-        hosts: hosts.iter().map(|h| h.address).collect(),
-        dead: &dead,
-        clients: options.clients,
-        messages: options.messages,
-        run: unique_name("m"),
-        text: remember,
-        answered: &answered,
-        retry_statuses: false,
-    };
-    let start = Instant::now();
-    let (outcomes, rolled) = std::thread::scope(|scope| {
-        let running = scope.spawn(|| load.run(start));
-        while answered.load(Ordering::Relaxed) < options.messages / 4 && !running.is_finished() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    let addresses: Vec<_> = hosts.iter().map(|h| h.address).collect();
+    let (outcomes, rolled, _, _) = notes_load_with(&addresses, options, false, 4, || {
         let began = Instant::now();
         let status = std::process::Command::new(&setup.binary)
             .args(["reload", "notes", "--cluster", "--force", "--config"])
             .arg(&hosts[0].config)
             .status();
-        let rolled = (status, began.elapsed());
-        (running.join().unwrap_or_default(), rolled)
+        (status, began.elapsed())
     });
     let (status, took) = rolled;
     let rolled_ok = matches!(&status, Ok(s) if s.success());
