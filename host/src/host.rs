@@ -43,6 +43,24 @@ pub struct HostOptions {
     pub configs: BTreeMap<String, Value>,
 }
 
+/// The start of the ids a new host gives messages that come without one:
+/// `m`, then the time in ms, the process id and the number of hosts this
+/// process made before it. A plugin may key what it stores by message id
+/// (`notes` does, so that a message handled twice stores once), so an id
+/// must not come again after a restart, nor from a second host in the
+/// process.
+fn message_id_prefix() -> String {
+    static HOSTS: AtomicU64 = AtomicU64::new(0);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    format!(
+        "m{ms:x}.{:x}.{}",
+        std::process::id(),
+        HOSTS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// A running set of plugins.
 pub struct PluginHost {
     core: Arc<Registry>,
@@ -50,6 +68,9 @@ pub struct PluginHost {
     shadow: ShadowDir,
     config: AgentConfig,
     trust: TrustPolicy,
+    /// What the ids this host gives messages start with: unique to this
+    /// host in this process and to this start of the process.
+    message_ids: String,
     next_message: AtomicU64,
     reloading: std::sync::Mutex<()>,
     shutting_down: AtomicBool,
@@ -108,6 +129,7 @@ impl PluginHost {
             shadow,
             config,
             trust,
+            message_ids: message_id_prefix(),
             next_message: AtomicU64::new(1),
             reloading: std::sync::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
@@ -154,7 +176,8 @@ impl PluginHost {
     /// `[senders]` does not list, and only with `trust_claimed_permissions`.
     fn prepare(&self, mut message: InboundMessage) -> InboundMessage {
         if message.id.is_empty() {
-            message.id = format!("m{}", self.next_message.fetch_add(1, Ordering::Relaxed));
+            let n = self.next_message.fetch_add(1, Ordering::Relaxed);
+            message.id = format!("{}-{n}", self.message_ids);
         }
         let claimed = std::mem::take(&mut message.permissions);
         message.permissions = self.config.sender_permissions(&message.sender, claimed);

@@ -304,3 +304,25 @@ fn postgres_notes_are_shared_by_two_hosts_and_survive_reloads() {
     assert!(first.shutdown().is_empty());
     assert!(second.shutdown().is_empty());
 }
+
+#[test]
+fn a_restarted_agent_gives_its_messages_new_ids_so_no_note_is_taken_for_a_repeat() {
+    // Messages without ids get theirs from the host; notes keys each note by
+    // its message's id, so an id the host gave before a restart must never
+    // come again after it.
+    let plugins = folder_with(&examples());
+    let data = tempfile::tempdir().expect("temp folder");
+    let url = format!("sqlite://{}", data.path().join("agent.sqlite3").display());
+    for note in ["apples", "pears"] {
+        let host = host_with(plugins.path(), &config_for(&url, ""));
+        let reply = say(&host, "", "erin", &format!("remember {note}"));
+        assert_eq!(reply.text, format!("Noted: {note}"));
+        assert!(host.shutdown().is_empty());
+    }
+    let host = host_with(plugins.path(), &config_for(&url, ""));
+    assert_eq!(
+        say(&host, "", "erin", "recall").text,
+        "Your notes:\n1. apples\n2. pears"
+    );
+    assert!(host.shutdown().is_empty());
+}
