@@ -6,10 +6,11 @@ use crate::error::DatabaseError;
 use crate::params::{bind_postgres, bind_sqlite, postgres_sql, Param};
 use crate::settings::Settings;
 use crate::values::{column_names, postgres_row, sqlite_row};
+use futures_util::stream::BoxStream;
 use futures_util::TryStreamExt;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult};
 use sqlx::{AssertSqlSafe, Either, Executor, PgPool, Postgres, Sqlite, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
@@ -215,20 +216,12 @@ async fn run_postgres<'c>(
         sqlx::query(AssertSqlSafe(postgres_sql(sql, &params))),
         params,
     );
-    let mut steps = executor.fetch_many(query);
-    let mut outcome = Outcome::default();
-    while let Some(step) = steps.try_next().await.map_err(DatabaseError::Sql)? {
-        match step {
-            Either::Left(done) => outcome.rows_affected += done.rows_affected(),
-            Either::Right(row) => {
-                if outcome.rows.is_empty() {
-                    outcome.columns = column_names(&row);
-                }
-                outcome.rows.push(postgres_row(&row)?);
-            }
-        }
-    }
-    Ok(outcome)
+    collect::<Postgres>(
+        executor.fetch_many(query),
+        PgQueryResult::rows_affected,
+        postgres_row,
+    )
+    .await
 }
 
 async fn run_sqlite<'c>(
@@ -237,16 +230,38 @@ async fn run_sqlite<'c>(
     params: Vec<Param>,
 ) -> Result<Outcome, DatabaseError> {
     let query = bind_sqlite(sqlx::query(AssertSqlSafe(sql.to_string())), params);
-    let mut steps = executor.fetch_many(query);
+    collect::<Sqlite>(
+        executor.fetch_many(query),
+        SqliteQueryResult::rows_affected,
+        sqlite_row,
+    )
+    .await
+}
+
+/// What a statement's execution yields, step by step: a result (rows
+/// affected) or a row.
+type Steps<'e, DB> = BoxStream<
+    'e,
+    Result<Either<<DB as sqlx::Database>::QueryResult, <DB as sqlx::Database>::Row>, sqlx::Error>,
+>;
+
+/// The steps of one statement (its results and its rows) as an
+/// [`Outcome`]: the rows affected added up, each row as `row_values` reads
+/// it, the columns named by the first row.
+async fn collect<DB: sqlx::Database>(
+    mut steps: Steps<'_, DB>,
+    rows_affected: fn(&DB::QueryResult) -> u64,
+    row_values: fn(&DB::Row) -> Result<Vec<Value>, DatabaseError>,
+) -> Result<Outcome, DatabaseError> {
     let mut outcome = Outcome::default();
     while let Some(step) = steps.try_next().await.map_err(DatabaseError::Sql)? {
         match step {
-            Either::Left(done) => outcome.rows_affected += done.rows_affected(),
+            Either::Left(done) => outcome.rows_affected += rows_affected(&done),
             Either::Right(row) => {
                 if outcome.rows.is_empty() {
                     outcome.columns = column_names(&row);
                 }
-                outcome.rows.push(sqlite_row(&row)?);
+                outcome.rows.push(row_values(&row)?);
             }
         }
     }
