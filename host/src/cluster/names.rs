@@ -44,6 +44,16 @@ impl Names {
         format!("agent.{}.reply.{key}", self.agent)
     }
 
+    /// Every key-value bucket of the agent (with [`Names::inbox_stream`],
+    /// all it keeps on the server).
+    pub fn buckets(&self) -> [&str; 3] {
+        [
+            &self.replies_bucket,
+            &self.hosts_bucket,
+            &self.cluster_bucket,
+        ]
+    }
+
     /// The subject a host takes operators' requests on.
     pub fn control_subject(&self, host: &str) -> String {
         format!("agent.{}.control.{host}", self.agent)

@@ -191,11 +191,7 @@ pub fn clean_up(setup: &Setup) {
         };
         let jetstream = async_nats::jetstream::new(client);
         let _ = jetstream.delete_stream(&names.inbox_stream).await;
-        for bucket in [
-            &names.replies_bucket,
-            &names.hosts_bucket,
-            &names.cluster_bucket,
-        ] {
+        for bucket in names.buckets() {
             let _ = jetstream.delete_key_value(bucket).await;
         }
     });

@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 /// The `[cluster]` table of host `host` of `agent`, with fast heartbeats
 /// and `extra` lines appended to the config.
 pub fn cluster_config(nats_url: &str, agent: &str, host: &str, extra: &str) -> String {
-    format!(
-        "[cluster]\nurl = \"{nats_url}\"\nagent = \"{agent}\"\nhost = \"{host}\"\n\
-         heartbeat_ms = 200\nhost_timeout_ms = 2000\n\n{extra}"
+    host_config(
+        nats_url,
+        agent,
+        host,
+        "heartbeat_ms = 200\nhost_timeout_ms = 2000\n",
+        extra,
     )
 }
 
@@ -104,11 +107,7 @@ pub fn delete_agent(nats_url: &str, agent: &str) {
         let jetstream = async_nats::jetstream::new(client);
         let names = agent_host::cluster::Names::new(agent);
         let _ = jetstream.delete_stream(&names.inbox_stream).await;
-        for bucket in [
-            &names.replies_bucket,
-            &names.hosts_bucket,
-            &names.cluster_bucket,
-        ] {
+        for bucket in names.buckets() {
             let _ = jetstream.delete_key_value(bucket).await;
         }
     });
@@ -156,10 +155,9 @@ fn host_config(nats_url: &str, agent: &str, host: &str, cluster: &str, rest: &st
 }
 
 /// Starts host `host` of agent `agent` on `plugins` without waiting for
-/// it to join, with `cluster` (lines
-/// of the `[cluster]` table besides `url`, `agent` and `host`) and `rest`
-/// (more of the config file, after the table). Its log shows the cluster's
-/// debug lines.
+/// it to join, with `cluster` (lines of the `[cluster]` table besides
+/// `url`, `agent` and `host`) and `rest` (more of the config file, after
+/// the table). Its log shows the cluster's debug lines.
 pub fn launch_host(
     nats_url: &str,
     agent: &str,
@@ -168,12 +166,10 @@ pub fn launch_host(
     cluster: &str,
     rest: &str,
 ) -> Agent {
-    Agent::launch(
-        plugins,
+    launch(
         &host_config(nats_url, agent, host, cluster, rest),
+        plugins,
         false,
-        &["--listen", "127.0.0.1:0"],
-        &[("RUST_LOG", "info,agent_host::cluster=debug")],
     )
 }
 
@@ -187,10 +183,20 @@ pub fn launch_piped_host(
     cluster: &str,
     rest: &str,
 ) -> Agent {
+    launch(
+        &host_config(nats_url, agent, host, cluster, rest),
+        plugins,
+        true,
+    )
+}
+
+/// A host on `plugins` with `config`, listening on a port of its own, its
+/// stdin and stdout piped when `piped`.
+fn launch(config: &str, plugins: &[PathBuf], piped: bool) -> Agent {
     Agent::launch(
         plugins,
-        &host_config(nats_url, agent, host, cluster, rest),
-        true,
+        config,
+        piped,
         &["--listen", "127.0.0.1:0"],
         &[("RUST_LOG", "info,agent_host::cluster=debug")],
     )
