@@ -11,7 +11,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use test_support::fixture;
-use test_support::servers::{require, unique_name, Server};
+use test_support::servers::{require, Server};
 
 /// The fixture plugin every host runs: `work MILLIS TAG`.
 fn plugins() -> Vec<PathBuf> {
@@ -72,11 +72,8 @@ fn a_batch_over_http_goes_through_the_cluster_and_its_replies_come_back_in_order
     let Some(nats) = require(Server::Nats, "a_batch_over_http_goes_through_the_cluster") else {
         return;
     };
-    let agent = unique_name("batch");
-    let _cleanup = AgentOnServer {
-        nats_url: nats.clone(),
-        agent: agent.clone(),
-    };
+    let server = AgentOnServer::new(&nats, "batch");
+    let agent = server.agent.clone();
     let a = launch_host(&nats, &agent, "a", &plugins(), ONE_AT_A_TIME, "");
     let b = launch_host(&nats, &agent, "b", &plugins(), ONE_AT_A_TIME, "");
     both_joined(&a, &b);
@@ -137,11 +134,8 @@ fn json_lines_on_stdin_go_through_the_cluster_and_are_answered_in_order() {
     let Some(nats) = require(Server::Nats, "json_lines_on_stdin_go_through_the_cluster") else {
         return;
     };
-    let agent = unique_name("lines");
-    let _cleanup = AgentOnServer {
-        nats_url: nats.clone(),
-        agent: agent.clone(),
-    };
+    let server = AgentOnServer::new(&nats, "lines");
+    let agent = server.agent.clone();
     let mut a = launch_piped_host(&nats, &agent, "a", &plugins(), ONE_AT_A_TIME, "");
     let b = launch_host(&nats, &agent, "b", &plugins(), ONE_AT_A_TIME, "");
     both_joined(&a, &b);

@@ -6,6 +6,7 @@
 
 use crate::common::cluster::{
     agent_gone, config_of, delete_agent, host_in, operator, start_host, wait_for_status,
+    AgentOnServer,
 };
 use crate::common::{Agent, WAIT};
 use serde_json::{json, Value};
@@ -13,19 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use test_support::fixture;
-use test_support::servers::{require, unique_name, Server};
-
-/// Removes the agent's streams and buckets even when the test fails.
-struct Cleanup {
-    url: String,
-    agent: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        delete_agent(&self.url, &self.agent);
-    }
-}
+use test_support::servers::{require, Server};
 
 fn alive_hosts(status: &Value) -> usize {
     status["hosts"].as_array().map_or(0, |hosts| {
@@ -69,11 +58,8 @@ fn hosts_announce_their_lock_hash_and_a_host_with_other_plugins_waits_until_acce
     ) else {
         return;
     };
-    let agent = unique_name("members");
-    let _cleanup = Cleanup {
-        url: url.clone(),
-        agent: agent.clone(),
-    };
+    let server = AgentOnServer::new(&url, "members");
+    let agent = server.agent.clone();
     let full = [fixture("relay"), fixture("")];
     let first = start_host(&url, &agent, "h1", &full, "");
     let mut second = start_host(&url, &agent, "h2", &full, "");
@@ -315,11 +301,8 @@ fn an_event_emitted_on_one_host_reaches_the_subscribers_of_the_others_in_order()
     ) else {
         return;
     };
-    let agent = unique_name("events");
-    let _cleanup = Cleanup {
-        url: url.clone(),
-        agent: agent.clone(),
-    };
+    let server = AgentOnServer::new(&url, "events");
+    let agent = server.agent.clone();
     let plugins = [fixture("relay")];
     let b = start_host(&url, &agent, "b", &plugins, "");
     let c = start_host(&url, &agent, "c", &plugins, "");
@@ -375,11 +358,8 @@ fn a_rolling_reload_goes_host_by_host_while_every_message_is_answered() {
     ) else {
         return;
     };
-    let agent = unique_name("roll");
-    let _cleanup = Cleanup {
-        url: url.clone(),
-        agent: agent.clone(),
-    };
+    let server = AgentOnServer::new(&url, "roll");
+    let agent = server.agent.clone();
     let plugins = [fixture("relay"), fixture("")];
     let hosts = [
         start_host(&url, &agent, "r1", &plugins, ""),

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use test_support::fixture;
-use test_support::servers::{require, unique_name, Server};
+use test_support::servers::{require, Server};
 
 /// The fixture plugin every host runs: `work MILLIS TAG`.
 fn plugins() -> Vec<PathBuf> {
@@ -61,11 +61,8 @@ fn two_hosts_share_the_messages_and_each_is_answered_once() {
     let Some(nats) = require(Server::Nats, "two_hosts_share_the_messages") else {
         return;
     };
-    let agent = unique_name("shared");
-    let _cleanup = AgentOnServer {
-        nats_url: nats.clone(),
-        agent: agent.clone(),
-    };
+    let server = AgentOnServer::new(&nats, "shared");
+    let agent = server.agent.clone();
     let scratch = tempfile::tempdir().expect("a scratch folder");
     let runs = scratch.path().join("runs");
     let rest = recording_runs_in(&runs);
@@ -121,11 +118,8 @@ fn the_messages_a_killed_host_held_are_answered_by_another() {
     let Some(nats) = require(Server::Nats, "the_messages_a_killed_host_held") else {
         return;
     };
-    let agent = unique_name("redelivery");
-    let _cleanup = AgentOnServer {
-        nats_url: nats.clone(),
-        agent: agent.clone(),
-    };
+    let server = AgentOnServer::new(&nats, "redelivery");
+    let agent = server.agent.clone();
     let scratch = tempfile::tempdir().expect("a scratch folder");
     let runs = scratch.path().join("runs");
     let rest = recording_runs_in(&runs);
@@ -199,11 +193,8 @@ fn an_id_sent_again_gets_the_same_reply_and_runs_once() {
     let Some(nats) = require(Server::Nats, "an_id_sent_again_gets_the_same_reply") else {
         return;
     };
-    let agent = unique_name("idempotent");
-    let _cleanup = AgentOnServer {
-        nats_url: nats.clone(),
-        agent: agent.clone(),
-    };
+    let server = AgentOnServer::new(&nats, "idempotent");
+    let agent = server.agent.clone();
     let scratch = tempfile::tempdir().expect("a scratch folder");
     let runs = scratch.path().join("runs");
     let rest = recording_runs_in(&runs);
@@ -250,11 +241,8 @@ fn a_late_reply_is_a_504_naming_the_id_and_a_retry_gets_it_without_a_second_run(
     let Some(nats) = require(Server::Nats, "a_late_reply_is_a_504") else {
         return;
     };
-    let agent = unique_name("late");
-    let _cleanup = AgentOnServer {
-        nats_url: nats.clone(),
-        agent: agent.clone(),
-    };
+    let server = AgentOnServer::new(&nats, "late");
+    let agent = server.agent.clone();
     let scratch = tempfile::tempdir().expect("a scratch folder");
     let runs = scratch.path().join("runs");
     let rest = recording_runs_in(&runs);
@@ -294,11 +282,8 @@ fn a_host_stopping_finishes_the_messages_it_holds() {
     let Some(nats) = require(Server::Nats, "a_host_stopping_finishes") else {
         return;
     };
-    let agent = unique_name("stopping");
-    let _cleanup = AgentOnServer {
-        nats_url: nats.clone(),
-        agent: agent.clone(),
-    };
+    let server = AgentOnServer::new(&nats, "stopping");
+    let agent = server.agent.clone();
     let scratch = tempfile::tempdir().expect("a scratch folder");
     let runs = scratch.path().join("runs");
     let rest = recording_runs_in(&runs);

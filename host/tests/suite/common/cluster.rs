@@ -139,6 +139,17 @@ pub struct AgentOnServer {
     pub agent: String,
 }
 
+impl AgentOnServer {
+    /// An agent of its own for this test, named from `prefix`, on the
+    /// server at `nats_url`.
+    pub fn new(nats_url: &str, prefix: &str) -> Self {
+        Self {
+            nats_url: nats_url.to_string(),
+            agent: test_support::servers::unique_name(prefix),
+        }
+    }
+}
+
 impl Drop for AgentOnServer {
     fn drop(&mut self) {
         delete_agent(&self.nats_url, &self.agent);
