@@ -11,7 +11,7 @@ use crate::plugin::Plugin;
 use crate::runtime::{Host, Level};
 use agent_host_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
 use agent_host_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use agent_host_plugin_abi::abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+use agent_host_plugin_abi::abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString, RVec};
 use agent_host_plugin_abi::{
     CallControl, EvaluationView, FfiResult, HostBox, MessageView, PluginApi, PluginApi_TO,
     PluginModule,
@@ -188,6 +188,64 @@ impl PluginApi for PluginObject {
             format!("unknown request '{}'", request.as_str()),
         )))
     }
+
+    // The batched entries (ABI 1.1): one crossing per plugin per phase, the
+    // message read once. Each component's call catches its own panics, so
+    // one failing component fails only its own slot.
+
+    fn validate_each(
+        &self,
+        actions: RSlice<'_, u32>,
+        message: &MessageView<'_>,
+        mut verdicts: RSliceMut<'_, FfiResult<bool>>,
+    ) {
+        let message = message_of(message);
+        for (verdict, &action) in verdicts.iter_mut().zip(actions.iter()) {
+            fill(verdict, ffi(PluginObject::validate(self, action, &message)));
+        }
+    }
+
+    fn evaluate_each(
+        &self,
+        evaluators: RSlice<'_, u32>,
+        message: &MessageView<'_>,
+        control: &CallControl,
+        mut verdicts: RSliceMut<'_, FfiResult<EvaluationView>>,
+    ) {
+        let message = message_of(message);
+        for (verdict, &evaluator) in verdicts.iter_mut().zip(evaluators.iter()) {
+            fill(
+                verdict,
+                ffi(PluginObject::evaluate(self, evaluator, &message, control)
+                    .and_then(evaluation_view)),
+            );
+        }
+    }
+
+    fn provide_each(
+        &self,
+        providers: RSlice<'_, u32>,
+        message: &MessageView<'_>,
+        control: &CallControl,
+        mut values: RSliceMut<'_, FfiResult<RString>>,
+    ) {
+        let message = message_of(message);
+        for (value, &provider) in values.iter_mut().zip(providers.iter()) {
+            fill(
+                value,
+                ffi(guard(|| {
+                    to_json(&PluginObject::provide(self, provider, &message, control)?)
+                })),
+            );
+        }
+    }
+}
+
+/// Puts an answer into a slot of a batched entry. The host's slots own no
+/// memory (ABI 1.1), so the value there is forgotten rather than dropped,
+/// which spares a call through its string's function table per slot.
+fn fill<T>(slot: &mut T, answer: T) {
+    std::mem::forget(std::mem::replace(slot, answer));
 }
 
 /// The real host's callbacks, seen through the SDK's [`Host`] trait.

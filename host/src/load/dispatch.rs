@@ -13,8 +13,10 @@ use super::ffi_host::FfiCallbacks;
 use super::library::OpenedLibrary;
 use crate::call::{evaluation_from, Answer, Call, Failure, MessageRef};
 use agent_host_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use agent_host_plugin_abi::abi_stable::std_types::{RResult, RSlice, RStr, RString};
-use agent_host_plugin_abi::{CallControl, FfiError, HostApi_TO, MessageView, PluginBox};
+use agent_host_plugin_abi::abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString};
+use agent_host_plugin_abi::{
+    CallControl, EvaluationView, FfiError, FfiResult, HostApi_TO, MessageView, PluginBox,
+};
 use agent_host_plugin_sdk::{ErrorKind, Evaluation, Host};
 
 impl OpenedLibrary {
@@ -79,18 +81,20 @@ pub(crate) fn dispatch(
         Call::Provide { provider, message } => {
             provide(object, provider, message, control).map(Answer::Provided)
         }
-        Call::ValidateEach { actions, message } => Ok(Answer::Validated(
-            actions
-                .iter()
-                .map(|&action| validate(object, action, message))
-                .collect(),
-        )),
-        Call::ProvideEach { providers, message } => Ok(Answer::ProvidedEach(
-            providers
-                .iter()
-                .map(|&provider| provide(object, provider, message, control))
-                .collect(),
-        )),
+        Call::ValidateEach { actions, message } => {
+            let mut verdicts = Vec::with_capacity(actions.len());
+            validate_each(object, &actions, message, &mut |_, verdict| {
+                verdicts.push(verdict)
+            });
+            Ok(Answer::Validated(verdicts))
+        }
+        Call::ProvideEach { providers, message } => {
+            let mut values = Vec::with_capacity(providers.len());
+            provide_each(object, &providers, message, control, &mut |_, value| {
+                values.push(value)
+            });
+            Ok(Answer::ProvidedEach(values))
+        }
         Call::Handle { action, message } => {
             let json = object
                 .handle(action, &view(message), control)
@@ -183,6 +187,146 @@ pub(crate) fn evaluate(
             verdict.metadata_json.as_str(),
         ),
         RResult::RErr(error) => Err(failure_of(error)),
+    }
+}
+
+/// The `validate` of each of `actions`, in one crossing (ABI 1.1's
+/// batched entry; a plugin built against 1.0 gets one call per action from
+/// the entry's default body), each verdict through `answer`.
+#[inline]
+pub(crate) fn validate_each(
+    object: &PluginBox,
+    actions: &[u32],
+    message: MessageRef<'_>,
+    answer: &mut dyn FnMut(u32, Result<bool, Failure>),
+) {
+    let unset = || RResult::ROk(false);
+    let fill = |verdicts: &mut [FfiResult<bool>]| {
+        object.validate_each(
+            RSlice::from_slice(actions),
+            &view(message),
+            RSliceMut::from_mut_slice(verdicts),
+        );
+        for (&action, verdict) in actions.iter().zip(verdicts.iter()) {
+            answer(
+                action,
+                match verdict {
+                    RResult::ROk(accepted) => Ok(*accepted),
+                    RResult::RErr(error) => Err(failure_of(error)),
+                },
+            );
+        }
+    };
+    with_slots(actions.len(), unset, fill, drop);
+}
+
+/// The verdict of each of `evaluators`, in one crossing (as
+/// [`validate_each`]).
+#[inline]
+pub(crate) fn evaluate_each(
+    object: &PluginBox,
+    evaluators: &[u32],
+    message: MessageRef<'_>,
+    control: &CallControl,
+    answer: &mut dyn FnMut(u32, Result<Evaluation, Failure>),
+) {
+    let unset = || {
+        RResult::ROk(EvaluationView {
+            score: 0.0,
+            passed: false,
+            metadata_json: RString::new(),
+        })
+    };
+    let fill = |verdicts: &mut [FfiResult<EvaluationView>]| {
+        object.evaluate_each(
+            RSlice::from_slice(evaluators),
+            &view(message),
+            control,
+            RSliceMut::from_mut_slice(verdicts),
+        );
+        for (&evaluator, verdict) in evaluators.iter().zip(verdicts.iter()) {
+            answer(
+                evaluator,
+                match verdict {
+                    RResult::ROk(verdict) => evaluation_from(
+                        verdict.score,
+                        verdict.passed,
+                        verdict.metadata_json.as_str(),
+                    ),
+                    RResult::RErr(error) => Err(failure_of(error)),
+                },
+            );
+        }
+    };
+    let release = |verdict: FfiResult<EvaluationView>| match verdict {
+        RResult::ROk(verdict) => release_text(verdict.metadata_json),
+        RResult::RErr(error) => drop(error),
+    };
+    with_slots(evaluators.len(), unset, fill, release);
+}
+
+/// The JSON value of each of `providers`, in one crossing (as
+/// [`validate_each`]).
+pub(crate) fn provide_each(
+    object: &PluginBox,
+    providers: &[u32],
+    message: MessageRef<'_>,
+    control: &CallControl,
+    answer: &mut dyn FnMut(u32, Result<String, Failure>),
+) {
+    let unset = || RResult::ROk(RString::new());
+    let fill = |values: &mut [FfiResult<RString>]| {
+        object.provide_each(
+            RSlice::from_slice(providers),
+            &view(message),
+            control,
+            RSliceMut::from_mut_slice(values),
+        );
+        for (&provider, value) in providers.iter().zip(values.iter_mut()) {
+            let value = std::mem::replace(value, RResult::ROk(RString::new()));
+            answer(
+                provider,
+                value.into_result().map(RString::into_string).map_err(from_ffi),
+            );
+        }
+    };
+    let release = |value: FfiResult<RString>| match value {
+        RResult::ROk(text) => release_text(text),
+        RResult::RErr(error) => drop(error),
+    };
+    with_slots(providers.len(), unset, fill, release);
+}
+
+/// Runs `f` on `count` slots, each first set to `unset()`: on the stack for
+/// the few components a plugin usually has, else on the heap. A batched
+/// entry writes its answers there; the host owns them before and after,
+/// and hands each to `release` at the end.
+#[inline(always)]
+fn with_slots<T>(
+    count: usize,
+    unset: impl Fn() -> T,
+    f: impl FnOnce(&mut [T]),
+    release: impl Fn(T),
+) {
+    const ON_STACK: usize = 4;
+    if count <= ON_STACK {
+        let mut slots: [T; ON_STACK] = [unset(), unset(), unset(), unset()];
+        f(&mut slots[..count]);
+        slots.into_iter().for_each(release);
+    } else {
+        let mut slots: Vec<T> = (0..count).map(|_| unset()).collect();
+        f(&mut slots);
+        slots.into_iter().for_each(release);
+    }
+}
+
+/// Lets go of a slot that holds a string: an empty one owns no memory and
+/// is forgotten, which spares the call through the string's function
+/// table that dropping it makes; any other is dropped.
+#[inline(always)]
+fn release_text(text: RString) {
+    if text.capacity() == 0 {
+        std::mem::forget(text);
     }
 }
 

@@ -13,7 +13,9 @@ use crate::load::private_copy::{ShadowCopy, ShadowDir};
 use crate::regular_file;
 use crate::sys;
 use crate::trust::TrustPolicy;
-use agent_host_plugin_abi::abi_stable::library::{AbiHeaderRef, LibraryError};
+use agent_host_plugin_abi::abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+use agent_host_plugin_abi::abi_stable::library::{AbiHeaderRef, LibHeader, LibraryError};
+use agent_host_plugin_abi::abi_stable::StableAbi;
 use agent_host_plugin_abi::{PluginModuleRef, ROOT_MODULE_SYMBOL};
 use agent_host_plugin_sdk::manifest::{parse_manifests, Manifest, ManifestsError};
 use std::io::{Seek, SeekFrom};
@@ -62,8 +64,18 @@ pub fn host_abi_major() -> u64 {
     major_of(agent_host_plugin_abi::ABI_VERSION).unwrap_or(0)
 }
 
+/// The ABI minor version this host speaks: it loads plugins built against
+/// any minor version of its major (see `agent-host-plugin-abi`).
+pub fn host_abi_minor() -> u64 {
+    minor_of(agent_host_plugin_abi::ABI_VERSION).unwrap_or(0)
+}
+
 fn major_of(version: &str) -> Option<u64> {
     version.split('.').next()?.trim().parse().ok()
+}
+
+fn minor_of(version: &str) -> Option<u64> {
+    version.split('.').nth(1)?.trim().parse().ok()
 }
 
 /// Opens `file` from a fresh private copy and checks it. The file's
@@ -197,9 +209,25 @@ pub fn open_copy(
             host: host_abi_major(),
         });
     }
-    let module = header
-        .init_root_module::<PluginModuleRef>()
-        .map_err(|e| describe(&e))?;
+    let abi_minor = minor_of(plugin_version.as_str()).unwrap_or(0);
+    let module = if abi_minor <= host_abi_minor() {
+        take_older_module(header)?
+    } else {
+        // A newer minor: `abi_stable`'s own check, in which the library
+        // may extend the host's layout; the host never calls what it does
+        // not know.
+        let module = header
+            .init_root_module::<PluginModuleRef>()
+            .map_err(|e| describe(&e))?;
+        tracing::warn!(
+            file = %file.display(),
+            "built against plugin ABI {plugin_version}, newer than this host's {}: it runs without the entry points added after {}.{} (this host does not know them, and its plugins' calls to newer host callbacks answer 'not found')",
+            agent_host_plugin_abi::ABI_VERSION,
+            host_abi_major(),
+            host_abi_minor(),
+        );
+        module
+    };
 
     let json = (module.manifests())()
         .into_result()
@@ -222,6 +250,38 @@ pub fn open_copy(
         image_bytes,
         sha256: String::new(),
     })
+}
+
+/// The root module of a library built against this host's ABI minor
+/// version or an older one. `abi_stable`'s own check takes the loader's
+/// layout as the expected one and refuses a library whose function tables
+/// are shorter, which is what an older plugin's are: here the library's
+/// layout is the expected one and the host's must extend it (the same
+/// check, the other way round). Then the module is taken without the
+/// check in the other direction. Entries the library lacks are absent
+/// from its tables, and the host's calls of them run their default bodies.
+fn take_older_module(header: &LibHeader) -> Result<PluginModuleRef, OpenError> {
+    let library_layout = header.layout().ok_or_else(|| OpenError::Rejected {
+        first_line: "the library carries no layout to check".into(),
+        report: String::new(),
+    })?;
+    check_layout_compatibility(library_layout, <PluginModuleRef as StableAbi>::LAYOUT).map_err(
+        |errors| {
+            let report = errors.to_string();
+            OpenError::Layout {
+                first_mismatch: first_mismatch(&report),
+                report,
+            }
+        },
+    )?;
+    // SAFETY: the check above proved the host's layout of the root module,
+    // and of every type reachable from it, compatible with the library's:
+    // equal up to the library's last field, the host's possibly longer.
+    // Fields past the library's end are read through prefix-type accessors,
+    // which consult the library's own field count and never read them. The
+    // version check still runs inside.
+    unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() }
+        .map_err(|e| describe(&e))
 }
 
 /// Turns an `abi_stable` loading error into one value with one readable
@@ -332,6 +392,8 @@ mod tests {
         assert_eq!(major_of("2.3.4"), Some(2));
         assert_eq!(major_of("x"), None);
         assert_eq!(host_abi_major(), 1);
+        assert_eq!(minor_of("1.1.0"), Some(1));
+        assert_eq!(minor_of("1"), None);
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub struct ServingPlan {
     /// (plugin index in `plugins`, evaluator index) of every evaluator, in
     /// order.
     pub evaluators: Vec<(usize, u32)>,
+    /// Each plugin with evaluators (index in `plugins`) and where its
+    /// evaluators start in `evaluators`: the evaluators phase asks each
+    /// plugin for all its verdicts in one call.
+    pub evaluating: Vec<(usize, usize)>,
     /// The names of the evaluators of `evaluators`, in the same order: the
     /// table every reply's verdicts refer to.
     pub evaluator_names: EvaluatorNames,
@@ -82,6 +86,12 @@ impl ServingPlan {
             .enumerate()
             .flat_map(|(p, plugin)| plugin.evaluator_indices.iter().map(move |&e| (p, e)))
             .collect();
+        let mut evaluating = Vec::new();
+        for (position, &(p, _)) in evaluators.iter().enumerate() {
+            if evaluating.last().is_none_or(|&(last, _)| last != p) {
+                evaluating.push((p, position));
+            }
+        }
         let evaluator_names: EvaluatorNames = evaluators
             .iter()
             .map(|&(p, e)| {
@@ -100,6 +110,7 @@ impl ServingPlan {
             triggers,
             providers,
             evaluators,
+            evaluating,
             evaluator_names,
             costly,
             shadowed,

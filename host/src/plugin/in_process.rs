@@ -70,4 +70,35 @@ impl Backend for InProcess {
     ) -> Result<Evaluation, Failure> {
         dispatch::evaluate(&self.object, evaluator, message, control)
     }
+
+    #[inline]
+    fn validate_each(
+        &self,
+        actions: &[u32],
+        message: MessageRef<'_>,
+        answer: &mut dyn FnMut(u32, Result<bool, Failure>),
+    ) {
+        dispatch::validate_each(&self.object, actions, message, answer)
+    }
+
+    fn provide_each(
+        &self,
+        providers: &[u32],
+        message: MessageRef<'_>,
+        control: &CallControl,
+        answer: &mut dyn FnMut(u32, Result<String, Failure>),
+    ) {
+        dispatch::provide_each(&self.object, providers, message, control, answer)
+    }
+
+    #[inline]
+    fn evaluate_each(
+        &self,
+        evaluators: &[u32],
+        message: MessageRef<'_>,
+        control: &CallControl,
+        answer: &mut dyn FnMut(u32, Result<Evaluation, Failure>),
+    ) {
+        dispatch::evaluate_each(&self.object, evaluators, message, control, answer)
+    }
 }

@@ -80,6 +80,61 @@ pub(crate) trait Backend: Send + Sync {
             .evaluated()
     }
 
+    /// The `validate` of several actions on one message, each verdict
+    /// through `answer`, in one call where the place can (in process: one
+    /// crossing of the FFI; in a worker: one request).
+    fn validate_each(
+        &self,
+        actions: &[u32],
+        message: MessageRef<'_>,
+        answer: &mut dyn FnMut(u32, Result<bool, Failure>),
+    ) {
+        let call = Call::ValidateEach {
+            actions: Cow::Borrowed(actions),
+            message,
+        };
+        spread(
+            actions,
+            self.call(call, None).and_then(Answer::validated),
+            answer,
+        );
+    }
+
+    /// The `get` of several providers for one message, as
+    /// [`Backend::validate_each`].
+    fn provide_each(
+        &self,
+        providers: &[u32],
+        message: MessageRef<'_>,
+        control: &CallControl,
+        answer: &mut dyn FnMut(u32, Result<String, Failure>),
+    ) {
+        let call = Call::ProvideEach {
+            providers: Cow::Borrowed(providers),
+            message,
+        };
+        spread(
+            providers,
+            self.call(call, Some(control))
+                .and_then(Answer::provided_each),
+            answer,
+        );
+    }
+
+    /// The verdicts of several evaluators on one message, as
+    /// [`Backend::validate_each`] (by default one call each).
+    fn evaluate_each(
+        &self,
+        evaluators: &[u32],
+        message: MessageRef<'_>,
+        control: &CallControl,
+        answer: &mut dyn FnMut(u32, Result<Evaluation, Failure>),
+    ) {
+        for &evaluator in evaluators {
+            answer(evaluator, self.evaluate(evaluator, message, control));
+        }
+    }
+
     /// Where the instance runs: in this process (the default), or in a
     /// worker process it reports on.
     fn placement(&self) -> Placement<'_> {
@@ -377,9 +432,8 @@ impl PluginInstance {
             .map_err(|e| self.validate_error(action, e))
     }
 
-    /// Runs the `validate` of several actions on one message, each answer
-    /// through `answer`: one call per action when calls are cheap, else one
-    /// batched call.
+    /// Runs the `validate` of several actions on one message, in one call
+    /// (see [`Backend::validate_each`]), each answer through `answer`.
     #[inline]
     pub fn validate_actions(
         &self,
@@ -387,30 +441,10 @@ impl PluginInstance {
         message: MessageRef<'_>,
         mut answer: impl FnMut(u32, Result<bool, CallError>),
     ) {
-        if self.calls_are_cheap() {
-            for &action in actions {
-                answer(action, self.validate(action, message));
-            }
-        } else {
-            self.validate_each(actions, message, &mut answer);
-        }
-    }
-
-    /// Runs the `validate` of several actions on one message, in one call.
-    pub fn validate_each(
-        &self,
-        actions: &[u32],
-        message: MessageRef<'_>,
-        answer: &mut dyn FnMut(u32, Result<bool, CallError>),
-    ) {
-        let call = Call::ValidateEach {
-            actions: Cow::Borrowed(actions),
-            message,
-        };
-        let outcome = self.backend.call(call, None).and_then(Answer::validated);
-        spread(actions, outcome, &mut |action, outcome| {
-            answer(action, outcome.map_err(|e| self.validate_error(action, e)))
-        });
+        self.backend
+            .validate_each(actions, message, &mut |action, outcome| {
+                answer(action, outcome.map_err(|e| self.validate_error(action, e)))
+            });
     }
 
     /// Runs an action's handler.
@@ -454,8 +488,9 @@ impl PluginInstance {
         }
     }
 
-    /// Runs the `get` of several providers for one message (in one call
-    /// when calls are costly); each value is checked as [`PluginInstance::provide`] checks it.
+    /// Runs the `get` of several providers for one message, in one call
+    /// (see [`Backend::validate_each`]); each value is checked as
+    /// [`PluginInstance::provide`] checks it.
     pub fn provide_each(
         &self,
         providers: &[u32],
@@ -463,23 +498,27 @@ impl PluginInstance {
         control: &CallControl,
         answer: &mut dyn FnMut(u32, Result<String, CallError>),
     ) {
-        if self.calls_are_cheap() {
-            for &provider in providers {
-                answer(provider, self.provide(provider, message, control));
-            }
-            return;
-        }
-        let call = Call::ProvideEach {
-            providers: Cow::Borrowed(providers),
-            message,
-        };
-        let outcome = self
-            .backend
-            .call(call, Some(control))
-            .and_then(Answer::provided_each);
-        spread(providers, outcome, &mut |provider, outcome| {
-            answer(provider, self.checked_json(provider, outcome))
-        });
+        self.backend
+            .provide_each(providers, message, control, &mut |provider, outcome| {
+                answer(provider, self.checked_json(provider, outcome))
+            });
+    }
+
+    /// Runs several evaluators on one message, in one call (see
+    /// [`Backend::validate_each`]); each verdict is checked as
+    /// [`PluginInstance::evaluate`] checks it.
+    #[inline]
+    pub fn evaluate_each(
+        &self,
+        evaluators: &[u32],
+        message: MessageRef<'_>,
+        control: &CallControl,
+        answer: &mut dyn FnMut(u32, Result<Evaluation, CallError>),
+    ) {
+        self.backend
+            .evaluate_each(evaluators, message, control, &mut |evaluator, outcome| {
+                answer(evaluator, self.checked_evaluation(evaluator, outcome))
+            });
     }
 
     /// Starts or ends a provider's subscription.

@@ -5,20 +5,47 @@
 //! by `abi_stable` when the library is loaded.
 //!
 //! It must never grow behaviour, convenience or anything that evolves with the
-//! product: every type here is frozen, and this crate's version changes only
-//! when a layout changes. Anything extensible travels as data (JSON text) or as
-//! a string-keyed call ([`PluginApi::invoke`], [`HostApi::invoke`]).
+//! product, and never change what it has published: its types are frozen,
+//! its function tables only grow at their end, by the rule below, and this
+//! crate's version changes only with its layout. Anything else extensible
+//! travels as data (JSON text) or as a string-keyed call
+//! ([`PluginApi::invoke`], [`HostApi::invoke`]).
 //!
 //! Plugin authors never use this crate directly; they use
 //! `agent-host-plugin-sdk`.
 //!
-//! # Compatibility rule
+//! # Compatibility rule: the ABI grows by minor versions
 //!
-//! The host accepts a plugin whose library header says it was built against
-//! the same **major** version of this crate ([`ABI_VERSION`]), and whose
-//! root-module layout passes `abi_stable`'s check. A major version bump is the
-//! only way a layout may change, and it rejects every older plugin with one
+//! [`ABI_VERSION`] is this crate's version, written into every plugin's
+//! library header. A host of ABI `M.n` loads a plugin built against `M.k`:
+//!
+//! * **`k <= n`, an older or equal minor.** The host checks the layouts in
+//!   the direction that fits an older library: the plugin's layout is the
+//!   expected one, the host's may extend it. Entry points added after
+//!   `M.k` are absent from the plugin's function tables; the host calls
+//!   their default bodies, written here, which behave as `M.k` did (the
+//!   batched entries of 1.1 call the per-entry ones in a loop).
+//! * **`k > n`, a newer minor.** `abi_stable`'s own check (the library may
+//!   extend the host's layout) admits it, and the plugin runs without what
+//!   the host lacks: the host never calls the entries added after `M.n`,
+//!   and a plugin's call to a host callback added after `M.n` runs that
+//!   callback's default body, which answers [`codes::NOT_FOUND`].
+//! * **Another major**: refused, with both versions named.
+//!
+//! What a minor version may add: methods at the end of [`PluginApi`] and
+//! [`HostApi`] (after the last one, each with a default body that behaves
+//! as the versions before it did), fields at the end of [`PluginModule`]
+//! (read as `Option`s), codes in [`codes`], requests in [`requests`], keys
+//! in the JSON this crate's values carry. What needs a major version:
+//! removing, renaming, reordering or retyping anything, adding a field to a
+//! `#[repr(C)]` struct that is not a prefix type ([`MessageView`],
+//! [`EvaluationView`], [`FfiError`], [`CallControl`]), or a method without
+//! a default body. A major version rejects every older plugin with one
 //! readable line telling the operator to rebuild it.
+//!
+//! Versions: 1.0 (the first release), 1.1 (batched entries:
+//! [`PluginApi::validate_each`], [`PluginApi::evaluate_each`],
+//! [`PluginApi::provide_each`]).
 
 // `#[sabi_trait]` expands to impls nested in consts, which this lint flags.
 #![allow(non_local_definitions)]
@@ -29,7 +56,7 @@ use abi_stable::{
     library::RootModule,
     sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, RResult, RSlice, RStr, RString, RVec},
+    std_types::{RBox, RResult, RSlice, RSliceMut, RStr, RString, RVec},
     StableAbi,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -310,6 +337,60 @@ pub trait PluginApi: Send + Sync {
     /// A plugin that does not know `request` answers [`codes::NOT_FOUND`].
     #[sabi(last_prefix_field)]
     fn invoke(&self, request: RStr<'_>, payload_json: RStr<'_>) -> FfiResult<RString>;
+
+    // ABI 1.1: the batched entries. Each is optional in a plugin's table:
+    // a plugin built against 1.0 lacks it, and the host then runs the
+    // default body below, which makes the 1.0 calls one by one. The host
+    // fills every slot with a value that owns no memory (`ROk` of `false`,
+    // of an empty string, of a verdict with empty metadata), so a plugin
+    // may overwrite a slot without dropping what was there.
+
+    /// Since 1.1. Asks each action of `actions` whether it accepts the
+    /// message, in one call: writes the verdict on `actions[i]` into
+    /// `verdicts[i]` (the host gives as many slots as actions). A panic in
+    /// one action's `validate` is that action's error only.
+    fn validate_each(
+        &self,
+        actions: RSlice<'_, u32>,
+        message: &MessageView<'_>,
+        verdicts: RSliceMut<'_, FfiResult<bool>>,
+    ) {
+        let mut verdicts = verdicts;
+        for (verdict, &action) in verdicts.iter_mut().zip(actions.iter()) {
+            *verdict = self.validate(action, message);
+        }
+    }
+
+    /// Since 1.1. Runs each evaluator of `evaluators` on the message, in one
+    /// call: writes the verdict of `evaluators[i]` into `verdicts[i]`.
+    fn evaluate_each(
+        &self,
+        evaluators: RSlice<'_, u32>,
+        message: &MessageView<'_>,
+        control: &CallControl,
+        verdicts: RSliceMut<'_, FfiResult<EvaluationView>>,
+    ) {
+        let mut verdicts = verdicts;
+        for (verdict, &evaluator) in verdicts.iter_mut().zip(evaluators.iter()) {
+            *verdict = self.evaluate(evaluator, message, control);
+        }
+    }
+
+    /// Since 1.1. Runs the `get` of each provider of `providers` for the
+    /// message, in one call: writes the JSON value of `providers[i]` into
+    /// `values[i]`.
+    fn provide_each(
+        &self,
+        providers: RSlice<'_, u32>,
+        message: &MessageView<'_>,
+        control: &CallControl,
+        values: RSliceMut<'_, FfiResult<RString>>,
+    ) {
+        let mut values = values;
+        for (value, &provider) in values.iter_mut().zip(providers.iter()) {
+            *value = self.provide(provider, message, control);
+        }
+    }
 }
 
 /// A plugin instance as an owned, type-erased object.
