@@ -6,11 +6,14 @@
 //! built against the current SDK. The 1.0 file loads, every component kind
 //! of it works, it answers a fixed script exactly as its twin does, in
 //! process and in a worker, and a reload from one build to the other,
-//! either way, keeps its count.
+//! either way, keeps its count. The files of the pinned workspace keep the
+//! digests they were released with.
 
 use agent_host::testing::TestAgent;
 use agent_host::{AgentConfig, HostOptions, InboundMessage, PluginHost, Reply};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -431,4 +434,194 @@ fn reloads_between_the_1_0_file_and_its_twin_keep_the_count_in_process() {
 #[test]
 fn reloads_between_the_1_0_file_and_its_twin_keep_the_count_in_a_worker() {
     reloads_keep_the_count(Place::Worker);
+}
+
+/// Every file of `tests/fixtures/abi-1.0` but its README, with its SHA-256:
+/// of its bytes (a CRLF read as LF), or of its target for a link.
+const PINNED: &[(&str, &str)] = &[
+    (
+        "Cargo.lock",
+        "10165159a84aaf2e9d9ddc5576a76e8a24276f6cbb9c0f76bf1b7dd44f4cd30f",
+    ),
+    (
+        "Cargo.toml",
+        "2e35ccbb10362acf12897672eea5875ddcce7bf14e50967c976305156a451eb4",
+    ),
+    (
+        "LICENSE-APACHE",
+        "4219cae644a01759f302a926799038c303bc3bcdd71e033d468a591ea014ae27",
+    ),
+    (
+        "LICENSE-MIT",
+        "404754bedc002f621f4e2255dc4cf0567f84a32b5fafd46f261d47c5e95523b5",
+    ),
+    (
+        "plugin-api/Cargo.toml",
+        "c33bf36e1480de9919d544b5413c7f40109a7dc33e189dffeeeb600c1f94d0bd",
+    ),
+    (
+        "plugin-api/LICENSE-APACHE",
+        "154397a08d0cb342110281129971868cd562542d0780b0d10722788cd11a1399",
+    ),
+    (
+        "plugin-api/LICENSE-MIT",
+        "72af89a828df52a9dcc42512ed64663b3b8d7961dd7a5586d44478eede82bc7a",
+    ),
+    (
+        "plugin-api/README.md",
+        "e9afec8e097c554243139dc3e8514ca19bed4c2014d18acd23a8890c7769ffb3",
+    ),
+    (
+        "plugin-api/abi/Cargo.toml",
+        "939f1d0efdb785024bbd5299871b736614aa9ad158294f0ca8f965c1348a5dea",
+    ),
+    (
+        "plugin-api/abi/LICENSE-APACHE",
+        "9cff568488e9d56aae60f162404acdb15d8533a0202cf01f6eb0843b264f20ff",
+    ),
+    (
+        "plugin-api/abi/LICENSE-MIT",
+        "94949dd83279f3ca3d0ce42ce0fc154d0ed817444454ee2925e903eec93949b6",
+    ),
+    (
+        "plugin-api/abi/README.md",
+        "cacb56f3cc5d0f81671ad5ee323539699dcab3065ed674879e214f817c150468",
+    ),
+    (
+        "plugin-api/abi/src/lib.rs",
+        "77ff90a0f39700c1c14b025b6e18a7f76a9972a6326e81fa7a1eccd78f296ca2",
+    ),
+    (
+        "plugin-api/src/action.rs",
+        "687356de9a319143f331e248362b6395ba75a5fdfa540574ca13b99540a7db13",
+    ),
+    (
+        "plugin-api/src/error.rs",
+        "cec452707a4068b31cbcc3cfec1edbea9377bbfe85ad2a6b9d95c63d383a54f5",
+    ),
+    (
+        "plugin-api/src/evaluator.rs",
+        "005f7a9367c91de00c33fe7e00d5e45e938a8ef25ad649025b6d40b3b928305a",
+    ),
+    (
+        "plugin-api/src/export.rs",
+        "5393b89426020ebfb74b2329114a1ff373baa38d8226b1c4eadf1961019ec283",
+    ),
+    (
+        "plugin-api/src/lib.rs",
+        "1d0a9ca8c6103bdffd2996cf86dfad7ab8bc5a3d2f2eace7f8546cb4c7d781ab",
+    ),
+    (
+        "plugin-api/src/manifest.rs",
+        "c308955e70e7412b8e4229d3d7d5b81ad06a786838c9ccc96fdc5a987a93f9d7",
+    ),
+    (
+        "plugin-api/src/message.rs",
+        "53feb816094f91937490c60da9332de64bdef13875d77870e491fa6a697955cf",
+    ),
+    (
+        "plugin-api/src/object.rs",
+        "0d776be3b06e83df19b1de80734d5c95c8ad185de38fc8a1a11bda59bd54c713",
+    ),
+    (
+        "plugin-api/src/panic_report.rs",
+        "81940a4bd6e31c5b86103bbf2a412275fd7280336aa37041945ea21fb747c0bd",
+    ),
+    (
+        "plugin-api/src/plugin.rs",
+        "cf57d1581a32333b10bf89d96af99332be05f458d01b31d7eca8c90d392045ba",
+    ),
+    (
+        "plugin-api/src/provider.rs",
+        "5aab2b6f6eda648e59f7270b60a2e46a22c36119ae4413c5bb7ddb09142dd31f",
+    ),
+    (
+        "plugin-api/src/runtime.rs",
+        "68392fc64be379b0e029d90cb6ef1c9400a7e71bdd3906b8704c350a2d77e1ef",
+    ),
+    (
+        "plugin-api/src/service.rs",
+        "da41637cae36d0e88021066691193976de5d2906bb7270d98d3e7138eb4564c6",
+    ),
+    (
+        "plugin-api/src/testing.rs",
+        "c129b3cad678c96516270cf770b8211edfbbb0f39afcda22e8aa1135a5302037",
+    ),
+    (
+        "plugin/Cargo.toml",
+        "764b040c9a3785d1c38fc9a404e1e8996f31281475f786d8364ab7028520fe3d",
+    ),
+    (
+        "plugin/src/abi_one.rs",
+        "13259cd10fa657e2b79bcc87e494c879a8ac289a6b955fb17a5d9eb7ee0f6fad",
+    ),
+    (
+        "plugin/src/lib.rs",
+        "cbd643daf0d7cdf32049796233643b7c94d49ad1353f13ee93f87817337b216d",
+    ),
+];
+
+/// The SHA-256 of each file under `dir` (but `README.md` and a `target`
+/// folder at `root`), by its path from `root` with `/` between folders.
+fn digests(root: &Path, dir: &Path, found: &mut BTreeMap<String, String>) {
+    for entry in std::fs::read_dir(dir).expect("read the folder") {
+        let path = entry.expect("a folder entry").path();
+        let relative = path
+            .strip_prefix(root)
+            .expect("under the root")
+            .components()
+            .map(|part| part.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        if relative == "README.md" || relative == "target" {
+            continue;
+        }
+        let kind = std::fs::symlink_metadata(&path).expect("metadata");
+        let bytes = if kind.is_symlink() {
+            let target = std::fs::read_link(&path).expect("a link's target");
+            target.to_string_lossy().replace('\\', "/").into_bytes()
+        } else if kind.is_dir() {
+            digests(root, &path, found);
+            continue;
+        } else {
+            let text = std::fs::read(&path).expect("read the file");
+            let mut bytes = Vec::with_capacity(text.len());
+            for (i, &byte) in text.iter().enumerate() {
+                if !(byte == b'\r' && text.get(i + 1) == Some(&b'\n')) {
+                    bytes.push(byte);
+                }
+            }
+            bytes
+        };
+        let digest = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        found.insert(relative, digest);
+    }
+}
+
+#[test]
+fn the_pinned_workspace_holds_the_crates_as_released() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("tests")
+        .join("fixtures")
+        .join("abi-1.0");
+    let mut found = BTreeMap::new();
+    digests(&root, &root, &mut found);
+    let pinned: BTreeMap<String, String> = PINNED
+        .iter()
+        .map(|(file, digest)| (file.to_string(), digest.to_string()))
+        .collect();
+    let changed: std::collections::BTreeSet<&String> = found
+        .keys()
+        .chain(pinned.keys())
+        .filter(|file| found.get(*file) != pinned.get(*file))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "tests/fixtures/abi-1.0 holds the ABI and SDK crates as released and the plugin built \
+         against them, and never changes; these files differ: {changed:?}"
+    );
 }
