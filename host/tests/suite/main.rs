@@ -5,6 +5,7 @@
 
 mod common;
 
+mod abi_1_0;
 mod auth;
 mod cli;
 mod cluster_front_ends;

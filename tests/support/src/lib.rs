@@ -29,6 +29,11 @@
 //! was built against is one value of its header, which that fixture's own
 //! root module declares.)
 //!
+//! One fixture is no package of this workspace: the plugin pinned at ABI
+//! 1.0 ([`abi_1_0`]), whose folder `tests/fixtures/abi-1.0` is a workspace
+//! of its own (the ABI and SDK crates as released, and its own lock file),
+//! built from its own manifest into the same target folder.
+//!
 //! It must never build into the main target folder, and never hand a test a
 //! file that another test may still overwrite.
 
@@ -146,11 +151,10 @@ fn build_lock() -> BuildLock {
     BuildLock(file)
 }
 
-/// `cargo build --release` into `target/fixtures` of the packages
-/// `packages`, with `rustflags` (none from the environment of the outer
-/// `cargo test`); with rustflags, for the host triple, whose release folder
-/// it returns.
-fn cargo_build(packages: &[String], rustflags: Option<&str>) -> PathBuf {
+/// `cargo build --release --quiet` into `target/fixtures`, run from the
+/// workspace root, with no rustflags from the environment of the outer
+/// `cargo test`: the start of every fixture build.
+fn cargo_build_command() -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut command = Command::new(cargo);
     command
@@ -160,6 +164,15 @@ fn cargo_build(packages: &[String], rustflags: Option<&str>) -> PathBuf {
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    command
+}
+
+/// `cargo build --release` into `target/fixtures` of the packages
+/// `packages`, with `rustflags` (none from the environment of the outer
+/// `cargo test`); with rustflags, for the host triple, whose release folder
+/// it returns.
+fn cargo_build(packages: &[String], rustflags: Option<&str>) -> PathBuf {
+    let mut command = cargo_build_command();
     for package in packages {
         command.args(["-p", package]);
     }
@@ -270,6 +283,51 @@ pub fn fixture(name: &str) -> PathBuf {
         file.exists(),
         "no fixture {name}: tests/fixtures/variants has no package {package}"
     );
+    file
+}
+
+/// The workspace of the ABI 1.0 fixture, `tests/fixtures/abi-1.0`.
+fn abi_1_0_workspace() -> PathBuf {
+    workspace_root()
+        .join("tests")
+        .join("fixtures")
+        .join("abi-1.0")
+}
+
+/// The package of the ABI 1.0 fixture's plugin, in its workspace.
+const ABI_1_0_PACKAGE: &str = "abi-1-0-plugin";
+
+/// Builds, once per process, the plugin pinned at ABI 1.0: the `abi-one`
+/// plugin of `tests/fixtures/abi-1.0`, a workspace of its own holding the
+/// ABI crate 1.0.0 and the SDK 0.1.0 as released, built `--locked` against
+/// its own `Cargo.lock`. It builds into `target/fixtures` like every other
+/// fixture, for the same target and with the same profile, so the
+/// dependencies it shares with them at the same version and features are
+/// compiled once. Returns `target/fixtures/out/abi-1.0.<ext>`.
+pub fn abi_1_0() -> PathBuf {
+    let file = out(&format!("abi-1.0.{EXT}"));
+    once("abi-1.0", || {
+        let _lock = build_lock();
+        let manifest = abi_1_0_workspace().join("Cargo.toml");
+        let status = cargo_build_command()
+            .arg("--locked")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .args(["-p", ABI_1_0_PACKAGE])
+            .status()
+            .expect("run cargo");
+        assert!(
+            status.success(),
+            "cargo build --locked of {} failed",
+            manifest.display()
+        );
+        copy_atomically(
+            &fixture_target()
+                .join("release")
+                .join(library_file_name(ABI_1_0_PACKAGE)),
+            &file,
+        );
+    });
     file
 }
 
