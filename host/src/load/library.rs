@@ -13,7 +13,9 @@ use crate::load::private_copy::{ShadowCopy, ShadowDir};
 use crate::regular_file;
 use crate::sys;
 use crate::trust::TrustPolicy;
-use agent_host_plugin_abi::abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+use agent_host_plugin_abi::abi_stable::abi_stability::abi_checking::{
+    check_layout_compatibility_with_globals, CheckingGlobals,
+};
 use agent_host_plugin_abi::abi_stable::library::{AbiHeaderRef, LibHeader, LibraryError};
 use agent_host_plugin_abi::abi_stable::StableAbi;
 use agent_host_plugin_abi::{PluginModuleRef, ROOT_MODULE_SYMBOL};
@@ -210,8 +212,12 @@ pub fn open_copy(
         });
     }
     let abi_minor = minor_of(plugin_version.as_str()).unwrap_or(0);
-    let module = if abi_minor <= host_abi_minor() {
+    let module = if abi_minor < host_abi_minor() {
         take_older_module(header)?
+    } else if abi_minor == host_abi_minor() {
+        header
+            .init_root_module::<PluginModuleRef>()
+            .map_err(|e| describe(&e))?
     } else {
         // A newer minor: `abi_stable`'s own check, in which the library
         // may extend the host's layout; the host never calls what it does
@@ -265,15 +271,22 @@ fn take_older_module(header: &LibHeader) -> Result<PluginModuleRef, OpenError> {
         first_line: "the library carries no layout to check".into(),
         report: String::new(),
     })?;
-    check_layout_compatibility(library_layout, <PluginModuleRef as StableAbi>::LAYOUT).map_err(
-        |errors| {
-            let report = errors.to_string();
-            OpenError::Layout {
-                first_mismatch: first_mismatch(&report),
-                report,
-            }
-        },
-    )?;
+    // Checked with globals of its own: `abi_stable` records every prefix
+    // type it checks in process-wide tables, in which the shorter tables of
+    // an older library, checked in this direction, would then stand against
+    // every library of the host's own minor version.
+    check_layout_compatibility_with_globals(
+        library_layout,
+        <PluginModuleRef as StableAbi>::LAYOUT,
+        &CheckingGlobals::new(),
+    )
+    .map_err(|errors| {
+        let report = errors.to_string();
+        OpenError::Layout {
+            first_mismatch: first_mismatch(&report),
+            report,
+        }
+    })?;
     // SAFETY: the check above proved the host's layout of the root module,
     // and of every type reachable from it, compatible with the library's:
     // equal up to the library's last field, the host's possibly longer.
