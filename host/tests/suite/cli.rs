@@ -480,3 +480,31 @@ fn check_fails_on_config_for_plugins_that_are_not_there() {
     );
     assert!(!stdout.contains("[grants] fixture"), "{stdout}");
 }
+
+#[test]
+fn a_plugin_built_for_a_newer_abi_minor_serves_and_the_log_names_both_versions() {
+    let dir = folder_with(&[fixture("newer-abi-minor")]);
+    let output = crate::common::run_with_stdin(
+        dir.path(),
+        br#"{"sender": "alice", "text": "are you newer?"}
+"#
+        .to_vec(),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let reply: Value = serde_json::from_str(stdout.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("a JSON reply ({e}): {stdout}"));
+    assert_eq!(reply["text"], "built against ABI 1.99", "{stdout}");
+    let log = String::from_utf8_lossy(&output.stderr);
+    let warning = log
+        .lines()
+        .find(|l| l.contains("built against plugin ABI 1.99.0"))
+        .unwrap_or_else(|| panic!("a warning names the plugin's ABI:\n{log}"));
+    assert!(
+        warning.contains(&format!(
+            "newer than this host's {}",
+            agent_host_plugin_abi::ABI_VERSION
+        )),
+        "{warning}"
+    );
+    assert!(warning.contains("newer-abi-minor"), "names the file: {warning}");
+}

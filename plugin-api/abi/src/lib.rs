@@ -64,7 +64,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub use abi_stable;
 
 /// The version of this ABI, as written into every plugin's library header.
+#[cfg(not(agent_host_abi_fixture = "newer_minor"))]
 pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version of this ABI, as written into every plugin's library header:
+/// a minor version no host has yet, for the host's tests of a plugin built
+/// against a newer minor. Only a build with
+/// `--cfg agent_host_abi_fixture="newer_minor"` in its rustflags has it
+/// (test support passes that flag for one fixture plugin only). Its tables
+/// are this version's (`#[sabi_trait]` takes no `cfg` on a method), which a
+/// newer minor's extend.
+#[cfg(agent_host_abi_fixture = "newer_minor")]
+pub const ABI_VERSION: &str = "1.99.0";
 
 /// Error codes carried by [`FfiError::code`].
 ///

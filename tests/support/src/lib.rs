@@ -93,6 +93,7 @@ enum Build {
 fn build_of(name: &str) -> Build {
     match name {
         "foreign-layout" => Build::Flagged("--cfg\x1fagent_host_abi_fixture=\"foreign_layout\""),
+        "newer-abi-minor" => Build::Flagged("--cfg\x1fagent_host_abi_fixture=\"newer_minor\""),
         "hand-export-aborts" => Build::Flagged("-Cpanic=abort"),
         _ if name.starts_with("bench-") => Build::OnDemand,
         _ => Build::Shared,
