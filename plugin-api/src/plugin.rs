@@ -293,13 +293,15 @@ impl Plugin {
     /// runs on the old generation, `import` on the new one before it serves.
     ///
     /// The host's order on reload: wait for calls in flight to finish and hold
-    /// new ones; `export` on the old generation; `import` on the new one (only
-    /// when both generations have state hooks and `export` returned something
-    /// other than `null`); the new generation's `on_load`; its services start
-    /// and its providers are subscribed; the swap; the held calls go to the new
-    /// generation; the old one stops its services and runs `on_unload`. An
-    /// error from `export` or `import` refuses the reload and the old
-    /// generation keeps serving. Keep the state JSON small and versioned: the
+    /// new ones; `export` on the old generation; the old generation's
+    /// services stop (old services stop before new ones start); `import` on
+    /// the new one (only when both generations have state hooks and `export`
+    /// returned something other than `null`); the new generation's
+    /// `on_load`; its services start and its providers are subscribed; the
+    /// swap; the held calls go to the new generation; the old one's
+    /// providers are unsubscribed and it runs `on_unload`. An error from
+    /// `export` or `import` refuses the reload and the old generation keeps
+    /// serving (its services started again). Keep the state JSON small and versioned: the
     /// new build may be older or newer than the one that exported it.
     ///
     /// Test the hand-over by running both hooks yourself, in the host's order

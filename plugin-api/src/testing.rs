@@ -24,12 +24,24 @@
 //!   timer set, then drops those made with [`Runtime::after`]; those made
 //!   with [`Runtime::every`] fire on every call.
 //!
+//! * **Errors read as the host's.** A service call's error names the
+//!   service's plugin, the service and the method before the cause
+//!   (`plugin 'kv': service 'kv' method 'get': ...`; a fake counts as the
+//!   service of a plugin named like the service), and the host's texts for
+//!   a refused permission, a missing or a stopped service; a panic in plugin
+//!   code is an [`ErrorKind::Panicked`] error naming where it happened, as
+//!   the SDK reports it to the host.
+//! * **Config.** The plugin's default config goes under the configured one,
+//!   then its schema's `default`s fill the keys still missing
+//!   ([`crate::schema_defaults`]).
+//!
 //! It is not the real host: it does not apply the operator's grants or the
 //! senders' permissions, does not validate the manifest or the config
 //! against the plugin's schema, runs no `validate` before a handler (call
 //! [`LoadedPlugin::validate`] yourself), gives handlers no deadline, and
-//! does not subscribe providers. Load the built library with
-//! `agent-host check` as well.
+//! does not subscribe providers. Run the built library in the real host
+//! too, with the `agent-host-plugin-testing` crate (or `agent-host
+//! check`).
 //!
 //! ```
 //! use agent_host_plugin_sdk::{Action, ActionResult, Plugin, testing::TestHost};
