@@ -276,10 +276,7 @@ impl Action {
     /// ```
     pub fn wrap(
         mut self,
-        wrap: impl Fn(&Call<'_>, Next<'_, ActionResult>) -> Result<ActionResult>
-            + Send
-            + Sync
-            + 'static,
+        wrap: impl Fn(&Call<'_>, Next<'_, ActionResult>) -> Result<ActionResult> + Send + Sync + 'static,
     ) -> Self {
         let wrap: Wrap<ActionResult> = std::sync::Arc::new(wrap);
         self.layers.wrap(wrap);

@@ -101,10 +101,12 @@ impl Recorded {
     /// Refuses what the loaded plugin did not request, in the host's words.
     fn check(&self, permission: &str) -> Result<()> {
         match &self.permissions {
-            Some((plugin, held)) if !held.iter().any(|p| matches(p, permission)) => Err(Error::new(
-                ErrorKind::PermissionDenied,
-                format!("plugin '{plugin}' lacks permission '{permission}'"),
-            )),
+            Some((plugin, held)) if !held.iter().any(|p| matches(p, permission)) => {
+                Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("plugin '{plugin}' lacks permission '{permission}'"),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -175,7 +177,10 @@ impl TestHostInner {
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::Unavailable,
-                    format!("service '{service}' of plugin '{}' is stopped", plugin.name()),
+                    format!(
+                        "service '{service}' of plugin '{}' is stopped",
+                        plugin.name()
+                    ),
                 )
             })?;
         let shared = self

@@ -224,7 +224,9 @@ impl AgentBuilder {
             let sink = Arc::clone(&log);
             std::thread::spawn(move || {
                 for line in collected {
-                    sink.lock().unwrap_or_else(PoisonError::into_inner).push(line);
+                    sink.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(line);
                 }
             });
             Ok(Agent {

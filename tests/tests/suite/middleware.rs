@@ -106,8 +106,7 @@ fn middleware_answers_under_test_host_as_in_the_host() {
             .actions()
             .iter()
             .find(|action| {
-                action.name() != "STATE"
-                    && loaded.validate(action.name(), text).unwrap_or(false)
+                action.name() != "STATE" && loaded.validate(action.name(), text).unwrap_or(false)
             })
             .map_or("STATE", |action| action.name())
             .to_string();
@@ -139,11 +138,9 @@ fn middleware_answers_under_test_host_as_in_the_host() {
     });
     let logs = host.logs();
     assert!(logs.contains(&(Level::Info, "action 'ORDER' started".to_string())));
-    assert!(logs
-        .iter()
-        .any(|(level, line)| *level == Level::Error
-            && line.starts_with("action 'REFUSE' failed after ")
-            && line.ends_with(" ms: the middleware refused")));
+    assert!(logs.iter().any(|(level, line)| *level == Level::Error
+        && line.starts_with("action 'REFUSE' failed after ")
+        && line.ends_with(" ms: the middleware refused")));
 }
 
 #[test]
