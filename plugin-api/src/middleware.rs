@@ -383,3 +383,86 @@ impl Middleware for Logging {
         outcome
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestHost;
+    use crate::{Action, Evaluator, Plugin};
+    use std::sync::Mutex;
+
+    /// Records `name` as each call passes, with the call's description.
+    struct Record(&'static str, Arc<Mutex<Vec<String>>>);
+
+    impl Middleware for Record {
+        fn call<T>(&self, call: &Call<'_>, next: Next<'_, T>) -> Result<T> {
+            let line = format!("{} {}", self.0, call.describe());
+            self.1.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            next.run()
+        }
+    }
+
+    fn seen(record: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+        record.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    #[test]
+    fn a_composed_plugins_middleware_runs_outside_its_parts() {
+        let record = Arc::new(Mutex::new(Vec::new()));
+        let part = Plugin::new("part", "1.0.0")
+            .middleware(Record("part", Arc::clone(&record)))
+            .action(
+                Action::new("GO")
+                    .validate(|_m| true)
+                    .handler(|_m, _rt| Ok(ActionResult::text("gone"))),
+            );
+        let whole = Plugin::compose("whole", "1.0.0", vec![part])
+            .middleware(Record("whole", Arc::clone(&record)));
+        let host = TestHost::new("whole");
+        let loaded = host.load(whole).expect("loads");
+        assert_eq!(loaded.handle("GO", "go").expect("runs").text, "gone");
+        assert_eq!(seen(&record), ["whole action 'GO'", "part action 'GO'"]);
+    }
+
+    #[test]
+    fn a_batch_passes_the_plugins_middleware_once() {
+        let record = Arc::new(Mutex::new(Vec::new()));
+        let plugin = Plugin::new("scores", "1.0.0")
+            .middleware(Record("mw", Arc::clone(&record)))
+            .evaluator(
+                Evaluator::new("one")
+                    .evaluate(|_m, _rt| Ok(Evaluation::new(1.0, true)))
+                    .evaluate_batch(|messages, _rt| {
+                        Ok(messages
+                            .iter()
+                            .map(|_| Evaluation::new(1.0, true))
+                            .collect())
+                    }),
+            )
+            .evaluator(Evaluator::new("each").evaluate(|_m, _rt| Ok(Evaluation::new(0.5, true))));
+        let host = TestHost::new("scores");
+        let loaded = host.load(plugin).expect("loads");
+        assert_eq!(
+            loaded
+                .evaluate_batch("one", &["a", "b"])
+                .expect("scores")
+                .len(),
+            2
+        );
+        assert_eq!(
+            loaded
+                .evaluate_batch("each", &["a", "b"])
+                .expect("scores")
+                .len(),
+            2
+        );
+        assert_eq!(
+            seen(&record),
+            [
+                "mw evaluator 'one' (batch of 2)",
+                "mw evaluator 'each'",
+                "mw evaluator 'each'"
+            ]
+        );
+    }
+}
