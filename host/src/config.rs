@@ -492,7 +492,10 @@ fn resolve_secrets(value: &mut Value, path: &str) -> Result<(), ConfigError> {
 }
 
 /// The config a plugin runs with: the operator's values (secrets resolved)
-/// merged over the plugin's defaults, validated against its JSON Schema.
+/// merged over the plugin's defaults, the schema's `default`s filled in for
+/// the keys still missing
+/// ([`agent_host_plugin_sdk::schema_defaults::fill_defaults`]), validated
+/// against its JSON Schema.
 pub fn effective_config(
     manifest: &Manifest,
     operator: Option<&Value>,
@@ -511,6 +514,9 @@ pub fn effective_config(
             }
         }
         Some(_) => return Err(ConfigError::NotATable),
+    }
+    if let Some(schema) = &manifest.config_schema {
+        agent_host_plugin_sdk::schema_defaults::fill_defaults(schema, &mut config);
     }
     let config = Value::Object(config);
     if let Some(schema) = &manifest.config_schema {

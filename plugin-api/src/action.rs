@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::manifest::{ActionSpec, Example, RateLimit, Triggers};
 use crate::message::Message;
+use crate::middleware::{Call, Component, Layers, Next, Wrap};
 use crate::runtime::Runtime;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -88,6 +89,7 @@ pub struct Action {
     pub(crate) spec: ActionSpec,
     validator: Option<Validator>,
     handler: Option<Handler>,
+    pub(crate) layers: Layers<ActionResult>,
 }
 
 impl Action {
@@ -106,6 +108,7 @@ impl Action {
             },
             validator: None,
             handler: None,
+            layers: Layers::default(),
         }
     }
 
@@ -240,6 +243,46 @@ impl Action {
         self
     }
 
+    /// Wraps the handler in a middleware closure, which gets the
+    /// [`Call`] and the [`Next`] step of the chain and returns the action's
+    /// result: it may run code around `next.run()`, run it again (a retry)
+    /// or answer without it (a short-circuit). Several wraps run in the
+    /// order they were added, the first outermost, inside the plugin's
+    /// [`middleware`](crate::Plugin::middleware); see [`crate::middleware`].
+    ///
+    /// ```
+    /// use agent_host_plugin_sdk::{testing::TestHost, Action, ActionResult, ErrorKind, Plugin};
+    ///
+    /// let action = Action::new("FLAKY")
+    ///     .validate(|_m| true)
+    ///     // Retries once a call that failed for want of its service.
+    ///     .wrap(|_call, next| match next.run() {
+    ///         Err(e) if e.kind() == ErrorKind::Unavailable => next.run(),
+    ///         other => other,
+    ///     })
+    ///     .handler(|_m, rt| {
+    ///         let answer: String = rt.service("clock").call("now", &())?;
+    ///         Ok(ActionResult::text(answer))
+    ///     });
+    /// let calls = std::sync::atomic::AtomicU32::new(0);
+    /// let host = TestHost::new("flaky").with_service("clock", move |_method, _args| {
+    ///     match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+    ///         0 => Err(agent_host_plugin_sdk::Error::new(ErrorKind::Unavailable, "warming up")),
+    ///         _ => Ok("noon".into()),
+    ///     }
+    /// });
+    /// let loaded = host.load(Plugin::new("flaky", "1.0.0").permission("service:clock").action(action)).unwrap();
+    /// assert_eq!(loaded.handle("FLAKY", "now?").unwrap().text, "noon");
+    /// ```
+    pub fn wrap(
+        mut self,
+        wrap: impl Fn(&Call<'_>, Next<'_, ActionResult>) -> Result<ActionResult> + Send + Sync + 'static,
+    ) -> Self {
+        let wrap: Wrap<ActionResult> = std::sync::Arc::new(wrap);
+        self.layers.wrap(wrap);
+        self
+    }
+
     /// The action's name.
     pub fn name(&self) -> &str {
         &self.spec.name
@@ -250,15 +293,17 @@ impl Action {
         self.validator.as_ref().is_some_and(|v| v(message))
     }
 
-    /// Runs the handler (without asking `validate`); an error when there is none.
+    /// Runs the handler through its middleware (without asking
+    /// `validate`); an error when there is none.
     pub fn run(&self, message: &Message<'_>, rt: &Runtime<'_>) -> Result<ActionResult> {
-        match &self.handler {
-            Some(handler) => handler(message, rt),
-            None => Err(Error::msg(format!(
+        let Some(handler) = &self.handler else {
+            return Err(Error::msg(format!(
                 "action '{}' has no handler",
                 self.spec.name
-            ))),
-        }
+            )));
+        };
+        let call = Call::one(Component::Action, &self.spec.name, message, *rt);
+        self.layers.run(&call, &|| handler(message, rt))
     }
 
     pub(crate) fn missing_parts(&self) -> Option<String> {

@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::manifest::EvaluatorSpec;
 use crate::message::Message;
+use crate::middleware::{Call, Component, Layers};
 use crate::runtime::Runtime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -81,6 +82,10 @@ pub struct Evaluator {
     pub(crate) spec: EvaluatorSpec,
     evaluate: Option<Evaluate>,
     batch: Option<EvaluateBatch>,
+    /// The plugin's middleware around one evaluation.
+    pub(crate) layers: Layers<Evaluation>,
+    /// The plugin's middleware around a call of the batch form.
+    pub(crate) batch_layers: Layers<Vec<Evaluation>>,
 }
 
 impl Evaluator {
@@ -94,6 +99,8 @@ impl Evaluator {
             },
             evaluate: None,
             batch: None,
+            layers: Layers::default(),
+            batch_layers: Layers::default(),
         }
     }
 
@@ -128,22 +135,28 @@ impl Evaluator {
         &self.spec.name
     }
 
-    /// Runs `evaluate`.
+    /// Runs `evaluate` through the plugin's middleware.
     pub fn run(&self, message: &Message<'_>, rt: &Runtime<'_>) -> Result<Evaluation> {
-        match &self.evaluate {
-            Some(evaluate) => evaluate(message, rt),
-            None => Err(Error::msg(format!(
+        let Some(evaluate) = &self.evaluate else {
+            return Err(Error::msg(format!(
                 "evaluator '{}' has no evaluate",
                 self.spec.name
-            ))),
-        }
+            )));
+        };
+        let call = Call::one(Component::Evaluator, &self.spec.name, message, *rt);
+        self.layers.run(&call, &|| evaluate(message, rt))
     }
 
-    /// Runs the batch form, or `evaluate` per message when there is none; an
-    /// error when the number of results differs from the number of messages.
+    /// Runs the batch form (through the plugin's middleware, once for the
+    /// batch), or `evaluate` per message when there is none (through the
+    /// middleware once per message); an error when the number of results
+    /// differs from the number of messages.
     pub fn run_batch(&self, messages: &[Message<'_>], rt: &Runtime<'_>) -> Result<Vec<Evaluation>> {
         let results = match &self.batch {
-            Some(batch) => batch(messages, rt)?,
+            Some(batch) => {
+                let call = Call::batch(&self.spec.name, messages, *rt);
+                self.batch_layers.run(&call, &|| batch(messages, rt))?
+            }
             None => messages
                 .iter()
                 .map(|m| self.run(m, rt))

@@ -68,11 +68,13 @@ mod evaluator;
 mod export;
 pub mod manifest;
 mod message;
+pub mod middleware;
 mod object;
 mod panic_report;
 mod plugin;
 mod provider;
 mod runtime;
+pub mod schema_defaults;
 mod service;
 pub mod testing;
 
@@ -83,6 +85,7 @@ pub use evaluator::{Evaluation, Evaluator};
 pub use export::__private;
 pub use manifest::Manifest;
 pub use message::{Context, Message};
+pub use middleware::Middleware;
 pub use plugin::Plugin;
 pub use provider::{Provider, Unsubscribe};
 pub use runtime::{

@@ -39,9 +39,7 @@ pub(crate) fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            let location = info
-                .location()
-                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            let location = location_of(info);
             if GUARDS.with(Cell::get) > 0 {
                 LAST_PANIC_LOCATION.with(|slot| *slot.borrow_mut() = location);
             } else {
@@ -49,6 +47,30 @@ pub(crate) fn install_panic_hook() {
             }
         }));
     });
+}
+
+/// For a process that runs plugin code linked in rather than loaded (a
+/// test with [`crate::testing::TestHost`]): records where a guarded panic
+/// happened, as a library's hook does, so that its error reads as in the
+/// host, and leaves every other panic to the hook installed before.
+pub(crate) fn install_linked_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDS.with(Cell::get) > 0 {
+                LAST_PANIC_LOCATION.with(|slot| *slot.borrow_mut() = location_of(info));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// `file:line:column` of a panic, when known.
+fn location_of(info: &std::panic::PanicHookInfo<'_>) -> Option<String> {
+    info.location()
+        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
 }
 
 /// Logs a panic outside any call through the first live instance.

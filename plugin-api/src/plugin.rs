@@ -4,6 +4,7 @@ use crate::action::Action;
 use crate::error::Result;
 use crate::evaluator::Evaluator;
 use crate::manifest::Manifest;
+use crate::middleware::{Middleware, PluginLayer};
 use crate::provider::Provider;
 use crate::runtime::Runtime;
 use crate::service::Service;
@@ -46,6 +47,7 @@ pub struct Plugin {
     on_unload: Vec<Hook>,
     export_state: Option<ExportState>,
     import_state: Option<ImportState>,
+    middleware: Vec<PluginLayer>,
 }
 
 impl Plugin {
@@ -80,6 +82,7 @@ impl Plugin {
             on_unload: Vec::new(),
             export_state: None,
             import_state: None,
+            middleware: Vec::new(),
         }
     }
 
@@ -165,21 +168,93 @@ impl Plugin {
         self
     }
 
-    /// Adds an action.
-    pub fn action(mut self, action: Action) -> Self {
+    /// Adds an action (inside the plugin's [`middleware`](Plugin::middleware)).
+    pub fn action(mut self, mut action: Action) -> Self {
+        for layer in &self.middleware {
+            action.layers.surround(layer.action.clone());
+        }
         self.actions.push(action);
         self
     }
 
-    /// Adds a provider.
-    pub fn provider(mut self, provider: Provider) -> Self {
+    /// Adds a provider (inside the plugin's [`middleware`](Plugin::middleware)).
+    pub fn provider(mut self, mut provider: Provider) -> Self {
+        for layer in &self.middleware {
+            provider.layers.surround(layer.provider.clone());
+        }
         self.providers.push(provider);
         self
     }
 
-    /// Adds an evaluator.
-    pub fn evaluator(mut self, evaluator: Evaluator) -> Self {
+    /// Adds an evaluator (inside the plugin's [`middleware`](Plugin::middleware)).
+    pub fn evaluator(mut self, mut evaluator: Evaluator) -> Self {
+        for layer in &self.middleware {
+            evaluator.layers.surround(layer.evaluation.clone());
+            evaluator.batch_layers.surround(layer.batch.clone());
+        }
         self.evaluators.push(evaluator);
+        self
+    }
+
+    /// Wraps every action handler, provider `get` and evaluator of the
+    /// plugin (those added before this call and after it) in `middleware`.
+    /// Several run in the order they were added, the first outermost, and
+    /// all of them outside each component's own wraps
+    /// ([`Action::wrap`], [`Provider::wrap`]). See [`crate::middleware`]
+    /// for the order, and [`crate::middleware::Logging`] for the logging
+    /// and timing middleware the SDK ships.
+    ///
+    /// ```
+    /// use agent_host_plugin_sdk::middleware::{Call, Middleware, Next};
+    /// use agent_host_plugin_sdk::{testing::TestHost, Action, ActionResult, Plugin, Result};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// /// Records the order in which layers run.
+    /// struct Trace(&'static str, Arc<Mutex<Vec<String>>>);
+    ///
+    /// impl Middleware for Trace {
+    ///     fn call<T>(&self, _call: &Call<'_>, next: Next<'_, T>) -> Result<T> {
+    ///         self.1.lock().unwrap().push(format!("{} in", self.0));
+    ///         let result = next.run();
+    ///         self.1.lock().unwrap().push(format!("{} out", self.0));
+    ///         result
+    ///     }
+    /// }
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let (inner, handler) = (Arc::clone(&seen), Arc::clone(&seen));
+    /// let plugin = Plugin::new("ordered", "1.0.0")
+    ///     .middleware(Trace("a", Arc::clone(&seen)))
+    ///     .action(
+    ///         Action::new("GO")
+    ///             .validate(|_m| true)
+    ///             .wrap(move |_call, next| {
+    ///                 inner.lock().unwrap().push("c".into());
+    ///                 next.run()
+    ///             })
+    ///             .handler(move |_m, _rt| {
+    ///                 handler.lock().unwrap().push("handler".into());
+    ///                 Ok(ActionResult::text("done"))
+    ///             }),
+    ///     )
+    ///     .middleware(Trace("b", Arc::clone(&seen)));
+    /// let host = TestHost::new("ordered");
+    /// host.load(plugin).unwrap().handle("GO", "go").unwrap();
+    /// assert_eq!(*seen.lock().unwrap(), ["a in", "b in", "c", "handler", "b out", "a out"]);
+    /// ```
+    pub fn middleware(mut self, middleware: impl Middleware) -> Self {
+        let layer = PluginLayer::new(middleware);
+        for action in &mut self.actions {
+            action.layers.surround(layer.action.clone());
+        }
+        for provider in &mut self.providers {
+            provider.layers.surround(layer.provider.clone());
+        }
+        for evaluator in &mut self.evaluators {
+            evaluator.layers.surround(layer.evaluation.clone());
+            evaluator.batch_layers.surround(layer.batch.clone());
+        }
+        self.middleware.push(layer);
         self
     }
 
@@ -218,13 +293,15 @@ impl Plugin {
     /// runs on the old generation, `import` on the new one before it serves.
     ///
     /// The host's order on reload: wait for calls in flight to finish and hold
-    /// new ones; `export` on the old generation; `import` on the new one (only
-    /// when both generations have state hooks and `export` returned something
-    /// other than `null`); the new generation's `on_load`; its services start
-    /// and its providers are subscribed; the swap; the held calls go to the new
-    /// generation; the old one stops its services and runs `on_unload`. An
-    /// error from `export` or `import` refuses the reload and the old
-    /// generation keeps serving. Keep the state JSON small and versioned: the
+    /// new ones; `export` on the old generation; the old generation's
+    /// services stop (old services stop before new ones start); `import` on
+    /// the new one (only when both generations have state hooks and `export`
+    /// returned something other than `null`); the new generation's
+    /// `on_load`; its services start and its providers are subscribed; the
+    /// swap; the held calls go to the new generation; the old one's
+    /// providers are unsubscribed and it runs `on_unload`. An error from
+    /// `export` or `import` refuses the reload and the old generation keeps
+    /// serving (its services started again). Keep the state JSON small and versioned: the
     /// new build may be older or newer than the one that exported it.
     ///
     /// Test the hand-over by running both hooks yourself, in the host's order
@@ -295,7 +372,9 @@ impl Plugin {
     /// permissions and one name, and component names must stay unique across
     /// them ([`Manifest::validate`] rejects duplicates). Calls between the
     /// parts' services are calls to the plugin's own services, which need no
-    /// permission.
+    /// permission. A part's [`middleware`](Plugin::middleware) stays on the
+    /// part's own components; the composed plugin's middleware wraps every
+    /// component, outside the parts' own.
     ///
     /// ```
     /// use agent_host_plugin_sdk::{Action, ActionResult, Plugin, Provider};
@@ -361,9 +440,19 @@ impl Plugin {
                     }
                 }
             }
-            composed.actions.extend(actions);
-            composed.providers.extend(providers);
-            composed.evaluators.extend(evaluators);
+            for mut action in actions {
+                action.layers.settle();
+                composed = composed.action(action);
+            }
+            for mut provider in providers {
+                provider.layers.settle();
+                composed = composed.provider(provider);
+            }
+            for mut evaluator in evaluators {
+                evaluator.layers.settle();
+                evaluator.batch_layers.settle();
+                composed = composed.evaluator(evaluator);
+            }
             composed.services.extend(services);
             composed.on_load.extend(on_load);
             unloads.push(on_unload);

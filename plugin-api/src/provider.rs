@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::manifest::{CacheConfig, ProviderSpec};
 use crate::message::Message;
+use crate::middleware::{Call, Component, Layers, Next, Wrap};
 use crate::runtime::{ProviderPush, Runtime};
 use serde::Serialize;
 use serde_json::Value;
@@ -41,6 +42,7 @@ pub struct Provider {
     pub(crate) spec: ProviderSpec,
     getter: Option<Getter>,
     subscriber: Option<Subscriber>,
+    pub(crate) layers: Layers<Value>,
 }
 
 impl Provider {
@@ -56,6 +58,7 @@ impl Provider {
             },
             getter: None,
             subscriber: None,
+            layers: Layers::default(),
         }
     }
 
@@ -146,20 +149,50 @@ impl Provider {
         self
     }
 
+    /// Wraps `get` in a middleware closure, which gets the [`Call`] and the
+    /// [`Next`] step of the chain and returns the provider's value (as
+    /// JSON): it may run code around `next.run()`, retry it, or supply a
+    /// value without it. Several wraps run in the order they were added,
+    /// the first outermost, inside the plugin's
+    /// [`middleware`](crate::Plugin::middleware); see [`crate::middleware`].
+    ///
+    /// ```
+    /// use agent_host_plugin_sdk::{json, testing::TestHost, Error, Plugin, Provider};
+    ///
+    /// let plugin = Plugin::new("weather", "1.0.0").provider(
+    ///     Provider::new("forecast")
+    ///         // A failed fetch leaves a placeholder in the state instead.
+    ///         .wrap(|_call, next| next.run().or_else(|_| Ok(json!({"known": false}))))
+    ///         .get(|_m, _rt| -> agent_host_plugin_sdk::Result<u32> { Err(Error::msg("offline")) }),
+    /// );
+    /// let host = TestHost::new("weather");
+    /// let loaded = host.load(plugin).unwrap();
+    /// assert_eq!(loaded.provide("forecast", "").unwrap(), json!({"known": false}));
+    /// ```
+    pub fn wrap(
+        mut self,
+        wrap: impl Fn(&Call<'_>, Next<'_, Value>) -> Result<Value> + Send + Sync + 'static,
+    ) -> Self {
+        let wrap: Wrap<Value> = std::sync::Arc::new(wrap);
+        self.layers.wrap(wrap);
+        self
+    }
+
     /// The provider's name.
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
-    /// Runs `get`; an error when there is none.
+    /// Runs `get` through its middleware; an error when there is none.
     pub fn fetch(&self, message: &Message<'_>, rt: &Runtime<'_>) -> Result<Value> {
-        match &self.getter {
-            Some(get) => get(message, rt),
-            None => Err(Error::msg(format!(
+        let Some(get) = &self.getter else {
+            return Err(Error::msg(format!(
                 "provider '{}' has no get",
                 self.spec.name
-            ))),
-        }
+            )));
+        };
+        let call = Call::one(Component::Provider, &self.spec.name, message, *rt);
+        self.layers.run(&call, &|| get(message, rt))
     }
 
     pub(crate) fn start_subscription(

@@ -24,12 +24,24 @@
 //!   timer set, then drops those made with [`Runtime::after`]; those made
 //!   with [`Runtime::every`] fire on every call.
 //!
+//! * **Errors read as the host's.** A service call's error names the
+//!   service's plugin, the service and the method before the cause
+//!   (`plugin 'kv': service 'kv' method 'get': ...`; a fake counts as the
+//!   service of a plugin named like the service), and the host's texts for
+//!   a refused permission, a missing or a stopped service; a panic in plugin
+//!   code is an [`ErrorKind::Panicked`] error naming where it happened, as
+//!   the SDK reports it to the host.
+//! * **Config.** The plugin's default config goes under the configured one,
+//!   then its schema's `default`s fill the keys still missing
+//!   ([`crate::schema_defaults`]).
+//!
 //! It is not the real host: it does not apply the operator's grants or the
 //! senders' permissions, does not validate the manifest or the config
 //! against the plugin's schema, runs no `validate` before a handler (call
 //! [`LoadedPlugin::validate`] yourself), gives handlers no deadline, and
-//! does not subscribe providers. Load the built library with
-//! `agent-host check` as well.
+//! does not subscribe providers. Run the built library in the real host
+//! too, with the `agent-host-plugin-testing` crate (or `agent-host
+//! check`).
 //!
 //! ```
 //! use agent_host_plugin_sdk::{Action, ActionResult, Plugin, testing::TestHost};
@@ -53,11 +65,12 @@ use crate::action::ActionResult;
 use crate::error::{Error, ErrorKind, Result};
 use crate::evaluator::Evaluation;
 use crate::message::Message;
+use crate::panic_report::{catch, guard, install_linked_panic_hook};
 use crate::plugin::Plugin;
 use crate::runtime::{Event, Host, Level, Runtime, Shared};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 type FakeService = Arc<dyn Fn(&str, Value) -> Result<Value> + Send + Sync>;
 
@@ -85,15 +98,15 @@ fn matches(pattern: &str, name: &str) -> bool {
 }
 
 impl Recorded {
-    /// Refuses what the loaded plugin did not request, with the fix in the message.
+    /// Refuses what the loaded plugin did not request, in the host's words.
     fn check(&self, permission: &str) -> Result<()> {
         match &self.permissions {
-            Some((plugin, held)) if !held.iter().any(|p| matches(p, permission)) => Err(Error::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "plugin '{plugin}' lacks permission '{permission}' (the host refuses it too: add .permission(\"{permission}\") to the plugin and grant it in the agent's config)"
-                ),
-            )),
+            Some((plugin, held)) if !held.iter().any(|p| matches(p, permission)) => {
+                Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("plugin '{plugin}' lacks permission '{permission}'"),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -102,11 +115,96 @@ impl Recorded {
 struct TestHostInner {
     recorded: Mutex<Recorded>,
     plugin: Mutex<Option<Arc<Plugin>>>,
+    /// The plugin's link to this host, for the runtime of its own service
+    /// calls (weak: the link holds this host).
+    shared: OnceLock<Weak<Shared>>,
 }
 
 impl TestHostInner {
     fn recorded(&self) -> MutexGuard<'_, Recorded> {
         self.recorded.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Calls a service as the host does, with the host's errors: the
+    /// caller's `service:NAME` permission first (unless `as_plugin` is
+    /// false: the test calls as the host, or the service is the plugin's
+    /// own), then the service, whose errors name its plugin, the service
+    /// and the method (`plugin 'kv': service 'kv' method 'get': ...`). A
+    /// fake counts as the service of a plugin named like the service.
+    fn call_service(
+        &self,
+        as_plugin: bool,
+        service: &str,
+        method: &str,
+        args_json: &str,
+    ) -> Result<String> {
+        let fake = self.recorded().services.get(service).cloned();
+        let plugin = self
+            .plugin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let own = plugin.filter(|p| p.service_named(service).is_some());
+        if as_plugin && (fake.is_some() || own.is_none()) {
+            self.recorded().check(&format!("service:{service}"))?;
+        }
+        let in_service = |owner: &str| {
+            let entry = format!("plugin '{owner}': service '{service}' method '{method}'");
+            move |error: Error| Error::new(error.kind(), format!("{entry}: {}", error.message()))
+        };
+        if let Some(fake) = fake {
+            let args = if args_json.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(args_json)?
+            };
+            return guard(|| fake(method, args))
+                .map(|answer| answer.to_string())
+                .map_err(in_service(service));
+        }
+        let Some(plugin) = own else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no service named '{service}' is loaded (loaded: {})",
+                    self.known_services()
+                ),
+            ));
+        };
+        let running = plugin
+            .service_named(service)
+            .filter(|s| s.is_running())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "service '{service}' of plugin '{}' is stopped",
+                        plugin.name()
+                    ),
+                )
+            })?;
+        let shared = self
+            .shared
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| Error::new(ErrorKind::Unavailable, "the host is shutting down"))?;
+        let rt = Runtime::new(&shared, None);
+        guard(|| running.call_json(method, args_json, &rt)).map_err(in_service(plugin.name()))
+    }
+
+    /// The services a call can reach, as the host lists them in an error.
+    fn known_services(&self) -> String {
+        let mut known: Vec<String> = self.recorded().services.keys().cloned().collect();
+        if let Some(plugin) = &*self.plugin.lock().unwrap_or_else(PoisonError::into_inner) {
+            known.extend(plugin.services().iter().map(|s| s.name().to_string()));
+        }
+        known.sort();
+        known.dedup();
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
     }
 }
 
@@ -121,14 +219,17 @@ pub struct TestHost {
 impl TestHost {
     /// A host for a plugin named `plugin`, with an empty config.
     pub fn new(plugin: &str) -> Self {
+        install_linked_panic_hook();
         let inner = Arc::new(TestHostInner {
             recorded: Mutex::new(Recorded::default()),
             plugin: Mutex::new(None),
+            shared: OnceLock::new(),
         });
         let shared = Shared::new(
             plugin.to_string(),
             Box::new(TestHostCallbacks(Arc::clone(&inner))),
         );
+        let _ = inner.shared.set(Arc::downgrade(&shared));
         Self { inner, shared }
     }
 
@@ -175,9 +276,10 @@ impl TestHost {
         Runtime::new(&self.shared, None)
     }
 
-    /// Merges the plugin's default config under the configured one, runs
-    /// `on_load` and starts its services, as the host would. Load one plugin
-    /// per `TestHost`.
+    /// Merges the plugin's default config under the configured one, fills
+    /// in the `default`s of its config schema for the keys still missing
+    /// ([`crate::schema_defaults`]), runs `on_load` and starts its services,
+    /// as the host would. Load one plugin per `TestHost`.
     pub fn load(&self, plugin: Plugin) -> Result<LoadedPlugin<'_>> {
         let manifest = plugin.manifest();
         {
@@ -186,6 +288,9 @@ impl TestHost {
                 for (key, value) in defaults {
                     recorded.config.entry(key).or_insert(value);
                 }
+            }
+            if let Some(schema) = &manifest.config_schema {
+                crate::schema_defaults::fill_defaults(schema, &mut recorded.config);
             }
             recorded.permissions = Some((manifest.name.clone(), manifest.permissions.clone()));
         }
@@ -196,9 +301,9 @@ impl TestHost {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&plugin));
         let rt = self.runtime();
-        plugin.load(&rt)?;
+        guard(|| plugin.load(&rt))?;
         for service in plugin.services() {
-            service.start(&rt)?;
+            guard(|| service.start(&rt))?;
         }
         Ok(LoadedPlugin { host: self, plugin })
     }
@@ -284,7 +389,7 @@ impl TestHost {
         };
         for id in &ids {
             if let Some(handler) = self.shared.event_handler(*id) {
-                handler(&delivered, &self.runtime())?;
+                guard(|| handler(&delivered, &self.runtime()))?;
             }
         }
         Ok(ids.len())
@@ -327,7 +432,7 @@ impl TestHost {
                 self.inner.recorded().timers.remove(&id);
             }
             if let Some(handler) = self.shared.timer_handler(id) {
-                handler(&self.runtime())?;
+                guard(|| handler(&self.runtime()))?;
             }
         }
         Ok(())
@@ -355,42 +460,7 @@ impl Host for TestHostCallbacks {
     }
 
     fn call_service(&self, service: &str, method: &str, args_json: &str) -> Result<String> {
-        let fake = self.0.recorded().services.get(service).cloned();
-        if let Some(fake) = fake {
-            self.0.recorded().check(&format!("service:{service}"))?;
-            let args = serde_json::from_str(if args_json.is_empty() {
-                "null"
-            } else {
-                args_json
-            })?;
-            return Ok(fake(method, args)?.to_string());
-        }
-        let plugin = self
-            .0
-            .plugin
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let own = plugin
-            .as_ref()
-            .and_then(|p| p.service_named(service).map(|_| Arc::clone(p)));
-        match own {
-            Some(plugin) => {
-                let shared = Shared::new(
-                    String::new(),
-                    Box::new(TestHostCallbacks(Arc::clone(&self.0))),
-                );
-                let rt = Runtime::new(&shared, None);
-                let service = plugin
-                    .service_named(service)
-                    .ok_or_else(|| Error::msg("service vanished"))?;
-                service.call_json(method, args_json, &rt)
-            }
-            None => Err(Error::new(
-                ErrorKind::NotFound,
-                format!("no service '{service}' (register a fake with TestHost::with_service)"),
-            )),
-        }
+        self.0.call_service(true, service, method, args_json)
     }
 
     fn emit(&self, event: &str, payload_json: &str) -> Result<()> {
@@ -473,7 +543,7 @@ impl LoadedPlugin<'_> {
     /// for a sender or state, call `plugin().actions()[i].check(&message)`).
     pub fn validate(&self, action: &str, text: &str) -> Result<bool> {
         let action = Self::find(self.plugin.actions(), action, "action", |a| a.name())?;
-        Ok(action.check(&Message::new(text)))
+        catch(|| action.check(&Message::new(text)))
     }
 
     /// Runs an action's handler on a text (without checking `validate`).
@@ -485,13 +555,13 @@ impl LoadedPlugin<'_> {
     /// [`Message`] builders (sender, permissions, state).
     pub fn handle_message(&self, action: &str, message: &Message<'_>) -> Result<ActionResult> {
         let action = Self::find(self.plugin.actions(), action, "action", |a| a.name())?;
-        action.run(message, &self.host.runtime())
+        guard(|| action.run(message, &self.host.runtime()))
     }
 
     /// Runs a provider's `get` (no cache involved).
     pub fn provide(&self, provider: &str, text: &str) -> Result<Value> {
         let provider = Self::find(self.plugin.providers(), provider, "provider", |p| p.name())?;
-        provider.fetch(&Message::new(text), &self.host.runtime())
+        guard(|| provider.fetch(&Message::new(text), &self.host.runtime()))
     }
 
     /// Runs an evaluator on one text.
@@ -499,7 +569,7 @@ impl LoadedPlugin<'_> {
         let evaluator = Self::find(self.plugin.evaluators(), evaluator, "evaluator", |e| {
             e.name()
         })?;
-        evaluator.run(&Message::new(text), &self.host.runtime())
+        guard(|| evaluator.run(&Message::new(text), &self.host.runtime()))
     }
 
     /// Runs an evaluator's batch form on several texts.
@@ -508,13 +578,17 @@ impl LoadedPlugin<'_> {
             e.name()
         })?;
         let messages: Vec<Message<'_>> = texts.iter().map(|t| Message::new(t)).collect();
-        evaluator.run_batch(&messages, &self.host.runtime())
+        guard(|| evaluator.run_batch(&messages, &self.host.runtime()))
     }
 
-    /// Calls one of the plugin's own service methods with JSON arguments.
+    /// Calls a service method as the host calls one (no permission
+    /// needed): the plugin's own service, or a fake, with the host's errors
+    /// (`plugin 'kv': service 'kv' method 'get': ...`).
     pub fn call_service(&self, service: &str, method: &str, args: Value) -> Result<Value> {
-        let service = Self::find(self.plugin.services(), service, "service", |s| s.name())?;
-        let result = service.call_json(method, &args.to_string(), &self.host.runtime())?;
+        let result = self
+            .host
+            .inner
+            .call_service(false, service, method, &args.to_string())?;
         Ok(serde_json::from_str(&result)?)
     }
 
@@ -522,8 +596,8 @@ impl LoadedPlugin<'_> {
     pub fn unload(self) -> Result<()> {
         let rt = self.host.runtime();
         for service in self.plugin.services().iter().rev() {
-            service.stop(&rt)?;
+            guard(|| service.stop(&rt))?;
         }
-        self.plugin.unload(&rt)
+        guard(|| self.plugin.unload(&rt))
     }
 }

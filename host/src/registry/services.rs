@@ -166,7 +166,8 @@ impl Registry {
                 .flatten()
         });
         let Some(slot) = slot else {
-            let known: Vec<String> = read(&self.services).keys().cloned().collect();
+            let mut known: Vec<String> = read(&self.services).keys().cloned().collect();
+            known.sort();
             return Err(HostError::new(
                 ErrorKind::NotFound,
                 format!(

@@ -8,12 +8,15 @@
 //!    met by the new version. Create the instance with its config validated.
 //! 2. Close the admission gate: wait for the calls in flight to finish (at
 //!    most the drain timeout; then give up) and hold new ones.
-//! 3. Export the old generation's state, import it into the new one, run
-//!    the new one's `on_load`, start its services, subscribe its providers.
+//! 3. Export the old generation's state, stop its services (old services
+//!    stop before new ones start: what a service holds is never held by two
+//!    generations), import the state into the new one, run the new one's
+//!    `on_load`, start its services, subscribe its providers. A failure
+//!    from here on starts the old generation's services again.
 //! 4. Swap: the new generation takes the old one's place and services.
 //! 5. Reopen the gate; the held calls go to the new generation.
-//! 6. Retire the old generation: unsubscribe its providers, stop its
-//!    services, run its `on_unload`, drop its subscriptions and timers.
+//! 6. Retire the old generation: unsubscribe its providers, run its
+//!    `on_unload`, drop its subscriptions and timers.
 //!
 //! Any failure before the swap undoes the new generation and leaves the old
 //! one serving, with one line saying why. The old library stays mapped (it

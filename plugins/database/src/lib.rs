@@ -218,7 +218,9 @@ mod tests {
         let error = call("query", json!({"sql": "SELECT $1", "params": [[1]]})).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidInput);
         assert!(
-            error.message().starts_with("database.query: parameter $1"),
+            error.message().starts_with(
+                "plugin 'database': service 'database' method 'query': database.query: parameter $1"
+            ),
             "{error:?}"
         );
         let error = call("execute", json!({"sql": "INSERT INTO nowhere VALUES (1)"})).unwrap_err();
@@ -262,7 +264,7 @@ mod tests {
         assert!(
             error
                 .message()
-                .starts_with("database.transaction: statement 1 failed"),
+                .starts_with("plugin 'database': service 'database' method 'transaction': database.transaction: statement 1 failed"),
             "{error:?}"
         );
         let count = call("query", json!({"sql": "SELECT count(*) FROM t"})).unwrap();
