@@ -59,7 +59,7 @@ impl LoadProbe {
                 self.registry.settings.lifecycle_timeout_ms,
             ),
             grants: &|_| Vec::new(),
-            groups: &self.registry.worker_groups,
+            places: &self.registry.worker_places,
         };
         opened
             .create(0, callbacks, &context)

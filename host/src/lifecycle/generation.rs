@@ -51,7 +51,7 @@ pub(crate) fn create(
         announce: core.announcer(),
         lifecycle_timeout: std::time::Duration::from_millis(core.settings.lifecycle_timeout_ms),
         grants: &grants,
-        groups: &core.worker_groups,
+        places: &core.worker_places,
     };
     let backend = p
         .source

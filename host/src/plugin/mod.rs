@@ -38,7 +38,7 @@ mod shared;
 
 pub use error::CallError;
 pub(crate) use placement::{Placement, RoundAsk, Worker};
-pub(crate) use shared::WorkerGroups;
+pub(crate) use shared::WorkerPlaces;
 
 pub(crate) use crate::call::{Failure, MessageRef};
 
@@ -125,10 +125,10 @@ pub(crate) trait PluginSource: Send + Sync {
     fn image_bytes(&self) -> u64;
     /// The SHA-256 of the bytes loaded (empty for a source that is no file).
     fn sha256(&self) -> &str;
-    /// Tells `groups` which plugins of this source are members of a named
+    /// Tells `places` which plugins of this source are members of a named
     /// group, so that a group's worker opens every member's file (a source
     /// whose plugins run only in process has none).
-    fn offer_to(&self, _groups: &WorkerGroups) {}
+    fn offer_to(&self, _places: &WorkerPlaces) {}
 
     /// Creates plugin number `index`, whose callbacks go to `host`.
     fn create(
@@ -203,8 +203,8 @@ pub(crate) struct CreateContext<'a> {
     /// The permissions any plugin holds (requested and granted), by its
     /// manifest: a shared worker's sandbox is the union of its members'.
     pub grants: &'a (dyn Fn(&Manifest) -> Vec<String> + Sync),
-    /// The host's named groups of workers.
-    pub groups: &'a WorkerGroups,
+    /// The host's shared workers, by file and by group.
+    pub places: &'a WorkerPlaces,
 }
 
 /// A plugin instance: its checked manifest and where it came from, and the

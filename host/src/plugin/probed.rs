@@ -22,8 +22,8 @@
 //! with the program's cause, and no code of it runs in the host.
 
 use super::isolated::WorkerBackend;
-use super::shared::{start_place, FilePlace, Offer, Place, PlaceSpec};
-use super::{Backend, CreateContext, Failure, PluginSource, WorkerGroups};
+use super::shared::{start_place, Offer, Place, PlaceSpec};
+use super::{Backend, CreateContext, Failure, PluginSource, WorkerPlaces};
 use crate::config::isolation::Sharing;
 use crate::isolation::engine::probe::{
     check_grants, sandbox_policy, worker_program, WorkerSetupError,
@@ -46,8 +46,6 @@ pub(crate) struct ProbedFile {
     /// (it stays on disk while this value or a worker of the file needs
     /// it), and its manifests.
     offer: Arc<Offer>,
-    /// The worker its plugins placed in workers share (outside groups).
-    place: FilePlace,
     max_bytes: u64,
     program: PathBuf,
     settings: Arc<IsolationSettings>,
@@ -151,7 +149,6 @@ fn probed(
             copy,
             manifests,
         }),
-        place: FilePlace::default(),
         max_bytes,
         program,
         settings: Arc::clone(settings),
@@ -184,7 +181,6 @@ fn open_without_worker(
             copy,
             manifests: library.manifests.clone(),
         }),
-        place: FilePlace::default(),
         max_bytes,
         program,
         settings: Arc::clone(settings),
@@ -210,7 +206,6 @@ impl ProbedFile {
         let start = |spec: PlaceSpec<'_>| {
             start_place(spec, &self.program, self.max_bytes, &self.settings, context)
         };
-        let copy = &self.offer.copy.path;
         match self.settings.sharing_of(name) {
             Sharing::Alone => start(PlaceSpec {
                 name: name.to_string(),
@@ -218,7 +213,7 @@ impl ProbedFile {
                 offers: vec![Arc::clone(&self.offer)],
                 is_member: &|member| member == name,
             }),
-            Sharing::File => self.place.join(copy, || {
+            Sharing::File => context.places.join_file(&self.offer, name, || {
                 let settings = &self.settings;
                 start(PlaceSpec {
                     name: file_name.clone(),
@@ -229,7 +224,7 @@ impl ProbedFile {
                     },
                 })
             }),
-            Sharing::Group(group) => context.groups.join(&group, &self.offer, |offers| {
+            Sharing::Group(group) => context.places.join_group(&group, &self.offer, name, |offers| {
                 start(PlaceSpec {
                     name: format!("group {group}"),
                     group: Some(group.clone()),
@@ -261,10 +256,10 @@ impl PluginSource for ProbedFile {
         }
     }
 
-    fn offer_to(&self, groups: &WorkerGroups) {
+    fn offer_to(&self, places: &WorkerPlaces) {
         for manifest in &self.offer.manifests {
             if let Some(group) = self.settings.group_of(&manifest.name) {
-                groups.offer(group, &self.offer);
+                places.offer(group, &self.offer);
             }
         }
     }
@@ -300,10 +295,10 @@ impl PluginSource for ProbedFile {
         // Its own grants first: a bad one fails this plugin alone, named.
         check_grants(name, context.permissions)
             .map_err(|e| Failure::new(ErrorKind::InvalidInput, e.to_string()))?;
-        self.offer_to(context.groups);
+        self.offer_to(context.places);
         let place = self.place_of(name, context)?;
         let file = place
-            .file_number(&self.offer.copy.path)
+            .file_number(&self.offer)
             .ok_or_else(|| Failure::msg("its worker did not open its file"))?;
         let member = place.worker.add(manifest, file, index, host)?;
         Ok(Box::new(WorkerBackend::new(member, place)))

@@ -5,13 +5,17 @@
 //! the private copies it opened. Its file's place by default (the file's
 //! isolated plugins are one binary and share one worker), a place of its
 //! own with `worker_per = "plugin"`, or its group's (`[isolation.groups]`),
-//! whose worker opens the files of every member. A worker's files are
-//! fixed when it starts, as its sandbox is in force before it opens them:
-//! so a member whose build is not among them (a reload's new build, a file
-//! added later), or one whose place is quarantined, starts a new place,
-//! which its file's or group's later members join; the plugins still in
-//! the old one stay there until they are reloaded, and it ends when its
-//! last plugin leaves.
+//! whose worker opens the files of every member. A member joins the
+//! current place of its file or group when that worker opened a build of
+//! the same bytes (the same SHA-256) and serves no plugin of its name (a
+//! reload's new generation never joins its old one's worker, which ends
+//! once its plugins are gone, and its memory with it). A worker's files are fixed when it starts, as its
+//! sandbox is in force before it opens them: so a member whose build is not
+//! among them (a reload's new build, a file added later), or one whose
+//! place is quarantined, starts a new place, which its file's or group's
+//! later members join (the other plugins of a rebuilt file, as they are
+//! reloaded); the plugins still in the old one stay there until they are
+//! reloaded, and it ends when its last plugin leaves.
 //!
 //! A place's sandbox holds the union of its members' grants (only the
 //! members whose grants form a valid sandbox: one that does not fails
@@ -50,17 +54,25 @@ pub(crate) struct Place {
 }
 
 impl Place {
-    /// The number of the worker's file whose copy is `copy`, if it opened
-    /// that copy.
-    pub(crate) fn file_number(&self, copy: &Path) -> Option<u32> {
-        let position = self.offers.iter().position(|o| o.copy.path == copy)?;
+    /// The number of the worker's file whose bytes are those of `offer`
+    /// (the same SHA-256), if it opened such a file.
+    pub(crate) fn file_number(&self, offer: &Offer) -> Option<u32> {
+        let sha256 = &offer.copy.sha256;
+        let position = self
+            .offers
+            .iter()
+            .position(|o| o.copy.sha256 == *sha256 && !sha256.is_empty())?;
         u32::try_from(position).ok()
     }
 
-    /// Whether a new member from `copy` may join: the worker opened that
-    /// copy and is not quarantined.
-    fn takes(&self, copy: &Path) -> bool {
-        self.file_number(copy).is_some() && !self.worker.is_quarantined()
+    /// Whether the plugin `name` from `offer` may join: the worker opened
+    /// a file of the same bytes, is not quarantined, and does not serve a
+    /// plugin of that name (a reloaded plugin's new generation gets a new
+    /// worker, so the old one's ends with it).
+    fn takes(&self, offer: &Offer, name: &str) -> bool {
+        self.file_number(offer).is_some()
+            && !self.worker.is_quarantined()
+            && !self.worker.serves(name)
     }
 }
 
@@ -147,36 +159,13 @@ pub(crate) fn start_place(
     }))
 }
 
-/// The place a file's (or a lone plugin's) members join, held by the
-/// opened file; a new one starts when there is none it may join.
+/// The host's shared workers: for each plugin file, the place its
+/// plugins join; for each named group (`[isolation.groups]`), the files
+/// offered for its members and the place its members join.
 #[derive(Default)]
-pub(crate) struct FilePlace {
-    current: Mutex<Weak<Place>>,
-}
-
-impl FilePlace {
-    /// The place serving `copy`, started by `start` when none that may take
-    /// it runs. Other members of the file wait for the start and join.
-    pub(crate) fn join(
-        &self,
-        copy: &Path,
-        start: impl FnOnce() -> Result<Arc<Place>, Failure>,
-    ) -> Result<Arc<Place>, Failure> {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(place) = current.upgrade().filter(|p| p.takes(copy)) {
-            return Ok(place);
-        }
-        let place = start()?;
-        *current = Arc::downgrade(&place);
-        Ok(place)
-    }
-}
-
-/// The host's named groups of workers (`[isolation.groups]`): the files
-/// offered for each group's members, and the place its members join.
-#[derive(Default)]
-pub(crate) struct WorkerGroups {
-    by_name: Mutex<BTreeMap<String, Arc<Mutex<Group>>>>,
+pub(crate) struct WorkerPlaces {
+    by_file: Mutex<BTreeMap<PathBuf, Arc<Mutex<Weak<Place>>>>>,
+    by_group: Mutex<BTreeMap<String, Arc<Mutex<Group>>>>,
 }
 
 #[derive(Default)]
@@ -187,10 +176,40 @@ struct Group {
     current: Weak<Place>,
 }
 
-impl WorkerGroups {
+impl WorkerPlaces {
     fn group(&self, name: &str) -> Arc<Mutex<Group>> {
-        let mut groups = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut groups = self.by_group.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(groups.entry(name.to_string()).or_default())
+    }
+
+    /// The place of the plugin file of `offer` for its plugin `name`: the
+    /// current one if it may take it, else a new one started by `start`.
+    /// The file's other members wait for the start and join.
+    pub(crate) fn join_file(
+        &self,
+        offer: &Arc<Offer>,
+        name: &str,
+        start: impl FnOnce() -> Result<Arc<Place>, Failure>,
+    ) -> Result<Arc<Place>, Failure> {
+        let slot = {
+            let mut files = self.by_file.lock().unwrap_or_else(PoisonError::into_inner);
+            files.retain(|_, place| {
+                Arc::strong_count(place) > 1
+                    || place
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .strong_count()
+                        > 0
+            });
+            Arc::clone(files.entry(offer.file.clone()).or_default())
+        };
+        let mut current = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(place) = current.upgrade().filter(|p| p.takes(offer, name)) {
+            return Ok(place);
+        }
+        let place = start()?;
+        *current = Arc::downgrade(&place);
+        Ok(place)
     }
 
     /// Notes that `offer` holds members of `group`.
@@ -207,19 +226,20 @@ impl WorkerGroups {
         }
     }
 
-    /// The place of `group` for a member from `offer`: the current one if
-    /// it may take it, else a new one started by `start` with the files
+    /// The place of `group` for its member `name` from `offer`: the current
+    /// one if it may take it, else a new one started by `start` with the files
     /// of every member known now (the member's own build first, then, for
     /// each other plugin file, its latest build offered).
-    pub(crate) fn join(
+    pub(crate) fn join_group(
         &self,
         group: &str,
         offer: &Arc<Offer>,
+        name: &str,
         start: impl FnOnce(Vec<Arc<Offer>>) -> Result<Arc<Place>, Failure>,
     ) -> Result<Arc<Place>, Failure> {
         let group = self.group(group);
         let mut group = group.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(place) = group.current.upgrade().filter(|p| p.takes(&offer.copy.path)) {
+        if let Some(place) = group.current.upgrade().filter(|p| p.takes(offer, name)) {
             return Ok(place);
         }
         // Offered files, then those of the current place (whose offers

@@ -75,7 +75,7 @@ pub struct Registry {
     lazy: lazy::LazyPlugins,
     /// The named groups of workers (`[isolation.groups]`) and the files
     /// offered for their members.
-    pub(crate) worker_groups: crate::plugin::WorkerGroups,
+    pub(crate) worker_places: crate::plugin::WorkerPlaces,
     /// This registry, for what it starts from `&self` (a lazy plugin needs
     /// the `Arc` its callbacks hold weakly).
     me: Weak<Registry>,
@@ -99,7 +99,7 @@ impl Registry {
             metrics: Metrics::new(),
             watchdog: crate::watchdog::Watchdog::start(),
             lazy: lazy::LazyPlugins::default(),
-            worker_groups: crate::plugin::WorkerGroups::default(),
+            worker_places: crate::plugin::WorkerPlaces::default(),
             me: me.clone(),
         })
     }

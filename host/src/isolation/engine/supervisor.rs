@@ -248,6 +248,13 @@ impl SharedWorker {
         }
     }
 
+    /// Whether a plugin named `plugin` is among the members.
+    pub(crate) fn serves(&self, plugin: &str) -> bool {
+        lock(&self.inner.members.by_slot)
+            .values()
+            .any(|m| m.plugin == plugin)
+    }
+
     /// Whether the worker is quarantined (a member that would join it
     /// gets a worker of its own instead).
     pub(crate) fn is_quarantined(&self) -> bool {
@@ -260,10 +267,11 @@ impl Member {
     pub(crate) fn status(&self) -> WorkerStatus {
         let inner = &self.inner;
         let current = inner.current();
-        let plugins = lock(&inner.members.by_slot)
+        let mut plugins: Vec<String> = lock(&inner.members.by_slot)
             .values()
             .map(|m| m.plugin.clone())
             .collect();
+        plugins.sort();
         let supervision = lock(&inner.supervision);
         WorkerStatus {
             pid: current
