@@ -326,7 +326,11 @@ impl IsolationSettings {
                         first: first.to_string(),
                     });
                 }
-                if self.in_process.iter().any(|pattern| matches(pattern, entry)) {
+                if self
+                    .in_process
+                    .iter()
+                    .any(|pattern| matches(pattern, entry))
+                {
                     return Err(named(|group, entry| GroupError::InProcess { group, entry }));
                 }
             }
@@ -447,7 +451,10 @@ mod tests {
                 "[groups]\nsearch = [\"we*\"]",
                 "search: entry 'we*' is not a plugin name",
             ),
-            ("[groups]\nsearch = [\"\"]", "search: entry '' is not a plugin name"),
+            (
+                "[groups]\nsearch = [\"\"]",
+                "search: entry '' is not a plugin name",
+            ),
             (
                 "[groups]\na = [\"x\"]\nb = [\"y\", \"x\"]",
                 "b: entry 'x' is already in group 'a'",

@@ -196,7 +196,10 @@ impl WorkerRound {
         self.validates_read = true;
         let fits = |answers: &Vec<Vec<Result<bool, _>>>| {
             answers.len() == self.actions.len()
-                && answers.iter().zip(&self.actions).all(|(a, n)| a.len() == *n)
+                && answers
+                    .iter()
+                    .zip(&self.actions)
+                    .all(|(a, n)| a.len() == *n)
         };
         let answers = match self.round.next(ROUND, cancelled) {
             Some(WireAnswer::RoundValidated(answers)) if fits(&answers) => answers
@@ -212,7 +215,11 @@ impl WorkerRound {
         self.validated = Some(answers);
     }
 
-    fn validated(&mut self, part: usize, cancelled: &dyn Fn() -> bool) -> Vec<Result<bool, Failure>> {
+    fn validated(
+        &mut self,
+        part: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Vec<Result<bool, Failure>> {
         self.read_validated(cancelled);
         self.validated
             .as_mut()

@@ -224,14 +224,20 @@ impl ProbedFile {
                     },
                 })
             }),
-            Sharing::Group(group) => context.places.join_group(&group, &self.offer, name, |offers| {
-                start(PlaceSpec {
-                    name: format!("group {group}"),
-                    group: Some(group.clone()),
-                    offers,
-                    is_member: &|member| self.settings.group_of(member) == Some(group.as_str()),
-                })
-            }),
+            Sharing::Group(group) => {
+                context
+                    .places
+                    .join_group(&group, &self.offer, name, |offers| {
+                        start(PlaceSpec {
+                            name: format!("group {group}"),
+                            group: Some(group.clone()),
+                            offers,
+                            is_member: &|member| {
+                                self.settings.group_of(member) == Some(group.as_str())
+                            },
+                        })
+                    })
+            }
         }
     }
 }

@@ -117,7 +117,10 @@ fn the_isolated_plugins_of_one_file_share_its_worker_unless_told_otherwise() {
     };
     let (faulty, neighbour) = (pid(&agent, "faulty"), pid(&agent, "neighbour"));
     assert!(faulty.is_some() && neighbour.is_some());
-    assert_ne!(faulty, neighbour, "worker_per = \"plugin\": one worker each");
+    assert_ne!(
+        faulty, neighbour,
+        "worker_per = \"plugin\": one worker each"
+    );
     assert_eq!(worker(&agent, "faulty").plugins, ["faulty"]);
 }
 
@@ -139,8 +142,13 @@ fn a_group_of_two_files_shares_one_worker_whose_sandbox_is_their_union() {
     }
     open_to_the_worker_user(root.path());
     let grant = format!("filesystem:read:{}", granted.display());
-    let isolation = "process = [\"neighbour\"]\n[isolation.groups]\nsearch = [\"faulty\", \"multi-one\"]";
-    let Some(agent) = agent(&["isolated", "multi"], isolation, &[grant.clone()]) else {
+    let isolation =
+        "process = [\"neighbour\"]\n[isolation.groups]\nsearch = [\"faulty\", \"multi-one\"]";
+    let Some(agent) = agent(
+        &["isolated", "multi"],
+        isolation,
+        std::slice::from_ref(&grant),
+    ) else {
         return;
     };
     let (faulty, multi_one) = (worker(&agent, "faulty"), worker(&agent, "multi-one"));
@@ -148,8 +156,12 @@ fn a_group_of_two_files_shares_one_worker_whose_sandbox_is_their_union() {
     assert_eq!(faulty.pid, multi_one.pid, "one worker for the group");
     assert_eq!(multi_one.group.as_deref(), Some("search"));
     assert_eq!(multi_one.plugins, ["faulty", "multi-one"]);
-    assert_eq!(multi_one.grants, [grant.clone()], "the union of the grants");
-    assert!(multi_one.describe().contains("of group search"), "{}", multi_one.describe());
+    assert_eq!(multi_one.grants, [grant], "the union of the grants");
+    assert!(
+        multi_one.describe().contains("of group search"),
+        "{}",
+        multi_one.describe()
+    );
     // The member granted a path reads it through the group's sandbox,
     // and nothing else.
     let read = |path: std::path::PathBuf| call(&agent, "faulty", "read", json!(path));
@@ -169,7 +181,10 @@ fn a_group_of_two_files_shares_one_worker_whose_sandbox_is_their_union() {
     assert_ne!(neighbour.pid, faulty.pid);
     assert_eq!(neighbour.plugins, ["neighbour"]);
     assert!(neighbour.grants.is_empty(), "{:?}", neighbour.grants);
-    assert_eq!(agent.host.status("multi-two").expect("multi-two").worker, None);
+    assert_eq!(
+        agent.host.status("multi-two").expect("multi-two").worker,
+        None
+    );
 }
 
 #[test]
@@ -217,7 +232,10 @@ fn a_killed_shared_worker_comes_back_with_all_its_plugins() {
     let status = worker(&agent, "neighbour");
     assert_eq!(status.restarts, 1, "one restart of the one worker");
     assert!(
-        status.last_crash.as_deref().is_some_and(|c| c.contains("SIGKILL")),
+        status
+            .last_crash
+            .as_deref()
+            .is_some_and(|c| c.contains("SIGKILL")),
         "{status:?}"
     );
 }
@@ -256,7 +274,8 @@ fn one_plugin_of_a_shared_worker_reloads_and_the_other_serves_on() {
     // Services cross between the two workers both ways.
     let said = call(&agent, "neighbour", "round_trip", Value::Null);
     assert!(
-        said.as_str().is_some_and(|s| s.starts_with("neighbour said: hello from ")),
+        said.as_str()
+            .is_some_and(|s| s.starts_with("neighbour said: hello from ")),
         "{said}"
     );
     // Reloading the other one too brings them together again, in the
@@ -284,7 +303,10 @@ fn one_plugin_of_a_shared_worker_reloads_and_the_other_serves_on() {
 #[test]
 fn a_bad_group_is_a_config_error_naming_the_group_and_the_entry() {
     let cases = [
-        ("search = []", "[isolation.groups] search: the group lists no plugin"),
+        (
+            "search = []",
+            "[isolation.groups] search: the group lists no plugin",
+        ),
         (
             "search = [\"faulty\"]\nother = [\"multi-one\", \"faulty\"]",
             "[isolation.groups] search: entry 'faulty' is already in group 'other'",
@@ -299,8 +321,11 @@ fn a_bad_group_is_a_config_error_naming_the_group_and_the_entry() {
         let error = AgentConfig::parse(&text).expect_err(groups).to_string();
         assert!(error.contains(cause), "{groups}: {error}");
     }
-    let kept = "[isolation]\nin_process = [\"faulty\"]\n[isolation.groups]\nsearch = [\"faulty\"]\n";
-    let error = AgentConfig::parse(kept).expect_err("in_process").to_string();
+    let kept =
+        "[isolation]\nin_process = [\"faulty\"]\n[isolation.groups]\nsearch = [\"faulty\"]\n";
+    let error = AgentConfig::parse(kept)
+        .expect_err("in_process")
+        .to_string();
     assert!(
         error.contains("search: entry 'faulty' is also kept in the host"),
         "{error}"

@@ -236,7 +236,10 @@ impl SharedWorker {
         lock(&self.inner.members.by_slot).insert(slot, entry);
         let deadline = Instant::now() + self.inner.spec.lifecycle_timeout;
         let late = move || Instant::now() > deadline;
-        match self.inner.call(&Request::Create { slot, file, index }, &late) {
+        match self
+            .inner
+            .call(&Request::Create { slot, file, index }, &late)
+        {
             Ok(_) => Ok(Member {
                 inner: Arc::clone(&self.inner),
                 slot,
@@ -613,7 +616,14 @@ impl Inner {
                 .filter(|(_, m)| !m.given_up)
                 .map(|(&slot, m)| {
                     let host = Arc::clone(&m.host);
-                    (slot, m.plugin.clone(), m.file, m.index, m.manifest.clone(), host)
+                    (
+                        slot,
+                        m.plugin.clone(),
+                        m.file,
+                        m.index,
+                        m.manifest.clone(),
+                        host,
+                    )
                 })
                 .collect();
         for (slot, plugin, file, index, manifest, host) in &members {

@@ -84,7 +84,9 @@ impl Hello {
             file: self.file.clone(),
             copy: self.copy.clone(),
         };
-        std::iter::once(first).chain(self.more.iter().cloned()).collect()
+        std::iter::once(first)
+            .chain(self.more.iter().cloned())
+            .collect()
     }
 }
 

@@ -96,7 +96,10 @@ fn serve(link: &WorkerLink, control: Stream) -> std::io::Result<()> {
             Err(error) => return refuse(error.to_string()),
         }
     }
-    let manifests_json = match libraries.first().map(|l| serde_json::to_string(&l.manifests)) {
+    let manifests_json = match libraries
+        .first()
+        .map(|l| serde_json::to_string(&l.manifests))
+    {
         Some(Ok(json)) => json,
         Some(Err(error)) => return refuse(format!("manifests: {error}")),
         None => return refuse("the host named no plugin file".into()),
@@ -342,7 +345,9 @@ fn serve_connection(stream: Stream, served: &Served) {
                 let result = served
                     .create(slot, file, index)
                     .map(|()| WireAnswer::Done)
-                    .map_err(|e| WireError::from(Failure::new(e.kind(), format!("create: {}", e.message()))));
+                    .map_err(|e| {
+                        WireError::from(Failure::new(e.kind(), format!("create: {}", e.message())))
+                    });
                 connection
                     .borrow_mut()
                     .send(&FromWorker::Reply { id, result })

@@ -370,11 +370,9 @@ fn landlock(
         .create()
         .map_err(|e| Shortfall::new(LANDLOCK, e))?
         .set_compatibility(CompatLevel::BestEffort)
-        .add_rules(
-            copies
-                .iter()
-                .map(|copy| Ok::<_, RulesetError>(PathBeneath::new(copy, AccessFs::from_read(NEWEST_ABI)))),
-        )
+        .add_rules(copies.iter().map(|copy| {
+            Ok::<_, RulesetError>(PathBeneath::new(copy, AccessFs::from_read(NEWEST_ABI)))
+        }))
         .and_then(|r| r.add_rules(rules(&grants.read_exec, AccessFs::from_read(NEWEST_ABI))))
         .and_then(|r| r.add_rules(rules(&grants.read, read)))
         .and_then(|r| r.add_rules(rules(&grants.write, AccessFs::from_all(NEWEST_ABI))))
