@@ -2,8 +2,10 @@
 //!
 //! * one message through the pipeline benchmark's plugin (3 actions,
 //!   3 providers, 2 evaluators, 2 services), in process and isolated, and
-//!   through 10 such plugins, each isolated; medians, with the median of
-//!   each phase as the reply's timings give it;
+//!   through 10 such plugins of one library: in process, and isolated with
+//!   a worker per plugin, one for the file, and one for a named group
+//!   (three alternated rounds, the median of their medians); medians, with
+//!   the median of each phase as the reply's timings give it;
 //! * the transport alone (`floor`, Unix): this program started 10 times as
 //!   echo processes, each answering a 1.5 KB request on a socketpair with
 //!   two 40-byte replies, read as the host reads a worker (non-blocking
@@ -101,10 +103,50 @@ fn messages() {
         isolated,
         format!("(+{:.1} us)", us(added)),
     );
-    let ten_in_process = per_message("bench-10", "", 3000);
-    let ten_isolated = per_message("bench-10", "default = \"process\"", 3000);
-    row("10 plugins in process:", ten_in_process, String::new());
-    row("10 plugins isolated:", ten_isolated, String::new());
+    // 10 plugins of one library: in process, and isolated one worker per
+    // plugin (as before workers were shared), in their file's one worker,
+    // and in a named group's one worker; three alternated rounds, the
+    // median of the three medians.
+    let group = format!(
+        "[isolation.groups]\nbench = [{}]",
+        (0..10)
+            .map(|i| format!("\"bench-{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let shapes = [
+        ("10 plugins in process:", String::new()),
+        (
+            "10 isolated, per plugin:",
+            "default = \"process\"\nworker_per = \"plugin\"".to_string(),
+        ),
+        (
+            "10 isolated, per file:",
+            "default = \"process\"".to_string(),
+        ),
+        ("10 isolated, one group:", group),
+    ];
+    let mut rounds: Vec<Vec<(Duration, [u64; 4])>> = shapes.iter().map(|_| Vec::new()).collect();
+    for _ in 0..3 {
+        for (i, (_, isolation)) in shapes.iter().enumerate() {
+            rounds[i].push(per_message("bench-10", isolation, 3000));
+        }
+    }
+    let middle = |mut runs: Vec<(Duration, [u64; 4])>| {
+        runs.sort_by_key(|(median, _)| *median);
+        runs[runs.len() / 2]
+    };
+    let results: Vec<(Duration, [u64; 4])> = rounds.into_iter().map(middle).collect();
+    let base = results[0].0;
+    for ((label, _), result) in shapes.iter().zip(&results) {
+        let added = result.0.saturating_sub(base);
+        let extra = if result.0 == base {
+            String::new()
+        } else {
+            format!("(+{:.1} us)", us(added))
+        };
+        row(label, *result, extra);
+    }
 }
 
 fn pid_of(host: &PluginHost, plugin: &str) -> Option<u32> {

@@ -11,6 +11,13 @@
 //! actions declare no triggers, so after a lazy load that message starts
 //! all 1000 plugins.
 //!
+//! Isolated (`default = "process"`): the 1000 plugins in their file's one
+//! worker (target: at most 1 s), and, to compare with a worker per plugin
+//! (`worker_per = "plugin"`), 100 plugins (`bench-100`) each way, the
+//! start of 100 workers (100 distinct files would also need 100 probes;
+//! copies of one file cannot stand for them, as their plugins' names
+//! clash).
+//!
 //! A plain bench binary: every run maps a new copy of the library, never
 //! unmapped, so the number of runs stays small. Prints the median and the
 //! range over `RUNS` runs of each.
@@ -21,6 +28,8 @@ use agent_host::{AgentConfig, HostOptions, InboundMessage, PluginHost};
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 9;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_bench-worker");
 const PLUGINS: usize = 1000;
 
 fn ms(duration: Duration) -> f64 {
@@ -43,15 +52,45 @@ fn main() {
     }
     let file = test_support::fixture("bench-1000");
     let dir = test_support::folder_with(&[file]);
-    println!("time to a ready agent with {PLUGINS} plugins, {RUNS} runs each:");
-    for (mode, config) in [
-        ("eager", ""),
-        ("lazy", "[host]\nlazy_plugins = [\"bench-*\"]\n"),
-    ] {
-        let mut ready = Vec::with_capacity(RUNS);
-        let mut first = Vec::with_capacity(RUNS);
-        for _ in 0..RUNS {
-            let config = AgentConfig::parse(config).expect("the bench's config parses");
+    let hundred = test_support::folder_with(&[test_support::fixture("bench-100")]);
+    let worker = format!("[isolation]\nworker_program = \"{WORKER}\"\n");
+    println!("time to a ready agent, {RUNS} runs each (fewer for workers per plugin):");
+    let modes = [
+        ("1000 eager", "".to_string(), &dir, PLUGINS, RUNS),
+        (
+            "1000 lazy",
+            "[host]\nlazy_plugins = [\"bench-*\"]\n".to_string(),
+            &dir,
+            PLUGINS,
+            RUNS,
+        ),
+        (
+            "1000 isolated, per file",
+            format!("{worker}default = \"process\"\n"),
+            &dir,
+            PLUGINS,
+            RUNS,
+        ),
+        (
+            "100 isolated, per file",
+            format!("{worker}default = \"process\"\n"),
+            &hundred,
+            100,
+            RUNS,
+        ),
+        (
+            "100 isolated, per plugin",
+            format!("{worker}default = \"process\"\nworker_per = \"plugin\"\n"),
+            &hundred,
+            100,
+            3,
+        ),
+    ];
+    for (mode, config, dir, plugins, runs) in modes {
+        let mut ready = Vec::with_capacity(runs);
+        let mut first = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let config = AgentConfig::parse(&config).expect("the bench's config parses");
             let started = Instant::now();
             let host = PluginHost::new(HostOptions {
                 config,
@@ -61,7 +100,7 @@ fn main() {
             let report = host.load_dir(dir.path()).expect("the folder loads");
             ready.push(started.elapsed());
             assert!(report.is_clean(), "{:?}", report.failures.first());
-            assert_eq!(report.loaded.len(), PLUGINS);
+            assert_eq!(report.loaded.len(), plugins);
 
             let started = Instant::now();
             let reply = host.handle_message(InboundMessage {
@@ -73,7 +112,7 @@ fn main() {
             assert!(reply.ok, "{:?}", reply.errors.first());
             host.shutdown();
         }
-        println!("  {mode:<5} ready:         {}", summary(ready));
-        println!("  {mode:<5} first message: {}", summary(first));
+        println!("  {mode:<25} ready:         {}", summary(ready));
+        println!("  {mode:<25} first message: {}", summary(first));
     }
 }

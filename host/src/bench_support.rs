@@ -58,6 +58,8 @@ impl LoadProbe {
             lifecycle_timeout: std::time::Duration::from_millis(
                 self.registry.settings.lifecycle_timeout_ms,
             ),
+            grants: &|_| Vec::new(),
+            places: &self.registry.worker_places,
         };
         opened
             .create(0, callbacks, &context)

@@ -319,6 +319,9 @@ pub enum ConfigError {
     /// The `[cluster]` table cannot work.
     #[error(transparent)]
     Cluster(#[from] ClusterSettingsError),
+    /// The `[isolation.groups]` table cannot work.
+    #[error(transparent)]
+    Groups(#[from] crate::config::isolation::GroupError),
     /// A config value does not match the plugin's schema.
     #[error("config field `{field}`: {cause}")]
     Invalid {
@@ -378,6 +381,7 @@ impl AgentConfig {
         if let Some(cluster) = &config.cluster {
             cluster.validate()?;
         }
+        config.isolation.validate()?;
         Ok(config)
     }
 
@@ -446,6 +450,11 @@ impl AgentConfig {
         }
         for name in self.isolation.plugins.keys() {
             check(&format!("[isolation.plugins.{name}]"), name);
+        }
+        for (group, members) in &self.isolation.groups {
+            for name in members {
+                check(&format!("[isolation.groups] {group}: entry '{name}'"), name);
+            }
         }
         lines
     }

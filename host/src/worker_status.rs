@@ -18,6 +18,14 @@ pub struct WorkerStatus {
     pub last_crash: Option<String>,
     /// The protections in force in the worker.
     pub protections: Protections,
+    /// The group (`[isolation.groups]`) whose worker this is, if it is one.
+    pub group: Option<String>,
+    /// The plugins the worker serves (this one, its file's other isolated
+    /// plugins, or its group's).
+    pub plugins: Vec<String>,
+    /// The `filesystem:` and `network:` permissions the worker's sandbox
+    /// holds: the union of its plugins'.
+    pub grants: Vec<String>,
 }
 
 impl WorkerStatus {
@@ -27,9 +35,18 @@ impl WorkerStatus {
             Some(pid) => format!("in worker process {pid}"),
             None => "in a worker process (not running now)".to_string(),
         };
+        if let Some(group) = &self.group {
+            line.push_str(&format!(" of group {group}"));
+        }
+        if self.plugins.len() > 1 {
+            line.push_str(&format!(" shared by {}", self.plugins.join(", ")));
+        }
         line.push_str(&format!(", {} restart(s)", self.restarts));
         if let Some(why) = &self.quarantined {
             line.push_str(&format!(", QUARANTINED: {why}"));
+        }
+        if !self.grants.is_empty() {
+            line.push_str(&format!("; grants: {}", self.grants.join(", ")));
         }
         line.push_str(&format!("; sandbox: {}", self.protections));
         line

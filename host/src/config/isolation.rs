@@ -9,6 +9,7 @@
 //! in_process = []                 # the opposite, when the default is "process"
 //! best_effort = false             # start even where the kernel lacks a protection
 //! worker_user = "nobody"          # the user workers of a root agent run as
+//! worker_per = "file"             # or "plugin": one worker per plugin
 //!
 //! [isolation.limits]              # every worker
 //! memory_mb = 1024
@@ -17,7 +18,25 @@
 //!
 //! [isolation.plugins.weather]     # one plugin's limits
 //! memory_mb = 256
+//!
+//! [isolation.groups]              # named workers shared by several files
+//! search = ["weather", "geolocation"]
 //! ```
+//!
+//! **Which plugins share a worker.** By default (`worker_per = "file"`) the
+//! plugins of one library file that are placed in workers share one worker
+//! process: they are one binary and could not be kept apart inside it
+//! anyway. `worker_per = "plugin"` gives each its own. A group of
+//! `[isolation.groups]` names plugins (exact names, no patterns): every
+//! listed plugin runs in a worker (listing it is enough), and the plugins
+//! of a group, whatever their files, share the group's one worker. A
+//! shared worker's sandbox holds the union of its members' grants, and each
+//! of its limits is the largest of its members' limits (unset, which is
+//! unlimited, when any member leaves it unset), so no member gets less than
+//! it would alone. A name in two groups, a group without members, an entry
+//! that is empty or a pattern, or one that `in_process` keeps in the host,
+//! is a config error naming the group and the entry; a name no plugin has
+//! is reported with the other unknown names when the plugins load.
 //!
 //! What the host accepts from a worker (in `[isolation]`):
 //!
@@ -49,6 +68,74 @@ impl std::fmt::Display for Placement {
             Placement::Process => "process",
         })
     }
+}
+
+/// How many workers the plugins placed in workers get, outside the named
+/// groups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerPer {
+    /// One worker per plugin file: the file's isolated plugins share it.
+    #[default]
+    File,
+    /// One worker per plugin.
+    Plugin,
+}
+
+/// Which worker a plugin placed in a worker shares, and with whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sharing {
+    /// A worker of its own.
+    Alone,
+    /// The worker of its file, with the file's other plugins placed in
+    /// workers (outside any group).
+    File,
+    /// The worker of the named group.
+    Group(String),
+}
+
+/// A `[isolation.groups]` table that cannot work, naming the group and the
+/// entry at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// A group lists no plugin.
+    #[error("[isolation.groups] {group}: the group lists no plugin")]
+    Empty {
+        /// The group.
+        group: String,
+    },
+    /// An entry is empty or a pattern: groups name plugins exactly.
+    #[error(
+        "[isolation.groups] {group}: entry '{entry}' is not a plugin name \
+         (groups name plugins exactly, without patterns)"
+    )]
+    NotAName {
+        /// The group.
+        group: String,
+        /// The entry.
+        entry: String,
+    },
+    /// A plugin is listed twice (in one group, or in two).
+    #[error("[isolation.groups] {group}: entry '{entry}' is already in group '{first}'")]
+    Twice {
+        /// The group that lists it again.
+        group: String,
+        /// The entry.
+        entry: String,
+        /// The group that listed it first.
+        first: String,
+    },
+    /// A plugin `in_process` keeps in the host.
+    #[error(
+        "[isolation.groups] {group}: entry '{entry}' is also kept in the host by \
+         [isolation] in_process; a group's plugins run in its worker"
+    )]
+    InProcess {
+        /// The group.
+        group: String,
+        /// The entry.
+        entry: String,
+    },
 }
 
 /// Resource limits of a worker process; unset fields take the host-wide
@@ -97,6 +184,11 @@ pub struct IsolationSettings {
     pub limits: Limits,
     /// Limits of one plugin's worker, by plugin name.
     pub plugins: BTreeMap<String, Limits>,
+    /// Whether the plugins of one file share a worker (the default) or
+    /// each gets its own.
+    pub worker_per: WorkerPer,
+    /// Named workers, each shared by the plugins it lists (of any file).
+    pub groups: BTreeMap<String, Vec<String>>,
     /// Wait before the first restart of a crashed worker, in ms; doubled
     /// for each further crash in the window.
     pub restart_backoff_ms: u64,
@@ -129,6 +221,8 @@ impl Default for IsolationSettings {
             worker_user: None,
             limits: Limits::default(),
             plugins: BTreeMap::new(),
+            worker_per: WorkerPer::File,
+            groups: BTreeMap::new(),
             restart_backoff_ms: 10,
             restart_backoff_max_ms: 5_000,
             quarantine_after_crashes: 5,
@@ -174,9 +268,12 @@ pub const DEFAULT_MAX_PROCESSES: u64 = 64;
 pub const DEFAULT_WORKER_USER: &str = "nobody";
 
 impl IsolationSettings {
-    /// Where the plugin `name` runs.
+    /// Where the plugin `name` runs: a group's member runs in a worker.
     pub fn placement_of(&self, name: &str) -> Placement {
         let listed = |list: &[String]| list.iter().any(|pattern| matches(pattern, name));
+        if self.group_of(name).is_some() {
+            return Placement::Process;
+        }
         match self.default {
             Placement::InProcess if listed(&self.process) => Placement::Process,
             Placement::Process if listed(&self.in_process) => Placement::InProcess,
@@ -187,7 +284,75 @@ impl IsolationSettings {
     /// Whether any plugin may run in a worker: only then must plugin files
     /// be opened in a worker first, before their names are known.
     pub fn any_process(&self) -> bool {
-        self.default == Placement::Process || !self.process.is_empty()
+        self.default == Placement::Process || !self.process.is_empty() || !self.groups.is_empty()
+    }
+
+    /// The group that lists the plugin `name`, if one does.
+    pub fn group_of(&self, name: &str) -> Option<&str> {
+        self.groups
+            .iter()
+            .find(|(_, members)| members.iter().any(|m| m == name))
+            .map(|(group, _)| group.as_str())
+    }
+
+    /// Which worker the plugin `name`, placed in a worker, shares.
+    pub fn sharing_of(&self, name: &str) -> Sharing {
+        match (self.group_of(name), self.worker_per) {
+            (Some(group), _) => Sharing::Group(group.to_string()),
+            (None, WorkerPer::File) => Sharing::File,
+            (None, WorkerPer::Plugin) => Sharing::Alone,
+        }
+    }
+
+    /// Checks `[isolation.groups]`: every group lists plugins by exact
+    /// name, each in one group only, none kept in the host by `in_process`.
+    pub fn validate(&self) -> Result<(), GroupError> {
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        for (group, members) in &self.groups {
+            if members.is_empty() {
+                return Err(GroupError::Empty {
+                    group: group.clone(),
+                });
+            }
+            for entry in members {
+                let named = |e: fn(String, String) -> GroupError| e(group.clone(), entry.clone());
+                if entry.trim().is_empty() || entry.contains('*') {
+                    return Err(named(|group, entry| GroupError::NotAName { group, entry }));
+                }
+                if let Some(first) = seen.insert(entry, group) {
+                    return Err(GroupError::Twice {
+                        group: group.clone(),
+                        entry: entry.clone(),
+                        first: first.to_string(),
+                    });
+                }
+                if self
+                    .in_process
+                    .iter()
+                    .any(|pattern| matches(pattern, entry))
+                {
+                    return Err(named(|group, entry| GroupError::InProcess { group, entry }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The limits of a worker shared by `members`: each the largest of the
+    /// members' ([`IsolationSettings::limits_of`]); unset (unlimited) when
+    /// any member leaves it unset.
+    pub fn limits_of_all<'a>(&self, members: impl IntoIterator<Item = &'a str>) -> Limits {
+        let mut all = members.into_iter().map(|name| self.limits_of(name));
+        let Some(first) = all.next() else {
+            return self.limits_of("");
+        };
+        let larger = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| a.max(b));
+        all.fold(first, |acc, limits| Limits {
+            memory_mb: larger(acc.memory_mb, limits.memory_mb),
+            open_files: larger(acc.open_files, limits.open_files),
+            cpu_seconds: larger(acc.cpu_seconds, limits.cpu_seconds),
+            max_processes: larger(acc.max_processes, limits.max_processes),
+        })
     }
 
     /// The limits of the plugin `name`'s worker: its own, then the
@@ -263,6 +428,66 @@ mod tests {
                 .to_string();
             assert!(error.contains("must be from 65536"), "{error}");
         }
+    }
+
+    #[test]
+    fn plugins_share_their_files_worker_unless_grouped_or_told_otherwise() {
+        let settings = parse("process = [\"a\"]\n[groups]\nsearch = [\"b\", \"c\"]");
+        assert_eq!(settings.sharing_of("a"), Sharing::File);
+        assert_eq!(settings.sharing_of("b"), Sharing::Group("search".into()));
+        assert_eq!(settings.placement_of("c"), Placement::Process);
+        assert_eq!(settings.placement_of("d"), Placement::InProcess);
+        assert!(parse("[groups]\ns = [\"b\"]").any_process());
+        let settings = parse("worker_per = \"plugin\"\nprocess = [\"a\"]");
+        assert_eq!(settings.sharing_of("a"), Sharing::Alone);
+        settings.validate().unwrap();
+    }
+
+    #[test]
+    fn a_bad_group_is_refused_naming_the_group_and_the_entry() {
+        let cases = [
+            ("[groups]\nsearch = []", "search: the group lists no plugin"),
+            (
+                "[groups]\nsearch = [\"we*\"]",
+                "search: entry 'we*' is not a plugin name",
+            ),
+            (
+                "[groups]\nsearch = [\"\"]",
+                "search: entry '' is not a plugin name",
+            ),
+            (
+                "[groups]\na = [\"x\"]\nb = [\"y\", \"x\"]",
+                "b: entry 'x' is already in group 'a'",
+            ),
+            (
+                "[groups]\na = [\"x\", \"x\"]",
+                "a: entry 'x' is already in group 'a'",
+            ),
+            (
+                "default = \"process\"\nin_process = [\"x*\"]\n[groups]\na = [\"xy\"]",
+                "a: entry 'xy' is also kept in the host",
+            ),
+        ];
+        for (text, cause) in cases {
+            let error = parse(text).validate().unwrap_err().to_string();
+            assert!(error.contains(cause), "{text}: {error}");
+            assert!(error.starts_with("[isolation.groups] "), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_shared_worker_takes_the_largest_limit_of_its_members() {
+        let settings = parse(
+            "[limits]\nmemory_mb = 100\ncpu_seconds = 5\n[plugins.a]\nmemory_mb = 300\n\
+             [plugins.b]\ncpu_seconds = 9\nopen_files = 10",
+        );
+        let both = settings.limits_of_all(["a", "b"]);
+        assert_eq!(both.memory_mb, Some(300));
+        assert_eq!(both.cpu_seconds, Some(9));
+        assert_eq!(both.open_files, Some(DEFAULT_OPEN_FILES));
+        let settings = parse("[plugins.a]\ncpu_seconds = 5");
+        assert_eq!(settings.limits_of_all(["a", "b"]).cpu_seconds, None);
+        assert_eq!(settings.limits_of_all(["a"]).cpu_seconds, Some(5));
     }
 
     #[test]

@@ -43,10 +43,15 @@ pub(crate) fn create(
         Arc::clone(&config),
         core,
     );
+    let grants = |manifest: &agent_host_plugin_sdk::manifest::Manifest| {
+        agent.effective_permissions(manifest).0.patterns().to_vec()
+    };
     let context = CreateContext {
         permissions: permissions.patterns(),
         announce: core.announcer(),
         lifecycle_timeout: std::time::Duration::from_millis(core.settings.lifecycle_timeout_ms),
+        grants: &grants,
+        places: &core.worker_places,
     };
     let backend = p
         .source

@@ -218,6 +218,11 @@ pub(crate) fn load_sources(
     report: &mut LoadReport,
 ) {
     let loaded = already_loaded(core);
+    // Every file holding a group's members is known before any member
+    // starts its group's worker, which opens them all.
+    for source in sources {
+        source.offer_to(&core.worker_places);
+    }
     let prepared: Vec<Prepared> = check_all(sources, report)
         .into_iter()
         .filter(

@@ -1,13 +1,14 @@
 //! Message rounds: a plugin whose calls cross to another process (a worker)
 //! gets its whole part of a message, the `validate` of its actions and its
-//! evaluators, in one request, sent when the validate phase starts, before
-//! any answer is awaited. The requests to every such plugin thus go out
+//! evaluators, sent when the validate phase starts, before any answer is
+//! awaited; the parts of the plugins that share a worker go in one request
+//! (`plugin::begin_rounds`). The requests to every worker thus go out
 //! together and the workers answer side by side; the validate and
 //! evaluators phases then read each answer from its plugin's round where
 //! they would otherwise have made the call.
 
 use super::run::{lock, MessageRun};
-use crate::plugin::{MessageRef, MessageRound, RoundDeadlines};
+use crate::plugin::{begin_rounds, MessageRef, MessageRound, RoundDeadlines};
 use crate::triggers::Matched;
 use crate::watchdog::unix_ms_now;
 use std::sync::Mutex;
@@ -34,6 +35,8 @@ impl Rounds {
         };
         let mut by_plugin: Vec<Option<Mutex<Box<dyn MessageRound>>>> =
             (0..plan.plugins.len()).map(|_| None).collect();
+        let mut asked = Vec::with_capacity(plan.costly.len());
+        let mut asks = Vec::with_capacity(plan.costly.len());
         for &p in &plan.costly {
             let plugin = &plan.plugins[p];
             let actions = matched.actions(p).unwrap_or(&plugin.action_indices);
@@ -45,10 +48,11 @@ impl Rounds {
             if actions.is_empty() && evaluators.is_empty() {
                 continue;
             }
-            by_plugin[p] = plugin
-                .instance
-                .begin_message(actions, evaluators, view, deadlines)
-                .map(Mutex::new);
+            asked.push(p);
+            asks.push((&plugin.instance, actions, evaluators));
+        }
+        for (p, round) in asked.into_iter().zip(begin_rounds(&asks, view, deadlines)) {
+            by_plugin[p] = round.map(Mutex::new);
         }
         Self { by_plugin }
     }

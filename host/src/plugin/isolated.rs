@@ -1,28 +1,33 @@
 //! An isolated plugin, as the registry and the pipeline see it: a
-//! [`Backend`] whose calls cross, as they are described, to the plugin's
-//! worker process, which the isolation engine's [`Supervisor`] restarts
+//! [`Backend`] whose calls cross, as they are described, to the worker
+//! process that serves it (alone, or with its file's or group's other
+//! plugins: `shared.rs`), which the isolation engine's supervisor restarts
 //! when it dies.
 //!
 //! A call that finds the worker dead (or sees it die) fails with the cause
 //! (a signal, an exit code, a limit, a deadline) and the worker is
-//! restarted after a backoff, doubling with each crash in the window. The
-//! new worker gets what the old one had: `on_load` runs again, its services
-//! start, its subscribed providers subscribe; the old worker's event
-//! subscriptions and timers are dropped first (the plugin sets them up
-//! again in `on_load`). After `quarantine_after_crashes` crashes in the
-//! window the plugin is quarantined: no restart, and every call fails at
-//! once saying why, until the operator reloads it.
+//! restarted after a backoff, doubling with each crash in the window, for
+//! every plugin it serves. The new worker gets what the old one had: each
+//! plugin is created again, `on_load` runs again, its services start, its
+//! subscribed providers subscribe; the old worker's event subscriptions and
+//! timers are dropped first (the plugin sets them up again in `on_load`).
+//! After `quarantine_after_crashes` crashes in the window the worker and
+//! its plugins are quarantined: no restart, and every call fails at once
+//! saying why, until the operator reloads them.
 
-use super::{Backend, Failure, MessageRef, MessageRound, Placement, RoundDeadlines, Worker};
+use super::shared::Place;
+use super::{
+    Backend, Failure, MessageRef, MessageRound, Placement, RoundAsk, RoundDeadlines, Worker,
+};
 use crate::call::{Answer, Call};
-use crate::isolation::engine::supervisor::{PendingRound, Supervisor};
-use crate::isolation::wire::protocol::{Request, WireAnswer, WireEvaluation};
-use crate::load::library::PrivateCopy;
+use crate::isolation::engine::supervisor::{Member, PendingRound};
+use crate::isolation::wire::protocol::{Request, RoundPart, WireAnswer, WireEvaluation};
 use crate::watchdog::unix_ms_now;
 use crate::worker_status::WorkerStatus;
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::{ErrorKind, Evaluation};
 use std::borrow::Cow;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A call past its deadline by this much is abandoned even if nobody
 /// cancelled it.
@@ -30,18 +35,20 @@ const DEADLINE_GRACE_MS: u64 = 1_000;
 
 /// A plugin that runs in a worker process.
 pub(crate) struct WorkerBackend {
-    supervisor: Supervisor,
-    /// The private copy the workers open: held so that it stays on disk
+    /// The plugin in its worker; dropped first, so it leaves the worker
+    /// before the place may end.
+    member: Member,
+    /// The worker and the private copies it opens: held so that they stay
     /// while a worker of the plugin may (re)start.
-    _copy: PrivateCopy,
+    _place: Arc<Place>,
 }
 
 impl WorkerBackend {
-    /// The plugin served by `supervisor`'s workers, from `copy`.
-    pub(crate) fn new(supervisor: Supervisor, copy: PrivateCopy) -> Self {
+    /// The plugin `member` of the worker of `place`.
+    pub(crate) fn new(member: Member, place: Arc<Place>) -> Self {
         Self {
-            supervisor,
-            _copy: copy,
+            member,
+            _place: place,
         }
     }
 }
@@ -63,6 +70,7 @@ impl Backend for WorkerBackend {
             call,
             deadline_ms,
             source,
+            slot: self.member.slot(),
         };
         let cancelled = || {
             let (deadline, cancelled) = match control {
@@ -71,7 +79,7 @@ impl Backend for WorkerBackend {
             };
             cancelled || (deadline != 0 && unix_ms_now() > deadline + DEADLINE_GRACE_MS)
         };
-        self.supervisor.call(&request, &cancelled)
+        self.member.call(&request, &cancelled)
     }
 
     fn placement(&self) -> Placement<'_> {
@@ -81,51 +89,83 @@ impl Backend for WorkerBackend {
 
 impl Worker for WorkerBackend {
     fn status(&self) -> WorkerStatus {
-        self.supervisor.status()
+        self.member.status()
     }
 
-    /// The worker is not restarted once the host gave up on the plugin
-    /// (a step of its life missed its deadline): the kill that follows
-    /// ends it for good.
+    /// The plugin is not created again once the host gave up on it (a
+    /// step of its life missed its deadline): the kill that follows ends
+    /// it for good (the worker restarts for its other plugins).
     fn give_up(&self) {
-        self.supervisor.retire();
+        self.member.retire();
     }
 
-    fn begin_message(
+    fn process_key(&self) -> usize {
+        self.member.worker_key()
+    }
+
+    fn slot(&self) -> u32 {
+        self.member.slot()
+    }
+
+    fn begin_messages(
         &self,
-        actions: &[u32],
-        evaluators: &[u32],
+        parts: &[RoundAsk<'_>],
         message: MessageRef<'_>,
         deadlines: RoundDeadlines,
-    ) -> Box<dyn MessageRound> {
+    ) -> Vec<Box<dyn MessageRound>> {
         let request = Request::Round {
-            actions: Cow::Borrowed(actions),
-            evaluators: Cow::Borrowed(evaluators),
+            parts: parts
+                .iter()
+                .map(|part| RoundPart {
+                    slot: part.worker.slot(),
+                    actions: Cow::Borrowed(part.actions),
+                    evaluators: Cow::Borrowed(part.evaluators),
+                })
+                .collect(),
             message,
             deadline_ms: deadlines.validate_ms,
             evaluate_deadline_ms: deadlines.evaluate_ms,
         };
         let validate_ms = deadlines.validate_ms;
         let late = || validate_ms != 0 && unix_ms_now() > validate_ms + DEADLINE_GRACE_MS;
-        Box::new(WorkerRound {
-            round: self.supervisor.begin(&request, &late),
+        let round = Arc::new(Mutex::new(WorkerRound {
+            round: self.member.begin(&request, &late),
             validated: None,
             validates_read: false,
             evaluations: None,
-            actions: actions.len(),
-        })
+            actions: parts.iter().map(|p| p.actions.len()).collect(),
+        }));
+        (0..parts.len())
+            .map(|part| {
+                Box::new(RoundShare {
+                    round: Arc::clone(&round),
+                    part,
+                }) as Box<dyn MessageRound>
+            })
+            .collect()
     }
 }
 
-/// A message round with a worker: one request, two replies (the
-/// validates, then the evaluators), each read when its phase asks.
+/// A message round with a worker: one request for the parts of every
+/// plugin of the worker, two replies (the validates, then the
+/// evaluators), each read when its phase first asks for any part.
 struct WorkerRound {
     round: PendingRound,
-    validated: Option<Vec<Result<bool, Failure>>>,
+    /// Each part's validates, taken by its part when it asks.
+    validated: Option<Vec<Vec<Result<bool, Failure>>>>,
     /// Whether the validates' reply has been read (it comes first).
     validates_read: bool,
-    evaluations: Option<Vec<Result<Evaluation, Failure>>>,
-    actions: usize,
+    evaluations: Option<Vec<Vec<Result<Evaluation, Failure>>>>,
+    /// How many actions each part validates.
+    actions: Vec<usize>,
+}
+
+/// One plugin's part of a [`WorkerRound`]. Its lock is taken inside the
+/// lock of the plugin's round in the message, and held while a reply is
+/// read, as that lock is.
+struct RoundShare {
+    round: Arc<Mutex<WorkerRound>>,
+    part: usize,
 }
 
 /// A message round's name in messages.
@@ -142,34 +182,55 @@ fn wrong(answer: &WireAnswer) -> Failure {
 }
 
 impl WorkerRound {
+    /// Every part's answers as errors.
+    fn failed<T>(&self, counts: impl Iterator<Item = usize>) -> Vec<Vec<Result<T, Failure>>> {
+        counts
+            .map(|n| (0..n).map(|_| Err(self.round.error())).collect())
+            .collect()
+    }
+
     fn read_validated(&mut self, cancelled: &dyn Fn() -> bool) {
         if self.validates_read {
             return;
         }
         self.validates_read = true;
+        let fits = |answers: &Vec<Vec<Result<bool, _>>>| {
+            answers.len() == self.actions.len()
+                && answers
+                    .iter()
+                    .zip(&self.actions)
+                    .all(|(a, n)| a.len() == *n)
+        };
         let answers = match self.round.next(ROUND, cancelled) {
-            Some(WireAnswer::Validated(answers)) if answers.len() == self.actions => answers
+            Some(WireAnswer::RoundValidated(answers)) if fits(&answers) => answers
                 .into_iter()
-                .map(|a| a.map_err(Failure::from))
+                .map(|part| part.into_iter().map(|a| a.map_err(Failure::from)).collect())
                 .collect(),
             Some(other) => {
                 self.round.abandon(wrong(&other));
-                vec![Err(self.round.error()); self.actions]
+                self.failed(self.actions.clone().into_iter())
             }
-            None => vec![Err(self.round.error()); self.actions],
+            None => self.failed(self.actions.clone().into_iter()),
         };
         self.validated = Some(answers);
     }
-}
 
-impl MessageRound for WorkerRound {
-    fn validated(&mut self, cancelled: &dyn Fn() -> bool) -> Vec<Result<bool, Failure>> {
+    fn validated(
+        &mut self,
+        part: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Vec<Result<bool, Failure>> {
         self.read_validated(cancelled);
-        self.validated.take().unwrap_or_default()
+        self.validated
+            .as_mut()
+            .and_then(|parts| parts.get_mut(part))
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     fn evaluation(
         &mut self,
+        part: usize,
         position: usize,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Evaluation, Failure> {
@@ -177,11 +238,16 @@ impl MessageRound for WorkerRound {
             // The validates' reply comes first, read or not.
             self.read_validated(cancelled);
             let evaluations = match self.round.next(ROUND, cancelled) {
-                Some(WireAnswer::EvaluatedEach(verdicts)) => {
+                Some(WireAnswer::EvaluatedEach(parts)) => {
                     self.round.finish();
-                    verdicts
+                    parts
                         .into_iter()
-                        .map(|v| v.map_err(Failure::from).and_then(WireEvaluation::read))
+                        .map(|verdicts| {
+                            verdicts
+                                .into_iter()
+                                .map(|v| v.map_err(Failure::from).and_then(WireEvaluation::read))
+                                .collect()
+                        })
                         .collect()
                 }
                 Some(other) => {
@@ -192,9 +258,34 @@ impl MessageRound for WorkerRound {
             };
             self.evaluations = Some(evaluations);
         }
-        match self.evaluations.as_ref().and_then(|e| e.get(position)) {
+        match self
+            .evaluations
+            .as_ref()
+            .and_then(|e| e.get(part))
+            .and_then(|e| e.get(position))
+        {
             Some(outcome) => outcome.clone(),
             None => Err(self.round.error()),
         }
+    }
+}
+
+impl RoundShare {
+    fn round(&self) -> std::sync::MutexGuard<'_, WorkerRound> {
+        self.round.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl MessageRound for RoundShare {
+    fn validated(&mut self, cancelled: &dyn Fn() -> bool) -> Vec<Result<bool, Failure>> {
+        self.round().validated(self.part, cancelled)
+    }
+
+    fn evaluation(
+        &mut self,
+        position: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Evaluation, Failure> {
+        self.round().evaluation(self.part, position, cancelled)
     }
 }

@@ -34,9 +34,11 @@ pub(crate) mod in_process;
 mod isolated;
 mod placement;
 pub(crate) mod probed;
+mod shared;
 
 pub use error::CallError;
-pub(crate) use placement::{Placement, Worker};
+pub(crate) use placement::{Placement, RoundAsk, Worker};
+pub(crate) use shared::WorkerPlaces;
 
 pub(crate) use crate::call::{Failure, MessageRef};
 
@@ -152,8 +154,8 @@ pub(crate) struct RoundDeadlines {
     pub evaluate_ms: u64,
 }
 
-/// A plugin's part of one message, sent ahead in one request
-/// ([`Worker::begin_message`]). Each answer is read once, when its phase
+/// A plugin's part of one message, sent ahead in one request per worker
+/// ([`Worker::begin_messages`]). Each answer is read once, when its phase
 /// asks; `cancelled` is asked while waiting, and a yes abandons the round.
 pub(crate) trait MessageRound: Send {
     /// The validates' answers, in the order the actions were given.
@@ -178,6 +180,11 @@ pub(crate) trait PluginSource: Send + Sync {
     fn image_bytes(&self) -> u64;
     /// The SHA-256 of the bytes loaded (empty for a source that is no file).
     fn sha256(&self) -> &str;
+    /// Tells `places` which plugins of this source are members of a named
+    /// group, so that a group's worker opens every member's file (a source
+    /// whose plugins run only in process has none).
+    fn offer_to(&self, _places: &WorkerPlaces) {}
+
     /// Creates plugin number `index`, whose callbacks go to `host`.
     fn create(
         &self,
@@ -185,6 +192,50 @@ pub(crate) trait PluginSource: Send + Sync {
         host: Box<dyn Host>,
         context: &CreateContext<'_>,
     ) -> Result<Box<dyn Backend>, Failure>;
+}
+
+/// Sends the parts of one message of the instances in `asks` (each with
+/// the actions to validate and the evaluators to run) that run in
+/// workers, ahead, in one request per worker process: instances that share
+/// a worker share the request. One entry per ask, in order: its round, or
+/// `None` for an instance in process, where each phase calls each entry
+/// point when it comes to it.
+pub(crate) fn begin_rounds(
+    asks: &[(&PluginInstance, &[u32], &[u32])],
+    message: MessageRef<'_>,
+    deadlines: RoundDeadlines,
+) -> Vec<Option<Box<dyn MessageRound>>> {
+    let mut rounds: Vec<Option<Box<dyn MessageRound>>> = asks.iter().map(|_| None).collect();
+    // The asks of each worker process, in order of first appearance.
+    let mut by_process: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (i, (instance, ..)) in asks.iter().enumerate() {
+        if let Placement::Worker(worker) = instance.placement() {
+            let key = worker.process_key();
+            match by_process.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => members.push(i),
+                None => by_process.push((key, vec![i])),
+            }
+        }
+    }
+    for (_, members) in by_process {
+        let parts: Vec<RoundAsk<'_>> = members
+            .iter()
+            .filter_map(|&i| match asks[i].0.placement() {
+                Placement::Worker(worker) => Some(RoundAsk {
+                    worker,
+                    actions: asks[i].1,
+                    evaluators: asks[i].2,
+                }),
+                Placement::InProcess => None,
+            })
+            .collect();
+        let Some(first) = parts.first() else { continue };
+        let started = first.worker.begin_messages(&parts, message, deadlines);
+        for (&i, round) in members.iter().zip(started) {
+            rounds[i] = Some(round);
+        }
+    }
+    rounds
 }
 
 /// Tells the rest of the host about a plugin's life outside any call (a
@@ -204,6 +255,11 @@ pub(crate) struct CreateContext<'a> {
     /// lifecycle_timeout_ms`), for the steps a place runs by itself (a
     /// restarted worker's `on_load` and services).
     pub lifecycle_timeout: std::time::Duration,
+    /// The permissions any plugin holds (requested and granted), by its
+    /// manifest: a shared worker's sandbox is the union of its members'.
+    pub grants: &'a (dyn Fn(&Manifest) -> Vec<String> + Sync),
+    /// The host's shared workers, by file and by group.
+    pub places: &'a WorkerPlaces,
 }
 
 /// A plugin instance: its checked manifest and where it came from, and the
@@ -281,24 +337,6 @@ impl PluginInstance {
     #[inline]
     pub(crate) fn calls_are_cheap(&self) -> bool {
         matches!(self.placement(), Placement::InProcess)
-    }
-
-    /// Starts its part of one message ahead in one request, when it runs
-    /// in a worker (see [`Worker::begin_message`]); `None` in process,
-    /// where each phase calls each entry point when it comes to it.
-    pub(crate) fn begin_message(
-        &self,
-        actions: &[u32],
-        evaluators: &[u32],
-        message: MessageRef<'_>,
-        deadlines: RoundDeadlines,
-    ) -> Option<Box<dyn MessageRound>> {
-        match self.placement() {
-            Placement::InProcess => None,
-            Placement::Worker(worker) => {
-                Some(worker.begin_message(actions, evaluators, message, deadlines))
-            }
-        }
     }
 
     /// The validates of a round, each error naming the plugin and action.

@@ -10,7 +10,7 @@ use crate::worker_status::WorkerStatus;
 pub(crate) enum Placement<'a> {
     /// In the host's process: a call is a function call.
     InProcess,
-    /// In a worker process of its own.
+    /// In a worker process, alone or shared with other instances.
     Worker(&'a dyn Worker),
 }
 
@@ -39,14 +39,33 @@ pub(crate) trait Worker: Send + Sync {
     /// dropped): its worker is restarted no more.
     fn give_up(&self);
 
-    /// Starts the plugin's part of one message in one request: the
-    /// `validate` of `actions` and the `evaluators`, whose answers the
-    /// phases read later through the returned round.
-    fn begin_message(
+    /// Which worker process runs the instance: instances with the same
+    /// key share one, and [`Worker::begin_messages`] sends their parts of
+    /// a message in one request.
+    fn process_key(&self) -> usize;
+
+    /// The instance's number in its worker, which its requests name.
+    fn slot(&self) -> u32;
+
+    /// Starts the parts of one message of instances that share this
+    /// one's worker (each part's worker has this one's
+    /// [`Worker::process_key`]) in one request: the `validate`s of each
+    /// part's actions and its evaluators, whose answers the phases read
+    /// later through the returned rounds, one per part in order.
+    fn begin_messages(
         &self,
-        actions: &[u32],
-        evaluators: &[u32],
+        parts: &[RoundAsk<'_>],
         message: MessageRef<'_>,
         deadlines: RoundDeadlines,
-    ) -> Box<dyn MessageRound>;
+    ) -> Vec<Box<dyn MessageRound>>;
+}
+
+/// One instance's part of a message, sent to its worker.
+pub(crate) struct RoundAsk<'a> {
+    /// The instance's worker.
+    pub worker: &'a dyn Worker,
+    /// The actions to validate.
+    pub actions: &'a [u32],
+    /// The evaluators to run.
+    pub evaluators: &'a [u32],
 }

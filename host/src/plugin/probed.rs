@@ -6,8 +6,9 @@
 //! file is first opened by a **probe**: a worker in the strictest sandbox
 //! (no grants at all) that checks the file like the host would and reports
 //! its manifests, then exits. Each plugin of the file is then created where
-//! the operator placed it: in a worker of its own, sandboxed by its grants;
-//! or in process, from the same private copy, opened in the host only then.
+//! the operator placed it: in a worker (the file's, its group's or its own:
+//! `shared.rs`), sandboxed by the grants of the plugins it serves; or in
+//! process, from the same private copy, opened in the host only then.
 //!
 //! A probe that fails because of the worker program (it cannot be run, or
 //! fails its handshake), not the file, must not fail plugins that no worker
@@ -21,10 +22,13 @@
 //! with the program's cause, and no code of it runs in the host.
 
 use super::isolated::WorkerBackend;
-use super::{Backend, CreateContext, Failure, PluginSource};
-use crate::isolation::engine::probe::{sandbox_policy, worker_program, WorkerSetupError};
+use super::shared::{start_place, Offer, Place, PlaceSpec};
+use super::{Backend, CreateContext, Failure, PluginSource, WorkerPlaces};
+use crate::config::isolation::Sharing;
+use crate::isolation::engine::probe::{
+    check_grants, sandbox_policy, worker_program, WorkerSetupError,
+};
 use crate::isolation::engine::process::{Guards, StartError, WorkerProcess};
-use crate::isolation::engine::supervisor::{Supervisor, WorkerSpec};
 use crate::isolation::wire::protocol::{Hello, Job};
 use crate::isolation::{IsolationSettings, Placement};
 use crate::load::library::{self, OpenedLibrary, PrivateCopy};
@@ -38,11 +42,10 @@ use std::sync::{Arc, OnceLock};
 
 /// A plugin file whose manifests a probe worker read.
 pub(crate) struct ProbedFile {
-    file: PathBuf,
-    /// The private copy the probe, the workers and the host open; it stays
-    /// on disk while this value or a worker of the file needs it.
-    copy: PrivateCopy,
-    manifests: Vec<Manifest>,
+    /// The file, the private copy the probe, the workers and the host open
+    /// (it stays on disk while this value or a worker of the file needs
+    /// it), and its manifests.
+    offer: Arc<Offer>,
     max_bytes: u64,
     program: PathBuf,
     settings: Arc<IsolationSettings>,
@@ -73,13 +76,14 @@ pub(crate) fn open(
     let probe = file
         .file_name()
         .map_or_else(|| "probe".to_string(), |n| n.to_string_lossy().into_owned());
-    let policy = sandbox_policy(settings, &probe, &[], &copy.path).map_err(worker_error)?;
+    let policy = sandbox_policy(settings, &probe, &[], &[], &copy.path).map_err(worker_error)?;
     let hello = Hello {
         file: file.to_path_buf(),
         copy: copy.path.clone(),
         max_bytes,
         job: Job::Probe,
         policy,
+        more: Vec::new(),
     };
     let guards = Guards::of(settings);
     let mut no_worker = None;
@@ -140,9 +144,11 @@ fn probed(
         cause: format!("{e:?}"),
     })?;
     Ok(ProbedFile {
-        file: file.to_path_buf(),
-        copy,
-        manifests,
+        offer: Arc::new(Offer {
+            file: file.to_path_buf(),
+            copy,
+            manifests,
+        }),
         max_bytes,
         program,
         settings: Arc::clone(settings),
@@ -170,9 +176,11 @@ fn open_without_worker(
     );
     let library = library::open_in_host(file, &copy, max_bytes)?;
     Ok(ProbedFile {
-        file: file.to_path_buf(),
-        copy,
-        manifests: library.manifests.clone(),
+        offer: Arc::new(Offer {
+            file: file.to_path_buf(),
+            copy,
+            manifests: library.manifests.clone(),
+        }),
         max_bytes,
         program,
         settings: Arc::clone(settings),
@@ -181,23 +189,84 @@ fn open_without_worker(
     })
 }
 
+impl ProbedFile {
+    /// Whether the plugin `name` runs in a worker.
+    fn isolated(&self, name: &str) -> bool {
+        self.settings.placement_of(name) == Placement::Process
+    }
+
+    /// The place the plugin `name` of this file joins (its file's, its
+    /// group's, or one of its own), started when none it may join runs.
+    fn place_of(&self, name: &str, context: &CreateContext<'_>) -> Result<Arc<Place>, Failure> {
+        let file_name = self
+            .offer
+            .file
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let start = |spec: PlaceSpec<'_>| {
+            start_place(spec, &self.program, self.max_bytes, &self.settings, context)
+        };
+        match self.settings.sharing_of(name) {
+            Sharing::Alone => start(PlaceSpec {
+                name: name.to_string(),
+                group: None,
+                offers: vec![Arc::clone(&self.offer)],
+                is_member: &|member| member == name,
+            }),
+            Sharing::File => context.places.join_file(&self.offer, name, || {
+                let settings = &self.settings;
+                start(PlaceSpec {
+                    name: file_name.clone(),
+                    group: None,
+                    offers: vec![Arc::clone(&self.offer)],
+                    is_member: &|member| {
+                        self.isolated(member) && settings.sharing_of(member) == Sharing::File
+                    },
+                })
+            }),
+            Sharing::Group(group) => {
+                context
+                    .places
+                    .join_group(&group, &self.offer, name, |offers| {
+                        start(PlaceSpec {
+                            name: format!("group {group}"),
+                            group: Some(group.clone()),
+                            offers,
+                            is_member: &|member| {
+                                self.settings.group_of(member) == Some(group.as_str())
+                            },
+                        })
+                    })
+            }
+        }
+    }
+}
+
 impl PluginSource for ProbedFile {
     fn file(&self) -> &Path {
-        &self.file
+        &self.offer.file
     }
 
     fn manifests(&self) -> &[Manifest] {
-        &self.manifests
+        &self.offer.manifests
     }
 
     fn sha256(&self) -> &str {
-        &self.copy.sha256
+        &self.offer.copy.sha256
     }
 
     fn image_bytes(&self) -> u64 {
         match self.in_process.get() {
             Some(Ok(library)) => library.image_bytes,
             _ => 0,
+        }
+    }
+
+    fn offer_to(&self, places: &WorkerPlaces) {
+        for manifest in &self.offer.manifests {
+            if let Some(group) = self.settings.group_of(&manifest.name) {
+                places.offer(group, &self.offer);
+            }
         }
     }
 
@@ -208,14 +277,17 @@ impl PluginSource for ProbedFile {
         context: &CreateContext<'_>,
     ) -> Result<Box<dyn Backend>, Failure> {
         let manifest = self
+            .offer
             .manifests
             .get(index as usize)
             .ok_or_else(|| Failure::msg(format!("no plugin number {index}")))?;
         let name = manifest.name.as_str();
-        if self.settings.placement_of(name) == Placement::InProcess {
+        if !self.isolated(name) {
             let library = self
                 .in_process
-                .get_or_init(|| library::open_in_host(&self.file, &self.copy, self.max_bytes))
+                .get_or_init(|| {
+                    library::open_in_host(&self.offer.file, &self.offer.copy, self.max_bytes)
+                })
                 .as_ref()
                 .map_err(|e| Failure::msg(e.to_string()))?;
             return library.create(index, host, context);
@@ -226,24 +298,15 @@ impl PluginSource for ProbedFile {
                 format!("it is placed in a worker process, but {cause}"),
             ));
         }
-        let policy = sandbox_policy(&self.settings, name, context.permissions, &self.copy.path)
+        // Its own grants first: a bad one fails this plugin alone, named.
+        check_grants(name, context.permissions)
             .map_err(|e| Failure::new(ErrorKind::InvalidInput, e.to_string()))?;
-        let spec = WorkerSpec {
-            program: self.program.clone(),
-            plugin: name.to_string(),
-            hello: Hello {
-                file: self.file.clone(),
-                copy: self.copy.path.clone(),
-                max_bytes: self.max_bytes,
-                job: Job::Serve { index },
-                policy,
-            },
-            manifest: manifest.clone(),
-            settings: Arc::clone(&self.settings),
-            lifecycle_timeout: context.lifecycle_timeout,
-        };
-        let supervisor = Supervisor::start(spec, host, Arc::clone(&context.announce))
-            .map_err(|e| Failure::msg(e.to_string()))?;
-        Ok(Box::new(WorkerBackend::new(supervisor, self.copy.clone())))
+        self.offer_to(context.places);
+        let place = self.place_of(name, context)?;
+        let file = place
+            .file_number(&self.offer)
+            .ok_or_else(|| Failure::msg("its worker did not open its file"))?;
+        let member = place.worker.add(manifest, file, index, host)?;
+        Ok(Box::new(WorkerBackend::new(member, place)))
     }
 }

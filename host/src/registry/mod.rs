@@ -73,6 +73,9 @@ pub struct Registry {
     pub(crate) watchdog: crate::watchdog::Watchdog,
     /// The lazy plugins not started yet (`lazy.rs`).
     lazy: lazy::LazyPlugins,
+    /// The named groups of workers (`[isolation.groups]`) and the files
+    /// offered for their members.
+    pub(crate) worker_places: crate::plugin::WorkerPlaces,
     /// This registry, for what it starts from `&self` (a lazy plugin needs
     /// the `Arc` its callbacks hold weakly).
     me: Weak<Registry>,
@@ -96,6 +99,7 @@ impl Registry {
             metrics: Metrics::new(),
             watchdog: crate::watchdog::Watchdog::start(),
             lazy: lazy::LazyPlugins::default(),
+            worker_places: crate::plugin::WorkerPlaces::default(),
             me: me.clone(),
         })
     }

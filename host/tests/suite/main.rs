@@ -15,6 +15,7 @@ mod database_pool;
 mod hostile_worker;
 mod http;
 mod isolation;
+mod isolation_groups;
 mod lifecycle;
 mod panic_strategy;
 mod trust;

@@ -174,6 +174,7 @@ impl SandboxPolicy {
         Ok(SandboxPolicy {
             plugin: plugin.to_owned(),
             copy: plugin_copy.to_path_buf(),
+            more_copies: Vec::new(),
             read_exec,
             read,
             write,

@@ -30,9 +30,10 @@ pub(crate) fn worker_program(settings: &IsolationSettings) -> Result<PathBuf, Wo
     }
 }
 
-/// The operator's limits for `plugin`, as its sandbox applies them.
-fn limits(settings: &IsolationSettings, plugin: &str) -> ResourceLimits {
-    let limits = settings.limits_of(plugin);
+/// The operator's limits for a worker of `members` (the largest of
+/// theirs; the host-wide ones for none), as its sandbox applies them.
+fn limits(settings: &IsolationSettings, members: &[&str]) -> ResourceLimits {
+    let limits = settings.limits_of_all(members.iter().copied());
     ResourceLimits {
         memory_bytes: limits.memory_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
         open_files: limits.open_files,
@@ -41,22 +42,37 @@ fn limits(settings: &IsolationSettings, plugin: &str) -> ResourceLimits {
     }
 }
 
-/// The sandbox of `plugin`'s worker, holding `permissions` (none for a
-/// probe), loading the private copy at `copy`, under the operator's limits
-/// and worker user. The error names the permission or the user at fault.
+/// The sandbox of the worker `name` of the plugins `members` (none for a
+/// probe), holding `permissions`, loading the private copy at `copy`,
+/// under the operator's limits and worker user. The error names the
+/// permission or the user at fault.
 pub(crate) fn sandbox_policy(
     settings: &IsolationSettings,
-    plugin: &str,
+    name: &str,
+    members: &[&str],
     permissions: &[String],
     copy: &Path,
 ) -> Result<SandboxPolicy, WorkerSetupError> {
     let mut policy = SandboxPolicy::new(
-        plugin,
+        name,
         permissions,
         copy,
-        limits(settings, plugin),
+        limits(settings, members),
         settings.best_effort,
     )?;
     policy.identity = worker_identity(settings)?;
     Ok(policy)
+}
+
+/// Whether `permissions` form a sandbox, for the plugin `name`: the error
+/// names the first permission the sandbox cannot express.
+pub(crate) fn check_grants(name: &str, permissions: &[String]) -> Result<(), WorkerSetupError> {
+    SandboxPolicy::new(
+        name,
+        permissions,
+        Path::new("/"),
+        ResourceLimits::default(),
+        false,
+    )?;
+    Ok(())
 }

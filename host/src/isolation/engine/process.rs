@@ -183,6 +183,13 @@ pub(crate) enum CallFault {
 /// Told, once, how a worker process ended (its pid and the ending).
 pub(crate) type OnEnd = Box<dyn FnOnce(u32, Ending) + Send>;
 
+/// Who answers the callbacks of the plugins in a serving worker: the host
+/// of the plugin in each slot.
+pub(crate) trait Hosts: Send + Sync {
+    /// The callbacks of the plugin in `slot`, while it is there.
+    fn host(&self, slot: u32) -> Option<Arc<dyn Host>>;
+}
+
 /// A running worker.
 pub(crate) struct WorkerProcess {
     /// The worker's process id.
@@ -201,7 +208,7 @@ pub(crate) struct WorkerProcess {
     /// The process itself, where only its handle can kill it (Windows).
     #[cfg(not(unix))]
     child: Arc<Mutex<Child>>,
-    host: Option<Arc<dyn Host>>,
+    hosts: Option<Arc<dyn Hosts>>,
 }
 
 /// A call sent and not yet fully answered: it holds its connection. Dropped
@@ -280,13 +287,13 @@ enum HandshakeFault {
 
 impl WorkerProcess {
     /// Starts `program worker` for `hello` and waits until it is ready.
-    /// `host` answers the callbacks of a serving worker; `plugin` names it
+    /// `hosts` answer the callbacks of a serving worker; `plugin` names it
     /// in the log; `on_end` is told how a worker that served ended.
     pub(crate) fn start(
         program: &Path,
         hello: &Hello,
         plugin: &str,
-        host: Option<Arc<dyn Host>>,
+        hosts: Option<Arc<dyn Hosts>>,
         on_end: Option<OnEnd>,
         guards: Guards,
     ) -> Result<Self, StartError> {
@@ -337,7 +344,7 @@ impl WorkerProcess {
             life,
             #[cfg(not(unix))]
             child,
-            host,
+            hosts,
         };
         match worker.handshake(hello) {
             Ok(()) => {
@@ -372,13 +379,14 @@ impl WorkerProcess {
         write_preamble(&*control).map_err(HandshakeFault::Io)?;
         read_preamble(&*control).map_err(HandshakeFault::Io)?;
         write_frame(&*control, hello).map_err(HandshakeFault::Io)?;
-        // The plugin's private copy, open: a worker that runs as another
-        // user could not open it by its path.
-        let copy = std::fs::File::open(&hello.copy).map_err(HandshakeFault::Io)?;
-        self.link
-            .pass_file(control, &copy)
-            .map_err(HandshakeFault::Io)?;
-        drop(copy);
+        // The private copies, open: a worker that runs as another user
+        // could not open them by their paths.
+        for file in hello.files() {
+            let copy = std::fs::File::open(&file.copy).map_err(HandshakeFault::Io)?;
+            self.link
+                .pass_file(control, &copy)
+                .map_err(HandshakeFault::Io)?;
+        }
         match read_frame_within::<Ready>(&*control, guards.max_frame_bytes)
             .map_err(HandshakeFault::Io)?
         {
@@ -398,15 +406,15 @@ impl WorkerProcess {
             .set_read_timeout(None)
             .and_then(|()| control.set_write_timeout(Some(guards.write_timeout)))
             .map_err(HandshakeFault::Io)?;
-        if let Some(host) = &self.host {
+        if let Some(hosts) = &self.hosts {
             // The worker's own connection, for callbacks from its threads.
             let connection = self.connect().map_err(HandshakeFault::Io)?;
-            let host = Arc::clone(host);
+            let hosts = Arc::clone(hosts);
             let life = Arc::clone(&self.life);
             let plugin = self.plugin.clone();
             std::thread::Builder::new()
                 .name(format!("worker-callbacks-{}", self.plugin))
-                .spawn(move || serve_callbacks(connection, &*host, &life, &plugin, guards))
+                .spawn(move || serve_callbacks(connection, &*hosts, &life, &plugin, guards))
                 .map_err(HandshakeFault::Io)?;
         }
         Ok(())
@@ -665,15 +673,15 @@ impl WorkerProcess {
                         what()
                     )));
                 }
-                Ok(Some(FromWorker::Callback(callback))) => {
-                    let Some(host) = &self.host else {
+                Ok(Some(FromWorker::Callback { slot, callback })) => {
+                    let Some(hosts) = &self.hosts else {
                         let why = Ending::Violation("a probe made a callback".into());
                         self.kill(why.clone());
                         return Err(CallFault::Ended(
                             self.wait_ended(EXIT_STATUS_WAIT).unwrap_or(why),
                         ));
                     };
-                    if let Some(answer) = answer_callback(&**host, callback) {
+                    if let Some(answer) = answer_callback(&**hosts, slot, callback) {
                         let answering = || format!("the answer to a callback of {}", what());
                         self.write(
                             connection,
@@ -741,12 +749,23 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// Answers one callback from the worker; `None` for a log line, which
-/// gets no answer.
+/// Answers one callback of the plugin in `slot`; `None` for a log line,
+/// which gets no answer. A slot that holds no plugin (it left the worker)
+/// gets an error, and its log lines are dropped.
 fn answer_callback(
-    host: &dyn Host,
+    hosts: &dyn Hosts,
+    slot: u32,
     callback: Callback,
 ) -> Option<Result<CallbackAnswer, WireError>> {
+    let Some(host) = hosts.host(slot) else {
+        if matches!(callback, Callback::Log { .. }) {
+            return None;
+        }
+        return Some(Err(WireError::from(agent_host_plugin_sdk::Error::new(
+            ErrorKind::Unavailable,
+            format!("no plugin of this worker is in slot {slot}"),
+        ))));
+    };
     let answer = match callback {
         Callback::Log { level, message } => {
             host.log(Level::from_number(level), &message);
@@ -801,7 +820,7 @@ fn answer_callback(
 /// it, loses it (and with it the callbacks of its own threads).
 fn serve_callbacks(
     mut connection: HostConnection,
-    host: &dyn Host,
+    hosts: &dyn Hosts,
     life: &Life,
     plugin: &str,
     guards: Guards,
@@ -821,8 +840,8 @@ fn serve_callbacks(
     };
     loop {
         match connection.reader.poll::<FromWorker>(&connection.stream) {
-            Ok(Some(FromWorker::Callback(callback))) => {
-                if let Some(answer) = answer_callback(host, callback) {
+            Ok(Some(FromWorker::Callback { slot, callback })) => {
+                if let Some(answer) = answer_callback(hosts, slot, callback) {
                     let started = Instant::now();
                     let mut give_up = || ended() || started.elapsed() >= guards.write_timeout;
                     let frame = ToWorker::CallbackReply(answer);

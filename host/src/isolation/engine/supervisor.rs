@@ -1,17 +1,24 @@
-//! The supervision of one isolated plugin's worker process: calls into
-//! the current worker, and its restarts when it dies.
+//! The supervision of one worker process and the isolated plugins it
+//! serves (one plugin, the plugins of one file, or those of a group):
+//! calls into the current worker, and its restarts when it dies.
+//!
+//! Each plugin in the worker is a member, created in a slot the host
+//! chooses and named by it in every request; a member leaves (its slot is
+//! dropped in the worker) when its instance is dropped, and the worker ends
+//! with its [`SharedWorker`].
 //!
 //! A call that finds the worker dead (or sees it die) fails with the cause
 //! (a signal, an exit code, a limit, a deadline) and the worker is
-//! restarted after a backoff, doubling with each crash in the window. The
-//! new worker gets what the old one had: `on_load` runs again, its services
-//! start, its subscribed providers subscribe; the old worker's event
-//! subscriptions and timers are dropped first (the plugin sets them up
-//! again in `on_load`). After `quarantine_after_crashes` crashes in the
-//! window the plugin is quarantined: no restart, and every call fails at
-//! once saying why, until the operator reloads it.
+//! restarted after a backoff, doubling with each crash in the window, for
+//! all its members. The new worker gets what the old one had: each member
+//! is created again, `on_load` runs again, its services start, its
+//! subscribed providers subscribe; the old worker's event subscriptions and
+//! timers are dropped first (each plugin sets them up again in `on_load`).
+//! After `quarantine_after_crashes` crashes in the window the worker is
+//! quarantined, and with it every member: no restart, and every call fails
+//! at once saying why, until the operator reloads them.
 
-use super::process::{CallFault, Ending, Guards, PendingCall, StartError, WorkerProcess};
+use super::process::{CallFault, Ending, Guards, Hosts, PendingCall, StartError, WorkerProcess};
 use crate::call::{Answer, Call};
 use crate::config::isolation::IsolationSettings;
 use crate::isolation::wire::protocol::{Hello, Request, WireAnswer};
@@ -19,8 +26,9 @@ use crate::worker_status::WorkerStatus;
 use agent_host_plugin_sdk::manifest::Manifest;
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,20 +40,22 @@ pub(crate) type Announce = Arc<dyn Fn(&str, Value) + Send + Sync>;
 /// What went wrong in a call, as the plugin or the engine reports it.
 type Failure = agent_host_plugin_sdk::Error;
 
-/// What a worker of one plugin is started with.
+/// What a worker is started with.
 pub(crate) struct WorkerSpec {
     /// The worker program.
     pub program: PathBuf,
-    /// The plugin's name.
-    pub plugin: String,
-    /// The handshake (a [`Job::Serve`]).
+    /// The worker's name in the log: a plugin's, a file's or a group's.
+    pub name: String,
+    /// The group the worker serves, if it serves one.
+    pub group: Option<String>,
+    /// The handshake (a [`Job::Serve`](crate::isolation::wire::protocol::Job)).
     pub hello: Hello,
-    /// The plugin's manifest: which services to start and providers to
-    /// subscribe after a restart.
-    pub manifest: Manifest,
+    /// The `filesystem:` and `network:` permissions its sandbox holds: the
+    /// union of its members'.
+    pub grants: Vec<String>,
     /// Restart and quarantine rules.
     pub settings: Arc<IsolationSettings>,
-    /// The deadline of each step that restores a restarted worker.
+    /// The deadline of each step that creates or restores a plugin.
     pub lifecycle_timeout: Duration,
 }
 
@@ -63,31 +73,70 @@ struct Supervision {
     crashes: VecDeque<Instant>,
     quarantined: Option<String>,
     last_crash: Option<String>,
-    /// The plugin is being unloaded: no more restarts.
+    /// The worker is being stopped for good: no more restarts.
     retired: bool,
+}
+
+/// One plugin in the worker.
+struct MemberEntry {
+    /// Its name.
+    plugin: String,
+    /// Its file, numbered as the handshake's files.
+    file: u32,
+    /// Its index in the file's export list.
+    index: u32,
+    /// Its manifest: which services to start and providers to subscribe
+    /// after a restart.
+    manifest: Manifest,
+    /// Its callbacks, noting its subscriptions and timers.
+    host: Arc<TrackingHost>,
+    /// The host gave up on it (a step of its life missed its deadline):
+    /// a restart does not create it again.
+    given_up: bool,
+}
+
+/// The members of one worker, by slot: who answers each one's callbacks.
+#[derive(Default)]
+struct Members {
+    by_slot: Mutex<BTreeMap<u32, MemberEntry>>,
+}
+
+impl Hosts for Members {
+    fn host(&self, slot: u32) -> Option<Arc<dyn Host>> {
+        let members = lock(&self.by_slot);
+        let host: Arc<dyn Host> = members.get(&slot).map(|m| Arc::clone(&m.host))?;
+        Some(host)
+    }
 }
 
 struct Inner {
     spec: WorkerSpec,
-    host: Arc<dyn Host>,
-    tracked: Arc<Mutex<Tracked>>,
     announce: Announce,
+    members: Arc<Members>,
+    next_slot: AtomicU32,
     current: RwLock<Option<Arc<WorkerProcess>>>,
     supervision: Mutex<Supervision>,
 }
 
-/// One isolated plugin's worker, supervised: calls go to the worker that
-/// serves now; a worker that dies is restarted (or the plugin
+/// One worker process, supervised: calls go to the worker that serves
+/// now; a worker that dies is restarted with all its members (or
 /// quarantined). Dropping it ends the worker for good.
-pub(crate) struct Supervisor {
+pub(crate) struct SharedWorker {
     inner: Arc<Inner>,
+}
+
+/// One plugin in a [`SharedWorker`]: its calls, and its slot, which it
+/// leaves when dropped.
+pub(crate) struct Member {
+    inner: Arc<Inner>,
+    slot: u32,
 }
 
 /// The host's callbacks for a worker, noting the subscriptions and timers
 /// the plugin sets up.
 struct TrackingHost {
-    host: Arc<dyn Host>,
-    tracked: Arc<Mutex<Tracked>>,
+    host: Box<dyn Host>,
+    tracked: Mutex<Tracked>,
 }
 
 impl Host for TrackingHost {
@@ -144,18 +193,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Supervisor {
-    /// Starts the plugin's worker and waits until it serves.
-    pub(crate) fn start(
-        spec: WorkerSpec,
-        host: Box<dyn Host>,
-        announce: Announce,
-    ) -> Result<Self, StartError> {
+impl SharedWorker {
+    /// Starts the worker and waits until it serves (no plugin yet).
+    pub(crate) fn start(spec: WorkerSpec, announce: Announce) -> Result<Self, StartError> {
         let inner = Arc::new(Inner {
             spec,
-            host: Arc::from(host),
-            tracked: Arc::new(Mutex::new(Tracked::default())),
             announce,
+            members: Arc::new(Members::default()),
+            next_slot: AtomicU32::new(0),
             current: RwLock::new(None),
             supervision: Mutex::new(Supervision::default()),
         });
@@ -167,10 +212,70 @@ impl Supervisor {
         Ok(Self { inner })
     }
 
-    /// The operator's view of the worker.
+    /// Creates plugin `index` of file `file` (numbered as the handshake's
+    /// files) in the worker, its callbacks going to `host`.
+    pub(crate) fn add(
+        &self,
+        manifest: &Manifest,
+        file: u32,
+        index: u32,
+        host: Box<dyn Host>,
+    ) -> Result<Member, Failure> {
+        let slot = self.inner.next_slot.fetch_add(1, Ordering::Relaxed);
+        let entry = MemberEntry {
+            plugin: manifest.name.clone(),
+            file,
+            index,
+            manifest: manifest.clone(),
+            host: Arc::new(TrackingHost {
+                host,
+                tracked: Mutex::new(Tracked::default()),
+            }),
+            given_up: false,
+        };
+        lock(&self.inner.members.by_slot).insert(slot, entry);
+        let deadline = Instant::now() + self.inner.spec.lifecycle_timeout;
+        let late = move || Instant::now() > deadline;
+        match self
+            .inner
+            .call(&Request::Create { slot, file, index }, &late)
+        {
+            Ok(_) => Ok(Member {
+                inner: Arc::clone(&self.inner),
+                slot,
+            }),
+            Err(error) => {
+                lock(&self.inner.members.by_slot).remove(&slot);
+                Err(error)
+            }
+        }
+    }
+
+    /// Whether a plugin named `plugin` is among the members.
+    pub(crate) fn serves(&self, plugin: &str) -> bool {
+        lock(&self.inner.members.by_slot)
+            .values()
+            .any(|m| m.plugin == plugin)
+    }
+
+    /// Whether the worker is quarantined (a member that would join it
+    /// gets a worker of its own instead).
+    pub(crate) fn is_quarantined(&self) -> bool {
+        lock(&self.inner.supervision).quarantined.is_some()
+    }
+}
+
+impl Member {
+    /// The operator's view of the member's worker.
     pub(crate) fn status(&self) -> WorkerStatus {
-        let current = self.inner.current();
-        let supervision = lock(&self.inner.supervision);
+        let inner = &self.inner;
+        let current = inner.current();
+        let mut plugins: Vec<String> = lock(&inner.members.by_slot)
+            .values()
+            .map(|m| m.plugin.clone())
+            .collect();
+        plugins.sort();
+        let supervision = lock(&inner.supervision);
         WorkerStatus {
             pid: current
                 .as_ref()
@@ -180,18 +285,21 @@ impl Supervisor {
             quarantined: supervision.quarantined.clone(),
             last_crash: supervision.last_crash.clone(),
             protections: current.map(|p| p.protections.clone()).unwrap_or_default(),
+            group: inner.spec.group.clone(),
+            plugins,
+            grants: inner.spec.grants.clone(),
         }
     }
 
-    /// The worker that serves now; an error when the plugin is
-    /// quarantined or no worker runs.
-    fn serving(&self) -> Result<Arc<WorkerProcess>, Failure> {
-        if let Some(why) = lock(&self.inner.supervision).quarantined.clone() {
-            return Err(Failure::new(ErrorKind::Unavailable, why));
-        }
-        self.inner.current().ok_or_else(|| {
-            Failure::new(ErrorKind::Unavailable, "its worker process is not running")
-        })
+    /// The member's slot, which its requests name.
+    pub(crate) fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// Which worker serves the member: members with the same key share
+    /// one process, and one request carries their parts of a message.
+    pub(crate) fn worker_key(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
     }
 
     /// Makes one call into the worker, giving up (and killing the worker)
@@ -201,16 +309,12 @@ impl Supervisor {
         request: &Request<'_>,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Answer, Failure> {
-        let process = self.serving()?;
-        let what = || request.describe();
-        match process.call(request, &what, cancelled) {
-            Ok(reply) => reply.map_err(Failure::from)?.into_answer(),
-            Err(fault) => Err(self.inner.failure(&what(), &process, fault)),
-        }
+        self.inner.call(request, cancelled)
     }
 
-    /// Sends a call answered more than once (a message round) without
-    /// waiting: its answers are read from the round, in order.
+    /// Sends a call answered more than once (a message round, which may
+    /// carry other members' parts) without waiting: its answers are read
+    /// from the round, in order.
     pub(crate) fn begin(&self, request: &Request<'_>, late: &dyn Fn() -> bool) -> PendingRound {
         let failed = |error: Failure| PendingRound {
             inner: Arc::clone(&self.inner),
@@ -218,7 +322,7 @@ impl Supervisor {
             pending: None,
             error: Some(error),
         };
-        let process = match self.serving() {
+        let process = match self.inner.serving() {
             Ok(process) => process,
             Err(error) => return failed(error),
         };
@@ -234,15 +338,37 @@ impl Supervisor {
         }
     }
 
-    /// The host gave up on the plugin (a step of its life missed its
-    /// deadline): the worker is not restarted again, and the kill that
-    /// follows ends it for good.
+    /// The host gave up on the member (a step of its life missed its
+    /// deadline): the kill that follows does not bring it back, though
+    /// the worker restarts for the other members.
     pub(crate) fn retire(&self) {
-        lock(&self.inner.supervision).retired = true;
+        if let Some(member) = lock(&self.inner.members.by_slot).get_mut(&self.slot) {
+            member.given_up = true;
+        }
     }
 }
 
-/// The answers of a call sent with [`Supervisor::begin`], read one by one.
+impl Drop for Member {
+    /// The instance is gone (unloaded, or replaced by a reload and
+    /// drained): its slot is dropped in the worker, which goes on serving
+    /// the other members.
+    fn drop(&mut self) {
+        lock(&self.inner.members.by_slot).remove(&self.slot);
+        let Some(process) = self.inner.current() else {
+            return;
+        };
+        if process.ending().is_some() {
+            return;
+        }
+        let deadline = Instant::now() + self.inner.spec.lifecycle_timeout;
+        let late = move || Instant::now() > deadline;
+        let what = || "dropping the plugin".to_string();
+        let request = Request::Drop { slot: self.slot };
+        let _ = process.call(&request, &what, &late);
+    }
+}
+
+/// The answers of a call sent with [`Member::begin`], read one by one.
 pub(crate) struct PendingRound {
     inner: Arc<Inner>,
     process: Option<Arc<WorkerProcess>>,
@@ -295,9 +421,9 @@ impl PendingRound {
     }
 }
 
-impl Drop for Supervisor {
-    /// The instance is gone (unloaded, or replaced by a reload and
-    /// drained): its worker ends, and with it every page the plugin mapped.
+impl Drop for SharedWorker {
+    /// Every member is gone: the worker ends, and with it every page its
+    /// plugins mapped.
     fn drop(&mut self) {
         lock(&self.inner.supervision).retired = true;
         if let Some(process) = self.inner.current() {
@@ -307,6 +433,27 @@ impl Drop for Supervisor {
 }
 
 impl Inner {
+    /// The worker that serves now; an error when it is quarantined or no
+    /// worker runs.
+    fn serving(&self) -> Result<Arc<WorkerProcess>, Failure> {
+        if let Some(why) = lock(&self.supervision).quarantined.clone() {
+            return Err(Failure::new(ErrorKind::Unavailable, why));
+        }
+        self.current().ok_or_else(|| {
+            Failure::new(ErrorKind::Unavailable, "its worker process is not running")
+        })
+    }
+
+    /// Makes one call into the worker (see [`Member::call`]).
+    fn call(&self, request: &Request<'_>, cancelled: &dyn Fn() -> bool) -> Result<Answer, Failure> {
+        let process = self.serving()?;
+        let what = || request.describe();
+        match process.call(request, &what, cancelled) {
+            Ok(reply) => reply.map_err(Failure::from)?.into_answer(),
+            Err(fault) => Err(self.failure(&what(), &process, fault)),
+        }
+    }
+
     /// The error of a call that got no reply: the worker died, or the call
     /// overran its deadline and the worker was killed.
     fn failure(&self, what: &str, process: &WorkerProcess, fault: CallFault) -> Failure {
@@ -350,12 +497,9 @@ impl Inner {
             .clone()
     }
 
-    /// Starts a worker for the plugin; its end is reported to [`Inner::ended`].
+    /// Starts a worker; its end is reported to [`Inner::ended`].
     fn spawn(self: &Arc<Self>) -> Result<WorkerProcess, StartError> {
-        let callbacks: Arc<dyn Host> = Arc::new(TrackingHost {
-            host: Arc::clone(&self.host),
-            tracked: Arc::clone(&self.tracked),
-        });
+        let callbacks: Arc<dyn Hosts> = Arc::clone(&self.members) as Arc<dyn Hosts>;
         let owner = Arc::downgrade(self);
         let on_end = Box::new(move |pid: u32, ending: Ending| {
             if let Some(inner) = owner.upgrade() {
@@ -365,19 +509,28 @@ impl Inner {
         WorkerProcess::start(
             &self.spec.program,
             &self.spec.hello,
-            &self.spec.plugin,
+            &self.spec.name,
             Some(callbacks),
             Some(on_end),
             Guards::of(&self.spec.settings),
         )
     }
+    /// The names of the members, for announcements.
+    fn member_names(&self) -> Vec<String> {
+        lock(&self.members.by_slot)
+            .values()
+            .filter(|m| !m.given_up)
+            .map(|m| m.plugin.clone())
+            .collect()
+    }
+
     /// Called when a worker process ends: unless it was planned, counts the
-    /// crash and restarts the worker (or quarantines the plugin).
+    /// crash and restarts the worker (or quarantines it), for every member.
     fn ended(self: &Arc<Self>, process_pid: u32, ending: Ending) {
         if ending.is_planned() {
             return;
         }
-        let plugin = self.spec.plugin.clone();
+        let worker = self.spec.name.clone();
         let now = Instant::now();
         let window = Duration::from_millis(self.spec.settings.crash_window_ms);
         // Decided under the lock; announced after it, since announcing runs
@@ -409,18 +562,23 @@ impl Inner {
                 (crashes, None)
             }
         };
-        tracing::error!(plugin, pid = process_pid, "worker process died: {ending}");
-        (self.announce)(
-            "plugin:crashed",
-            json!({"plugin": plugin, "pid": process_pid, "cause": ending.to_string(),
-                   "crashes_in_window": crashes}),
-        );
-        if let Some(why) = quarantined {
-            tracing::error!(plugin, "{why}");
+        let members = self.member_names();
+        tracing::error!(worker, pid = process_pid, plugins = ?members, "worker process died: {ending}");
+        for plugin in &members {
             (self.announce)(
-                "plugin:quarantined",
-                json!({"plugin": plugin, "cause": why}),
+                "plugin:crashed",
+                json!({"plugin": plugin, "pid": process_pid, "cause": ending.to_string(),
+                       "crashes_in_window": crashes}),
             );
+        }
+        if let Some(why) = quarantined {
+            tracing::error!(worker, "{why}");
+            for plugin in &members {
+                (self.announce)(
+                    "plugin:quarantined",
+                    json!({"plugin": plugin, "cause": why}),
+                );
+            }
             return;
         }
         let base = self.spec.settings.restart_backoff_ms;
@@ -428,18 +586,18 @@ impl Inner {
         let delay = Duration::from_millis(doubled.min(self.spec.settings.restart_backoff_max_ms));
         let inner = Arc::clone(self);
         let spawned = std::thread::Builder::new()
-            .name(format!("worker-restart-{plugin}"))
+            .name(format!("worker-restart-{worker}"))
             .spawn(move || {
                 std::thread::sleep(delay);
                 inner.restart();
             });
         if let Err(error) = spawned {
-            tracing::error!(plugin, "cannot restart the worker: {error}");
+            tracing::error!(worker, "cannot restart the worker: {error}");
         }
     }
 
     fn restart(self: &Arc<Self>) {
-        let plugin = &self.spec.plugin;
+        let worker = &self.spec.name;
         if lock(&self.supervision).retired {
             return;
         }
@@ -447,44 +605,104 @@ impl Inner {
         let process = match self.spawn() {
             Ok(process) => Arc::new(process),
             Err(error) => {
-                tracing::error!(plugin, "the worker could not be restarted: {error}");
+                tracing::error!(worker, "the worker could not be restarted: {error}");
                 self.ended(0, Ending::Broken(format!("restart failed: {error}")));
                 return;
             }
         };
-        // The dead worker's subscriptions and timers go; `on_load` in the new
-        // one sets up its own.
+        let members: Vec<(u32, String, u32, u32, Manifest, Arc<TrackingHost>)> =
+            lock(&self.members.by_slot)
+                .iter()
+                .filter(|(_, m)| !m.given_up)
+                .map(|(&slot, m)| {
+                    let host = Arc::clone(&m.host);
+                    (
+                        slot,
+                        m.plugin.clone(),
+                        m.file,
+                        m.index,
+                        m.manifest.clone(),
+                        host,
+                    )
+                })
+                .collect();
+        for (slot, plugin, file, index, manifest, host) in &members {
+            if !self.restore(&process, *slot, plugin, (*file, *index), manifest, host) {
+                // The new worker died or hung: its end is counted as
+                // another crash, which restarts it again.
+                return;
+            }
+        }
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&process));
+        let restarts = {
+            let mut supervision = lock(&self.supervision);
+            supervision.restarts += 1;
+            supervision.restarts
+        };
+        tracing::info!(
+            worker,
+            pid = process.pid,
+            "worker restarted in {:?}",
+            started.elapsed()
+        );
+        for (_, plugin, ..) in &members {
+            (self.announce)(
+                "plugin:restarted",
+                json!({"plugin": plugin, "pid": process.pid, "restarts": restarts,
+                       "took_ms": started.elapsed().as_millis() as u64}),
+            );
+        }
+    }
+
+    /// Creates one member again in a restarted worker and gives it what
+    /// it had: the dead worker's subscriptions and timers go, then
+    /// `on_load`, its services, its provider subscriptions. `false` when
+    /// the new worker failed at once.
+    fn restore(
+        &self,
+        process: &WorkerProcess,
+        slot: u32,
+        plugin: &str,
+        (file, index): (u32, u32),
+        manifest: &Manifest,
+        host: &TrackingHost,
+    ) -> bool {
         let (subscriptions, timers) = {
-            let mut tracked = lock(&self.tracked);
+            let mut tracked = lock(&host.tracked);
             (
                 std::mem::take(&mut tracked.subscriptions),
                 std::mem::take(&mut tracked.timers),
             )
         };
         for subscription in subscriptions {
-            let _ = self.host.unsubscribe(subscription);
+            let _ = host.host.unsubscribe(subscription);
         }
         for timer in timers {
-            let _ = self.host.clear_timer(timer);
+            let _ = host.host.clear_timer(timer);
         }
         let what = || "restoring the plugin".to_string();
-        let mut steps = vec![Request::of(Call::OnLoad)];
+        let mut steps = vec![
+            Request::Create { slot, file, index },
+            Request::of(slot, Call::OnLoad),
+        ];
         steps.extend(
-            (0..self.spec.manifest.services.len() as u32)
-                .map(|service| Request::of(Call::StartService { service })),
+            (0..manifest.services.len() as u32)
+                .map(|service| Request::of(slot, Call::StartService { service })),
         );
         steps.extend(
-            self.spec
-                .manifest
+            manifest
                 .providers
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| p.subscribable)
                 .map(|(i, _)| {
-                    Request::of(Call::SetSubscribed {
-                        provider: i as u32,
-                        subscribed: true,
-                    })
+                    Request::of(
+                        slot,
+                        Call::SetSubscribed {
+                            provider: i as u32,
+                            subscribed: true,
+                        },
+                    )
                 }),
         );
         for step in &steps {
@@ -502,26 +720,10 @@ impl Inner {
                 ),
                 Err(fault) => {
                     tracing::error!(plugin, "the restarted worker failed at once: {fault:?}");
-                    return;
+                    return false;
                 }
             }
         }
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&process));
-        let restarts = {
-            let mut supervision = lock(&self.supervision);
-            supervision.restarts += 1;
-            supervision.restarts
-        };
-        tracing::info!(
-            plugin,
-            pid = process.pid,
-            "worker restarted in {:?}",
-            started.elapsed()
-        );
-        (self.announce)(
-            "plugin:restarted",
-            json!({"plugin": plugin, "pid": process.pid, "restarts": restarts,
-                   "took_ms": started.elapsed().as_millis() as u64}),
-        );
+        true
     }
 }

@@ -53,6 +53,9 @@ pub(crate) struct SandboxPolicy {
     /// handed the copy as an open file gets its rule from that file, as it
     /// may not be able to reach this path.
     pub copy: PathBuf,
+    /// The private copies of the worker's other files (a group's), each
+    /// with the copy's rule.
+    pub more_copies: Vec<PathBuf>,
     /// Read and map for execution: the system library folders.
     pub read_exec: Vec<PathBuf>,
     /// Read only: the `filesystem:read:` grants, then the name-resolution

@@ -39,7 +39,7 @@ use std::path::PathBuf;
 pub(crate) const PREAMBLE: &[u8; 8] = b"AHWORKER";
 
 /// The protocol version; a host and a worker must speak the same one.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame either side ever accepts or sends. The host accepts
 /// less from a worker: `[isolation] max_frame_bytes`.
@@ -62,25 +62,49 @@ pub(crate) struct Hello {
     pub job: Job,
     /// The sandbox the worker puts itself in before it opens the file.
     pub policy: SandboxPolicy,
+    /// The other files a serving worker opens (the files of a group's
+    /// other members), numbered from 1 on in [`Request::Create`]; their
+    /// copies follow the first one's as open files, in this order.
+    pub more: Vec<HelloFile>,
 }
 
-/// What a worker does with its plugin file.
+/// One more plugin file a serving worker opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HelloFile {
+    /// The plugin file in the plugin folder, for messages.
+    pub file: PathBuf,
+    /// Its private copy.
+    pub copy: PathBuf,
+}
+
+impl Hello {
+    /// Every file of the worker, `(file, copy)`, numbered from 0 in order.
+    pub(crate) fn files(&self) -> Vec<HelloFile> {
+        let first = HelloFile {
+            file: self.file.clone(),
+            copy: self.copy.clone(),
+        };
+        std::iter::once(first)
+            .chain(self.more.iter().cloned())
+            .collect()
+    }
+}
+
+/// What a worker does with its plugin files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Job {
     /// Check the file and report its manifests, then exit.
     Probe,
-    /// Create plugin number `index` of the file and serve it.
-    Serve {
-        /// The plugin's index in the file's export list.
-        index: u32,
-    },
+    /// Open the files and serve the plugins the host creates in it
+    /// ([`Request::Create`]).
+    Serve,
 }
 
 /// The worker's answer to [`Hello`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Ready {
-    /// The file passed every check (and, for [`Job::Serve`], the plugin was
-    /// created): its manifests as JSON, and the protections in force.
+    /// The files passed every check: the first file's manifests as JSON,
+    /// and the protections in force.
     Ready {
         /// The worker's process id.
         pid: u32,
@@ -97,9 +121,11 @@ pub(crate) enum Ready {
 }
 
 /// What the host asks of a worker on a call connection: one call of the
-/// description, or a plugin's part of one message. `deadline_ms` is
-/// milliseconds since the Unix epoch, 0 for none; the plugin's runtime
-/// sees it.
+/// description to one of its plugins, the parts of one message of several
+/// plugins, or a plugin created or dropped. A plugin in a worker is known
+/// by its slot, a number the host gives it when it creates it.
+/// `deadline_ms` is milliseconds since the Unix epoch, 0 for none; the
+/// plugin's runtime sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Request<'a> {
     /// One call, answered once with the answer the call takes.
@@ -112,18 +138,18 @@ pub(crate) enum Request<'a> {
         /// Who emitted the event an `OnEvent` call delivers.
         #[serde(borrow)]
         source: Option<Cow<'a, str>>,
+        /// The plugin called.
+        slot: u32,
     },
-    /// A plugin's part of one message in one request: the `validate` of
-    /// `actions`, answered at once ([`WireAnswer::Validated`]), then the
-    /// `evaluators`, answered in a second reply
-    /// ([`WireAnswer::EvaluatedEach`]) that the host reads when its
-    /// evaluators phase comes. The evaluators thus run alongside the rest
-    /// of the message, on the same message and state.
+    /// The parts of one message of the worker's plugins in one request:
+    /// the `validate` of each part's actions, answered at once
+    /// ([`WireAnswer::RoundValidated`]), then each part's evaluators,
+    /// answered in a second reply ([`WireAnswer::EvaluatedEach`]) that the
+    /// host reads when its evaluators phase comes. The evaluators thus run
+    /// alongside the rest of the message, on the same message and state.
     Round {
-        /// The actions to validate.
-        actions: Cow<'a, [u32]>,
-        /// The evaluators to run.
-        evaluators: Cow<'a, [u32]>,
+        /// Each plugin's part, in the order the answers follow.
+        parts: Vec<RoundPart<'a>>,
         /// The message.
         #[serde(borrow)]
         message: MessageRef<'a>,
@@ -132,15 +158,42 @@ pub(crate) enum Request<'a> {
         /// The evaluators' deadline.
         evaluate_deadline_ms: u64,
     },
+    /// Create plugin number `index` of file number `file` (of the
+    /// [`Hello`]) as `slot`; answered [`WireAnswer::Done`].
+    Create {
+        /// The slot it gets.
+        slot: u32,
+        /// The file, numbered as [`Hello::files`].
+        file: u32,
+        /// The plugin's index in the file's export list.
+        index: u32,
+    },
+    /// Drop the plugin in `slot`; answered [`WireAnswer::Done`].
+    Drop {
+        /// Its slot.
+        slot: u32,
+    },
+}
+
+/// One plugin's part of a message round.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RoundPart<'a> {
+    /// The plugin.
+    pub slot: u32,
+    /// The actions to validate.
+    pub actions: Cow<'a, [u32]>,
+    /// The evaluators to run.
+    pub evaluators: Cow<'a, [u32]>,
 }
 
 impl<'a> Request<'a> {
-    /// `call`, with no deadline.
-    pub(crate) fn of(call: Call<'a>) -> Self {
+    /// `call` to the plugin in `slot`, with no deadline.
+    pub(crate) fn of(slot: u32, call: Call<'a>) -> Self {
         Request::Call {
             call,
             deadline_ms: 0,
             source: None,
+            slot,
         }
     }
 
@@ -149,6 +202,8 @@ impl<'a> Request<'a> {
         match self {
             Request::Call { call, .. } => call.describe(),
             Request::Round { .. } => "validate and evaluators".into(),
+            Request::Create { .. } => "creating the plugin".into(),
+            Request::Drop { .. } => "dropping the plugin".into(),
         }
     }
 
@@ -159,8 +214,9 @@ impl<'a> Request<'a> {
             Request::Call { call, .. } => call.answered_by() == answer.kind(),
             Request::Round { .. } => matches!(
                 answer,
-                WireAnswer::Validated(_) | WireAnswer::EvaluatedEach(_)
+                WireAnswer::RoundValidated(_) | WireAnswer::EvaluatedEach(_)
             ),
+            Request::Create { .. } | Request::Drop { .. } => matches!(answer, WireAnswer::Done),
         }
     }
 }
@@ -244,10 +300,13 @@ pub(crate) enum WireAnswer {
     Evaluated(WireEvaluation),
     /// [`Answer::EvaluatedBatch`].
     EvaluatedBatch(Vec<WireEvaluation>),
-    /// One verdict (or error) per evaluator of a message round, in order.
-    EvaluatedEach(Vec<Result<WireEvaluation, WireError>>),
+    /// One verdict (or error) per evaluator of each part of a message
+    /// round, in order.
+    EvaluatedEach(Vec<Vec<Result<WireEvaluation, WireError>>>),
     /// [`Answer::Text`].
     Text(String),
+    /// One answer per action of each part of a message round, in order.
+    RoundValidated(Vec<Vec<Result<bool, WireError>>>),
 }
 
 impl WireAnswer {
@@ -264,6 +323,7 @@ impl WireAnswer {
             WireAnswer::EvaluatedBatch(_) => AnswerKind::EvaluatedBatch,
             WireAnswer::EvaluatedEach(_) => AnswerKind::EvaluatedEach,
             WireAnswer::Text(_) => AnswerKind::Text,
+            WireAnswer::RoundValidated(_) => AnswerKind::Validated,
         }
     }
 
@@ -326,10 +386,10 @@ impl WireAnswer {
                     .map(WireEvaluation::read)
                     .collect::<Result<_, _>>()?,
             ),
-            WireAnswer::EvaluatedEach(_) => {
+            WireAnswer::EvaluatedEach(_) | WireAnswer::RoundValidated(_) => {
                 return Err(Failure::new(
                     ErrorKind::Failed,
-                    "protocol error: a message round's verdicts answered a call",
+                    "protocol error: a message round's answers answered a call",
                 ))
             }
             WireAnswer::Text(text) => Answer::Text(text),
@@ -444,8 +504,14 @@ pub(crate) enum FromWorker {
         /// Its result.
         result: Result<WireAnswer, WireError>,
     },
-    /// A host callback the call (or a plugin thread) makes.
-    Callback(Callback),
+    /// A host callback the call (or a plugin thread) makes, for the plugin
+    /// in `slot`.
+    Callback {
+        /// The plugin that makes it.
+        slot: u32,
+        /// The callback.
+        callback: Callback,
+    },
 }
 
 /// Writes the handshake preamble.
@@ -742,13 +808,14 @@ mod tests {
                 },
                 deadline_ms: 5,
                 source: None,
+                slot: 7,
             },
         };
         encode(&call, &mut bytes).unwrap();
         encode(
             &ToWorker::Call {
                 id: 2,
-                request: Request::of(Call::OnLoad),
+                request: Request::of(0, Call::OnLoad),
             },
             &mut bytes,
         )
@@ -788,6 +855,7 @@ mod tests {
                     Request::Call {
                         call: Call::ValidateEach { actions, message },
                         deadline_ms: 5,
+                        slot: 7,
                         ..
                     },
             } => {
@@ -931,15 +999,18 @@ mod tests {
 
     #[test]
     fn each_request_names_the_answers_it_takes() {
-        let export = Request::of(Call::ExportState);
+        let export = Request::of(0, Call::ExportState);
         assert!(export.is_answered_by(&WireAnswer::Text(String::new())));
         assert!(!export.is_answered_by(&WireAnswer::Done));
-        let load = Request::of(Call::OnLoad);
+        let load = Request::of(0, Call::OnLoad);
         assert!(load.is_answered_by(&WireAnswer::Done));
         assert!(!load.is_answered_by(&WireAnswer::Validated(Vec::new())));
         let round = Request::Round {
-            actions: Cow::Borrowed(&[0]),
-            evaluators: Cow::Borrowed(&[0]),
+            parts: vec![RoundPart {
+                slot: 0,
+                actions: Cow::Borrowed(&[0]),
+                evaluators: Cow::Borrowed(&[0]),
+            }],
             message: MessageRef {
                 id: "m",
                 text: "t",
@@ -949,7 +1020,14 @@ mod tests {
             evaluate_deadline_ms: 0,
         };
         assert!(round.is_answered_by(&WireAnswer::EvaluatedEach(Vec::new())));
+        assert!(round.is_answered_by(&WireAnswer::RoundValidated(Vec::new())));
         assert!(!round.is_answered_by(&WireAnswer::Done));
+        let create = Request::Create {
+            slot: 1,
+            file: 0,
+            index: 0,
+        };
+        assert!(create.is_answered_by(&WireAnswer::Done));
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! The worker process: the `agent-host worker` subcommand, run by the host
-//! for one isolated plugin, never by hand.
+//! for the isolated plugins of one file (or of one group, or one plugin),
+//! never by hand.
 //!
 //! In order: die with the parent; handshake on the control socket (its
-//! standard input); put the sandbox in place; only then open the plugin's
-//! private copy (opening runs the library's constructors, plugin code) with
-//! the same checks as the host; create the plugin; and serve it. Each call
-//! connection the host passes over the control socket gets a thread that
-//! runs one call at a time on the plugin: it decodes the call as the host
+//! standard input); put the sandbox in place; only then open the private
+//! copies of its files (opening runs the library's constructors, plugin
+//! code) with the same checks as the host; and serve. The host creates
+//! each plugin in a slot of its choosing and names the slot in each call.
+//! Each call connection the host passes over the control socket gets a
+//! thread that runs one request at a time: it decodes the call as the host
 //! described it and hands it to the loader's in-process dispatch, exactly
 //! as the host runs an in-process plugin. The plugin's host callbacks go
-//! back over the connection of the call that made them. When the control
-//! socket closes, the worker exits.
+//! back, naming its slot, over the connection of the call that made them.
+//! When the control socket closes, the worker exits.
 //!
 //! * `lifetime`: dying with the host, and ending at once on a crash;
 //! * `sandbox`: putting the host's policy in force.
@@ -22,17 +24,18 @@ use crate::call::{Call, Failure, MessageRef};
 use crate::isolation::wire::link::{self, Stream, WorkerLink};
 use crate::isolation::wire::protocol::{
     decode, read_frame, read_preamble, write_frame, write_preamble, Callback, CallbackAnswer,
-    FrameReader, FrameWriter, FromWorker, Hello, Job, Ready, Request, ToWorker, WireAnswer,
-    WireError, WireEvaluation,
+    FrameReader, FrameWriter, FromWorker, Hello, Job, Ready, Request, RoundPart, ToWorker,
+    WireAnswer, WireError, WireEvaluation,
 };
 use crate::load::dispatch::dispatch;
-use crate::load::library::{self, RunsIn};
+use crate::load::library::{self, OpenedLibrary, RunsIn};
 use agent_host_plugin_abi::{CallControl, PluginBox};
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 /// Runs the worker; returns the process's exit code.
 pub(crate) fn run() -> i32 {
@@ -66,47 +69,40 @@ fn serve(link: &WorkerLink, control: Stream) -> std::io::Result<()> {
     read_preamble(&control)?;
     let hello: Hello = read_frame(&control)?;
     let refuse = |error: String| write_frame(&control, &Ready::Refused { error });
-    // The private copy, opened by the host: this worker may run as a user
-    // that cannot reach its folder. It stays open as long as the worker runs.
-    let copy = match link.receive_file(&control) {
-        Ok(copy) => copy,
-        Err(error) => return refuse(format!("the plugin's copy: {error}")),
-    };
-    let protections = match sandbox::apply(&hello.policy, copy.as_ref()) {
+    let files = hello.files();
+    // The private copies, opened by the host: this worker may run as a
+    // user that cannot reach their folder. They stay open as long as the
+    // worker runs.
+    let mut copies = Vec::with_capacity(files.len());
+    for _ in &files {
+        match link.receive_file(&control) {
+            Ok(Some(copy)) => copies.push(copy),
+            Ok(None) => {}
+            Err(error) => return refuse(format!("the plugin's copy: {error}")),
+        }
+    }
+    let protections = match sandbox::apply(&hello.policy, &copies) {
         Ok(protections) => protections,
         Err(error) => return refuse(error.to_string()),
     };
-    let copy_path = match &copy {
-        Some(file) => opened_path(file, &hello.copy),
-        None => hello.copy.clone(),
-    };
-    let library = match library::open_copy(&hello.file, &copy_path, hello.max_bytes, RunsIn::Worker)
-    {
-        Ok(library) => library,
-        Err(error) => return refuse(error.to_string()),
-    };
-    let manifests_json = match serde_json::to_string(&library.manifests) {
-        Ok(json) => json,
-        Err(error) => return refuse(format!("manifests: {error}")),
-    };
-    let index = match hello.job {
-        Job::Probe => {
-            return write_frame(
-                &control,
-                &Ready::Ready {
-                    pid: std::process::id(),
-                    manifests_json,
-                    protections,
-                },
-            )
+    let mut libraries = Vec::with_capacity(files.len());
+    for (i, file) in files.iter().enumerate() {
+        let copy_path = match copies.get(i) {
+            Some(copy) => opened_path(copy, &file.copy),
+            None => file.copy.clone(),
+        };
+        match library::open_copy(&file.file, &copy_path, hello.max_bytes, RunsIn::Worker) {
+            Ok(library) => libraries.push(library),
+            Err(error) => return refuse(error.to_string()),
         }
-        Job::Serve { index } => index,
-    };
-    // The worker's sandbox is already in force and it has no registry to
-    // announce to: the host does both.
-    let object = match library.instantiate(index, Box::new(WorkerHost)) {
-        Ok(object) => object,
-        Err(error) => return refuse(format!("create: {}", error.message())),
+    }
+    let manifests_json = match libraries
+        .first()
+        .map(|l| serde_json::to_string(&l.manifests))
+    {
+        Some(Ok(json)) => json,
+        Some(Err(error)) => return refuse(format!("manifests: {error}")),
+        None => return refuse("the host named no plugin file".into()),
     };
     write_frame(
         &control,
@@ -116,7 +112,13 @@ fn serve(link: &WorkerLink, control: Stream) -> std::io::Result<()> {
             protections,
         },
     )?;
-    let object = Arc::new(object);
+    if hello.job == Job::Probe {
+        return Ok(());
+    }
+    let served = Arc::new(Served {
+        libraries,
+        plugins: RwLock::new(HashMap::new()),
+    });
     // The first connection is this worker's own, for callbacks made outside
     // any call; the rest each carry calls.
     let mut first = true;
@@ -132,15 +134,67 @@ fn serve(link: &WorkerLink, control: Stream) -> std::io::Result<()> {
             let _ = OWN_CONNECTION.set(Mutex::new(Connection::new(stream)));
             continue;
         }
-        let object = Arc::clone(&object);
+        let served = Arc::clone(&served);
         // Past `max_processes` no thread starts: the connection is dropped,
         // which fails that one call, and the worker goes on.
         if let Err(error) = std::thread::Builder::new()
             .name("plugin-call".into())
-            .spawn(move || serve_connection(stream, &object))
+            .spawn(move || serve_connection(stream, &served))
         {
             eprintln!("agent-host worker: cannot serve another connection: {error}");
         }
+    }
+}
+
+/// What a serving worker holds: its opened files and the plugins the host
+/// created from them, by slot.
+struct Served {
+    libraries: Vec<OpenedLibrary>,
+    plugins: RwLock<HashMap<u32, Arc<PluginBox>>>,
+}
+
+impl Served {
+    /// The plugin in `slot`.
+    fn plugin(&self, slot: u32) -> Result<Arc<PluginBox>, Failure> {
+        self.plugins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&slot)
+            .cloned()
+            .ok_or_else(|| {
+                Failure::new(
+                    ErrorKind::Unavailable,
+                    format!("the worker holds no plugin in slot {slot}"),
+                )
+            })
+    }
+
+    /// Creates plugin `index` of file `file` as `slot`. The worker's
+    /// sandbox is already in force and it has no registry to announce to:
+    /// the host does both.
+    fn create(&self, slot: u32, file: u32, index: u32) -> Result<(), Failure> {
+        let library = self.libraries.get(file as usize).ok_or_else(|| {
+            Failure::new(
+                ErrorKind::InvalidInput,
+                format!("the worker opened no file number {file}"),
+            )
+        })?;
+        let object = library.instantiate(index, Box::new(WorkerHost { slot }))?;
+        self.plugins
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(slot, Arc::new(object));
+        Ok(())
+    }
+
+    /// Drops the plugin in `slot` (once no call runs in it).
+    fn drop_plugin(&self, slot: u32) {
+        let removed = self
+            .plugins
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&slot);
+        drop(removed);
     }
 }
 
@@ -187,10 +241,10 @@ impl Connection {
         self.writer.send(&self.stream, frame)
     }
 
-    /// Makes a callback and waits for its answer.
-    fn callback(&mut self, callback: Callback) -> Result<CallbackAnswer, Failure> {
+    /// Makes a callback for the plugin in `slot` and waits for its answer.
+    fn callback(&mut self, slot: u32, callback: Callback) -> Result<CallbackAnswer, Failure> {
         let log = matches!(callback, Callback::Log { .. });
-        self.send(&FromWorker::Callback(callback))
+        self.send(&FromWorker::Callback { slot, callback })
             .map_err(host_gone)?;
         if log {
             return Ok(CallbackAnswer::Done);
@@ -225,7 +279,7 @@ thread_local! {
     static EVENT_SOURCE: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-fn serve_connection(stream: Stream, object: &PluginBox) {
+fn serve_connection(stream: Stream, served: &Served) {
     let connection = Connection::new(stream);
     let connection = Rc::new(RefCell::new(connection));
     loop {
@@ -245,18 +299,25 @@ fn serve_connection(stream: Stream, object: &PluginBox) {
                 return;
             }
         };
+        let in_call = |deadline_ms: u64| {
+            let control = Rc::new(CallControl::with_deadline(deadline_ms));
+            IN_CALL.with(|slot| {
+                *slot.borrow_mut() = Some((Rc::clone(&connection), Rc::clone(&control)));
+            });
+            control
+        };
         let sent = match request {
             Request::Call {
                 call,
                 deadline_ms,
                 source,
+                slot,
             } => {
-                let control = Rc::new(CallControl::with_deadline(deadline_ms));
-                IN_CALL.with(|slot| {
-                    *slot.borrow_mut() = Some((Rc::clone(&connection), Rc::clone(&control)));
-                });
+                let control = in_call(deadline_ms);
                 let previous = EVENT_SOURCE.with(|s| s.replace(source.map(Cow::into_owned)));
-                let result = dispatch(object, call, Some(&control))
+                let result = served
+                    .plugin(slot)
+                    .and_then(|object| dispatch(&object, call, Some(&control)))
                     .and_then(WireAnswer::from_answer)
                     .map_err(WireError::from);
                 EVENT_SOURCE.with(|s| *s.borrow_mut() = previous);
@@ -265,25 +326,38 @@ fn serve_connection(stream: Stream, object: &PluginBox) {
                     .send(&FromWorker::Reply { id, result })
             }
             Request::Round {
-                actions,
-                evaluators,
+                parts,
                 message,
                 deadline_ms,
                 evaluate_deadline_ms,
             } => {
-                let control = Rc::new(CallControl::with_deadline(deadline_ms));
-                IN_CALL.with(|slot| {
-                    *slot.borrow_mut() = Some((Rc::clone(&connection), Rc::clone(&control)));
-                });
+                in_call(deadline_ms);
                 run_message(
-                    object,
+                    served,
                     &connection,
                     id,
-                    actions,
-                    &evaluators,
+                    &parts,
                     message,
                     evaluate_deadline_ms,
                 )
+            }
+            Request::Create { slot, file, index } => {
+                let result = served
+                    .create(slot, file, index)
+                    .map(|()| WireAnswer::Done)
+                    .map_err(|e| {
+                        WireError::from(Failure::new(e.kind(), format!("create: {}", e.message())))
+                    });
+                connection
+                    .borrow_mut()
+                    .send(&FromWorker::Reply { id, result })
+            }
+            Request::Drop { slot } => {
+                served.drop_plugin(slot);
+                connection.borrow_mut().send(&FromWorker::Reply {
+                    id,
+                    result: Ok(WireAnswer::Done),
+                })
             }
         };
         IN_CALL.with(|slot| slot.borrow_mut().take());
@@ -293,36 +367,59 @@ fn serve_connection(stream: Stream, object: &PluginBox) {
     }
 }
 
-/// A plugin's part of one message: the validates, answered at once, then
-/// the evaluators, answered in a second reply.
+/// The parts of one message of the worker's plugins: every part's
+/// validates, answered at once, then every part's evaluators, answered in
+/// a second reply.
 fn run_message(
-    object: &PluginBox,
+    served: &Served,
     connection: &RefCell<Connection>,
     id: u64,
-    actions: Cow<'_, [u32]>,
-    evaluators: &[u32],
+    parts: &[RoundPart<'_>],
     message: MessageRef<'_>,
     evaluate_deadline_ms: u64,
 ) -> std::io::Result<()> {
-    let validated = dispatch(object, Call::ValidateEach { actions, message }, None)
-        .and_then(WireAnswer::from_answer)
-        .map_err(WireError::from);
+    let objects: Vec<Result<Arc<PluginBox>, Failure>> =
+        parts.iter().map(|part| served.plugin(part.slot)).collect();
+    let validated = parts
+        .iter()
+        .zip(&objects)
+        .map(|(part, object)| {
+            let actions = Cow::Borrowed(&*part.actions);
+            let answers = object.clone().and_then(|object| {
+                dispatch(&object, Call::ValidateEach { actions, message }, None)?.validated()
+            });
+            match answers {
+                Ok(answers) => answers
+                    .into_iter()
+                    .map(|a| a.map_err(WireError::from))
+                    .collect(),
+                Err(error) => vec![Err(WireError::from(error)); part.actions.len()],
+            }
+        })
+        .collect();
     connection.borrow_mut().send(&FromWorker::Reply {
         id,
-        result: validated,
+        result: Ok(WireAnswer::RoundValidated(validated)),
     })?;
     let control = CallControl::with_deadline(evaluate_deadline_ms);
-    let evaluated = evaluators
+    let evaluated = parts
         .iter()
-        .map(|&evaluator| {
-            dispatch(
-                object,
-                Call::Evaluate { evaluator, message },
-                Some(&control),
-            )
-            .and_then(|answer| answer.evaluated())
-            .map(|e| WireEvaluation::from(&e))
-            .map_err(WireError::from)
+        .zip(&objects)
+        .map(|(part, object)| {
+            part.evaluators
+                .iter()
+                .map(|&evaluator| {
+                    let object = object.as_ref().map_err(|e| WireError::from(e.clone()))?;
+                    dispatch(
+                        object,
+                        Call::Evaluate { evaluator, message },
+                        Some(&control),
+                    )
+                    .and_then(|answer| answer.evaluated())
+                    .map(|e| WireEvaluation::from(&e))
+                    .map_err(WireError::from)
+                })
+                .collect()
         })
         .collect();
     connection.borrow_mut().send(&FromWorker::Reply {
@@ -331,21 +428,24 @@ fn run_message(
     })
 }
 
-/// The host, as the plugin in a worker sees it: every callback crosses to
-/// the host over the connection of the call that made it (or, from a thread
-/// of the plugin's own, over the worker's own connection).
-struct WorkerHost;
+/// The host, as the plugin in `slot` of a worker sees it: every callback
+/// crosses to the host, naming the plugin, over the connection of the call
+/// that made it (or, from a thread of the plugin's own, over the worker's
+/// own connection).
+struct WorkerHost {
+    slot: u32,
+}
 
 impl WorkerHost {
     fn callback(&self, callback: Callback) -> Result<CallbackAnswer, Failure> {
         let in_call = IN_CALL.with(|slot| slot.borrow().as_ref().map(|(c, _)| Rc::clone(c)));
         match in_call {
-            Some(connection) => connection.borrow_mut().callback(callback),
+            Some(connection) => connection.borrow_mut().callback(self.slot, callback),
             None => match OWN_CONNECTION.get() {
                 Some(own) => own
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .callback(callback),
+                    .callback(self.slot, callback),
                 None => Err(Failure::new(
                     ErrorKind::Unavailable,
                     "the worker has no connection to the host yet",

@@ -24,7 +24,7 @@ const MISSING: &str = "process sandbox: not available on this operating system";
 /// Reports every protection missing.
 pub(super) fn apply(
     _policy: &SandboxPolicy,
-    _copy: Option<&std::fs::File>,
+    _copies: &[std::fs::File],
 ) -> Result<Protections, SandboxError> {
     Ok(Protections {
         missing: vec![MISSING.to_string()],

@@ -68,7 +68,7 @@ const NEWEST_ABI: ABI = ABI::V10;
 /// documentation; see [`super::apply`].
 pub(super) fn apply(
     policy: &SandboxPolicy,
-    copy: Option<&std::fs::File>,
+    copies: &[std::fs::File],
 ) -> Result<Protections, SandboxError> {
     let mut run = Run {
         policy,
@@ -76,20 +76,26 @@ pub(super) fn apply(
     };
     // Opened before the worker may lose the right to reach them.
     let grants = open_grants(policy)?;
-    let copy = match copy {
-        Some(file) => file.as_fd().try_clone_to_owned(),
-        None => std::fs::File::open(&policy.copy).map(OwnedFd::from),
-    }
-    .map_err(|source| {
-        SandboxError::new(
-            &policy.plugin,
-            "filesystem grants",
-            SandboxCause::Copy {
-                path: policy.copy.clone(),
-                source,
-            },
-        )
-    })?;
+    let paths = std::iter::once(&policy.copy).chain(&policy.more_copies);
+    let copies = paths
+        .enumerate()
+        .map(|(i, path)| {
+            match copies.get(i) {
+                Some(file) => file.as_fd().try_clone_to_owned(),
+                None => std::fs::File::open(path).map(OwnedFd::from),
+            }
+            .map_err(|source| {
+                SandboxError::new(
+                    &policy.plugin,
+                    "filesystem grants",
+                    SandboxCause::Copy {
+                        path: path.clone(),
+                        source,
+                    },
+                )
+            })
+        })
+        .collect::<Result<Vec<OwnedFd>, SandboxError>>()?;
 
     // Counted before landlock hides `/proc`; confinement needs one thread.
     let threads = thread_count();
@@ -115,7 +121,7 @@ pub(super) fn apply(
         run.check("no_new_privs", no_new_privs)?;
     }
 
-    match landlock(policy, &copy, &grants, threads) {
+    match landlock(policy, &copies, &grants, threads) {
         Ok(outcome) => {
             run.protections.landlock_filesystem = outcome.filesystem;
             run.protections.landlock_network = outcome.network;
@@ -324,7 +330,7 @@ struct LandlockOutcome {
 
 fn landlock(
     policy: &SandboxPolicy,
-    copy: &OwnedFd,
+    copies: &[OwnedFd],
     grants: &OpenedGrants,
     threads: Option<usize>,
 ) -> Result<LandlockOutcome, Shortfall> {
@@ -364,7 +370,9 @@ fn landlock(
         .create()
         .map_err(|e| Shortfall::new(LANDLOCK, e))?
         .set_compatibility(CompatLevel::BestEffort)
-        .add_rule(PathBeneath::new(copy, AccessFs::from_read(NEWEST_ABI)))
+        .add_rules(copies.iter().map(|copy| {
+            Ok::<_, RulesetError>(PathBeneath::new(copy, AccessFs::from_read(NEWEST_ABI)))
+        }))
         .and_then(|r| r.add_rules(rules(&grants.read_exec, AccessFs::from_read(NEWEST_ABI))))
         .and_then(|r| r.add_rules(rules(&grants.read, read)))
         .and_then(|r| r.add_rules(rules(&grants.write, AccessFs::from_all(NEWEST_ABI))))

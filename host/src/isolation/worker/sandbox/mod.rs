@@ -63,8 +63,9 @@ impl SandboxError {
 /// protections are in force. Call it on the worker's main thread before the
 /// worker starts any other thread, opens the plugin, or needs anything the
 /// policy does not grant (see the Linux notes in the module documentation).
-/// `copy` is the plugin's private copy as an open file, when the host
-/// passed one; without it the copy is reached by the policy's path.
+/// `copies` are the private copies of the worker's files as open files,
+/// when the host passed them; without them each copy is reached by the
+/// policy's path.
 ///
 /// On Linux this may split the process (see `confine.rs`): it returns in
 /// the process that goes on as the worker, and the process that called it
@@ -76,7 +77,7 @@ impl SandboxError {
 /// either way.
 pub(crate) fn apply(
     policy: &SandboxPolicy,
-    copy: Option<&std::fs::File>,
+    copies: &[std::fs::File],
 ) -> Result<Protections, SandboxError> {
-    platform::apply(policy, copy)
+    platform::apply(policy, copies)
 }

@@ -147,7 +147,7 @@ fn report(line: &str) {
 }
 
 fn run(probe: &Probe) -> String {
-    match apply(&probe.policy, None) {
+    match apply(&probe.policy, &[]) {
         Err(e) => format!("apply-error: {e}"),
         Ok(protections) => attempt(&probe.attempt, &protections),
     }
