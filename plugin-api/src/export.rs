@@ -11,7 +11,9 @@ use crate::plugin::Plugin;
 use crate::runtime::{Host, Level};
 use agent_host_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
 use agent_host_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use agent_host_plugin_abi::abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString, RVec};
+use agent_host_plugin_abi::abi_stable::std_types::{
+    RResult, RSlice, RSliceMut, RStr, RString, RVec,
+};
 use agent_host_plugin_abi::{
     CallControl, EvaluationView, FfiResult, HostBox, MessageView, PluginApi, PluginApi_TO,
     PluginModule,

@@ -286,7 +286,10 @@ pub(crate) fn provide_each(
             let value = std::mem::replace(value, RResult::ROk(RString::new()));
             answer(
                 provider,
-                value.into_result().map(RString::into_string).map_err(from_ffi),
+                value
+                    .into_result()
+                    .map(RString::into_string)
+                    .map_err(from_ffi),
             );
         }
     };

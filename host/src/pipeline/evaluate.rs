@@ -49,7 +49,9 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
         let evaluators = &plugin.evaluator_indices;
         let mut verdicts = Verdicts::with_capacity(evaluators.len());
         if plugin.in_flight.is_full(limit) {
-            let error = plugin.instance.refused(Entry::Evaluators.describe(&plugin.instance), limit);
+            let error = plugin
+                .instance
+                .refused(Entry::Evaluators.describe(&plugin.instance), limit);
             verdicts.extend(evaluators.iter().map(|_| Err(Box::new(error.clone()))));
             return verdicts;
         }

@@ -352,7 +352,7 @@ impl PluginInstance {
         }
     }
 
-    /// One evaluation of a round, checked like [`PluginInstance::evaluate`].
+    /// One evaluation of a round, checked like [`PluginInstance::evaluate_each`]'s.
     pub(crate) fn round_evaluation(
         &self,
         round: &mut dyn MessageRound,
@@ -543,8 +543,8 @@ impl PluginInstance {
     }
 
     /// Runs several evaluators on one message, in one call (see
-    /// [`Backend::validate_each`]); each verdict is checked as
-    /// [`PluginInstance::evaluate`] checks it.
+    /// [`Backend::validate_each`]); a score outside 0..=1 is the plugin's
+    /// error.
     #[inline]
     pub fn evaluate_each(
         &self,
@@ -576,18 +576,7 @@ impl PluginInstance {
             })
     }
 
-    /// Runs one evaluator on one message. A score outside 0..=1 is the
-    /// plugin's error.
-    pub fn evaluate(
-        &self,
-        evaluator: u32,
-        message: MessageRef<'_>,
-        control: &CallControl,
-    ) -> Result<Evaluation, CallError> {
-        let outcome = self.backend.evaluate(evaluator, message, control);
-        self.checked_evaluation(evaluator, outcome)
-    }
-
+    /// A verdict, checked: a score outside 0..=1 is the plugin's error.
     fn checked_evaluation(
         &self,
         evaluator: u32,

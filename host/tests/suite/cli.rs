@@ -506,5 +506,8 @@ fn a_plugin_built_for_a_newer_abi_minor_serves_and_the_log_names_both_versions()
         )),
         "{warning}"
     );
-    assert!(warning.contains("newer-abi-minor"), "names the file: {warning}");
+    assert!(
+        warning.contains("newer-abi-minor"),
+        "names the file: {warning}"
+    );
 }
