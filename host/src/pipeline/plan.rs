@@ -23,10 +23,6 @@ pub struct ServingPlan {
     /// (plugin index in `plugins`, evaluator index) of every evaluator, in
     /// order.
     pub evaluators: Vec<(usize, u32)>,
-    /// Each plugin with evaluators (index in `plugins`) and where its
-    /// evaluators start in `evaluators`: the evaluators phase asks each
-    /// plugin for all its verdicts in one call.
-    pub evaluating: Vec<(usize, usize)>,
     /// The names of the evaluators of `evaluators`, in the same order: the
     /// table every reply's verdicts refer to.
     pub evaluator_names: EvaluatorNames,
@@ -86,12 +82,6 @@ impl ServingPlan {
             .enumerate()
             .flat_map(|(p, plugin)| plugin.evaluator_indices.iter().map(move |&e| (p, e)))
             .collect();
-        let mut evaluating = Vec::new();
-        for (position, &(p, _)) in evaluators.iter().enumerate() {
-            if evaluating.last().is_none_or(|&(last, _)| last != p) {
-                evaluating.push((p, position));
-            }
-        }
         let evaluator_names: EvaluatorNames = evaluators
             .iter()
             .map(|&(p, e)| {
@@ -110,7 +100,6 @@ impl ServingPlan {
             triggers,
             providers,
             evaluators,
-            evaluating,
             evaluator_names,
             costly,
             shadowed,

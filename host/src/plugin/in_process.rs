@@ -90,15 +90,4 @@ impl Backend for InProcess {
     ) {
         dispatch::provide_each(&self.object, providers, message, control, answer)
     }
-
-    #[inline]
-    fn evaluate_each(
-        &self,
-        evaluators: &[u32],
-        message: MessageRef<'_>,
-        control: &CallControl,
-        answer: &mut dyn FnMut(u32, Result<Evaluation, Failure>),
-    ) {
-        dispatch::evaluate_each(&self.object, evaluators, message, control, answer)
-    }
 }

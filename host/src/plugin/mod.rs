@@ -123,20 +123,6 @@ pub(crate) trait Backend: Send + Sync {
         );
     }
 
-    /// The verdicts of several evaluators on one message, as
-    /// [`Backend::validate_each`] (by default one call each).
-    fn evaluate_each(
-        &self,
-        evaluators: &[u32],
-        message: MessageRef<'_>,
-        control: &CallControl,
-        answer: &mut dyn FnMut(u32, Result<Evaluation, Failure>),
-    ) {
-        for &evaluator in evaluators {
-            answer(evaluator, self.evaluate(evaluator, message, control));
-        }
-    }
-
     /// Where the instance runs: in this process (the default), or in a
     /// worker process it reports on.
     fn placement(&self) -> Placement<'_> {
@@ -352,7 +338,7 @@ impl PluginInstance {
         }
     }
 
-    /// One evaluation of a round, checked like [`PluginInstance::evaluate_each`]'s.
+    /// One evaluation of a round, checked like [`PluginInstance::evaluate`].
     pub(crate) fn round_evaluation(
         &self,
         round: &mut dyn MessageRound,
@@ -542,23 +528,6 @@ impl PluginInstance {
             });
     }
 
-    /// Runs several evaluators on one message, in one call (see
-    /// [`Backend::validate_each`]); a score outside 0..=1 is the plugin's
-    /// error.
-    #[inline]
-    pub fn evaluate_each(
-        &self,
-        evaluators: &[u32],
-        message: MessageRef<'_>,
-        control: &CallControl,
-        answer: &mut dyn FnMut(u32, Result<Evaluation, CallError>),
-    ) {
-        self.backend
-            .evaluate_each(evaluators, message, control, &mut |evaluator, outcome| {
-                answer(evaluator, self.checked_evaluation(evaluator, outcome))
-            });
-    }
-
     /// Starts or ends a provider's subscription.
     pub fn set_subscribed(&self, provider: u32, subscribed: bool) -> Result<(), CallError> {
         let call = Call::SetSubscribed {
@@ -574,6 +543,21 @@ impl PluginInstance {
                     e,
                 )
             })
+    }
+
+    /// Runs one evaluator on one message. A score outside 0..=1 is the
+    /// plugin's error. (In a worker, a plugin's evaluators are asked in
+    /// one request, [`PluginInstance::round_evaluation`]; in process each
+    /// is its own call, with its own deadline, so a call that hangs costs
+    /// only its own verdict.)
+    pub fn evaluate(
+        &self,
+        evaluator: u32,
+        message: MessageRef<'_>,
+        control: &CallControl,
+    ) -> Result<Evaluation, CallError> {
+        let outcome = self.backend.evaluate(evaluator, message, control);
+        self.checked_evaluation(evaluator, outcome)
     }
 
     /// A verdict, checked: a score outside 0..=1 is the plugin's error.

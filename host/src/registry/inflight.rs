@@ -37,8 +37,6 @@ pub enum Entry {
     Validate,
     /// An evaluator, by index.
     Evaluator(u32),
-    /// Every evaluator of the plugin, for one message.
-    Evaluators,
     /// A step of the plugin's life (`on_load`, a service start...).
     Lifecycle(Step),
 }
@@ -57,7 +55,6 @@ impl Entry {
             Entry::Providers => "providers' get".to_string(),
             Entry::Validate => "actions' validate".to_string(),
             Entry::Evaluator(i) => format!("evaluator '{}' evaluate", instance.evaluator_name(*i)),
-            Entry::Evaluators => "evaluators' evaluate".to_string(),
             Entry::Lifecycle(step) => step.describe(instance),
         }
     }

@@ -27,7 +27,7 @@ use crate::isolation::wire::protocol::{
     FrameReader, FrameWriter, FromWorker, Hello, Job, Ready, Request, RoundPart, ToWorker,
     WireAnswer, WireError, WireEvaluation,
 };
-use crate::load::dispatch::dispatch;
+use crate::load::dispatch::{dispatch, evaluate_each};
 use crate::load::library::{self, OpenedLibrary, RunsIn};
 use agent_host_plugin_abi::{CallControl, PluginBox};
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
@@ -405,21 +405,16 @@ fn run_message(
     let evaluated = parts
         .iter()
         .zip(&objects)
-        .map(|(part, object)| {
-            part.evaluators
-                .iter()
-                .map(|&evaluator| {
-                    let object = object.as_ref().map_err(|e| WireError::from(e.clone()))?;
-                    dispatch(
-                        object,
-                        Call::Evaluate { evaluator, message },
-                        Some(&control),
-                    )
-                    .and_then(|answer| answer.evaluated())
-                    .map(|e| WireEvaluation::from(&e))
-                    .map_err(WireError::from)
-                })
-                .collect()
+        .map(|(part, object)| match object {
+            Ok(object) => {
+                // One crossing for all the plugin's evaluators (ABI 1.1).
+                let mut verdicts = Vec::with_capacity(part.evaluators.len());
+                evaluate_each(object, &part.evaluators, message, &control, &mut |_, v| {
+                    verdicts.push(v.map(|e| WireEvaluation::from(&e)).map_err(WireError::from))
+                });
+                verdicts
+            }
+            Err(error) => vec![Err(WireError::from(error.clone())); part.evaluators.len()],
         })
         .collect();
     connection.borrow_mut().send(&FromWorker::Reply {
