@@ -38,6 +38,7 @@ mod metrics;
 mod permissions;
 mod pipeline;
 mod plugin;
+mod prefetch;
 mod registry;
 mod regular_file;
 mod reload;

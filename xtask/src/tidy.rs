@@ -30,6 +30,7 @@ pub const HOST_LAYERS: &[(&str, &[&str])] = &[
             "log_limit",
             "metrics",
             "permissions",
+            "prefetch",
             "regular_file",
             "shared_cause",
             "sys",

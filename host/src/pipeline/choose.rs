@@ -75,6 +75,7 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
         rounds: Rounds::begin(run, view, &matched),
     });
     let relayed = phase.relay.drive(driver, |job, control| {
+        run.plan.warm_after(job);
         let plugin = &run.plan.plugins[job];
         let mut validated = Validated::default();
         let asked = matched.actions(job).unwrap_or(&plugin.action_indices);

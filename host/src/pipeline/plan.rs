@@ -4,6 +4,7 @@
 
 use crate::pipeline::cache::{ProviderSlot, ProviderSlots};
 use crate::pipeline::message::EvaluatorNames;
+use crate::plugin::WarmStage;
 use crate::registry::LivePlugin;
 use crate::triggers::TriggerIndex;
 use std::sync::{Arc, Mutex};
@@ -53,7 +54,32 @@ pub struct StateSnapshot {
     pub json: Arc<str>,
 }
 
+/// How many plugins apart a warm-up's stages are asked (see
+/// [`ServingPlan::warm_after`]): enough for a line to arrive while that
+/// many plugins are served.
+const WARM_STRIDE: usize = 4;
+
 impl ServingPlan {
+    /// Warms the plugins after plugin `p` for a phase that is about to call
+    /// `p` (see `prefetch.rs`): the plugin three strides ahead gets its
+    /// fields asked for, the one two strides ahead what they point to, the
+    /// one a stride ahead its object. So every line is asked for a stride
+    /// after the line that points to it, and is in when its plugin's turn
+    /// comes.
+    #[inline]
+    pub(crate) fn warm_after(&self, p: usize) {
+        let stages = [
+            (WarmStage::Fields, 3),
+            (WarmStage::Targets, 2),
+            (WarmStage::Object, 1),
+        ];
+        for (stage, strides) in stages {
+            if let Some(plugin) = self.plugins.get(p + strides * WARM_STRIDE) {
+                plugin.warm(stage);
+            }
+        }
+    }
+
     pub(crate) fn new(mut plugins: Vec<Arc<LivePlugin>>, provider_slots: &ProviderSlots) -> Self {
         plugins.retain(|p| !p.is_quarantined());
         let slots = plugins.iter().map(|p| provider_slots.of(p)).collect();

@@ -12,6 +12,7 @@ use super::{Backend, CreateContext, Failure, MessageRef, PluginSource};
 use crate::call::{Answer, Call};
 use crate::load::dispatch::{self, dispatch};
 use crate::load::library::OpenedLibrary;
+use crate::prefetch::prefetch;
 use agent_host_plugin_abi::{CallControl, PluginBox};
 use agent_host_plugin_sdk::manifest::Manifest;
 use agent_host_plugin_sdk::{Evaluation, Host};
@@ -69,6 +70,11 @@ impl Backend for InProcess {
         control: &CallControl,
     ) -> Result<Evaluation, Failure> {
         dispatch::evaluate(&self.object, evaluator, message, control)
+    }
+
+    #[inline]
+    fn warm(&self) {
+        prefetch(self.object.obj.sabi_erased_ref().as_ptr());
     }
 
     #[inline]

@@ -43,6 +43,7 @@ pub(crate) use shared::WorkerPlaces;
 pub(crate) use crate::call::{Failure, MessageRef};
 
 use crate::call::{Answer, Call};
+use crate::prefetch::prefetch;
 use agent_host_plugin_abi::CallControl;
 use agent_host_plugin_sdk::manifest::{Dependency, Manifest};
 use agent_host_plugin_sdk::{ActionResult, ErrorKind, Evaluation, Host};
@@ -122,6 +123,12 @@ pub(crate) trait Backend: Send + Sync {
             answer,
         );
     }
+
+    /// Asks for the first cache line the next call will read, without
+    /// waiting for it (see `prefetch.rs`): in process, the plugin's own
+    /// object. Nothing by default.
+    #[inline]
+    fn warm(&self) {}
 
     /// Where the instance runs: in this process (the default), or in a
     /// worker process it reports on.
@@ -248,6 +255,20 @@ pub(crate) struct CreateContext<'a> {
     pub places: &'a WorkerPlaces,
 }
 
+/// How far along the chain of a plugin's pointers a warm-up asks
+/// ([`PluginInstance::warm`]): each stage's lines must be in before the
+/// next stage reads them, so the pipeline asks for each a few plugins
+/// earlier than the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WarmStage {
+    /// The fields of the plugin's entries that hold its pointers.
+    Fields,
+    /// What those fields point to.
+    Targets,
+    /// The plugin's own object, behind its backend.
+    Object,
+}
+
 /// A plugin instance: its checked manifest and where it came from, and the
 /// calls into it, each naming the plugin and the entry point when it fails.
 pub(crate) struct PluginInstance {
@@ -294,6 +315,19 @@ impl PluginInstance {
             image_bytes: parts.image_bytes,
             sha256: parts.sha256,
             backend,
+        }
+    }
+
+    /// Asks for the lines a call of a message will read first (see
+    /// `prefetch.rs`): `fields` for the instance's own field that points to
+    /// its backend; otherwise the backend, whose pointer must already be
+    /// in; `object` then the plugin's object, once the backend is in.
+    #[inline]
+    pub(crate) fn warm(&self, stage: WarmStage) {
+        match stage {
+            WarmStage::Fields => prefetch(&self.backend),
+            WarmStage::Targets => prefetch(&*self.backend),
+            WarmStage::Object => self.backend.warm(),
         }
     }
 

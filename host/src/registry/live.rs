@@ -4,7 +4,8 @@
 
 use crate::metrics::Metrics;
 use crate::permissions::Permissions;
-use crate::plugin::PluginInstance;
+use crate::plugin::{PluginInstance, WarmStage};
+use crate::prefetch::prefetch;
 use crate::triggers::PluginTriggers;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,25 @@ pub struct LivePlugin {
 }
 
 impl LivePlugin {
+    /// Asks for the lines a message's calls into this plugin read first,
+    /// at `stage` (see [`WarmStage`]): its calls in flight, the indices of
+    /// its actions, and its instance's.
+    #[inline]
+    pub(crate) fn warm(&self, stage: WarmStage) {
+        match stage {
+            WarmStage::Fields => {
+                prefetch(&self.in_flight);
+                prefetch(&self.action_indices);
+            }
+            WarmStage::Targets => {
+                prefetch(Arc::as_ptr(&self.in_flight));
+                prefetch(self.action_indices.as_ptr());
+            }
+            WarmStage::Object => {}
+        }
+        self.instance.warm(stage);
+    }
+
     /// A live plugin, not quarantined.
     pub fn new(
         instance: PluginInstance,
