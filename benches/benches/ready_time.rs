@@ -14,9 +14,10 @@
 //! Isolated (`default = "process"`): the 1000 plugins in their file's one
 //! worker (target: at most 1 s), and, to compare with a worker per plugin
 //! (`worker_per = "plugin"`), 100 plugins (`bench-100`) each way, the
-//! start of 100 workers (100 distinct files would also need 100 probes;
-//! copies of one file cannot stand for them, as their plugins' names
-//! clash).
+//! start of 100 workers; and 100 distinct files (`numbered_files`: copies
+//! of one build, each with a name of its own written into it), each
+//! probed, then served by a worker of its own (target: ready in at most
+//! 5 s).
 //!
 //! A plain bench binary: every run maps a new copy of the library, never
 //! unmapped, so the number of runs stays small. Prints the median and the
@@ -53,6 +54,7 @@ fn main() {
     let file = test_support::fixture("bench-1000");
     let dir = test_support::folder_with(&[file]);
     let hundred = test_support::folder_with(&[test_support::fixture("bench-100")]);
+    let files = agent_host_benches::numbered_files(100);
     let worker = format!("[isolation]\nworker_program = \"{WORKER}\"\n");
     println!("time to a ready agent, {RUNS} runs each (fewer for workers per plugin):");
     let modes = [
@@ -82,6 +84,13 @@ fn main() {
             "100 isolated, per plugin",
             format!("{worker}default = \"process\"\nworker_per = \"plugin\"\n"),
             &hundred,
+            100,
+            3,
+        ),
+        (
+            "100 isolated files",
+            format!("{worker}default = \"process\"\n"),
+            &files,
             100,
             3,
         ),

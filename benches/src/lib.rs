@@ -34,3 +34,25 @@ impl Phases {
         })
     }
 }
+
+/// `count` distinct plugin files in a fresh folder, from one build of the
+/// `bench-numbered` fixture: copies whose name slot says `numbered-000`,
+/// `numbered-001`..., each one plugin of its own, answering `bench`.
+pub fn numbered_files(count: usize) -> tempfile::TempDir {
+    let file = test_support::fixture("bench-numbered");
+    let bytes = std::fs::read(&file).expect("read the bench-numbered fixture");
+    let slot = b"AGENT-HOST-BENCH-NAME:numbered-000";
+    let at = bytes
+        .windows(slot.len())
+        .position(|window| window == slot)
+        .expect("the bench-numbered fixture holds its name slot");
+    let digits = at + slot.len() - 3..at + slot.len();
+    let dir = tempfile::tempdir().expect("a folder for the numbered files");
+    for n in 0..count {
+        let mut copy = bytes.clone();
+        copy[digits.clone()].copy_from_slice(format!("{:03}", n % 1000).as_bytes());
+        let name = format!("numbered-{n:03}.{}", test_support::EXT);
+        std::fs::write(dir.path().join(name), copy).expect("write a numbered file");
+    }
+    dir
+}

@@ -238,6 +238,28 @@ impl Command {
 /// The log filter directive that silences the chat's line editor.
 const LINE_EDITOR_SILENT: &str = "rustyline=off";
 
+/// The `agent-host` program's `main`: `agent-host worker` (how the host
+/// runs an isolated plugin; not for people, so not in the help), else the
+/// command line. Every program that is the host calls this and nothing
+/// else (the `agent-host` binary, and the copy the tests package builds
+/// for its own tests).
+pub fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "worker") {
+        let code = crate::isolation::run_worker();
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    crate::isolation::this_program_serves_workers();
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Sets up `tracing` from `RUST_LOG`, or else from the verbosity flag; log
 /// lines go to stderr, or above the prompt while the chat runs.
 pub fn init_logging(cli: &Cli) {

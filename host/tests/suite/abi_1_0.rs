@@ -9,6 +9,7 @@
 //! either way, keeps its count. The files of the pinned workspace keep the
 //! digests they were released with.
 
+use crate::common::wait_until;
 use agent_host::testing::TestAgent;
 use agent_host::{AgentConfig, HostOptions, InboundMessage, PluginHost, Reply};
 use serde_json::{json, Value};
@@ -16,7 +17,6 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_agent-host");
 
@@ -109,15 +109,6 @@ fn seen(events: &Mutex<Vec<Value>>) -> Vec<Value> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone()
-}
-
-/// Waits, at most 20 s, until `done` holds; `what` names it on timeout.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

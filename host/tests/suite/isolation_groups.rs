@@ -4,10 +4,10 @@
 //! fixture's `multi-one` in one worker whose sandbox holds both their
 //! grants, and `worker_per = "plugin"` keeps one worker per plugin.
 
+use crate::common::wait_until;
 use agent_host::testing::TestAgent;
 use agent_host::{AgentConfig, HostOptions, InboundMessage};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_agent-host");
 
@@ -80,14 +80,6 @@ fn call(agent: &TestAgent, plugin: &str, method: &str, argument: Value) -> Value
         .host
         .call_service(plugin, method, &argument)
         .unwrap_or_else(|e| panic!("{plugin}.{method}: {e}"))
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -50,6 +50,18 @@ pub fn run_with_stdin(dir: &std::path::Path, input: Vec<u8>) -> std::process::Ou
 /// How long any single wait may take.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Waits, at most 20 s, until `done` holds; `what` names it on timeout.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A running `agent-host run --listen`; killed if a test fails before it
 /// stops it.
 pub struct Agent {
