@@ -164,7 +164,13 @@ pub(crate) fn validate(
     action: u32,
     message: MessageRef<'_>,
 ) -> Result<bool, Failure> {
-    match &object.validate(action, &view(message)) {
+    accepted(&object.validate(action, &view(message)))
+}
+
+/// A `validate`'s answer, read where it lies in the FFI result.
+#[inline]
+fn accepted(outcome: &FfiResult<bool>) -> Result<bool, Failure> {
+    match outcome {
         RResult::ROk(accepted) => Ok(*accepted),
         RResult::RErr(error) => Err(failure_of(error)),
     }
@@ -180,7 +186,13 @@ pub(crate) fn evaluate(
 ) -> Result<Evaluation, Failure> {
     // Read in place: moving the verdict out of the FFI result first cost a
     // store-forwarding stall per move on the hot path.
-    match &object.evaluate(evaluator, &view(message), control) {
+    verdict(&object.evaluate(evaluator, &view(message), control))
+}
+
+/// An evaluator's verdict, read where it lies in the FFI result.
+#[inline]
+fn verdict(outcome: &FfiResult<EvaluationView>) -> Result<Evaluation, Failure> {
+    match outcome {
         RResult::ROk(verdict) => evaluation_from(
             verdict.score,
             verdict.passed,
@@ -207,14 +219,8 @@ pub(crate) fn validate_each(
             &view(message),
             RSliceMut::from_mut_slice(verdicts),
         );
-        for (&action, verdict) in actions.iter().zip(verdicts.iter()) {
-            answer(
-                action,
-                match verdict {
-                    RResult::ROk(accepted) => Ok(*accepted),
-                    RResult::RErr(error) => Err(failure_of(error)),
-                },
-            );
+        for (&action, outcome) in actions.iter().zip(verdicts.iter()) {
+            answer(action, accepted(outcome));
         }
     };
     with_slots(actions.len(), unset, fill, drop);
@@ -244,18 +250,8 @@ pub(crate) fn evaluate_each(
             control,
             RSliceMut::from_mut_slice(verdicts),
         );
-        for (&evaluator, verdict) in evaluators.iter().zip(verdicts.iter()) {
-            answer(
-                evaluator,
-                match verdict {
-                    RResult::ROk(verdict) => evaluation_from(
-                        verdict.score,
-                        verdict.passed,
-                        verdict.metadata_json.as_str(),
-                    ),
-                    RResult::RErr(error) => Err(failure_of(error)),
-                },
-            );
+        for (&evaluator, outcome) in evaluators.iter().zip(verdicts.iter()) {
+            answer(evaluator, verdict(outcome));
         }
     };
     let release = |verdict: FfiResult<EvaluationView>| match verdict {

@@ -214,17 +214,15 @@ pub fn open_copy(
     let abi_minor = minor_of(plugin_version.as_str()).unwrap_or(0);
     let module = if abi_minor < host_abi_minor() {
         take_older_module(header)?
-    } else if abi_minor == host_abi_minor() {
+    } else {
+        // The same minor or a newer one: `abi_stable`'s own check, in which
+        // the library may extend the host's layout; the host never calls
+        // what it does not know.
         header
             .init_root_module::<PluginModuleRef>()
             .map_err(|e| describe(&e))?
-    } else {
-        // A newer minor: `abi_stable`'s own check, in which the library
-        // may extend the host's layout; the host never calls what it does
-        // not know.
-        let module = header
-            .init_root_module::<PluginModuleRef>()
-            .map_err(|e| describe(&e))?;
+    };
+    if abi_minor > host_abi_minor() {
         tracing::warn!(
             file = %file.display(),
             "built against plugin ABI {plugin_version}, newer than this host's {}: it runs without the entry points added after {}.{} (this host does not know them, and its plugins' calls to newer host callbacks answer 'not found')",
@@ -232,8 +230,7 @@ pub fn open_copy(
             host_abi_major(),
             host_abi_minor(),
         );
-        module
-    };
+    }
 
     let json = (module.manifests())()
         .into_result()
@@ -258,8 +255,8 @@ pub fn open_copy(
     })
 }
 
-/// The root module of a library built against this host's ABI minor
-/// version or an older one. `abi_stable`'s own check takes the loader's
+/// The root module of a library built against an older ABI minor version
+/// than this host's. `abi_stable`'s own check takes the loader's
 /// layout as the expected one and refuses a library whose function tables
 /// are shorter, which is what an older plugin's are: here the library's
 /// layout is the expected one and the host's must extend it (the same

@@ -40,7 +40,11 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
     let limit = run.core.settings.max_calls_in_flight;
     let relayed = phase.relay.drive(driver, |job, control| {
         let (p, evaluator) = run.plan.evaluators[job];
-        run.plan.warm_after(p);
+        if job == 0 || run.plan.evaluators[job - 1].0 != p {
+            // A plugin's first evaluator: the plugins after it are warmed
+            // once, not once per evaluator.
+            run.plan.warm_after(p);
+        }
         let plugin = &run.plan.plugins[p];
         if plugin.in_flight.is_full(limit) {
             let entry = Entry::Evaluator(evaluator).describe(&plugin.instance);

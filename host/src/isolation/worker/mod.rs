@@ -20,14 +20,14 @@
 mod lifetime;
 pub(crate) mod sandbox;
 
-use crate::call::{Call, Failure, MessageRef};
+use crate::call::{Failure, MessageRef};
 use crate::isolation::wire::link::{self, Stream, WorkerLink};
 use crate::isolation::wire::protocol::{
     decode, read_frame, read_preamble, write_frame, write_preamble, Callback, CallbackAnswer,
     FrameReader, FrameWriter, FromWorker, Hello, Job, Ready, Request, RoundPart, ToWorker,
     WireAnswer, WireError, WireEvaluation,
 };
-use crate::load::dispatch::{dispatch, evaluate_each};
+use crate::load::dispatch::{dispatch, evaluate_each, validate_each};
 use crate::load::library::{self, OpenedLibrary, RunsIn};
 use agent_host_plugin_abi::{CallControl, PluginBox};
 use agent_host_plugin_sdk::{ErrorKind, Host, Level};
@@ -383,18 +383,16 @@ fn run_message(
     let validated = parts
         .iter()
         .zip(&objects)
-        .map(|(part, object)| {
-            let actions = Cow::Borrowed(&*part.actions);
-            let answers = object.clone().and_then(|object| {
-                dispatch(&object, Call::ValidateEach { actions, message }, None)?.validated()
-            });
-            match answers {
-                Ok(answers) => answers
-                    .into_iter()
-                    .map(|a| a.map_err(WireError::from))
-                    .collect(),
-                Err(error) => vec![Err(WireError::from(error)); part.actions.len()],
+        .map(|(part, object)| match object {
+            Ok(object) => {
+                // One crossing for all the plugin's validates (ABI 1.1).
+                let mut verdicts = Vec::with_capacity(part.actions.len());
+                validate_each(object, &part.actions, message, &mut |_, v| {
+                    verdicts.push(v.map_err(WireError::from))
+                });
+                verdicts
             }
+            Err(error) => vec![Err(WireError::from(error.clone())); part.actions.len()],
         })
         .collect();
     connection.borrow_mut().send(&FromWorker::Reply {
