@@ -14,7 +14,12 @@
 //! * `GET /v1/cluster`: in cluster mode, the cluster's hosts and accepted
 //!   lock hashes as of this host's last heartbeat (what `agent-host
 //!   cluster status --json` prints); 404 when the host is not in one;
-//! * `GET /healthz` and `GET /metrics` (Prometheus text format).
+//! * `GET /v1/whoami`: who the request's token is (its name, sender and
+//!   roles), or `{"open": true}` when the API asks for no token; the
+//!   console signs in with it;
+//! * `GET /healthz` and `GET /metrics` (Prometheus text format);
+//! * `GET /`: the operator console (`http/console.rs`), a page that uses
+//!   the routes above with the operator's token; its files need none.
 //!
 //! With `[[api.tokens]]` in the config ([`ApiAccess`], `http/auth.rs`),
 //! every request but `GET /healthz` needs `Authorization: Bearer <token>`:
@@ -66,6 +71,7 @@
 
 mod auth;
 mod connection_clock;
+mod console;
 mod framing;
 mod request_body;
 mod server;
@@ -105,7 +111,7 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 /// The routes, for the answer to an unknown one.
 const ROUTES: &str = "POST /v1/messages, GET /v1/plugins, GET /v1/plugins/{name}, \
                       POST /v1/plugins/{name}/reload, GET /v1/events, GET /v1/cluster, \
-                      GET /healthz, GET /metrics";
+                      GET /v1/whoami, GET /healthz, GET /metrics, GET / (the console)";
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -155,8 +161,10 @@ fn router(state: ApiState) -> Router {
         .route("/v1/plugins/{name}/reload", post(reload_plugin))
         .route("/v1/events", get(events))
         .route("/v1/cluster", get(cluster_status))
+        .route("/v1/whoami", get(whoami))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(console::routes())
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .layer(axum::middleware::from_fn_with_state(
@@ -498,6 +506,25 @@ async fn cluster_status(State(state): State<ApiState>) -> Result<Response, ApiEr
             StatusCode::NOT_FOUND,
             "this host is not in cluster mode (its config has no [cluster] table)",
         )),
+    }
+}
+
+/// `GET /v1/whoami`: the identity of the request's token (any role will
+/// do), or `{"open": true}` with every role when the API takes no tokens.
+async fn whoami(identity: Option<Extension<Identity>>) -> Response {
+    match identity {
+        Some(Extension(identity)) => Json(json!({
+            "open": false,
+            "token": identity.token,
+            "sender": identity.sender,
+            "roles": identity.roles.iter().map(|role| role.as_str()).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        None => Json(json!({
+            "open": true,
+            "roles": [crate::config::Role::Chat.as_str(), crate::config::Role::Admin.as_str()],
+        }))
+        .into_response(),
     }
 }
 

@@ -11,7 +11,8 @@
 //! * A route needs a role: `POST /v1/messages` needs `chat`; `/v1/plugins*`
 //!   (reload included), `/v1/events`, `/v1/cluster` and `/metrics` need
 //!   `admin`; any other path needs a valid token of any role (and then
-//!   gets its 404).
+//!   gets its 404); the console's files (`GET /`, `GET /console/...`)
+//!   need none: they hold no data.
 //! * A refusal is `401` (no token, a malformed header, a token that is not
 //!   configured; with `WWW-Authenticate: Bearer`) or `403` (a role the token
 //!   lacks, a message naming another sender), with `{"error": ".."}`, a log
@@ -422,7 +423,7 @@ pub(super) fn peer_of(request: &Request) -> Option<SocketAddr> {
 }
 
 /// The middleware: with tokens configured, every request but
-/// `GET /healthz` needs one with the route's role; the identity goes on to
+/// `GET /healthz` and the console's files needs one with the route's role; the identity goes on to
 /// the handler as a request extension.
 pub(super) async fn authenticate(
     State(state): State<ApiState>,
@@ -430,7 +431,10 @@ pub(super) async fn authenticate(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if state.access.is_open() || path == "/healthz" {
+    if state.access.is_open()
+        || path == "/healthz"
+        || super::console::serves_without_token(request.method(), path)
+    {
         return next.run(request).await;
     }
     let checked = state

@@ -11,6 +11,7 @@ mod cli;
 mod cluster_front_ends;
 mod cluster_members;
 mod cluster_messages;
+mod console;
 mod database_pool;
 mod hostile_worker;
 mod http;

@@ -7,6 +7,8 @@
 // Each test file uses part of it.
 #![allow(dead_code)]
 
+#[cfg(unix)]
+pub mod browser;
 pub mod cluster;
 
 use serde_json::Value;
