@@ -104,7 +104,10 @@ mod tests {
         );
         assert!(!APP_JS.contains("innerHTML"), "text only, never markup");
         assert!(!APP_JS.contains("?token"), "never a token in a URL");
-        assert!(!APP_JS.contains("new EventSource"), "cannot send the header");
+        assert!(
+            !APP_JS.contains("new EventSource"),
+            "cannot send the header"
+        );
     }
 
     #[test]

@@ -207,12 +207,10 @@ async fn console_in_a_browser() {
     browser.screenshot("chat").await;
 
     // Reload: a new build of counter on disk, the button, the outcome.
-    let counter = agent.plugins_dir().join(
-        fixture("counter-v1")
-            .file_name()
-            .expect("a file name")
-            .to_owned(),
-    );
+    let counter_v1 = fixture("counter-v1");
+    let counter = agent
+        .plugins_dir()
+        .join(counter_v1.file_name().expect("a file name"));
     let staged = add_as(agent.plugins_dir(), &fixture("counter-v2"), "counter.next");
     std::fs::rename(&staged, &counter).expect("put the new build in place");
     browser.click(".tab[data-page=plugins]").await;
