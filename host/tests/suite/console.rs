@@ -148,7 +148,7 @@ fn the_console_signs_in_chats_reloads_and_shows_quarantine_and_live_events_in_a_
 }
 
 async fn console_in_a_browser() {
-    let test = "console::the_console_signs_in_chats_reloads_and_shows_quarantine_and_live_events";
+    let test = "console::the_console_signs_in_chats_reloads_and_shows_quarantine_and_live_events_in_a_browser";
     let Some(browser) = Browser::start(test).await else {
         return;
     };
@@ -204,6 +204,13 @@ async fn console_in_a_browser() {
         .wait_for_text("#chat-log", "panicky/trap: score 0.50, passed")
         .await;
     assert!(log.contains("trap ok"), "{log}");
+    // A handler's panic is the reply's error (and the first of the two
+    // that quarantine the plugin).
+    browser.type_into("#chat-text", "panic:handler").await;
+    browser.click("#chat-send").await;
+    browser
+        .wait_for_text("#chat-log", "handler was told to panic")
+        .await;
     browser.screenshot("chat").await;
 
     // Reload: a new build of counter on disk, the button, the outcome.
@@ -245,10 +252,8 @@ async fn console_in_a_browser() {
         .wait_for_text(&format!("{row} td.col-version"), "2.0.0")
         .await;
 
-    // Quarantine: two panics, and the next refresh shows it.
-    for _ in 0..2 {
-        post_message_as(&agent, USER, "panic:handler");
-    }
+    // Quarantine: the second panic, and the page's next refresh shows it.
+    post_message_as(&agent, USER, "panic:handler");
     let state = browser
         .wait_for_text(
             "#plugins-rows tr[data-plugin=panicky] td.col-state",
@@ -323,5 +328,20 @@ async fn console_in_a_browser() {
     browser.click("#chat-send").await;
     browser.wait_for_text("#chat-log", "bot: count").await;
     browser.wait_for_text("#chat-log", "v2: ").await;
+
+    // Without tokens the API is open: the console asks for none and says so.
+    let open = Agent::start_with(&[fixture("counter-v1")], "", false);
+    let open_url = format!("http://{}/", open.address);
+    browser
+        .client
+        .goto(&open_url)
+        .await
+        .expect("open the console");
+    browser
+        .wait_for_text("#identity", "open API: no [[api.tokens]] configured")
+        .await;
+    browser.type_into("#chat-text", "count").await;
+    browser.click("#chat-send").await;
+    browser.wait_for_text("#chat-log", "v1: 1").await;
     browser.close().await;
 }
