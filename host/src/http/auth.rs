@@ -10,9 +10,9 @@
 //!   or which token it matched.
 //! * A route needs a role: `POST /v1/messages` needs `chat`; `/v1/plugins*`
 //!   (reload included), `/v1/events`, `/v1/cluster` and `/metrics` need
-//!   `admin`; any other path needs a valid token of any role (and then
-//!   gets its 404); the console's files (`GET /`, `GET /console/...`)
-//!   need none: they hold no data.
+//!   `admin`; `/v1/whoami` and any other path need a valid token of any
+//!   role (an unknown path then gets its 404); the console's files
+//!   (`GET /`, `GET /console/...`) need none: they hold no data.
 //! * A refusal is `401` (no token, a malformed header, a token that is not
 //!   configured; with `WWW-Authenticate: Bearer`) or `403` (a role the token
 //!   lacks, a message naming another sender), with `{"error": ".."}`, a log
@@ -607,6 +607,7 @@ mod tests {
         ] {
             assert_eq!(needed_role(admin), Some(Role::Admin), "{admin}");
         }
+        assert_eq!(needed_role("/v1/whoami"), None, "any valid token");
         assert_eq!(needed_role("/v1/elsewhere"), None);
     }
 
