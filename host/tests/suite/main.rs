@@ -12,6 +12,7 @@ mod cluster_front_ends;
 mod cluster_members;
 mod cluster_messages;
 mod database_pool;
+mod faults;
 mod hostile_worker;
 mod http;
 mod isolation;
