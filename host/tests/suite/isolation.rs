@@ -179,6 +179,15 @@ fn every_fault_ends_the_worker_never_the_host() {
         .expect("worker");
     assert_eq!(status.restarts, 6, "{status:?}");
     assert!(status.last_crash.is_some());
+    // A worker that keeps restarting degrades the host's health.
+    let health = agent.host.health();
+    assert_eq!(health.status, "degraded", "{health:?}");
+    assert!(
+        health.reasons.iter().any(
+            |r| r.starts_with("plugin 'faulty' keeps restarting: its worker restarted 6 times")
+        ),
+        "{health:?}"
+    );
     eprintln!("{}", table.join("\n"));
 }
 
