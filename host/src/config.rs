@@ -80,6 +80,7 @@
 mod api;
 pub(crate) mod cluster;
 pub(crate) mod isolation;
+mod zeros;
 
 pub use api::{ApiSettings, ApiToken, Role, TokenSource};
 pub use cluster::{ClusterSettings, ClusterSettingsError};
@@ -298,6 +299,16 @@ pub enum ConfigError {
         #[source]
         cause: SharedCause<toml::de::Error>,
     },
+    /// A value of zero that makes no sense (a deadline of no time).
+    #[error("{}{field} = 0: {cause}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    Zero {
+        /// The file, when the text came from one.
+        file: Option<std::path::PathBuf>,
+        /// The field, with its table (`[host] action_timeout_ms`).
+        field: String,
+        /// Why zero cannot work.
+        cause: String,
+    },
     /// A plugin's config section is not a table.
     #[error("its config section must be a table")]
     NotATable,
@@ -359,6 +370,11 @@ impl AgentConfig {
                 file: Some(path.to_path_buf()),
                 cause,
             },
+            ConfigError::Zero { field, cause, .. } => ConfigError::Zero {
+                file: Some(path.to_path_buf()),
+                field,
+                cause,
+            },
             other => other,
         })?;
         let folder = path
@@ -382,6 +398,13 @@ impl AgentConfig {
             cluster.validate()?;
         }
         config.isolation.validate()?;
+        if let Some(zero) = config.refused_zero() {
+            return Err(ConfigError::Zero {
+                file: None,
+                field: zero.field.to_string(),
+                cause: zero.cause.to_string(),
+            });
+        }
         Ok(config)
     }
 

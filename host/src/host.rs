@@ -3,7 +3,10 @@
 //! reverse load order once the calls in flight are done (or a grace period
 //! has passed).
 
+mod health;
 mod message_route;
+
+pub use health::Health;
 
 pub(crate) use message_route::{MessageRoute, RouteError, RoutedReply};
 
@@ -107,6 +110,9 @@ impl PluginHost {
             tracing::warn!(
                 "no [grants] in the config: every plugin gets the permissions it requests"
             );
+        }
+        for warning in config.zero_warnings() {
+            tracing::warn!("{warning}");
         }
         if config.host.trust_claimed_permissions {
             tracing::warn!(
@@ -454,7 +460,8 @@ impl PluginHost {
         for plugin in self.core.pending() {
             if statuses.iter().all(|s| s.name != plugin.name()) {
                 let placement = self.config.isolation.placement_of(plugin.name());
-                statuses.push(PluginStatus::pending(&plugin, placement));
+                let stats = self.core.metrics.stats_of(plugin.name()).map(|s| s.view());
+                statuses.push(PluginStatus::pending(&plugin, placement, stats));
             }
         }
         statuses.sort_by_key(|s| s.load_order);
@@ -472,7 +479,8 @@ impl PluginHost {
             )),
             None => self.core.pending_named(name).map(|plugin| {
                 let placement = self.config.isolation.placement_of(plugin.name());
-                PluginStatus::pending(&plugin, placement)
+                let stats = self.core.metrics.stats_of(plugin.name()).map(|s| s.view());
+                PluginStatus::pending(&plugin, placement, stats)
             }),
         }
     }
@@ -685,6 +693,18 @@ pub struct PluginStatus {
     /// Its worker process, when it runs in one: pid, restarts, quarantine,
     /// and the protections in force.
     pub worker: Option<crate::isolation::WorkerStatus>,
+    /// `serving`, `lazy` (not started yet), `quarantined`, `restarting`
+    /// (its worker died and is being restarted) or `failed` (a step of its
+    /// life missed its deadline and the host gave up on it).
+    pub state: &'static str,
+    /// Why it is quarantined, restarting or failed.
+    pub state_reason: Option<String>,
+    /// Its handler runs and their durations, and its faults.
+    pub stats: crate::StatsView,
+    /// Its worker's resident memory for a plugin in a worker (its
+    /// worker's, shared with the worker's other plugins), else the bytes of
+    /// its mapped library image.
+    pub memory_bytes: u64,
 }
 
 impl PluginStatus {
@@ -718,6 +738,12 @@ impl PluginStatus {
     ) -> Self {
         let m = &plugin.instance.manifest;
         let worker = plugin.instance.placement().worker_status();
+        let (state, state_reason) = state_of(plugin, worker.as_ref());
+        let memory_bytes = worker
+            .as_ref()
+            .and_then(|w| w.pid)
+            .and_then(crate::sys::resident_bytes)
+            .unwrap_or(plugin.instance.image_bytes);
         Self {
             name: m.name.clone(),
             version: m.version.clone(),
@@ -725,7 +751,7 @@ impl PluginStatus {
             file: plugin.instance.file.clone(),
             sha256: plugin.instance.sha256.clone(),
             load_order: plugin.load_order,
-            quarantined: plugin.is_quarantined(),
+            quarantined: state == QUARANTINED,
             permissions: plugin.permissions.patterns().to_vec(),
             manifest: m.clone(),
             services: services
@@ -746,12 +772,17 @@ impl PluginStatus {
                 crate::isolation::Placement::InProcess
             },
             worker,
+            state,
+            state_reason,
+            stats: plugin.stats.view(),
+            memory_bytes,
         }
     }
 
     fn pending(
         plugin: &crate::registry::lazy::PendingPlugin,
         placement: crate::isolation::Placement,
+        stats: Option<crate::StatsView>,
     ) -> Self {
         let m = &plugin.manifest;
         Self {
@@ -778,7 +809,52 @@ impl PluginStatus {
             started: false,
             placement,
             worker: None,
+            state: "lazy",
+            state_reason: None,
+            stats: stats.unwrap_or_default(),
+            memory_bytes: plugin.image_bytes,
         }
+    }
+}
+
+/// The state of a plugin quarantined (after repeated panics, or with its
+/// worker after repeated crashes).
+const QUARANTINED: &str = "quarantined";
+
+/// A started plugin's state and why: its own quarantine (panics), its
+/// worker's (crashes), the host giving up on it, or its worker being
+/// restarted; else serving.
+fn state_of(
+    plugin: &crate::registry::LivePlugin,
+    worker: Option<&crate::isolation::WorkerStatus>,
+) -> (&'static str, Option<String>) {
+    if let Some(why) = worker.and_then(|w| w.quarantined.clone()) {
+        return (QUARANTINED, Some(why));
+    }
+    if plugin.is_quarantined() {
+        return (
+            QUARANTINED,
+            Some("quarantined after repeated panics; reload the plugin to try again".to_string()),
+        );
+    }
+    if plugin.is_given_up() {
+        return (
+            "failed",
+            Some(
+                "a step of its life missed its deadline and the host gave up on this generation"
+                    .to_string(),
+            ),
+        );
+    }
+    match worker {
+        Some(worker) if worker.pid.is_none() => (
+            "restarting",
+            Some(match &worker.last_crash {
+                Some(crash) => format!("its worker process died ({crash}) and is restarted"),
+                None => "its worker process is not running".to_string(),
+            }),
+        ),
+        _ => ("serving", None),
     }
 }
 

@@ -344,7 +344,11 @@ async fn post_messages(
 
 /// `GET /v1/plugins`.
 async fn list_plugins(State(state): State<ApiState>) -> Response {
-    Json(json!({ "plugins": state.host.statuses() })).into_response()
+    Json(json!({
+        "plugins": state.host.statuses(),
+        "failed": state.host.failed_loads(),
+    }))
+    .into_response()
 }
 
 /// `GET /v1/plugins/{name}`.
@@ -528,21 +532,29 @@ async fn whoami(identity: Option<Extension<Identity>>) -> Response {
     }
 }
 
-/// `GET /healthz`: 200 while serving, 503 while shutting down.
+/// `GET /healthz`: 200 while serving (`ok`, or `degraded` with the
+/// reasons: a plugin quarantined, a file that failed to load, a worker that
+/// keeps restarting), 503 while shutting down.
 async fn healthz(State(state): State<ApiState>) -> Response {
-    let plugins = state.host.plugin_names().len();
-    if state.host.is_shutting_down() {
+    let health = state.host.health();
+    if health.status == "draining" {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
-                "status": "draining",
-                "plugins": plugins,
+                "status": health.status,
+                "plugins": health.plugins,
+                "reasons": health.reasons,
                 "error": crate::SHUTTING_DOWN,
             })),
         )
             .into_response();
     }
-    Json(json!({ "status": "ok", "plugins": plugins })).into_response()
+    Json(json!({
+        "status": health.status,
+        "plugins": health.plugins,
+        "reasons": health.reasons,
+    }))
+    .into_response()
 }
 
 /// Answers every request but `/healthz` and `/metrics` with 503 once the

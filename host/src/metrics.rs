@@ -7,6 +7,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::plugin_stats::PluginStats;
 
 /// Labels of an action run.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +86,19 @@ pub struct ReloadLabels {
     pub outcome: String,
 }
 
+/// Labels of a plugin fault (see [`Metrics::fault`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    /// The plugin (`host` for an event the host emitted).
+    pub plugin: String,
+    /// The entry point: `provider`, `validate`, `handler`, `evaluator`,
+    /// `service`, `event`, `timer`, `lifecycle`, `worker` or `load`.
+    pub entry: String,
+    /// `timed_out`, `panicked`, `crashed`, `restarted`, `quarantined`,
+    /// `load_failed` or `events_cut`.
+    pub cause: String,
+}
+
 /// Labels naming one plugin.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabels {
@@ -145,6 +162,10 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     /// Plugin log lines dropped by the log rate limit, by plugin.
     pub log_lines_dropped: Family<PluginLabels, Counter>,
+    /// Plugin faults, by plugin, entry point and cause.
+    pub plugin_faults: Family<FaultLabels, Counter>,
+    /// Each plugin's counts for its status, by name.
+    stats: Mutex<HashMap<String, Arc<PluginStats>>>,
     /// Private copies of plugin files on disk now.
     pub private_copies: Gauge,
     /// Their bytes.
@@ -242,6 +263,13 @@ impl Metrics {
             "Plugin log lines dropped by the log rate limit",
             log_lines_dropped.clone(),
         );
+        let plugin_faults = Family::<FaultLabels, Counter>::default();
+        registry.register(
+            "plugin_faults",
+            "Plugin faults (deadlines missed, panics, worker crashes, restarts and quarantines, \
+             files that failed to load, event cascades cut) by plugin, entry point and cause",
+            plugin_faults.clone(),
+        );
         let private_copies = Gauge::default();
         let private_copies_bytes = Gauge::default();
         registry.register(
@@ -271,6 +299,8 @@ impl Metrics {
             files_refused,
             reloads,
             log_lines_dropped,
+            plugin_faults,
+            stats: Mutex::default(),
             private_copies,
             private_copies_bytes,
         }
@@ -312,6 +342,30 @@ impl Metrics {
                 })
                 .clone(),
         }
+    }
+
+    /// Counts one plugin fault.
+    pub fn fault(&self, plugin: &str, entry: &str, cause: &str) {
+        self.plugin_faults
+            .get_or_create(&FaultLabels {
+                plugin: plugin.into(),
+                entry: entry.into(),
+                cause: cause.into(),
+            })
+            .inc();
+    }
+
+    /// The counts of the plugin `name` for its status, made on first use
+    /// and kept (a reload's new generation gets the same).
+    pub fn plugin_stats(&self, name: &str) -> Arc<PluginStats> {
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(stats.entry(name.to_string()).or_default())
+    }
+
+    /// The counts of the plugin `name`, if it has any.
+    pub fn stats_of(&self, name: &str) -> Option<Arc<PluginStats>> {
+        let stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        stats.get(name).cloned()
     }
 
     /// Counts a permission denial.

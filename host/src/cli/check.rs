@@ -89,13 +89,19 @@ pub fn check(
     })
 }
 
-/// Describes the plugins in `dir`.
+/// Describes the plugins in `dir` from their manifests. Reads only: every
+/// plugin is checked as a lazy one is (file, ABI, manifest, dependencies,
+/// config) and none starts: no `on_load`, no service, no worker serving
+/// it (an isolated plugin's manifest is read by the probe, which exits).
+/// What a running agent serves is `list --url`'s.
 pub fn list(
     dir: &Path,
     config: &AgentConfig,
     as_json: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let (host, report) = load(dir, config)?;
+    let mut reading = config.clone();
+    reading.host.lazy_plugins = vec!["*".to_string()];
+    let (host, report) = load(dir, &reading)?;
     let statuses = host.statuses();
     host.shutdown();
     let mut out = std::io::stdout().lock();
@@ -105,13 +111,9 @@ pub fn list(
             "failures": report.failures,
             "warnings": report.warnings,
             "config_errors": report.unknown_config,
-            "generations": statuses
-                .iter()
-                .map(|s| json!({"plugin": s.name, "generation": s.generation, "mapped": s.mapped}))
-                .collect::<Vec<_>>(),
             "placements": statuses
                 .iter()
-                .map(|s| json!({"plugin": s.name, "placement": s.placement, "worker": s.worker}))
+                .map(|s| json!({"plugin": s.name, "placement": s.placement, "image_bytes": s.image_bytes}))
                 .collect::<Vec<_>>(),
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&document)?)?;
@@ -128,14 +130,15 @@ pub fn list(
         )?;
         writeln!(out, "   file:         {}", p.file.display())?;
         if let Some(status) = statuses.iter().find(|s| s.name == p.name) {
-            writeln!(out, "   runs:         {}", status.placement_line())?;
+            let placement = match status.placement {
+                crate::isolation::Placement::Process => "in a worker process",
+                crate::isolation::Placement::InProcess => "in the agent's process",
+            };
             writeln!(
                 out,
-                "   mapped:       generation {}, {} generation(s) mapped, {} KiB",
-                status.generation,
-                status.mapped.generations,
-                status.mapped.bytes / 1024
+                "   runs:         {placement} (as placed by the config; `list --url` asks the serving agent)"
             )?;
+            writeln!(out, "   image:        {} KiB", status.image_bytes / 1024)?;
         }
         let list = |items: &[String]| {
             if items.is_empty() {

@@ -1,6 +1,8 @@
 //! The command line: argument parsing and one module per command.
 //!
-//! `check` and `list` load the folder, report, and shut the plugins down;
+//! `check` loads the folder, reports, and shuts the plugins down; `list`
+//! reads the folder's manifests without starting a plugin, or (`--url`)
+//! asks a running agent what it serves;
 //! `run` serves until Ctrl-C or SIGTERM; `reload` asks a running agent to
 //! reload one plugin from its file (or, with `--cluster`, every host of
 //! its cluster, one at a time); `cluster` shows and decides the cluster's
@@ -12,6 +14,7 @@ mod chat;
 mod check;
 mod cluster;
 mod json_lines;
+mod list_remote;
 mod lock;
 mod log_output;
 mod run;
@@ -75,11 +78,23 @@ pub enum Command {
         #[arg(long, value_name = "LOCK", num_args = 0..=1, require_equals = true)]
         locked: Option<Option<PathBuf>>,
     },
-    /// Describe the plugins in a folder: name, version, dependencies,
-    /// components, file and load order.
+    /// Describe the plugins in a folder from their manifests: name,
+    /// version, dependencies, components, file, load order and where each
+    /// would run. Reads only: no plugin starts (no `on_load`, no service,
+    /// no worker serving it). With --url, the plugins a running agent
+    /// serves instead: their state, where each runs (worker PIDs
+    /// included), their counts and the files that failed to load.
+    ///
+    /// With --url, the API token is read from the environment variable
+    /// AGENT_HOST_TOKEN and sent as `Authorization: Bearer`.
     List {
         /// The plugin folder.
-        dir: PathBuf,
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
+        dir: Option<PathBuf>,
+        /// A running agent's HTTP address (started with --listen), such as
+        /// http://127.0.0.1:8080.
+        #[arg(long)]
+        url: Option<String>,
         /// The config file (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -298,9 +313,18 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             json,
             cli.verbose > 0,
         ),
-        Command::List { dir, config, json } => {
-            check::list(&dir, &load_config(config.as_deref())?, json)
-        }
+        Command::List {
+            url: Some(url),
+            json,
+            ..
+        } => list_remote::list_remote(&url, json),
+        Command::List {
+            dir: Some(dir),
+            config,
+            json,
+            ..
+        } => check::list(&dir, &load_config(config.as_deref())?, json),
+        Command::List { .. } => Err("list needs a plugin folder or --url".into()),
         Command::Reload {
             plugin,
             url,

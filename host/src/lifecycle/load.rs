@@ -18,7 +18,7 @@ use crate::load::private_copy::ShadowDir;
 use crate::load::OpenError;
 use crate::plugin::PluginSource;
 use crate::registry::lazy::{PendingPlugin, Starter};
-use crate::registry::Registry;
+use crate::registry::{FailedLoad, Registry};
 use crate::trust::TrustPolicy;
 use semver::Version;
 use serde_json::json;
@@ -128,14 +128,16 @@ pub(crate) fn load_dir(
         tracing::warn!("{line}");
     }
     for (file, cause) in found.broken {
-        report.failures.push(LoadFailure {
+        let failure = LoadFailure {
             file,
             plugin: None,
             error: Box::new(LoadError::Open(OpenError::Io {
                 doing: "cannot follow the link",
                 cause: cause.into(),
             })),
-        });
+        };
+        core.note_load_outcome(&[], vec![failed_load(&failure)]);
+        report.failures.push(failure);
     }
     Ok(report)
 }
@@ -243,6 +245,7 @@ pub(crate) fn load_sources(
         levels.start_level(level, core, config, report);
     }
     report.loaded.sort_by_key(|p| p.order);
+    note_outcome(core, sources, report);
     for failure in &report.failures {
         // A refused file has had its line (`event = "file_refused"`).
         if !matches!(&*failure.error, LoadError::Open(OpenError::Refused(_))) {
@@ -252,6 +255,23 @@ pub(crate) fn load_sources(
     for warning in &report.warnings {
         tracing::warn!("{warning}");
     }
+}
+
+/// A load failure as the status keeps it.
+fn failed_load(failure: &LoadFailure) -> FailedLoad {
+    FailedLoad {
+        file: failure.file.clone(),
+        plugin: failure.plugin.clone(),
+        reason: failure.error.to_string(),
+    }
+}
+
+/// Notes which files of this load failed, and that the others loaded
+/// (their earlier failures go).
+fn note_outcome(core: &Registry, sources: &[Arc<dyn PluginSource>], report: &LoadReport) {
+    let mut tried: Vec<&Path> = sources.iter().map(|s| s.file()).collect();
+    tried.extend(report.loaded.iter().map(|p| p.file.as_path()));
+    core.note_load_outcome(&tried, report.failures.iter().map(failed_load).collect());
 }
 
 /// The checked plugins of one load, resolved against those already loaded

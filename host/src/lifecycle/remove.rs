@@ -26,6 +26,8 @@ pub(crate) fn remove_file(core: &Registry, file: &Path) -> Vec<String> {
             .map(|p| p.name().to_string()),
     );
     doomed.extend(crate::dependencies::dependents(&core.candidates(), &doomed));
+    // A file that is gone has failed to load no longer.
+    core.forget_failed_load(file);
     if doomed.is_empty() {
         return doomed;
     }

@@ -71,5 +71,7 @@ pub(crate) fn stop_all(core: &Registry, grace: Duration) -> Vec<ShutdownError> {
     for error in &errors {
         tracing::warn!("{error}");
     }
+    // The faults left out of the log are said before the host goes.
+    core.say_suppressed_faults(true);
     errors
 }

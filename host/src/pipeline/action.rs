@@ -7,6 +7,7 @@
 use super::context::view_of;
 use super::run::{lock, MessageRun};
 use super::{ActionRef, Reply, NO_ACTION_TEXT};
+use crate::registry::faults::{FaultCause, FaultEntry};
 use crate::registry::inflight::Entry;
 use crate::watchdog::relay::{Relay, Relayed};
 use crate::watchdog::{deadline_passed, unix_ms_after};
@@ -207,7 +208,9 @@ fn finish(run: &MessageRun, phase: &HandlerPhase) {
     let duration = phase.started.elapsed();
     let duration_ms = duration.as_secs_f64() * 1000.0;
     counters.seconds.observe(duration.as_secs_f64());
+    plugin.stats.record_run(duration);
     reply.timings.handler_us = super::micros(phase.started);
+    let mut timed_out = false;
     let failure = match outcome {
         Outcome::Completed(result) => {
             reply.text = result.text;
@@ -232,6 +235,7 @@ fn finish(run: &MessageRun, phase: &HandlerPhase) {
         Outcome::TimedOut => {
             reply.text = format!("Sorry, {action} took too long.");
             counters.timed_out.inc();
+            timed_out = true;
             plugin
                 .instance
                 .timed_out(
@@ -241,7 +245,16 @@ fn finish(run: &MessageRun, phase: &HandlerPhase) {
                 .to_string()
         }
     };
-    tracing::warn!(duration_ms, "{failure}");
+    if timed_out {
+        core.fault(
+            plugin_name,
+            FaultEntry::Handler,
+            FaultCause::TimedOut,
+            &failure,
+        );
+    } else {
+        tracing::warn!(duration_ms, "{failure}");
+    }
     core.emit_lazy("host", "action:failed", || {
         json!({"plugin": plugin_name, "action": action, "message_id": message_id, "duration_ms": duration_ms, "error": failure})
     });

@@ -2,7 +2,10 @@
 //! message (`triggers.rs`), each plugin's in one call with
 //! `validate_timeout_ms` as its deadline; then the highest priority valid
 //! action (ties: the earlier plugin in load order, then the earlier
-//! action in its plugin).
+//! action in its plugin). When no action answers, the reply's metadata
+//! names the plugins that could not take part and why
+//! (`not_taking_part`: a validate that failed or timed out, a quarantine,
+//! a file that failed to load), worked out only then.
 
 use super::context::view_of;
 use super::plan::ServingPlan;
@@ -131,12 +134,15 @@ fn finish(run: &MessageRun, phase: &ValidatePhase) {
     let mut chosen: Option<(i32, usize, u32)> = None;
     let mut denied: Vec<(i32, usize, u32)> = Vec::new();
     let limit_ms = run.core.settings.validate_timeout_ms;
+    // The plugins whose validate failed, and why (only on that rare path).
+    let mut failed: Vec<(usize, String)> = Vec::new();
     phase.relay.drain(|job, validated| {
         let plugin = &run.plan.plugins[job];
         let Some(validated) = validated else {
             let error = plugin.instance.timed_out("actions' validate", limit_ms);
             run.core.record_error(plugin, &error);
             reply.errors.push(error.to_string());
+            failed.push((job, format!("validate timed out after {limit_ms} ms")));
             return;
         };
         if let Some((priority, index)) = validated.best {
@@ -150,6 +156,7 @@ fn finish(run: &MessageRun, phase: &ValidatePhase) {
         for error in &rest.errors {
             run.core.record_error(plugin, error);
             reply.errors.push(error.to_string());
+            failed.push((job, format!("{}: {}", error.entry, error.message)));
         }
         denied.extend(
             rest.denied
@@ -178,7 +185,11 @@ fn finish(run: &MessageRun, phase: &ValidatePhase) {
         }
     }
     if chosen.is_none() {
-        // Nothing answered: say which plugins were not asked at all.
+        // Nothing answered: say which plugins could not take part, and why.
+        let mut absent: Vec<serde_json::Value> = failed
+            .iter()
+            .map(|(job, reason)| not_taking_part(run.plan.plugins[*job].name(), reason))
+            .collect();
         for plugin in run.core.plugins().iter().filter(|p| p.is_quarantined()) {
             if plugin.instance.manifest.actions.is_empty() {
                 continue;
@@ -187,10 +198,34 @@ fn finish(run: &MessageRun, phase: &ValidatePhase) {
                 "plugin '{}' is quarantined after repeated panics: its actions were not asked",
                 plugin.name()
             ));
+            absent.push(not_taking_part(
+                plugin.name(),
+                "quarantined after repeated panics: its actions were not asked",
+            ));
+        }
+        for load in run.core.failed_loads() {
+            let who = load
+                .plugin
+                .unwrap_or_else(|| load.file.display().to_string());
+            absent.push(not_taking_part(
+                &who,
+                &format!("failed to load: {}", load.reason),
+            ));
+        }
+        if !absent.is_empty() {
+            reply
+                .metadata
+                .insert("not_taking_part".to_string(), absent.into());
         }
     }
     *lock(&phase.chosen) = chosen.map(|(_, job, index)| (job, index));
     reply.timings.validate_us = super::micros(phase.started);
+}
+
+/// A plugin that could not take part in a message no action answered, and
+/// why, for the reply's metadata (`not_taking_part`).
+fn not_taking_part(plugin: &str, reason: &str) -> serde_json::Value {
+    serde_json::json!({"plugin": plugin, "reason": reason})
 }
 
 /// A valid action the sender may not run, for the reply's metadata.

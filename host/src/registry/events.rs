@@ -307,11 +307,11 @@ impl EventBus {
         failures
     }
 
-    /// An event not delivered because its cascade crossed a bound: logged,
-    /// counted, and reported as the one failure of the emit.
+    /// An event not delivered because its cascade crossed a bound: reported
+    /// as the one failure of the emit (the registry counts it and says it
+    /// in the log, once per emitter: `registry/faults.rs`).
     fn cut(&self, event: &BusEvent, why: String) -> Vec<DeliveryFailure> {
         let error = format!("event '{}' not delivered: {why}", event.name);
-        tracing::warn!(event = %event.name, source = %event.source, "{error}");
         vec![DeliveryFailure {
             subscription: 0,
             error,

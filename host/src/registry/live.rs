@@ -35,6 +35,8 @@ pub struct LivePlugin {
     pub evaluator_names: Vec<Arc<str>>,
     /// Each action's counters, by index.
     pub action_metrics: Vec<crate::metrics::ActionMetrics>,
+    /// Its counts for its status (shared by its generations).
+    pub stats: Arc<crate::plugin_stats::PluginStats>,
     /// The calls in flight into this generation.
     pub in_flight: Arc<crate::registry::inflight::InFlight>,
     pub(super) quarantined: AtomicBool,
@@ -93,6 +95,7 @@ impl LivePlugin {
             triggers,
             evaluator_names,
             action_metrics,
+            stats: metrics.plugin_stats(&name),
             instance,
             permissions,
             load_order,

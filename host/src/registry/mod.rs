@@ -11,6 +11,8 @@ pub(crate) mod call_chain;
 pub(crate) mod callbacks;
 mod error;
 pub(crate) mod events;
+mod failed_loads;
+pub(crate) mod faults;
 mod images;
 pub(crate) mod inflight;
 pub(crate) mod lazy;
@@ -21,6 +23,7 @@ pub(crate) mod step;
 mod timers;
 
 pub use error::HostError;
+pub use failed_loads::FailedLoad;
 pub use images::MappedImages;
 pub use live::LivePlugin;
 pub use services::ServiceStartError;
@@ -76,6 +79,10 @@ pub struct Registry {
     /// The named groups of workers (`[isolation.groups]`) and the files
     /// offered for their members.
     pub(crate) worker_places: crate::plugin::WorkerPlaces,
+    /// The plugin faults said in the log, and those left out.
+    fault_log: crate::fault_log::FaultLog,
+    /// The plugin files that failed to load, and why (`failed_loads.rs`).
+    failed_loads: Mutex<Vec<FailedLoad>>,
     /// This registry, for what it starts from `&self` (a lazy plugin needs
     /// the `Arc` its callbacks hold weakly).
     me: Weak<Registry>,
@@ -84,7 +91,7 @@ pub struct Registry {
 impl Registry {
     /// An empty registry whose timers and blocking calls run on `runtime`.
     pub fn new(runtime: tokio::runtime::Handle, settings: HostSettings) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self {
+        let core = Arc::new_cyclic(|me| Self {
             plugins: RwLock::new(Vec::new()),
             services: RwLock::new(HashMap::new()),
             bus: EventBus::new(),
@@ -100,8 +107,12 @@ impl Registry {
             watchdog: crate::watchdog::Watchdog::start(),
             lazy: lazy::LazyPlugins::default(),
             worker_places: crate::plugin::WorkerPlaces::default(),
+            fault_log: crate::fault_log::FaultLog::default(),
+            failed_loads: Mutex::default(),
             me: me.clone(),
-        })
+        });
+        core.summarize_faults_periodically(Arc::downgrade(&core));
+        core
     }
 
     /// The tokio runtime the host uses for timers and blocking calls.
@@ -261,9 +272,25 @@ impl Registry {
         let core = Arc::downgrade(self);
         Arc::new(move |name: &str, payload: Value| {
             if let Some(core) = core.upgrade() {
+                core.count_worker_fault(name, &payload);
                 core.emit("host", name, payload);
             }
         })
+    }
+
+    /// Counts a worker's crash, restart or quarantine that its supervisor
+    /// announces (`name`, with the plugin in `payload`): the supervisor's
+    /// own line says it, once per worker.
+    fn count_worker_fault(&self, name: &str, payload: &Value) {
+        let cause = match name {
+            "plugin:crashed" => faults::FaultCause::Crashed,
+            "plugin:restarted" => faults::FaultCause::Restarted,
+            "plugin:quarantined" => faults::FaultCause::Quarantined,
+            _ => return,
+        };
+        if let Some(plugin) = payload["plugin"].as_str() {
+            self.count_fault(plugin, faults::FaultEntry::Worker, cause);
+        }
     }
 
     /// Emits an event to every matching subscriber, after starting the lazy
@@ -294,8 +321,14 @@ impl Registry {
                 };
                 self.deliver(&target, subscription, event, &payload_json)
             });
-        if failures.iter().any(|f| f.cut) {
+        if let Some(cut) = failures.iter().find(|f| f.cut) {
             self.metrics.events_cut.inc();
+            self.fault(
+                &event.source,
+                faults::FaultEntry::Event,
+                faults::FaultCause::EventsCut,
+                &format_args!("{} (emitted by '{}')", cut.error, event.source),
+            );
         }
         failures
     }

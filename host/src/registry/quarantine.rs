@@ -1,6 +1,7 @@
 //! Quarantine: a plugin that panics too often within a window is taken out
 //! of service until it is reloaded.
 
+use super::faults::{FaultCause, FaultEntry};
 use super::{LivePlugin, Registry};
 use crate::plugin::CallError;
 use agent_host_plugin_sdk::ErrorKind;
@@ -12,8 +13,11 @@ use std::time::{Duration, Instant};
 impl Registry {
     /// Counts an error from plugin code and quarantines the plugin when it
     /// panicked `quarantine_after_panics` times within the window.
+    /// A missed deadline or a panic is a fault (`faults.rs`): counted and
+    /// said in the log once.
     pub fn record_error(&self, plugin: &LivePlugin, error: &CallError) {
         self.metrics.plugin_error(plugin.name(), error.kind);
+        self.call_fault(error);
         if error.kind != ErrorKind::Panicked || self.settings.quarantine_after_panics == 0 {
             return;
         }
@@ -38,10 +42,16 @@ impl Registry {
         {
             self.metrics.plugins_quarantined.inc();
             self.plugin_set_changed();
-            tracing::error!(
-                plugin = plugin.name(),
-                "quarantined: {count} panics within {} ms; its actions, providers, evaluators and services are out of service until it is reloaded",
-                self.settings.quarantine_window_ms
+            self.fault(
+                plugin.name(),
+                FaultEntry::of_call(&error.entry),
+                FaultCause::Quarantined,
+                &format_args!(
+                    "plugin '{}' quarantined: {count} panics within {} ms; its actions, providers, \
+                     evaluators and services are out of service until it is reloaded",
+                    plugin.name(),
+                    self.settings.quarantine_window_ms
+                ),
             );
             self.emit(
                 "host",

@@ -165,6 +165,12 @@ impl Registry {
             ErrorKind::Cancelled,
             format!("did not return within {limit_ms} ms ([host] lifecycle_timeout_ms); {fate}"),
         );
+        // Counted here; the caller says it (a load's failure, a reload's).
+        self.count_fault(
+            plugin.name(),
+            super::faults::FaultEntry::Lifecycle,
+            super::faults::FaultCause::TimedOut,
+        );
         if !returned {
             tracing::warn!(
                 plugin = plugin.name(),

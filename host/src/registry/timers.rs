@@ -38,9 +38,9 @@ impl Registry {
                 let timeout = Duration::from_millis(core_now.settings.timer_timeout_ms);
                 let limit = core_now.settings.max_calls_in_flight;
                 // The handler asks the host for its cancellation signal.
-                let control = Arc::new(CallControl::with_deadline(
-                    crate::watchdog::unix_ms_after(timeout),
-                ));
+                let control = Arc::new(CallControl::with_deadline(crate::watchdog::unix_ms_after(
+                    timeout,
+                )));
                 let control_bg = Arc::clone(&control);
                 let fired = tokio::task::spawn_blocking(move || {
                     // A host shutting down fires no more timers.
@@ -61,11 +61,18 @@ impl Registry {
                     Ok(Ok(Err(error))) => tracing::warn!(plugin = %owner, "{error}"),
                     Err(_) => {
                         control.cancel();
-                        tracing::warn!(
-                        plugin = %owner,
-                        "timer {timer}: timed out after {} ms (abandoned; it keeps its thread until it returns)",
-                        timeout.as_millis()
-                    );
+                        if let Some(core) = core.upgrade() {
+                            core.fault(
+                                &owner,
+                                super::faults::FaultEntry::Timer,
+                                super::faults::FaultCause::TimedOut,
+                                &format_args!(
+                                    "plugin '{owner}': timer {timer}: timed out after {} ms \
+                                     (abandoned; it keeps its thread until it returns)",
+                                    timeout.as_millis()
+                                ),
+                            );
+                        }
                     }
                     Ok(_) => {}
                 }

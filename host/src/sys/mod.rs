@@ -15,7 +15,8 @@ mod unix;
 #[cfg(unix)]
 pub(crate) use unix::{
     check_private_folder, create_private_folder, create_read_only_file, is_own, is_same_file,
-    open_file_limit, open_library, open_without_blocking, shutdown_signal, TerminalMode,
+    open_file_limit, open_library, open_without_blocking, resident_bytes, shutdown_signal,
+    TerminalMode,
 };
 
 #[cfg(windows)]
@@ -23,7 +24,8 @@ mod windows;
 #[cfg(windows)]
 pub(crate) use windows::{
     check_private_folder, create_private_folder, create_read_only_file, is_own, is_same_file,
-    open_file_limit, open_library, open_without_blocking, shutdown_signal, TerminalMode,
+    open_file_limit, open_library, open_without_blocking, resident_bytes, shutdown_signal,
+    TerminalMode,
 };
 
 use object::{Architecture, BinaryFormat};

@@ -43,6 +43,18 @@ pub(crate) fn open_file_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
+/// The resident memory of process `pid`, in bytes (`/proc/PID/statm`'s
+/// resident pages); `None` where `/proc` does not say (not Linux, or the
+/// process is gone).
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant; it has no pointer
+    // arguments and no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).ok()?))
+}
+
 /// The mode of the terminal on stdin when this was made, put back when it
 /// is dropped: the chat's line editor puts the terminal in raw mode while
 /// it reads, and the agent may stop while it reads.

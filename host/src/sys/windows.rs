@@ -26,6 +26,11 @@ pub(crate) fn open_file_limit() -> Option<u64> {
     None
 }
 
+/// The resident memory of process `pid`: not read on this platform yet.
+pub(crate) fn resident_bytes(_pid: u32) -> Option<u64> {
+    None
+}
+
 /// The console's mode around the chat: not kept here yet, so an agent
 /// stopped while the chat's editor reads leaves the console in the
 /// editor's input mode.

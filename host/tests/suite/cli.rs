@@ -118,7 +118,11 @@ fn list_shows_order_dependencies_components_and_files() {
     assert!(stdout.contains("evaluators:   trap"), "{stdout}");
     assert!(stdout.contains("services:     trap"), "{stdout}");
     assert!(stdout.contains(&format!("multi.{EXT}")), "{stdout}");
-    assert!(stdout.contains("1 generation(s) mapped"), "{stdout}");
+    assert!(stdout.contains("image:"), "{stdout}");
+    assert!(
+        stdout.contains("runs:         in the agent's process"),
+        "{stdout}"
+    );
 
     let output = agent_host(&["list", "--json"], dir.path());
     let document: Value = serde_json::from_slice(&output.stdout).expect("valid JSON");

@@ -246,7 +246,10 @@ fn the_http_api_serves_messages_plugins_events_health_and_metrics_then_stops_on_
     // Health and metrics.
     let health = agent.get("/healthz");
     assert_eq!(health.status, 200);
-    assert_eq!(health.json(), json!({"status": "ok", "plugins": 4}));
+    assert_eq!(
+        health.json(),
+        json!({"status": "ok", "plugins": 4, "reasons": []})
+    );
     let metrics = agent.get("/metrics");
     assert_eq!(metrics.status, 200);
     assert_eq!(

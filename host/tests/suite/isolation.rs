@@ -179,6 +179,15 @@ fn every_fault_ends_the_worker_never_the_host() {
         .expect("worker");
     assert_eq!(status.restarts, 6, "{status:?}");
     assert!(status.last_crash.is_some());
+    // A worker that keeps restarting degrades the host's health.
+    let health = agent.host.health();
+    assert_eq!(health.status, "degraded", "{health:?}");
+    assert!(
+        health.reasons.iter().any(
+            |r| r.starts_with("plugin 'faulty' keeps restarting: its worker restarted 6 times")
+        ),
+        "{health:?}"
+    );
     eprintln!("{}", table.join("\n"));
 }
 
@@ -213,6 +222,59 @@ fn a_plugin_that_keeps_crashing_is_quarantined_and_says_so() {
             .iter()
             .any(|e| e.contains("quarantined after 2 crashes")),
         "{reply:?}"
+    );
+}
+
+#[test]
+fn the_status_of_a_plugin_whose_worker_is_quarantined_says_so_and_counts_its_restarts() {
+    let agent = agent("quarantine_after_crashes = 2\n");
+    let old = worker_pid(&agent).expect("a worker");
+    say(&agent, "fault abort");
+    serving_again(&agent, old);
+    say(&agent, "fault abort");
+    wait_until("the worker's quarantine", || {
+        agent
+            .host
+            .status("faulty")
+            .and_then(|s| s.worker)
+            .is_some_and(|w| w.quarantined.is_some())
+    });
+    let status = agent.host.status("faulty").expect("faulty");
+    assert!(status.quarantined, "the top level says so too: {status:?}");
+    assert_eq!(status.state, "quarantined");
+    assert!(
+        status
+            .state_reason
+            .as_deref()
+            .is_some_and(|why| why.contains("quarantined after 2 crashes")),
+        "{status:?}"
+    );
+    assert_eq!(status.worker.as_ref().map(|w| w.restarts), Some(1));
+    assert_eq!(
+        (status.stats.crashes, status.stats.restarts),
+        (2, 1),
+        "{status:?}"
+    );
+    let health = agent.host.health();
+    assert_eq!(health.status, "degraded");
+    assert!(
+        health
+            .reasons
+            .iter()
+            .any(|r| r.starts_with("plugin 'faulty' is quarantined: quarantined after 2 crashes")),
+        "{health:?}"
+    );
+    let metrics = agent.host.metrics_text();
+    for (cause, count) in [("crashed", 2), ("restarted", 1), ("quarantined", 1)] {
+        let line = format!(
+            r#"agent_host_plugin_faults_total{{plugin="faulty",entry="worker",cause="{cause}"}} {count}"#
+        );
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    // The neighbour in the host is unharmed.
+    assert_eq!(
+        agent.host.status("neighbour").map(|s| s.state),
+        Some("serving")
     );
 }
 

@@ -13,6 +13,7 @@ mod cluster_members;
 mod cluster_messages;
 mod console;
 mod database_pool;
+mod faults;
 mod hostile_worker;
 mod http;
 mod isolation;
