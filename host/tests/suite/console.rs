@@ -271,6 +271,8 @@ async fn console_in_a_browser() {
         .text("#plugins-rows tr[data-plugin=panicky] td.col-placement")
         .await;
     assert_eq!(placement, "in process");
+    // The health badge follows on the same refresh.
+    browser.wait_for_text("#health", "degraded").await;
     browser.screenshot("plugins").await;
 
     // Events: what happened meanwhile arrived live; the filters narrow it.

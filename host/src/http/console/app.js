@@ -234,7 +234,10 @@ function showPage(name) {
     $('chat-text').focus();
   } else if (name === 'plugins') {
     refreshPlugins();
-    pluginsTimer = setInterval(refreshPlugins, PLUGINS_REFRESH_MS);
+    pluginsTimer = setInterval(() => {
+      refreshPlugins();
+      refreshHealth();
+    }, PLUGINS_REFRESH_MS);
   } else if (name === 'events') {
     startEvents();
   } else if (name === 'cluster') {
@@ -361,7 +364,9 @@ function renderPlugins(listing) {
     cells.file.textContent = plugin.file || DASH;
     cells.file.title = plugin.sha256 ? `sha256 ${plugin.sha256}` : '';
     cells.placement.textContent = placementText(plugin);
-    cells.state.textContent = reason ? `${state}: ${reason}` : state;
+    // A reason that already opens with the state's word stands alone.
+    const said = reason && reason.toLowerCase().startsWith(String(state).toLowerCase());
+    cells.state.textContent = reason ? (said ? reason : `${state}: ${reason}`) : state;
     cells.state.className = `col-state state-${state === DASH ? 'unknown' : state}`;
     cells.calls.textContent = count(stats.calls);
     cells.latency.textContent = `${micros(stats.p50_us)} / ${micros(stats.p99_us)}`;
