@@ -133,6 +133,14 @@ struct Inner {
 /// cancellation (and deadline) between notifications.
 const RESTART_WAIT_STEP: Duration = Duration::from_millis(5);
 
+thread_local! {
+    /// Whether this thread is restoring the members of a restarted worker:
+    /// a call it makes back into the worker (a member's `on_load` calling a
+    /// service that calls a member) cannot wait for the restart it is part
+    /// of, and fails at once as before.
+    static RESTORING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// One worker process, supervised: calls go to the worker that serves
 /// now; a worker that dies is restarted with all its members (or
 /// quarantined). Dropping it ends the worker for good.
@@ -515,6 +523,16 @@ impl Inner {
             {
                 return Ok(current);
             }
+            if RESTORING.with(std::cell::Cell::get) {
+                return Err(Failure::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "the worker (pid {}) died and this call comes from its restart, \
+                         which cannot wait for itself",
+                        dead.pid
+                    ),
+                ));
+            }
             if cancelled() {
                 return Err(Failure::new(
                     ErrorKind::Unavailable,
@@ -707,7 +725,10 @@ impl Inner {
                 })
                 .collect();
         for (slot, plugin, file, index, manifest, host) in &members {
-            if !self.restore(&process, *slot, plugin, (*file, *index), manifest, host) {
+            RESTORING.with(|restoring| restoring.set(true));
+            let restored = self.restore(&process, *slot, plugin, (*file, *index), manifest, host);
+            RESTORING.with(|restoring| restoring.set(false));
+            if !restored {
                 // The new worker died or hung: its end is counted as
                 // another crash, which restarts it again.
                 return;
