@@ -12,6 +12,7 @@
 //! shutdown_grace_ms = 10000      # on Ctrl-C or SIGTERM, how long calls in flight may finish
 //! validate_timeout_ms = 1000     # deadlines of the other calls into plugins
 //! provider_timeout_ms = 5000     # (a provider may set its own in its manifest)
+//! state_budget_ms = 100          # the longest a message waits for its state's providers (0: no budget)
 //! evaluator_timeout_ms = 2000
 //! service_timeout_ms = 10000     # a service call made inside another call gets what is left of it
 //! event_timeout_ms = 5000
@@ -128,6 +129,14 @@ pub struct HostSettings {
     /// Deadline of a provider's `get` for providers that set none in their
     /// manifest, in milliseconds.
     pub provider_timeout_ms: u64,
+    /// The longest a message's state waits for providers, in milliseconds,
+    /// all of them together. A provider still answering then is left out
+    /// of this message's state (its cached value served, marked stale, if
+    /// it has one); its call goes on within its own deadline and its value,
+    /// when it comes, is cached for later messages. Meanwhile later
+    /// messages do not ask it again. 0 sets no budget: a message waits for
+    /// each provider up to its own deadline.
+    pub state_budget_ms: u64,
     /// Deadline of one evaluator on one message, in milliseconds.
     pub evaluator_timeout_ms: u64,
     /// Deadline of a service call made outside any other call (a service
@@ -227,6 +236,7 @@ impl Default for HostSettings {
             shutdown_grace_ms: 10_000,
             validate_timeout_ms: 1_000,
             provider_timeout_ms: 5_000,
+            state_budget_ms: 100,
             evaluator_timeout_ms: 2_000,
             service_timeout_ms: 10_000,
             event_timeout_ms: 5_000,

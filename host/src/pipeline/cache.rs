@@ -9,7 +9,7 @@ use crate::registry::{LivePlugin, PushedValues};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 /// The provider slots of every generation that has them, by generation.
@@ -95,6 +95,9 @@ pub struct ProviderSlot {
     failures: AtomicU32,
     /// The watchdog's time (ms) before which the provider is not asked.
     retry_at_ms: AtomicU64,
+    /// Whether a call of the provider that a message left behind at its
+    /// state budget is still running (later messages do not ask again).
+    answering_late: AtomicBool,
 }
 
 /// The first pause of a provider that keeps failing; each further failure
@@ -127,6 +130,7 @@ impl ProviderSlot {
             misses: counter("miss"),
             failures: AtomicU32::new(0),
             retry_at_ms: AtomicU64::new(0),
+            answering_late: AtomicBool::new(false),
         }
     }
 
@@ -135,6 +139,18 @@ impl ProviderSlot {
     pub fn backed_off(&self, now_ms: u64) -> Option<(u32, u64)> {
         let retry_at = self.retry_at_ms.load(Ordering::Relaxed);
         (retry_at > now_ms).then(|| (self.failures.load(Ordering::Relaxed), retry_at - now_ms))
+    }
+
+    /// Whether a call a message left behind at its state budget is still
+    /// running: the provider is not asked again until it returns.
+    pub fn is_answering_late(&self) -> bool {
+        self.answering_late.load(Ordering::Acquire)
+    }
+
+    /// Marks (`true`) or clears (`false`) a call left behind at the state
+    /// budget and still running.
+    pub fn set_answering_late(&self, late: bool) {
+        self.answering_late.store(late, Ordering::Release);
     }
 
     /// Records an answer: the failures in a row end.

@@ -60,7 +60,8 @@ fn a_hung_provider_is_left_out_on_time_and_its_cached_value_served_stale() {
     let (plugin_gate, plugin_hang, plugin_asked) =
         (gate.clone(), Arc::clone(&hang), Arc::clone(&asked));
     let (host, report) = host_with(
-        "[host]\nprovider_backoff_after = 2\n",
+        // A budget longer than the provider's deadline: the call times out.
+        "[host]\nprovider_backoff_after = 2\nstate_budget_ms = 1000\n",
         vec![
             source("slow.so", move || {
                 let (gate, hang, asked) = (
@@ -120,6 +121,75 @@ fn a_hung_provider_is_left_out_on_time_and_its_cached_value_served_stale() {
         backed_off.errors
     );
     gate.open();
+}
+
+#[test]
+fn a_provider_past_the_state_budget_is_left_behind_uncancelled_and_its_value_cached() {
+    let gate = Gate::default();
+    let cancelled = Arc::new(AtomicBool::new(true));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (plugin_gate, plugin_cancelled, plugin_asked) =
+        (gate.clone(), Arc::clone(&cancelled), Arc::clone(&asked));
+    let (host, report) = host_with(
+        "[host]\nstate_budget_ms = 50\n",
+        vec![
+            source("slow.so", move || {
+                let (gate, cancelled, asked) = (
+                    plugin_gate.clone(),
+                    Arc::clone(&plugin_cancelled),
+                    Arc::clone(&plugin_asked),
+                );
+                Plugin::new("slow", "1.0.0").provider(
+                    Provider::new("weather")
+                        .timeout(Duration::from_secs(30))
+                        .cache(Duration::from_secs(600), false)
+                        .get(move |_, rt| {
+                            asked.fetch_add(1, Ordering::SeqCst);
+                            gate.wait();
+                            cancelled.store(rt.is_cancelled(), Ordering::SeqCst);
+                            Ok(json!({"sky": "clear"}))
+                        }),
+                )
+            }),
+            source("count.so", || {
+                Plugin::new("count", "1.0.0").action(answering("COUNT", "count"))
+            }),
+        ],
+    );
+    assert!(report.is_clean(), "{:?}", report.failures);
+    let first = answer(&host, "count");
+    assert_eq!(first.text, "COUNT");
+    assert!(gate.holds(), "answered while the provider was still held");
+    assert!(
+        first.errors.iter().any(|e| e
+            == "plugin 'slow': provider 'weather' get: slower than the state budget (50 ms); \
+                left out, its call goes on within its own deadline of 30000 ms"),
+        "{:?}",
+        first.errors
+    );
+    // While the call runs, the provider is neither asked nor waited for.
+    let meanwhile = answer(&host, "count");
+    assert!(gate.holds(), "answered while the provider was still held");
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "asked again");
+    assert!(
+        meanwhile
+            .errors
+            .iter()
+            .any(|e| e.contains("provider 'weather' get: still answering an earlier message")),
+        "{:?}",
+        meanwhile.errors
+    );
+    gate.open();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while asked.load(Ordering::SeqCst) == 1 && !answer(&host, "count").errors.is_empty() {
+        assert!(Instant::now() < give_up, "the late value was never served");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        !cancelled.load(Ordering::SeqCst),
+        "the call left behind was cancelled"
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "served from the cache");
 }
 
 #[test]

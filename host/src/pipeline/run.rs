@@ -17,6 +17,10 @@
 //! cached value served stale), and the message is answered on time. The
 //! first thread stays in the plugin until it returns, then leaves.
 //!
+//! The providers phase also ends at the state budget: a provider call
+//! still running then is left behind without being cancelled (see
+//! `state.rs`), and cancelled only at its own deadline.
+//!
 //! Whoever finishes the last phase sends the reply to whoever waits for it.
 
 use super::batch::Batch;
@@ -213,6 +217,27 @@ impl MessageRun {
         }
     }
 
+    /// The watchdog's look at the providers phase: a call past its own
+    /// deadline is abandoned, one still running at the end of the state
+    /// budget is left behind, and a new thread carries the message on.
+    fn check_providers(self: &Arc<Self>, phase: &state::ProvidersPhase, now_ms: u64) {
+        let Some((progress, job, running_ms)) =
+            running(&self.seen, PROVIDERS, &phase.relay, now_ms)
+        else {
+            return;
+        };
+        let Some(ending) = phase.ending(job, running_ms, now_ms) else {
+            return;
+        };
+        if !phase.end(self, job, ending) {
+            return;
+        }
+        if let Some(next) = phase.relay.take_over(progress, || ()) {
+            let run = Arc::clone(self);
+            self.core.runtime().spawn_blocking(move || run.drive(next));
+        }
+    }
+
     /// Takes the relay in `relay` over if its job in progress is past
     /// `deadline_ms`, and starts a thread that carries the message on.
     fn check_relay<R: Send, G>(
@@ -241,6 +266,22 @@ pub(super) fn late<R: Send, G>(
     deadline_ms: impl FnOnce(usize) -> u64,
     holds: impl FnOnce(usize) -> G,
 ) -> Option<u32> {
+    let (progress, job, running_ms) = running(seen, phase, relay, now_ms)?;
+    if running_ms < deadline_ms(job) {
+        return None;
+    }
+    relay.take_over(progress, || holds(job))
+}
+
+/// The watchdog's look at a relay: its progress word, the job in progress
+/// and how long it has run, counted from the first look that saw it
+/// (`None` at that first look, or when every job is done).
+fn running<R: Send, G>(
+    seen: &Mutex<Seen>,
+    phase: u8,
+    relay: &Relay<R, G>,
+    now_ms: u64,
+) -> Option<(u64, usize, u64)> {
     let (progress, job) = relay.in_progress()?;
     let mut seen = lock(seen);
     if seen.phase != phase || seen.progress != progress {
@@ -251,25 +292,21 @@ pub(super) fn late<R: Send, G>(
         };
         return None;
     }
-    if now_ms.saturating_sub(seen.since_ms) < deadline_ms(job) {
-        return None;
-    }
-    drop(seen);
-    relay.take_over(progress, || holds(job))
+    Some((progress, job, now_ms.saturating_sub(seen.since_ms)))
 }
 
 impl Watched for MessageRun {
     fn check(self: Arc<Self>, now_ms: u64) -> bool {
+        // Provider calls left behind at the state budget are cancelled at
+        // their own deadline, in whatever phase the message is by then.
+        let left_calls = self
+            .providers
+            .get()
+            .is_some_and(state::ProvidersPhase::watch_left_calls);
         match self.phase.load(Ordering::Acquire) {
             PROVIDERS => {
                 if let Some(phase) = self.providers.get() {
-                    self.check_relay(
-                        PROVIDERS,
-                        &phase.relay,
-                        now_ms,
-                        |job| phase.deadline_ms(job),
-                        |_| (),
-                    );
+                    self.check_providers(phase, now_ms);
                 }
             }
             VALIDATE => {
@@ -302,7 +339,7 @@ impl Watched for MessageRun {
                     );
                 }
             }
-            DONE.. => return false,
+            DONE.. => return left_calls,
         }
         true
     }

@@ -7,6 +7,15 @@
 //! and its name is listed under `stale_providers` in the context. After
 //! `provider_backoff_after` failures in a row a provider is backed off: not
 //! asked for a while (its cached value served stale meanwhile).
+//!
+//! The phase as a whole waits at most the state budget
+//! (`state_budget_ms`). A call still running when the budget ends is left
+//! behind, not cancelled: the message goes on without it (stale, as
+//! above), the call runs on within its own deadline on the thread that
+//! made it, and when it returns that thread settles its outcome (caches
+//! the value, counts a failure). Until then later messages do not ask the
+//! provider. Each call therefore settles its own outcome, whoever waits
+//! for it; the thread that finishes the phase only composes.
 
 use super::cache::ProviderSlot;
 use super::context::{context_json, view_of, OwnedMessage};
@@ -17,13 +26,27 @@ use crate::plugin::CallError;
 use crate::registry::inflight::Entry;
 use crate::registry::{LivePlugin, Registry};
 use crate::watchdog::relay::{Relay, Relayed};
-use crate::watchdog::unix_ms_after;
+use crate::watchdog::{deadline_passed, unix_ms_after};
 use agent_host_plugin_abi::CallControl;
+use agent_host_plugin_sdk::ErrorKind;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// What one job answers: each asked provider's index and outcome.
-type Answers = Vec<(u32, Result<String, CallError>)>;
+/// What one job answers, settled: each asked provider's index and its
+/// value, or the error to report.
+type Answers = Vec<(u32, Result<Arc<str>, String>)>;
+
+/// Where an ask's call stands: running, its message waiting for it.
+const ASKING: u8 = 0;
+/// Returned while its message waited for it.
+const RETURNED: u8 = 1;
+/// Abandoned at its own deadline: cancelled, counted as a timeout.
+const TIMED_OUT: u8 = 2;
+/// Left behind at the state budget, still running within its own deadline.
+const LEFT: u8 = 3;
+/// Left behind at the state budget, then returned (its outcome settled).
+const LEFT_RETURNED: u8 = 4;
 
 /// The providers of one plugin asked in one call.
 struct Ask {
@@ -35,6 +58,25 @@ struct Ask {
     positions: Vec<usize>,
     /// The job's deadline: its slowest provider's timeout.
     timeout_ms: u64,
+    /// The call's own control: its deadline, and its cancellation at that
+    /// deadline (never at the state budget).
+    control: CallControl,
+    /// Where the call stands: [`ASKING`], [`RETURNED`], [`TIMED_OUT`],
+    /// [`LEFT`] or [`LEFT_RETURNED`].
+    standing: AtomicU8,
+}
+
+impl Ask {
+    fn new(plugin: usize, index: u32, position: usize, timeout_ms: u64) -> Self {
+        Self {
+            plugin,
+            indices: vec![index],
+            positions: vec![position],
+            timeout_ms,
+            control: CallControl::default(),
+            standing: AtomicU8::new(ASKING),
+        }
+    }
 }
 
 /// A provider's value for the state; `None` leaves it out.
@@ -63,12 +105,81 @@ pub(crate) struct ProvidersPhase {
     /// One job per ask.
     pub(super) relay: Relay<Answers>,
     composing: Mutex<Composing>,
+    /// When the state budget ends, on the watchdog's clock (`u64::MAX`:
+    /// no budget).
+    budget_end_ms: u64,
+    /// The budget, for the errors that name it.
+    budget_ms: u64,
+    /// Calls left behind at the budget that have not returned.
+    left_running: AtomicUsize,
 }
 
 impl ProvidersPhase {
-    /// The deadline of job `job`, in milliseconds.
-    pub(super) fn deadline_ms(&self, job: usize) -> u64 {
-        self.asks.get(job).map_or(0, |ask| ask.timeout_ms)
+    /// How job `job`, running for `running_ms`, must end at `now_ms` (the
+    /// watchdog's clock): [`TIMED_OUT`] past its own deadline, [`LEFT`]
+    /// past the state budget, `None` while it may go on.
+    pub(super) fn ending(&self, job: usize, running_ms: u64, now_ms: u64) -> Option<u8> {
+        let ask = self.asks.get(job)?;
+        if running_ms >= ask.timeout_ms {
+            Some(TIMED_OUT)
+        } else if now_ms >= self.budget_end_ms {
+            Some(LEFT)
+        } else {
+            None
+        }
+    }
+
+    /// Ends job `job`'s wait as `ending` ([`TIMED_OUT`]: its call is
+    /// cancelled; [`LEFT`]: its call runs on, and its providers are not
+    /// asked again until it returns). False if the call returned first.
+    pub(super) fn end(&self, run: &MessageRun, job: usize, ending: u8) -> bool {
+        let Some(ask) = self.asks.get(job) else {
+            return false;
+        };
+        let slots = &run.plan.slots[ask.plugin];
+        let left = ending == LEFT;
+        if left {
+            // Marked before the call can see it left, so the call's own
+            // clearing, when it returns, comes after.
+            self.left_running.fetch_add(1, Ordering::AcqRel);
+            for &index in &ask.indices {
+                slots[index as usize].set_answering_late(true);
+            }
+        }
+        let ended = ask
+            .standing
+            .compare_exchange(ASKING, ending, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if !ended && left {
+            for &index in &ask.indices {
+                slots[index as usize].set_answering_late(false);
+            }
+            self.left_running.fetch_sub(1, Ordering::AcqRel);
+        }
+        if ended && !left {
+            ask.control.cancel();
+        }
+        ended
+    }
+
+    /// Cancels the calls left behind at the budget that are past their own
+    /// deadline. Whether any is still running within it (the watchdog
+    /// keeps watching the message until none is).
+    pub(super) fn watch_left_calls(&self) -> bool {
+        if self.left_running.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut within_deadline = false;
+        for ask in &self.asks {
+            if ask.standing.load(Ordering::Acquire) == LEFT && !ask.control.is_cancelled() {
+                if deadline_passed(&ask.control) {
+                    ask.control.cancel();
+                } else {
+                    within_deadline = true;
+                }
+            }
+        }
+        within_deadline
     }
 }
 
@@ -97,6 +208,11 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
     let (core, plan, message) = (&run.core, &run.plan, &run.message);
     let started = Instant::now();
     let now_ms = run.now_ms();
+    let budget_ms = core.settings.state_budget_ms;
+    let budget_end_ms = match budget_ms {
+        0 => u64::MAX,
+        budget => now_ms.saturating_add(budget),
+    };
     if let Some(state) = reusable_state(run, now_ms) {
         return ProvidersPhase {
             started,
@@ -111,6 +227,9 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
                 reusable: false,
                 fresh_until: None,
             }),
+            budget_end_ms,
+            budget_ms,
+            left_running: AtomicUsize::new(0),
         };
     }
 
@@ -176,6 +295,19 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
                 }
                 composing.values.push(Some(json));
             }
+            None if slot.is_answering_late() => {
+                // Its call for an earlier message, left behind at the
+                // budget, is still running: not asked again, not waited for.
+                composing.reusable = false;
+                composing.errors.push(format!(
+                    "plugin '{}': provider '{}' get: still answering an earlier message, slower than the state budget ({budget_ms} ms); left out",
+                    plugin.name(),
+                    spec.name
+                ));
+                composing
+                    .values
+                    .push(serve_stale(slot, &mut composing.stale, position));
+            }
             None => {
                 composing.reusable = false;
                 composing.values.push(None);
@@ -186,28 +318,25 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
                         ask.positions.push(position);
                         ask.timeout_ms = ask.timeout_ms.max(timeout);
                     }
-                    _ => asks.push(Ask {
-                        plugin: p,
-                        indices: vec![index],
-                        positions: vec![position],
-                        timeout_ms: timeout,
-                    }),
+                    _ => asks.push(Ask::new(p, index, position, timeout)),
                 }
             }
         }
     }
-    let longest = asks.iter().map(|ask| ask.timeout_ms).max().unwrap_or(0);
+    for ask in &mut asks {
+        ask.control =
+            CallControl::with_deadline(unix_ms_after(Duration::from_millis(ask.timeout_ms)));
+    }
     ProvidersPhase {
         started,
         reused: None,
-        relay: Relay::with_deadline(
-            asks.len(),
-            driver,
-            unix_ms_after(Duration::from_millis(longest)),
-        ),
+        relay: Relay::new(asks.len(), driver),
         asks,
         bare_context,
         composing: Mutex::new(composing),
+        budget_end_ms,
+        budget_ms,
+        left_running: AtomicUsize::new(0),
     }
 }
 
@@ -246,30 +375,89 @@ fn serve_stale(slot: &ProviderSlot, stale: &mut Vec<usize>, position: usize) -> 
     Some(cached)
 }
 
-/// Job `job`: one plugin's providers asked in one call, unless the plugin's
-/// bulkhead is full.
-fn ask(run: &MessageRun, phase: &ProvidersPhase, job: usize, control: &CallControl) -> Answers {
+/// Job `job`: one plugin's providers asked in one call (under the call's
+/// own control, not the relay's: a call left behind at the budget is not
+/// cancelled), unless the plugin's bulkhead is full; then each outcome
+/// settled by this thread, whether the message still waits for it or not.
+fn ask(run: &MessageRun, phase: &ProvidersPhase, job: usize, _relay: &CallControl) -> Answers {
     let ask = &phase.asks[job];
     let plugin = &run.plan.plugins[ask.plugin];
     let limit = run.core.settings.max_calls_in_flight;
-    let Some(_call) = plugin.in_flight.try_enter(Entry::Providers, limit) else {
-        return ask
-            .indices
-            .iter()
-            .map(|&index| {
+    let mut outcomes = Vec::with_capacity(ask.indices.len());
+    match plugin.in_flight.try_enter(Entry::Providers, limit) {
+        Some(_call) => {
+            let view = view_of(&run.message, &phase.bare_context);
+            crate::current_call::within(&ask.control, || {
+                plugin.instance.provide_each(
+                    &ask.indices,
+                    view,
+                    &ask.control,
+                    &mut |index, outcome| outcomes.push((index, outcome)),
+                );
+            });
+        }
+        None => {
+            for &index in &ask.indices {
                 let entry = Entry::Provider(index).describe(&plugin.instance);
-                (index, Err(plugin.instance.refused(entry, limit)))
-            })
-            .collect();
-    };
-    let view = view_of(&run.message, &phase.bare_context);
-    let mut answers = Vec::with_capacity(ask.indices.len());
-    plugin
-        .instance
-        .provide_each(&ask.indices, view, control, &mut |index, outcome| {
-            answers.push((index, outcome));
-        });
+                outcomes.push((index, Err(plugin.instance.refused(entry, limit))));
+            }
+        }
+    }
+    let standing =
+        match ask
+            .standing
+            .compare_exchange(ASKING, RETURNED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => RETURNED,
+            Err(ended) => ended,
+        };
+    let answers = outcomes
+        .into_iter()
+        .map(|(index, outcome)| (index, settle(run, ask, index, outcome, standing)))
+        .collect();
+    if standing == LEFT {
+        ask.standing.store(LEFT_RETURNED, Ordering::Release);
+        for &index in &ask.indices {
+            run.plan.slots[ask.plugin][index as usize].set_answering_late(false);
+        }
+        phase.left_running.fetch_sub(1, Ordering::AcqRel);
+    }
     answers
+}
+
+/// Settles one provider's outcome of a call that ended as `standing`: a
+/// value answers the provider's failures and is cached (a late one even
+/// for a provider without a cache, to be served stale); an error counts
+/// against its backoff, unless the call was abandoned at its deadline
+/// (counted then, as a timeout).
+fn settle(
+    run: &MessageRun,
+    ask: &Ask,
+    index: u32,
+    outcome: Result<String, CallError>,
+    standing: u8,
+) -> Result<Arc<str>, String> {
+    let plugin = &run.plan.plugins[ask.plugin];
+    let slot = &run.plan.slots[ask.plugin][index as usize];
+    match outcome {
+        Ok(json) => {
+            slot.answered();
+            let json: Arc<str> = Arc::from(json);
+            let spec = &plugin.instance.manifest.providers[index as usize];
+            let late = standing != RETURNED;
+            if spec.cache.is_some() || (late && !spec.subscribable) {
+                slot.misses.inc();
+                slot.store(Arc::clone(&json), run.now_ms());
+            }
+            Ok(json)
+        }
+        Err(error) => {
+            if standing != TIMED_OUT {
+                failed(run, ask.plugin, index, &error);
+            }
+            Err(error.to_string())
+        }
+    }
 }
 
 /// Records a provider's failure (or timeout) against its backoff.
@@ -315,11 +503,25 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
                 .map(|k| ask.positions[k])
         };
         let Some(answers) = answers else {
-            // Abandoned at its deadline: every provider of the call.
+            // Abandoned at its deadline, or left behind at the budget:
+            // every provider of the call.
+            let timed_out = ask.standing.load(Ordering::Acquire) == TIMED_OUT;
             for (&index, &position) in ask.indices.iter().zip(&ask.positions) {
                 let entry = Entry::Provider(index).describe(&plugin.instance);
-                let error = plugin.instance.timed_out(entry, ask.timeout_ms);
-                failed(run, ask.plugin, index, &error);
+                let error = if timed_out {
+                    let error = plugin.instance.timed_out(entry, ask.timeout_ms);
+                    failed(run, ask.plugin, index, &error);
+                    error
+                } else {
+                    plugin.instance.host_error(
+                        entry,
+                        ErrorKind::Unavailable,
+                        format!(
+                            "slower than the state budget ({} ms); left out, its call goes on within its own deadline of {} ms",
+                            phase.budget_ms, ask.timeout_ms
+                        ),
+                    )
+                };
                 composing.errors.push(error.to_string());
                 let slot = &plan.slots[ask.plugin][index as usize];
                 composing.values[position] = serve_stale(slot, &mut composing.stale, position);
@@ -330,23 +532,11 @@ fn finish(run: &MessageRun, phase: &ProvidersPhase) {
             let Some(position) = position_of(index) else {
                 continue;
             };
-            let slot = &plan.slots[ask.plugin][index as usize];
             match outcome {
-                Ok(json) => {
-                    slot.answered();
-                    let json: Arc<str> = Arc::from(json);
-                    if plugin.instance.manifest.providers[index as usize]
-                        .cache
-                        .is_some()
-                    {
-                        slot.misses.inc();
-                        slot.store(Arc::clone(&json), run.now_ms());
-                    }
-                    composing.values[position] = Some(json);
-                }
+                Ok(json) => composing.values[position] = Some(json),
                 Err(error) => {
-                    failed(run, ask.plugin, index, &error);
-                    composing.errors.push(error.to_string());
+                    composing.errors.push(error);
+                    let slot = &plan.slots[ask.plugin][index as usize];
                     composing.values[position] = serve_stale(slot, &mut composing.stale, position);
                 }
             }

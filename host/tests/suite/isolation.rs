@@ -332,6 +332,89 @@ fn a_worker_killed_from_outside_while_serving_is_replaced() {
     );
 }
 
+/// A kill -9 of the worker while 4 threads send it 200 messages: the
+/// messages that come while it restarts wait for the new worker (their
+/// deadlines are far longer than a restart); only those whose calls were in
+/// the killed worker fail, each saying it died, at most one per thread.
+#[test]
+fn messages_wait_for_a_worker_killed_under_load_to_come_back() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 50;
+    let agent = agent("");
+    let old = worker_pid(&agent).expect("a worker");
+    let answered = AtomicUsize::new(0);
+    let failed: Vec<String> = std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut failed = Vec::new();
+                    for _ in 0..PER_THREAD {
+                        let reply = say(&agent, "fault ping");
+                        if !reply.ok || !reply.text.starts_with("pong from ") {
+                            failed.push(format!("{:?}", reply.errors));
+                        }
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    failed
+                })
+            })
+            .collect();
+        wait_until("40 messages answered", || {
+            answered.load(Ordering::SeqCst) >= 40
+        });
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &old.to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        senders
+            .into_iter()
+            .flat_map(|sender| sender.join().expect("a sender"))
+            .collect()
+    });
+    println!(
+        "{} of {} messages failed across a kill -9 of the worker: {failed:?}",
+        failed.len(),
+        THREADS * PER_THREAD
+    );
+    let (new, _) = serving_again(&agent, old);
+    assert_ne!(new, old);
+    assert!(
+        failed.iter().all(|errors| errors.contains("SIGKILL")),
+        "a message failed that was not in the killed worker: {failed:?}"
+    );
+    assert!(
+        failed.len() <= THREADS,
+        "more messages failed than were in flight: {failed:?}"
+    );
+}
+
+/// A message that comes while the worker waits out a long restart backoff
+/// waits for it only within its own deadline, then fails saying why.
+#[test]
+fn a_message_whose_deadline_passes_while_the_worker_restarts_fails_saying_so() {
+    let agent = agent("restart_backoff_ms = 4000\nrestart_backoff_max_ms = 4000\n");
+    let old = worker_pid(&agent).expect("a worker");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &old.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_until("the worker's death to be noticed", || {
+        worker_pid(&agent).is_none()
+    });
+    let reply = say(&agent, "fault ping");
+    assert!(
+        reply.errors.iter().any(|e| e.contains("plugin 'faulty'")
+            && e.contains(&format!(
+                "the worker (pid {old}) was restarting and did not come back within"
+            ))),
+        "{reply:?}"
+    );
+    serving_again(&agent, old);
+}
+
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))

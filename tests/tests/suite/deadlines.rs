@@ -59,7 +59,8 @@ fn has_error(reply: &Reply, expected: &str) -> bool {
 
 #[test]
 fn a_hung_provider_is_left_out_and_its_cached_value_served_stale() {
-    let agent = agent("[host]\nprovider_backoff_after = 10\n");
+    // A budget longer than the provider's deadline: the call times out.
+    let agent = agent("[host]\nprovider_backoff_after = 10\nstate_budget_ms = 1000\n");
     let fresh = answer(&agent, "weather?");
     assert_eq!(
         fresh.text, r#"weather="fresh" stale=false"#,

@@ -20,6 +20,7 @@ mod panic_safety;
 mod runtime;
 mod schema_defaults;
 mod service_errors;
+mod state_budget;
 mod trust;
 mod watch;
 mod weather_online;

@@ -239,3 +239,89 @@ fn an_unreachable_api_fails_the_reply_and_the_host_keeps_serving() {
     assert!(home["name"].is_string(), "{home}");
     assert!(host.shutdown().is_empty());
 }
+
+/// A weather API that accepts connections and never answers: it holds
+/// each connection open, unread, until dropped.
+struct SilentApi {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SilentApi {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + SERVER_LIFETIME;
+                let mut held = Vec::new();
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    match listener.accept() {
+                        Ok((stream, _)) => held.push(stream),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(_) => break,
+                    }
+                }
+            })
+        };
+        Self {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SilentApi {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_weather_api_that_never_answers_costs_a_message_at_most_the_state_budget() {
+    // The default budget (100 ms), and what a reply may take beyond it on a
+    // loaded machine; without the budget each message waited the
+    // provider's deadline, 5 s.
+    let within = Duration::from_millis(100 + 900);
+    let api = SilentApi::start();
+    let plugins = folder_with(&examples());
+    let host = host_with_weather_api(&format!("http://127.0.0.1:{}", api.port), plugins.path());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut took = Vec::new();
+    for n in 0..3 {
+        let started = Instant::now();
+        let reply = runtime.block_on(host.answer(ask("recall")));
+        took.push(started.elapsed());
+        assert!(
+            took[n] < within,
+            "message {n} waited {:?} for the silent weather API: {:?}",
+            took[n],
+            reply.errors
+        );
+        if n == 0 {
+            assert!(
+                reply.errors.iter().any(|e| e.contains("plugin 'weather'")
+                    && e.contains("provider 'weather-context' get")
+                    && e.contains("slower than the state budget")),
+                "{:?}",
+                reply.errors
+            );
+        }
+    }
+    println!("the first three messages with a silent weather API took {took:?}");
+    drop(api);
+    assert!(host.shutdown().is_empty());
+}

@@ -558,7 +558,20 @@ impl WorkerProcess {
         what: &dyn Fn() -> String,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Result<WireAnswer, WireError>, CallFault> {
-        let mut pending = self.send(request, what, cancelled)?;
+        let pending = self.send(request, what, cancelled)?;
+        self.answer(pending, request, what, cancelled)
+    }
+
+    /// Reads the reply to `request`, sent as `pending` with
+    /// [`WorkerProcess::send`], as [`WorkerProcess::call`] does; the
+    /// connection serves again once the reply is read.
+    pub(crate) fn answer(
+        &self,
+        mut pending: PendingCall,
+        request: &Request<'_>,
+        what: &dyn Fn() -> String,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Result<WireAnswer, WireError>, CallFault> {
         let reply = self.reply(&mut pending, what, cancelled)?;
         if let Ok(answer) = &reply {
             if !request.is_answered_by(answer) {

@@ -17,6 +17,13 @@
 //! After `quarantine_after_crashes` crashes in the window the worker is
 //! quarantined, and with it every member: no restart, and every call fails
 //! at once saying why, until the operator reloads them.
+//!
+//! A call that finds the worker dead (before its request reached it)
+//! waits for the new worker instead, within its own deadline, and is then
+//! sent to it: a kill costs the calls in flight in the dead worker, not
+//! those that come while it restarts. Only a call whose deadline passes
+//! first fails, saying the worker did not come back in time; a worker
+//! quarantined meanwhile fails the waiting calls at once.
 
 use super::process::{CallFault, Ending, Guards, Hosts, PendingCall, StartError, WorkerProcess};
 use crate::call::{Answer, Call};
@@ -29,7 +36,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// Announces a worker's life to the rest of the host: an event name
@@ -116,6 +123,22 @@ struct Inner {
     next_slot: AtomicU32,
     current: RwLock<Option<Arc<WorkerProcess>>>,
     supervision: Mutex<Supervision>,
+    /// Notified, under `supervision`, when a new worker serves, or the
+    /// worker is quarantined or retired: what calls waiting for a
+    /// restarting worker wait on.
+    changed: Condvar,
+}
+
+/// How often a call waiting for a restarting worker looks at its own
+/// cancellation (and deadline) between notifications.
+const RESTART_WAIT_STEP: Duration = Duration::from_millis(5);
+
+thread_local! {
+    /// Whether this thread is restoring the members of a restarted worker:
+    /// a call it makes back into the worker (a member's `on_load` calling a
+    /// service that calls a member) cannot wait for the restart it is part
+    /// of, and fails at once as before.
+    static RESTORING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// One worker process, supervised: calls go to the worker that serves
@@ -203,6 +226,7 @@ impl SharedWorker {
             next_slot: AtomicU32::new(0),
             current: RwLock::new(None),
             supervision: Mutex::new(Supervision::default()),
+            changed: Condvar::new(),
         });
         let process = inner.spawn()?;
         *inner
@@ -322,19 +346,15 @@ impl Member {
             pending: None,
             error: Some(error),
         };
-        let process = match self.inner.serving() {
-            Ok(process) => process,
-            Err(error) => return failed(error),
-        };
         let what = || request.describe();
-        match process.send(request, &what, late) {
-            Ok(pending) => PendingRound {
+        match self.inner.send(request, &what, late) {
+            Ok((process, pending)) => PendingRound {
                 inner: Arc::clone(&self.inner),
                 process: Some(process),
                 pending: Some(pending),
                 error: None,
             },
-            Err(fault) => failed(self.inner.failure(&what(), &process, fault)),
+            Err(error) => failed(error),
         }
     }
 
@@ -426,6 +446,7 @@ impl Drop for SharedWorker {
     /// plugins mapped.
     fn drop(&mut self) {
         lock(&self.inner.supervision).retired = true;
+        self.inner.changed.notify_all();
         if let Some(process) = self.inner.current() {
             process.stop();
         }
@@ -446,11 +467,87 @@ impl Inner {
 
     /// Makes one call into the worker (see [`Member::call`]).
     fn call(&self, request: &Request<'_>, cancelled: &dyn Fn() -> bool) -> Result<Answer, Failure> {
-        let process = self.serving()?;
         let what = || request.describe();
-        match process.call(request, &what, cancelled) {
+        let (process, pending) = self.send(request, &what, cancelled)?;
+        match process.answer(pending, request, &what, cancelled) {
             Ok(reply) => reply.map_err(Failure::from)?.into_answer(),
             Err(fault) => Err(self.failure(&what(), &process, fault)),
+        }
+    }
+
+    /// Sends `request` to the worker that serves now. A worker found dead
+    /// (the request did not reach it) is waited for: the request goes to
+    /// the worker that replaces it, unless `cancelled` says to give up
+    /// first, or the worker is quarantined or stopped for good.
+    fn send(
+        &self,
+        request: &Request<'_>,
+        what: &dyn Fn() -> String,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(Arc<WorkerProcess>, PendingCall), Failure> {
+        let started = Instant::now();
+        let mut process = self.serving()?;
+        loop {
+            match process.send(request, what, cancelled) {
+                Ok(pending) => return Ok((process, pending)),
+                Err(CallFault::Ended(ending)) if !ending.is_planned() => {
+                    process = self.replacement(&process, started, cancelled)?;
+                }
+                Err(fault) => return Err(self.failure(&what(), &process, fault)),
+            }
+        }
+    }
+
+    /// Waits for the worker that replaces `dead`, until `cancelled` says
+    /// to give up; fails at once if the worker is quarantined or retired.
+    fn replacement(
+        &self,
+        dead: &Arc<WorkerProcess>,
+        started: Instant,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Arc<WorkerProcess>, Failure> {
+        let mut supervision = lock(&self.supervision);
+        loop {
+            if let Some(why) = &supervision.quarantined {
+                return Err(Failure::new(ErrorKind::Unavailable, why.clone()));
+            }
+            if supervision.retired {
+                return Err(Failure::new(
+                    ErrorKind::Unavailable,
+                    "its worker process was stopped for good",
+                ));
+            }
+            if let Some(current) = self
+                .current()
+                .filter(|p| !Arc::ptr_eq(p, dead) && p.ending().is_none())
+            {
+                return Ok(current);
+            }
+            if RESTORING.with(std::cell::Cell::get) {
+                return Err(Failure::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "the worker (pid {}) died and this call comes from its restart, \
+                         which cannot wait for itself",
+                        dead.pid
+                    ),
+                ));
+            }
+            if cancelled() {
+                return Err(Failure::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "the worker (pid {}) was restarting and did not come back within {} ms",
+                        dead.pid,
+                        started.elapsed().as_millis()
+                    ),
+                ));
+            }
+            supervision = self
+                .changed
+                .wait_timeout(supervision, RESTART_WAIT_STEP)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -557,6 +654,7 @@ impl Inner {
                     window.as_secs()
                 );
                 supervision.quarantined = Some(why.clone());
+                self.changed.notify_all();
                 (crashes, Some(why))
             } else {
                 (crashes, None)
@@ -627,7 +725,10 @@ impl Inner {
                 })
                 .collect();
         for (slot, plugin, file, index, manifest, host) in &members {
-            if !self.restore(&process, *slot, plugin, (*file, *index), manifest, host) {
+            RESTORING.with(|restoring| restoring.set(true));
+            let restored = self.restore(&process, *slot, plugin, (*file, *index), manifest, host);
+            RESTORING.with(|restoring| restoring.set(false));
+            if !restored {
                 // The new worker died or hung: its end is counted as
                 // another crash, which restarts it again.
                 return;
@@ -637,6 +738,7 @@ impl Inner {
         let restarts = {
             let mut supervision = lock(&self.supervision);
             supervision.restarts += 1;
+            self.changed.notify_all();
             supervision.restarts
         };
         tracing::info!(
