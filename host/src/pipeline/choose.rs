@@ -113,7 +113,9 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
                 .instance
                 .round_validated(round, asked, &cancelled, &mut answer)
         });
-        if from_round.is_none() {
+        // No round, or one whose worker died before answering: the
+        // validates are asked call by call, of the worker that replaces it.
+        if from_round != Some(true) {
             plugin.instance.validate_actions(asked, view, answer);
         }
         validated

@@ -52,18 +52,21 @@ pub(super) fn drive(run: &Arc<MessageRun>, driver: u32) -> Relayed {
         }
         let cancelled = || control.is_cancelled();
         let rounds = run.validate.get().map(|v| &v.rounds);
+        // `None` without a round, or when its worker died before answering.
         let from_round = rounds.and_then(|rounds| {
-            rounds.with(p, |round| {
-                // Where the evaluator stands in what the round asked for.
-                let position = plugin
-                    .evaluator_indices
-                    .iter()
-                    .position(|&e| e == evaluator)
-                    .unwrap_or(evaluator as usize);
-                plugin
-                    .instance
-                    .round_evaluation(round, position, evaluator, &cancelled)
-            })
+            rounds
+                .with(p, |round| {
+                    // Where the evaluator stands in what the round asked for.
+                    let position = plugin
+                        .evaluator_indices
+                        .iter()
+                        .position(|&e| e == evaluator)
+                        .unwrap_or(evaluator as usize);
+                    plugin
+                        .instance
+                        .round_evaluation(round, position, evaluator, &cancelled)
+                })
+                .flatten()
         });
         from_round
             .unwrap_or_else(|| plugin.instance.evaluate(evaluator, view, control))

@@ -132,6 +132,8 @@ impl Worker for WorkerBackend {
             round: self.member.begin(&request, &late),
             validated: None,
             validates_read: false,
+            validates_lost: false,
+            evaluations_lost: false,
             evaluations: None,
             actions: parts.iter().map(|p| p.actions.len()).collect(),
         }));
@@ -155,6 +157,11 @@ struct WorkerRound {
     validated: Option<Vec<Vec<Result<bool, Failure>>>>,
     /// Whether the validates' reply has been read (it comes first).
     validates_read: bool,
+    /// Whether the worker died before the validates' reply: each part
+    /// then asks the worker that replaces it, call by call.
+    validates_lost: bool,
+    /// Whether the worker died before the evaluators' reply (likewise).
+    evaluations_lost: bool,
     evaluations: Option<Vec<Vec<Result<Evaluation, Failure>>>>,
     /// How many actions each part validates.
     actions: Vec<usize>,
@@ -210,30 +217,42 @@ impl WorkerRound {
                 self.round.abandon(wrong(&other));
                 self.failed(self.actions.clone().into_iter())
             }
-            None => self.failed(self.actions.clone().into_iter()),
+            None => {
+                self.validates_lost = self.round.lost();
+                self.failed(self.actions.clone().into_iter())
+            }
         };
         self.validated = Some(answers);
     }
 
+    /// Part `part`'s validates; `None` when the worker died before
+    /// answering them.
     fn validated(
         &mut self,
         part: usize,
         cancelled: &dyn Fn() -> bool,
-    ) -> Vec<Result<bool, Failure>> {
+    ) -> Option<Vec<Result<bool, Failure>>> {
         self.read_validated(cancelled);
-        self.validated
-            .as_mut()
-            .and_then(|parts| parts.get_mut(part))
-            .map(std::mem::take)
-            .unwrap_or_default()
+        if self.validates_lost {
+            return None;
+        }
+        Some(
+            self.validated
+                .as_mut()
+                .and_then(|parts| parts.get_mut(part))
+                .map(std::mem::take)
+                .unwrap_or_default(),
+        )
     }
 
+    /// Part `part`'s verdict of the evaluator at `position`; `None` when
+    /// the worker died before answering the evaluators.
     fn evaluation(
         &mut self,
         part: usize,
         position: usize,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Evaluation, Failure> {
+    ) -> Option<Result<Evaluation, Failure>> {
         if self.evaluations.is_none() {
             // The validates' reply comes first, read or not.
             self.read_validated(cancelled);
@@ -254,19 +273,27 @@ impl WorkerRound {
                     self.round.abandon(wrong(&other));
                     Vec::new()
                 }
-                None => Vec::new(),
+                None => {
+                    self.evaluations_lost = self.round.lost();
+                    Vec::new()
+                }
             };
             self.evaluations = Some(evaluations);
         }
-        match self
-            .evaluations
-            .as_ref()
-            .and_then(|e| e.get(part))
-            .and_then(|e| e.get(position))
-        {
-            Some(outcome) => outcome.clone(),
-            None => Err(self.round.error()),
+        if self.evaluations_lost {
+            return None;
         }
+        Some(
+            match self
+                .evaluations
+                .as_ref()
+                .and_then(|e| e.get(part))
+                .and_then(|e| e.get(position))
+            {
+                Some(outcome) => outcome.clone(),
+                None => Err(self.round.error()),
+            },
+        )
     }
 }
 
@@ -277,7 +304,7 @@ impl RoundShare {
 }
 
 impl MessageRound for RoundShare {
-    fn validated(&mut self, cancelled: &dyn Fn() -> bool) -> Vec<Result<bool, Failure>> {
+    fn validated(&mut self, cancelled: &dyn Fn() -> bool) -> Option<Vec<Result<bool, Failure>>> {
         self.round().validated(self.part, cancelled)
     }
 
@@ -285,7 +312,7 @@ impl MessageRound for RoundShare {
         &mut self,
         position: usize,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Evaluation, Failure> {
+    ) -> Option<Result<Evaluation, Failure>> {
         self.round().evaluation(self.part, position, cancelled)
     }
 }

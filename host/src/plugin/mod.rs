@@ -151,14 +151,18 @@ pub(crate) struct RoundDeadlines {
 /// ([`Worker::begin_messages`]). Each answer is read once, when its phase
 /// asks; `cancelled` is asked while waiting, and a yes abandons the round.
 pub(crate) trait MessageRound: Send {
-    /// The validates' answers, in the order the actions were given.
-    fn validated(&mut self, cancelled: &dyn Fn() -> bool) -> Vec<Result<bool, Failure>>;
-    /// The verdict of the evaluator at `position` in the order given.
+    /// The validates' answers, in the order the actions were given;
+    /// `None` when the worker died before it answered them, so that the
+    /// caller asks again call by call (a validate has no effects), and the
+    /// call waits for the worker that replaces it.
+    fn validated(&mut self, cancelled: &dyn Fn() -> bool) -> Option<Vec<Result<bool, Failure>>>;
+    /// The verdict of the evaluator at `position` in the order given;
+    /// `None`, likewise, when the worker died before answering.
     fn evaluation(
         &mut self,
         position: usize,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Evaluation, Failure>;
+    ) -> Option<Result<Evaluation, Failure>>;
 }
 
 /// An opened plugin file (or, in tests, a set of plugin values): the
@@ -359,29 +363,37 @@ impl PluginInstance {
         matches!(self.placement(), Placement::InProcess)
     }
 
-    /// The validates of a round, each error naming the plugin and action.
+    /// The validates of a round, each error naming the plugin and action;
+    /// `false`, with nothing answered, when the worker died before
+    /// answering them (the caller then asks call by call).
     pub(crate) fn round_validated(
         &self,
         round: &mut dyn MessageRound,
         actions: &[u32],
         cancelled: &dyn Fn() -> bool,
         mut answer: impl FnMut(u32, Result<bool, CallError>),
-    ) {
-        for (&action, outcome) in actions.iter().zip(round.validated(cancelled)) {
+    ) -> bool {
+        let Some(outcomes) = round.validated(cancelled) else {
+            return false;
+        };
+        for (&action, outcome) in actions.iter().zip(outcomes) {
             answer(action, outcome.map_err(|e| self.validate_error(action, e)));
         }
+        true
     }
 
-    /// One evaluation of a round, checked like [`PluginInstance::evaluate`].
+    /// One evaluation of a round, checked like [`PluginInstance::evaluate`];
+    /// `None` when the worker died before answering (as
+    /// [`PluginInstance::round_validated`]).
     pub(crate) fn round_evaluation(
         &self,
         round: &mut dyn MessageRound,
         position: usize,
         evaluator: u32,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Evaluation, CallError> {
-        let outcome = round.evaluation(position, cancelled);
-        self.checked_evaluation(evaluator, outcome)
+    ) -> Option<Result<Evaluation, CallError>> {
+        let outcome = round.evaluation(position, cancelled)?;
+        Some(self.checked_evaluation(evaluator, outcome))
     }
 
     fn fail(&self, entry: impl Into<String>, failure: Failure) -> CallError {

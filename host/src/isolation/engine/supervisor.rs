@@ -345,6 +345,7 @@ impl Member {
             process: None,
             pending: None,
             error: Some(error),
+            lost: false,
         };
         let what = || request.describe();
         match self.inner.send(request, &what, late) {
@@ -353,6 +354,7 @@ impl Member {
                 process: Some(process),
                 pending: Some(pending),
                 error: None,
+                lost: false,
             },
             Err(error) => failed(error),
         }
@@ -395,6 +397,10 @@ pub(crate) struct PendingRound {
     pending: Option<PendingCall>,
     /// Why the round has no (more) answers.
     error: Option<Failure>,
+    /// Whether the worker died under the round (not stopped on purpose,
+    /// nor killed for this round's own deadline): its calls, which have no
+    /// effects, may be made again on the worker that replaces it.
+    lost: bool,
 }
 
 impl PendingRound {
@@ -412,11 +418,18 @@ impl PendingRound {
                 None
             }
             Err(fault) => {
+                self.lost = matches!(&fault, CallFault::Ended(ending) if !ending.is_planned());
                 self.error = Some(self.inner.failure(what, process, fault));
                 self.pending = None;
                 None
             }
         }
+    }
+
+    /// Whether the worker died under the round, which a new worker may
+    /// then answer call by call (see the field `lost`).
+    pub(crate) fn lost(&self) -> bool {
+        self.lost
     }
 
     /// Ends the round on an answer of the wrong kind: its connection is
