@@ -15,25 +15,8 @@ pub(super) fn list_remote(
     as_json: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let endpoint = format!("{}/v1/plugins", url.trim_end_matches('/'));
-    let token = std::env::var(TOKEN_VARIABLE).ok().filter(|t| !t.is_empty());
-    let mut request = ureq::get(&endpoint)
-        .config()
-        .http_status_as_error(false)
-        // Straight to the agent: no proxy from the environment.
-        .proxy(None)
-        .build()
-        .header(
-            "user-agent",
-            format!(
-                "{}{}",
-                crate::http::CLI_USER_AGENT_PREFIX,
-                env!("CARGO_PKG_VERSION")
-            ),
-        );
-    if let Some(token) = &token {
-        request = request.header("authorization", &format!("Bearer {token}"));
-    }
-    let mut response = request
+    let token = super::client_token();
+    let mut response = super::to_agent(ureq::get(&endpoint), token.as_deref())
         .call()
         .map_err(|e| format!("cannot reach the agent at {endpoint}: {e}"))?;
     let code = response.status().as_u16();

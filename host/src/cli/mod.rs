@@ -405,6 +405,35 @@ fn with_lock(
 /// The environment variable the client commands read the API token from.
 pub const TOKEN_VARIABLE: &str = "AGENT_HOST_TOKEN";
 
+/// The API token of [`TOKEN_VARIABLE`], when it is set and not empty.
+fn client_token() -> Option<String> {
+    std::env::var(TOKEN_VARIABLE).ok().filter(|t| !t.is_empty())
+}
+
+/// `request` as the client commands send it to a running agent: straight
+/// to it (no proxy from the environment), an error status read as an
+/// answer, the CLI's user agent, and `token` as the bearer when there is
+/// one.
+fn to_agent<B>(request: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
+    let request = request
+        .config()
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .header(
+            "user-agent",
+            format!(
+                "{}{}",
+                crate::http::CLI_USER_AGENT_PREFIX,
+                env!("CARGO_PKG_VERSION")
+            ),
+        );
+    match token {
+        Some(token) => request.header("authorization", &format!("Bearer {token}")),
+        None => request,
+    }
+}
+
 /// `agent-host reload`: POSTs to the running agent's reload endpoint, with
 /// the token of [`TOKEN_VARIABLE`] when it is set.
 fn reload_remote(
@@ -417,25 +446,9 @@ fn reload_remote(
         "{}/v1/plugins/{plugin}/reload{force}",
         url.trim_end_matches('/')
     );
-    let token = std::env::var(TOKEN_VARIABLE).ok().filter(|t| !t.is_empty());
-    let mut request = ureq::post(&endpoint)
-        .config()
-        .http_status_as_error(false)
-        // Straight to the agent: no proxy from the environment.
-        .proxy(None)
-        .build()
-        .header("content-type", "application/json")
-        .header(
-            "user-agent",
-            format!(
-                "{}{}",
-                crate::http::CLI_USER_AGENT_PREFIX,
-                env!("CARGO_PKG_VERSION")
-            ),
-        );
-    if let Some(token) = &token {
-        request = request.header("authorization", &format!("Bearer {token}"));
-    }
+    let token = client_token();
+    let request = to_agent(ureq::post(&endpoint), token.as_deref())
+        .header("content-type", "application/json");
     match request.send("{}") {
         Ok(mut response) if response.status().is_success() => {
             let done: serde_json::Value = response.body_mut().read_json()?;

@@ -9,9 +9,9 @@
 
 #![cfg(unix)]
 
+use crate::common::sha256_hex;
 use crate::common::*;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,13 +21,6 @@ const OPS: &str = "ops-token-6c1f0e";
 const WATCH: &str = "watch-token-93ab21";
 const BOT: &str = "bot-token-from-the-environment";
 const BOT_VARIABLE: &str = "AUTH_TEST_BOT_TOKEN";
-
-fn sha256_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// `ops` may chat and administer, `bot` (from the environment) may chat,
 /// `watch` may administer; only the sender `ops` holds `data:secret`.

@@ -8,9 +8,9 @@
 #![cfg(unix)]
 
 use crate::common::browser::Browser;
+use crate::common::sha256_hex;
 use crate::common::*;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use test_support::{add_as, fixture};
 
 const ADMIN: &str = "console-admin-token-5d2e81";
@@ -20,13 +20,6 @@ const USER: &str = "console-user-token-77a0c4";
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                       connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
                       form-action 'none'; frame-ancestors 'none'";
-
-fn sha256_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// `ops` may chat and administer, `bot` may only chat; two panics
 /// quarantine a plugin.

@@ -12,6 +12,7 @@ pub mod browser;
 pub mod cluster;
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -496,4 +497,12 @@ impl Events {
             self.pending.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
+}
+
+/// The SHA-256 of an API token, in hex, as `[[api.tokens]]` takes it.
+pub fn sha256_hex(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
