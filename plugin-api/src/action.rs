@@ -105,6 +105,7 @@ impl Action {
                 rate_limit: None,
                 permissions: Vec::new(),
                 triggers: None,
+                idempotent: false,
             },
             validator: None,
             handler: None,
@@ -213,6 +214,28 @@ impl Action {
             .triggers
             .get_or_insert_with(Triggers::default)
             .pattern = Some(pattern.into());
+        self
+    }
+
+    /// Says the handler may run twice for one message without harm: if its
+    /// worker process dies while it runs (an isolated plugin's worker
+    /// killed or crashed), the host runs it again on the new worker within
+    /// the message's deadline. Without it such a handler's message fails
+    /// with the crash's cause. Mark only handlers whose effects, if any,
+    /// are the same when made twice (a lookup, a computation, a write of
+    /// the same value); a handler in the host's own process is never run
+    /// twice.
+    ///
+    /// ```
+    /// use agent_host_plugin_sdk::{Action, ActionResult};
+    ///
+    /// let action = Action::new("GET_WEATHER")
+    ///     .idempotent()
+    ///     .handler(|_msg, _rt| Ok(ActionResult::text("sunny")));
+    /// assert!(action.spec().idempotent);
+    /// ```
+    pub fn idempotent(mut self) -> Self {
+        self.spec.idempotent = true;
         self
     }
 

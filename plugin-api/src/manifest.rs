@@ -127,6 +127,13 @@ pub struct ActionSpec {
     /// hosts that predate the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggers: Option<Triggers>,
+    /// Whether the handler may run twice for one message without harm:
+    /// if its worker process dies while it runs, the host runs it again on
+    /// the worker that replaces it, within the message's deadline. Left out
+    /// of the JSON when `false`, so an action that does not say so reads
+    /// the same to hosts that predate the field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idempotent: bool,
 }
 
 /// When an action may apply, as the host can tell without running plugin
@@ -1039,7 +1046,8 @@ mod tests {
         // Fields left out of the JSON while empty are set here.
         let action: ActionSpec = serde_json::from_value(serde_json::json!({
             "name": "A",
-            "triggers": {"keywords": ["a"]}
+            "triggers": {"keywords": ["a"]},
+            "idempotent": true
         }))
         .expect("minimal action");
         let mut full = manifest("a", "1.0.0");
@@ -1083,6 +1091,23 @@ mod tests {
                 stale_while_revalidate: false
             })
         );
+    }
+
+    #[test]
+    fn an_action_not_marked_idempotent_reads_as_before() {
+        let plain: ActionSpec =
+            serde_json::from_value(serde_json::json!({"name": "A"})).expect("minimal action");
+        assert!(!plain.idempotent);
+        let json = serde_json::to_value(&plain).expect("serializes");
+        assert!(json.get("idempotent").is_none(), "{json}");
+        let marked = ActionSpec {
+            idempotent: true,
+            ..plain
+        };
+        let json = serde_json::to_value(&marked).expect("serializes");
+        assert_eq!(json["idempotent"], serde_json::json!(true));
+        let back: ActionSpec = serde_json::from_value(json).expect("reads back");
+        assert!(back.idempotent);
     }
 
     #[test]
