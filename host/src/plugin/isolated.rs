@@ -4,7 +4,10 @@
 //! plugins: `shared.rs`), which the isolation engine's supervisor restarts
 //! when it dies.
 //!
-//! A call that finds the worker dead (or sees it die) fails with the cause
+//! A call that finds the worker dead waits for the worker that replaces it.
+//! A call that sees it die is made again on the new worker when it has no
+//! effects (validates, providers, evaluators) or is the handler of an
+//! action marked idempotent; any other fails with the cause
 //! (a signal, an exit code, a limit, a deadline) and the worker is
 //! restarted after a backoff, doubling with each crash in the window, for
 //! every plugin it serves. The new worker gets what the old one had: each
@@ -25,8 +28,10 @@ use crate::isolation::wire::protocol::{Request, RoundPart, WireAnswer, WireEvalu
 use crate::watchdog::unix_ms_now;
 use crate::worker_status::WorkerStatus;
 use agent_host_plugin_abi::CallControl;
+use agent_host_plugin_sdk::manifest::Manifest;
 use agent_host_plugin_sdk::{ErrorKind, Evaluation};
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// A call past its deadline by this much is abandoned even if nobody
@@ -38,17 +43,53 @@ pub(crate) struct WorkerBackend {
     /// The plugin in its worker; dropped first, so it leaves the worker
     /// before the place may end.
     member: Member,
+    /// The actions (by index) whose handlers its manifest marks
+    /// idempotent: run again when their worker dies under them.
+    idempotent_actions: HashSet<u32>,
     /// The worker and the private copies it opens: held so that they stay
     /// while a worker of the plugin may (re)start.
     _place: Arc<Place>,
 }
 
 impl WorkerBackend {
-    /// The plugin `member` of the worker of `place`.
-    pub(crate) fn new(member: Member, place: Arc<Place>) -> Self {
+    /// The plugin `member` of the worker of `place`, described by
+    /// `manifest`.
+    pub(crate) fn new(member: Member, manifest: &Manifest, place: Arc<Place>) -> Self {
+        let idempotent_actions = (0u32..)
+            .zip(&manifest.actions)
+            .filter(|(_, action)| action.idempotent)
+            .map(|(index, _)| index)
+            .collect();
         Self {
             member,
+            idempotent_actions,
             _place: place,
+        }
+    }
+
+    /// Whether `call` may be made again when its worker dies under it:
+    /// validates, providers and evaluators have no effects by contract; a
+    /// handler only when its action is marked idempotent; services, hooks,
+    /// events and timers never.
+    fn repeatable(&self, call: &Call<'_>) -> bool {
+        match call {
+            Call::Validate { .. }
+            | Call::ValidateEach { .. }
+            | Call::Provide { .. }
+            | Call::ProvideEach { .. }
+            | Call::Evaluate { .. }
+            | Call::EvaluateBatch { .. } => true,
+            Call::Handle { action, .. } => self.idempotent_actions.contains(action),
+            Call::OnLoad
+            | Call::OnUnload
+            | Call::SetSubscribed { .. }
+            | Call::StartService { .. }
+            | Call::StopService { .. }
+            | Call::ServiceMethod { .. }
+            | Call::OnEvent { .. }
+            | Call::OnTimer { .. }
+            | Call::ExportState
+            | Call::ImportState { .. } => false,
         }
     }
 }
@@ -66,6 +107,7 @@ impl Backend for WorkerBackend {
         };
         let source = matches!(call, Call::OnEvent { .. })
             .then(|| Cow::Owned(crate::current_call::current_source().unwrap_or_default()));
+        let repeatable = self.repeatable(&call);
         let request = Request::Call {
             call,
             deadline_ms,
@@ -79,7 +121,7 @@ impl Backend for WorkerBackend {
             };
             cancelled || (deadline != 0 && unix_ms_now() > deadline + DEADLINE_GRACE_MS)
         };
-        self.member.call(&request, &cancelled)
+        self.member.call(&request, repeatable, &cancelled)
     }
 
     fn placement(&self) -> Placement<'_> {

@@ -307,6 +307,6 @@ impl PluginSource for ProbedFile {
             .file_number(&self.offer)
             .ok_or_else(|| Failure::msg("its worker did not open its file"))?;
         let member = place.worker.add(manifest, file, index, host)?;
-        Ok(Box::new(WorkerBackend::new(member, place)))
+        Ok(Box::new(WorkerBackend::new(member, manifest, place)))
     }
 }

@@ -260,9 +260,12 @@ impl SharedWorker {
         lock(&self.inner.members.by_slot).insert(slot, entry);
         let deadline = Instant::now() + self.inner.spec.lifecycle_timeout;
         let late = move || Instant::now() > deadline;
+        // Not repeated: a worker restarted meanwhile creates the member
+        // itself, from its entry above.
+        let repeatable = false;
         match self
             .inner
-            .call(&Request::Create { slot, file, index }, &late)
+            .call(&Request::Create { slot, file, index }, repeatable, &late)
         {
             Ok(_) => Ok(Member {
                 inner: Arc::clone(&self.inner),
@@ -327,13 +330,16 @@ impl Member {
     }
 
     /// Makes one call into the worker, giving up (and killing the worker)
-    /// once `cancelled` says so.
+    /// once `cancelled` says so. A `repeatable` request (one that may run
+    /// twice without harm) whose worker dies under it is made once more,
+    /// on the worker that replaces it; any other fails with the cause.
     pub(crate) fn call(
         &self,
         request: &Request<'_>,
+        repeatable: bool,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Answer, Failure> {
-        self.inner.call(request, cancelled)
+        self.inner.call(request, repeatable, cancelled)
     }
 
     /// Sends a call answered more than once (a message round, which may
@@ -478,13 +484,31 @@ impl Inner {
         })
     }
 
-    /// Makes one call into the worker (see [`Member::call`]).
-    fn call(&self, request: &Request<'_>, cancelled: &dyn Fn() -> bool) -> Result<Answer, Failure> {
+    /// Makes one call into the worker (see [`Member::call`]): at most one
+    /// repeat, and only after a death the host did not plan (a stop is
+    /// final; a call killed for its own deadline is abandoned, not ended).
+    fn call(
+        &self,
+        request: &Request<'_>,
+        repeatable: bool,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Answer, Failure> {
         let what = || request.describe();
-        let (process, pending) = self.send(request, &what, cancelled)?;
-        match process.answer(pending, request, &what, cancelled) {
-            Ok(reply) => reply.map_err(Failure::from)?.into_answer(),
-            Err(fault) => Err(self.failure(&what(), &process, fault)),
+        let mut repeats_left = u8::from(repeatable);
+        loop {
+            let (process, pending) = self.send(request, &what, cancelled)?;
+            match process.answer(pending, request, &what, cancelled) {
+                Ok(reply) => return reply.map_err(Failure::from)?.into_answer(),
+                Err(CallFault::Ended(ending)) if repeats_left > 0 && !ending.is_planned() => {
+                    repeats_left -= 1;
+                    tracing::info!(
+                        pid = process.pid,
+                        "{} is made again: its worker died under it ({ending})",
+                        what()
+                    );
+                }
+                Err(fault) => return Err(self.failure(&what(), &process, fault)),
+            }
         }
     }
 
