@@ -288,14 +288,21 @@ impl EventBus {
         });
         let mut failures = Vec::new();
         for subscriber in targets {
+            // Whether the failure is a fault (a missed deadline, a panic),
+            // which the registry's fault funnel says once (`faults.rs`).
             let outcome = match &subscriber.listener {
                 Listener::Plugin(plugin, generation) => {
-                    deliver_to_plugin(plugin, *generation, subscriber.id, event).map_err(Into::into)
+                    deliver_to_plugin(plugin, *generation, subscriber.id, event).map_err(|e| {
+                        let fault = super::faults::FaultCause::of_call(e.kind).is_some();
+                        (fault, e.into())
+                    })
                 }
-                Listener::Host(handler) => handler(event),
+                Listener::Host(handler) => handler(event).map_err(|e| (false, e)),
             };
-            if let Err(error) = outcome {
-                tracing::warn!(event = %event.name, subscription = subscriber.id, "event handler failed: {error}");
+            if let Err((fault, error)) = outcome {
+                if !fault {
+                    tracing::warn!(event = %event.name, subscription = subscriber.id, "event handler failed: {error}");
+                }
                 failures.push(DeliveryFailure {
                     subscription: subscriber.id,
                     error: error.to_string(),
