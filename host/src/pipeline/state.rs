@@ -248,15 +248,11 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
         let slot = &plan.slots[p][index as usize];
         let position = composing.values.len();
         if let Some((failures, retry_in)) = slot.backed_off(now_ms) {
-            composing.reusable = false;
-            composing.errors.push(format!(
+            composing.not_asked(slot, position, format!(
                 "plugin '{}': provider '{}' get: backed off after {failures} failures in a row; asked again in {retry_in} ms",
                 plugin.name(),
                 spec.name
             ));
-            composing
-                .values
-                .push(serve_stale(slot, &mut composing.stale, position));
             continue;
         }
         let served = slot.with_cached(|cached| match (spec.cache, cached) {
@@ -298,15 +294,11 @@ fn begin(run: &Arc<MessageRun>, driver: u32) -> ProvidersPhase {
             None if slot.is_answering_late() => {
                 // Its call for an earlier message, left behind at the
                 // budget, is still running: not asked again, not waited for.
-                composing.reusable = false;
-                composing.errors.push(format!(
+                composing.not_asked(slot, position, format!(
                     "plugin '{}': provider '{}' get: still answering an earlier message, slower than the state budget ({budget_ms} ms); left out",
                     plugin.name(),
                     spec.name
                 ));
-                composing
-                    .values
-                    .push(serve_stale(slot, &mut composing.stale, position));
             }
             None => {
                 composing.reusable = false;
@@ -365,6 +357,17 @@ fn reusable_state(run: &MessageRun, now_ms: u64) -> Option<Arc<str>> {
     // providers would cost a thousand increments.
     run.core.metrics.states_reused.inc();
     Some(snapshot.json)
+}
+
+impl Composing {
+    /// A provider not asked for this message (`why`): its cached value
+    /// served stale, or none; the state is not reused.
+    fn not_asked(&mut self, slot: &ProviderSlot, position: usize, why: String) {
+        self.reusable = false;
+        self.errors.push(why);
+        let value = serve_stale(slot, &mut self.stale, position);
+        self.values.push(value);
+    }
 }
 
 /// The cached value of a provider that cannot answer now, marked stale;
